@@ -1,0 +1,7 @@
+"""npbert: DistilBERT question answering in numpy, numerically identical to transformers."""
+
+from .config import Config
+from .model import DistilBertForQuestionAnswering, DistilBertModel
+
+__version__ = "0.1.0"
+__all__ = ["Config", "DistilBertForQuestionAnswering", "DistilBertModel", "__version__"]

@@ -1,0 +1,71 @@
+"""Where checkpoint files come from: a local folder, or the Hugging Face hub through huggingface-hub.
+
+This is the only module that touches the network or the hub cache. Revision, cache location
+(`HF_HOME`, `HF_HUB_CACHE`), offline mode (`HF_HUB_OFFLINE`) and `local_files_only` behave exactly as
+huggingface-hub defines them, because huggingface-hub does the work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_MODEL = "distilbert/distilbert-base-cased-distilled-squad"
+
+# Everything npbert reads from a checkpoint, and nothing else: never the pickled pytorch_model.bin,
+# never the TF/Flax/ONNX exports that the real repository also carries.
+CHECKPOINT_FILES = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+]
+
+
+class CheckpointNotFound(OSError):
+    """Neither a local folder nor a repository that could be fetched or found in the cache."""
+
+
+def resolve(path_or_repo_id: str | Path, revision: str | None = None, local_files_only: bool = False) -> Path:
+    """Return a local folder holding the checkpoint's files, downloading them if needed."""
+    path = Path(path_or_repo_id).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise ValueError(f"{path} is a local folder: a revision ({revision!r}) applies only to hub repositories")
+        return path
+    repo_id = str(path_or_repo_id)
+    if path.exists() or repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
+        raise CheckpointNotFound(f"{repo_id}: not a checkpoint folder and not a hub repository id")
+    return Path(_snapshot_download(repo_id, revision, local_files_only))
+
+
+def _snapshot_download(repo_id: str, revision: str | None, local_files_only: bool) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return snapshot_download(
+            repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES, local_files_only=local_files_only
+        )
+    except LocalEntryNotFoundError:
+        where = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE is set or the hub is unreachable"
+        raise CheckpointNotFound(
+            f"{repo_id} (revision {revision or 'main'}) is not in the cache at {constants.HF_HUB_CACHE} and cannot "
+            f"be downloaded ({where}). Run once with network access to cache it, point HF_HOME/HF_HUB_CACHE at a "
+            f"cache that holds it, or pass a local checkpoint folder."
+        ) from None
+    except RevisionNotFoundError:
+        raise CheckpointNotFound(f"{repo_id}: revision {revision!r} not found on the hub") from None
+    except GatedRepoError:
+        raise CheckpointNotFound(f"{repo_id}: gated repository; log in with `hf auth login` first") from None
+    except RepositoryNotFoundError:
+        raise CheckpointNotFound(
+            f"{repo_id}: no such repository on the hub (or it is private), and no such local folder"
+        ) from None

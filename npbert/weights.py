@@ -1,0 +1,289 @@
+"""Strict loading of a DistilBERT checkpoint's `model.safetensors` into a frozen tree of numpy arrays.
+
+The tree's field names mirror the checkpoint keys, so `distilbert.transformer.layer.3.ffn.lin1.weight`
+is `weights.distilbert.transformer.layer[3].ffn.lin1.weight`. Arrays keep PyTorch's [out, in] layout:
+`linear(x) = x @ W.T + b`. Key names and shapes follow transformers 4.57.6 `modeling_distilbert.py`.
+
+The file format is safetensors (https://github.com/huggingface/safetensors): an 8-byte little-endian
+header length, a JSON header {name: {dtype, shape, data_offsets}}, then the raw little-endian bytes.
+The header is read and checked here and the data memory-mapped, so float32 weights are used in place,
+with no copy. Pickled checkpoints (`pytorch_model.bin`) are never opened: unpickling runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .config import Config
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be loaded as the config says, naming the file, tensor, expected and found."""
+
+
+# --- the tree, named like the checkpoint keys -------------------------------------------------------
+
+
+class Linear(NamedTuple):
+    weight: np.ndarray  # [out, in]
+    bias: np.ndarray  # [out]
+
+
+class LayerNorm(NamedTuple):
+    weight: np.ndarray  # [D]
+    bias: np.ndarray  # [D]
+
+
+class Embedding(NamedTuple):
+    weight: np.ndarray  # [rows, D]
+
+
+class Embeddings(NamedTuple):
+    word_embeddings: Embedding  # [V, D]
+    position_embeddings: Embedding  # [P, D]
+    LayerNorm: LayerNorm
+
+
+class MultiHeadSelfAttention(NamedTuple):
+    q_lin: Linear
+    k_lin: Linear
+    v_lin: Linear
+    out_lin: Linear
+
+
+class FFN(NamedTuple):
+    lin1: Linear  # [F, D]
+    lin2: Linear  # [D, F]
+
+
+class TransformerBlock(NamedTuple):
+    attention: MultiHeadSelfAttention
+    sa_layer_norm: LayerNorm
+    ffn: FFN
+    output_layer_norm: LayerNorm
+
+
+class Transformer(NamedTuple):
+    layer: tuple[TransformerBlock, ...]
+
+
+class DistilBert(NamedTuple):
+    embeddings: Embeddings
+    transformer: Transformer
+
+
+class DistilBertForQuestionAnswering(NamedTuple):
+    distilbert: DistilBert
+    qa_outputs: Linear  # [2, D]: row 0 start, row 1 end
+
+
+# Keys a checkpoint may carry that the forward pass does not use. Older transformers versions saved the
+# `position_ids` buffer (just arange(P)). Nothing else is tolerated.
+IGNORED_KEYS = frozenset({"distilbert.embeddings.position_ids", "embeddings.position_ids"})
+# An encoder (DistilBertModel) may be loaded from a question-answering checkpoint: the head is unused.
+QA_HEAD_KEYS = frozenset({"qa_outputs.weight", "qa_outputs.bias"})
+
+
+def expected_shapes(config: Config, with_qa_head: bool = True) -> dict[str, tuple[int, ...]]:
+    """Every tensor the model needs, by checkpoint key, with its shape from the config."""
+    D, F, V, P = config.dim, config.hidden_dim, config.vocab_size, config.max_position_embeddings
+    shapes = {
+        "distilbert.embeddings.word_embeddings.weight": (V, D),
+        "distilbert.embeddings.position_embeddings.weight": (P, D),
+        "distilbert.embeddings.LayerNorm.weight": (D,),
+        "distilbert.embeddings.LayerNorm.bias": (D,),
+    }
+    for i in range(config.n_layers):
+        p = f"distilbert.transformer.layer.{i}."
+        for lin in ("q_lin", "k_lin", "v_lin", "out_lin"):
+            shapes[f"{p}attention.{lin}.weight"] = (D, D)
+            shapes[f"{p}attention.{lin}.bias"] = (D,)
+        for ln in ("sa_layer_norm", "output_layer_norm"):
+            shapes[f"{p}{ln}.weight"] = (D,)
+            shapes[f"{p}{ln}.bias"] = (D,)
+        shapes[f"{p}ffn.lin1.weight"] = (F, D)
+        shapes[f"{p}ffn.lin1.bias"] = (F,)
+        shapes[f"{p}ffn.lin2.weight"] = (D, F)
+        shapes[f"{p}ffn.lin2.bias"] = (D,)
+    if with_qa_head:
+        shapes["qa_outputs.weight"] = (2, D)
+        shapes["qa_outputs.bias"] = (2,)
+    return shapes
+
+
+# --- reading safetensors -----------------------------------------------------------------------------
+
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+_MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+
+
+class TensorInfo(NamedTuple):
+    dtype: str  # safetensors name: F32, F16, BF16, ...
+    shape: tuple[int, ...]
+    begin: int  # byte offsets into the data section
+    end: int
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    """Parse and check a safetensors header: (tensors, metadata, byte offset of the data section)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise WeightsError(f"{path}: truncated: {size} bytes, too short for a safetensors header")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > min(_MAX_HEADER_BYTES, size - 8):
+            raise WeightsError(
+                f"{path}: bad header: header length {n} but the file has {size - 8} bytes after it "
+                "(truncated, or not a safetensors file)"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: bad header: not valid JSON ({e}); corrupt or not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: bad header: expected a JSON object, found {type(header).__name__}")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start, data_size = 8 + n, size - 8 - n
+    tensors, spans = {}, []
+    for name, info in header.items():
+        try:
+            dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise WeightsError(f"{path}: bad header: entry for tensor {name!r} is malformed: {info!r}") from None
+        if dtype not in _DTYPES:
+            raise WeightsError(f"{path}: tensor {name}: unknown dtype {dtype!r}")
+        if not all(isinstance(d, int) and d >= 0 for d in shape) or not (0 <= begin <= end):
+            raise WeightsError(f"{path}: bad header: tensor {name} has shape {list(shape)}, offsets {[begin, end]}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
+        if end - begin != nbytes:
+            raise WeightsError(
+                f"{path}: bad header: tensor {name} ({dtype} {list(shape)}) needs {nbytes} bytes, "
+                f"its offsets span {end - begin}"
+            )
+        if end > data_size:
+            raise WeightsError(
+                f"{path}: truncated: tensor {name} ends at byte {end} of the data section, "
+                f"which has only {data_size} bytes"
+            )
+        tensors[name] = TensorInfo(dtype, shape, begin, end)
+        spans.append((begin, end, name))
+    spans.sort()
+    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+        if begin_b < end_a:
+            raise WeightsError(f"{path}: bad header: tensors {a} and {b} overlap")
+    return tensors, metadata, data_start
+
+
+def _as_float(raw: np.ndarray, source_dtype: str, dtype: np.dtype) -> np.ndarray:
+    """Convert a tensor's stored values to the model dtype, copying only when the dtype changes."""
+    if source_dtype == "BF16":
+        # bfloat16 is the top half of a float32: widening is exact.
+        raw = (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw if raw.dtype == dtype else raw.astype(dtype)
+
+
+def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.float32,
+                 ignorable: frozenset = IGNORED_KEYS) -> dict[str, np.ndarray]:
+    """Read exactly the `expected` tensors from a safetensors file, strictly: any other key not in
+    `ignorable` is an error.
+
+    Float32 data used as float32 are read-only views of a memory map of the file; any other
+    combination (float16 or bfloat16 upcast, float64 audit mode) is converted once here.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    tensors, _, data_start = read_header(path)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected) - ignorable)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensor(s) {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected tensor(s) {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        raise WeightsError(f"{path}: {'; '.join(parts)} (expected {len(expected)} tensors, found {len(tensors)})")
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for name, shape in expected.items():
+        info = tensors[name]
+        if info.shape != shape:
+            raise WeightsError(
+                f"{path}: tensor {name}: expected shape {list(shape)} (from config.json), found {list(info.shape)}"
+            )
+        if info.dtype not in _FLOAT_DTYPES:
+            raise WeightsError(f"{path}: tensor {name}: expected a float dtype (F32, F16, BF16, F64), found {info.dtype}")
+        raw = mm[data_start + info.begin: data_start + info.end].view(_DTYPES[info.dtype]).reshape(shape)
+        if not raw.flags.aligned:  # safetensors does not promise alignment; numba and BLAS want it
+            raw = raw.copy()
+        out[name] = _as_float(raw, info.dtype, np.dtype(dtype))
+    return out
+
+
+# --- from flat keys to the tree -----------------------------------------------------------------------
+
+
+def build_tree(tensors: dict[str, np.ndarray], config: Config, with_qa_head: bool = True):
+    """Arrange flat checkpoint tensors into the frozen tree (no copies)."""
+    t = tensors
+
+    def linear(p):
+        return Linear(t[p + ".weight"], t[p + ".bias"])
+
+    def layer_norm(p):
+        return LayerNorm(t[p + ".weight"], t[p + ".bias"])
+
+    def block(p):
+        attention = MultiHeadSelfAttention(*(linear(f"{p}.attention.{n}") for n in ("q_lin", "k_lin", "v_lin", "out_lin")))
+        ffn = FFN(linear(p + ".ffn.lin1"), linear(p + ".ffn.lin2"))
+        return TransformerBlock(attention, layer_norm(p + ".sa_layer_norm"), ffn, layer_norm(p + ".output_layer_norm"))
+
+    e = "distilbert.embeddings"
+    distilbert = DistilBert(
+        Embeddings(Embedding(t[e + ".word_embeddings.weight"]), Embedding(t[e + ".position_embeddings.weight"]),
+                   layer_norm(e + ".LayerNorm")),
+        Transformer(tuple(block(f"distilbert.transformer.layer.{i}") for i in range(config.n_layers))),
+    )
+    return DistilBertForQuestionAnswering(distilbert, linear("qa_outputs")) if with_qa_head else distilbert
+
+
+def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = True):
+    """Load `folder/model.safetensors` strictly into the weight tree for `config`."""
+    folder = Path(folder)
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        if (folder / "model.safetensors.index.json").is_file():
+            raise WeightsError(f"{folder}: sharded safetensors checkpoints are not supported; merge the shards "
+                               "into one model.safetensors (DistilBERT is 261 MB)")
+        if any((folder / n).is_file() for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
+            raise WeightsError(
+                f"{path}: not found, and npbert never opens pickled or framework-specific weights. Convert once, "
+                "where torch is installed: python -c \"from transformers import AutoModelForQuestionAnswering as M; "
+                f"M.from_pretrained('{folder}').save_pretrained('{folder}', safe_serialization=True)\""
+            )
+        raise WeightsError(f"{path}: weights file not found")
+    expected = expected_shapes(config, with_qa_head)
+    if with_qa_head:
+        return build_tree(load_tensors(path, expected, dtype), config)
+    # Encoder-only checkpoints (DistilBertModel.save_pretrained) store their keys without `distilbert.`.
+    if "distilbert.embeddings.word_embeddings.weight" not in read_header(path)[0]:
+        bare = load_tensors(path, {k.removeprefix("distilbert."): v for k, v in expected.items()}, dtype)
+        return build_tree({"distilbert." + k: v for k, v in bare.items()}, config, with_qa_head=False)
+    return build_tree(load_tensors(path, expected, dtype, IGNORED_KEYS | QA_HEAD_KEYS), config, with_qa_head=False)
+
+
+def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
+    """The position table transformers builds when `sinusoidal_pos_embds` is set (float64)."""
+    pos = np.arange(n_pos, dtype=np.float64)[:, None]
+    j = np.arange(dim)
+    angle = pos / np.power(10000, 2 * (j // 2) / dim)
+    return np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
