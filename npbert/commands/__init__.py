@@ -1,0 +1,1 @@
+"""One module per `npbert` sub-command; see npbert/cli.py."""

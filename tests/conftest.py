@@ -1,0 +1,50 @@
+"""Shared fixtures: test checkpoints (tiny and full-size, made once per session), the shared data
+folder, and the hypothesis profiles (CI: derandomized, bounded)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+import checkpoints  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, max_examples=40, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random QA checkpoint (D 32, 2 layers) with the real cased vocabulary when ../shared exists."""
+    return checkpoints.write_checkpoint(tmp_path_factory.mktemp("tiny"), seed=1, qa_scale=40.0, **checkpoints.TINY)
+
+
+@pytest.fixture(scope="session")
+def full_checkpoint(tmp_path_factory) -> Path:
+    """A full-size random QA checkpoint (28996 x 768, 6 layers, sinusoidal positions as the real one), QA
+    head scaled so span scores are spread. Made once per session: ~261 MB in a temp dir."""
+    vocab = checkpoints.real_or_generated_vocab()
+    if len(vocab) != checkpoints.FULL_SIZE["vocab_size"]:
+        vocab = vocab + [f"[extra{i}]" for i in range(checkpoints.FULL_SIZE["vocab_size"] - len(vocab))]
+    return checkpoints.write_checkpoint(tmp_path_factory.mktemp("full"), seed=2, qa_scale=12.0, vocab=vocab,
+                                        sinusoidal_pos_embds=True, **checkpoints.FULL_SIZE)
+
+
+@pytest.fixture(scope="session")
+def squad_dev() -> Path:
+    if not checkpoints.SHARED_SQUAD.is_file():
+        pytest.skip(f"SQuAD v1.1 dev set not found at {checkpoints.SHARED_SQUAD} (../shared is absent)")
+    return checkpoints.SHARED_SQUAD
+
+
+@pytest.fixture(scope="session")
+def shared_vocab() -> Path:
+    if not checkpoints.SHARED_VOCAB.is_file():
+        pytest.skip(f"bert-base-cased vocabulary not found at {checkpoints.SHARED_VOCAB} (../shared is absent)")
+    return checkpoints.SHARED_VOCAB
