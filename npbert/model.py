@@ -158,6 +158,12 @@ class _Pretrained:
         w = self.weights.distilbert if self._with_qa_head else self.weights
         return distilbert(ids, keep, w, self.config, self.ops, output_hidden_states, output_attentions)
 
+    def trace(self, input_ids, attention_mask=None) -> dict:
+        """Every named intermediate of the forward, in order (npbert/trace.py lists the names)."""
+        from .trace import trace
+
+        return trace(self, input_ids, attention_mask)
+
 
 class DistilBertModel(_Pretrained):
     """The encoder alone: input ids -> last hidden state [B, S, D]."""
