@@ -72,6 +72,8 @@ class Config:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_position_embeddings"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{source}: {name} must be positive, found {getattr(self, name)}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(f"{source}: pad_token_id {self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
         if self.dim % self.n_heads:
             raise ConfigError(f"{source}: dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.activation != "gelu":

@@ -159,9 +159,11 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
             dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         except (TypeError, KeyError, ValueError):
             raise WeightsError(f"{path}: bad header: entry for tensor {name!r} is malformed: {info!r}") from None
-        if dtype not in _DTYPES:
-            raise WeightsError(f"{path}: tensor {name}: unknown dtype {dtype!r}")
-        if not all(isinstance(d, int) and d >= 0 for d in shape) or not (0 <= begin <= end):
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise WeightsError(f"{path}: bad header: tensor {name}: unknown dtype {dtype!r}")
+        # JSON true/false are ints to Python: a shape or offset must be a real non-negative integer.
+        ints = (*shape, begin, end)
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in ints) or begin > end:
             raise WeightsError(f"{path}: bad header: tensor {name} has shape {list(shape)}, offsets {[begin, end]}")
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
         if end - begin != nbytes:
@@ -211,7 +213,8 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.floa
             parts.append(f"missing tensor(s) {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
         if unexpected:
             parts.append(f"unexpected tensor(s) {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
-        raise WeightsError(f"{path}: {'; '.join(parts)} (expected {len(expected)} tensors, found {len(tensors)})")
+        raise WeightsError(f"{path}: {'; '.join(parts)} (expected {len(expected)} tensors from config.json, found {len(tensors)}: "
+                           "do config.json and the weights belong to the same checkpoint?)")
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     out = {}
     for name, shape in expected.items():
@@ -264,18 +267,26 @@ def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = Tr
         if (folder / "model.safetensors.index.json").is_file():
             raise WeightsError(f"{folder}: sharded safetensors checkpoints are not supported; merge the shards "
                                "into one model.safetensors (DistilBERT is 261 MB)")
-        if any((folder / n).is_file() for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
+        others = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+                  if (folder / n).is_file()]
+        if others:
             raise WeightsError(
-                f"{path}: not found, and npbert never opens pickled or framework-specific weights. Convert once, "
-                "where torch is installed: python -c \"from transformers import AutoModelForQuestionAnswering as M; "
-                f"M.from_pretrained('{folder}').save_pretrained('{folder}', safe_serialization=True)\""
+                f"{path}: not found; the folder holds only {', '.join(others)}, and npbert never opens pickled or "
+                "framework-specific weights (unpickling runs code). Convert once, where transformers and torch are "
+                "installed: python -c \"from transformers import AutoModelForQuestionAnswering as M; "
+                f"M.from_pretrained({str(folder)!r}).save_pretrained({str(folder)!r}, safe_serialization=True)\""
             )
         raise WeightsError(f"{path}: weights file not found")
     expected = expected_shapes(config, with_qa_head)
-    if with_qa_head:
-        return build_tree(load_tensors(path, expected, dtype), config)
     # Encoder-only checkpoints (DistilBertModel.save_pretrained) store their keys without `distilbert.`.
-    if "distilbert.embeddings.word_embeddings.weight" not in read_header(path)[0]:
+    stored = read_header(path)[0]
+    bare_keys = "distilbert.embeddings.word_embeddings.weight" not in stored
+    if with_qa_head:
+        if bare_keys and "embeddings.word_embeddings.weight" in stored:
+            raise WeightsError(f"{path}: an encoder-only checkpoint (keys without 'distilbert.', no qa_outputs): "
+                               "load it with npbert.DistilBertModel, or use a question-answering checkpoint")
+        return build_tree(load_tensors(path, expected, dtype), config)
+    if bare_keys:
         bare = load_tensors(path, {k.removeprefix("distilbert."): v for k, v in expected.items()}, dtype)
         return build_tree({"distilbert." + k: v for k, v in bare.items()}, config, with_qa_head=False)
     return build_tree(load_tensors(path, expected, dtype, IGNORED_KEYS | QA_HEAD_KEYS), config, with_qa_head=False)
