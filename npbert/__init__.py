@@ -2,6 +2,9 @@
 
 from .config import Config
 from .model import DistilBertForQuestionAnswering, DistilBertModel
+from .pipeline import QuestionAnsweringPipeline, pipeline
+from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
-__all__ = ["Config", "DistilBertForQuestionAnswering", "DistilBertModel", "__version__"]
+__all__ = ["Config", "DistilBertForQuestionAnswering", "DistilBertModel", "QuestionAnsweringPipeline", "Tokenizer",
+           "pipeline", "__version__"]

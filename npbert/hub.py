@@ -69,3 +69,11 @@ def _snapshot_download(repo_id: str, revision: str | None, local_files_only: boo
         raise CheckpointNotFound(
             f"{repo_id}: no such repository on the hub (or it is private), and no such local folder"
         ) from None
+
+
+def snapshot_commit(folder: str | Path) -> str | None:
+    """The commit hash of a folder that is a snapshot in a huggingface-hub cache, else None."""
+    folder = Path(folder)
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.name
+    return None
