@@ -74,7 +74,7 @@ class QuestionAnsweringPipeline:
         self.folder = Path(folder) if folder is not None else None
         self.commit = hub.snapshot_commit(self.folder) if self.folder is not None else None
         self.batch_size = _check_batch_size(batch_size)
-        self._defaults = _sanitize(params)
+        self._defaults = check_parameters(params)
 
     def __repr__(self) -> str:
         return f"QuestionAnsweringPipeline(model_id={self.model_id!r}, revision={self.revision!r}, folder={str(self.folder)!r})"
@@ -91,7 +91,7 @@ class QuestionAnsweringPipeline:
         """
         params = {k: kwargs.pop(k) for k in list(kwargs) if k in PARAMETERS}
         examples = _examples(args, kwargs)
-        params = {**self._defaults, **_sanitize(params)}
+        params = {**self._defaults, **check_parameters(params)}
         batch_size = _check_batch_size(batch_size) or self.batch_size
         results = self._answer(examples, params, batch_size)
         return results[0] if len(results) == 1 else results
@@ -203,7 +203,7 @@ def _example(item) -> tuple[str, str]:
     return item["question"], item["context"]
 
 
-def _sanitize(params: dict) -> dict:
+def check_parameters(params: dict) -> dict:
     """`_sanitize_parameters`: the same names, checks and messages; unknown names are an error here."""
     unknown = sorted(set(params) - set(PARAMETERS))
     if unknown:
