@@ -105,6 +105,17 @@ def trace(model, input_ids, attention_mask=None) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(t[name]) for name in names(config.n_layers, with_qa_head)}
 
 
+def encode(tokenizer, question: str, context: str, max_seq_len: int = 384, doc_stride: int = 128):
+    """The question-answering pipeline's encoding (question first, context cut into overlapping windows),
+    every window right-padded to the longest: (input_ids [B, S], attention_mask [B, S], tokens per window)."""
+    windows = tokenizer.encode_pair(question, context, max_seq_len, doc_stride)
+    S = max(len(w) for w in windows)
+    pad = lambda a, value: np.pad(a, (0, S - len(a)), constant_values=value)  # noqa: E731
+    ids = np.stack([pad(w.input_ids, tokenizer.pad_token_id) for w in windows])
+    mask = np.stack([pad(w.attention_mask, 0) for w in windows])
+    return ids, mask, [tokenizer.convert_ids_to_tokens(row) for row in ids]
+
+
 # --- files ---------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,62 @@
+"""`npbert trace`: run a question and a context through the model and save every named intermediate."""
+
+from __future__ import annotations
+
+
+def add_question_arguments(p) -> None:
+    """The model and the question/context flags that `trace` and `attention` share."""
+    from ..hub import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id (default: %(default)s)")
+    p.add_argument("--revision", help="hub revision (hub ids only)")
+    p.add_argument("--question", required=True)
+    p.add_argument("--context", required=True)
+    p.add_argument("--max-seq-len", type=int, default=None,
+                   help="tokens per window (default: min(model_max_length, 384), as the pipeline)")
+    p.add_argument("--doc-stride", type=int, default=None,
+                   help="context tokens shared by consecutive windows (default: min(max_seq_len // 2, 128))")
+
+
+def load_and_encode(args, dtype="float32"):
+    """(model, input_ids [B, S], attention_mask [B, S], tokens per window) for the parsed flags."""
+    import numpy as np
+
+    from ..model import DistilBertForQuestionAnswering
+    from ..tokenizer import Tokenizer
+    from ..trace import encode
+
+    model = DistilBertForQuestionAnswering.from_pretrained(args.model, revision=args.revision, dtype=np.dtype(dtype))
+    tokenizer = Tokenizer.from_pretrained(args.model, revision=args.revision)
+    max_seq_len = args.max_seq_len or min(tokenizer.model_max_length, 384)
+    doc_stride = args.doc_stride if args.doc_stride is not None else min(max_seq_len // 2, 128)
+    if doc_stride >= max_seq_len:
+        raise ValueError(f"--doc-stride {doc_stride} must be smaller than --max-seq-len {max_seq_len}")
+    ids, mask, tokens = encode(tokenizer, args.question, args.context, max_seq_len, doc_stride)
+    return model, ids, mask, tokens
+
+
+def run(args) -> int:
+    from .. import __version__
+    from ..trace import save
+
+    model, ids, mask, tokens = load_and_encode(args, args.dtype)
+    tensors = model.trace(ids, mask)
+    meta = {"producer": f"npbert {__version__}", "model": args.model, "question": args.question,
+            "context": args.context, "dtype": args.dtype, "tokens": tokens}
+    path = save(tensors, args.out, meta)
+    size = sum(t.nbytes for t in tensors.values())
+    print(f"{len(tensors)} tensors ({size / 1e6:.1f} MB, {ids.shape[0]} window(s) x {ids.shape[1]} tokens, "
+          f"{args.dtype}) -> {path}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("trace", help="save every named intermediate of one forward (safetensors)",
+                              description="Run the question and context through the model (the pipeline's "
+                              "encoding: every window, padded to the longest) and save every named intermediate "
+                              "(names: npbert/trace.py, docs/walkthrough.md).")
+    add_question_arguments(p)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="float64 is the audit reference (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.set_defaults(run=run)
