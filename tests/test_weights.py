@@ -8,6 +8,7 @@ the safetensors format defines them, so no test depends on the loader to make it
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import struct
 
@@ -327,3 +328,24 @@ def test_bad_config_json_stops_before_the_weights(folder):
     (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()), "n_heads": 3}))
     with pytest.raises(ValueError, match=r"config\.json: dim 8 is not divisible by n_heads 3"):
         load(folder)
+
+
+# --- sinusoidal position tables (the real checkpoint sets the flag and stores the table) ------------------
+
+
+@pytest.mark.parametrize("n_pos, dim", [(512, 768), (9, 5)])
+def test_sinusoidal_table_is_the_formula(n_pos, dim):
+    # The formula of transformers' `create_sinusoidal_embeddings`, written out element by element.
+    expected = [[math.sin(p / 10000 ** (2 * (j // 2) / dim)) if j % 2 == 0 else math.cos(p / 10000 ** (2 * (j // 2) / dim))
+                 for j in range(dim)] for p in range(n_pos)]
+    np.testing.assert_allclose(W.sinusoidal_table(n_pos, dim), np.array(expected), rtol=0, atol=1e-12)
+
+
+def test_loader_uses_the_stored_position_table_even_when_sinusoidal(tmp_path):
+    folder = checkpoints.write_checkpoint(tmp_path, seed=4, vocab=[], tokenizer=False, sinusoidal_pos_embds=True, **SMALL)
+    arrays = tensors_of(folder)
+    key = "distilbert.embeddings.position_embeddings.weight"
+    np.testing.assert_array_equal(arrays[key], W.sinusoidal_table(16, 8).astype(np.float32))  # made by the formula
+    arrays[key] = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)  # not the formula
+    save_file(arrays, str(folder / "model.safetensors"))
+    np.testing.assert_array_equal(load(folder).weights.distilbert.embeddings.position_embeddings.weight, arrays[key])

@@ -1,0 +1,108 @@
+"""Helpers for the parity tests: checkpoints made by transformers itself (`save_pretrained`), its outputs
+as numpy, random right-padded inputs, and the llm.c-style comparison table: one row per tensor
+(embeddings, each layer, attentions, logits) with its max |diff|, so a failing assertion points at the
+first layer that drifts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FULL_SIZE = dict(vocab_size=28996, dim=768, n_layers=6, n_heads=12, hidden_dim=3072, max_position_embeddings=512,
+                 sinusoidal_pos_embds=True)
+
+
+def transformers_checkpoint(folder: Path, seed: int, cls_name: str = "DistilBertForQuestionAnswering", **config):
+    """A random model built and saved by transformers (`torch.manual_seed(seed)`, then its own init), with
+    biases and LayerNorm parameters randomised as well so every term of the forward is exercised.
+    Returns (folder, the eval-mode torch model, eager attention)."""
+    pytest.importorskip("transformers", reason="transformers (the parity extra) is not installed")
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.DistilBertConfig(**config, attn_implementation="eager")
+    model = getattr(transformers, cls_name)(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+            elif "LayerNorm" in name or "layer_norm" in name:
+                p.normal_(1.0, 0.1)
+    model.save_pretrained(folder)  # safetensors, as transformers 4.57.6 writes it by default
+    return Path(folder), model
+
+
+def transformers_outputs(model, ids: np.ndarray, mask: np.ndarray, attentions: bool = True) -> dict:
+    """The torch model's outputs as float numpy arrays, under the names npbert uses."""
+    import torch
+
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                    output_hidden_states=True, output_attentions=attentions)
+    result = {"hidden_states": [h.numpy() for h in out.hidden_states]}
+    if attentions:
+        result["attentions"] = [a.numpy() for a in out.attentions]
+    for name in ("start_logits", "end_logits", "last_hidden_state"):
+        if getattr(out, name, None) is not None:
+            result[name] = getattr(out, name).numpy()
+    return result
+
+
+def right_padded(rng, lengths, vocab_size, seq_len=None):
+    """Random ids [B, S] (S = max length unless given) and a right-padded 0/1 mask; padding ids are 0."""
+    S = seq_len or max(lengths)
+    mask = (np.arange(S)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
+    ids = rng.integers(1, vocab_size, size=mask.shape) * mask
+    return ids.astype(np.int64), mask
+
+
+
+def max_abs_diff(ours, theirs, rows_kept=None) -> float:
+    """max |ours - theirs| over the rows selected by `rows_kept` ([B, S] bool over the first two axes of a
+    [B, S, ...] tensor), or over everything."""
+    d = np.abs(np.asarray(ours, np.float64) - np.asarray(theirs, np.float64))
+    return float(d[rows_kept].max() if rows_kept is not None else d.max())
+
+
+def compare(ours, theirs, keep) -> list[tuple[str, float]]:
+    """(name, max|diff|) per tensor at unpadded positions. `ours` is an npbert QuestionAnsweringModelOutput
+    (or BaseModelOutput), `theirs` the transformers output as numpy dict with the same field names."""
+    rows = []
+    for i, (a, b) in enumerate(zip(ours.hidden_states or (), theirs.get("hidden_states", ()))):
+        rows.append(("embeddings" if i == 0 else f"layer {i - 1} hidden", max_abs_diff(a, b, keep)))
+    for i, (a, b) in enumerate(zip(ours.attentions or (), theirs.get("attentions", ()))):
+        # [B, H, S, S]: rows of unpadded queries, every key (masked keys must be exactly 0 on both sides).
+        rows.append((f"layer {i} attention", max_abs_diff(a.transpose(0, 2, 1, 3), b.transpose(0, 2, 1, 3), keep)))
+    for name in ("last_hidden_state", "start_logits", "end_logits"):
+        if name in theirs and hasattr(ours, name):
+            rows.append((name, max_abs_diff(getattr(ours, name), theirs[name], keep)))
+    return rows
+
+
+def table(rows: list[tuple[str, float]], tolerances: dict[str, float], title: str = "") -> str:
+    """The rows as a fixed-width table; tolerances map a name prefix ('layer', 'start') to its limit."""
+    lines = [title, f"{'tensor':<24} {'max|diff|':>10} {'tol':>8}"]
+    flagged = False
+    for name, diff in rows:
+        tol = limit(name, tolerances)
+        mark = ""
+        if tol is not None and not diff <= tol:
+            mark = "  <-- FIRST OVER" if not flagged else "  <-- over"
+            flagged = True
+        lines.append(f"{name:<24} {diff:>10.3e} {'' if tol is None else f'{tol:.0e}':>8}{mark}")
+    return "\n".join(lines)
+
+
+def limit(name: str, tolerances: dict[str, float]) -> float | None:
+    for prefix, tol in tolerances.items():
+        if name.startswith(prefix) or name.endswith(prefix):
+            return tol
+    return None
+
+
+def assert_close(rows, tolerances, title=""):
+    over = [(n, d) for n, d in rows if limit(n, tolerances) is not None and not d <= limit(n, tolerances)]
+    assert not over, "\n" + table(rows, tolerances, title)
