@@ -1,0 +1,121 @@
+"""`npbert serve`: the question-answering model as a real-time HTTP endpoint (see docs/serving.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from ..hub import DEFAULT_MODEL
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="serve the model over HTTP (POST /score, POST /v1/answer, GET /health)",
+                              description="Serve question answering over HTTP: the model catalog's scoring schema "
+                                          "at POST /score, full records at POST /v1/answer, GET /health, "
+                                          "OpenAPI at /openapi.json. Needs the serve extra: pip install 'npbert[serve]'.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub repository id (default: %(default)s)")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed when ready; default: %(default)s)")
+    p.add_argument("--workers", type=_positive, default=1,
+                   help="worker processes, each with its own copy of the model (default: %(default)s)")
+    p.add_argument("--max-body-bytes", type=_positive, default=1 << 20, help="larger bodies get 413 (default: %(default)s)")
+    p.add_argument("--max-context-chars", type=_positive, default=20_000,
+                   help="longer contexts get 422 (default: %(default)s)")
+    p.add_argument("--max-question-chars", type=_positive, default=1_000,
+                   help="longer questions get 422 (default: %(default)s)")
+    p.add_argument("--max-items", type=_positive, default=32, help="most questions in one request (default: %(default)s)")
+    p.add_argument("--max-batch", type=_positive, default=16,
+                   help="most questions answered in one shared pipeline call (default: %(default)s)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="how long an idle server waits to coalesce requests (default: %(default)s)")
+    p.add_argument("--no-batching", action="store_true", help="answer each request on its own (same as --max-batch 1)")
+    p.add_argument("--graceful-timeout", type=float, default=60.0,
+                   help="on SIGTERM, seconds to let in-flight requests finish (default: %(default)s)")
+    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run(args) -> int:
+    from ..cli import CommandError
+
+    try:
+        import uvicorn
+
+        from ..serve.app import SETTINGS_ENV, Settings, create_app
+        from ..serve.schemas import Limits
+    except ImportError as e:
+        raise CommandError(f"needs the serve extra ({e.name} is missing): pip install 'npbert[serve]'") from None
+    if args.batch_wait_ms < 0:
+        raise CommandError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}", 2)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    settings = Settings(
+        model=args.model, revision=args.revision,
+        limits=Limits(max_body_bytes=args.max_body_bytes, max_context_chars=args.max_context_chars,
+                      max_question_chars=args.max_question_chars, max_items=args.max_items),
+        max_batch=1 if args.no_batching else args.max_batch, batch_wait_ms=args.batch_wait_ms)
+    options = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log,
+                   timeout_graceful_shutdown=args.graceful_timeout, log_config=None)
+    stopped = []
+    if args.workers == 1:
+        # Load here, before listening: a bad --model is a one-line error, and a listening server is ready.
+        app = create_app(settings)
+        server = _server_class()(uvicorn.Config(app, **options), app.state.npbert)
+        # uvicorn re-raises the signal that stopped it once it has drained; taking that signal here
+        # lets the process exit 0 after a clean SIGTERM shutdown.
+        _on_signals(lambda sig, frame: stopped.append(sig))
+        server.run()
+        if not server.started:
+            raise CommandError(f"could not start the server on {args.host}:{args.port} (see the log above)")
+    else:
+        os.environ[SETTINGS_ENV] = settings.to_json()
+        _on_signals(lambda sig, frame: stopped.append(sig))
+        uvicorn.run("npbert.serve.app:app_from_env", factory=True, workers=args.workers, **options)
+    logging.getLogger("npbert.serve").info("exited cleanly%s", f" on {signal.Signals(stopped[0]).name}" if stopped else "")
+    return 0
+
+
+def _on_signals(handler) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, announcing the address it listens on once it does (with --port 0, the real
+        port) and how many requests a SIGTERM/SIGINT leaves to drain."""
+
+        def __init__(self, config, state):
+            super().__init__(config)
+            self.state = state
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            if self.started and self.servers:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                logging.getLogger("npbert.serve").info("ready on http://%s:%d", host, port)
+
+        def handle_exit(self, sig, frame):
+            if not self.should_exit:
+                n = self.state.in_flight
+                logging.getLogger("npbert.serve").info("%s: draining %d in-flight request%s, then exiting",
+                                                       signal.Signals(sig).name, n, "" if n == 1 else "s")
+            super().handle_exit(sig, frame)
+
+    return Server
+

@@ -1,0 +1,241 @@
+"""Request and response schemas of `npbert serve`, and the parsing of a raw request body into a request.
+
+The request follows the model catalog's scoring schema for question answering:
+
+    {"input_data": {"question": "What's my name?", "context": "My name is John and I live in Seattle"},
+     "parameters": {"top_k": 1}}
+
+`question` and `context` are both strings or both equal-length lists of strings. `parameters` takes the
+question-answering pipeline's own parameters (transformers 4.57.6 `pipelines/question_answering.py`),
+except `batch_size`, which belongs to the server.
+
+Every rejection is a `BadRequest` carrying an HTTP status and one line naming what was wrong, so the
+HTTP layer only has to turn it into a JSON response. The limits (characters, list length, sequence
+length) come from the server's settings through pydantic's validation context.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+
+class BadRequest(Exception):
+    """A request the server refuses: `status` is the HTTP status (4xx), `message` names the problem."""
+
+    def __init__(self, status: int, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.problems = status, message, problems or [message]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for. Sizes are in characters (Python str length, i.e. code points)."""
+
+    max_body_bytes: int = 1 << 20
+    max_context_chars: int = 20_000
+    max_question_chars: int = 1_000
+    max_items: int = 32
+    max_seq_len: int = 512  # the model's position table: a longer window would index past it
+    max_top_k: int = 20
+
+
+# --- the request --------------------------------------------------------------------------------------
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def a_json_type(value: Any) -> str:
+    name = json_type(value)
+    if name == "null":
+        return name
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _check_text(text: Any, where: str, max_chars: int) -> None:
+    """`where` is "" for a lone string, "item 3 " for a list item."""
+    if not isinstance(text, str):
+        raise PydanticCustomError("text_type", "{where}must be a string, got {got}", {"where": where, "got": json_type(text)})
+    if not text.strip():
+        raise PydanticCustomError("text_empty", "{where}must not be empty or blank", {"where": where})
+    if len(text) > max_chars:
+        raise PydanticCustomError("text_too_long", "{where}has {n} characters, over the server's limit of {limit}",
+                                  {"where": where, "n": len(text), "limit": max_chars})
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate such as "\ud800" is valid JSON but not text
+        raise PydanticCustomError("text_surrogate", "{where}contains an unpaired surrogate at character {pos}",
+                                  {"where": where, "pos": e.start}) from None
+
+
+class InputData(BaseModel):
+    """One question and its context, or equal-length lists of them (answered in order)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: Union[str, list[str]] = Field(description="A question, or a list of questions.",
+                                             examples=["What's my name?"])
+    context: Union[str, list[str]] = Field(description="The text holding the answer, or a list of them "
+                                           "(same length as `question`).",
+                                           examples=["My name is John and I live in Seattle"])
+
+    @field_validator("question", "context", mode="before")
+    @classmethod
+    def _texts(cls, value: Any, info: ValidationInfo) -> Any:
+        limits = (info.context or {}).get("limits", Limits())
+        max_chars = limits.max_context_chars if info.field_name == "context" else limits.max_question_chars
+        if isinstance(value, str):
+            _check_text(value, "", max_chars)
+        elif isinstance(value, list):
+            if not value:
+                raise PydanticCustomError("list_empty", "the list must not be empty")
+            if len(value) > limits.max_items:
+                raise PydanticCustomError("list_too_long", "the list has {n} items, over the server's limit of {limit}",
+                                          {"n": len(value), "limit": limits.max_items})
+            for i, text in enumerate(value):
+                _check_text(text, f"item {i} ", max_chars)
+        else:
+            raise PydanticCustomError("texts_type", "must be a string or a list of strings, got {got}",
+                                      {"got": json_type(value)})
+        return value
+
+    @model_validator(mode="after")
+    def _same_shape(self) -> "InputData":
+        q, c = self.question, self.context
+        if isinstance(q, str) != isinstance(c, str):
+            raise PydanticCustomError("shape_mismatch", "question and context must both be strings or both be lists "
+                                      "(got {q} and {c})", {"q": a_json_type(q), "c": a_json_type(c)})
+        if isinstance(q, list) and len(q) != len(c):
+            raise PydanticCustomError("length_mismatch", "question has {nq} items but context has {nc}: the lists "
+                                      "must have equal lengths", {"nq": len(q), "nc": len(c)})
+        return self
+
+    def pairs(self) -> tuple[list[str], list[str]]:
+        if isinstance(self.question, str):
+            return [self.question], [self.context]
+        return list(self.question), list(self.context)
+
+
+class Parameters(BaseModel):
+    """The question-answering pipeline's parameters; omitted ones take the pipeline's defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    top_k: int = Field(1, ge=1, description="How many answers per question (best first).")
+    max_answer_len: int = Field(15, ge=1, le=512, description="Longest answer, in tokens.")
+    max_seq_len: Optional[int] = Field(None, ge=16, description="Window length in tokens (question + context); "
+                                       "default min(model_max_length, 384).")
+    doc_stride: Optional[int] = Field(None, ge=0, description="Overlap between consecutive windows of a long "
+                                      "context, in tokens; default min(max_seq_len // 2, 128).")
+    max_question_len: int = Field(64, ge=1, le=512, description="Longest question in tokens (slow tokenizers only).")
+    handle_impossible_answer: bool = Field(False, description="Allow the empty answer (SQuAD v2).")
+    align_to_words: bool = Field(True, description="Snap answer boundaries to whole words.")
+
+    @model_validator(mode="after")
+    def _bounded(self, info: ValidationInfo) -> "Parameters":
+        limits = (info.context or {}).get("limits", Limits())
+        if self.top_k > limits.max_top_k:
+            raise PydanticCustomError("top_k_too_large", "top_k is {k}, over the server's limit of {limit}",
+                                      {"k": self.top_k, "limit": limits.max_top_k})
+        if self.max_seq_len is not None and self.max_seq_len > limits.max_seq_len:
+            raise PydanticCustomError("max_seq_len_too_large", "max_seq_len is {n}, over the model's limit of {limit}",
+                                      {"n": self.max_seq_len, "limit": limits.max_seq_len})
+        seq = self.max_seq_len if self.max_seq_len is not None else min(limits.max_seq_len, 384)
+        if self.doc_stride is not None and self.doc_stride >= seq:
+            raise PydanticCustomError("doc_stride_too_large", "doc_stride ({s}) must be smaller than max_seq_len ({n})",
+                                      {"s": self.doc_stride, "n": seq})
+        return self
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """The parameters actually given (defaults left to the pipeline), in a fixed order."""
+        return {k: v for k, v in sorted(self.model_dump(exclude_unset=True).items())}
+
+
+class ScoreRequest(BaseModel):
+    """The body of POST /score and POST /v1/answer."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"input_data": {"question": "What's my name?", "context": "My name is John and I live in Seattle"}},
+        {"input_data": {"question": ["What's my name?", "Where do I live?"],
+                        "context": ["My name is John and I live in Seattle", "I live in Rome"]},
+         "parameters": {"top_k": 1, "max_answer_len": 15}},
+    ]})
+
+    input_data: InputData
+    parameters: Parameters = Field(default_factory=Parameters)
+
+    @field_validator("input_data", "parameters", mode="before")
+    @classmethod
+    def _objects(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, dict):
+            what = '{"question": ..., "context": ...}' if info.field_name == "input_data" else "{\"top_k\": 1, ...}"
+            raise PydanticCustomError("object_type", "must be an object such as {what}, got {got}",
+                                      {"what": what, "got": a_json_type(value)})
+        return value
+
+
+# --- the responses (for the OpenAPI document; the routes build plain JSON) -----------------------------
+
+
+class AnswerRecord(BaseModel):
+    """One answer as the pipeline returns it: the text and its character span in the context."""
+
+    answer: str = Field(description="context[start:end]; empty for 'no answer' (handle_impossible_answer).")
+    score: float = Field(description="p_start x p_end within the answer's window.")
+    start: int
+    end: int
+
+
+class ErrorResponse(BaseModel):
+    status: int = Field(description="The HTTP status, repeated.")
+    error: str = Field(description="One line naming the problem.")
+    problems: list[str] = Field(description="Every problem found (the first is `error`).")
+
+
+# The JSON shapes of the two answering routes, one entry per question, in order: a record (or answer text)
+# when top_k is 1, a list of them when top_k > 1, as the pipeline returns per question.
+ScoreResponse = list[Union[str, list[str]]]
+AnswerResponse = list[Union[AnswerRecord, list[AnswerRecord]]]
+
+
+# --- parsing a raw body ----------------------------------------------------------------------------------
+
+
+def _where(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "request body"
+
+
+def describe(error: ValidationError) -> list[str]:
+    """pydantic's errors as one line each: 'input_data.question: must not be empty or blank'."""
+    return [f"{_where(e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)]
+
+
+def parse_request(body: bytes, limits: Limits) -> ScoreRequest:
+    """The request in `body`, or a BadRequest naming the first problem (400 not JSON, 422 wrong schema)."""
+    if not body.strip():
+        raise BadRequest(400, 'request body is empty: send a JSON object such as {"input_data": {"question": ..., '
+                              '"context": ...}}')
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(400, f"request body is not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadRequest(400, f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(obj, dict):
+        raise BadRequest(422, f'request body must be a JSON object with an "input_data" key, got {json_type(obj)}')
+    try:
+        return ScoreRequest.model_validate(obj, context={"limits": limits})
+    except ValidationError as e:
+        problems = describe(e)
+        raise BadRequest(422, problems[0], problems) from None

@@ -1,0 +1,325 @@
+"""`npbert serve` as a real process on 127.0.0.1, over HTTP: the catalog's sample, lists, parameters, every
+kind of bad input (then a good request), health, OpenAPI, concurrency, graceful SIGTERM. Answers are
+checked against `npbert.pipeline` run in this process on the same input. The batcher's coalescing rules
+are tested directly, with a recording `infer`, where arrival order is under the test's control."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("fastapi", reason="npbert serve needs the serve extra (fastapi, uvicorn)")
+pytest.importorskip("uvicorn", reason="npbert serve needs the serve extra (fastapi, uvicorn)")
+
+from serve_helpers import Server  # noqa: E402
+
+import npbert  # noqa: E402
+from npbert.serve.batcher import Batcher  # noqa: E402
+
+SAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
+PAIRS = [
+    ("What's my name?", "My name is John and I live in Seattle"),
+    ("Where is the Colosseum?", "The Colosseum is an ancient amphitheatre in the centre of Rome, Italy."),
+    ("Who won the game?", "The home team played well, but the visitors won the game by two points in the first half."),
+    ("When was the bridge opened?", "Construction began in 1933 and the bridge was opened to traffic in 1937."),
+]
+LIMITS = ["--max-body-bytes", "4096", "--max-context-chars", "2000", "--max-question-chars", "200"]
+
+
+@pytest.fixture(scope="module")
+def qa(tiny_checkpoint):
+    return npbert.pipeline("question-answering", model=str(tiny_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory):
+    s = Server(tiny_checkpoint, tmp_path_factory.mktemp("serve") / "server.log", *LIMITS)
+    yield s
+    assert s.stop() == 0, s.output()
+
+
+def records(result) -> list[dict]:
+    """A pipeline result for one question as plain JSON records (a list when top_k > 1)."""
+    plain = lambda r: {"answer": r["answer"], "score": float(r["score"]), "start": int(r["start"]), "end": int(r["end"])}
+    return [plain(r) for r in result] if isinstance(result, list) else plain(result)
+
+
+def assert_same_records(got, want):
+    assert isinstance(got, list) == isinstance(want, list)
+    for g, w in zip(got, want) if isinstance(want, list) else [(got, want)]:
+        assert (g["answer"], g["start"], g["end"]) == (w["answer"], w["start"], w["end"])
+        assert g["score"] == pytest.approx(w["score"], rel=1e-5)
+    assert not isinstance(want, list) or len(got) == len(want)
+
+
+# --- answers --------------------------------------------------------------------------------------------
+
+
+def test_seed_sample_answers_what_the_pipeline_answers(server, qa):
+    status, body = server.post("/score", {"input_data": SAMPLE})
+    assert status == 200
+    assert body == [qa(**SAMPLE)["answer"]]
+    status, body = server.post("/v1/answer", {"input_data": SAMPLE})
+    assert status == 200 and len(body) == 1
+    assert_same_records(body[0], records(qa(**SAMPLE)))
+
+
+def test_list_form_answered_in_order(server, qa):
+    questions, contexts = [q for q, _ in PAIRS], [c for _, c in PAIRS]
+    want = [records(r) for r in qa(question=questions, context=contexts)]
+    status, body = server.post("/score", {"input_data": {"question": questions, "context": contexts}})
+    assert status == 200
+    assert body == [w["answer"] for w in want]
+    status, body = server.post("/v1/answer", {"input_data": {"question": questions[::-1], "context": contexts[::-1]}})
+    assert status == 200 and len(body) == len(PAIRS)
+    for got, w in zip(body, want[::-1]):
+        assert_same_records(got, w)
+
+
+@pytest.mark.parametrize("parameters", [
+    {"top_k": 3},
+    {"top_k": 2, "max_answer_len": 2, "align_to_words": False},
+    {"handle_impossible_answer": True, "top_k": 2},
+    {"max_seq_len": 24, "doc_stride": 8},
+])
+def test_parameters_reach_the_pipeline(server, qa, parameters):
+    question, context = PAIRS[2]
+    want = records(qa(question=question, context=context, **parameters))
+    status, body = server.post("/v1/answer", {"input_data": {"question": question, "context": context},
+                                              "parameters": parameters})
+    assert status == 200, body
+    assert_same_records(body[0], want)
+    status, body = server.post("/score", {"input_data": {"question": [question], "context": [context]},
+                                          "parameters": parameters})
+    assert status == 200
+    assert body == [[w["answer"] for w in want] if isinstance(want, list) else want["answer"]]
+
+
+def test_concurrent_requests_each_get_their_own_answer(server, qa):
+    jobs = [(PAIRS[i % len(PAIRS)], {"top_k": 2} if i % 3 == 0 else {}) for i in range(12)]
+    want = [records(qa(question=q, context=c, **p)) for (q, c), p in jobs]
+
+    def ask(job):
+        (q, c), p = job
+        return server.post("/v1/answer", {"input_data": {"question": q, "context": c}, "parameters": p})
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(ask, jobs))
+    for (status, body), w in zip(answers, want):
+        assert status == 200
+        assert_same_records(body[0], w)
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+
+def _json(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _ask(question, context, **parameters) -> bytes:
+    body = {"input_data": {"question": question, "context": context}}
+    return _json({**body, "parameters": parameters} if parameters else body)
+
+
+BAD = [  # (what, body, status, a fragment of the error message)
+    ("empty body", b"", 400, "request body is empty"),
+    ("non-UTF-8 bytes", b'{"input_data": {"question": "\xff\xfe", "context": "x"}}', 400, "not valid UTF-8 (byte 0xff"),
+    ("invalid JSON", b'{"input_data": {"question": "a",', 400, "not valid JSON"),
+    ("a JSON array", b"[1, 2]", 422, "must be a JSON object"),
+    ("missing input_data", _json({"parameters": {}}), 422, "input_data: Field required"),
+    ("input_data not an object", _json({"input_data": "What?"}), 422, "input_data: must be an object"),
+    ("missing context", _json({"input_data": {"question": "a"}}), 422, "input_data.context: Field required"),
+    ("question a number", _ask(3, "x"), 422, "input_data.question: must be a string or a list of strings, got integer"),
+    ("context null", _ask("a", None), 422, "input_data.context: must be a string or a list of strings, got null"),
+    ("list of numbers", _ask(["a", 2], ["x", "y"]), 422, "input_data.question: item 1 must be a string, got integer"),
+    ("empty question", _ask("", "x"), 422, "input_data.question: must not be empty or blank"),
+    ("blank context", _ask("a", "  \n"), 422, "input_data.context: must not be empty or blank"),
+    ("empty list item", _ask(["a", "b"], ["x", ""]), 422, "input_data.context: item 1 must not be empty"),
+    ("empty lists", _ask([], []), 422, "input_data.question: the list must not be empty"),
+    ("mismatched lists", _ask(["a", "b"], ["x"]), 422, "question has 2 items but context has 1"),
+    ("string and list", _ask("a", ["x"]), 422, "must both be strings or both be lists"),
+    ("unpaired surrogate", b'{"input_data": {"question": "\\ud800?", "context": "x"}}', 422, "unpaired surrogate"),
+    ("unknown key", _json({"input_data": {"question": "a", "context": "x", "contxt": "y"}}), 422,
+     "input_data.contxt: Extra inputs are not permitted"),
+    ("context over the limit", _ask("a", "x" * 2001), 422, "input_data.context: has 2001 characters, over the server's limit of 2000"),
+    ("question over the limit", _ask("a" * 201, "x"), 422, "input_data.question: has 201 characters, over the server's limit of 200"),
+    ("body over the limit", _ask("a", "word " * 900), 413, "over the server's limit of 4096 bytes"),
+    ("top_k a string", _ask("a", "x", top_k="3"), 422, "parameters.top_k: Input should be a valid integer"),
+    ("top_k zero", _ask("a", "x", top_k=0), 422, "parameters.top_k: Input should be greater than or equal to 1"),
+    ("unknown parameter", _ask("a", "x", batch_size=4), 422, "parameters.batch_size: Extra inputs are not permitted"),
+    ("doc_stride too large", _ask("a", "x", max_seq_len=32, doc_stride=40), 422, "doc_stride (40) must be smaller"),
+    ("max_seq_len past the model", _ask("a", "x", max_seq_len=4096), 422, "max_seq_len is 4096, over the model's limit"),
+    ("question leaves no room", _ask("why " * 40, "x", max_seq_len=32), 422, "question"),
+]
+
+
+@pytest.mark.parametrize("what, body, status, fragment", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_refused_with_a_json_error_naming_it(server, what, body, status, fragment):
+    got, error = server.request("POST", "/score", body, {"Content-Type": "application/json"})
+    assert got == status, error
+    assert error["status"] == status and fragment in error["error"], error
+    assert error["problems"][0] == error["error"]
+
+
+def test_chunked_body_over_the_limit_is_refused_without_reading_it_all(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request("POST", "/score", body=iter([b"{" + b" " * 1000] * 8 + [b"}"]), encode_chunked=True,
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 413
+        assert "over the server's limit of 4096 bytes" in json.loads(resp.read())["error"]
+    finally:
+        conn.close()
+
+
+def test_after_every_bad_input_the_server_still_answers(server, qa):
+    for _, body, _, _ in BAD:
+        server.request("POST", "/v1/answer", body, {"Content-Type": "application/json"})
+    status, body = server.post("/score", {"input_data": SAMPLE})
+    assert (status, body) == (200, [qa(**SAMPLE)["answer"]])
+    status, health = server.request("GET", "/health")
+    assert health["failed"] == 0 and health["refused"] >= len(BAD)
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/nowhere", 404), ("GET", "/score", 405)])
+def test_unknown_routes_get_json_errors(server, method, path, status):
+    got, error = server.request(method, path)
+    assert got == status and error["status"] == status and path in error["error"]
+
+
+# --- health, OpenAPI ------------------------------------------------------------------------------------
+
+
+def test_health_names_the_model_and_its_weights(server, tiny_checkpoint):
+    status, health = server.request("GET", "/health")
+    assert status == 200 and health["status"] == "ok"
+    assert health["model"] == str(tiny_checkpoint) and health["revision"] is None
+    assert health["weights_sha256"] == hashlib.sha256((tiny_checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    assert health["limits"]["max_context_chars"] == 2000 and health["limits"]["max_body_bytes"] == 4096
+    assert health["batching"]["enabled"] is True
+
+
+def test_openapi_describes_both_answering_routes(server):
+    status, doc = server.request("GET", "/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    schemas = doc["components"]["schemas"]
+    for path in ("/score", "/v1/answer"):
+        op = doc["paths"][path]["post"]
+        assert op["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ScoreRequest"}
+        assert {"200", "400", "413", "422"} <= set(op["responses"])
+    assert set(schemas["ScoreRequest"]["properties"]) == {"input_data", "parameters"}
+    assert set(schemas["InputData"]["properties"]) == {"question", "context"}
+    assert {"top_k", "max_answer_len", "doc_stride", "handle_impossible_answer"} <= set(schemas["Parameters"]["properties"])
+    assert set(schemas["AnswerRecord"]["properties"]) == {"answer", "score", "start", "end"}
+    # every reference in the document resolves
+    refs = {v for v in _walk(doc) if isinstance(v, str) and v.startswith("#/components/schemas/")}
+    assert refs and all(r.rsplit("/", 1)[1] in schemas for r in refs)
+
+
+def _walk(node):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from (_walk(v) if isinstance(v, (dict, list)) else [v])
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v)
+
+
+# --- start-up and shutdown ------------------------------------------------------------------------------
+
+
+def test_an_unloadable_model_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "npbert", "serve", "--model", str(tmp_path / "missing"), "--port", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("npbert serve: error:") and "missing" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_drains_the_request_in_flight_and_exits_cleanly(tiny_checkpoint, tmp_path, qa):
+    # A context long enough, in short windows, that answering it takes a while even with the tiny model.
+    context = " ".join(f"In {1900 + i % 100} the team from city {i} played a game and won." for i in range(1500))
+    question, parameters = "Who won the game?", {"max_seq_len": 48, "doc_stride": 24}
+    server = Server(tiny_checkpoint, tmp_path / "server.log", "--no-batching", "--max-context-chars", str(len(context)))
+    try:
+        result = {}
+        long_request = threading.Thread(target=lambda: result.update(answer=server.post(
+            "/v1/answer", {"input_data": {"question": question, "context": context}, "parameters": parameters})))
+        long_request.start()
+        while True:  # health is answered while the long forward runs: inference is off the event loop
+            status, health = server.request("GET", "/health")
+            assert status == 200 and long_request.is_alive()
+            if health["in_flight"] == 1:
+                break
+        assert server.stop() == 0, server.output()
+        long_request.join()
+    finally:
+        server.stop()
+    status, body = result["answer"]
+    assert status == 200
+    assert_same_records(body[0], records(qa(question=question, context=context, **parameters)))
+    log = server.output()
+    assert "SIGTERM: draining 1 in-flight request" in log and "exited cleanly on SIGTERM" in log
+    assert "Traceback" not in log
+
+
+# --- the batcher's rules --------------------------------------------------------------------------------
+
+
+def _run_batcher(jobs, max_batch=4, fail_on=None):
+    """Submit `jobs` [(questions, params)] all at once; return (results, the calls infer saw)."""
+    calls = []
+
+    def infer(questions, contexts, params):
+        calls.append((list(questions), dict(params)))
+        if fail_on is not None and fail_on in questions:
+            raise ValueError(f"bad question {fail_on!r}")
+        return [f"{q}|{c}|{params.get('top_k', 1)}" for q, c in zip(questions, contexts)]
+
+    async def main():
+        batcher = Batcher(infer, max_batch=max_batch, wait_s=0.05)
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(qs, [q.upper() for q in qs], p) for qs, p in jobs),
+                                        return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main()), calls
+
+
+def test_batcher_coalesces_same_parameters_and_keeps_order():
+    jobs = [(["a"], {}), (["b", "c"], {}), (["d"], {"top_k": 2}), (["e"], {}), (["f"], {"top_k": 2})]
+    results, calls = _run_batcher(jobs, max_batch=4)
+    assert results == [["a|A|1"], ["b|B|1", "c|C|1"], ["d|D|2"], ["e|E|1"], ["f|F|2"]]
+    assert calls == [(["a", "b", "c", "e"], {}), (["d", "f"], {"top_k": 2})]
+
+
+def test_batcher_bounds_the_batch_size():
+    results, calls = _run_batcher([([q], {}) for q in "abcdefg"], max_batch=3)
+    assert results == [[f"{q}|{q.upper()}|1"] for q in "abcdefg"]
+    assert [c[0] for c in calls] == [["a", "b", "c"], ["d", "e", "f"], ["g"]]
+
+
+def test_batcher_with_max_batch_1_answers_each_request_alone():
+    results, calls = _run_batcher([([q], {}) for q in "abc"], max_batch=1)
+    assert [c[0] for c in calls] == [["a"], ["b"], ["c"]]
+
+
+def test_one_bad_request_does_not_fail_the_others_in_its_batch():
+    results, calls = _run_batcher([(["a"], {}), (["bad"], {}), (["c"], {})], max_batch=4, fail_on="bad")
+    assert results[0] == ["a|A|1"] and results[2] == ["c|C|1"]
+    assert isinstance(results[1], ValueError) and "bad question" in str(results[1])
+    assert calls[0][0] == ["a", "bad", "c"] and [c[0] for c in calls[1:]] == [["a"], ["bad"], ["c"]]
