@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 FULL_SIZE = dict(vocab_size=28996, dim=768, n_layers=6, n_heads=12, hidden_dim=3072, max_position_embeddings=512,
                  sinusoidal_pos_embds=True)
@@ -18,7 +17,6 @@ def transformers_checkpoint(folder: Path, seed: int, cls_name: str = "DistilBert
     """A random model built and saved by transformers (`torch.manual_seed(seed)`, then its own init), with
     biases and LayerNorm parameters randomised as well so every term of the forward is exercised.
     Returns (folder, the eval-mode torch model, eager attention)."""
-    pytest.importorskip("transformers", reason="transformers (the parity extra) is not installed")
     import torch
     import transformers
 
@@ -70,12 +68,16 @@ def max_abs_diff(ours, theirs, rows_kept=None) -> float:
 def compare(ours, theirs, keep) -> list[tuple[str, float]]:
     """(name, max|diff|) per tensor at unpadded positions. `ours` is an npbert QuestionAnsweringModelOutput
     (or BaseModelOutput), `theirs` the transformers output as numpy dict with the same field names."""
-    rows = []
-    for i, (a, b) in enumerate(zip(ours.hidden_states or (), theirs.get("hidden_states", ()))):
-        rows.append(("embeddings" if i == 0 else f"layer {i - 1} hidden", max_abs_diff(a, b, keep)))
-    for i, (a, b) in enumerate(zip(ours.attentions or (), theirs.get("attentions", ()))):
-        # [B, H, S, S]: rows of unpadded queries, every key (masked keys must be exactly 0 on both sides).
-        rows.append((f"layer {i} attention", max_abs_diff(a.transpose(0, 2, 1, 3), b.transpose(0, 2, 1, 3), keep)))
+    hidden = [max_abs_diff(a, b, keep) for a, b in zip(ours.hidden_states or (), theirs.get("hidden_states", ()))]
+    # [B, H, S, S]: rows of unpadded queries, every key (masked keys must be exactly 0 on both sides).
+    attention = [max_abs_diff(a.transpose(0, 2, 1, 3), b.transpose(0, 2, 1, 3), keep)
+                 for a, b in zip(ours.attentions or (), theirs.get("attentions", ()))]
+    rows = [("embeddings", hidden[0])] if hidden else []
+    for i in range(max(len(hidden) - 1, len(attention))):  # in forward order: layer i's attention, then its output
+        if i < len(attention):
+            rows.append((f"layer {i} attention", attention[i]))
+        if i + 1 < len(hidden):
+            rows.append((f"layer {i} hidden", hidden[i + 1]))
     for name in ("last_hidden_state", "start_logits", "end_logits"):
         if name in theirs and hasattr(ours, name):
             rows.append((name, max_abs_diff(getattr(ours, name), theirs[name], keep)))
