@@ -198,6 +198,15 @@ class Dataset:
     articles: list  # the official `data` layout, which the metrics read
     examples: list[Example]  # the questions in file order
 
+    def head(self, n: int | None) -> "Dataset":
+        """The first n questions (all when n is None), with `articles` cut to match, for scoring a partial run."""
+        if n is None or n >= len(self.examples):
+            return self
+        keep = {e.id for e in self.examples[:n]}
+        articles = [{**a, "paragraphs": [{**p, "qas": [qa for qa in p["qas"] if qa["id"] in keep]}
+                                         for p in a["paragraphs"]]} for a in self.articles]
+        return Dataset(self.path, self.version, articles, self.examples[:n])
+
 
 class DataError(ValueError):
     """A dataset, prediction or probability file that cannot be used, naming the file and the place."""

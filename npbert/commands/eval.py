@@ -1,0 +1,101 @@
+"""`npbert eval`: answer a SQuAD file with the question-answering pipeline and score it officially.
+
+Settings come from flags, or from a YAML job file (`--config job.yml`, the same names: model, revision,
+data, version, output, limit, save_every, progress, parameters: {top_k, doc_stride, ...}); flags given
+beside a job file override it. Writes predictions.json, metrics.json (and nbest_predictions.json when
+top_k > 1) in the output folder; the score JSON is the last line of stdout, as `npbert score` prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# flag -> job key; pipeline parameters go under "parameters"
+_JOB_FLAGS = {"model": "model", "revision": "revision", "data": "data", "version": "version", "out": "output",
+              "limit": "limit", "save_every": "save_every", "progress": "progress"}
+_PIPELINE_FLAGS = ("top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
+                   "handle_impossible_answer", "align_to_words", "padding", "batch_size")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluate on SQuAD v1.1/v2.0 (resumable, with progress)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="JOB.yml", help="YAML job file naming the settings below")
+    p.add_argument("--model", help="checkpoint folder or hub repository id "
+                   "(default distilbert/distilbert-base-cased-distilled-squad)")
+    p.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    p.add_argument("--data", metavar="FILE", help="SQuAD JSON (v1.1/v2.0) or JSON Lines (*.jsonl) of "
+                   "{id, question, context, answers}")
+    p.add_argument("--version", help="1.1 or 2.0 (default: the data file's, else 1.1); 2.0 turns "
+                   "handle_impossible_answer on unless set")
+    p.add_argument("--out", metavar="DIR", help="output folder (default ./npbert-eval)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
+    p.add_argument("--save-every", type=int, metavar="N", help="questions per pipeline call, each call's "
+                   "predictions saved before the next (default 32)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the output folder")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default on)")
+    g = p.add_argument_group("pipeline parameters (as transformers' QuestionAnsweringPipeline)")
+    g.add_argument("--top-k", type=int, metavar="K", help="answers per question (default 1); K > 1 also writes "
+                   "nbest_predictions.json")
+    g.add_argument("--doc-stride", type=int, metavar="N", help="overlap between windows of a long context "
+                   "(default min(max_seq_len // 2, 128))")
+    g.add_argument("--max-answer-len", type=int, metavar="N", help="longest answer in tokens (default 15)")
+    g.add_argument("--max-seq-len", type=int, metavar="N", help="window length in tokens (default 384)")
+    g.add_argument("--max-question-len", type=int, metavar="N", help="accepted as transformers does (default 64)")
+    g.add_argument("--handle-impossible-answer", action=argparse.BooleanOptionalAction, default=None,
+                   help="allow the empty (no-answer) prediction (default: on for v2.0, off for v1.1)")
+    g.add_argument("--align-to-words", action=argparse.BooleanOptionalAction, default=None,
+                   help="answer spans on word boundaries (default on)")
+    g.add_argument("--padding", choices=("do_not_pad", "longest", "max_length"), help="tokenizer padding")
+    g.add_argument("--batch-size", type=int, metavar="N", help="windows per forward (answers as transformers' "
+                   "pipeline with the same batch_size)")
+    p.set_defaults(run=run)
+
+
+def _flag(key: str) -> str:
+    name = {"output": "out"}.get(key.split(".")[-1], key.split(".")[-1])
+    return "--" + name.replace("_", "-")
+
+
+def job_from_args(args):
+    from .. import evaluate
+
+    settings, where_file = {}, None
+    if args.config:
+        settings, where_file = evaluate.read_job_file(args.config)
+    from_flags = set()
+    for flag, key in _JOB_FLAGS.items():
+        if getattr(args, flag) is not None:
+            settings[key] = getattr(args, flag)
+            from_flags.add(key)
+    params = {k: getattr(args, k) for k in _PIPELINE_FLAGS if getattr(args, k) is not None}
+    if params:
+        base = settings.get("parameters")
+        settings["parameters"] = {**base, **params} if isinstance(base, dict) else params
+        from_flags |= {f"parameters.{k}" for k in params}
+
+    def where(key):
+        return _flag(key) if key in from_flags or where_file is None else where_file(key)
+
+    return evaluate.make_job(settings, where)
+
+
+def run(args) -> int:
+    import json
+    import sys
+
+    from .. import evaluate
+    from ..cli import CommandError
+
+    job = job_from_args(args)
+    try:
+        metrics = evaluate.run(job, resume=args.resume)
+    except evaluate.Interrupted as e:
+        raise CommandError(f"interrupted by {e} after {e.done} of {e.total} questions, which are saved in "
+                           f"{e.partial}; run the same command with --resume to continue", 128 + e.signum) from None
+    print(f"npbert eval: {metrics['count']} questions in {metrics['elapsed_seconds']:.1f} s "
+          f"({metrics['questions_per_second']:.2f} q/s); files in {job.output}", file=sys.stderr)
+    print(json.dumps(evaluate.score_of(metrics)))
+    return 0
+

@@ -1,0 +1,377 @@
+"""The SQuAD evaluation run: questions in chunks through the question-answering pipeline, each chunk's
+predictions saved durably before the next, a progress bar, resumable, then the official scores.
+
+Files in the output folder:
+- `predictions.partial.jsonl` while running: a header line (the job's fingerprint), then one line per
+  finished chunk, appended and fsync'ed. An interrupted run (Ctrl-C, SIGTERM, a crash, a kill) leaves
+  it behind; `resume=True` checks the fingerprint, drops a half-written last line, and goes on from the
+  next chunk. Chunk boundaries never move, so the pipeline sees exactly the same batches as in an
+  uninterrupted run and the final files are byte-identical (timing fields of metrics.json aside).
+- at the end, each written atomically (temporary file + rename): `predictions.json` ({id: answer text},
+  the official format; no-answer is ""), `nbest_predictions.json` when top_k > 1 ({id: [answer, ...]}),
+  and `metrics.json` (the official score plus count, timing, model, revision, weights sha256). The
+  partial file is removed last.
+
+The run's settings come as a `Job`, built from a mapping (CLI flags or a YAML job file) by `make_job`,
+which names the offending key and its place on any bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import squad
+from .hub import DEFAULT_MODEL
+
+PARTIAL = "predictions.partial.jsonl"
+PREDICTIONS = "predictions.json"
+NBEST = "nbest_predictions.json"
+METRICS = "metrics.json"
+FORMAT = "npbert-eval-partial/1"
+
+# The pipeline parameters a job may set (transformers 4.57.6 QuestionAnsweringPipeline's), with their types.
+PIPELINE_PARAMETERS = {"top_k": int, "doc_stride": int, "max_answer_len": int, "max_seq_len": int,
+                       "max_question_len": int, "handle_impossible_answer": bool, "align_to_words": bool,
+                       "padding": str, "batch_size": int}
+JOB_KEYS = {"model": str, "revision": str, "data": str, "version": str, "output": str, "limit": int,
+            "save_every": int, "progress": bool, "parameters": dict}
+DEFAULT_OUTPUT = "npbert-eval"
+# metrics.json = the official score's keys + these; elapsed_seconds and questions_per_second are the only
+# ones that differ between an uninterrupted and a resumed run
+RUN_FIELDS = {"version", "count", "elapsed_seconds", "questions_per_second", "model", "revision", "commit",
+              "weights_sha256", "data", "parameters"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    data: str
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    version: str | None = None  # None: the data file's own, else 1.1
+    output: str = DEFAULT_OUTPUT
+    limit: int | None = None  # the first N questions only
+    save_every: int = 32  # questions per pipeline call and per durable chunk
+    progress: bool = True
+    parameters: dict = dataclasses.field(default_factory=dict)  # pipeline parameters
+
+
+class JobError(ValueError):
+    """A job setting that cannot be used, naming the key and where it came from."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run stopped on SIGINT or SIGTERM (`signum`); the `done` of `total` questions finished are on disk
+    in `partial`."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.done, self.total, self.partial = signum, 0, 0, None
+
+
+# --- the job -------------------------------------------------------------------------------------------
+
+
+def _check(key: str, value, kind, where: str):
+    if value is None and key in ("revision", "version", "limit"):
+        return None
+    if key == "version" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # YAML reads `version: 1.1` as a number
+    names = {str: "a string", int: "an integer", bool: "true or false", dict: "a mapping"}
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise JobError(f"{where}: {key} must be {names[kind]}, found {value!r}")
+    if kind is int and value < (0 if key == "doc_stride" else 1):
+        raise JobError(f"{where}: {key} must be {'>= 0' if key == 'doc_stride' else '>= 1'}, found {value}")
+    if key == "version":
+        try:
+            return squad.check_version(value)
+        except ValueError as e:
+            raise JobError(f"{where}: {e}") from None
+    return value
+
+
+def _unknown(key: str, known, where: str) -> JobError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(known))
+    return JobError(f"{where}: unknown key {key!r} ({hint})")
+
+
+def make_job(settings: dict, where=lambda key: key) -> Job:
+    """A Job from a mapping of the JOB_KEYS (pipeline parameters under "parameters"). `where(key)` names
+    a key's place for messages, e.g. "job.yml:4" or "--limit"."""
+    values = {}
+    for key, value in settings.items():
+        if key not in JOB_KEYS:
+            raise _unknown(key, JOB_KEYS, where(key))
+        values[key] = _check(key, value, JOB_KEYS[key], where(key))
+    params = {}
+    for key, value in (values.pop("parameters", None) or {}).items():
+        place = where(f"parameters.{key}")
+        if key not in PIPELINE_PARAMETERS:
+            raise _unknown(key, PIPELINE_PARAMETERS, place)
+        params[key] = _check(key, value, PIPELINE_PARAMETERS[key], place)
+    if "data" not in values:
+        raise JobError("no data file: give --data FILE or `data:` in the job file")
+    return Job(**values, parameters=params)
+
+
+def read_job_file(path: str | Path) -> tuple[dict, callable]:
+    """A YAML job file's mapping, and a function naming the file and line of each key for messages."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobError(f"{path}: job file not found") from None
+    except UnicodeDecodeError as e:
+        raise JobError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        settings = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise JobError(f"{path}{at}: unreadable YAML: {problem}") from None
+    if not isinstance(settings, dict):
+        raise JobError(f"{path}: a job file is a mapping (model:, data:, version:, parameters:, output:, ...), "
+                       f"found {type(settings).__name__}")
+    lines = {}
+    for key_node, value_node in root.value:
+        lines[str(key_node.value)] = key_node.start_mark.line + 1
+        if isinstance(value_node, yaml.MappingNode):
+            for sub, _ in value_node.value:
+                lines[f"{key_node.value}.{sub.value}"] = sub.start_mark.line + 1
+    return settings, lambda key: f"{path}:{lines.get(key, lines.get(key.split('.')[0], 1))}: {key}"
+
+
+# --- files ---------------------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _dumps_line(obj) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def read_partial(path: Path, fingerprint: dict, examples: list) -> tuple[list[dict], float, int]:
+    """The finished chunks of an interrupted run: (records in question order, seconds spent, byte length
+    of the complete lines). A half-written last line (the process died while writing it) is ignored."""
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
+    lines = complete.splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise JobError(f"{path}:1: not an npbert eval partial file; delete it or choose another output folder")
+    before = header.get("job", {})
+    changed = [k for k in fingerprint if before.get(k) != fingerprint[k]]
+    if changed:
+        k = changed[0]
+        raise JobError(f"{path}: cannot resume: {k} was {before.get(k)!r}, now {fingerprint[k]!r}; rerun with the "
+                       "same settings, or delete the partial file to start over")
+    records, seconds = [], 0.0
+    for n, line in enumerate(lines[1:], 2):
+        try:
+            chunk = json.loads(line)
+            records.extend(chunk["predictions"])
+            seconds += chunk["seconds"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise JobError(f"{path}:{n}: corrupt line; delete the file to start over") from None
+    ids = [r.get("id") for r in records]
+    if ids != [e.id for e in examples[: len(ids)]]:
+        raise JobError(f"{path}: its questions are not the data file's first {len(ids)}; delete it to start over")
+    return records, seconds, len(complete)
+
+
+# --- signals -------------------------------------------------------------------------------------------
+
+
+class _Signals:
+    """SIGINT and SIGTERM raise `Interrupted`, except inside `critical()` (writing a chunk), where they are
+    held until the block ends, so a chunk line is either written whole or not at all."""
+
+    def __init__(self):
+        self.holding, self.pending = False, None
+
+    def handler(self, signum, frame):
+        if self.holding:
+            self.pending = signum
+        else:
+            raise Interrupted(signum)
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # handlers work in the main thread only
+            yield self
+            return
+        previous = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    @contextmanager
+    def critical(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.pending is not None:
+                signum, self.pending = self.pending, None
+                raise Interrupted(signum)
+
+
+# --- the run -------------------------------------------------------------------------------------------
+
+
+def _records(output, n: int) -> list[list[dict]]:
+    """The pipeline's answers as one list of {score, start, end, answer} per question. Like transformers, it
+    returns a dict (top_k 1) or a list (top_k > 1) per question, and unwraps a batch of one."""
+    per_question = [output] if n == 1 else list(output)
+    if len(per_question) != n:
+        raise RuntimeError(f"the pipeline answered {len(per_question)} of {n} questions")
+    return [[{"score": float(a["score"]), "start": int(a["start"]), "end": int(a["end"]), "answer": a["answer"]}
+             for a in ([out] if isinstance(out, dict) else out)] for out in per_question]
+
+
+def effective_parameters(job: Job, version: str) -> dict:
+    """The pipeline parameters the run uses: v2.0 answers "no answer" unless told otherwise."""
+    params = dict(job.parameters)
+    if version == "2.0":
+        params.setdefault("handle_impossible_answer", True)
+    return dict(sorted(params.items()))
+
+
+def model_identity(qa) -> dict:
+    """Model id, revision (as asked, and the hub commit it resolved to) and weights sha256 of the pipeline's
+    checkpoint."""
+    return {"model": qa.model_id, "revision": qa.revision, "commit": qa.commit,
+            "weights_sha256": sha256_file(Path(qa.folder) / "model.safetensors")}
+
+
+def load_pipeline(job: Job):
+    from .pipeline import pipeline
+
+    return pipeline("question-answering", model=job.model, revision=job.revision)
+
+
+def run(job: Job, qa=None, resume: bool = False, progress_file=None) -> dict:
+    """Run the evaluation job; returns the metrics (also written to `<output>/metrics.json`).
+
+    `qa` is a question-answering pipeline (loaded from job.model when None). Raises `Interrupted` on
+    SIGINT/SIGTERM with the finished chunks on disk; `resume=True` continues from them."""
+    data = squad.read_dataset(job.data, job.version)
+    version = job.version or data.version or "1.1"
+    data = data.head(job.limit)
+    examples = data.examples
+    params = effective_parameters(job, version)
+    out = Path(job.output)
+    if out.exists() and not out.is_dir():
+        raise JobError(f"{out}: output exists and is not a folder")
+    partial = out / PARTIAL
+    if partial.exists() and not resume:
+        raise JobError(f"{partial}: an unfinished run is here; pass --resume to continue it, or delete the file")
+
+    qa = qa if qa is not None else load_pipeline(job)
+    identity = model_identity(qa)
+    fingerprint = {**identity, "data_sha256": sha256_file(data.path), "version": version,
+                   "questions": len(examples), "save_every": job.save_every, "parameters": params}
+    records, seconds, keep_bytes = [], 0.0, 0
+    if resume and partial.exists():
+        records, seconds, keep_bytes = read_partial(partial, fingerprint, examples)
+    out.mkdir(parents=True, exist_ok=True)
+
+    signals = _Signals()
+    with signals.installed(), open(partial, "ab" if keep_bytes else "wb") as f:
+        if keep_bytes:
+            f.truncate(keep_bytes)  # drop a half-written last line
+        else:
+            f.write(_dumps_line({"format": FORMAT, "job": fingerprint}))
+        try:
+            seconds = _answer_all(qa, examples, records, seconds, params, job, f, signals, progress_file)
+            with signals.critical():
+                metrics = _finish(out, data, version, records, seconds, identity, params)
+        except Interrupted as e:
+            e.done, e.total, e.partial = len(records), len(examples), partial
+            raise
+    partial.unlink()
+    return metrics
+
+
+def _answer_all(qa, examples, records: list, seconds, params, job, f, signals, progress_file) -> float:
+    """Answer the questions after `records` chunk by chunk, appending each chunk to the partial file `f`
+    and to `records`; returns the seconds spent answering, in all sessions."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(examples), initial=len(records), unit="q", desc="eval", disable=not job.progress,
+               file=progress_file or sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    try:
+        for start in range(len(records), len(examples), job.save_every):
+            chunk = examples[start: start + job.save_every]
+            t0 = time.perf_counter()
+            output = qa(question=[e.question for e in chunk], context=[e.context for e in chunk], **params)
+            answers = _records(output, len(chunk))
+            elapsed = time.perf_counter() - t0
+            done = [{"id": e.id, "answers": a} for e, a in zip(chunk, answers)]
+            with signals.critical():
+                f.write(_dumps_line({"seconds": elapsed, "predictions": done}))
+                f.flush()
+                os.fsync(f.fileno())
+            records.extend(done)
+            seconds += elapsed
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return seconds
+
+
+def _finish(out: Path, data, version, records, seconds, identity, params) -> dict:
+    predictions = {r["id"]: r["answers"][0]["answer"] if r["answers"] else "" for r in records}
+    write_atomic(out / PREDICTIONS, json.dumps(predictions, ensure_ascii=False, indent=2) + "\n")
+    if params.get("top_k", 1) > 1:
+        nbest = {r["id"]: r["answers"] for r in records}
+        write_atomic(out / NBEST, json.dumps(nbest, ensure_ascii=False, indent=2) + "\n")
+    elif (out / NBEST).exists():
+        (out / NBEST).unlink()  # an earlier run's, which this one's predictions would contradict
+    run_fields = {"version": version, "count": len(records), "elapsed_seconds": seconds,
+                  "questions_per_second": len(records) / seconds if seconds else None,
+                  **identity, "data": str(data.path), "parameters": params}
+    assert set(run_fields) <= RUN_FIELDS
+    metrics = {**squad.evaluate(data, predictions, version), **run_fields}
+    write_atomic(out / METRICS, json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def score_of(metrics: dict) -> dict:
+    """The official score JSON inside a metrics.json."""
+    return {k: v for k, v in metrics.items() if k not in RUN_FIELDS}
