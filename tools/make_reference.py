@@ -1,0 +1,113 @@
+"""Write the stored reference fixture that tests parity where torch is not installed.
+
+    python tools/make_reference.py        # needs the parity extra: pip install -e '.[parity]'
+
+Into tests/fixtures/reference/ it writes a tiny random checkpoint saved by transformers'
+`save_pretrained` (config.json, model.safetensors), right-padded inputs, transformers' outputs (every
+hidden state, every attention map, start and end logits; float32 and float64) in reference.safetensors,
+and reference.json: the format version, the transformers, torch and numpy versions, the config and the
+inputs' lengths. tests/test_reference_fixture.py reads it with `read_fixture`, which fails with a hint to
+rerun this script when the fixture is stale (another format version, a missing file, a shape that does
+not match its config). Regenerating is deterministic (fixed seeds), so an unchanged reference stack
+rewrites identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "reference"
+FILES = ("config.json", "model.safetensors", "reference.safetensors", "reference.json")
+HINT = "regenerate it with `python tools/make_reference.py` (needs the parity extra: pip install -e '.[parity]')"
+
+# Small enough to keep the fixture under 100 KB; odd FFN width, 4 heads of 4, peaked attention.
+CONFIG = dict(vocab_size=64, dim=16, n_heads=4, hidden_dim=37, n_layers=2, max_position_embeddings=24,
+              initializer_range=0.2)
+LENGTHS = [12, 7, 1]  # a full row, a padded row, a row with one kept token
+SEED = 2
+
+
+class StaleFixture(AssertionError):
+    """The stored fixture does not match what this version of the test reads."""
+
+
+def expected_shapes(config: dict, batch: int, seq_len: int) -> dict[str, tuple[int, ...]]:
+    """Every array in reference.safetensors, by name, with its shape."""
+    B, S, D, H = batch, seq_len, config["dim"], config["n_heads"]
+    shapes = {"input_ids": (B, S), "attention_mask": (B, S)}
+    for dtype in ("float32", "float64"):
+        for i in range(config["n_layers"] + 1):
+            shapes[f"{dtype}.hidden_states.{i}"] = (B, S, D)
+        for i in range(config["n_layers"]):
+            shapes[f"{dtype}.attentions.{i}"] = (B, H, S, S)
+        shapes[f"{dtype}.start_logits"] = (B, S)
+        shapes[f"{dtype}.end_logits"] = (B, S)
+    return shapes
+
+
+def read_fixture(folder: Path = FIXTURE) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, arrays) of the stored fixture, checked against this format; StaleFixture otherwise."""
+    from safetensors.numpy import load_file
+
+    folder = Path(folder)
+    missing = [name for name in FILES if not (folder / name).is_file()]
+    if missing:
+        raise StaleFixture(f"reference fixture {folder}: missing {', '.join(missing)}; {HINT}")
+    meta = json.loads((folder / "reference.json").read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise StaleFixture(f"reference fixture {folder}: format version {meta.get('format_version')!r}, this test "
+                           f"reads version {FORMAT_VERSION}; {HINT}")
+    config = json.loads((folder / "config.json").read_text())
+    changed = [k for k, v in meta["config"].items() if config.get(k) != v]
+    if changed:
+        raise StaleFixture(f"reference fixture {folder}: config.json differs from reference.json in {changed}; {HINT}")
+    arrays = load_file(str(folder / "reference.safetensors"))
+    expected = expected_shapes(meta["config"], len(meta["lengths"]), meta["seq_len"])
+    if set(arrays) != set(expected):
+        raise StaleFixture(f"reference fixture {folder}: reference.safetensors holds "
+                           f"{sorted(set(arrays) ^ set(expected))[:4]} unlike this format; {HINT}")
+    for name, shape in expected.items():
+        if arrays[name].shape != shape:
+            raise StaleFixture(f"reference fixture {folder}: {name} has shape {list(arrays[name].shape)}, its "
+                               f"config says {list(shape)}; {HINT}")
+    return meta, arrays
+
+
+def main(folder: Path = FIXTURE) -> None:
+    import copy
+
+    import torch
+    import transformers
+    from safetensors.numpy import save_file
+
+    sys.path.insert(0, str(ROOT / "tests" / "parity"))
+    from parity_helpers import right_padded, transformers_checkpoint, transformers_outputs
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _, model = transformers_checkpoint(folder, seed=SEED, **CONFIG)
+    ids, mask = right_padded(np.random.default_rng(SEED), LENGTHS, CONFIG["vocab_size"])
+    arrays = {"input_ids": ids, "attention_mask": mask}
+    for dtype, m in (("float32", model), ("float64", copy.deepcopy(model).double())):
+        out = transformers_outputs(m, ids, mask)
+        for field in ("hidden_states", "attentions"):
+            arrays.update({f"{dtype}.{field}.{i}": a for i, a in enumerate(out[field])})
+        arrays[f"{dtype}.start_logits"], arrays[f"{dtype}.end_logits"] = out["start_logits"], out["end_logits"]
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(folder / "reference.safetensors"))
+    meta = {"format_version": FORMAT_VERSION, "generated_by": "tools/make_reference.py",
+            "transformers_version": transformers.__version__, "torch_version": torch.__version__,
+            "numpy_version": np.__version__, "attn_implementation": "eager", "seed": SEED,
+            "config": CONFIG, "lengths": LENGTHS, "seq_len": int(ids.shape[1])}
+    (folder / "reference.json").write_text(json.dumps(meta, indent=2) + "\n")
+    read_fixture(folder)  # what was written is what the test reads
+    size = sum((folder / name).stat().st_size for name in FILES)
+    print(f"wrote {folder} ({size / 1024:.0f} KB) with transformers {transformers.__version__}, torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()
