@@ -93,7 +93,7 @@ class QuestionAnsweringPipeline:
         examples = _examples(args, kwargs)
         params = {**self._defaults, **check_parameters(params)}
         batch_size = _check_batch_size(batch_size) or self.batch_size
-        results = self._answer(examples, params, batch_size)
+        results = self._answer(examples, params, batch_size) if examples else []
         return results[0] if len(results) == 1 else results
 
     # --- the steps --------------------------------------------------------------------------------------
@@ -150,16 +150,14 @@ class QuestionAnsweringPipeline:
 def _examples(args: tuple, kwargs: dict) -> list[tuple[str, str]]:
     """QuestionAnsweringArgumentHandler: every accepted input form -> [(question, context), ...]."""
     if args:
-        if kwargs:
-            raise ValueError(f"unexpected keyword arguments {sorted(kwargs)} beside positional inputs")
+        check_parameters(kwargs)
         if len(args) == 2 and all(isinstance(a, str) for a in args):
             items = [{"question": args[0], "context": args[1]}]
         else:
             items = args[0] if len(args) == 1 else list(args)
     elif "question" in kwargs and "context" in kwargs:
         question, context = kwargs.pop("question"), kwargs.pop("context")
-        if kwargs:
-            raise ValueError(f"unknown arguments {sorted(kwargs)}")
+        check_parameters(kwargs)  # anything left is not a parameter: say which names are
         if isinstance(question, list) and isinstance(context, str):
             items = [{"question": q, "context": context} for q in question]
         elif isinstance(question, list) and isinstance(context, list):
@@ -183,8 +181,6 @@ def _examples(args: tuple, kwargs: dict) -> list[tuple[str, str]]:
         items = [items]
     elif not isinstance(items, (list, tuple)):
         raise ValueError(f"{items!r} argument needs to be a {{question, context}} dict or a list of them")
-    if not items:
-        raise ValueError("no questions given")
     return [_example(item) for item in items]
 
 

@@ -1,0 +1,198 @@
+"""npbert.pipeline on the tiny checkpoint: input forms, parameters and their validation, batching (one
+forward per `batch_size` windows of all questions, padded to the longest), and the answers against a
+direct computation from the model's own logits. Parity with transformers: tests/parity/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import npbert
+from npbert import qa
+from npbert.pipeline import QuestionAnsweringPipeline
+
+LONG = " ".join(f"Sentence {i} says that the river number {i} flows through city {i}." for i in range(60))
+SHORT = "My name is John and I live in Seattle."
+
+
+@pytest.fixture(scope="module")
+def qa_pipe(tiny_checkpoint):
+    return npbert.pipeline("question-answering", model=tiny_checkpoint)
+
+
+class Recorder:
+    """Wraps the real model to record the shape of every forward (the model still does the work)."""
+
+    def __init__(self, model):
+        self.model, self.shapes = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, ids, attention_mask=None, **kw):
+        self.shapes.append(np.shape(ids))
+        return self.model(ids, attention_mask=attention_mask, **kw)
+
+
+def assert_same_answers(got, want, rel=1e-5):
+    """Equal spans and texts; scores equal to float32 rounding (batching changes GEMM shapes)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and {**got, "score": 0} == {**want, "score": 0}
+        assert got["score"] == pytest.approx(want["score"], rel=rel)
+    else:
+        assert isinstance(got, list) and len(got) == len(want)
+        for g, w in zip(got, want):
+            assert_same_answers(g, w, rel)
+
+
+def test_loads_and_reports_where_from(qa_pipe, tiny_checkpoint):
+    assert isinstance(qa_pipe, QuestionAnsweringPipeline)
+    assert isinstance(qa_pipe.model, npbert.DistilBertForQuestionAnswering)
+    assert isinstance(qa_pipe.tokenizer, npbert.Tokenizer)
+    assert qa_pipe.model_id == str(tiny_checkpoint) and qa_pipe.folder == tiny_checkpoint
+    assert qa_pipe.revision is None and qa_pipe.commit is None  # a plain folder, not a hub snapshot
+    with pytest.raises(ValueError, match="one task"):
+        npbert.pipeline("text-generation", model=tiny_checkpoint)
+
+
+def test_answer_is_the_best_span_of_the_model_logits(qa_pipe):
+    """The answer recomputed from the model's logits by brute force over the context spans."""
+    question = "Where do I live?"
+    (w,) = qa_pipe.tokenizer.encode_pair(question, SHORT)
+    out = qa_pipe.model(w.input_ids[None])
+    ctx = [i for i, s in enumerate(w.sequence_ids) if s == 1]
+    desired = [0] + ctx
+
+    def probs(logits):
+        x = np.float64(logits[0, desired])
+        p = np.exp(x - x.max())
+        return dict(zip(desired, p / p.sum()))
+
+    ps, pe = probs(out.start_logits), probs(out.end_logits)
+    s, e = max(((a, b) for a in ctx for b in ctx if 0 <= b - a < 15), key=lambda t: ps[t[0]] * pe[t[1]])
+    got = qa_pipe(question=question, context=SHORT)
+    words = w.encoding
+    start = words.word_to_chars(words.token_to_word(s), sequence_index=1)[0]
+    end = words.word_to_chars(words.token_to_word(e), sequence_index=1)[1]
+    assert (got["start"], got["end"], got["answer"]) == (start, end, SHORT[start:end])
+    assert got["score"] == pytest.approx(ps[s] * pe[e], rel=1e-4)
+
+
+def test_input_forms_agree(qa_pipe):
+    one = qa_pipe(question="Who?", context=SHORT)
+    assert set(one) == {"score", "start", "end", "answer"}
+    assert qa_pipe({"question": "Who?", "context": SHORT}) == one
+    assert qa_pipe([{"question": "Who?", "context": SHORT}]) == one  # one input -> one result, as transformers
+    assert qa_pipe("Who?", SHORT) == one
+    assert qa_pipe(question=["Who?"], context=[SHORT]) == one
+    two = qa_pipe(question=["Who?", "Where?"], context=SHORT)
+    assert two == qa_pipe(question=["Who?", "Where?"], context=[SHORT, SHORT])
+    assert two == qa_pipe([{"question": "Who?", "context": SHORT}, {"question": "Where?", "context": SHORT}])
+    assert_same_answers(two, [one, qa_pipe(question="Where?", context=SHORT)])
+    with pytest.warns(FutureWarning):
+        assert qa_pipe(X={"question": "Who?", "context": SHORT}) == one
+
+
+def test_return_shapes(qa_pipe):
+    three = qa_pipe(question="Who?", context=SHORT, top_k=3)
+    assert isinstance(three, list) and len(three) == 3
+    assert [a["score"] for a in three] == sorted((a["score"] for a in three), reverse=True)
+    lists = qa_pipe(question=["Who?", "Where?"], context=[SHORT, LONG], top_k=2)
+    assert [len(x) for x in lists] == [2, 2]
+    with pytest.warns(UserWarning, match="topk parameter is deprecated"):
+        assert qa_pipe(question="Who?", context=SHORT, topk=3) == three
+    impossible = qa_pipe(question="Who?", context=SHORT, top_k=50, handle_impossible_answer=True)
+    assert any(a == {**a, "start": 0, "end": 0, "answer": ""} and a["score"] > 0 for a in impossible)
+
+
+def test_batching_never_changes_answers_and_pads_to_the_longest(tiny_checkpoint):
+    pipe = npbert.pipeline("question-answering", model=tiny_checkpoint)
+    questions = ["Who?", "Which river flows through city 7?", "Where do I live?", "What does sentence 50 say?"]
+    contexts = [SHORT, LONG, SHORT, LONG]
+    singles = [pipe(question=q, context=c, top_k=2, batch_size=1) for q, c in zip(questions, contexts)]
+    windows = [len(ws) for ws in pipe.tokenizer.encode_pairs(questions, contexts, 384, 128)]
+    lengths = sorted(len(w) for ws in pipe.tokenizer.encode_pairs(questions, contexts, 384, 128) for w in ws)
+    assert windows[1] > 1 and lengths[0] < 20  # long contexts overflow; short ones stay short
+    pipe.model = Recorder(pipe.model)
+    batched = pipe(question=questions, context=contexts, top_k=2, batch_size=1)
+    assert batched == singles
+    for batch_size in (3, 64):
+        pipe.model.shapes.clear()
+        assert_same_answers(pipe(question=questions, context=contexts, top_k=2, batch_size=batch_size), singles)
+        # all questions' windows in ceil(W / batch_size) forwards, each as long as its longest window
+        chunks = [lengths[i:i + batch_size] for i in range(0, len(lengths), batch_size)]
+        assert pipe.model.shapes == [(len(c), max(c)) for c in chunks]
+    pipe.model.shapes.clear()
+    pipe(question="Who?", context=SHORT)
+    assert pipe.model.shapes == [(1, len(pipe.tokenizer.encode_pair("Who?", SHORT)[0]))]  # never padded to 384
+
+
+def test_parameters(qa_pipe):
+    base = qa_pipe(question="Which river flows through city 7?", context=LONG, top_k=5)
+    short = qa_pipe(question="Which river flows through city 7?", context=LONG, top_k=5, max_answer_len=1)
+    assert all(len(qa_pipe.tokenizer.tokenize(a["answer"])) <= 3 for a in short)  # one token, widened to its word
+    raw = qa_pipe(question="Which river flows through city 7?", context=LONG, top_k=5, align_to_words=False,
+                  max_answer_len=1)
+    assert all(len(qa_pipe.tokenizer.tokenize(a["answer"])) == 1 for a in raw)
+    windows = qa_pipe(question="Which river flows through city 7?", context=LONG, top_k=5, max_seq_len=64,
+                      doc_stride=16)
+    assert windows != base and len(windows) == 5
+    defaults = npbert.pipeline("question-answering", model=qa_pipe.folder, top_k=5)  # pipeline(...) defaults
+    assert defaults(question="Which river flows through city 7?", context=LONG) == base
+    assert qa_pipe(question="Who?", context=SHORT, max_question_len=1) == qa_pipe(question="Who?", context=SHORT)
+    assert qa_pipe(question="Who?", context=SHORT, padding="max_length")["answer"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(question="", context=SHORT), "`question` cannot be empty"),
+    (dict(question="Who?", context=""), "`context` cannot be empty"),
+    (dict(question=None, context=SHORT), "question and context must be strings"),
+    (dict(question=3, context=SHORT), "question and context must be strings"),
+    (dict(question=["Who?", 3], context=SHORT), "`question` must be a string"),
+    (dict(question=["a", "b"], context=["c"]), "don't have the same lengths"),
+    (dict(question="Who?"), "give question= and context="),
+    (dict(question="Who?", context=SHORT, top_k=0), r"top_k parameter should be >= 1 \(got 0\)"),
+    (dict(question="Who?", context=SHORT, top_k=1.5), "top_k must be an integer"),
+    (dict(question="Who?", context=SHORT, max_answer_len=0), "max_answer_len parameter should be >= 1"),
+    (dict(question="Who?", context=SHORT, doc_stride=200, max_seq_len=100), r"`doc_stride` \(200\) is larger"),
+    (dict(question="Who?", context=SHORT, max_seq_len=600), "exceeds the model's max_position_embeddings"),
+    (dict(question="word " * 80, context=LONG, max_seq_len=64), "no room is left for the context"),
+    (dict(question="Who?", context=SHORT, handle_impossible_answer="yes"), "must be True or False"),
+    (dict(question="Who?", context=SHORT, top_kk=2), "unknown parameters"),
+    (dict(question="Who?", context=SHORT, batch_size=0), "batch_size must be a positive integer"),
+])
+def test_bad_input_is_a_clear_value_error(qa_pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        qa_pipe(**kwargs)
+
+
+def test_bad_items(qa_pipe):
+    with pytest.raises(ValueError, match=r"keys \{question:..., context:...\}"):
+        qa_pipe({"question": "Who?"})
+    with pytest.raises(ValueError, match="`context` cannot be None"):
+        qa_pipe([{"question": "Who?", "context": None}])
+    with pytest.raises(ValueError, match="needs to be a"):
+        qa_pipe(42)
+    assert qa_pipe([]) == [] and qa_pipe(question=[], context=[]) == []  # as transformers
+
+
+def test_forward_batch_reuses_qa_module(qa_pipe):
+    """The pipeline's answers are qa.answers over its windows (the same function the teaching tools show)."""
+    (w,) = qa_pipe.tokenizer.encode_pair("Who?", SHORT)
+    out = qa_pipe.model(w.input_ids[None], attention_mask=w.attention_mask[None])
+    direct = qa.answers([(out.start_logits, out.end_logits, w.p_mask[None], w.attention_mask[None], w.encoding)],
+                        SHORT, top_k=3)
+    assert direct == qa_pipe(question="Who?", context=SHORT, top_k=3)
+
+
+def test_never_imports_torch_or_transformers(tiny_checkpoint):
+    code = ("import sys, npbert; p = npbert.pipeline('question-answering', model=sys.argv[1]); "
+            "print(p(question='Who?', context='John lives here')['answer']); "
+            "assert not {'torch', 'transformers'} & set(sys.modules), 'imported torch/transformers'")
+    r = subprocess.run([sys.executable, "-c", code, str(tiny_checkpoint)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip()
