@@ -13,17 +13,19 @@ import time
 from pathlib import Path
 
 READY = re.compile(r"ready on http://127\.0\.0\.1:(\d+)")
+# With --workers N, the parent process listens (and says so) before its workers have loaded the model.
+LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
 
 class Server:
-    def __init__(self, model: Path, log: Path, *flags: str, timeout: float = 180.0):
+    def __init__(self, model: Path, log: Path, *flags: str, timeout: float = 180.0, ready: re.Pattern = READY):
         self.log = log
         self._log_file = open(log, "wb")
         cmd = [sys.executable, "-m", "npbert", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0",
                "--no-access-log", *flags]
         self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        while not (m := READY.search(self.output())):
+        while not (m := ready.search(self.output())):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.proc.kill()
                 raise RuntimeError(f"npbert serve did not start (exit {self.proc.poll()}):\n{self.output()}")

@@ -9,15 +9,22 @@ import asyncio
 import hashlib
 import http.client
 import json
+import re
+import shutil
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi", reason="npbert serve needs the serve extra (fastapi, uvicorn)")
 pytest.importorskip("uvicorn", reason="npbert serve needs the serve extra (fastapi, uvicorn)")
 
-from serve_helpers import Server  # noqa: E402
+from serve_helpers import LISTENING, Server  # noqa: E402
 
 import npbert  # noqa: E402
 from npbert.serve.batcher import Batcher  # noqa: E402
@@ -234,13 +241,39 @@ def _walk(node):
             yield from _walk(v)
 
 
+# --- the documentation's examples, run as written (the port aside) -------------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+
+
+def test_docs_python_client_runs_as_written(server, qa, capsys):
+    client = next(b for b in _blocks("python") if "def ask" in b)
+    exec(compile(client.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}"), str(DOC), "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == repr([qa(**SAMPLE)["answer"]])
+    assert lines[-1] == "422 input_data.question: must not be empty or blank"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_docs_curl_calls_run_as_written(server):
+    calls = [c for b in _blocks("bash") for c in re.split(r"\n(?=curl )", b) if c.startswith("curl -s http://127.0.0.1:8000")]
+    assert len(calls) == 4
+    for call in calls:
+        command = "\n".join(line for line in call.splitlines() if not line.startswith("#"))
+        out = subprocess.run(["bash", "-c", command.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        body = json.loads(out)
+        assert isinstance(body, dict) and body["status"] == "ok" if "/health" in call else isinstance(body, list), out
+
+
 # --- start-up and shutdown ------------------------------------------------------------------------------
 
 
 def test_an_unloadable_model_is_a_one_line_error(tmp_path):
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-m", "npbert", "serve", "--model", str(tmp_path / "missing"), "--port", "0"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
@@ -273,6 +306,22 @@ def test_sigterm_drains_the_request_in_flight_and_exits_cleanly(tiny_checkpoint,
     log = server.output()
     assert "SIGTERM: draining 1 in-flight request" in log and "exited cleanly on SIGTERM" in log
     assert "Traceback" not in log
+
+
+def test_workers_each_load_the_model_and_stop_on_sigterm(tiny_checkpoint, tmp_path, qa):
+    server = Server(tiny_checkpoint, tmp_path / "server.log", "--workers", "2", ready=LISTENING)
+    try:
+        for _ in range(600):  # the parent listens at once; the workers answer once they have loaded the model
+            try:
+                status, body = server.post("/score", {"input_data": SAMPLE})
+                break
+            except (ConnectionError, http.client.HTTPException):
+                time.sleep(0.2)
+        assert (status, body) == (200, [qa(**SAMPLE)["answer"]])
+    finally:
+        code = server.stop()
+    assert code == 0, server.output()
+    assert server.output().count("npbert.serve: loaded") == 2 and "Traceback" not in server.output()
 
 
 # --- the batcher's rules --------------------------------------------------------------------------------
@@ -323,3 +372,29 @@ def test_one_bad_request_does_not_fail_the_others_in_its_batch():
     assert results[0] == ["a|A|1"] and results[2] == ["c|C|1"]
     assert isinstance(results[1], ValueError) and "bad question" in str(results[1])
     assert calls[0][0] == ["a", "bad", "c"] and [c[0] for c in calls[1:]] == [["a"], ["bad"], ["c"]]
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
+def test_a_server_fault_is_a_500_logged_with_its_cause(qa, caplog):
+    from fastapi.testclient import TestClient
+
+    from npbert.serve import Settings, create_app
+
+    class Faulty:
+        """The real pipeline, except that it breaks on one question: a fault inside the server."""
+
+        def __getattr__(self, name):
+            return getattr(qa, name)
+
+        def __call__(self, question, context, **kw):
+            if any("break" in q for q in question):
+                raise RuntimeError("the worker lost its weights")
+            return qa(question=question, context=context, **kw)
+
+    with TestClient(create_app(Settings(warmup=False), qa=Faulty())) as client:
+        resp = client.post("/score", json={"input_data": {"question": "break?", "context": SAMPLE["context"]}})
+        assert resp.status_code == 500 and "RuntimeError" in resp.json()["error"]
+        assert any(r.exc_info and "the worker lost its weights" in str(r.exc_info[1]) for r in caplog.records)
+        resp = client.post("/score", json={"input_data": SAMPLE})
+        assert resp.status_code == 200 and resp.json() == [qa(**SAMPLE)["answer"]]
+        assert client.get("/health").json()["failed"] == 1

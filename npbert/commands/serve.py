@@ -10,8 +10,6 @@ import sys
 
 from ..hub import DEFAULT_MODEL
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve the model over HTTP (POST /score, POST /v1/answer, GET /health)",
@@ -30,7 +28,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-question-chars", type=_positive, default=1_000,
                    help="longer questions get 422 (default: %(default)s)")
     p.add_argument("--max-items", type=_positive, default=32, help="most questions in one request (default: %(default)s)")
-    p.add_argument("--max-batch", type=_positive, default=16,
+    p.add_argument("--max-batch", type=_positive, default=8,
                    help="most questions answered in one shared pipeline call (default: %(default)s)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
                    help="how long an idle server waits to coalesce requests (default: %(default)s)")
@@ -55,7 +53,7 @@ def run(args) -> int:
     try:
         import uvicorn
 
-        from ..serve.app import SETTINGS_ENV, Settings, create_app
+        from ..serve.app import LOG_FORMAT, LOG_LEVEL_ENV, SETTINGS_ENV, Settings, create_app
         from ..serve.schemas import Limits
     except ImportError as e:
         raise CommandError(f"needs the serve extra ({e.name} is missing): pip install 'npbert[serve]'") from None
@@ -81,7 +79,10 @@ def run(args) -> int:
         if not server.started:
             raise CommandError(f"could not start the server on {args.host}:{args.port} (see the log above)")
     else:
-        os.environ[SETTINGS_ENV] = settings.to_json()
+        from ..hub import resolve
+
+        resolve(args.model, args.revision)  # fail here, once, rather than in every worker (and fetch it once)
+        os.environ[SETTINGS_ENV], os.environ[LOG_LEVEL_ENV] = settings.to_json(), args.log_level.upper()
         _on_signals(lambda sig, frame: stopped.append(sig))
         uvicorn.run("npbert.serve.app:app_from_env", factory=True, workers=args.workers, **options)
     logging.getLogger("npbert.serve").info("exited cleanly%s", f" on {signal.Signals(stopped[0]).name}" if stopped else "")

@@ -45,6 +45,8 @@ log = logging.getLogger("npbert.serve")
 
 SAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
 SETTINGS_ENV = "NPBERT_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
+LOG_LEVEL_ENV = "NPBERT_SERVE_LOG_LEVEL"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class Settings:
     model: str = DEFAULT_MODEL
     revision: str | None = None
     limits: Limits = field(default_factory=Limits)
-    max_batch: int = 16  # questions per shared pipeline call; 1 turns dynamic batching off
+    max_batch: int = 8  # questions per shared pipeline call (one forward of the pipeline's 8 windows); 1: off
     batch_wait_ms: float = 5.0  # how long an idle server waits for company before answering
     warmup: bool = True
 
@@ -153,7 +155,9 @@ def create_app(settings: Settings | None = None, qa=None) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """The factory each `--workers N` worker process calls (uvicorn `factory=True`)."""
+    """The factory each `--workers N` worker process calls (uvicorn `factory=True`): a fresh interpreter,
+    so logging is set up here as `npbert serve` set it up in the parent."""
+    logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "INFO"), format=LOG_FORMAT)
     return create_app(Settings.from_json(os.environ[SETTINGS_ENV]))
 
 
@@ -167,10 +171,15 @@ def add_error_handlers(app: FastAPI, state: State) -> None:
         return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
 
     @app.exception_handler(Exception)
-    async def server_fault(request: Request, exc: Exception):
-        state.failed += 1
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return error_response(500, f"internal server error ({type(exc).__name__}); the server log has the cause")
+    async def any_fault(request: Request, exc: Exception):
+        return server_fault(request, exc)
+
+
+def server_fault(request: Request, exc: Exception) -> JSONResponse:
+    """A fault of the server, not of the request: 500, and the traceback in the log."""
+    request.app.state.npbert.failed += 1
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, f"internal server error ({type(exc).__name__}); the server log has the cause")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -219,6 +228,8 @@ def add_answer_routes(app: FastAPI, state: State) -> None:
             state.refused += 1
             log.info("%s %s refused (%d): %s", request.method, request.url.path, e.status, e.message)
             return error_response(e.status, e.message, e.problems)
+        except Exception as e:
+            return server_fault(request, e)
         finally:
             state.in_flight -= 1
         state.answered += 1

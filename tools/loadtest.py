@@ -1,0 +1,205 @@
+"""Load test for `npbert serve` on loopback: C concurrent clients for T seconds, then a report.
+
+Each client is a thread with its own keep-alive HTTP connection, sending the same kind of request again
+and again until the time is up (the run stops by itself: no request starts after T seconds). Reported:
+requests/s (successful answers over the wall time), p50/p99 latency, errors (any non-200 or broken
+connection; must be 0), the server's RSS after warm-up and after the run (and its peak), and the
+server's batching counters over the run (how many requests shared each pipeline call).
+
+    # start a server on a free port, load it, stop it (SIGTERM) and report:
+    python tools/loadtest.py --model /tmp/full --concurrency 16 --duration 60 --payload seed
+    python tools/loadtest.py --model /tmp/full --concurrency 16 --duration 60 --payload squad --serve-arg=--no-batching
+    # or load a server already running on this machine:
+    python tools/loadtest.py --url http://127.0.0.1:8000 --pid 1234 --concurrency 4 --duration 10
+
+Payloads: `seed` is the model catalog's sample request; `squad` is one SQuAD v1.1 dev context of about
+--squad-tokens tokens (../shared/data, tokenized with the model's tokenizer) with its questions in turn;
+or a JSON file holding a request body. Only loopback addresses are accepted: this tool loads your own
+machine, never someone else's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+SQUAD = ROOT.parent / "shared" / "data" / "squad-v1.1-dev.json"
+SEED = {"input_data": {"question": "What's my name?", "context": "My name is John and I live in Seattle"}}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+READY = re.compile(r"ready on http://127\.0\.0\.1:(\d+)")
+
+
+def squad_bodies(model_folder: Path, tokens: int) -> tuple[list[dict], int]:
+    """Requests for the SQuAD dev context whose length is nearest `tokens` (one per question), and its length."""
+    from npbert.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_folder(model_folder)
+    data = json.loads(SQUAD.read_text(encoding="utf-8"))["data"]
+    best = None
+    for article in data:
+        for para in article["paragraphs"]:
+            n = len(tok.tokenize(para["context"]))
+            if best is None or abs(n - tokens) < abs(best[0] - tokens):
+                best = (n, para)
+    n, para = best
+    return [{"input_data": {"question": qa["question"], "context": para["context"]}} for qa in para["qas"]], n
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """The process's resident set now (VmRSS) and at its peak (VmHWM), in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {"rss": int(fields["VmRSS"].split()[0]), "peak": int(fields["VmHWM"].split()[0])}
+
+
+def request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def client(host: str, port: int, path: str, bodies: list[bytes], deadline: float, offset: int, out: dict) -> None:
+    conn, i = http.client.HTTPConnection(host, port, timeout=300), offset
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        try:
+            status, data = request(conn, "POST", path, bodies[i % len(bodies)])
+        except (OSError, http.client.HTTPException) as e:
+            out["errors"].append(f"{type(e).__name__}: {e}")
+            conn.close()
+            conn = http.client.HTTPConnection(host, port, timeout=300)
+            continue
+        finally:
+            i += 1
+        if status == 200:
+            out["latencies"].append(time.perf_counter() - t0)
+        else:
+            out["errors"].append(f"HTTP {status}: {data[:200]!r}")
+    conn.close()
+
+
+def health(host: str, port: int) -> dict:
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        return json.loads(request(conn, "GET", "/health")[1])
+    finally:
+        conn.close()
+
+
+def load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int, duration: float) -> dict:
+    results = [{"latencies": [], "errors": []} for _ in range(concurrency)]
+    deadline = time.monotonic() + duration
+    threads = [threading.Thread(target=client, args=(host, port, path, bodies, deadline, k, results[k]))
+               for k in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    latencies = sorted(x for r in results for x in r["latencies"])
+    errors = [e for r in results for e in r["errors"]]
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
+    return {"requests": len(latencies), "wall_s": round(wall, 2), "requests_per_s": round(len(latencies) / wall, 3),
+            "p50_ms": round(1000 * q[49], 1) if q else None, "p99_ms": round(1000 * q[98], 1) if q else None,
+            "errors": len(errors), "first_errors": errors[:5]}
+
+
+def start_server(model: str, serve_args: list[str], log: Path) -> tuple[subprocess.Popen, int]:
+    cmd = [sys.executable, "-m", "npbert", "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
+           "--no-access-log", *serve_args]
+    f = open(log, "wb")
+    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    while not (m := READY.search(log.read_text(errors="replace"))):
+        if proc.poll() is not None:
+            raise SystemExit(f"npbert serve exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        time.sleep(0.1)
+    return proc, int(m.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="checkpoint folder: start `npbert serve` on it (with --url: only the tokenizer "
+                                   "for --payload squad)")
+    p.add_argument("--serve-arg", action="append", default=[], help="extra flag for `npbert serve` (repeatable)")
+    p.add_argument("--url", help="load this running server instead (loopback only)")
+    p.add_argument("--pid", type=int, help="the running server's process id, for its RSS")
+    p.add_argument("--route", default="/score", choices=["/score", "/v1/answer"])
+    p.add_argument("--payload", default="seed", help="seed, squad, or a JSON file holding a request body")
+    p.add_argument("--squad-tokens", type=int, default=300)
+    p.add_argument("--concurrency", "-c", type=int, default=4)
+    p.add_argument("--duration", "-t", type=float, default=10.0, help="seconds of load (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, help="requests per client before measuring (default: %(default)s)")
+    p.add_argument("--json", type=Path, help="also write the report here")
+    p.add_argument("--log", type=Path, default=Path("loadtest-server.log"), help="the started server's log")
+    args = p.parse_args(argv)
+    if not args.model and not args.url:
+        p.error("give --model (start a server on it) or --url (load a running one)")
+
+    if args.payload == "seed":
+        bodies, info = [SEED], "the catalog's sample"
+    elif args.payload == "squad":
+        if not args.model or not Path(args.model).is_dir():
+            p.error("--payload squad needs --model FOLDER (its tokenizer measures the contexts)")
+        if not SQUAD.is_file():
+            p.error(f"--payload squad needs {SQUAD}")
+        bodies, n = squad_bodies(Path(args.model), args.squad_tokens)
+        info = f"a SQuAD dev context of {n} tokens, {len(bodies)} questions in turn"
+    else:
+        bodies, info = [json.loads(Path(args.payload).read_text(encoding="utf-8"))], args.payload
+    raw = [json.dumps(b).encode() for b in bodies]
+
+    proc = None
+    if args.url:
+        u = urlsplit(args.url)
+        if u.hostname not in LOOPBACK:
+            p.error(f"{args.url}: only loopback addresses ({', '.join(sorted(LOOPBACK))}) may be loaded")
+        host, port, pid = u.hostname, u.port or 80, args.pid
+    else:
+        proc, port = start_server(args.model, args.serve_arg, args.log)
+        host, pid = "127.0.0.1", proc.pid
+    try:
+        rss_start = rss_kib(pid) if pid else None
+        for k in range(args.concurrency):  # warm-up: every client's first requests, not measured
+            conn = http.client.HTTPConnection(host, port, timeout=300)
+            for i in range(args.warmup):
+                status, data = request(conn, "POST", args.route, raw[(k + i) % len(raw)])
+                if status != 200:
+                    raise SystemExit(f"warm-up request failed: HTTP {status} {data[:300]!r}")
+            conn.close()
+        before, rss_before = health(host, port)["batching"], rss_kib(pid) if pid else None
+        report = load(host, port, args.route, raw, args.concurrency, args.duration)
+        after, rss_after = health(host, port)["batching"], rss_kib(pid) if pid else None
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            exit_code = proc.wait(120)
+    calls, reqs = after["calls"] - before["calls"], after["requests"] - before["requests"]
+    report = {"payload": info, "route": args.route, "concurrency": args.concurrency, "duration_s": args.duration,
+              "serve_args": args.serve_arg, "batching_enabled": after["enabled"], **report,
+              "requests_per_pipeline_call": round(reqs / calls, 2) if calls else None,
+              "rss_start_mib": round(rss_start["rss"] / 1024, 1) if rss_start else None,
+              "rss_before_mib": round(rss_before["rss"] / 1024, 1) if rss_before else None,
+              "rss_after_mib": round(rss_after["rss"] / 1024, 1) if rss_after else None,
+              "rss_peak_mib": round(rss_after["peak"] / 1024, 1) if rss_after else None}
+    if proc is not None:
+        report["server_exit_code"] = exit_code
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
