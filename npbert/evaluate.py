@@ -347,7 +347,7 @@ def _answer_all(qa, examples, records: list, seconds, params, job, f, signals, p
                 f.write(_dumps_line({"seconds": elapsed, "predictions": done}))
                 f.flush()
                 os.fsync(f.fileno())
-            records.extend(done)
+                records.extend(done)  # here, so that a held signal reports this chunk as saved
             seconds += elapsed
             bar.update(len(chunk))
     finally:
