@@ -5,92 +5,113 @@ transcription of transformers 4.57.6 `modeling_distilbert.py`) and `<name>_numba
 `select()` returns one set of them as `Ops`; `NPBERT_KERNELS=numpy` or `select("numpy")` picks the
 references. tests/test_kernels.py asserts that each pair agrees before anything is timed.
 
+Matrix products stay in numpy (OpenBLAS): calling BLAS from numba needs SciPy, and OpenBLAS is faster
+than loops we could write. The kernels do what surrounds the products: softmax, GELU, LayerNorm.
+
 Kernels are compiled on first use and cached on disk (`cache=True`), so later processes start fast.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from typing import Callable, NamedTuple
 
-import numba
-import numpy as np
+# Two thread pools share the cores: OpenBLAS's (the GEMMs) and numba's OpenMP pool (the kernels), and
+# they alternate every few milliseconds. By default each pool's idle workers spin-wait (OpenBLAS for
+# ~2^28 cycles, GNU OpenMP for ~300k spins), stealing the core the other pool is about to use: on 2 cores
+# a GEMM right after a kernel ran 1.7x slower, and a kernel right after a GEMM 1.9x slower. Idle workers
+# that sleep at once cost a futex wake-up (~50 us) per switch instead. setdefault: a user's own setting
+# wins. OpenBLAS reads its variable when numpy is first imported (so it takes effect only if npbert is
+# imported before numpy; docs/performance.md); OpenMP reads its one when numba starts its pool.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import math  # noqa: E402
+from typing import Callable, NamedTuple  # noqa: E402
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+# Kernels may reorder float sums (vectorised reductions) and fuse multiply-adds; never the nnan/ninf
+# flags: masked scores are finfo.min and -inf by design.
+_FAST = {"reassoc", "contract"}
+
 
 # --- attention -----------------------------------------------------------------------------------------
-# q, k, v: [B, S, D] with head h in columns h*Dh:(h+1)*Dh (the layout q_lin produces, no transposes).
-# keep: [B, S] bool, False for padded keys. Returns context [B, S, D] and, if asked, probs [B, H, S, S].
+# q, k, v: [B, S, D] with head h in columns h*Dh:(h+1)*Dh (the layout q_lin produces; views of the fused
+# qkv output are fine, no copies). keep: [B, S] bool, False for padded keys.
+# Returns context [B, S, D] and, if asked, probs [B, H, S, S].
+
+
+def _heads(x, n_heads):  # [B, S, D] -> [B, H, S, Dh], a view
+    B, S, D = x.shape
+    return x.reshape(B, S, n_heads, D // n_heads).transpose(0, 2, 1, 3)
 
 
 def attention_numpy(q, k, v, keep, n_heads, return_probs=False):
     B, S, D = q.shape
     Dh = D // n_heads
-    heads = lambda x: x.reshape(B, S, n_heads, Dh).transpose(0, 2, 1, 3)  # noqa: E731  [B, H, S, Dh]
     # transformers 4.57.6 scales q before the product (5.x scales the scores after: same up to rounding).
-    qh = heads(q) / q.dtype.type(math.sqrt(Dh))
-    scores = qh @ heads(k).transpose(0, 1, 3, 2)  # [B, H, S, S]
+    qh = _heads(q, n_heads) / q.dtype.type(math.sqrt(Dh))
+    scores = qh @ _heads(k, n_heads).transpose(0, 1, 3, 2)  # [B, H, S, S]
     # Masked keys get the dtype's most negative finite value, not -inf: a row whose keys are all masked
     # then softmaxes to a uniform row instead of NaN, exactly as transformers does.
     scores = np.where(keep[:, None, None, :], scores, np.finfo(q.dtype).min)
     scores = scores - scores.max(axis=-1, keepdims=True)  # stable softmax
     probs = np.exp(scores)
     probs /= probs.sum(axis=-1, keepdims=True)
-    context = (probs @ heads(v)).transpose(0, 2, 1, 3).reshape(B, S, D)
+    context = (probs @ _heads(v, n_heads)).transpose(0, 2, 1, 3).reshape(B, S, D)
     return context, (probs if return_probs else None)
 
 
-@numba.njit(parallel=True, cache=True)
-def _attention_numba(q, k, v, keep, n_heads, return_probs):
-    B, S, D = q.shape
-    Dh = D // n_heads
-    scale = q.dtype.type(math.sqrt(Dh))
-    context = np.empty_like(q)
-    probs_out = np.zeros((B, n_heads, S, S) if return_probs else (0, 0, 0, 0), dtype=q.dtype)
-    for bh in numba.prange(B * n_heads):
-        b, h = bh // n_heads, bh % n_heads
-        c0 = h * Dh
-        kT = np.ascontiguousarray(k[b, :, c0:c0 + Dh].T)  # [Dh, S]: the inner loops below run along S
-        vh = np.ascontiguousarray(v[b, :, c0:c0 + Dh])  # [S, Dh]
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
+def _scale_mask_shift_numba(scores, keep, scale):  # in place on [B, H, S, S]
+    # Scaling the scores instead of q is bit-identical when scale is a power of two (Dh = 64: 1/8),
+    # and otherwise differs at rounding level only (what transformers 5.x does).
+    B, H, S, _ = scores.shape
+    for bh in numba.prange(B * H):
+        b, h = bh // H, bh % H
         n_kept = 0
         for j in range(S):
             n_kept += keep[b, j]
-        row = np.empty(S, dtype=q.dtype)
-        ctx = np.empty(Dh, dtype=q.dtype)
         for i in range(S):
-            row[:] = 0
-            for d in range(Dh):
-                qd = q[b, i, c0 + d] / scale
-                for j in range(S):
-                    row[j] += qd * kT[d, j]
-            if n_kept == 0:  # every key masked: finfo.min everywhere softmaxes to uniform
-                row[:] = 1.0 / S
-            else:
-                m = -np.inf
-                for j in range(S):
-                    if keep[b, j] and row[j] > m:
-                        m = row[j]
-                total = 0.0
-                for j in range(S):
-                    # exp(finfo.min - max) underflows to exactly 0 in the reference: skip masked keys.
-                    row[j] = math.exp(row[j] - m) if keep[b, j] else 0.0
-                    total += row[j]
-                inv = 1.0 / total
-                for j in range(S):
-                    row[j] = row[j] * inv
-            ctx[:] = 0
+            row = scores[b, h, i]
+            if n_kept == 0:  # every key masked: finfo.min everywhere, exp(0) = 1 -> uniform, as the reference
+                row[:] = 0.0
+                continue
+            m = -np.inf
             for j in range(S):
-                p = row[j]
-                if p != 0.0:
-                    for d in range(Dh):
-                        ctx[d] += p * vh[j, d]
-            context[b, i, c0:c0 + Dh] = ctx
-            if return_probs:
-                probs_out[b, h, i, :] = row
-    return context, probs_out
+                if keep[b, j]:
+                    m = max(m, row[j] * scale)
+            for j in range(S):
+                # exp(finfo.min - max) underflows to exactly 0 in the reference; -inf gives the same 0.
+                row[j] = row[j] * scale - m if keep[b, j] else -np.inf
+    return scores
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
+def _normalise_rows_numba(e):  # in place on [N, S]: each row divided by its sum
+    for n in numba.prange(e.shape[0]):
+        total = e.dtype.type(0.0)
+        for j in range(e.shape[1]):
+            total += e[n, j]
+        inv = 1.0 / total
+        for j in range(e.shape[1]):
+            e[n, j] *= inv
+    return e
 
 
 def attention_numba(q, k, v, keep, n_heads, return_probs=False):
-    context, probs = _attention_numba(q, k, v, np.ascontiguousarray(keep, dtype=np.bool_), n_heads, return_probs)
+    B, S, D = q.shape
+    scores = _heads(q, n_heads) @ _heads(k, n_heads).transpose(0, 1, 3, 2)  # [B, H, S, S], one GEMM per head
+    keep = np.ascontiguousarray(keep, dtype=np.bool_)
+    _scale_mask_shift_numba(scores, keep, q.dtype.type(1.0 / math.sqrt(D // n_heads)))
+    # numpy's exp is SIMD (AVX-512/AVX2) and exact to ~1 ulp; numba's math.exp is a scalar libm call per
+    # element, 6x slower on 2 threads than numpy on one.
+    probs = np.exp(scores, out=scores)
+    _normalise_rows_numba(probs.reshape(B * n_heads * S, S))
+    context = np.empty((B, S, D), dtype=q.dtype)
+    # Writes each head's [S, Dh] block straight into its columns of the [B, S, D] output.
+    np.matmul(probs, _heads(v, n_heads), out=_heads(context, n_heads))
     return context, (probs if return_probs else None)
 
 
@@ -99,7 +120,7 @@ def attention_numba(q, k, v, keep, n_heads, return_probs=False):
 # GELU is the exact erf form 0.5 x (1 + erf(x / sqrt 2)), which DistilBERT's "gelu" means; the tanh
 # approximation differs by up to ~1e-3 and would break parity.
 
-_erf = np.frompyfunc(math.erf, 1, 1)  # numpy has no erf; this is libm's, the one numba's math.erf calls
+_erf = np.frompyfunc(math.erf, 1, 1)  # numpy has no erf; this is libm's, computed in float64
 
 
 def bias_gelu_numpy(h, bias):
@@ -107,20 +128,53 @@ def bias_gelu_numpy(h, bias):
     return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(x.dtype))).astype(h.dtype)
 
 
-@numba.njit(parallel=True, cache=True)
-def _bias_gelu_numba(h, bias):
+# erf(x) = x P(x^2) / Q(x^2) on [-4, 4], clamped outside (|erf(4)| = 1 - 1.5e-8): the rational form
+# Eigen and XLA use for float32. Evaluated in float64 it is within 6.5e-8 of math.erf everywhere
+# (tests/test_kernels.py checks the bound against float64 math.erf on a dense grid), below float32's
+# resolution near 1 (6e-8); evaluated in float32 it would lose ~7 ulp. Unlike math.erf (a libm call per
+# element) it vectorises: the GELU of a 384 x 3072 block drops from ~6 ms to ~1 ms.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
+@numba.njit(cache=True, fastmath=_FAST, inline="always")
+def erf_rational(x):  # float64 -> float64, |error| < 6.5e-8, |result| <= 1
+    x = min(max(x, -4.0), 4.0)
+    x2 = x * x
+    p0, p1, p2, p3, p4, p5, p6 = _ERF_P
+    q0, q1, q2, q3, q4 = _ERF_Q
+    p = (((((p0 * x2 + p1) * x2 + p2) * x2 + p3) * x2 + p4) * x2 + p5) * x2 + p6  # Horner
+    q = (((q0 * x2 + q1) * x2 + q2) * x2 + q3) * x2 + q4
+    # The rational form overshoots 1 by 4.9e-8 near the clamp: clip, or GELU's far negative tail
+    # 0.5 x (1 + erf) would grow like -2.5e-8 x instead of being 0 (as it is in the float32 reference).
+    return min(max(x * p / q, -1.0), 1.0)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
+def _bias_gelu_f32_numba(h, bias):  # in place
     N, F = h.shape
-    out = np.empty_like(h)
-    inv_sqrt2 = 1.0 / math.sqrt(2.0)
+    for n in numba.prange(N):
+        for f in range(F):
+            x = np.float64(h[n, f] + bias[f])  # the sum rounds to float32 first, as in the reference
+            h[n, f] = 0.5 * x * (1.0 + erf_rational(x * 0.7071067811865476))
+    return h
+
+
+@numba.njit(parallel=True, cache=True)
+def _bias_gelu_f64_numba(h, bias):  # in place; float64 (audit mode) keeps libm's erf: exact, not fast
+    N, F = h.shape
     for n in numba.prange(N):
         for f in range(F):
             x = h[n, f] + bias[f]
-            out[n, f] = 0.5 * x * (1.0 + math.erf(x * inv_sqrt2))
-    return out
+            h[n, f] = 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
+    return h
 
 
 def bias_gelu_numba(h, bias):
-    return _bias_gelu_numba(h, bias)
+    """Overwrites `h` (lin1's scratch output) with the result: no [N, F] temporary."""
+    return (_bias_gelu_f64_numba if h.dtype == np.float64 else _bias_gelu_f32_numba)(h, bias)
 
 
 # --- residual + LayerNorm ------------------------------------------------------------------------------
@@ -136,23 +190,23 @@ def residual_layernorm_numpy(x, residual, weight, bias, eps):
     return ((y - mean) / np.sqrt(var + y.dtype.type(eps)) * weight + bias).astype(x.dtype)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
 def _residual_layernorm_numba(x, residual, weight, bias, eps):
     N, D = x.shape
     out = np.empty_like(x)
     for n in numba.prange(N):
-        y = x[n] + residual[n]
-        mean = 0.0  # accumulate in float64: one row is only D values, and it is free here
+        # Two passes, accumulated in float64 (one row is only D values): the one-pass E[y^2] - E[y]^2
+        # cancels catastrophically when the mean is large against the spread.
+        mean = 0.0
         for d in range(D):
-            mean += y[d]
+            mean += np.float64(x[n, d] + residual[n, d])  # the sum rounds to the dtype first, as the reference
         mean /= D
         var = 0.0
         for d in range(D):
-            var += (y[d] - mean) ** 2
-        var /= D
-        inv = 1.0 / math.sqrt(var + eps)
+            var += (np.float64(x[n, d] + residual[n, d]) - mean) ** 2
+        inv = 1.0 / math.sqrt(var / D + eps)
         for d in range(D):
-            out[n, d] = (y[d] - mean) * inv * weight[d] + bias[d]
+            out[n, d] = (np.float64(x[n, d] + residual[n, d]) - mean) * inv * weight[d] + bias[d]
     return out
 
 

@@ -29,12 +29,15 @@ from .config import Config
 
 
 def linear(x, lin):  # [..., in] -> [..., out]
-    return x @ lin.weight.T + lin.bias
+    # x @ W.T with W C-contiguous [out, in] is BLAS's "transposed B" case: no copy, full speed.
+    y = x @ lin.weight.T
+    y += lin.bias  # in place: no second [..., out] temporary
+    return y
 
 
 def embeddings(input_ids, emb, ops, eps):  # [B, S] -> [B, S, D]
     B, S = input_ids.shape
-    words = emb.word_embeddings.weight[input_ids]  # [B, S, D]
+    words = emb.word_embeddings.weight[input_ids]  # [B, S, D]; touches only the rows used (memory-mapped)
     # Positions are 0..S-1 for every row: right padding leaves real tokens' positions untouched.
     positions = np.broadcast_to(emb.position_embeddings.weight[:S], words.shape)
     x = ops.residual_layernorm(words.reshape(B * S, -1), positions.reshape(B * S, -1),
@@ -43,27 +46,31 @@ def embeddings(input_ids, emb, ops, eps):  # [B, S] -> [B, S, D]
 
 
 def multi_head_self_attention(x, keep, attn, n_heads, ops, return_probs=False):  # [B, S, D] -> [B, S, D]
-    q, k, v = linear(x, attn.q_lin), linear(x, attn.k_lin), linear(x, attn.v_lin)  # [B, S, D] each
+    D = x.shape[-1]
+    # One GEMM for the three projections (weights.relayout_for_speed stacks q, k, v rows at load time).
+    qkv = linear(x, attn.qkv)  # [B, S, 3D]
+    q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]  # [B, S, D] views, no copies
     context, probs = ops.attention(q, k, v, keep, n_heads, return_probs)  # [B, S, D], [B, H, S, S]
     return linear(context, attn.out_lin), probs
 
 
 def ffn(x, f, ops):  # [B, S, D] -> [B, S, D]
     B, S, D = x.shape
-    h = x.reshape(B * S, D) @ f.lin1.weight.T  # [B*S, F]
+    h = x.reshape(B * S, D) @ f.lin1.weight.T  # [B*S, F]; the bias is added inside bias_gelu
     h = ops.bias_gelu(h, f.lin1.bias)  # exact erf GELU, not the tanh approximation
     return linear(h, f.lin2).reshape(B, S, D)
 
 
 def transformer_block(x, keep, layer, n_heads, ops, eps, return_probs=False):  # [B, S, D] -> [B, S, D]
     B, S, D = x.shape
+    rows = lambda a: a.reshape(B * S, D)  # noqa: E731  the kernels see [B*S, D]
     # Post-LN: each sublayer's output is added to its input, then normalised.
     a, probs = multi_head_self_attention(x, keep, layer.attention, n_heads, ops, return_probs)
     ln = layer.sa_layer_norm
-    x = ops.residual_layernorm(a.reshape(B * S, D), x.reshape(B * S, D), ln.weight, ln.bias, eps).reshape(B, S, D)
+    x = ops.residual_layernorm(rows(a), rows(x), ln.weight, ln.bias, eps).reshape(B, S, D)
     f = ffn(x, layer.ffn, ops)
     ln = layer.output_layer_norm
-    x = ops.residual_layernorm(f.reshape(B * S, D), x.reshape(B * S, D), ln.weight, ln.bias, eps).reshape(B, S, D)
+    x = ops.residual_layernorm(rows(f), rows(x), ln.weight, ln.bias, eps).reshape(B, S, D)
     return x, probs
 
 
@@ -136,7 +143,7 @@ class _Pretrained:
 
     def __init__(self, config: Config, weights, dtype=np.float32, kernels: str | None = None, source: str = ""):
         self.config = config
-        self.weights = weights
+        self.weights = W.relayout_for_speed(weights)  # fused qkv per layer; idempotent
         self.dtype = np.dtype(dtype)
         self.ops = select_kernels(kernels)
         self.source = source

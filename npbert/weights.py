@@ -298,3 +298,40 @@ def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
     j = np.arange(dim)
     angle = pos / np.power(10000, 2 * (j // 2) / dim)
     return np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
+
+
+# --- the one re-layout for speed ------------------------------------------------------------------------
+
+
+class FusedAttention(NamedTuple):
+    """MultiHeadSelfAttention plus `qkv`, the q, k, v linears stacked into one [3D, D] matrix so the
+    three projections run as one GEMM. q_lin, k_lin and v_lin stay, as views into `qkv` (no copy)."""
+
+    q_lin: Linear
+    k_lin: Linear
+    v_lin: Linear
+    out_lin: Linear
+    qkv: Linear  # [3D, D], rows q then k then v
+
+
+def relayout_for_speed(tree):
+    """The weight tree re-laid out for the forward's speed, done once at load time: each layer's
+    attention gets its fused qkv matrix (a copy that replaces the three mapped matrices: the views keep
+    their names for code that reads them). Every other array is kept as loaded: x @ W.T on a C-contiguous
+    [out, in] W is the BLAS "transposed B" case, as fast as a transposed copy, so no copy is made.
+    Idempotent: an already fused tree comes back as is."""
+    with_qa_head = hasattr(tree, "qa_outputs")
+    d = tree.distilbert if with_qa_head else tree
+
+    def fuse(a):
+        if isinstance(a, FusedAttention):
+            return a
+        D = a.q_lin.weight.shape[0]
+        qkv = Linear(np.concatenate([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]),
+                     np.concatenate([a.q_lin.bias, a.k_lin.bias, a.v_lin.bias]))
+        views = (Linear(qkv.weight[i * D:(i + 1) * D], qkv.bias[i * D:(i + 1) * D]) for i in range(3))
+        return FusedAttention(*views, a.out_lin, qkv)
+
+    layers = tuple(layer._replace(attention=fuse(layer.attention)) for layer in d.transformer.layer)
+    d = d._replace(transformer=d.transformer._replace(layer=layers))
+    return tree._replace(distilbert=d) if with_qa_head else d

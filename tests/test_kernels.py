@@ -1,0 +1,254 @@
+"""The numba kernels against their plain-numpy references (npbert/kernels.py), the float32 erf against
+float64 `math.erf`, the kernel switch (`select`, NPBERT_KERNELS, `kernels=`), and the load-time re-layout
+(`weights.relayout_for_speed`).
+
+Tolerance: max |kernel - reference| <= 1e-6 in float32 on values of order 1; on larger outputs the bound
+is relative (1e-6 x |reference|), since float32 itself resolves only ~6e-8 x |value|. float64 (audit mode)
+is compared at 1e-12.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import checkpoints
+import npbert
+from npbert import kernels as K
+from npbert import weights as W
+
+TOL32 = 1e-6
+
+
+def assert_close(kernel, reference, tol=TOL32):
+    assert kernel.shape == reference.shape and kernel.dtype == reference.dtype
+    err = np.abs(kernel.astype(np.float64) - reference) / np.maximum(1.0, np.abs(reference.astype(np.float64)))
+    assert err.max(initial=0.0) <= tol, f"max scaled |diff| {err.max()} > {tol}"
+
+
+def random_keep(rng, B, S):
+    """Padding masks with the cases that break softmaxes: a single kept key, no kept key at all,
+    every key kept, and random (not only right-padded) patterns."""
+    keep = rng.random((B, S)) < 0.6
+    kinds = rng.integers(0, 4, B)
+    for b, kind in enumerate(kinds):
+        if kind == 0:
+            keep[b] = False
+            keep[b, rng.integers(S)] = True  # one kept key: its probability is exactly 1
+        elif kind == 1:
+            keep[b] = False  # fully masked: transformers softmaxes finfo.min to a uniform row
+        elif kind == 2:
+            keep[b] = True
+    return keep
+
+
+# --- attention -----------------------------------------------------------------------------------------
+
+
+def run_attention(q, k, v, keep, H):
+    ref_ctx, ref_probs = K.attention_numpy(q, k, v, keep, H, return_probs=True)
+    ctx, probs = K.attention_numba(q, k, v, keep, H, return_probs=True)
+    assert_close(probs, ref_probs)
+    assert_close(ctx, ref_ctx)
+    assert K.attention_numba(q, k, v, keep, H)[1] is None
+    return probs
+
+
+@given(B=st.integers(1, 3), S=st.integers(1, 33), H=st.sampled_from([1, 2, 4]), Dh=st.sampled_from([1, 4, 16, 64]),
+       scale=st.sampled_from([0.1, 1.0, 4.0]), seed=st.integers(0, 2**32 - 1))
+def test_attention_matches_reference(B, S, H, Dh, scale, seed):
+    rng = np.random.default_rng(seed)
+    # q, k, v as the model passes them: column slices of one fused [B, S, 3D] projection (strided views).
+    qkv = (scale * rng.standard_normal((B, S, 3 * H * Dh))).astype(np.float32)
+    D = H * Dh
+    q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
+    keep = random_keep(rng, B, S)
+    probs = run_attention(q, k, v, keep, H)
+    for b in range(B):
+        kept = keep[b]
+        if not kept.any():
+            np.testing.assert_array_equal(probs[b], np.float32(1.0 / S))
+        else:
+            assert (probs[b][..., ~kept] == 0).all()  # masked keys get exactly 0
+            if kept.sum() == 1:
+                assert (probs[b][..., kept] == 1).all()
+
+
+def test_attention_extreme_scores_saturate_like_the_reference():
+    # Scores of +-1e4: the softmax is one-hot, exp underflows for all but the max; no inf, no NaN.
+    rng = np.random.default_rng(0)
+    B, S, H, Dh = 2, 24, 2, 8
+    q = (300 * rng.standard_normal((B, S, H * Dh))).astype(np.float32)
+    k = (300 * rng.standard_normal((B, S, H * Dh))).astype(np.float32)
+    v = rng.standard_normal((B, S, H * Dh)).astype(np.float32)
+    keep = np.ones((B, S), dtype=bool)
+    keep[1, 5:] = False
+    probs = run_attention(q, k, v, keep, H)
+    assert np.isfinite(probs).all() and (probs.max(axis=-1) > 0.99).mean() > 0.9
+
+
+def test_attention_float64():
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((2, 9, 12)) for _ in range(3))
+    keep = random_keep(rng, 2, 9)
+    ref_ctx, ref_probs = K.attention_numpy(q, k, v, keep, 3, True)
+    ctx, probs = K.attention_numba(q, k, v, keep, 3, True)
+    assert ctx.dtype == np.float64
+    np.testing.assert_allclose(ctx, ref_ctx, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(probs, ref_probs, rtol=0, atol=1e-12)
+
+
+# --- GELU and its erf ----------------------------------------------------------------------------------
+
+
+def test_erf_rational_error_bound_against_float64_erf():
+    # The bound the kernel's comment states: |erf_rational - erf| < 6.5e-8 everywhere (dense grid over the
+    # whole range where erf is not yet +-1 in float64, plus the tails), and never beyond +-1.
+    x = np.concatenate([np.linspace(-7, 7, 200_001), [-1e30, -40.0, -4.0, 0.0, 4.0, 40.0, 1e30, 1e-30]])
+    exact = np.array([math.erf(t) for t in x])
+    approx = np.array([K.erf_rational(t) for t in x])
+    assert np.abs(approx - exact).max() < 6.5e-8
+    assert np.abs(approx).max() <= 1.0
+    assert np.array_equal(np.sign(approx), np.sign(exact))  # odd, exact 0 at 0
+
+
+def exact_gelu(x64):
+    return 0.5 * x64 * (1.0 + np.array([math.erf(t / math.sqrt(2.0)) for t in x64.ravel()]).reshape(x64.shape))
+
+
+@given(N=st.integers(1, 9), F=st.integers(1, 70), scale=st.sampled_from([0.5, 3.0, 30.0]), seed=st.integers(0, 2**32 - 1))
+def test_bias_gelu_matches_reference(N, F, scale, seed):
+    rng = np.random.default_rng(seed)
+    h = (scale * rng.standard_normal((N, F))).astype(np.float32)
+    bias = rng.standard_normal(F).astype(np.float32)
+    ref = K.bias_gelu_numpy(h, bias)
+    out = K.bias_gelu_numba(h.copy(), bias)
+    assert_close(out, ref)
+    # Against the exact GELU in float64 the kernel errs by at most 0.5 |x| 6.5e-8 plus float32 rounding.
+    x64 = (h + bias).astype(np.float64)
+    assert (np.abs(out - exact_gelu(x64)) <= 0.5 * np.abs(x64) * 6.5e-8 + 6e-8 * np.abs(exact_gelu(x64)) + 1e-45).all()
+
+
+def test_bias_gelu_extreme_values():
+    x = np.array([[-1e30, -1e4, -40, -6, -5.7, -5.6, -4, -1e-3, -1e-30, 0, 1e-30, 1e-3, 4, 5.7, 40, 1e4, 1e30]],
+                 dtype=np.float32)
+    bias = np.zeros(x.shape[1], dtype=np.float32)
+    out = K.bias_gelu_numba(x.copy(), bias)
+    assert_close(out, K.bias_gelu_numpy(x, bias))
+    assert (out[x <= -6] == 0).all() and (out[x >= 6] == x[x >= 6]).all()  # the tails are exact
+    assert np.isfinite(out).all()
+
+
+def test_bias_gelu_overwrites_its_input_and_float64_is_exact():
+    rng = np.random.default_rng(2)
+    h = rng.standard_normal((5, 40)) * 4
+    bias = rng.standard_normal(40)
+    ref = K.bias_gelu_numpy(h, bias)
+    scratch = h.copy()
+    out = K.bias_gelu_numba(scratch, bias)
+    assert out is scratch and out.dtype == np.float64
+    np.testing.assert_allclose(out, ref, rtol=1e-15, atol=1e-300)  # math.erf in both: no approximation
+
+
+# --- residual + LayerNorm ------------------------------------------------------------------------------
+
+
+@given(N=st.integers(1, 9), D=st.integers(1, 80), scale=st.sampled_from([1e-3, 1.0, 1e3]), seed=st.integers(0, 2**32 - 1))
+def test_residual_layernorm_matches_reference(N, D, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = (scale * rng.standard_normal((N, D))).astype(np.float32)
+    r = (scale * rng.standard_normal((N, D))).astype(np.float32)
+    weight = (1 + 0.1 * rng.standard_normal(D)).astype(np.float32)
+    bias = (0.1 * rng.standard_normal(D)).astype(np.float32)
+    assert_close(K.residual_layernorm_numba(x, r, weight, bias, 1e-12),
+                 K.residual_layernorm_numpy(x, r, weight, bias, 1e-12))
+
+
+def test_residual_layernorm_constant_rows_and_float64():
+    # A constant row has zero variance: the output is the bias, where eps (1e-12) keeps 0/0 away.
+    x = np.full((3, 16), 0.5, dtype=np.float32)
+    r = np.full((3, 16), 2.0, dtype=np.float32)
+    weight, bias = np.full(16, 2.0, np.float32), np.arange(16, dtype=np.float32)
+    out = K.residual_layernorm_numba(x, r, weight, bias, 1e-12)
+    np.testing.assert_array_equal(out, K.residual_layernorm_numpy(x, r, weight, bias, 1e-12))
+    np.testing.assert_array_equal(out, np.broadcast_to(bias, out.shape))
+    rng = np.random.default_rng(3)
+    x64, r64 = rng.standard_normal((4, 30)), rng.standard_normal((4, 30))
+    w64, b64 = rng.standard_normal(30), rng.standard_normal(30)
+    np.testing.assert_allclose(K.residual_layernorm_numba(x64, r64, w64, b64, 1e-12),
+                               K.residual_layernorm_numpy(x64, r64, w64, b64, 1e-12), rtol=0, atol=1e-12)
+
+
+# --- the switch ----------------------------------------------------------------------------------------
+
+
+def test_select(monkeypatch):
+    monkeypatch.delenv("NPBERT_KERNELS", raising=False)
+    assert K.select() is K.NUMBA
+    assert K.select("numpy") is K.NUMPY and K.select("numba") is K.NUMBA
+    monkeypatch.setenv("NPBERT_KERNELS", "numpy")
+    assert K.select() is K.NUMPY
+    assert K.select("numba") is K.NUMBA  # the argument wins over the environment
+    with pytest.raises(ValueError, match="unknown kernels 'fortran'.*numpy, numba"):
+        K.select("fortran")
+    for ops in (K.NUMPY, K.NUMBA):  # each Ops holds its own variant of every op
+        assert all(getattr(ops, f).__name__.endswith("_" + ops.name) for f in K.Ops._fields[1:])
+
+
+def test_both_kernel_paths_give_the_same_model_outputs(tiny_checkpoint, monkeypatch):
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 1000, (3, 21))
+    mask = np.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[2, 1:] = 0
+    monkeypatch.setenv("NPBERT_KERNELS", "numpy")
+    ref_model = npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint)
+    monkeypatch.delenv("NPBERT_KERNELS")
+    model = npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint)
+    assert ref_model.ops is K.NUMPY and model.ops is K.NUMBA
+    assert npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint, kernels="numpy").ops is K.NUMPY
+    ref = ref_model(ids, mask, output_hidden_states=True, output_attentions=True)
+    out = model(ids, mask, output_hidden_states=True, output_attentions=True)
+    for a, b in zip((out.start_logits, out.end_logits, *out.hidden_states, *out.attentions),
+                    (ref.start_logits, ref.end_logits, *ref.hidden_states, *ref.attentions)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_environment_variable_selects_in_a_new_process(tiny_checkpoint):
+    code = ("import npbert; m = npbert.DistilBertForQuestionAnswering.from_pretrained(%r); print(m.ops.name)"
+            % str(tiny_checkpoint))
+    for value in ("numpy", "numba"):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "NPBERT_KERNELS": value},
+                             capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == value
+
+
+# --- the load-time re-layout ---------------------------------------------------------------------------
+
+
+def test_relayout_fuses_qkv_without_duplicates(tmp_path):
+    folder = checkpoints.write_checkpoint(tmp_path / "c", seed=5, vocab=[], tokenizer=False, vocab_size=30,
+                                          dim=8, n_layers=2, n_heads=2, hidden_dim=12, max_position_embeddings=16)
+    config = npbert.Config.from_file(folder / "config.json")
+    tree = W.load(folder, config)
+    fast = W.relayout_for_speed(tree)
+    for old, new in zip(tree.distilbert.transformer.layer, fast.distilbert.transformer.layer):
+        a, f = old.attention, new.attention
+        np.testing.assert_array_equal(f.qkv.weight, np.concatenate([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]))
+        np.testing.assert_array_equal(f.qkv.bias, np.concatenate([a.q_lin.bias, a.k_lin.bias, a.v_lin.bias]))
+        for name in ("q_lin", "k_lin", "v_lin"):  # the old names are views into qkv, equal to the loaded ones
+            lin = getattr(f, name)
+            assert np.shares_memory(lin.weight, f.qkv.weight) and np.shares_memory(lin.bias, f.qkv.bias)
+            np.testing.assert_array_equal(lin.weight, getattr(a, name).weight)
+        assert f.out_lin is a.out_lin and new.ffn is old.ffn  # everything else untouched (still mapped)
+    again = W.relayout_for_speed(fast)  # idempotent: no second copy
+    assert again.distilbert.transformer.layer[0].attention is fast.distilbert.transformer.layer[0].attention
+    encoder = W.relayout_for_speed(tree.distilbert)
+    assert isinstance(encoder.transformer.layer[0].attention, W.FusedAttention)

@@ -1,0 +1,354 @@
+"""Benchmark npbert against transformers 4.57.6 on PyTorch and against ONNX Runtime, in one run.
+
+The same full-size random weights (seeded, the real checkpoint's shapes) run in three engines in one
+process: npbert, transformers (PyTorch, eager), and ONNX Runtime on the model exported by
+`torch.onnx.export` (dynamic batch and sequence axes). Each engine gets the same number of threads
+(--threads, default 2). Repeats are interleaved (engine order rotates every round) so machine noise hits
+all engines alike; every figure is a median, and every comparison a ratio to a peer of the same run.
+
+Rows (docs/performance.md explains each and the targets):
+  forward   latency at B=1 for S = 16, 128, 384, 512; throughput at B=8, S=192
+  gflops    achieved GFLOP/s of the forward at S=384 against numpy's float32 GEMM GFLOP/s on the
+            forward's own GEMM shapes (the practical roofline), measured in the same run
+  pipeline  questions/s of npbert.pipeline vs transformers' pipeline on SQuAD dev contexts (../shared)
+  cold      new process to first answer (numba cache warm, and cold) and its peak RSS, vs transformers
+
+    python tools/bench.py                        # everything; writes bench.json
+    python tools/bench.py --rows forward,gflops --repeats 5 --json /tmp/b.json
+
+Needs the `parity` extra (transformers, torch) and onnx + onnxruntime (`pip install -e '.[bench]'`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FORWARD_SHAPES = [(1, 16), (1, 128), (1, 384), (1, 512), (8, 192)]
+ENGINES = ("npbert", "pytorch", "onnxruntime")
+QUESTION = "Where do I live?"
+CONTEXT = "My name is Wolfgang and I live in Berlin, where I work as a baker."
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, help="a full-size checkpoint folder (default: a seeded random one "
+                   "written to a temp dir)")
+    p.add_argument("--rows", default="forward,gflops,pipeline,cold", help="comma-separated subset of rows")
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds per forward shape")
+    p.add_argument("--threads", type=int, default=2, help="threads per engine")
+    p.add_argument("--pipeline-contexts", type=int, default=300, help="SQuAD dev contexts for the pipeline row")
+    p.add_argument("--cold-runs", type=int, default=3, help="warm-cache process starts per engine")
+    p.add_argument("--json", type=Path, default=Path("bench.json"), help="where to write the results")
+    return p.parse_args(argv)
+
+
+# --- setup ---------------------------------------------------------------------------------------------
+
+
+def make_checkpoint(folder: Path) -> Path:
+    """A full-size random checkpoint (seed 0), as the tests make it (tests/checkpoints.py)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import checkpoints
+
+    vocab = checkpoints.real_or_generated_vocab()
+    vocab = vocab + [f"[extra{i}]" for i in range(checkpoints.FULL_SIZE["vocab_size"] - len(vocab))]
+    return checkpoints.write_checkpoint(folder, seed=0, vocab=vocab, sinusoidal_pos_embds=True,
+                                        **checkpoints.FULL_SIZE)
+
+
+def load_engines(folder: Path, threads: int, tmp: Path) -> dict:
+    """name -> forward(ids, mask) -> (start_logits, end_logits) as numpy arrays."""
+    import onnxruntime as ort
+    import torch
+    import transformers
+
+    import npbert
+
+    torch.set_num_threads(threads)
+    model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
+    tm = transformers.DistilBertForQuestionAnswering.from_pretrained(folder).eval()
+    onnx_path = tmp / "distilbert-qa.onnx"
+    ids = torch.ones((1, 16), dtype=torch.long)
+    names = ["input_ids", "attention_mask", "start_logits", "end_logits"]
+    # dynamo=False: the TorchScript exporter, which takes dynamic_axes as the issue asks.
+    torch.onnx.export(tm, (ids, torch.ones_like(ids)), str(onnx_path), input_names=names[:2], output_names=names[2:],
+                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, opset_version=17, dynamo=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+
+    def run_npbert(ids, mask):
+        out = model(ids, mask)
+        return out.start_logits, out.end_logits
+
+    def run_torch(ids, mask):
+        with torch.inference_mode():
+            out = tm(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+        return out.start_logits.numpy(), out.end_logits.numpy()
+
+    def run_ort(ids, mask):
+        return tuple(session.run(None, {"input_ids": ids, "attention_mask": mask}))
+
+    engines = {"npbert": run_npbert, "pytorch": run_torch, "onnxruntime": run_ort}
+    engines["_model"], engines["_torch_model"] = model, tm
+    return engines
+
+
+def timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def interleaved(fns: dict, args: tuple, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each fn, rounds interleaved with a rotating order."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n](*args)
+    times = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            times[n].append(timed(fns[n], *args))
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def forward_flops(B: int, S: int, D=768, F=3072, L=6) -> float:
+    """Multiply-adds x 2 of one forward: the linears (q, k, v, out, lin1, lin2, qa) and attention's two
+    batched products (q k^T and probs v). Elementwise work is not counted."""
+    linears = 2 * B * S * (4 * D * D + 2 * D * F) * L + 2 * B * S * D * 2
+    attention = 2 * 2 * B * S * S * D * L
+    return linears + attention
+
+
+# --- rows ----------------------------------------------------------------------------------------------
+
+
+def forward_rows(engines: dict, repeats: int) -> list[dict]:
+    import numpy as np
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for B, S in FORWARD_SHAPES:
+        ids = rng.integers(1000, 28000, (B, S)).astype(np.int64)
+        ids[:, 0] = 101
+        mask = np.ones((B, S), dtype=np.int64)
+        if B > 1:  # a realistic batch: some rows padded
+            mask[B // 2:, S * 3 // 4:] = 0
+        outs = {n: engines[n](ids, mask) for n in ENGINES}
+        keep = mask.astype(bool)
+        diff = {n: float(max(np.abs(outs[n][i] - outs["pytorch"][i])[keep].max() for i in (0, 1))) for n in ENGINES}
+        med = interleaved({n: engines[n] for n in ENGINES}, (ids, mask), repeats)
+        rows.append({"B": B, "S": S, "seconds": med, "max_abs_diff_vs_pytorch": diff,
+                     "ratio_vs_pytorch": med["npbert"] / med["pytorch"],
+                     "ratio_vs_onnxruntime": med["npbert"] / med["onnxruntime"],
+                     "sequences_per_s": {n: B / t for n, t in med.items()}})
+        print(f"  B={B} S={S}: " + ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in med.items()), flush=True)
+    return rows
+
+
+def gflops_row(engines: dict, forward: list[dict], repeats: int) -> dict:
+    """The forward at S=384 against numpy's GEMM speed on the forward's own GEMM shapes (one layer's
+    q/k/v fused, out, lin1, lin2 at 384 rows; contiguous weights, as BLAS likes them)."""
+    import numpy as np
+
+    S, D, F = 384, 768, 3072
+    rng = np.random.default_rng(1)
+    x, h = rng.standard_normal((S, D), dtype=np.float32), rng.standard_normal((S, F), dtype=np.float32)
+    w = {n: rng.standard_normal(s, dtype=np.float32) for n, s in
+         {"qkv": (3 * D, D), "out": (D, D), "lin1": (F, D), "lin2": (D, F)}.items()}
+
+    def layer_gemms():
+        x @ w["qkv"].T, x @ w["out"].T, x @ w["lin1"].T, h @ w["lin2"].T
+
+    gemm_flops = 2 * S * (4 * D * D + 2 * D * F)
+    t = interleaved({"gemm": layer_gemms}, (), repeats * 3)["gemm"]
+    roofline = gemm_flops / t / 1e9
+    seconds = next(r["seconds"] for r in forward if (r["B"], r["S"]) == (1, S))
+    flops = forward_flops(1, S)
+    achieved = {n: flops / s / 1e9 for n, s in seconds.items()}
+    print(f"  GEMM roofline {roofline:.0f} GFLOP/s; forward: " +
+          ", ".join(f"{n} {g:.0f} GFLOP/s ({g / roofline:.0%})" for n, g in achieved.items()), flush=True)
+    return {"S": S, "forward_gflop": flops / 1e9, "gemm_roofline_gflops": roofline, "achieved_gflops": achieved,
+            "fraction_of_roofline": {n: g / roofline for n, g in achieved.items()}}
+
+
+def squad_examples(n: int) -> list[tuple[str, str]]:
+    """The first question of each of the first n SQuAD v1.1 dev contexts."""
+    path = ROOT.parent / "shared" / "data" / "squad-v1.1-dev.json"
+    data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    out = [(p["qas"][0]["question"], p["context"]) for a in data for p in a["paragraphs"]]
+    return out[:n]
+
+
+def pipeline_row(folder: Path, engines: dict, n: int) -> dict:
+    """Questions/s of each pipeline called as a user would (a list of questions, default batching),
+    interleaved in chunks of 25 questions."""
+    import transformers
+
+    import npbert
+
+    if not hasattr(npbert, "pipeline"):
+        return {"skipped": "npbert.pipeline does not exist yet"}
+    path = ROOT.parent / "shared" / "data" / "squad-v1.1-dev.json"
+    if not path.is_file():
+        return {"skipped": f"{path} not found"}
+    examples = squad_examples(n)
+    ours = npbert.pipeline("question-answering", model=folder)
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    theirs = transformers.pipeline("question-answering", model=engines["_torch_model"], tokenizer=tok, device=-1)
+    pipes = {"npbert": lambda q, c: ours(question=q, context=c),
+             "transformers": lambda q, c: theirs(question=q, context=c)}
+    for p in pipes.values():  # warm-up
+        p([examples[0][0]], [examples[0][1]])
+    seconds, answers = {k: 0.0 for k in pipes}, {k: [] for k in pipes}
+    for i, start in enumerate(range(0, len(examples), 25)):
+        chunk = examples[start:start + 25]
+        qs, cs = [q for q, _ in chunk], [c for _, c in chunk]
+        for name in list(pipes)[i % 2:] + list(pipes)[:i % 2]:
+            t0 = time.perf_counter()
+            out = pipes[name](qs, cs)
+            seconds[name] += time.perf_counter() - t0
+            answers[name] += out if isinstance(out, list) else [out]
+    same = sum(a["answer"] == b["answer"] and a["start"] == b["start"]
+               for a, b in zip(answers["npbert"], answers["transformers"]))
+    qps = {k: len(examples) / s for k, s in seconds.items()}
+    print(f"  pipeline ({len(examples)} questions): " + ", ".join(f"{k} {v:.2f} q/s" for k, v in qps.items()) +
+          f"; same answer {same}/{len(examples)}", flush=True)
+    return {"questions": len(examples), "seconds": seconds, "questions_per_s": qps,
+            "ratio_vs_transformers": qps["npbert"] / qps["transformers"], "same_answers": same}
+
+
+_CHILD = {
+    "npbert": "import npbert\nqa = npbert.pipeline('question-answering', model={folder!r})\n",
+    "transformers": "from transformers import pipeline\nqa = pipeline('question-answering', model={folder!r}, device=-1)\n",
+}
+_CHILD_END = ("print(qa(question={q!r}, context={c!r}))\nimport resource\n"
+              "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+
+
+def start_process(engine: str, folder: Path, threads: int, numba_cache: Path) -> tuple[float, float]:
+    """Wall seconds from process start to first answer printed (and exit), and peak RSS in MB."""
+    code = _CHILD[engine].format(folder=str(folder)) + _CHILD_END.format(q=QUESTION, c=CONTEXT)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(numba_cache), "OMP_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - t0
+    rss_kb = int(next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("MAXRSS_KB")))
+    return seconds, rss_kb / 1024
+
+
+def cold_row(folder: Path, threads: int, runs: int, tmp: Path) -> dict:
+    cache = tmp / "numba-cache"
+    first_ever, first_rss = start_process("npbert", folder, threads, cache)  # empty cache: compiles everything
+    warm = {"npbert": [], "transformers": []}
+    rss = {"npbert": [], "transformers": []}
+    for _ in range(runs):
+        for engine in warm:
+            s, r = start_process(engine, folder, threads, cache)
+            warm[engine].append(s)
+            rss[engine].append(r)
+    med = {k: statistics.median(v) for k, v in warm.items()}
+    peak = {k: max(v) for k, v in rss.items()}
+    print(f"  start to first answer: npbert {med['npbert']:.2f} s (cold numba cache {first_ever:.2f} s), "
+          f"transformers {med['transformers']:.2f} s; peak RSS npbert {peak['npbert']:.0f} MB, "
+          f"transformers {peak['transformers']:.0f} MB", flush=True)
+    return {"seconds_warm_cache": med, "seconds_cold_cache_npbert": first_ever, "peak_rss_mb": peak,
+            "ratio_start_vs_transformers": med["npbert"] / med["transformers"],
+            "ratio_cold_cache_vs_transformers": first_ever / med["transformers"],
+            "ratio_rss_vs_transformers": peak["npbert"] / peak["transformers"]}
+
+
+# --- report --------------------------------------------------------------------------------------------
+
+
+def table(results: dict) -> str:
+    lines = ["| row | npbert | PyTorch | ONNX Runtime | npbert / PyTorch | npbert / ORT |", "|---|---|---|---|---|---|"]
+    for r in results.get("forward", []):
+        s = r["seconds"]
+        if r["B"] == 1:
+            cells = [f"{s[n] * 1e3:.1f} ms" for n in ENGINES]
+            label = f"latency B=1 S={r['S']}"
+        else:
+            cells = [f"{r['B'] / s[n]:.2f} seq/s" for n in ENGINES]
+            label = f"throughput B={r['B']} S={r['S']} (time ratio)"
+        lines.append(f"| {label} | " + " | ".join(cells) +
+                     f" | {r['ratio_vs_pytorch']:.2f}x | {r['ratio_vs_onnxruntime']:.2f}x |")
+    g = results.get("gflops")
+    if g:
+        a = g["achieved_gflops"]
+        lines.append(f"| GFLOP/s at S=384 (roofline {g['gemm_roofline_gflops']:.0f}) | " +
+                     " | ".join(f"{a[n]:.0f} ({g['fraction_of_roofline'][n]:.0%})" for n in ENGINES) + " | | |")
+    p = results.get("pipeline")
+    if p and "skipped" not in p:
+        q = p["questions_per_s"]
+        lines.append(f"| pipeline q/s, {p['questions']} SQuAD dev contexts (vs transformers) | {q['npbert']:.2f} | "
+                     f"{q['transformers']:.2f} | | {p['ratio_vs_transformers']:.2f}x (speed) | |")
+    elif p:
+        lines.append(f"| pipeline | skipped: {p['skipped']} | | | | |")
+    c = results.get("cold")
+    if c:
+        w = c["seconds_warm_cache"]
+        lines.append(f"| start to first answer, warm numba cache | {w['npbert']:.2f} s | {w['transformers']:.2f} s | | "
+                     f"{c['ratio_start_vs_transformers']:.2f}x | |")
+        lines.append(f"| start to first answer, cold numba cache | {c['seconds_cold_cache_npbert']:.2f} s | "
+                     f"{w['transformers']:.2f} s | | {c['ratio_cold_cache_vs_transformers']:.2f}x | |")
+        m = c["peak_rss_mb"]
+        lines.append(f"| peak RSS, one question | {m['npbert']:.0f} MB | {m['transformers']:.0f} MB | | "
+                     f"{c['ratio_rss_vs_transformers']:.2f}x | |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # Thread counts must be fixed before numpy, numba and torch start their pools.
+    for var in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+    import npbert  # noqa: F401  before numpy: npbert.kernels sets the thread pools' wait policy
+
+    import numba
+    import numpy as np
+    import onnxruntime
+    import torch
+    import transformers
+
+    rows = set(args.rows.split(","))
+    results: dict = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                                 "load_average_at_start": os.getloadavg()},
+                     "versions": {"npbert": npbert.__version__, "numpy": np.__version__, "numba": numba.__version__,
+                                  "torch": torch.__version__, "transformers": transformers.__version__,
+                                  "onnxruntime": onnxruntime.__version__},
+                     "threads": args.threads, "repeats": args.repeats}
+    with tempfile.TemporaryDirectory(prefix="npbert-bench-") as tmp:
+        tmp = Path(tmp)
+        folder = args.checkpoint or make_checkpoint(tmp / "checkpoint")
+        engines = load_engines(folder, args.threads, tmp)
+        if rows & {"forward", "gflops"}:
+            print("forward (medians, interleaved):", flush=True)
+            results["forward"] = forward_rows(engines, args.repeats)
+        if "gflops" in rows:
+            results["gflops"] = gflops_row(engines, results["forward"], args.repeats)
+        if "pipeline" in rows:
+            results["pipeline"] = pipeline_row(folder, engines, args.pipeline_contexts)
+        if "cold" in rows:
+            results["cold"] = cold_row(folder, args.threads, args.cold_runs, tmp)
+    results["load_average_at_end"] = os.getloadavg()
+    print()
+    print(table(results))
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
