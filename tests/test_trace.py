@@ -220,3 +220,23 @@ def test_trace_matches_transformers_through_the_export_tool(tiny_checkpoint, tmp
     model = npbert.DistilBertForQuestionAnswering.from_pretrained(tmp_path / "perturbed")
     report = T.diff(model.trace(a["input_ids"], a["attention_mask"]), b)
     assert report.first_divergence.name == "layer.1.ffn.pre_activation"
+
+
+def test_trace_command_on_an_encoder_only_checkpoint(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "encoder"
+    shutil.copytree(tiny_checkpoint, folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    save_file({k.removeprefix("distilbert."): v for k, v in tensors.items() if not k.startswith("qa_outputs")},
+              str(folder / "model.safetensors"))
+    out = tmp_path / "encoder.safetensors"
+    r = npbert_cli("trace", "--model", folder, "--question", QUESTION, "--context", CONTEXT, "--out", out)
+    assert r.returncode == 0, r.stderr
+    t, _ = T.load(out)
+    assert list(t) == T.names(2, with_qa_head=False)
+    encoder = npbert.DistilBertModel.from_pretrained(folder)
+    np.testing.assert_allclose(t["layer.1.output_layer_norm"], encoder(t["input_ids"]).last_hidden_state,
+                               rtol=1e-5, atol=1e-6)

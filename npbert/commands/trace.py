@@ -21,12 +21,19 @@ def load_and_encode(args, dtype="float32"):
     """(model, input_ids [B, S], attention_mask [B, S], tokens per window) for the parsed flags."""
     import numpy as np
 
-    from ..model import DistilBertForQuestionAnswering
+    from .. import hub
+    from ..model import DistilBertForQuestionAnswering, DistilBertModel
     from ..tokenizer import Tokenizer
     from ..trace import encode
+    from ..weights import read_header
 
-    model = DistilBertForQuestionAnswering.from_pretrained(args.model, revision=args.revision, dtype=np.dtype(dtype))
-    tokenizer = Tokenizer.from_pretrained(args.model, revision=args.revision)
+    folder = hub.resolve(args.model, args.revision)
+    weights = folder / "model.safetensors"
+    # An encoder-only checkpoint (no qa_outputs) traces and draws too, without the logits.
+    encoder_only = weights.is_file() and "qa_outputs.weight" not in read_header(weights)[0]
+    cls = DistilBertModel if encoder_only else DistilBertForQuestionAnswering
+    model = cls.from_pretrained(folder, dtype=np.dtype(dtype))
+    tokenizer = Tokenizer.from_folder(folder)
     max_seq_len = args.max_seq_len or min(tokenizer.model_max_length, 384)
     doc_stride = args.doc_stride if args.doc_stride is not None else min(max_seq_len // 2, 128)
     if doc_stride >= max_seq_len:
