@@ -222,7 +222,10 @@ class Tokenizer:
                                         pad_token=self.special_tokens["pad_token"], pad_type_id=0,
                                         length=max_length if padding == "max_length" else None)
         try:
-            encodings = self.backend.encode_batch(pairs)
+            if padding == "longest":  # transformers encodes one pair at a time: "longest" is per pair
+                encodings = [self.backend.encode(q, c) for q, c in pairs]
+            else:
+                encodings = self.backend.encode_batch(pairs)
         finally:
             self._plain()
         return [[self._window(e) for e in [enc, *enc.overflowing]] for enc in encodings]

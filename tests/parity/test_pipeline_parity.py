@@ -1,0 +1,131 @@
+"""npbert.pipeline vs transformers 4.57.6 `pipeline("question-answering")` on the same checkpoint folder.
+
+Every answer, start and end identical; scores within 1e-4 relative (1e-12 absolute floor for scores that
+are float32 rounding noise anyway). Full size: the `full_checkpoint` fixture (28996 x 768 x 6, real cased
+vocab when ../shared exists, QA head x12 so scores are spread), a few batched calls. Every parameter
+combination: the tiny checkpoint (same tokenizer), where a call costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import npbert
+
+transformers = pytest.importorskip("transformers", reason="transformers (the parity extra) is not installed")
+# transformers' postprocess calls np.array on a torch tensor: numpy 2 warns on every call.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+UNICODE = [
+    "Café naïve résumé: the Ångström façade was built in 1887 by Zoë Saldaña's great-grandfather.",
+    "Cafe\u0301 and nai\u0308ve are spelled with combining marks; the fiance\u0301e arrived on Monday.",
+    "東京は日本の首都です。 The capital of Japan is 東京 (Tokyo), and 北京 is the capital of China.",
+    "The party 🎉 started at 9 pm 😀 and ended at dawn 👍🏽; the flag 🇫🇷 hung above the door.",
+    "zero\u200bwidth spaces\u200c and joiners\u200d hide in this\ufeff sentence about Paris.",
+    "In Hebrew שלום means peace, in Arabic سلام means peace, and \u202ekcab\u202c is reversed text.",
+    "Columns\tseparated\tby\ttabs   and   runs     of      spaces\n\nname the river Danube.",
+]
+SHORT = "My name is John and I live in Seattle."
+LONG = " ".join(f"In {1800 + i}, the river number {i} was renamed {name} by the council of city {i}."
+                for i, name in enumerate(["Thames", "Seine", "Danube", "Rhine", "Elbe", "Oder"] * 12))
+QUESTIONS = ["Where does John live?", "What was renamed by the council?", "Which capital is mentioned?",
+             "When did it start?", "What does the sentence say?", "What does it mean?", "Which river?"]
+
+
+def assert_parity(got, want, where=""):
+    if isinstance(want, dict):
+        assert isinstance(got, dict), where
+        assert (got["answer"], got["start"], got["end"]) == (want["answer"], want["start"], want["end"]), where
+        assert got["score"] == pytest.approx(want["score"], rel=1e-4, abs=1e-12), where
+    else:
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_parity(g, w, f"{where}[{i}]")
+
+
+def reference(folder):
+    return transformers.pipeline("question-answering", model=str(folder), tokenizer=str(folder), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def full_pair(full_checkpoint):
+    return npbert.pipeline("question-answering", model=full_checkpoint), reference(full_checkpoint)
+
+
+def test_full_size_lists_short_long_unicode(full_pair):
+    """One call: short, multi-window (> 384 tokens) and unicode contexts, every window of all questions
+    batched; then the same inputs with transformers' padded batching (batch_size=4) on both sides."""
+    mine, ref = full_pair
+    questions = ["Where does John live?", "Which river was renamed in 1830?"] + QUESTIONS[:len(UNICODE)]
+    contexts = [SHORT, LONG[:2700]] + UNICODE  # LONG[:2700]: ~640 tokens
+    assert len(mine.tokenizer.encode_pair(questions[1], contexts[1])) == 3  # first, middle and last windows
+    for kwargs in (dict(top_k=3), dict(top_k=2, batch_size=4)):
+        assert_parity(mine(question=questions, context=contexts, **kwargs),
+                      ref(question=questions, context=contexts, **kwargs), str(kwargs))
+
+
+def test_full_size_parameters(full_pair):
+    mine, ref = full_pair
+    inputs = dict(question=["Which river was renamed in 1830?", "Where does John live?"], context=[LONG[:1200], SHORT])
+    for kwargs in (dict(top_k=5, handle_impossible_answer=True, max_answer_len=4, max_seq_len=128, doc_stride=32),
+                   dict(align_to_words=False, max_seq_len=200, doc_stride=100, top_k=2, padding="max_length")):
+        assert_parity(mine(**inputs, **kwargs), ref(**inputs, **kwargs), str(kwargs))
+    one = {"question": "Who is mentioned?", "context": UNICODE[0]}
+    assert_parity(mine(one), ref(one))
+    assert_parity(mine(question=["Who?", "When?"], context=UNICODE[0]), ref(question=["Who?", "When?"],
+                                                                              context=UNICODE[0]))
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny_checkpoint):
+    return npbert.pipeline("question-answering", model=tiny_checkpoint), reference(tiny_checkpoint)
+
+
+@settings(max_examples=25)
+@given(top_k=st.sampled_from([1, 2, 5, 20]), max_answer_len=st.sampled_from([1, 3, 15, 30]),
+       window=st.sampled_from([(None, None), (48, 12), (64, 0), (32, 8), (100, 50)]),
+       handle_impossible_answer=st.booleans(), align_to_words=st.booleans(),
+       padding=st.sampled_from(["do_not_pad", "longest", "max_length"]), batch_size=st.sampled_from([None, 1, 3, 8]))
+def test_every_parameter_tiny(tiny_pair, top_k, max_answer_len, window, handle_impossible_answer, align_to_words,
+                              padding, batch_size):
+    mine, ref = tiny_pair
+    kwargs = dict(top_k=top_k, max_answer_len=max_answer_len, handle_impossible_answer=handle_impossible_answer,
+                  align_to_words=align_to_words, padding=padding)
+    if window[0] is not None:
+        kwargs.update(max_seq_len=window[0], doc_stride=window[1])
+    if batch_size is not None:
+        kwargs["batch_size"] = batch_size
+    questions = ["Where?", "Which river was renamed in 1830?", "Who?"] + QUESTIONS[:3]
+    contexts = [SHORT, LONG[:800], "Seattle"] + UNICODE[:3]  # LONG[:800]: 170 tokens, several windows at 48
+    assert_parity(mine(question=questions, context=contexts, **kwargs),
+                  ref(question=questions, context=contexts, **kwargs), str(kwargs))
+
+
+@pytest.mark.parametrize("context", UNICODE + ["a", "  padded  ", "\t\n", "x" * 400, "[SEP] [CLS] [MASK]"])
+def test_unicode_and_edge_contexts_tiny(tiny_pair, context):
+    mine, ref = tiny_pair
+    for kwargs in (dict(top_k=10), dict(top_k=3, align_to_words=False, handle_impossible_answer=True)):
+        assert_parity(mine(question="What is it?", context=context, **kwargs),
+                      ref(question="What is it?", context=context, **kwargs), str(kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(question="", context=SHORT), dict(question="Who?", context=""),
+    dict(question=["a", "b"], context=["c"]), dict(question="Who?", context=SHORT, top_k=0),
+    dict(question="Who?", context=SHORT, max_answer_len=0),
+    dict(question="Who?", context=SHORT, doc_stride=200, max_seq_len=100),
+    dict(question="word " * 80, context=LONG, max_seq_len=64),
+    dict(question="word " * 50, context=LONG, max_seq_len=64, doc_stride=20),
+])
+def test_both_reject_the_same_bad_input(tiny_pair, kwargs):
+    mine, ref = tiny_pair
+    with pytest.raises(ValueError):
+        mine(**kwargs)
+    try:
+        ref(**kwargs)
+    except BaseException as e:  # tokenizers' truncation panic is a BaseException
+        if isinstance(e, KeyboardInterrupt):
+            raise
+    else:
+        pytest.fail(f"transformers accepted {kwargs}")
