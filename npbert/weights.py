@@ -320,8 +320,24 @@ def relayout_for_speed(tree):
     their names for code that reads them). Every other array is kept as loaded: x @ W.T on a C-contiguous
     [out, in] W is the BLAS "transposed B" case, as fast as a transposed copy, so no copy is made.
     Idempotent: an already fused tree comes back as is."""
+    import mmap
+
     with_qa_head = hasattr(tree, "qa_outputs")
     d = tree.distilbert if with_qa_head else tree
+
+    def release_mapped_pages(x):
+        # The fused copy replaces q, k, v: drop their (now read) pages of the file mapping from this process,
+        # so peak RSS counts those 7 MB a layer once, not twice. They stay in the page cache and would fault
+        # back in if read. Only on a read-only file mapping: on an owned array MADV_DONTNEED zeroes the data.
+        root = x
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        if not (isinstance(root.base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED")) or x.flags.writeable:
+            return
+        page, start = mmap.PAGESIZE, x.ctypes.data - np.frombuffer(root.base, np.uint8).ctypes.data
+        begin, end = -(-start // page) * page, (start + x.nbytes) // page * page  # whole pages inside x
+        if end > begin:
+            root.base.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
     def fuse(a):
         if isinstance(a, FusedAttention):
@@ -329,6 +345,8 @@ def relayout_for_speed(tree):
         D = a.q_lin.weight.shape[0]
         qkv = Linear(np.concatenate([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]),
                      np.concatenate([a.q_lin.bias, a.k_lin.bias, a.v_lin.bias]))
+        for lin in (a.q_lin, a.k_lin, a.v_lin):
+            release_mapped_pages(lin.weight)
         views = (Linear(qkv.weight[i * D:(i + 1) * D], qkv.bias[i * D:(i + 1) * D]) for i in range(3))
         return FusedAttention(*views, a.out_lin, qkv)
 

@@ -235,10 +235,19 @@ def test_environment_variable_selects_in_a_new_process(tiny_checkpoint):
 
 def test_relayout_fuses_qkv_without_duplicates(tmp_path):
     folder = checkpoints.write_checkpoint(tmp_path / "c", seed=5, vocab=[], tokenizer=False, vocab_size=30,
-                                          dim=8, n_layers=2, n_heads=2, hidden_dim=12, max_position_embeddings=16)
+                                          dim=64, n_layers=2, n_heads=2, hidden_dim=12, max_position_embeddings=16)
     config = npbert.Config.from_file(folder / "config.json")
-    tree = W.load(folder, config)
-    fast = W.relayout_for_speed(tree)
+    # float32: q, k, v ([64, 64]: whole pages) are views of the file mapping whose pages the re-layout
+    # releases (they must read back intact); float64: owned copies, which must be left alone.
+    for dtype in (np.float64, np.float32):
+        tree = W.load(folder, config, dtype)
+        fast = W.relayout_for_speed(tree)
+        assert_fused(tree, fast)
+    encoder = W.relayout_for_speed(tree.distilbert)
+    assert isinstance(encoder.transformer.layer[0].attention, W.FusedAttention)
+
+
+def assert_fused(tree, fast):
     for old, new in zip(tree.distilbert.transformer.layer, fast.distilbert.transformer.layer):
         a, f = old.attention, new.attention
         np.testing.assert_array_equal(f.qkv.weight, np.concatenate([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]))
@@ -250,5 +259,3 @@ def test_relayout_fuses_qkv_without_duplicates(tmp_path):
         assert f.out_lin is a.out_lin and new.ffn is old.ffn  # everything else untouched (still mapped)
     again = W.relayout_for_speed(fast)  # idempotent: no second copy
     assert again.distilbert.transformer.layer[0].attention is fast.distilbert.transformer.layer[0].attention
-    encoder = W.relayout_for_speed(tree.distilbert)
-    assert isinstance(encoder.transformer.layer[0].attention, W.FusedAttention)
