@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import npbert
 from parity_helpers import assert_close, compare, right_padded, transformers_checkpoint, transformers_outputs
@@ -64,6 +65,33 @@ def test_tiny_configs_match_transformers(tiny_transformers, kernels, dtype):
     assert len(ours.hidden_states) == config.n_layers + 1 and len(ours.attentions) == config.n_layers
     assert_close(compare(ours, theirs, mask.astype(bool)), TINY_TOLERANCES[dtype],
                  f"tiny {folder.name} kernels={kernels} dtype={np.dtype(dtype).name} lengths={lengths}")
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_tiny_random_batches_and_padding(tiny_transformers, data):
+    folder, torch_model = tiny_transformers
+    config = torch_model.config
+    model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
+    S = data.draw(st.integers(1, config.max_position_embeddings), label="S")
+    lengths = data.draw(st.lists(st.integers(1, S), min_size=1, max_size=4), label="lengths")
+    ids, mask = right_padded(np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed")),
+                             lengths, config.vocab_size, seq_len=S)
+    rows = compare(model(ids, attention_mask=mask, output_hidden_states=True),
+                   transformers_outputs(torch_model, ids, mask, attentions=False), mask.astype(bool))
+    assert_close(rows, TINY_TOLERANCES[np.float32], f"tiny {folder.name} S={S} lengths={lengths}")
+
+
+def test_tiny_logits_match_transformers_default_attention(tiny_transformers):
+    # What users of transformers get: from_pretrained with its default (sdpa) attention, from the saved folder.
+    import transformers
+
+    folder, eager = tiny_transformers
+    sdpa = transformers.DistilBertForQuestionAnswering.from_pretrained(folder).eval()
+    ids, mask = right_padded(np.random.default_rng(7), [eager.config.max_position_embeddings, 3], eager.config.vocab_size)
+    ours = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)(ids, attention_mask=mask)
+    assert_close(compare(ours, transformers_outputs(sdpa, ids, mask, attentions=False), mask.astype(bool)),
+                 {"logits": 1e-5}, f"tiny {folder.name} vs transformers {sdpa.config._attn_implementation}")
 
 
 def test_tiny_unbatched_and_list_inputs(tiny_transformers):
