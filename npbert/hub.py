@@ -55,7 +55,12 @@ def _snapshot_download(repo_id: str, revision: str | None, local_files_only: boo
             repo_id, revision=revision, allow_patterns=CHECKPOINT_FILES, local_files_only=local_files_only
         )
     except LocalEntryNotFoundError:
-        where = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE is set or the hub is unreachable"
+        if local_files_only:
+            where = "local_files_only=True"
+        elif constants.HF_HUB_OFFLINE:
+            where = "HF_HUB_OFFLINE is set"
+        else:
+            where = f"the hub at {constants.ENDPOINT} could not be reached"
         raise CheckpointNotFound(
             f"{repo_id} (revision {revision or 'main'}) is not in the cache at {constants.HF_HUB_CACHE} and cannot "
             f"be downloaded ({where}). Run once with network access to cache it, point HF_HOME/HF_HUB_CACHE at a "
