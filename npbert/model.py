@@ -18,10 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# kernels first: it sets the thread pools' wait policy, which OpenBLAS reads when numpy is first imported.
+from .kernels import select as select_kernels  # noqa: I001
+
 import numpy as np
 
 from . import hub, weights as W
-from .kernels import select as select_kernels
 from .config import Config
 
 
