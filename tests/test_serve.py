@@ -244,24 +244,35 @@ def _walk(node):
 # --- the documentation's examples, run as written (the port aside) -------------------------------------
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+README = DOC.parents[1] / "README.md"
 
 
-def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+def _blocks(language: str, doc: Path = DOC) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
+
+
+def _run_client(doc: Path, marker: str, port: int, capsys) -> list[str]:
+    client = next(b for b in _blocks("python", doc) if marker in b)
+    exec(compile(client.replace("127.0.0.1:8000", f"127.0.0.1:{port}"), str(doc), "exec"), {})
+    return capsys.readouterr().out.splitlines()
 
 
 def test_docs_python_client_runs_as_written(server, qa, capsys):
-    client = next(b for b in _blocks("python") if "def ask" in b)
-    exec(compile(client.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}"), str(DOC), "exec"), {})
-    lines = capsys.readouterr().out.splitlines()
+    lines = _run_client(DOC, "def ask", server.port, capsys)
     assert lines[0] == repr([qa(**SAMPLE)["answer"]])
     assert lines[-1] == "422 input_data.question: must not be empty or blank"
 
 
+def test_readme_python_client_runs_as_written(server, qa, capsys):
+    assert _run_client(README, "8000/score", server.port, capsys) == [repr([qa(**SAMPLE)["answer"]])]
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_docs_curl_calls_run_as_written(server):
-    calls = [c for b in _blocks("bash") for c in re.split(r"\n(?=curl )", b) if c.startswith("curl -s http://127.0.0.1:8000")]
-    assert len(calls) == 4
+@pytest.mark.parametrize("doc, n", [(DOC, 4), (README, 2)], ids=["serving.md", "README.md"])
+def test_docs_curl_calls_run_as_written(server, doc, n):
+    calls = [c for b in _blocks("bash", doc) for c in re.split(r"\n(?=curl )", b)
+             if c.startswith("curl -s http://127.0.0.1:8000")]
+    assert len(calls) == n
     for call in calls:
         command = "\n".join(line for line in call.splitlines() if not line.startswith("#"))
         out = subprocess.run(["bash", "-c", command.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")],

@@ -69,9 +69,11 @@ def request(conn: http.client.HTTPConnection, method: str, path: str, body: byte
     return resp.status, resp.read()
 
 
-def client(host: str, port: int, path: str, bodies: list[bytes], deadline: float, offset: int, out: dict) -> None:
+def client(host: str, port: int, path: str, bodies: list[bytes], deadline: float, offset: int, out: dict,
+           count: int | None = None) -> None:
+    """Send requests until `deadline` (monotonic seconds), or `count` of them when given."""
     conn, i = http.client.HTTPConnection(host, port, timeout=300), offset
-    while time.monotonic() < deadline:
+    while (i - offset < count) if count is not None else (time.monotonic() < deadline):
         t0 = time.perf_counter()
         try:
             status, data = request(conn, "POST", path, bodies[i % len(bodies)])
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--squad-tokens", type=int, default=300)
     p.add_argument("--concurrency", "-c", type=int, default=4)
     p.add_argument("--duration", "-t", type=float, default=10.0, help="seconds of load (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=3, help="requests per client before measuring (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="requests per client before measuring (default: %(default)s)")
     p.add_argument("--json", type=Path, help="also write the report here")
     p.add_argument("--log", type=Path, default=Path("loadtest-server.log"), help="the started server's log")
     args = p.parse_args(argv)
@@ -171,16 +173,21 @@ def main(argv: list[str] | None = None) -> int:
         host, pid = "127.0.0.1", proc.pid
     try:
         rss_start = rss_kib(pid) if pid else None
-        for k in range(args.concurrency):  # warm-up: every client's first requests, not measured
-            conn = http.client.HTTPConnection(host, port, timeout=300)
-            for i in range(args.warmup):
-                status, data = request(conn, "POST", args.route, raw[(k + i) % len(raw)])
-                if status != 200:
-                    raise SystemExit(f"warm-up request failed: HTTP {status} {data[:300]!r}")
-            conn.close()
+        warm = [{"latencies": [], "errors": []} for _ in range(args.concurrency)]
+        threads = [threading.Thread(target=client, args=(host, port, args.route, raw, 0, k, warm[k], args.warmup))
+                   for k in range(args.concurrency)]  # warm-up: C clients, `--warmup` requests each, not measured
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if any(w["errors"] for w in warm):
+            raise SystemExit(f"warm-up failed: {[e for w in warm for e in w['errors']][:3]}")
         before, rss_before = health(host, port)["batching"], rss_kib(pid) if pid else None
+        machine_load = os.getloadavg()[0]
         report = load(host, port, args.route, raw, args.concurrency, args.duration)
         after, rss_after = health(host, port)["batching"], rss_kib(pid) if pid else None
+        # other processes competing for the cores: the 1-minute load average before and after the run
+        report["machine_load_1min"] = [round(machine_load, 2), round(os.getloadavg()[0], 2)]
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

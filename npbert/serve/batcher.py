@@ -76,7 +76,7 @@ class Batcher:
         """Stop after the calls already queued are answered (the server drains requests before this)."""
         if self._task is None:
             return
-        while self._busy or self._held or not self._queue.empty():
+        while (self._busy or self._held or not self._queue.empty()) and not self._task.done():
             await asyncio.sleep(0.01)
         self._task.cancel()
         try:
