@@ -39,6 +39,7 @@ from ..audit import sha256_file
 from ..hub import DEFAULT_MODEL
 from ..pipeline import pipeline
 from .batcher import Batcher
+from .explain import add_explain_routes
 from .schemas import (AnswerRecord, BadRequest, ErrorResponse, Limits, ScoreRequest, parse_request)
 
 log = logging.getLogger("npbert.serve")
@@ -150,6 +151,7 @@ def create_app(settings: Settings | None = None, qa=None) -> FastAPI:
     add_error_handlers(app, state)
     add_answer_routes(app, state)
     add_health_routes(app, state)
+    add_explain_routes(app, state)  # the teaching page: GET /, /static, POST /v1/explain
     app.openapi = lambda: _openapi(app)
     return app
 
