@@ -88,7 +88,7 @@ function readForm() {
   return {input_data: {question: $("question").value, context: $("context").value}, parameters};
 }
 
-async function run(action, busyText) {
+async function run(action, busyText, onError = () => {}) {
   if (page.busy) return;
   page.busy = true;
   $("ask").disabled = true;
@@ -97,6 +97,7 @@ async function run(action, busyText) {
     await action();
   } catch (e) {
     setStatus(e instanceof PageError ? e.message : `Something went wrong in the page: ${e.message}`, "error");
+    onError();
   } finally {
     page.busy = false;
     $("ask").disabled = false;
@@ -113,7 +114,7 @@ async function ask(event) {
     show(data);
     setStatus(`Answered in ${seconds.toFixed(2)} s, ${data.server_seconds.toFixed(2)} s of it in the server (${data.windows.length} window${data.windows.length === 1 ? "" : "s"}, `
               + `${data.windows[data.window].tokens.length} tokens in the one shown).`, "ok");
-  }, "Asking the model…");
+  }, "Asking the model…", () => { $("results").hidden = true; });  // no stale results under a refusal
 }
 
 async function reload(query, busyText) {
