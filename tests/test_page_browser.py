@@ -6,6 +6,7 @@ saved in the test's tmp dir and, when NPBERT_ARTIFACTS is set, copied there (wit
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -99,11 +100,12 @@ def chips(driver, box: str):
 
 
 def save_screenshot(driver, path: Path) -> Path:
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1200, height + 200)  # the whole page in one picture
-    driver.execute_script("window.scrollTo(0, 0)")
-    driver.save_screenshot(str(path))
-    driver.set_window_size(1200, 1000)
+    """The whole page, not just the window (Chrome DevTools' capture beyond the viewport)."""
+    width, height = driver.execute_script("const e = document.documentElement; return [e.scrollWidth, e.scrollHeight];")
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
+                                                             "clip": {"x": 0, "y": 0, "width": width, "height": height,
+                                                                      "scale": 1}})
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
 
 

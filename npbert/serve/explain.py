@@ -30,7 +30,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..pipeline import check_parameters
+from ..pipeline import QuestionAnsweringPipeline, check_parameters
 from ..qa import MASKED_LOGIT
 from .schemas import BadRequest, parse_request
 
@@ -92,7 +92,9 @@ def explain(qa, question: str, context: str, params: dict | None = None, window:
     """
     params = check_parameters(dict(params or {}))
     max_seq_len, doc_stride = window_settings(qa, params)
-    result = qa(question=question, context=context, **params)
+    recorder = _Recorder(qa.model)
+    result = QuestionAnsweringPipeline(recorder, qa.tokenizer, batch_size=qa.batch_size)(
+        question=question, context=context, **params)
     answers = result if isinstance(result, list) else [result]
     windows = qa.tokenizer.encode_pair(question, context, max_seq_len, doc_stride, params.get("padding", "do_not_pad"))
     spans = [context_span(w) for w in windows]
@@ -109,7 +111,9 @@ def explain(qa, question: str, context: str, params: dict | None = None, window:
                            f"{config.n_layers - 1})")
 
     w = windows[window]
-    out = qa.model(w.input_ids[None], attention_mask=w.attention_mask[None], output_attentions=True)
+    out = recorder.single.get(w.input_ids.tobytes())
+    if out is None:
+        out = qa.model(w.input_ids[None], attention_mask=w.attention_mask[None], output_attentions=True)
     S, H, L = len(w), config.n_heads, config.n_layers
     if L * H * S * S <= max_attention_values and layer is None:
         layers = list(range(L))
@@ -133,6 +137,27 @@ def explain(qa, question: str, context: str, params: dict | None = None, window:
         "attention": attention,
         "attention_note": _attention_note(layers, L, H, S, max_attention_values),
     }
+
+
+class _Recorder:
+    """The model, asked for attention probabilities on every forward of the pipeline, keeping the outputs
+    of single-window forwards (unpadded: exactly `model(window, output_attentions=True)`).
+
+    The probabilities are computed by every forward anyway (only returned when asked), so a context that
+    fits one window is answered and explained by one forward, and the page's probabilities come from the
+    very logits the answer came from."""
+
+    def __init__(self, model):
+        self.model, self.single = model, {}
+
+    def __getattr__(self, name):  # config, dtype, ...: the model's
+        return getattr(self.model, name)
+
+    def __call__(self, input_ids, attention_mask=None):
+        out = self.model(input_ids, attention_mask=attention_mask, output_attentions=True)
+        if len(input_ids) == 1 and not self.single:  # one kept: a window's attention is ~42 MB at full size
+            self.single[np.asarray(input_ids[0], dtype=np.int64).tobytes()] = out
+        return out
 
 
 def _attention_note(layers: list[int], L: int, H: int, S: int, limit: int) -> str:
