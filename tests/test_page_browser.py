@@ -203,3 +203,14 @@ def test_refusals_are_shown(browser, server, question, context, settings, messag
     assert not browser.find_element(By.ID, "results").is_displayed()
     kind, text = ask(browser, **SAMPLE)  # and the page still works
     assert kind == "ok" and browser.find_element(By.ID, "results").is_displayed()
+
+
+def test_a_stopped_server_is_reported(browser, tiny_checkpoint, tmp_path):
+    s = Server(tiny_checkpoint, tmp_path / "server.log")
+    try:
+        browser.get(f"http://127.0.0.1:{s.port}/")
+        wait(browser, lambda d: "Model:" in d.find_element(By.ID, "model-info").text)
+    finally:
+        assert s.stop() == 0, s.output()
+    kind, text = ask(browser, **SAMPLE)
+    assert kind == "error" and text.startswith("Could not reach the server") and "npbert serve" in text

@@ -75,7 +75,8 @@ function decodeAttention(attention) {
 async function explain(query = {}) {
   const params = new URLSearchParams(Object.entries(query).filter(([, v]) => v !== null && v !== undefined));
   const t0 = performance.now();
-  const data = await postJSON("/v1/explain" + (params.size ? "?" + params : ""), page.request);
+  const search = params.toString();
+  const data = await postJSON("/v1/explain" + (search ? "?" + search : ""), page.request);
   return [data, (performance.now() - t0) / 1000];
 }
 
