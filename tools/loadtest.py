@@ -118,6 +118,39 @@ def load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int,
             "errors": len(errors), "first_errors": errors[:5]}
 
 
+def http_vs_in_process(host: str, port: int, path: str, body: dict, model: str, rounds: int) -> dict:
+    """The same request answered by `npbert.pipeline` in this process and over HTTP, one after the other
+    (order alternating each round): the server's own cost next to the forward, as a ratio of medians."""
+    import npbert
+
+    qa = npbert.pipeline("question-answering", model=model)
+    question, context = body["input_data"]["question"], body["input_data"]["context"]
+    raw = json.dumps(body).encode()
+
+    def over_http():  # a new connection each time: uvicorn closes keep-alive connections idle for 5 s
+        conn = http.client.HTTPConnection(host, port, timeout=300)
+        try:
+            status, data = request(conn, "POST", path, raw)
+            if status != 200:
+                raise SystemExit(f"HTTP {status}: {data[:300]!r}")
+        finally:
+            conn.close()
+
+    calls = {"in_process": lambda: qa(question=question, context=context, **body.get("parameters", {})),
+             "http": over_http}
+    times = {name: [] for name in calls}
+    for name in calls:  # first calls (compilation, connection) are not measured
+        calls[name]()
+    for r in range(rounds):
+        for name in (list(calls) if r % 2 else list(calls)[::-1]):
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {"rounds": rounds, "in_process_median_ms": round(1000 * med["in_process"], 1),
+            "http_median_ms": round(1000 * med["http"], 1), "ratio": round(med["http"] / med["in_process"], 3)}
+
+
 def start_server(model: str, serve_args: list[str], log: Path) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "npbert", "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
            "--no-access-log", *serve_args]
@@ -143,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", "-c", type=int, default=4)
     p.add_argument("--duration", "-t", type=float, default=10.0, help="seconds of load (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="requests per client before measuring (default: %(default)s)")
+    p.add_argument("--in-process-rounds", type=int, default=0,
+                   help="after the load, answer the first request N times in this process and over HTTP, "
+                        "interleaved, and report the ratio (needs --model)")
     p.add_argument("--json", type=Path, help="also write the report here")
     p.add_argument("--log", type=Path, default=Path("loadtest-server.log"), help="the started server's log")
     args = p.parse_args(argv)
@@ -188,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         after, rss_after = health(host, port)["batching"], rss_kib(pid) if pid else None
         # other processes competing for the cores: the 1-minute load average before and after the run
         report["machine_load_1min"] = [round(machine_load, 2), round(os.getloadavg()[0], 2)]
+        if args.in_process_rounds:
+            report["http_vs_in_process"] = http_vs_in_process(host, port, args.route, bodies[0], args.model,
+                                                              args.in_process_rounds)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
