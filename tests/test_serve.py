@@ -409,3 +409,27 @@ def test_a_server_fault_is_a_500_logged_with_its_cause(qa, caplog):
         resp = client.post("/score", json={"input_data": SAMPLE})
         assert resp.status_code == 200 and resp.json() == [qa(**SAMPLE)["answer"]]
         assert client.get("/health").json()["failed"] == 1
+
+
+# --- tools/loadtest.py ----------------------------------------------------------------------------------
+
+LOADTEST = Path(__file__).resolve().parents[1] / "tools" / "loadtest.py"
+
+
+def test_loadtest_stops_by_itself_and_reports(server, tmp_path):
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, str(LOADTEST), "--url", f"http://127.0.0.1:{server.port}",
+                           "--pid", str(server.proc.pid), "--concurrency", "3", "--duration", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["errors"] == 0 and report["requests"] > 0 and report["concurrency"] == 3
+    assert 0 < report["p50_ms"] <= report["p99_ms"]
+    assert report["requests_per_s"] == pytest.approx(report["requests"] / report["wall_s"], rel=0.01)
+    assert report["rss_before_mib"] > 0 and report["rss_after_mib"] > 0
+
+
+def test_loadtest_refuses_addresses_off_this_machine():
+    proc = subprocess.run([sys.executable, str(LOADTEST), "--url", "http://10.1.2.3:8000", "--duration", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "only loopback addresses" in proc.stderr
