@@ -184,7 +184,8 @@ def _query_int(request: Request, name: str) -> int | None:
 
 def add_explain_routes(app, state) -> None:
     """GET / (the page), GET /static/* (its files), POST /v1/explain (its data)."""
-    from .app import error_response, log, read_body, server_fault
+    from .app import error_response, log, read_body, server_fault  # here: app.py imports this module
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
