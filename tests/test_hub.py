@@ -3,12 +3,14 @@ as huggingface-hub lays them out.
 
 The stand-in (an HTTP server on 127.0.0.1, reached through HF_ENDPOINT) speaks the part of the hub's API
 that `snapshot_download` uses: the model info call `GET /api/models/{repo}/revision/{rev}` (commit sha
-and file list), then per file `HEAD`/`GET /{repo}/resolve/{commit}/{file}` with X-Repo-Commit and ETag
+and file list; huggingface-hub >= 1 lists files with `GET /api/models/{repo}/tree/{commit}`), then per file `HEAD`/`GET /{repo}/resolve/{commit}/{file}` with X-Repo-Commit and ETag
 headers; large (LFS) files answer with a redirect to a CDN URL plus X-Linked-Etag / X-Linked-Size, as the
 real hub does. Errors carry X-Error-Code (RepoNotFound, RevisionNotFound).
 
 huggingface-hub reads its environment (HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE, ...) when it is imported,
 so every resolution runs in a fresh interpreter with the environment set. Nothing of npbert is mocked.
+To check another huggingface-hub major version: make a venv with only that version and run
+`NPBERT_TEST_HUB_PYTHON=/that/venv/bin/python python -m pytest tests/test_hub.py` (checked: 0.36.2, 2.4.0).
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ class HubStandIn:
                 if path.startswith("/cdn/"):
                     data = stand_in.blobs.get(path[5:])
                     return self._send(200 if data else 404, {}, data or b"", body)
+                if path.startswith("/api/models/") and "/tree/" in path:
+                    repo, _, rev = path[len("/api/models/"):].partition("/tree/")
+                    return self._tree(repo, rev, body)
                 if path.startswith("/api/models/"):
                     repo, _, rev = path[len("/api/models/"):].partition("/revision/")
                     return self._info(repo, rev, body)
@@ -116,6 +121,14 @@ class HubStandIn:
                             "siblings": [{"rfilename": n} for n in sorted(stand_in.files[commit])]}
                     self._send(200, {"Content-Type": "application/json"}, json.dumps(info).encode(), body)
 
+            def _tree(self, repo, rev, body):  # huggingface-hub >= 1 lists files with the tree API
+                commit = self._commit(repo, rev)
+                if commit:
+                    tree = [{"type": "file", "path": n, "size": len(d), "oid": git_blob_sha1(d),
+                             **({"lfs": {"oid": etag(n, d), "size": len(d), "pointerSize": 134}} if n in LFS else {})}
+                            for n, d in sorted(stand_in.files[commit].items())]
+                    self._send(200, {"Content-Type": "application/json"}, json.dumps(tree).encode(), body)
+
             def _file(self, repo, rev, name, body):
                 commit = self._commit(repo, rev)
                 if not commit:
@@ -126,20 +139,23 @@ class HubStandIn:
                 tag = etag(name, data)
                 if name in LFS:  # LFS: redirect to the CDN, the real size and hash in X-Linked-*
                     stand_in.blobs[tag] = data
-                    return self._send(302, {"Location": f"{stand_in.url}/cdn/{tag}", "X-Repo-Commit": commit,
+                    return self._send(302, {"Location": f"{stand_in.cdn_url}/cdn/{tag}", "X-Repo-Commit": commit,
                                             "X-Linked-Etag": f'"{tag}"', "X-Linked-Size": str(len(data)),
                                             "ETag": '"redirect"'}, b"", body)
                 self._send(200, {"X-Repo-Commit": commit, "ETag": f'"{tag}"'}, data, body)
 
         self.blobs = {}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        # The CDN is another host, as on the real hub (huggingface-hub >= 1 follows same-host redirects of
+        # a HEAD but reads the metadata off a redirect to another host): 127.0.0.2 is loopback too.
+        self.servers = [ThreadingHTTPServer((host, 0), Handler) for host in ("127.0.0.1", "127.0.0.2")]
+        self.url, self.cdn_url = (f"http://{s.server_address[0]}:{s.server_address[1]}" for s in self.servers)
+        for server in self.servers:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
 
 
 @pytest.fixture
@@ -166,21 +182,29 @@ def hub_env(tmp_path, endpoint, **extra) -> dict:
     return env
 
 
+# The interpreter that runs npbert/hub.py: this one, or one with another huggingface-hub major version
+# (hub.py imports nothing else, so e.g. a venv with only `huggingface-hub>=1` will do).
+HUB_PYTHON = os.environ.get("NPBERT_TEST_HUB_PYTHON", sys.executable)
+
 RESOLVE = """
-import json, sys
-from npbert import hub
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("npbert_hub", sys.argv[4])  # hub.py alone: no numpy needed
+hub = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(hub)
 repo, revision, local_only = sys.argv[1], sys.argv[2] or None, sys.argv[3] == "1"
 try:
     folder = hub.resolve(repo, revision, local_files_only=local_only)
-    print(json.dumps({"folder": str(folder), "files": sorted(p.name for p in folder.iterdir())}))
+    import huggingface_hub
+    print(json.dumps({"folder": str(folder), "files": sorted(p.name for p in folder.iterdir()),
+                      "huggingface_hub": huggingface_hub.__version__}))
 except Exception as e:
     print(json.dumps({"error": type(e).__name__, "message": str(e)}))
 """
 
 
 def resolve(env, repo=REPO, revision=None, local_files_only=False) -> dict:
-    r = subprocess.run([sys.executable, "-c", RESOLVE, repo, revision or "", "1" if local_files_only else "0"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([HUB_PYTHON, "-c", RESOLVE, repo, revision or "", "1" if local_files_only else "0",
+                        npbert.hub.__file__], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -233,7 +257,8 @@ def test_download_fetches_only_the_checkpoint_files(hub, tmp_path, repo_files, t
     expected = tmp_path / "expected"
     make_cache(expected, REPO, COMMIT_MAIN, {n: repo_files[COMMIT_MAIN][n] for n in got["files"]},
                {"main": COMMIT_MAIN})
-    assert {k: v for k, v in layout(storage).items() if not k.startswith(".")} == \
+    # (blobs, snapshots and refs; huggingface-hub >= 2 also keeps file listings in trees/)
+    assert {k: v for k, v in layout(storage).items() if k.startswith(("blobs", "snapshots", "refs"))} == \
         layout(expected / "models--org--tiny-qa")
     # a second resolution is served from the cache: metadata only, no file body downloaded again
     hub.requests.clear()
