@@ -31,6 +31,50 @@ from typing import Callable, NamedTuple  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
+# Below this many elements a kernel runs on the calling thread alone: waking the pool's other thread costs
+# tens of microseconds, far more on a busy machine, more than the work it would take over (S = 16 is a
+# few thousand elements per kernel). numba.set_num_threads applies to the calling thread's next launches.
+_SERIAL_BELOW = 1 << 16
+
+
+def _threads_for(n_elements):
+    numba.set_num_threads(1 if n_elements < _SERIAL_BELOW else numba.config.NUMBA_NUM_THREADS)
+
+
+# OpenBLAS's own threads for small GEMMs: at B*S = 16 rows a forward is ~100 matrix products of a few
+# microseconds each, bound by reading the weights, and each product's hand-off to OpenBLAS's second
+# thread costs as much as the product; on a busy machine (other processes on the cores) far more: one
+# thread made B=1 S=16 10x faster there (docs/performance.md). numpy exposes no such setting, so it is
+# set through OpenBLAS's C API when numpy's OpenBLAS is found, and left alone otherwise (MKL, Accelerate).
+_BLAS_SERIAL_BELOW_ROWS = 64
+
+
+def _openblas_set_num_threads():
+    import ctypes
+    import glob
+
+    for lib in glob.glob(os.path.join(os.path.dirname(np.__path__[0]), "numpy.libs", "*openblas*")):
+        dll = ctypes.CDLL(lib)
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            if hasattr(dll, name):
+                getter = getattr(dll, name.replace("set_", "get_"), None)
+                return getattr(dll, name), (getter() if getter else os.cpu_count())
+    return None, None
+
+
+_blas_setter, _blas_default_threads = None, None
+
+
+def blas_threads_for(rows):
+    """Set OpenBLAS's thread count for the coming forward: one thread below 64 rows, else its default."""
+    global _blas_setter, _blas_default_threads
+    if _blas_default_threads is None:
+        _blas_setter, _blas_default_threads = _openblas_set_num_threads()
+        _blas_default_threads = _blas_default_threads or 0
+    if _blas_setter is not None:
+        _blas_setter(1 if rows < _BLAS_SERIAL_BELOW_ROWS else _blas_default_threads)
+
+
 # Kernels may reorder float sums (vectorised reductions) and fuse multiply-adds; never the nnan/ninf
 # flags: masked scores are finfo.min and -inf by design.
 _FAST = {"reassoc", "contract"}
@@ -104,6 +148,7 @@ def attention_numba(q, k, v, keep, n_heads, return_probs=False):
     B, S, D = q.shape
     scores = _heads(q, n_heads) @ _heads(k, n_heads).transpose(0, 1, 3, 2)  # [B, H, S, S], one GEMM per head
     keep = np.ascontiguousarray(keep, dtype=np.bool_)
+    _threads_for(scores.size)
     _scale_mask_shift_numba(scores, keep, q.dtype.type(1.0 / math.sqrt(D // n_heads)))
     # numpy's exp is SIMD (AVX-512/AVX2) and exact to ~1 ulp; numba's math.exp is a scalar libm call per
     # element, 6x slower on 2 threads than numpy on one.
@@ -174,6 +219,7 @@ def _bias_gelu_f64_numba(h, bias):  # in place; float64 (audit mode) keeps libm'
 
 def bias_gelu_numba(h, bias):
     """Overwrites `h` (lin1's scratch output) with the result: no [N, F] temporary."""
+    _threads_for(h.size)
     return (_bias_gelu_f64_numba if h.dtype == np.float64 else _bias_gelu_f32_numba)(h, bias)
 
 
@@ -211,6 +257,7 @@ def _residual_layernorm_numba(x, residual, weight, bias, eps):
 
 
 def residual_layernorm_numba(x, residual, weight, bias, eps):
+    _threads_for(x.size)
     return _residual_layernorm_numba(x, residual, weight, bias, eps)
 
 

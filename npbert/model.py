@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # kernels first: it sets the thread pools' wait policy, which OpenBLAS reads when numpy is first imported.
-from .kernels import select as select_kernels  # noqa: I001
+from .kernels import blas_threads_for, select as select_kernels  # noqa: I001
 
 import numpy as np
 
@@ -78,6 +78,7 @@ def transformer_block(x, keep, layer, n_heads, ops, eps, return_probs=False):  #
 
 def distilbert(input_ids, keep, w, config, ops, output_hidden_states=False, output_attentions=False):
     # [B, S] -> [B, S, D], hidden states (embeddings + each layer), attentions (each layer)
+    blas_threads_for(input_ids.size)  # small inputs: OpenBLAS on one thread (kernels.py says why)
     x = embeddings(input_ids, w.embeddings, ops, config.layer_norm_eps)
     hidden_states, attentions = [x], []
     for layer in w.transformer.layer:

@@ -186,6 +186,23 @@ def test_residual_layernorm_constant_rows_and_float64():
                                K.residual_layernorm_numpy(x64, r64, w64, b64, 1e-12), rtol=0, atol=1e-12)
 
 
+def test_large_inputs_take_the_parallel_path_and_agree():
+    # The property tests' shapes are small: below kernels._SERIAL_BELOW they run on one thread.
+    # These are above it, so the kernels run on the whole pool.
+    rng = np.random.default_rng(6)
+    n = K._SERIAL_BELOW
+    qkv = rng.standard_normal((2, 80, 3 * 64)).astype(np.float32)
+    keep = random_keep(rng, 2, 80)
+    assert 2 * 8 * 80 * 80 > n
+    run_attention(qkv[..., :64], qkv[..., 64:128], qkv[..., 128:], keep, 8)
+    h, bias = (3 * rng.standard_normal((100, 700))).astype(np.float32), rng.standard_normal(700).astype(np.float32)
+    assert h.size > n
+    assert_close(K.bias_gelu_numba(h.copy(), bias), K.bias_gelu_numpy(h, bias))
+    w, b = (1 + 0.1 * rng.standard_normal(700)).astype(np.float32), rng.standard_normal(700).astype(np.float32)
+    assert_close(K.residual_layernorm_numba(h, h[::-1].copy(), w, b, 1e-12),
+                 K.residual_layernorm_numpy(h, h[::-1].copy(), w, b, 1e-12))
+
+
 # --- the switch ----------------------------------------------------------------------------------------
 
 
