@@ -9,11 +9,14 @@ the real checkpoint's tokenizer.json: cased BERT WordPiece, `[CLS] A [SEP] B [SE
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# ../shared beside the checkout; NPBERT_SHARED_DIR overrides it (point it at an empty folder to run the
+# suite as a user's fresh clone would, without the shared data).
+SHARED = Path(os.environ.get("NPBERT_SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared")
 SHARED_VOCAB = SHARED / "data" / "bert-base-cased-vocab.txt"
 SHARED_SQUAD = SHARED / "data" / "squad-v1.1-dev.json"
 
