@@ -205,3 +205,18 @@ def test_plain_helpers(tiny_checkpoint, shared_vocab):
     ids = tok.encode("The", "the")
     assert ids == [101, 1109, 102, 1103, 102]  # ids of the real cased vocabulary (../shared/data/README.md)
     assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "The", "[SEP]", "the", "[SEP]"]
+
+
+def test_encode_pairs_equals_one_pair_at_a_time(tiny_checkpoint):
+    """The batched call the pipeline makes gives each pair what encoding it alone gives ("longest"
+    padding included: transformers encodes one input at a time)."""
+    tok = Tokenizer.from_folder(tiny_checkpoint)
+    questions, contexts = QUESTIONS[:4], UNICODE_CONTEXTS[:4]
+    for padding in ("do_not_pad", "longest", "max_length"):
+        batched = tok.encode_pairs(questions, contexts, 32, 8, padding)
+        for q, c, windows in zip(questions, contexts, batched):
+            single = tok.encode_pair(q, c, 32, 8, padding)
+            assert [w.input_ids.tolist() for w in windows] == [w.input_ids.tolist() for w in single]
+            assert [w.offsets.tolist() for w in windows] == [w.offsets.tolist() for w in single]
+    lengths = {len(w) for ws in tok.encode_pairs(questions, contexts, 384, 128, "longest") for w in ws}
+    assert len(lengths) > 1  # not padded across pairs
