@@ -292,35 +292,42 @@ def test_an_unloadable_model_is_a_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_sigterm_drains_the_request_in_flight_and_exits_cleanly(tiny_checkpoint, tmp_path, qa):
+def test_sigterm_drains_the_requests_in_flight_and_exits_cleanly(tiny_checkpoint, tmp_path, qa):
     # A context long enough, in short windows, that answering it takes a while even with the tiny model.
-    context = " ".join(f"In {1900 + i % 100} the team from city {i} played a game and won." for i in range(1500))
-    question, parameters = "Who won the game?", {"max_seq_len": 48, "doc_stride": 24}
-    server = Server(tiny_checkpoint, tmp_path / "server.log", "--no-batching", "--max-context-chars", str(len(context)))
+    context = " ".join(f"In {1900 + i % 100} the team from city {i} played a game and won." for i in range(600))
+    questions, parameters = ["Who won the game?", "When was the game played?"], {"max_seq_len": 48, "doc_stride": 24}
+    server = Server(tiny_checkpoint, tmp_path / "server.log", "--max-context-chars", str(len(context)))
+    results = {}
+
+    def ask(question):
+        results[question] = server.post("/v1/answer", {"input_data": {"question": question, "context": context},
+                                                       "parameters": parameters})
+
     try:
-        result = {}
-        long_request = threading.Thread(target=lambda: result.update(answer=server.post(
-            "/v1/answer", {"input_data": {"question": question, "context": context}, "parameters": parameters})))
-        long_request.start()
-        while True:  # health is answered while the long forward runs: inference is off the event loop
+        clients = [threading.Thread(target=ask, args=(q,)) for q in questions]
+        for c in clients:
+            c.start()
+        while True:  # health is answered while the long forwards run: inference is off the event loop
             status, health = server.request("GET", "/health")
-            assert status == 200 and long_request.is_alive()
-            if health["in_flight"] == 1:
+            assert status == 200 and all(c.is_alive() for c in clients)
+            if health["in_flight"] == len(clients):
                 break
         assert server.stop() == 0, server.output()
-        long_request.join()
+        for c in clients:
+            c.join()
     finally:
         server.stop()
-    status, body = result["answer"]
-    assert status == 200
-    assert_same_records(body[0], records(qa(question=question, context=context, **parameters)))
+    for question in questions:
+        status, body = results[question]
+        assert status == 200
+        assert_same_records(body[0], records(qa(question=question, context=context, **parameters)))
     log = server.output()
-    assert "SIGTERM: draining 1 in-flight request" in log and "exited cleanly on SIGTERM" in log
+    assert "SIGTERM: draining 2 in-flight requests" in log and "exited cleanly on SIGTERM" in log
     assert "Traceback" not in log
 
 
 def test_workers_each_load_the_model_and_stop_on_sigterm(tiny_checkpoint, tmp_path, qa):
-    server = Server(tiny_checkpoint, tmp_path / "server.log", "--workers", "2", ready=LISTENING)
+    server = Server(tiny_checkpoint, tmp_path / "server.log", "--workers", "2", "--no-batching", ready=LISTENING)
     try:
         for _ in range(600):  # the parent listens at once; the workers answer once they have loaded the model
             try:
