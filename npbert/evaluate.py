@@ -82,7 +82,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _check(key: str, value, kind, where: str):
-    if value is None and key in ("revision", "version", "limit"):
+    if value is None and key in ("revision", "version", "limit", "parameters"):
         return None
     if key == "version" and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # YAML reads `version: 1.1` as a number
@@ -324,7 +324,11 @@ def run(job: Job, qa=None, resume: bool = False, progress_file=None) -> dict:
         except Interrupted as e:
             e.done, e.total, e.partial = len(records), len(examples), partial
             raise
-    partial.unlink()
+        finally:
+            if not records:  # nothing finished (e.g. a parameter the pipeline refused): nothing to resume
+                f.close()
+                partial.unlink(missing_ok=True)
+    partial.unlink(missing_ok=True)
     return metrics
 
 
@@ -339,7 +343,10 @@ def _answer_all(qa, examples, records: list, seconds, params, job, f, signals, p
         for start in range(len(records), len(examples), job.save_every):
             chunk = examples[start: start + job.save_every]
             t0 = time.perf_counter()
-            output = qa(question=[e.question for e in chunk], context=[e.context for e in chunk], **params)
+            try:
+                output = qa(question=[e.question for e in chunk], context=[e.context for e in chunk], **params)
+            except ValueError as e:  # a parameter, or a question the pipeline refuses: say which questions
+                raise ValueError(f"questions {start + 1}-{start + len(chunk)} (from {chunk[0].location}): {e}") from None
             answers = _records(output, len(chunk))
             elapsed = time.perf_counter() - t0
             done = [{"id": e.id, "answers": a} for e, a in zip(chunk, answers)]

@@ -158,12 +158,15 @@ def test_bad_input_gets_one_located_line(tmp_path, data, tiny_checkpoint):
         (["--config", tmp_path / "none.yml"], "none.yml: job file not found"),
         (["--data", data, "--limit", "0"], "--limit: limit must be >= 1, found 0"),
         (["--model", tmp_path / "no-model", "--data", data], "no-model"),
+        (["--model", tiny_checkpoint, "--data", data, "--max-seq-len", 8],
+         "questions 1-32 (from " + str(data) + ": data[0].paragraphs[0].qas[0]): the question is"),
     ]
     for args, message in cases:
         r = npbert("eval", *args, "--out", tmp_path / "o", "--no-progress")
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("npbert eval: error: "), (args, r.stderr)
         assert message in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "o" / "predictions.partial.jsonl").exists()  # nothing was finished: nothing to resume
 
 
 def test_eval_on_squad_dev(tmp_path, squad_dev, tiny_checkpoint):

@@ -92,6 +92,8 @@ def run(args) -> int:
     try:
         metrics = evaluate.run(job, resume=args.resume)
     except evaluate.Interrupted as e:
+        if e.done == 0:
+            raise CommandError(f"interrupted by {e} before any question was answered", 128 + e.signum) from None
         raise CommandError(f"interrupted by {e} after {e.done} of {e.total} questions, which are saved in "
                            f"{e.partial}; run the same command with --resume to continue", 128 + e.signum) from None
     print(f"npbert eval: {metrics['count']} questions in {metrics['elapsed_seconds']:.1f} s "
