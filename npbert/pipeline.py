@@ -77,7 +77,8 @@ class QuestionAnsweringPipeline:
         self._defaults = check_parameters(params)
 
     def __repr__(self) -> str:
-        return f"QuestionAnsweringPipeline(model_id={self.model_id!r}, revision={self.revision!r}, folder={str(self.folder)!r})"
+        return (f"QuestionAnsweringPipeline(model_id={self.model_id!r}, revision={self.revision!r}, "
+                f"folder={str(self.folder)!r})")
 
     def __call__(self, *args, batch_size: int | None = None, num_workers: int | None = None, **kwargs):
         """Answer one question (a dict, or a list of dicts when top_k > 1) or many (a list per question).
@@ -218,7 +219,8 @@ def check_parameters(params: dict) -> dict:
     if "max_answer_len" in out and out["max_answer_len"] < 1:
         raise ValueError(f"max_answer_len parameter should be >= 1 (got {out['max_answer_len']})")
     if "max_seq_len" in out and out["max_seq_len"] < 4:
-        raise ValueError(f"max_seq_len must leave room for [CLS] question [SEP] context [SEP] (got {out['max_seq_len']})")
+        raise ValueError(f"max_seq_len must leave room for [CLS] question [SEP] context [SEP] "
+                         f"(got {out['max_seq_len']})")
     if "doc_stride" in out and out["doc_stride"] < 0:
         raise ValueError(f"doc_stride must be >= 0 (got {out['doc_stride']})")
     for name in ("handle_impossible_answer", "align_to_words"):

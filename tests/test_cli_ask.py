@@ -42,7 +42,8 @@ def test_human_output(tiny_checkpoint, expected):
     r = run("--model", str(tiny_checkpoint), "-q", QUESTION, "-c", CONTEXT)
     assert r.returncode == 0, r.stderr
     best = expected[1]
-    assert r.stdout.splitlines() == [best["answer"], f"score {best['score']:.4f}  characters {best['start']}-{best['end']}"]
+    span = f"score {best['score']:.4f}  characters {best['start']}-{best['end']}"
+    assert r.stdout.splitlines() == [best["answer"], span]
     r = run("--model", str(tiny_checkpoint), "-q", QUESTION, "-c", CONTEXT, "--top-k", "3")
     lines = r.stdout.splitlines()
     assert [lines[0], lines[2], lines[4]] == [f"{i}. {a['answer']}" for i, a in enumerate(expected[3], 1)]

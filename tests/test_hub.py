@@ -3,9 +3,10 @@ as huggingface-hub lays them out.
 
 The stand-in (an HTTP server on 127.0.0.1, reached through HF_ENDPOINT) speaks the part of the hub's API
 that `snapshot_download` uses: the model info call `GET /api/models/{repo}/revision/{rev}` (commit sha
-and file list; huggingface-hub >= 1 lists files with `GET /api/models/{repo}/tree/{commit}`), then per file `HEAD`/`GET /{repo}/resolve/{commit}/{file}` with X-Repo-Commit and ETag
-headers; large (LFS) files answer with a redirect to a CDN URL plus X-Linked-Etag / X-Linked-Size, as the
-real hub does. Errors carry X-Error-Code (RepoNotFound, RevisionNotFound).
+and file list; huggingface-hub >= 1 lists files with `GET /api/models/{repo}/tree/{commit}`), then per
+file `HEAD`/`GET /{repo}/resolve/{commit}/{file}` with X-Repo-Commit and ETag headers; large (LFS) files
+answer with a redirect to a CDN URL on another host plus X-Linked-Etag / X-Linked-Size, as the real hub
+does. Errors carry X-Error-Code (RepoNotFound, RevisionNotFound).
 
 huggingface-hub reads its environment (HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE, ...) when it is imported,
 so every resolution runs in a fresh interpreter with the environment set. Nothing of npbert is mocked.
@@ -364,8 +365,9 @@ def test_local_folder_and_revision(tiny_checkpoint):
 def test_hub_module_is_the_only_network_code():
     """No other npbert module imports huggingface_hub or opens connections."""
     package = Path(npbert.__file__).parent
-    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py") if p.name != "hub.py"
-                 and any(s in p.read_text(encoding="utf-8") for s in ("huggingface_hub", "urllib.request", "requests."))]
+    network = ("huggingface_hub", "urllib.request", "requests.")
+    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
+                 if p.name != "hub.py" and any(s in p.read_text(encoding="utf-8") for s in network)]
     assert offenders == []
 
 

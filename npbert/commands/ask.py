@@ -15,11 +15,15 @@ def add_parser(subparsers) -> None:
                     "found as transformers' question-answering pipeline finds it.")
     p.add_argument("--question", "-q", required=True, help="the question (required)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--context", "-c", help="the context text; '-' reads it from stdin (this or --context-file is required)")
+    source.add_argument("--context", "-c",
+                        help="the context text; '-' reads it from stdin (this or --context-file is required)")
     source.add_argument("--context-file", metavar="FILE", help="read the context from FILE, UTF-8; '-' is stdin")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub repository id (default: %(default)s)")
-    p.add_argument("--revision", default=None, help="hub revision: branch, tag or commit; hub ids only (default: main)")
-    p.add_argument("--local-files-only", action="store_true", help="never download, use the hub cache only (default: off)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="checkpoint folder or hub repository id (default: %(default)s)")
+    p.add_argument("--revision", default=None,
+                   help="hub revision: branch, tag or commit; hub ids only (default: main)")
+    p.add_argument("--local-files-only", action="store_true",
+                   help="never download, use the hub cache only (default: off)")
     p.add_argument("--top-k", type=int, default=1, help="number of answers (default: %(default)s)")
     p.add_argument("--max-answer-len", type=int, default=15, help="longest answer, in tokens (default: %(default)s)")
     p.add_argument("--max-seq-len", type=int, default=None,
