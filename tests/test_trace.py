@@ -28,10 +28,16 @@ def npbert_cli(*args):
 
 
 @pytest.fixture(scope="module")
-def batch():
-    # Two rows, the second right-padded: masking must show in probs and nowhere else.
-    ids = np.array([[101, 1332, 1110, 1103, 1362, 136, 102, 1109, 1362, 1110, 3197, 119, 102],
-                    [101, 1332, 1110, 102, 1109, 1362, 1110, 119, 102, 0, 0, 0, 0]])
+def batch(tiny_checkpoint):
+    # Two rows, the second right-padded: masking must show in probs and nowhere else. The ids come from the
+    # checkpoint's own tokenizer, so they fit its vocabulary (the real one, or the small generated one).
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tiny_checkpoint / "tokenizer.json"))
+    rows = [tok.encode("When is the world?", "The world is Ohio.").ids, tok.encode("When is", "The world is.").ids]
+    S = len(rows[0])
+    assert len(rows[1]) <= S - 4  # row 1 ends in padding
+    ids = np.array([row + [0] * (S - len(row)) for row in rows])
     return ids, (ids != 0).astype(np.int64)
 
 
@@ -58,6 +64,8 @@ def test_intermediates_mean_what_their_names_say(tiny_checkpoint, batch):
     t = model.trace(ids, mask)
     c = model.config
     B, S = ids.shape
+    kept = int(mask[1].sum())
+    assert kept <= S - 4 and (mask[1, :kept] == 1).all()
     H, Dh, D, F = c.n_heads, c.head_dim, c.dim, c.hidden_dim
     w = model.weights.distilbert
     assert t["embeddings.word"].shape == (B, S, D) and t["embeddings.position"].shape == (1, S, D)
@@ -77,9 +85,9 @@ def test_intermediates_mean_what_their_names_say(tiny_checkpoint, batch):
         assert t[p + "attention.scores"].shape == (B, H, S, S)
         assert t[p + "attention.scores"][b, h, qi, kj] == pytest.approx(by_hand, rel=1e-12)
         probs = t[p + "attention.probs"]
-        e = np.exp(t[p + "attention.scores"][b, h, qi, :S - 4])  # row 1 keeps its first S - 4 keys
-        np.testing.assert_allclose(probs[b, h, qi, :S - 4], e / e.sum(), rtol=1e-12)
-        assert (probs[1, :, :, S - 4:] == 0).all() and probs[0].min() > 0
+        e = np.exp(t[p + "attention.scores"][b, h, qi, :kept])  # row 1 keeps its first `kept` keys
+        np.testing.assert_allclose(probs[b, h, qi, :kept], e / e.sum(), rtol=1e-12)
+        assert (probs[1, :, :, kept:] == 0).all() and probs[0].min() > 0
         context = t[p + "attention.context"]
         np.testing.assert_allclose(context[b, qi, h * Dh:(h + 1) * Dh], probs[b, h, qi] @ v[b, :, h * Dh:(h + 1) * Dh])
         np.testing.assert_allclose(t[p + "attention.output"], context @ layer.attention.out_lin.weight.T

@@ -109,8 +109,10 @@ def test_attention_command_rejects_bad_choices(tiny_checkpoint, tmp_path):
 
 def test_figure_of_the_models_attention(tiny_checkpoint):
     # The Python API route the command takes: model attentions -> one head's picture.
+    from tokenizers import Tokenizer
+
     model = npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint)
-    ids = [101, 1332, 1110, 102, 1109, 102]
+    ids = Tokenizer.from_file(str(tiny_checkpoint / "tokenizer.json")).encode("When is", "The").ids
     probs = model(ids, output_attentions=True).attentions[1][0]
     fig = viz.attention_figure(probs[3], model_tokens := [str(i) for i in ids])
     np.testing.assert_array_equal(heat_maps(fig)[0].images[0].get_array(), probs[3].astype(np.float64))
