@@ -233,8 +233,12 @@ _CHILD = {
     "npbert": "import npbert\nqa = npbert.pipeline('question-answering', model={folder!r})\n",
     "transformers": "from transformers import pipeline\nqa = pipeline('question-answering', model={folder!r}, device=-1)\n",
 }
-_CHILD_END = ("print(qa(question={q!r}, context={c!r}))\nimport resource\n"
-              "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+# Peak RSS from /proc (VmHWM, this process's own high-water mark): ru_maxrss would report the parent's
+# RSS instead, since Linux carries it over fork + exec. ru_maxrss only where /proc is absent.
+_CHILD_END = ("print(qa(question={q!r}, context={c!r}))\nimport os, resource\n"
+              "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')] "
+              "if os.path.exists('/proc/self/status') else []\n"
+              "print('MAXRSS_KB', hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
 
 
 def start_process(engine: str, folder: Path, threads: int, numba_cache: Path) -> tuple[float, float]:
