@@ -65,14 +65,26 @@ def _openblas_set_num_threads():
 _blas_setter, _blas_default_threads = None, None
 
 
+def _machine_is_busy():
+    # Other processes already want the cores: the 1-minute load average exceeds 1.5 runnable threads per
+    # core (npbert alone, busy on 2 threads, keeps it near 1 per core). There, a second OpenBLAS thread
+    # waits for a time slice at every hand-off: B=1 S=384 took 5.3 s on 2 threads, 1.8 s on one (load ~12).
+    try:
+        return os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        return False
+
+
 def blas_threads_for(rows):
-    """Set OpenBLAS's thread count for the coming forward: one thread below 64 rows, else its default."""
+    """Set OpenBLAS's thread count for the coming forward: one thread below 64 rows or on a busy machine,
+    else its default."""
     global _blas_setter, _blas_default_threads
     if _blas_default_threads is None:
         _blas_setter, _blas_default_threads = _openblas_set_num_threads()
         _blas_default_threads = _blas_default_threads or 0
     if _blas_setter is not None:
-        _blas_setter(1 if rows < _BLAS_SERIAL_BELOW_ROWS else _blas_default_threads)
+        serial = rows < _BLAS_SERIAL_BELOW_ROWS or _machine_is_busy()
+        _blas_setter(1 if serial else _blas_default_threads)
 
 
 # Kernels may reorder float sums (vectorised reductions) and fuse multiply-adds; never the nnan/ninf

@@ -203,6 +203,17 @@ def test_large_inputs_take_the_parallel_path_and_agree():
                  K.residual_layernorm_numpy(h, h[::-1].copy(), w, b, 1e-12))
 
 
+def test_blas_threads_policy(monkeypatch):
+    calls = []
+    monkeypatch.setattr(K, "_blas_setter", calls.append)
+    monkeypatch.setattr(K, "_blas_default_threads", 4)
+    monkeypatch.setattr(K.os, "cpu_count", lambda: 2)
+    for load, rows, expected in [(0.5, 16, 1), (0.5, 384, 4), (2.5, 384, 4), (3.5, 384, 1), (9.0, 16, 1)]:
+        monkeypatch.setattr(K.os, "getloadavg", lambda load=load: (load, load, load))
+        K.blas_threads_for(rows)
+        assert calls[-1] == expected, (load, rows)
+
+
 # --- the switch ----------------------------------------------------------------------------------------
 
 
