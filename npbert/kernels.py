@@ -66,11 +66,11 @@ _blas_setter, _blas_default_threads = None, None
 
 
 def _machine_is_busy():
-    # Other processes already want the cores: the 1-minute load average exceeds 1.5 runnable threads per
-    # core (npbert alone, busy on 2 threads, keeps it near 1 per core). There, a second OpenBLAS thread
-    # waits for a time slice at every hand-off: B=1 S=384 took 5.3 s on 2 threads, 1.8 s on one (load ~12).
+    # Other processes already want the cores: the 1-minute load average exceeds one runnable thread per
+    # core. There, a second OpenBLAS thread waits for a time slice at every hand-off: B=1 S=384 took 5.3 s
+    # on 2 threads, 1.8 s on one (load ~12); S=128 1256 vs 172 ms even at load ~3 on 2 cores.
     try:
-        return os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1)
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
     except OSError:  # no load average on this platform
         return False
 

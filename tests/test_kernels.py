@@ -208,7 +208,7 @@ def test_blas_threads_policy(monkeypatch):
     monkeypatch.setattr(K, "_blas_setter", calls.append)
     monkeypatch.setattr(K, "_blas_default_threads", 4)
     monkeypatch.setattr(K.os, "cpu_count", lambda: 2)
-    for load, rows, expected in [(0.5, 16, 1), (0.5, 384, 4), (2.5, 384, 4), (3.5, 384, 1), (9.0, 16, 1)]:
+    for load, rows, expected in [(0.5, 16, 1), (0.5, 384, 4), (1.9, 384, 4), (2.5, 384, 1), (9.0, 16, 1)]:
         monkeypatch.setattr(K.os, "getloadavg", lambda load=load: (load, load, load))
         K.blas_threads_for(rows)
         assert calls[-1] == expected, (load, rows)
