@@ -27,16 +27,8 @@ SAMPLE_CONTEXT = "My name is John and I live in Seattle"
 POSITION_TABLE_TOL = 1e-6  # the float32 rounding of sin/cos values is below 6e-8
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files(folder: Path) -> list[dict]:
-    return [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    return [{"name": p.name, "bytes": p.stat().st_size, "sha256": hub.sha256_file(p)}
             for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import os
 import signal
@@ -31,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import squad
-from .hub import DEFAULT_MODEL
+from .hub import DEFAULT_MODEL, sha256_file
 
 PARTIAL = "predictions.partial.jsonl"
 PREDICTIONS = "predictions.json"
@@ -156,14 +155,6 @@ def read_job_file(path: str | Path) -> tuple[dict, callable]:
 
 
 # --- files ---------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_atomic(path: Path, text: str) -> None:

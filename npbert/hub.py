@@ -7,6 +7,7 @@ huggingface-hub defines them, because huggingface-hub does the work.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 DEFAULT_MODEL = "distilbert/distilbert-base-cased-distilled-squad"
@@ -82,3 +83,12 @@ def snapshot_commit(folder: str | Path) -> str | None:
     if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
         return folder.name
     return None
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file, read in chunks: how a checkpoint's files are identified in reports."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -35,7 +35,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..audit import sha256_file
+from ..hub import sha256_file
 from ..hub import DEFAULT_MODEL
 from ..pipeline import pipeline
 from .batcher import Batcher
@@ -198,6 +198,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def handled(request: Request, state: State, compute, to_json=lambda data: data) -> JSONResponse:
+    """Run a route's `compute()` with the server's bookkeeping: in-flight and answered/refused counters,
+    a logged 4xx for the client's faults (BadRequest), a logged 500 for anything else."""
+    state.in_flight += 1
+    try:
+        data = await compute()
+    except BadRequest as e:
+        state.refused += 1
+        log.info("%s %s refused (%d): %s", request.method, request.url.path, e.status, e.message)
+        return error_response(e.status, e.message, e.problems)
+    except Exception as e:
+        return server_fault(request, e)
+    finally:
+        state.in_flight -= 1
+    state.answered += 1
+    return JSONResponse(to_json(data))
+
+
 def _texts(result) -> str | list[str]:
     return [r["answer"] for r in result] if isinstance(result, list) else result["answer"]
 
@@ -223,19 +241,7 @@ def add_answer_routes(app: FastAPI, state: State) -> None:
             raise BadRequest(422, str(e)) from None
 
     async def respond(request: Request, shape) -> JSONResponse:
-        state.in_flight += 1
-        try:
-            results = await answer(request)
-        except BadRequest as e:
-            state.refused += 1
-            log.info("%s %s refused (%d): %s", request.method, request.url.path, e.status, e.message)
-            return error_response(e.status, e.message, e.problems)
-        except Exception as e:
-            return server_fault(request, e)
-        finally:
-            state.in_flight -= 1
-        state.answered += 1
-        return JSONResponse([shape(r) for r in results])
+        return await handled(request, state, lambda: answer(request), lambda results: [shape(r) for r in results])
 
     @app.post("/score", openapi_extra=schema_body, summary="Answer questions (the model catalog's scoring schema)",
               responses={200: {"description": "One answer text per question, in order (a list of texts per "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..pipeline import QuestionAnsweringPipeline, check_parameters
@@ -184,7 +184,7 @@ def _query_int(request: Request, name: str) -> int | None:
 
 def add_explain_routes(app, state) -> None:
     """GET / (the page), GET /static/* (its files), POST /v1/explain (its data)."""
-    from .app import error_response, log, read_body, server_fault  # here: app.py imports this module
+    from .app import handled, read_body  # here: app.py imports this module
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -208,8 +208,7 @@ def add_explain_routes(app, state) -> None:
         the first window holding the best answer) and `layer` (attention of that layer only). The response
         holds every window's tokens and offsets, the chosen window's start/end logits and probabilities, and
         its attention probabilities [layers, heads, S, S] as base64 float32."""
-        state.in_flight += 1
-        try:
+        async def compute():
             body = await read_body(request, state.settings.limits.max_body_bytes)
             req = parse_request(body, state.settings.limits)
             if not isinstance(req.input_data.question, str):
@@ -219,16 +218,8 @@ def add_explain_routes(app, state) -> None:
             # The batcher's single worker thread owns the model: explaining there, between batches, never
             # runs two forwards at once (numba's workqueue threading layer aborts on concurrent launches).
             executor = getattr(state.batcher, "_executor", None)
-            data = await asyncio.get_running_loop().run_in_executor(
+            return await asyncio.get_running_loop().run_in_executor(
                 executor, work, req.input_data.question, req.input_data.context, req.parameters.pipeline_kwargs(),
                 window, layer)
-        except BadRequest as e:
-            state.refused += 1
-            log.info("%s %s refused (%d): %s", request.method, request.url.path, e.status, e.message)
-            return error_response(e.status, e.message, e.problems)
-        except Exception as e:
-            return server_fault(request, e)
-        finally:
-            state.in_flight -= 1
-        state.answered += 1
-        return JSONResponse(data)
+
+        return await handled(request, state, compute)
