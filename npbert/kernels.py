@@ -14,14 +14,17 @@ Kernels are compiled on first use and cached on disk (`cache=True`), so later pr
 from __future__ import annotations
 
 import os
+import sys
 
-# Two thread pools share the cores: OpenBLAS's (the GEMMs) and numba's OpenMP pool (the kernels), and
-# they alternate every few milliseconds. By default each pool's idle workers spin-wait (OpenBLAS for
-# ~2^28 cycles, GNU OpenMP for ~300k spins), stealing the core the other pool is about to use: on 2 cores
-# a GEMM right after a kernel ran 1.7x slower, and a kernel right after a GEMM 1.9x slower. Idle workers
-# that sleep at once cost a futex wake-up (~50 us) per switch instead. setdefault: a user's own setting
-# wins. OpenBLAS reads its variable when numpy is first imported (so it takes effect only if npbert is
-# imported before numpy; docs/performance.md); OpenMP reads its one when numba starts its pool.
+# Three kinds of threads share the cores: OpenBLAS's (the GEMMs), numba's OpenMP pool (the kernels) and
+# attention's Python workers (below), and they alternate every few milliseconds. By default idle workers
+# spin-wait (OpenBLAS for ~2^28 cycles, GNU OpenMP for ~300k spins), stealing the core the next one is
+# about to use: on 2 cores a GEMM right after a kernel ran 1.7x slower, a kernel right after a GEMM 1.9x
+# slower, and attention right after a GEMM 2x slower (9.3 vs 4.5 ms a layer). Idle workers that sleep at
+# once cost a futex wake-up (~50 us) per switch instead. setdefault: a user's own setting wins. OpenMP
+# reads its variable when numba starts its pool; OpenBLAS reads its one when numpy is first imported.
+_blas_timeout_was_set = "OPENBLAS_THREAD_TIMEOUT" in os.environ
+_numpy_came_first = "numpy" in sys.modules
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -30,6 +33,30 @@ from typing import Callable, NamedTuple  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def _openblas():  # numpy's bundled OpenBLAS (scipy-openblas), or None (MKL, Accelerate, a system BLAS)
+    import ctypes
+    import glob
+
+    for lib in glob.glob(os.path.join(os.path.dirname(np.__path__[0]), "numpy.libs", "*openblas*")):
+        return ctypes.CDLL(lib)
+    return None
+
+
+def _reread_blas_timeout():
+    # numpy was imported before npbert (the usual order in a user's program), so OpenBLAS started its
+    # threads with the spinning default. Make it read the environment again and stop its idle threads:
+    # the next threaded call restarts them with the timeout above. Both are exported OpenBLAS functions
+    # (its fork handler uses the second); skipped if this OpenBLAS lacks them.
+    dll = _openblas()
+    if dll is not None and hasattr(dll, "openblas_read_env") and hasattr(dll, "blas_thread_shutdown_"):
+        dll.openblas_read_env()
+        dll.blas_thread_shutdown_()
+
+
+if _numpy_came_first and not _blas_timeout_was_set:
+    _reread_blas_timeout()
 
 # Below this many elements a kernel runs on the calling thread alone: waking the pool's other thread costs
 # tens of microseconds, far more on a busy machine, more than the work it would take over (S = 16 is a
@@ -41,24 +68,18 @@ def _threads_for(n_elements):
     numba.set_num_threads(1 if n_elements < _SERIAL_BELOW else numba.config.NUMBA_NUM_THREADS)
 
 
-# OpenBLAS's own threads for small GEMMs: at B*S = 16 rows a forward is ~100 matrix products of a few
-# microseconds each, bound by reading the weights, and each product's hand-off to OpenBLAS's second
-# thread costs as much as the product; on a busy machine (other processes on the cores) far more: one
-# thread made B=1 S=16 10x faster there (docs/performance.md). numpy exposes no such setting, so it is
-# set through OpenBLAS's C API when numpy's OpenBLAS is found, and left alone otherwise (MKL, Accelerate).
-_BLAS_SERIAL_BELOW_ROWS = 64
+# OpenBLAS's thread count is set per forward through its C API (numpy exposes no such setting) when
+# numpy's OpenBLAS is found, and left alone otherwise (MKL, Accelerate). On a quiet machine OpenBLAS keeps
+# its default (all cores): even at a few rows two threads win (B=1 S=16: 27 ms against 48 ms on one).
+# On a busy machine one thread: see _machine_is_busy. $NPBERT_BLAS_THREADS fixes the count instead.
 
 
 def _openblas_set_num_threads():
-    import ctypes
-    import glob
-
-    for lib in glob.glob(os.path.join(os.path.dirname(np.__path__[0]), "numpy.libs", "*openblas*")):
-        dll = ctypes.CDLL(lib)
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-            if hasattr(dll, name):
-                getter = getattr(dll, name.replace("set_", "get_"), None)
-                return getattr(dll, name), (getter() if getter else os.cpu_count())
+    dll = _openblas()
+    for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+        if dll is not None and hasattr(dll, name):
+            getter = getattr(dll, name.replace("set_", "get_"), None)
+            return getattr(dll, name), (getter() if getter else os.cpu_count())
     return None, None
 
 
@@ -75,16 +96,58 @@ def _machine_is_busy():
         return False
 
 
-def blas_threads_for(rows):
-    """Set OpenBLAS's thread count for the coming forward: one thread below 64 rows or on a busy machine,
-    else its default."""
-    global _blas_setter, _blas_default_threads
+def _threads_from_environment():
+    value = os.environ.get("NPBERT_BLAS_THREADS", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"NPBERT_BLAS_THREADS must be a whole number >= 1, found {value!r}")
+    return int(value)
+
+
+def blas_threads() -> int:
+    """Set OpenBLAS's thread count for the coming forward and return it: $NPBERT_BLAS_THREADS if set, else
+    one on a busy machine, else OpenBLAS's default."""
+    global _blas_setter, _blas_default_threads, _blas_threads_now
     if _blas_default_threads is None:
         _blas_setter, _blas_default_threads = _openblas_set_num_threads()
-        _blas_default_threads = _blas_default_threads or 0
+        _blas_default_threads = _blas_default_threads or os.cpu_count() or 1
+    threads = _threads_from_environment() or (1 if _machine_is_busy() else _blas_default_threads)
     if _blas_setter is not None:
-        serial = rows < _BLAS_SERIAL_BELOW_ROWS or _machine_is_busy()
-        _blas_setter(1 if serial else _blas_default_threads)
+        _blas_setter(threads)
+    _blas_threads_now = threads
+    return threads
+
+
+# Attention runs its heads in parallel, one Python thread per core, each head's BLAS products on the
+# calling thread (OpenBLAS set to one thread meanwhile): a head's scores, softmax and context then stay in
+# that core's cache, and the [S, S] x [S, 64] products, too small for OpenBLAS to split well, run whole.
+# numpy's matmul and exp and the nogil kernels release the GIL. At S = 384 one layer's attention took
+# 4.7-5.0 ms this way against 8.5 ms for the same loop on one thread.
+_blas_threads_now = 1
+_pool = None
+
+
+def _split_over_threads(work, tasks, n_elements):
+    """Run work(chunk) over contiguous chunks of `tasks`, one chunk per OpenBLAS thread the forward was
+    given, the first on the calling thread; serially when small or when OpenBLAS cannot be set."""
+    global _pool
+    n = min(_blas_threads_now, len(tasks)) if _blas_setter is not None and n_elements >= _SERIAL_BELOW else 1
+    if n == 1:
+        return work(tasks)
+    if _pool is None or _pool._max_workers < n - 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(n - 1, thread_name_prefix="npbert")
+    chunks = [tasks[i * len(tasks) // n:(i + 1) * len(tasks) // n] for i in range(n)]
+    _blas_setter(1)
+    try:
+        futures = [_pool.submit(work, chunk) for chunk in chunks[1:]]
+        work(chunks[0])
+        for f in futures:
+            f.result()
+    finally:
+        _blas_setter(_blas_threads_now)
 
 
 # Kernels may reorder float sums (vectorised reductions) and fuse multiply-adds; never the nnan/ninf
@@ -119,34 +182,32 @@ def attention_numpy(q, k, v, keep, n_heads, return_probs=False):
     return context, (probs if return_probs else None)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_FAST)
-def _scale_mask_shift_numba(scores, keep, scale):  # in place on [B, H, S, S]
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _scale_mask_shift_numba(scores, keep, scale):  # in place on one head's [S, S]; keep: [S]
     # Scaling the scores instead of q is bit-identical when scale is a power of two (Dh = 64: 1/8),
     # and otherwise differs at rounding level only (what transformers 5.x does).
-    B, H, S, _ = scores.shape
-    for bh in numba.prange(B * H):
-        b, h = bh // H, bh % H
-        n_kept = 0
+    S = scores.shape[0]
+    n_kept = 0
+    for j in range(S):
+        n_kept += keep[j]
+    for i in range(S):
+        row = scores[i]
+        if n_kept == 0:  # every key masked: finfo.min everywhere, exp(0) = 1 -> uniform, as the reference
+            row[:] = 0.0
+            continue
+        m = -np.inf
         for j in range(S):
-            n_kept += keep[b, j]
-        for i in range(S):
-            row = scores[b, h, i]
-            if n_kept == 0:  # every key masked: finfo.min everywhere, exp(0) = 1 -> uniform, as the reference
-                row[:] = 0.0
-                continue
-            m = -np.inf
-            for j in range(S):
-                if keep[b, j]:
-                    m = max(m, row[j] * scale)
-            for j in range(S):
-                # exp(finfo.min - max) underflows to exactly 0 in the reference; -inf gives the same 0.
-                row[j] = row[j] * scale - m if keep[b, j] else -np.inf
+            if keep[j]:
+                m = max(m, row[j] * scale)
+        for j in range(S):
+            # exp(finfo.min - max) underflows to exactly 0 in the reference; -inf gives the same 0.
+            row[j] = row[j] * scale - m if keep[j] else -np.inf
     return scores
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _normalise_rows_numba(e):  # in place on [N, S]: each row divided by its sum
-    for n in numba.prange(e.shape[0]):
+    for n in range(e.shape[0]):
         total = e.dtype.type(0.0)
         for j in range(e.shape[1]):
             total += e[n, j]
@@ -158,18 +219,26 @@ def _normalise_rows_numba(e):  # in place on [N, S]: each row divided by its sum
 
 def attention_numba(q, k, v, keep, n_heads, return_probs=False):
     B, S, D = q.shape
-    scores = _heads(q, n_heads) @ _heads(k, n_heads).transpose(0, 1, 3, 2)  # [B, H, S, S], one GEMM per head
+    Dh = D // n_heads
     keep = np.ascontiguousarray(keep, dtype=np.bool_)
-    _threads_for(scores.size)
-    _scale_mask_shift_numba(scores, keep, q.dtype.type(1.0 / math.sqrt(D // n_heads)))
-    # numpy's exp is SIMD (AVX-512/AVX2) and exact to ~1 ulp; numba's math.exp is a scalar libm call per
-    # element, 6x slower on 2 threads than numpy on one.
-    probs = np.exp(scores, out=scores)
-    _normalise_rows_numba(probs.reshape(B * n_heads * S, S))
+    scale = q.dtype.type(1.0 / math.sqrt(Dh))
     context = np.empty((B, S, D), dtype=q.dtype)
-    # Writes each head's [S, Dh] block straight into its columns of the [B, S, D] output.
-    np.matmul(probs, _heads(v, n_heads), out=_heads(context, n_heads))
-    return context, (probs if return_probs else None)
+    probs = np.empty((B, n_heads, S, S), dtype=q.dtype) if return_probs else None
+
+    def heads(tasks):  # one thread's share of the (row, head) pairs, each start to finish
+        scratch = np.empty((S, S), dtype=q.dtype) if probs is None else None
+        for b, h in tasks:
+            cols = slice(h * Dh, (h + 1) * Dh)
+            p = scratch if probs is None else probs[b, h]  # [S, S]: 590 kB at S = 384, stays in L2
+            np.matmul(q[b, :, cols], k[b, :, cols].T, out=p)  # strided views of the fused qkv: no copies
+            _scale_mask_shift_numba(p, keep[b], scale)
+            # numpy's exp is SIMD and exact to ~1 ulp; numba's math.exp is a scalar libm call per element.
+            np.exp(p, out=p)
+            _normalise_rows_numba(p)
+            np.matmul(p, v[b, :, cols], out=context[b, :, cols])  # straight into head h's columns
+
+    _split_over_threads(heads, [(b, h) for b in range(B) for h in range(n_heads)], B * n_heads * S * S)
+    return context, probs
 
 
 # --- bias + GELU ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # kernels first: it sets the thread pools' wait policy, which OpenBLAS reads when numpy is first imported.
-from .kernels import blas_threads_for, select as select_kernels  # noqa: I001
+from .kernels import blas_threads, select as select_kernels  # noqa: I001
 
 import numpy as np
 
@@ -31,7 +31,8 @@ from .config import Config
 
 
 def linear(x, lin):  # [..., in] -> [..., out]
-    # x @ W.T with W C-contiguous [out, in] is BLAS's "transposed B" case: no copy, full speed.
+    # weights.relayout_for_speed stores W column-major, so W.T is a C-contiguous [in, out] matrix and this
+    # is BLAS's plain case (faster than the transposed one); unrelaid weights give the same values.
     y = x @ lin.weight.T
     y += lin.bias  # in place: no second [..., out] temporary
     return y
@@ -78,7 +79,7 @@ def transformer_block(x, keep, layer, n_heads, ops, eps, return_probs=False):  #
 
 def distilbert(input_ids, keep, w, config, ops, output_hidden_states=False, output_attentions=False):
     # [B, S] -> [B, S, D], hidden states (embeddings + each layer), attentions (each layer)
-    blas_threads_for(input_ids.size)  # small inputs: OpenBLAS on one thread (kernels.py says why)
+    blas_threads()  # one OpenBLAS thread on a busy machine (kernels.py says why)
     x = embeddings(input_ids, w.embeddings, ops, config.layer_norm_eps)
     hidden_states, attentions = [x], []
     for layer in w.transformer.layer:

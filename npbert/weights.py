@@ -315,20 +315,29 @@ class FusedAttention(NamedTuple):
 
 
 def relayout_for_speed(tree):
-    """The weight tree re-laid out for the forward's speed, done once at load time: each layer's
-    attention gets its fused qkv matrix (a copy that replaces the three mapped matrices: the views keep
-    their names for code that reads them). Every other array is kept as loaded: x @ W.T on a C-contiguous
-    [out, in] W is the BLAS "transposed B" case, as fast as a transposed copy, so no copy is made.
-    Idempotent: an already fused tree comes back as is."""
+    """The weight tree re-laid out for the forward's speed, done once at load time.
+
+    - Each layer's attention gets `qkv`, its q, k, v matrices stacked into one [3D, D] matrix, so the
+      three projections are one GEMM; `q_lin`/`k_lin`/`v_lin` stay, as views into it.
+    - Every linear layer's matrix (qkv, out_lin, lin1, lin2, qa_outputs) is stored transposed in memory:
+      still the [out, in] array `linear` reads (same shape, same values, `x @ W.T + b` unchanged), but
+      column-major, so `W.T` is a C-contiguous [in, out] matrix and `x @ W.T` is BLAS's plain no-transpose
+      case. OpenBLAS 0.3.31 runs that case faster than the transposed-B one on the stored layout, most
+      at few rows: a layer's four GEMMs at 16 rows took 3.6 ms against 4.5 ms on 2 threads, at 64 rows
+      6.1 against 7.9 ms (docs/performance.md).
+
+    The copies replace the memory-mapped matrices: each original's pages are released from the process
+    as soon as it is copied, so peak RSS counts the layer weights once. Embeddings stay mapped (a forward
+    reads only the rows it uses). Idempotent: an already re-laid-out tree comes back as is."""
     import mmap
 
     with_qa_head = hasattr(tree, "qa_outputs")
     d = tree.distilbert if with_qa_head else tree
 
     def release_mapped_pages(x):
-        # The fused copy replaces q, k, v: drop their (now read) pages of the file mapping from this process,
-        # so peak RSS counts those 7 MB a layer once, not twice. They stay in the page cache and would fault
-        # back in if read. Only on a read-only file mapping: on an owned array MADV_DONTNEED zeroes the data.
+        # Drop the (now copied) pages of the file mapping from this process. They stay in the page cache
+        # and would fault back in if read. Only on a read-only file mapping: on an owned array
+        # MADV_DONTNEED zeroes the data.
         root = x
         while isinstance(root.base, np.ndarray):
             root = root.base
@@ -339,17 +348,35 @@ def relayout_for_speed(tree):
         if end > begin:
             root.base.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
+    def column_major(*linears):  # stacked along out, as one [sum(out), in] matrix stored column-major
+        in_features = linears[0].weight.shape[1]
+        weight_t = np.empty((in_features, sum(lin.weight.shape[0] for lin in linears)), linears[0].weight.dtype)
+        col = 0
+        for lin in linears:
+            weight_t[:, col:col + lin.weight.shape[0]] = lin.weight.T
+            release_mapped_pages(lin.weight)
+            col += lin.weight.shape[0]
+        return Linear(weight_t.T, np.concatenate([lin.bias for lin in linears]))
+
+    def relaid(lin):
+        return lin if is_relaid(lin) else column_major(lin)
+
     def fuse(a):
         if isinstance(a, FusedAttention):
             return a
         D = a.q_lin.weight.shape[0]
-        qkv = Linear(np.concatenate([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]),
-                     np.concatenate([a.q_lin.bias, a.k_lin.bias, a.v_lin.bias]))
-        for lin in (a.q_lin, a.k_lin, a.v_lin):
-            release_mapped_pages(lin.weight)
+        qkv = column_major(a.q_lin, a.k_lin, a.v_lin)
         views = (Linear(qkv.weight[i * D:(i + 1) * D], qkv.bias[i * D:(i + 1) * D]) for i in range(3))
-        return FusedAttention(*views, a.out_lin, qkv)
+        return FusedAttention(*views, relaid(a.out_lin), qkv)
 
-    layers = tuple(layer._replace(attention=fuse(layer.attention)) for layer in d.transformer.layer)
+    layers = tuple(layer._replace(attention=fuse(layer.attention),
+                                  ffn=FFN(relaid(layer.ffn.lin1), relaid(layer.ffn.lin2)))
+                   for layer in d.transformer.layer)
     d = d._replace(transformer=d.transformer._replace(layer=layers))
-    return tree._replace(distilbert=d) if with_qa_head else d
+    return tree._replace(distilbert=d, qa_outputs=relaid(tree.qa_outputs)) if with_qa_head else d
+
+
+def is_relaid(lin: Linear) -> bool:
+    """True when `lin.weight` is stored column-major (the re-layout's form): `W.T` is an [in, out] matrix
+    with contiguous rows, BLAS's no-transpose operand (q_lin, k_lin, v_lin: column blocks of qkv's)."""
+    return lin.weight.shape[0] == 1 or lin.weight.strides[0] == lin.weight.itemsize

@@ -81,7 +81,12 @@ def test_tree_mirrors_checkpoint_keys(folder):
 
 
 def test_float32_weights_are_memory_mapped_views(folder):
-    tree = load(folder).weights
+    # The loader copies nothing; the model's load-time re-layout then copies the linear layers' matrices
+    # (weights.relayout_for_speed) and keeps the embeddings mapped.
+    tree = npbert.weights.load(folder, npbert.Config.from_file(folder / "config.json"))
+    model = load(folder).weights
+    assert file_mapping(model.distilbert.embeddings.word_embeddings.weight) is not None
+    assert file_mapping(model.distilbert.transformer.layer[1].ffn.lin2.weight) is None
     path = str(folder / "model.safetensors")
     arrays = [tree.qa_outputs.weight, tree.distilbert.embeddings.word_embeddings.weight,
               tree.distilbert.transformer.layer[1].ffn.lin2.weight]
@@ -143,9 +148,10 @@ def test_float64_mode_runs_everything_in_float64(folder):
 
 def test_float64_file_in_float64_mode_is_mapped(folder):
     save_file({k: v.astype(np.float64) for k, v in tensors_of(folder).items()}, str(folder / "model.safetensors"))
-    w64 = load(folder, dtype=np.float64).weights.qa_outputs.weight
+    # The embeddings: the model keeps them as loaded (its re-layout copies only the linear layers).
+    w64 = load(folder, dtype=np.float64).weights.distilbert.embeddings.word_embeddings.weight
     assert file_mapping(w64) is not None
-    w32 = load(folder).weights.qa_outputs.weight  # float64 file, float32 model: rounded once
+    w32 = load(folder).weights.distilbert.embeddings.word_embeddings.weight  # float64 file, float32 model: rounded once
     assert w32.dtype == np.float32 and file_mapping(w32) is None
     np.testing.assert_array_equal(w32, w64.astype(np.float32))
 
