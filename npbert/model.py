@@ -33,9 +33,11 @@ from .config import Config
 def linear(x, lin):  # [..., in] -> [..., out]
     # weights.relayout_for_speed stores W column-major, so W.T is a C-contiguous [in, out] matrix and this
     # is BLAS's plain case (faster than the transposed one); unrelaid weights give the same values.
-    y = x @ lin.weight.T
+    # One [B*S, in] GEMM, not B stacked [S, in] ones: numpy runs a 3-D product as one GEMM per batch row,
+    # 15-20% slower at B = 8 (docs/performance.md).
+    y = x.reshape(-1, x.shape[-1]) @ lin.weight.T
     y += lin.bias  # in place: no second [..., out] temporary
-    return y
+    return y.reshape(*x.shape[:-1], -1)
 
 
 def embeddings(input_ids, emb, ops, eps):  # [B, S] -> [B, S, D]
