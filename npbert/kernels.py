@@ -8,7 +8,8 @@ references. tests/test_kernels.py asserts that each pair agrees before anything 
 Matrix products stay in numpy (OpenBLAS): calling BLAS from numba needs SciPy, and OpenBLAS is faster
 than loops we could write. The kernels do what surrounds the products: softmax, GELU, LayerNorm.
 
-Kernels are compiled on first use and cached on disk (`cache=True`), so later processes start fast.
+Kernels are compiled on first use and cached on disk (`cache=True`), so later processes start fast. They
+are serial and release the GIL; `_split_over_threads` spreads them over the cores.
 """
 
 from __future__ import annotations
@@ -16,17 +17,14 @@ from __future__ import annotations
 import os
 import sys
 
-# Three kinds of threads share the cores: OpenBLAS's (the GEMMs), numba's OpenMP pool (the kernels) and
-# attention's Python workers (below), and they alternate every few milliseconds. By default idle workers
-# spin-wait (OpenBLAS for ~2^28 cycles, GNU OpenMP for ~300k spins), stealing the core the next one is
-# about to use: on 2 cores a GEMM right after a kernel ran 1.7x slower, a kernel right after a GEMM 1.9x
-# slower, and attention right after a GEMM 2x slower (9.3 vs 4.5 ms a layer). Idle workers that sleep at
-# once cost a futex wake-up (~50 us) per switch instead. setdefault: a user's own setting wins. OpenMP
-# reads its variable when numba starts its pool; OpenBLAS reads its one when numpy is first imported.
+# Two kinds of threads share the cores: OpenBLAS's (the GEMMs) and the kernels' workers (below), and they
+# alternate every few milliseconds. By default OpenBLAS's idle workers spin-wait for ~2^28 cycles,
+# stealing the core the kernels are about to use: on 2 cores attention right after a GEMM took 2x as long
+# (9.3 vs 4.5 ms a layer). Idle workers that sleep at once cost a futex wake-up (~50 us) per switch
+# instead. setdefault: a user's own setting wins. OpenBLAS reads its variable when numpy is first imported.
 _blas_timeout_was_set = "OPENBLAS_THREAD_TIMEOUT" in os.environ
 _numpy_came_first = "numpy" in sys.modules
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import math  # noqa: E402
 from typing import Callable, NamedTuple  # noqa: E402
@@ -58,14 +56,13 @@ def _reread_blas_timeout():
 if _numpy_came_first and not _blas_timeout_was_set:
     _reread_blas_timeout()
 
-# Below this many elements a kernel runs on the calling thread alone: waking the pool's other thread costs
-# tens of microseconds, far more on a busy machine, more than the work it would take over (S = 16 is a
-# few thousand elements per kernel). numba.set_num_threads applies to the calling thread's next launches.
-_SERIAL_BELOW = 1 << 16
-
-
-def _threads_for(n_elements):
-    numba.set_num_threads(1 if n_elements < _SERIAL_BELOW else numba.config.NUMBA_NUM_THREADS)
+# Below these sizes a kernel runs on the calling thread alone: handing half the work to another thread
+# costs ~0.1 ms here (far more on a busy machine), more than the half it takes over. Measured on 2 cores:
+# LayerNorm of 384 x 768 took 0.18 ms alone and 0.28 ms split (768 rows: 0.42 vs 0.34 ms); GELU of
+# 384 x 3072 1.26 vs 0.81 ms. Attention splits from far smaller sizes: each head also does two products.
+_ATTENTION_SERIAL_BELOW = 1 << 16  # B * H * S * S
+_GELU_SERIAL_BELOW = 1 << 18  # N * F
+_LAYERNORM_SERIAL_BELOW = 1 << 19  # N * D
 
 
 # OpenBLAS's thread count is set per forward through its C API (numpy exposes no such setting) when
@@ -119,20 +116,23 @@ def blas_threads() -> int:
     return threads
 
 
-# Attention runs its heads in parallel, one Python thread per core, each head's BLAS products on the
-# calling thread (OpenBLAS set to one thread meanwhile): a head's scores, softmax and context then stay in
-# that core's cache, and the [S, S] x [S, 64] products, too small for OpenBLAS to split well, run whole.
-# numpy's matmul and exp and the nogil kernels release the GIL. At S = 384 one layer's attention took
-# 4.7-5.0 ms this way against 8.5 ms for the same loop on one thread.
+# The kernels' own threads: Python threads, one per OpenBLAS thread the forward was given, each running a
+# serial nogil kernel on its share of the rows (GELU, LayerNorm) or of the heads (attention, with OpenBLAS
+# set to one thread meanwhile, so a head's [S, S] products run whole on its thread and its scores stay in
+# that core's cache: 4.7-5.0 ms a layer at S = 384 against 8.5 ms on one thread). Not numba's parallel
+# pool: its OpenMP workers share libgomp with any PyTorch in the process, whose spin-waiting they then
+# inherit (B=1 S=128 took 181 ms beside PyTorch on the OpenMP pool, 111 ms without it), and numba's
+# other pools are not safe to call from several threads at once. Idle workers here block, never spin.
 _blas_threads_now = 1
 _pool = None
 
 
-def _split_over_threads(work, tasks, n_elements):
-    """Run work(chunk) over contiguous chunks of `tasks`, one chunk per OpenBLAS thread the forward was
-    given, the first on the calling thread; serially when small or when OpenBLAS cannot be set."""
+def _split_over_threads(work, tasks, worth_splitting):
+    """Run work(chunk) over contiguous chunks of `tasks` (a list or range), one chunk per OpenBLAS thread
+    the forward was given, the first on the calling thread; serially when not worth splitting or when
+    OpenBLAS's thread count cannot be set (its threads would then compete with these)."""
     global _pool
-    n = min(_blas_threads_now, len(tasks)) if _blas_setter is not None and n_elements >= _SERIAL_BELOW else 1
+    n = min(_blas_threads_now, len(tasks)) if _blas_setter is not None and worth_splitting else 1
     if n == 1:
         return work(tasks)
     if _pool is None or _pool._max_workers < n - 1:
@@ -151,7 +151,10 @@ def _split_over_threads(work, tasks, n_elements):
 
 
 # Kernels may reorder float sums (vectorised reductions) and fuse multiply-adds; never the nnan/ninf
-# flags: masked scores are finfo.min and -inf by design.
+# flags: masked scores are finfo.min and -inf by design. numpy's error model: a float division by zero
+# gives inf as in numpy instead of raising, which would put a branch in every loop and stop LLVM from
+# vectorising it (GELU's x * p / q: 7.0 ms for a 384 x 3072 block with the branch, 1 ms without).
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
 _FAST = {"reassoc", "contract"}
 
 
@@ -182,7 +185,7 @@ def attention_numpy(q, k, v, keep, n_heads, return_probs=False):
     return context, (probs if return_probs else None)
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+@numba.njit(**_JIT, fastmath=_FAST)
 def _scale_mask_shift_numba(scores, keep, scale):  # in place on one head's [S, S]; keep: [S]
     # Scaling the scores instead of q is bit-identical when scale is a power of two (Dh = 64: 1/8),
     # and otherwise differs at rounding level only (what transformers 5.x does).
@@ -205,7 +208,7 @@ def _scale_mask_shift_numba(scores, keep, scale):  # in place on one head's [S, 
     return scores
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+@numba.njit(**_JIT, fastmath=_FAST)
 def _normalise_rows_numba(e):  # in place on [N, S]: each row divided by its sum
     for n in range(e.shape[0]):
         total = e.dtype.type(0.0)
@@ -237,7 +240,8 @@ def attention_numba(q, k, v, keep, n_heads, return_probs=False):
             _normalise_rows_numba(p)
             np.matmul(p, v[b, :, cols], out=context[b, :, cols])  # straight into head h's columns
 
-    _split_over_threads(heads, [(b, h) for b in range(B) for h in range(n_heads)], B * n_heads * S * S)
+    _split_over_threads(heads, [(b, h) for b in range(B) for h in range(n_heads)],
+                        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW)
     return context, probs
 
 
@@ -265,7 +269,7 @@ _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -
           -1.42647390514189e-02)
 
 
-@numba.njit(cache=True, fastmath=_FAST, inline="always")
+@numba.njit(**_JIT, fastmath=_FAST, inline="always")
 def erf_rational(x):  # float64 -> float64, |error| < 6.5e-8, |result| <= 1
     x = min(max(x, -4.0), 4.0)
     x2 = x * x
@@ -278,20 +282,20 @@ def erf_rational(x):  # float64 -> float64, |error| < 6.5e-8, |result| <= 1
     return min(max(x * p / q, -1.0), 1.0)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_FAST)
+@numba.njit(**_JIT, fastmath=_FAST)
 def _bias_gelu_f32_numba(h, bias):  # in place
     N, F = h.shape
-    for n in numba.prange(N):
+    for n in range(N):
         for f in range(F):
             x = np.float64(h[n, f] + bias[f])  # the sum rounds to float32 first, as in the reference
             h[n, f] = 0.5 * x * (1.0 + erf_rational(x * 0.7071067811865476))
     return h
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_JIT)
 def _bias_gelu_f64_numba(h, bias):  # in place; float64 (audit mode) keeps libm's erf: exact, not fast
     N, F = h.shape
-    for n in numba.prange(N):
+    for n in range(N):
         for f in range(F):
             x = h[n, f] + bias[f]
             h[n, f] = 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
@@ -300,8 +304,9 @@ def _bias_gelu_f64_numba(h, bias):  # in place; float64 (audit mode) keeps libm'
 
 def bias_gelu_numba(h, bias):
     """Overwrites `h` (lin1's scratch output) with the result: no [N, F] temporary."""
-    _threads_for(h.size)
-    return (_bias_gelu_f64_numba if h.dtype == np.float64 else _bias_gelu_f32_numba)(h, bias)
+    kernel = _bias_gelu_f64_numba if h.dtype == np.float64 else _bias_gelu_f32_numba
+    _split_over_threads(lambda rows: kernel(h[rows.start:rows.stop], bias), range(h.shape[0]), h.size >= _GELU_SERIAL_BELOW)
+    return h
 
 
 # --- residual + LayerNorm ------------------------------------------------------------------------------
@@ -317,11 +322,10 @@ def residual_layernorm_numpy(x, residual, weight, bias, eps):
     return ((y - mean) / np.sqrt(var + y.dtype.type(eps)) * weight + bias).astype(x.dtype)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_FAST)
-def _residual_layernorm_numba(x, residual, weight, bias, eps):
+@numba.njit(**_JIT, fastmath=_FAST)
+def _residual_layernorm_numba(x, residual, weight, bias, eps, out):
     N, D = x.shape
-    out = np.empty_like(x)
-    for n in numba.prange(N):
+    for n in range(N):
         # Two passes, accumulated in float64 (one row is only D values): the one-pass E[y^2] - E[y]^2
         # cancels catastrophically when the mean is large against the spread.
         mean = 0.0
@@ -338,8 +342,11 @@ def _residual_layernorm_numba(x, residual, weight, bias, eps):
 
 
 def residual_layernorm_numba(x, residual, weight, bias, eps):
-    _threads_for(x.size)
-    return _residual_layernorm_numba(x, residual, weight, bias, eps)
+    out = np.empty_like(x)
+    _split_over_threads(lambda rows: _residual_layernorm_numba(x[rows.start:rows.stop], residual[rows.start:rows.stop],
+                                                               weight, bias, eps, out[rows.start:rows.stop]),
+                        range(x.shape[0]), x.size >= _LAYERNORM_SERIAL_BELOW)
+    return out
 
 
 # --- choosing a set ------------------------------------------------------------------------------------

@@ -192,30 +192,35 @@ def test_residual_layernorm_constant_rows_and_float64():
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_large_inputs_take_the_parallel_path_and_agree(monkeypatch, threads):
-    # The property tests' shapes are small: below kernels._SERIAL_BELOW they run on one thread.
-    # These are above it, so the kernels run on the whole pool, and attention splits its heads over
-    # `threads` threads (as a forward given that many OpenBLAS threads does), OpenBLAS on one meanwhile.
-    blas_calls, workers = [], set()
+def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
+    # The property tests' shapes are small: they run on the calling thread. These are above each kernel's
+    # threshold, so each kernel splits its rows (or heads) over `threads` threads, as in a forward given
+    # that many OpenBLAS threads; attention sets OpenBLAS to one thread meanwhile and restores it.
+    blas_calls, used = [], {}
     monkeypatch.setattr(K, "_blas_threads_now", threads)
-    if K._blas_setter is not None:
-        monkeypatch.setattr(K, "_blas_setter", blas_calls.append)
-    real_shift = K._scale_mask_shift_numba
-    monkeypatch.setattr(K, "_scale_mask_shift_numba", lambda *a: (workers.add(threading.get_ident()), real_shift(*a)))
+    monkeypatch.setattr(K, "_blas_setter", blas_calls.append)
+    for name in ("_scale_mask_shift_numba", "_bias_gelu_f32_numba", "_residual_layernorm_numba"):
+        kernel = getattr(K, name)
+        monkeypatch.setattr(K, name, lambda *a, kernel=kernel, name=name: (
+            used.setdefault(name, []).append(threading.get_ident()), kernel(*a))[1])
     rng = np.random.default_rng(6)
-    n = K._SERIAL_BELOW
     qkv = rng.standard_normal((2, 80, 3 * 64)).astype(np.float32)
     keep = random_keep(rng, 2, 80)
-    assert 2 * 8 * 80 * 80 > n
+    assert 2 * 8 * 80 * 80 >= K._ATTENTION_SERIAL_BELOW
     run_attention(qkv[..., :64], qkv[..., 64:128], qkv[..., 128:], keep, 8)
-    if K._blas_setter is not None:  # numpy's OpenBLAS found: heads ran on `threads` threads, BLAS restored
-        assert len(workers) == threads and blas_calls[:2] == [1, threads]
-    h, bias = (3 * rng.standard_normal((100, 700))).astype(np.float32), rng.standard_normal(700).astype(np.float32)
-    assert h.size > n
+    assert blas_calls[:2] == [1, threads]
+    h, bias = (3 * rng.standard_normal((300, 1000))).astype(np.float32), rng.standard_normal(1000).astype(np.float32)
+    assert h.size >= K._GELU_SERIAL_BELOW
     assert_close(K.bias_gelu_numba(h.copy(), bias), K.bias_gelu_numpy(h, bias))
-    w, b = (1 + 0.1 * rng.standard_normal(700)).astype(np.float32), rng.standard_normal(700).astype(np.float32)
+    h = (3 * rng.standard_normal((700, 800))).astype(np.float32)
+    w, b = (1 + 0.1 * rng.standard_normal(800)).astype(np.float32), rng.standard_normal(800).astype(np.float32)
+    assert h.size >= K._LAYERNORM_SERIAL_BELOW
     assert_close(K.residual_layernorm_numba(h, h[::-1].copy(), w, b, 1e-12),
                  K.residual_layernorm_numpy(h, h[::-1].copy(), w, b, 1e-12))
+    # One call per chunk (attention: per head), on more than one thread (a free worker may take two chunks).
+    assert len(used) == 3 and len(used["_scale_mask_shift_numba"]) == 2 * 2 * 8  # run_attention runs it twice
+    assert len(used["_bias_gelu_f32_numba"]) == len(used["_residual_layernorm_numba"]) == threads
+    assert all(len(set(ids)) >= 2 for ids in used.values())
 
 
 def test_blas_threads_policy(monkeypatch):

@@ -111,7 +111,10 @@ def timed(fn, *args) -> float:
 
 
 def interleaved(fns: dict, args: tuple, repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each fn, rounds interleaved with a rotating order."""
+    """Median seconds per call of each fn, rounds interleaved with a rotating order. Each timed call
+    follows an untimed call of the same engine, so that no engine is timed while another engine's idle
+    workers are still spinning on the cores (PyTorch's OpenMP and ONNX Runtime's pools spin after a
+    run; measured on 2 cores, ONNX Runtime at S=16 took 23 ms right after PyTorch, 15 ms after itself)."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -119,6 +122,7 @@ def interleaved(fns: dict, args: tuple, repeats: int, warmup: int = 2) -> dict[s
     times = {n: [] for n in names}
     for r in range(repeats):
         for n in names[r % len(names):] + names[:r % len(names)]:
+            fns[n](*args)
             times[n].append(timed(fns[n], *args))
     return {n: statistics.median(t) for n, t in times.items()}
 
@@ -159,7 +163,8 @@ def forward_rows(engines: dict, repeats: int) -> list[dict]:
 
 def gflops_row(engines: dict, forward: list[dict], repeats: int) -> dict:
     """The forward at S=384 against numpy's GEMM speed on the forward's own GEMM shapes (one layer's
-    q/k/v fused, out, lin1, lin2 at 384 rows; contiguous weights, as BLAS likes them)."""
+    q/k/v fused, out, lin1, lin2 at 384 rows), with the weights in whichever of the two layouts is faster
+    in this run: stored [out, in] (x @ W.T) or [in, out] (x @ W)."""
     import numpy as np
 
     S, D, F = 384, 768, 3072
@@ -168,11 +173,16 @@ def gflops_row(engines: dict, forward: list[dict], repeats: int) -> dict:
     w = {n: rng.standard_normal(s, dtype=np.float32) for n, s in
          {"qkv": (3 * D, D), "out": (D, D), "lin1": (F, D), "lin2": (D, F)}.items()}
 
+    wt = {n: np.ascontiguousarray(a.T) for n, a in w.items()}
+
     def layer_gemms():
         x @ w["qkv"].T, x @ w["out"].T, x @ w["lin1"].T, h @ w["lin2"].T
 
+    def layer_gemms_in_out():
+        x @ wt["qkv"], x @ wt["out"], x @ wt["lin1"], h @ wt["lin2"]
+
     gemm_flops = 2 * S * (4 * D * D + 2 * D * F)
-    t = interleaved({"gemm": layer_gemms}, (), repeats * 3)["gemm"]
+    t = min(interleaved({"out_in": layer_gemms, "in_out": layer_gemms_in_out}, (), repeats * 3).values())
     roofline = gemm_flops / t / 1e9
     seconds = next(r["seconds"] for r in forward if (r["B"], r["S"]) == (1, S))
     flops = forward_flops(1, S)
