@@ -127,6 +127,16 @@ _blas_threads_now = 1
 _pool = None
 
 
+def _forget_pool_in_child():
+    # A forked child has none of the parent's threads; the inherited executor would wait forever for them.
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def _split_over_threads(work, tasks, worth_splitting):
     """Run work(chunk) over contiguous chunks of `tasks` (a list or range), one chunk per OpenBLAS thread
     the forward was given, the first on the calling thread; serially when not worth splitting or when

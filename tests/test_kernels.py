@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -326,3 +327,29 @@ def assert_relaid(tree, fast):
     assert again.distilbert.transformer.layer[0].attention is fast.distilbert.transformer.layer[0].attention
     assert again.distilbert.transformer.layer[1].ffn.lin1 is fast.distilbert.transformer.layer[1].ffn.lin1
     assert again.qa_outputs is fast.qa_outputs
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_still_splits_its_kernels(monkeypatch):
+    # The worker threads do not survive fork(); a child must start its own instead of waiting for them.
+    monkeypatch.setattr(K, "_blas_threads_now", 2)
+    monkeypatch.setattr(K, "_blas_setter", lambda n: None)  # as with numpy's OpenBLAS found
+    h, bias = np.ones((300, 1000), np.float32), np.zeros(1000, np.float32)
+    expected = K.bias_gelu_numpy(h, bias)
+    K.bias_gelu_numba(h.copy(), bias)
+    assert K._pool is not None  # the parent's worker threads exist
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the split kernel finishes and agrees
+        try:
+            signal_ok = np.allclose(K.bias_gelu_numba(h.copy(), bias), expected, rtol=0, atol=1e-6)
+        finally:
+            os._exit(0 if signal_ok else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child's kernel never finished (it waited for the parent's threads)")
