@@ -9,6 +9,7 @@ is compared at 1e-12.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 import subprocess
@@ -353,3 +354,19 @@ def test_a_forked_child_still_splits_its_kernels(monkeypatch):
         time.sleep(0.05)
     os.kill(pid, 9)
     pytest.fail("the forked child's kernel never finished (it waited for the parent's threads)")
+
+
+def test_one_model_called_from_several_threads_at_once(tiny_checkpoint, monkeypatch):
+    # A server or a user's thread pool may run forwards concurrently: the kernels' shared worker threads
+    # and OpenBLAS's thread count (set per forward, lowered inside attention) must not mix results up.
+    monkeypatch.setenv("NPBERT_BLAS_THREADS", "2")  # split even on a busy machine
+    model = npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint)
+    rng = np.random.default_rng(8)
+    inputs = [rng.integers(0, 1000, (3, 160)) for _ in range(4)]
+    assert 3 * model.config.n_heads * 160 * 160 >= K._ATTENTION_SERIAL_BELOW  # attention splits its heads
+    expected = [model(ids).start_logits for ids in inputs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda ids: model(ids).start_logits, inputs))
+            for g, e in zip(got, expected):
+                np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
