@@ -39,8 +39,8 @@ def _tensors(path: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
     rows, values = [], {}
     for name, info in sorted(header.items(), key=lambda kv: kv[1].begin):
         raw = mm[data_start + info.begin: data_start + info.end]
-        x = raw.view(W._DTYPES[info.dtype]).reshape(info.shape)
-        x = W._as_float(x, info.dtype, np.dtype(np.float64)) if info.dtype in W._FLOAT_DTYPES else x.astype(np.float64)
+        x = W.stored_array(mm, data_start, info)
+        x = W.as_float(x, info.dtype, np.dtype(np.float64)) if info.dtype in W.FLOAT_DTYPES else x.astype(np.float64)
         if name.endswith("position_embeddings.weight"):
             values[name] = x
         stats = dict(mean=float(x.mean()), std=float(x.std()), min=float(x.min()), max=float(x.max())) if x.size else {}
@@ -71,7 +71,7 @@ def _checks(folder: Path, config: Config, rows: list[dict], values: dict) -> tup
     wrong = [f"{n}: {stored[key(n)]['shape']} (config says {list(s)})"
              for n, s in expected.items() if key(n) in stored and tuple(stored[key(n)]["shape"]) != s]
     checks.append(_check("shapes consistent with config", not wrong, "; ".join(wrong) or "every shape matches"))
-    not_float = [r["name"] for r in rows if r["name"] not in W.IGNORED_KEYS and r["dtype"] not in W._FLOAT_DTYPES]
+    not_float = [r["name"] for r in rows if r["name"] not in W.IGNORED_KEYS and r["dtype"] not in W.FLOAT_DTYPES]
     checks.append(_check("float dtypes", not not_float, ", ".join(not_float) or
                          ", ".join(sorted({r["dtype"] for r in rows if r["name"] not in W.IGNORED_KEYS}))))
     bad = [r["name"] for r in rows if not r["finite"]]

@@ -120,7 +120,7 @@ def expected_shapes(config: Config, with_qa_head: bool = True) -> dict[str, tupl
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 _MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 
 
@@ -185,7 +185,13 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
     return tensors, metadata, data_start
 
 
-def _as_float(raw: np.ndarray, source_dtype: str, dtype: np.dtype) -> np.ndarray:
+def stored_array(mm: np.ndarray, data_start: int, info: TensorInfo) -> np.ndarray:
+    """A tensor's stored values, as a view of the file's bytes `mm` in its stored dtype and shape
+    (bfloat16 as uint16: numpy has no bfloat16)."""
+    return mm[data_start + info.begin: data_start + info.end].view(_DTYPES[info.dtype]).reshape(info.shape)
+
+
+def as_float(raw: np.ndarray, source_dtype: str, dtype: np.dtype) -> np.ndarray:
     """Convert a tensor's stored values to the model dtype, copying only when the dtype changes."""
     if source_dtype == "BF16":
         # bfloat16 is the top half of a float32: widening is exact.
@@ -223,12 +229,12 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.floa
             raise WeightsError(
                 f"{path}: tensor {name}: expected shape {list(shape)} (from config.json), found {list(info.shape)}"
             )
-        if info.dtype not in _FLOAT_DTYPES:
+        if info.dtype not in FLOAT_DTYPES:
             raise WeightsError(f"{path}: tensor {name}: expected a float dtype (F32, F16, BF16, F64), found {info.dtype}")
-        raw = mm[data_start + info.begin: data_start + info.end].view(_DTYPES[info.dtype]).reshape(shape)
+        raw = stored_array(mm, data_start, info)
         if not raw.flags.aligned:  # safetensors does not promise alignment; numba and BLAS want it
             raw = raw.copy()
-        out[name] = _as_float(raw, info.dtype, np.dtype(dtype))
+        out[name] = as_float(raw, info.dtype, np.dtype(dtype))
     return out
 
 

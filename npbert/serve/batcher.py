@@ -86,6 +86,13 @@ class Batcher:
         self._executor.shutdown(wait=True)
         self._task = None
 
+    async def run_exclusive(self, fn, *args):
+        """fn(*args) on the thread that runs the batches, between two of them: the model is only ever
+        used from that one thread (one forward at a time, its scratch memory bounded)."""
+        if self._executor is None:
+            raise RuntimeError("the batcher is not running")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def submit(self, questions: list[str], contexts: list[str], params: dict[str, Any]) -> list:
         """The results for these questions, in order; raises what `infer` raised for them."""
         if self._task is None or self._task.done():

@@ -20,7 +20,6 @@ network) and draws everything from this route's JSON.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from pathlib import Path
@@ -215,11 +214,8 @@ def add_explain_routes(app, state) -> None:
                 raise BadRequest(422, "input_data: /v1/explain takes one question and one context (strings), "
                                       "not lists")
             window, layer = _query_int(request, "window"), _query_int(request, "layer")
-            # The batcher's single worker thread owns the model: explaining there, between batches, never
-            # runs two forwards at once (numba's workqueue threading layer aborts on concurrent launches).
-            executor = getattr(state.batcher, "_executor", None)
-            return await asyncio.get_running_loop().run_in_executor(
-                executor, work, req.input_data.question, req.input_data.context, req.parameters.pipeline_kwargs(),
-                window, layer)
+            # On the batcher's thread, between batches: an explanation never runs beside a batch's forward.
+            return await state.batcher.run_exclusive(work, req.input_data.question, req.input_data.context,
+                                                     req.parameters.pipeline_kwargs(), window, layer)
 
         return await handled(request, state, compute)
