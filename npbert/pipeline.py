@@ -66,7 +66,7 @@ class QuestionAnsweringPipeline:
 
     def __init__(self, model: DistilBertForQuestionAnswering, tokenizer: Tokenizer, model_id: str | None = None,
                  revision: str | None = None, folder: str | Path | None = None, batch_size: int | None = None,
-                 **params):
+                 max_windows: int | None = None, **params):
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -74,6 +74,13 @@ class QuestionAnsweringPipeline:
         self.folder = Path(folder) if folder is not None else None
         self.commit = hub.snapshot_commit(self.folder) if self.folder is not None else None
         self.batch_size = _check_batch_size(batch_size)
+        # Most windows one question's context may make (None: no limit, as transformers). A server sets it:
+        # a small max_seq_len or a doc_stride close to it makes a window per few tokens, and one request
+        # would then hold the model for minutes.
+        if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
+                                        or max_windows < 1):
+            raise ValueError(f"max_windows must be a positive integer or None, found {max_windows!r}")
+        self.max_windows = max_windows
         self._defaults = check_parameters(params)
 
     def __repr__(self) -> str:
@@ -114,6 +121,12 @@ class QuestionAnsweringPipeline:
         questions, contexts = zip(*examples)
         per_example = self.tokenizer.encode_pairs(list(questions), list(contexts), max_seq_len, doc_stride,
                                                   params.get("padding", "do_not_pad"))
+        for i, ws in enumerate(per_example):
+            if self.max_windows is not None and len(ws) > self.max_windows:
+                raise ValueError(f"{'the context' if len(examples) == 1 else f'context {i}'} makes {len(ws)} "
+                                 f"windows of max_seq_len {max_seq_len} with doc_stride {doc_stride}, over this "
+                                 f"pipeline's limit of {self.max_windows}: use a larger max_seq_len, a smaller "
+                                 "doc_stride (the overlap) or a shorter context")
         windows = [w for ws in per_example for w in ws]
         logits = self._forward(windows, batch_size or DEFAULT_FORWARD_BATCH)
         lengths = _collated_lengths([len(w) for w in windows], batch_size or 1)

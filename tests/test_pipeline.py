@@ -169,6 +169,23 @@ def test_bad_input_is_a_clear_value_error(qa_pipe, kwargs, message):
         qa_pipe(**kwargs)
 
 
+def test_max_windows_refuses_a_context_that_makes_too_many(tiny_checkpoint):
+    capped = npbert.pipeline("question-answering", model=str(tiny_checkpoint), max_windows=3)
+    n = len(capped.tokenizer.encode_pair("Who?", LONG, 64, 32))
+    assert n > 3
+    with pytest.raises(ValueError, match=f"the context makes {n} windows of max_seq_len 64 with doc_stride 32, "
+                                         "over this pipeline's limit of 3: use a larger max_seq_len"):
+        capped(question="Who?", context=LONG, max_seq_len=64, doc_stride=32)
+    with pytest.raises(ValueError, match=f"context 1 makes {n} windows"):  # names which one, in a list
+        capped(question=["Who?", "Who?"], context=[SHORT, LONG], max_seq_len=64, doc_stride=32)
+    assert capped(question="Who?", context=SHORT)["answer"]  # one window: answered
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="max_windows must be a positive integer or None"):
+            npbert.QuestionAnsweringPipeline(capped.model, capped.tokenizer, max_windows=bad)
+    capped.max_windows = None  # no limit, as transformers
+    assert capped(question="Who?", context=LONG, max_seq_len=64, doc_stride=32)["answer"]
+
+
 def test_bad_items(qa_pipe):
     with pytest.raises(ValueError, match=r"keys \{question:..., context:...\}"):
         qa_pipe({"question": "Who?"})

@@ -36,7 +36,7 @@ PAIRS = [
     ("Who won the game?", "The home team played well, but the visitors won the game by two points in the first half."),
     ("When was the bridge opened?", "Construction began in 1933 and the bridge was opened to traffic in 1937."),
 ]
-LIMITS = ["--max-body-bytes", "4096", "--max-context-chars", "2000", "--max-question-chars", "200"]
+LIMITS = ["--max-body-bytes", "4096", "--max-context-chars", "2000", "--max-question-chars", "200", "--max-windows", "10"]
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +164,8 @@ BAD = [  # (what, body, status, a fragment of the error message)
     ("doc_stride too large", _ask("a", "x", max_seq_len=32, doc_stride=40), 422, "doc_stride (40) must be smaller"),
     ("max_seq_len past the model", _ask("a", "x", max_seq_len=4096), 422, "max_seq_len is 4096, over the model's limit"),
     ("question leaves no room", _ask("why " * 40, "x", max_seq_len=32), 422, "question"),
+    ("too many windows", _ask("a", "word " * 390, max_seq_len=32, doc_stride=26), 422,
+     "windows of max_seq_len 32 with doc_stride 26, over this pipeline's limit of 10"),
 ]
 
 
@@ -296,7 +298,9 @@ def test_sigterm_drains_the_requests_in_flight_and_exits_cleanly(tiny_checkpoint
     # A context long enough, in short windows, that answering it takes a while even with the tiny model.
     context = " ".join(f"In {1900 + i % 100} the team from city {i} played a game and won." for i in range(600))
     questions, parameters = ["Who won the game?", "When was the game played?"], {"max_seq_len": 48, "doc_stride": 24}
-    server = Server(tiny_checkpoint, tmp_path / "server.log", "--max-context-chars", str(len(context)))
+    # Hundreds of windows: over the default --max-windows, which exists to refuse requests this slow.
+    server = Server(tiny_checkpoint, tmp_path / "server.log", "--max-context-chars", str(len(context)),
+                    "--max-windows", "10000")
     results = {}
 
     def ask(question):

@@ -28,6 +28,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-question-chars", type=_positive, default=1_000,
                    help="longer questions get 422 (default: %(default)s)")
     p.add_argument("--max-items", type=_positive, default=32, help="most questions in one request (default: %(default)s)")
+    p.add_argument("--max-windows", type=_positive, default=64,
+                   help="most windows one question's context may make; more get 422 (default: %(default)s)")
     p.add_argument("--max-batch", type=_positive, default=8,
                    help="most questions answered in one shared pipeline call (default: %(default)s)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
@@ -63,7 +65,8 @@ def run(args) -> int:
     settings = Settings(
         model=args.model, revision=args.revision,
         limits=Limits(max_body_bytes=args.max_body_bytes, max_context_chars=args.max_context_chars,
-                      max_question_chars=args.max_question_chars, max_items=args.max_items),
+                      max_question_chars=args.max_question_chars, max_items=args.max_items,
+                      max_windows=args.max_windows),
         max_batch=1 if args.no_batching else args.max_batch, batch_wait_ms=args.batch_wait_ms)
     options = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log,
                    timeout_graceful_shutdown=args.graceful_timeout, log_config=None)

@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None, qa=None) -> FastAPI:
     # A window longer than the position table cannot run: refuse such a max_seq_len as bad input.
     longest = min(qa.model.config.max_position_embeddings, qa.tokenizer.model_max_length)
     settings = dataclasses.replace(settings, limits=dataclasses.replace(settings.limits, max_seq_len=longest))
+    qa.max_windows = settings.limits.max_windows  # a context making more windows gets 422, not minutes of work
     infer = make_infer(qa)
     if settings.warmup:
         t0 = time.perf_counter()

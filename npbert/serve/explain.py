@@ -92,7 +92,8 @@ def explain(qa, question: str, context: str, params: dict | None = None, window:
     params = check_parameters(dict(params or {}))
     max_seq_len, doc_stride = window_settings(qa, params)
     recorder = _Recorder(qa.model)
-    result = QuestionAnsweringPipeline(recorder, qa.tokenizer, batch_size=qa.batch_size)(
+    result = QuestionAnsweringPipeline(recorder, qa.tokenizer, batch_size=qa.batch_size,
+                                       max_windows=getattr(qa, "max_windows", None))(
         question=question, context=context, **params)
     answers = result if isinstance(result, list) else [result]
     windows = qa.tokenizer.encode_pair(question, context, max_seq_len, doc_stride, params.get("padding", "do_not_pad"))

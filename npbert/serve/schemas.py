@@ -40,6 +40,7 @@ class Limits:
     max_context_chars: int = 20_000
     max_question_chars: int = 1_000
     max_items: int = 32
+    max_windows: int = 64  # per question: windows of max_seq_len tokens its context makes (docs/serving.md)
     max_seq_len: int = 512  # the model's position table: a longer window would index past it
     max_top_k: int = 20
 
