@@ -58,8 +58,8 @@ def test_full_size_lists_short_long_unicode(full_pair):
     batched; then the same inputs with transformers' padded batching (batch_size=4) on both sides."""
     mine, ref = full_pair
     questions = ["Where does John live?", "Which river was renamed in 1830?"] + QUESTIONS[:len(UNICODE)]
-    contexts = [SHORT, LONG[:2700]] + UNICODE  # LONG[:2700]: ~640 tokens
-    assert len(mine.tokenizer.encode_pair(questions[1], contexts[1])) == 3  # first, middle and last windows
+    contexts = [SHORT, LONG[:2700]] + UNICODE  # LONG[:2700]: ~640 tokens with the real vocabulary, 3 windows
+    assert len(mine.tokenizer.encode_pair(questions[1], contexts[1])) >= 3  # first, middle(s) and last windows
     for kwargs in (dict(top_k=3), dict(top_k=2, batch_size=4)):
         assert_parity(mine(question=questions, context=contexts, **kwargs),
                       ref(question=questions, context=contexts, **kwargs), str(kwargs))
