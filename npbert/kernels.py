@@ -42,19 +42,26 @@ def _openblas():  # numpy's bundled OpenBLAS (scipy-openblas), or None (MKL, Acc
     return None
 
 
-def _reread_blas_timeout():
+def _reread_blas_timeout() -> bool:
     # numpy was imported before npbert (the usual order in a user's program), so OpenBLAS started its
     # threads with the spinning default. Make it read the environment again and stop its idle threads:
     # the next threaded call restarts them with the timeout above. Both are exported OpenBLAS functions
-    # (its fork handler uses the second); skipped if this OpenBLAS lacks them.
+    # (its fork handler uses the second); skipped if this OpenBLAS lacks them. Only while this is the
+    # process's one Python thread: stopping OpenBLAS's threads under a product another thread is running
+    # would break that product. Otherwise export OPENBLAS_THREAD_TIMEOUT=4 yourself (docs/performance.md).
+    import threading
+
     dll = _openblas()
-    if dll is not None and hasattr(dll, "openblas_read_env") and hasattr(dll, "blas_thread_shutdown_"):
-        dll.openblas_read_env()
-        dll.blas_thread_shutdown_()
+    if (dll is None or not hasattr(dll, "openblas_read_env") or not hasattr(dll, "blas_thread_shutdown_")
+            or threading.active_count() > 1):
+        return False
+    dll.openblas_read_env()
+    dll.blas_thread_shutdown_()
+    return True
 
 
-if _numpy_came_first and not _blas_timeout_was_set:
-    _reread_blas_timeout()
+# True when importing npbert made OpenBLAS restart its threads with the timeout above.
+blas_timeout_reread = _numpy_came_first and not _blas_timeout_was_set and _reread_blas_timeout()
 
 # Below these sizes a kernel runs on the calling thread alone: handing half the work to another thread
 # costs ~0.1 ms here (far more on a busy machine), more than the half it takes over. Measured on 2 cores:

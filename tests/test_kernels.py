@@ -370,3 +370,19 @@ def test_one_model_called_from_several_threads_at_once(tiny_checkpoint, monkeypa
             got = list(pool.map(lambda ids: model(ids).start_logits, inputs))
             for g, e in zip(got, expected):
                 np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("setup, expected", [
+    ("import numpy", "True"),  # numpy first, one thread: OpenBLAS restarts its threads with the timeout
+    ("import numpy, threading, time; threading.Thread(target=time.sleep, args=(2,), daemon=True).start()",
+     "False"),  # another thread might be inside a product: left alone
+    ("", "False"),  # npbert first: OpenBLAS reads the timeout when numpy loads, nothing to redo
+])
+def test_openblas_timeout_is_reread_only_when_it_is_safe(setup, expected):
+    if K._openblas() is None:
+        pytest.skip("numpy is not using its bundled OpenBLAS here")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    code = f"{setup}\nimport npbert.kernels as K, numpy as np\nprint(K.blas_timeout_reread)\n" \
+           "x = np.ones((256, 256), np.float32); print(float((x @ x)[0, 0]))"  # BLAS still works after
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [expected, "256.0"]
