@@ -14,6 +14,7 @@ are serial and release the GIL; `_split_over_threads` spreads them over the core
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import sys
 
@@ -153,18 +154,19 @@ def _split_over_threads(work, tasks, worth_splitting):
     if n == 1:
         return work(tasks)
     if _pool is None or _pool._max_workers < n - 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _pool = ThreadPoolExecutor(n - 1, thread_name_prefix="npbert")
+        _pool = concurrent.futures.ThreadPoolExecutor(n - 1, thread_name_prefix="npbert")
     chunks = [tasks[i * len(tasks) // n:(i + 1) * len(tasks) // n] for i in range(n)]
     _blas_setter(1)
+    futures = []
     try:
         futures = [_pool.submit(work, chunk) for chunk in chunks[1:]]
         work(chunks[0])
-        for f in futures:
-            f.result()
     finally:
+        # Every chunk has finished (or failed) before this returns or raises: none still writes the output.
+        concurrent.futures.wait(futures)
         _blas_setter(_blas_threads_now)
+    for f in futures:
+        f.result()  # a worker's exception, raised here
 
 
 # Kernels may reorder float sums (vectorised reductions) and fuse multiply-adds; never the nnan/ninf

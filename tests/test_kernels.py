@@ -386,3 +386,20 @@ def test_openblas_timeout_is_reread_only_when_it_is_safe(setup, expected):
            "x = np.ones((256, 256), np.float32); print(float((x @ x)[0, 0]))"  # BLAS still works after
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [expected, "256.0"]
+
+
+def test_a_failing_chunk_raises_after_every_chunk_has_finished(monkeypatch):
+    # An error in one thread's share must surface, and only once no other share is still running.
+    monkeypatch.setattr(K, "_blas_threads_now", 2)
+    blas_calls, finished = [], []
+    monkeypatch.setattr(K, "_blas_setter", blas_calls.append)
+
+    def work(chunk):
+        if chunk[0] == 0:  # the calling thread's share fails at once
+            raise RuntimeError("bad chunk")
+        time.sleep(0.2)
+        finished.append(list(chunk))
+
+    with pytest.raises(RuntimeError, match="bad chunk"):
+        K._split_over_threads(work, list(range(4)), True)
+    assert finished == [[2, 3]] and blas_calls == [1, 2]  # the worker's share done, OpenBLAS restored
