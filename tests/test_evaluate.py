@@ -197,6 +197,39 @@ def test_interrupt_keeps_finished_chunks_and_resume_gives_the_same_files(tmp_pat
     assert strip(whole_files["metrics.json"]) == strip(cut_files["metrics.json"])
 
 
+class InterruptInsideNativeCall(SignalOnCall):
+    """As a numba dispatcher does when the handler raises inside it: the Interrupted comes out as the
+    cause of a SystemError ("returned a result with an exception set")."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except evaluate.Interrupted as e:
+            raise SystemError("CPUDispatcher(<function kernel>) returned a result with an exception set") from e
+
+
+def test_an_interrupt_wrapped_by_a_native_call_is_still_an_interrupt(tmp_path, qa, tiny_checkpoint):
+    data = write_json(tmp_path / "d.json", make_squad(9))
+    job = evaluate.make_job({"data": str(data), "save_every": 4, "progress": False, "output": str(tmp_path / "o")})
+    with pytest.raises(evaluate.Interrupted) as info:
+        evaluate.run(job, InterruptInsideNativeCall(qa, 2, signal.SIGTERM))
+    assert (info.value.signum, info.value.done, info.value.total) == (signal.SIGTERM, 4, 9)
+    with pytest.raises(SystemError, match="something else"):  # any other SystemError stays what it is
+        evaluate.run(evaluate.make_job({"data": str(data), "progress": False, "output": str(tmp_path / "p")}),
+                     FailingCall(qa))
+
+
+class FailingCall:
+    def __init__(self, qa):
+        self.qa = qa
+
+    def __getattr__(self, name):
+        return getattr(self.qa, name)
+
+    def __call__(self, *args, **kwargs):
+        raise SystemError("something else")
+
+
 def test_resume_refuses_a_different_job(tmp_path, qa, tiny_checkpoint):
     data = write_json(tmp_path / "d.json", make_squad(9))
     settings = {"data": str(data), "save_every": 4, "progress": False, "output": str(tmp_path / "o")}
