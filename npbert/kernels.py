@@ -132,13 +132,13 @@ def blas_threads() -> int:
 # inherit (B=1 S=128 took 181 ms beside PyTorch on the OpenMP pool, 111 ms without it), and numba's
 # other pools are not safe to call from several threads at once. Idle workers here block, never spin.
 _blas_threads_now = 1
-_pool = None
+_pool, _pool_workers = None, 0
 
 
 def _forget_pool_in_child():
     # A forked child has none of the parent's threads; the inherited executor would wait forever for them.
-    global _pool
-    _pool = None
+    global _pool, _pool_workers
+    _pool, _pool_workers = None, 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -149,12 +149,12 @@ def _split_over_threads(work, tasks, worth_splitting):
     """Run work(chunk) over contiguous chunks of `tasks` (a list or range), one chunk per OpenBLAS thread
     the forward was given, the first on the calling thread; serially when not worth splitting or when
     OpenBLAS's thread count cannot be set (its threads would then compete with these)."""
-    global _pool
+    global _pool, _pool_workers
     n = min(_blas_threads_now, len(tasks)) if _blas_setter is not None and worth_splitting else 1
     if n == 1:
         return work(tasks)
-    if _pool is None or _pool._max_workers < n - 1:
-        _pool = concurrent.futures.ThreadPoolExecutor(n - 1, thread_name_prefix="npbert")
+    if _pool_workers < n - 1:
+        _pool, _pool_workers = concurrent.futures.ThreadPoolExecutor(n - 1, thread_name_prefix="npbert"), n - 1
     chunks = [tasks[i * len(tasks) // n:(i + 1) * len(tasks) // n] for i in range(n)]
     _blas_setter(1)
     futures = []
