@@ -15,6 +15,7 @@ are serial and release the GIL; `_split_over_threads` spreads them over the core
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 import sys
 
@@ -34,6 +35,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+@functools.cache  # found once: the import-time timeout re-read and the first forward's thread setter share it
 def _openblas():  # numpy's bundled OpenBLAS (scipy-openblas), or None (MKL, Accelerate, a system BLAS)
     import ctypes
     import glob
@@ -81,8 +83,10 @@ _LAYERNORM_SERIAL_BELOW = 1 << 19  # N * D
 
 def _openblas_set_num_threads():
     dll = _openblas()
+    if dll is None:
+        return None, None
     for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-        if dll is not None and hasattr(dll, name):
+        if hasattr(dll, name):
             getter = getattr(dll, name.replace("set_", "get_"), None)
             return getattr(dll, name), (getter() if getter else os.cpu_count())
     return None, None

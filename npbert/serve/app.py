@@ -35,8 +35,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..hub import sha256_file
-from ..hub import DEFAULT_MODEL
+from ..hub import DEFAULT_MODEL, sha256_file
 from ..pipeline import pipeline
 from .batcher import Batcher
 from .explain import add_explain_routes
