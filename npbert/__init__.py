@@ -1,10 +1,16 @@
-"""npbert: DistilBERT question answering in numpy, numerically identical to transformers."""
+"""npbert: BERT-family extractive question answering in numpy, numerically identical to transformers."""
 
 from .config import Config
-from .model import DistilBertForQuestionAnswering, DistilBertModel
+from .families import FAMILIES
+from .model import (AlbertForQuestionAnswering, AutoModel, AutoModelForQuestionAnswering, BertForQuestionAnswering,
+                    DistilBertForQuestionAnswering, DistilBertModel, ElectraForQuestionAnswering,
+                    RobertaForQuestionAnswering, XLMRobertaForQuestionAnswering)
 from .pipeline import QuestionAnsweringPipeline, pipeline
 from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
-__all__ = ["Config", "DistilBertForQuestionAnswering", "DistilBertModel", "QuestionAnsweringPipeline", "Tokenizer",
-           "pipeline", "__version__"]
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
+__all__ = ["AlbertForQuestionAnswering", "AutoModel", "AutoModelForQuestionAnswering", "BertForQuestionAnswering",
+           "Config", "DistilBertForQuestionAnswering", "DistilBertModel", "ElectraForQuestionAnswering",
+           "QuestionAnsweringPipeline", "RobertaForQuestionAnswering", "SUPPORTED_MODEL_TYPES", "Tokenizer",
+           "XLMRobertaForQuestionAnswering", "pipeline", "__version__"]

@@ -56,27 +56,35 @@ def _check(name: str, ok: bool | None, detail: str) -> dict:
 
 def _checks(folder: Path, config: Config, rows: list[dict], values: dict) -> tuple[list[dict], bool, str]:
     stored = {r["name"]: r for r in rows}
+    renames = W.legacy_renames(stored)  # old BERTs' LayerNorm.gamma/beta: read as weight/bias
+    modern = {renames.get(n, n): n for n in stored}  # modern name -> stored name
     with_qa_head = "qa_outputs.weight" in stored
     expected = W.expected_shapes(config, with_qa_head)
-    prefix = "" if "distilbert.embeddings.word_embeddings.weight" in stored else "distilbert."
-    key = lambda name: name.removeprefix(prefix) if prefix else name  # noqa: E731  stored key of an expected name
-    missing = [n for n in expected if key(n) not in stored]
-    known = {key(n) for n in expected} | W.IGNORED_KEYS
-    unexpected = [n for n in stored if n not in known]
-    ignored = [n for n in stored if n in W.IGNORED_KEYS]
+    prefix = config.family.prefix + "."
+    bare = not any(n in modern for n in expected if n.startswith(prefix))  # an encoder-only checkpoint
+    key = lambda name: name.removeprefix(prefix) if bare else name  # noqa: E731  stored key of an expected name
+    unused = W.unused_keys(config)
+    missing = [n for n in expected if key(n) not in modern]
+    known = {key(n) for n in expected} | unused
+    unexpected = [n for n in modern if n not in known]
+    ignored = [modern[n] for n in modern if n in unused]
+    pooler = [n for n in ignored if ".pooler." in "." + n]
     checks = [_check("key set complete", not missing and not unexpected,
-                     f"{len(expected)} tensors expected ({'question answering' if with_qa_head else 'encoder only'})"
+                     f"{len(expected)} tensors expected ({config.model_type}, "
+                     f"{'question answering' if with_qa_head else 'encoder only'})"
                      + (f"; missing {missing}" if missing else "") + (f"; unexpected {unexpected}" if unexpected else "")
-                     + (f"; ignored {ignored}" if ignored else ""))]
-    wrong = [f"{n}: {stored[key(n)]['shape']} (config says {list(s)})"
-             for n, s in expected.items() if key(n) in stored and tuple(stored[key(n)]["shape"]) != s]
+                     + (f"; ignored {ignored}" if ignored else "")
+                     + ("; the pooler is unused: question-answering models are built without it" if pooler else "")
+                     + (f"; legacy names read as weight/bias: {sorted(renames)}" if renames else ""))]
+    wrong = [f"{n}: {stored[modern[key(n)]]['shape']} (config says {list(s)})"
+             for n, s in expected.items() if key(n) in modern and tuple(stored[modern[key(n)]]["shape"]) != s]
     checks.append(_check("shapes consistent with config", not wrong, "; ".join(wrong) or "every shape matches"))
-    not_float = [r["name"] for r in rows if r["name"] not in W.IGNORED_KEYS and r["dtype"] not in W.FLOAT_DTYPES]
+    not_float = [r["name"] for r in rows if r["name"] not in unused and r["dtype"] not in W.FLOAT_DTYPES]
     checks.append(_check("float dtypes", not not_float, ", ".join(not_float) or
-                         ", ".join(sorted({r["dtype"] for r in rows if r["name"] not in W.IGNORED_KEYS}))))
+                         ", ".join(sorted({r["dtype"] for r in rows if r["name"] not in unused}))))
     bad = [r["name"] for r in rows if not r["finite"]]
     checks.append(_check("finite values", not bad, ", ".join(bad) or "no NaN or infinity"))
-    pos = values.get(key("distilbert.embeddings.position_embeddings.weight"))
+    pos = values.get(key(prefix + "embeddings.position_embeddings.weight"))
     if not config.sinusoidal_pos_embds:
         checks.append(_check("position table is sinusoidal", None, "config has sinusoidal_pos_embds false"))
     elif pos is None or pos.shape != (config.max_position_embeddings, config.dim):
@@ -90,42 +98,48 @@ def _checks(folder: Path, config: Config, rows: list[dict], values: dict) -> tup
     return checks, loadable, "qa" if with_qa_head else "encoder"
 
 
+def _load_tokenizer(folder: Path, config: Config):
+    from .tokenizer import Tokenizer
+
+    return Tokenizer.from_folder(folder)
+
+
 def _tokenizer_check(folder: Path, config: Config) -> dict:
-    name = "tokenizer fits the embedding table"
-    if (folder / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        n, source = Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size(), "tokenizer.json"
-    elif (folder / "vocab.txt").is_file():
-        n, source = len((folder / "vocab.txt").read_text(encoding="utf-8").splitlines()), "vocab.txt"
-    else:
-        return _check(name, False, "no tokenizer.json or vocab.txt")
-    return _check(name, n <= config.vocab_size, f"{source}: {n} tokens, vocab_size {config.vocab_size}")
+    name = "tokenizer loads and fits the embedding table"
+    try:
+        tokenizer = _load_tokenizer(folder, config)
+    except (ValueError, OSError) as e:
+        return _check(name, False, f"the tokenizer does not load: {e}")
+    n = tokenizer.backend.get_vocab_size()
+    return _check(name, n <= config.vocab_size, f"{n} tokens, vocab_size {config.vocab_size}")
 
 
-def sample_input(folder: Path, config: Config) -> tuple[np.ndarray, str]:
-    """The catalog sample encoded as the pipeline does ([CLS] question [SEP] context [SEP]), or, with no
-    tokenizer, 32 fixed pseudo-random ids."""
-    if (folder / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
+def sample_input(folder: Path, config: Config) -> tuple[dict, str]:
+    """The catalog sample encoded as the pipeline does (e.g. [CLS] question [SEP] context [SEP], with token
+    types where the model takes them), or, with no usable tokenizer, 32 fixed pseudo-random ids."""
+    from .pipeline import model_inputs
 
-        ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(SAMPLE_QUESTION, SAMPLE_CONTEXT).ids
-        return np.array([ids], dtype=np.int64), f"question {SAMPLE_QUESTION!r}, context {SAMPLE_CONTEXT!r}"
-    ids = np.random.default_rng(0).integers(0, config.vocab_size, size=(1, min(32, config.max_position_embeddings)))
-    return ids, "32 pseudo-random ids (seed 0): no tokenizer in the folder"
+    try:
+        tokenizer = _load_tokenizer(folder, config)
+        windows = tokenizer.encode_pair(SAMPLE_QUESTION, SAMPLE_CONTEXT, max_length=config.max_sequence_length)
+        return model_inputs(windows[:1], tokenizer), f"question {SAMPLE_QUESTION!r}, context {SAMPLE_CONTEXT!r}"
+    except (ValueError, OSError):
+        pass
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, size=(1, min(32, config.max_sequence_length)))
+    return {"input_ids": ids}, "32 pseudo-random ids (seed 0): no usable tokenizer in the folder"
 
 
-def drift(folder: Path, kind: str, input_ids: np.ndarray) -> dict:
+def drift(folder: Path, kind: str, inputs: dict) -> dict:
     """float32 (default kernels) against float64 (numpy reference kernels), same weights, same input."""
-    from .model import DistilBertForQuestionAnswering, DistilBertModel
+    from .model import AutoModel, AutoModelForQuestionAnswering
 
-    cls = DistilBertForQuestionAnswering if kind == "qa" else DistilBertModel
+    cls = AutoModelForQuestionAnswering if kind == "qa" else AutoModel
     m32 = cls.from_pretrained(folder, dtype=np.float32)
     m64 = cls.from_pretrained(folder, dtype=np.float64, kernels="numpy")
-    o32 = m32(input_ids, output_hidden_states=True)
-    o64 = m64(input_ids, output_hidden_states=True)
+    o32 = m32(**inputs, output_hidden_states=True)
+    o64 = m64(**inputs, output_hidden_states=True)
     hidden = max(float(np.abs(a - b).max()) for a, b in zip(o32.hidden_states, o64.hidden_states))
-    out = {"float32_kernels": m32.ops.name, "float64_kernels": m64.ops.name, "tokens": int(input_ids.shape[1]),
+    out = {"float32_kernels": m32.ops.name, "float64_kernels": m64.ops.name, "tokens": int(inputs["input_ids"].shape[1]),
            "max_abs_hidden_states": hidden}
     if kind == "qa":
         for side in ("start", "end"):
@@ -146,7 +160,7 @@ def audit(path_or_repo_id: str | Path, revision: str | None = None) -> dict:
     rows, values = _tensors(weights_path)
     checks, loadable, kind = _checks(folder, config, rows, values)
     stored = {r["name"]: r for r in rows}
-    used = [n for n in stored if n not in W.IGNORED_KEYS]
+    used = [n for n in stored if n not in W.unused_keys(config)]
     report = {
         "npbert_version": __version__,
         "model": str(path_or_repo_id),
@@ -159,8 +173,8 @@ def audit(path_or_repo_id: str | Path, revision: str | None = None) -> dict:
     }
     if loadable:
         try:
-            ids, description = sample_input(folder, config)
-            report["drift"] = {"input": description, **drift(folder, kind, ids)}
+            inputs, description = sample_input(folder, config)
+            report["drift"] = {"input": description, **drift(folder, kind, inputs)}
             checks.append(_check("strict loader accepts the checkpoint", True, "float32 and float64 loads succeeded"))
         except (ValueError, OSError) as e:
             checks.append(_check("strict loader accepts the checkpoint", False, str(e)))

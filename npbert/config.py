@@ -1,8 +1,10 @@
-"""The model configuration, read from a checkpoint's `config.json`.
+"""The model configuration, read from a checkpoint's `config.json`, for every family npbert runs.
 
-Follows transformers 4.57.6 `models/distilbert/configuration_distilbert.py`: the same field names and
-defaults. Only what the forward pass needs is kept; training-only keys (dropouts, initializer range)
-and legacy keys (`tie_weights_`, `output_past`) are read past without complaint.
+Follows transformers 4.57.6 `models/*/configuration_*.py`: each family's field names and defaults
+(families.py lists them). Field names here are DistilBERT's (`dim`, `n_layers`, `hidden_dim`, ...);
+`config.json` keys of other families (`hidden_size`, `num_hidden_layers`, `intermediate_size`, ...) are
+mapped onto them by the family's table. Only what the forward pass needs is kept; training-only keys
+(dropouts, initializer range) and legacy keys are read past without complaint.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .families import ACTIVATIONS, FAMILIES, Family
+
 
 class ConfigError(ValueError):
     """A config.json that npbert cannot run, with the file and the offending key named."""
@@ -18,41 +22,91 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Config:
-    vocab_size: int = 30522
-    dim: int = 768  # D
-    n_layers: int = 6
+    model_type: str = "distilbert"
+    vocab_size: int = 30522  # V
+    dim: int = 768  # D, the model width (hidden_size)
+    n_layers: int = 6  # L (num_hidden_layers)
     n_heads: int = 12  # H
-    hidden_dim: int = 3072  # F, the FFN width
-    max_position_embeddings: int = 512
-    sinusoidal_pos_embds: bool = False
-    activation: str = "gelu"
+    hidden_dim: int = 3072  # F, the FFN width (intermediate_size)
+    max_position_embeddings: int = 512  # P
+    sinusoidal_pos_embds: bool = False  # DistilBERT: the stored position table is the sinusoidal one
+    activation: str = "gelu"  # the FFN nonlinearity (hidden_act): a key of families.ACTIVATIONS
     pad_token_id: int = 0
     layer_norm_eps: float = 1e-12  # hard-coded in transformers' DistilBERT, not a config key there
+    type_vocab_size: int = 0  # T: token-type embedding rows; 0 = no token-type embedding (DistilBERT)
+    embedding_size: int = 0  # E: the embeddings' width; 0 = D. E != D adds a projection to D
+    num_hidden_groups: int = 1  # ALBERT: the L layers run num_hidden_groups distinct groups of blocks,
+    inner_group_num: int = 1  # each group inner_group_num blocks deep
+    positions_after_padding: bool = False  # RoBERTa: position ids count from pad_token_id + 1
+    shares_blocks: bool = False  # ALBERT: the layers reuse num_hidden_groups x inner_group_num stored blocks
 
     @property
     def head_dim(self) -> int:  # Dh
         return self.dim // self.n_heads
+
+    @property
+    def embedding_width(self) -> int:  # E
+        return self.embedding_size or self.dim
+
+    @property
+    def position_offset(self) -> int:
+        """The position id of the first token (RoBERTa: pad_token_id + 1, others 0)."""
+        return self.pad_token_id + 1 if self.positions_after_padding else 0
+
+    @property
+    def max_sequence_length(self) -> int:
+        """The longest input the position table covers."""
+        return self.max_position_embeddings - self.position_offset
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.model_type]
+
+    @property
+    def n_blocks(self) -> int:
+        """Distinct blocks stored in the checkpoint (ALBERT shares them between layers)."""
+        return self.num_hidden_groups * self.inner_group_num if self.shares_blocks else self.n_layers
+
+    @property
+    def blocks_per_layer(self) -> int:
+        """Blocks run per hidden state: ALBERT's layers run inner_group_num blocks each, others one."""
+        return self.inner_group_num if self.shares_blocks else 1
+
+    @property
+    def n_block_runs(self) -> int:
+        """Blocks the forward runs: one attention map each (n_layers, except ALBERT with inner groups)."""
+        return self.n_layers * self.blocks_per_layer
+
+    def block_order(self) -> tuple[int, ...]:
+        """The stored block each attention layer runs, in forward order: 0..L-1, except for ALBERT, whose
+        layer i runs group int(i / (L / G)), each group `inner_group_num` blocks in a row (AlbertTransformer)."""
+        if not self.shares_blocks:
+            return tuple(range(self.n_layers))
+        L, G, J = self.n_layers, self.num_hidden_groups, self.inner_group_num
+        return tuple(int(i / (L / G)) * J + j for i in range(L) for j in range(J))
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "Config":
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a JSON object, found {type(d).__name__}")
         model_type = d.get("model_type", "distilbert")
-        if model_type != "distilbert":
-            raise ConfigError(f"{source}: model_type is {model_type!r}; npbert runs 'distilbert' checkpoints only")
-        kwargs = {}
+        if model_type not in FAMILIES:
+            raise ConfigError(f"{source}: model_type {model_type!r} is not supported; npbert runs "
+                              f"{', '.join(FAMILIES)}")
+        family = FAMILIES[model_type]
+        if d.get("position_embedding_type", "absolute") != "absolute":
+            raise ConfigError(f"{source}: position_embedding_type {d['position_embedding_type']!r} is not supported "
+                              "(only 'absolute')")
+        flags = {"model_type": model_type, "positions_after_padding": family.positions_after_padding,
+                 "shares_blocks": family.shares_blocks}
+        kwargs = {**flags, **family.defaults}
         for name, default in cls.__dataclass_fields__.items():
-            if name == "layer_norm_eps" or name not in d:
+            key = family.config_names.get(name, name)
+            if name in flags or key not in d or (name == "embedding_size" and d[key] is None):
                 continue
-            value = d[name]
-            expected = type(default.default)
-            if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"{source}: {name} must be an integer, found {value!r}")
-            if expected is bool and not isinstance(value, bool):
-                raise ConfigError(f"{source}: {name} must be true or false, found {value!r}")
-            if expected is str and not isinstance(value, str):
-                raise ConfigError(f"{source}: {name} must be a string, found {value!r}")
-            kwargs[name] = value
+            if name == "layer_norm_eps" and model_type == "distilbert":
+                continue  # DistilBERT's LayerNorms use 1e-12 whatever the config says
+            kwargs[name] = _checked(d[key], type(default.default), key, source)
         config = cls(**kwargs)
         config._check(source)
         return config
@@ -69,12 +123,40 @@ class Config:
         return cls.from_dict(d, source=str(path))
 
     def _check(self, source: str) -> None:
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_position_embeddings"):
+        names = self.family.config_names
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_position_embeddings",
+                     "num_hidden_groups", "inner_group_num"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{source}: {name} must be positive, found {getattr(self, name)}")
+                raise ConfigError(f"{source}: {names.get(name, name)} must be positive, found {getattr(self, name)}")
+        for name in ("type_vocab_size", "embedding_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{source}: {name} must not be negative, found {getattr(self, name)}")
+        if self.model_type != "distilbert" and self.type_vocab_size < 1:
+            raise ConfigError(f"{source}: type_vocab_size must be positive, found {self.type_vocab_size}")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"{source}: pad_token_id {self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
+        if self.max_sequence_length < 1:
+            raise ConfigError(f"{source}: max_position_embeddings {self.max_position_embeddings} leaves no position "
+                              f"after the padding id {self.pad_token_id}")
         if self.dim % self.n_heads:
-            raise ConfigError(f"{source}: dim {self.dim} is not divisible by n_heads {self.n_heads}")
-        if self.activation != "gelu":
-            raise ConfigError(f"{source}: activation {self.activation!r} is not supported (only 'gelu')")
+            raise ConfigError(f"{source}: {names.get('dim', 'dim')} {self.dim} is not divisible by "
+                              f"{names.get('n_heads', 'n_heads')} {self.n_heads}")
+        if self.num_hidden_groups > self.n_layers:
+            raise ConfigError(f"{source}: num_hidden_groups {self.num_hidden_groups} exceeds num_hidden_layers "
+                              f"{self.n_layers}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"{source}: {names.get('activation', 'activation')} {self.activation!r} is not supported "
+                              f"(supported: {', '.join(ACTIVATIONS)})")
+
+
+def _checked(value, expected: type, key: str, source: str):
+    # JSON true/false are ints to Python: an integer field must be a real integer.
+    if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{source}: {key} must be an integer, found {value!r}")
+    if expected is float and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        raise ConfigError(f"{source}: {key} must be a positive number, found {value!r}")
+    if expected is bool and not isinstance(value, bool):
+        raise ConfigError(f"{source}: {key} must be true or false, found {value!r}")
+    if expected is str and not isinstance(value, str):
+        raise ConfigError(f"{source}: {key} must be a string, found {value!r}")
+    return float(value) if expected is float else value

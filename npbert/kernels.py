@@ -332,6 +332,55 @@ def bias_gelu_numba(h, bias):
     return h
 
 
+# --- bias + the other activations a config may name (families.ACTIVATIONS) ---------------------------
+# gelu_tanh: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), transformers' NewGELUActivation
+# ("gelu_new", ALBERT's) and GELUTanh ("gelu_pytorch_tanh"); it is right only where the config names it.
+
+_TANH_SCALE = math.sqrt(2.0 / math.pi)
+
+
+def bias_gelu_tanh_numpy(h, bias):
+    x = h + bias
+    return (0.5 * x * (1.0 + np.tanh(_TANH_SCALE * (x + 0.044715 * x ** 3)))).astype(h.dtype)
+
+
+@numba.njit(**_JIT, fastmath=_FAST)
+def _bias_gelu_tanh_numba(h, bias):  # in place, float64 inside (float32: the sum rounds first, as the reference)
+    N, F = h.shape
+    for n in range(N):
+        for f in range(F):
+            x = np.float64(h[n, f] + bias[f])
+            h[n, f] = 0.5 * x * (1.0 + math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    return h
+
+
+def bias_gelu_tanh_numba(h, bias):
+    """Overwrites `h` with the result, like bias_gelu_numba."""
+    _split_over_threads(lambda rows: _bias_gelu_tanh_numba(h[rows.start:rows.stop], bias), range(h.shape[0]),
+                        h.size >= _GELU_SERIAL_BELOW)
+    return h
+
+
+def bias_relu_numpy(h, bias):
+    return np.maximum(h + bias, 0).astype(h.dtype)
+
+
+@numba.njit(**_JIT, fastmath=_FAST)
+def _bias_relu_numba(h, bias):  # in place
+    N, F = h.shape
+    for n in range(N):
+        for f in range(F):
+            h[n, f] = max(h[n, f] + bias[f], 0.0)
+    return h
+
+
+def bias_relu_numba(h, bias):
+    """Overwrites `h` with the result, like bias_gelu_numba."""
+    _split_over_threads(lambda rows: _bias_relu_numba(h[rows.start:rows.stop], bias), range(h.shape[0]),
+                        h.size >= _GELU_SERIAL_BELOW)
+    return h
+
+
 # --- residual + LayerNorm ------------------------------------------------------------------------------
 # x, residual: [N, D]; weight, bias: [D]. Returns LayerNorm(x + residual): the post-LN order of every
 # DistilBERT block (normalise after the residual add, not before the sublayer as in pre-LN models).
@@ -380,10 +429,18 @@ class Ops(NamedTuple):
     attention: Callable
     bias_gelu: Callable
     residual_layernorm: Callable
+    bias_gelu_tanh: Callable
+    bias_relu: Callable
+
+    def bias_activation(self, name: str) -> Callable:
+        """The bias + activation kernel for a families.ACTIVATIONS value ("gelu", "gelu_tanh", "relu")."""
+        return getattr(self, "bias_" + name)
 
 
-NUMPY = Ops("numpy", attention_numpy, bias_gelu_numpy, residual_layernorm_numpy)
-NUMBA = Ops("numba", attention_numba, bias_gelu_numba, residual_layernorm_numba)
+NUMPY = Ops("numpy", attention_numpy, bias_gelu_numpy, residual_layernorm_numpy, bias_gelu_tanh_numpy,
+            bias_relu_numpy)
+NUMBA = Ops("numba", attention_numba, bias_gelu_numba, residual_layernorm_numba, bias_gelu_tanh_numba,
+            bias_relu_numba)
 CHOICES = {"numpy": NUMPY, "numba": NUMBA}
 
 

@@ -1,13 +1,17 @@
-"""The DistilBERT forward pass in numpy, one pure function per layer.
+"""The encoder forward pass in numpy, one pure function per layer, for every family in families.py.
 
-Follows transformers 4.57.6 `models/distilbert/modeling_distilbert.py` (eager attention, inference:
-dropout is the identity). Weights come from `weights.py` as a frozen tree named like the checkpoint
-keys; every linear layer stores PyTorch's [out, in] matrix, so
+Follows transformers 4.57.6 `models/distilbert/modeling_distilbert.py` and the other families' modeling
+files (families.py names each; eager attention, inference: dropout is the identity). All of them are
+the same post-LN encoder; what differs is data on the Config (token types, where positions start, an
+embedding projection, shared blocks, the activation), read where the layer below uses it. Weights come
+from `weights.py` as a frozen tree named like DistilBERT's checkpoint keys; every linear layer stores
+PyTorch's [out, in] matrix, so
 
     linear(x) = x @ W.T + b
 
 Dimensions:  B batch, S sequence, D model width (768), H heads (12), Dh = D / H (64),
-             F FFN width (3072), V vocabulary (28996), P positions (512).
+             F FFN width (3072), V vocabulary (28996), P positions (512),
+             E embedding width (D, except ELECTRA-small / ALBERT: 128), T token types (2; 0 in DistilBERT).
 
 The hot elementwise work and attention run through `ops` (kernels.py: numba kernels or their numpy
 references); everything else is plain numpy.
@@ -25,6 +29,7 @@ import numpy as np
 
 from . import hub, weights as W
 from .config import Config
+from .families import ACTIVATIONS
 
 
 # --- layers --------------------------------------------------------------------------------------------
@@ -40,14 +45,27 @@ def linear(x, lin):  # [..., in] -> [..., out]
     return y.reshape(*x.shape[:-1], -1)
 
 
-def embeddings(input_ids, emb, ops, eps):  # [B, S] -> [B, S, D]
+def position_ids_after_padding(input_ids, pad_token_id):  # [B, S] -> [B, S]
+    # RoBERTa's positions (fairseq's make_positions): real tokens count up from pad_token_id + 1 and
+    # padding stays at pad_token_id, so a right-padded row keeps its real tokens' positions.
+    real = input_ids != pad_token_id
+    return np.cumsum(real, axis=1) * real + pad_token_id
+
+
+def embeddings(input_ids, token_type_ids, emb, config, ops):  # [B, S] -> [B, S, D]
     B, S = input_ids.shape
-    words = emb.word_embeddings.weight[input_ids]  # [B, S, D]; touches only the rows used (memory-mapped)
-    # Positions are 0..S-1 for every row: right padding leaves real tokens' positions untouched.
-    positions = np.broadcast_to(emb.position_embeddings.weight[:S], words.shape)
+    words = emb.word_embeddings.weight[input_ids]  # [B, S, E]; touches only the rows used (memory-mapped)
+    if emb.token_type_embeddings is not None:  # all but DistilBERT
+        words = words + emb.token_type_embeddings.weight[token_type_ids]  # added before positions, as transformers
+    if config.positions_after_padding:
+        positions = emb.position_embeddings.weight[position_ids_after_padding(input_ids, config.pad_token_id)]
+    else:  # 0..S-1 for every row: right padding leaves real tokens' positions untouched
+        positions = np.broadcast_to(emb.position_embeddings.weight[:S], words.shape)
     x = ops.residual_layernorm(words.reshape(B * S, -1), positions.reshape(B * S, -1),
-                               emb.LayerNorm.weight, emb.LayerNorm.bias, eps)
-    return x.reshape(words.shape)
+                               emb.LayerNorm.weight, emb.LayerNorm.bias, config.layer_norm_eps)
+    x = x.reshape(B, S, -1)
+    # ELECTRA and ALBERT: narrow (E) embeddings, projected to the model width D.
+    return x if emb.projection is None else linear(x, emb.projection)
 
 
 def multi_head_self_attention(x, keep, attn, n_heads, ops, return_probs=False):  # [B, S, D] -> [B, S, D]
@@ -55,38 +73,45 @@ def multi_head_self_attention(x, keep, attn, n_heads, ops, return_probs=False): 
     # One GEMM for the three projections (weights.relayout_for_speed stacks q, k, v rows at load time).
     qkv = linear(x, attn.qkv)  # [B, S, 3D]
     q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]  # [B, S, D] views, no copies
+    # softmax(q k^T / sqrt(Dh)) with padded keys at the dtype's most negative value. DistilBERT fills them
+    # with it, the other families add it (BERT's extended mask): a score plus finfo.min rounds to finfo.min,
+    # so the probabilities are the same.
     context, probs = ops.attention(q, k, v, keep, n_heads, return_probs)  # [B, S, D], [B, H, S, S]
     return linear(context, attn.out_lin), probs
 
 
-def ffn(x, f, ops):  # [B, S, D] -> [B, S, D]
+def ffn(x, f, bias_activation):  # [B, S, D] -> [B, S, D]
     B, S, D = x.shape
-    h = x.reshape(B * S, D) @ f.lin1.weight.T  # [B*S, F]; the bias is added inside bias_gelu
-    h = ops.bias_gelu(h, f.lin1.bias)  # exact erf GELU, not the tanh approximation
+    h = x.reshape(B * S, D) @ f.lin1.weight.T  # [B*S, F]; the bias is added inside the activation kernel
+    h = bias_activation(h, f.lin1.bias)  # the config's activation (exact erf GELU for most checkpoints)
     return linear(h, f.lin2).reshape(B, S, D)
 
 
-def transformer_block(x, keep, layer, n_heads, ops, eps, return_probs=False):  # [B, S, D] -> [B, S, D]
+def transformer_block(x, keep, layer, n_heads, ops, bias_activation, eps, return_probs=False):
+    # [B, S, D] -> [B, S, D]
     B, S, D = x.shape
     rows = lambda a: a.reshape(B * S, D)  # noqa: E731  the kernels see [B*S, D]
     # Post-LN: each sublayer's output is added to its input, then normalised.
     a, probs = multi_head_self_attention(x, keep, layer.attention, n_heads, ops, return_probs)
     ln = layer.sa_layer_norm
     x = ops.residual_layernorm(rows(a), rows(x), ln.weight, ln.bias, eps).reshape(B, S, D)
-    f = ffn(x, layer.ffn, ops)
+    f = ffn(x, layer.ffn, bias_activation)
     ln = layer.output_layer_norm
     x = ops.residual_layernorm(rows(f), rows(x), ln.weight, ln.bias, eps).reshape(B, S, D)
     return x, probs
 
 
-def distilbert(input_ids, keep, w, config, ops, output_hidden_states=False, output_attentions=False):
-    # [B, S] -> [B, S, D], hidden states (embeddings + each layer), attentions (each layer)
+def encoder(input_ids, token_type_ids, keep, w, config, ops, output_hidden_states=False, output_attentions=False):
+    # [B, S] -> [B, S, D], hidden states (embeddings + each layer), attentions (each block run)
     blas_threads()  # one OpenBLAS thread on a busy machine (kernels.py says why)
-    x = embeddings(input_ids, w.embeddings, ops, config.layer_norm_eps)
+    bias_activation = ops.bias_activation(ACTIVATIONS[config.activation])
+    x = embeddings(input_ids, token_type_ids, w.embeddings, config, ops)
     hidden_states, attentions = [x], []
-    for layer in w.transformer.layer:
-        x, probs = transformer_block(x, keep, layer, config.n_heads, ops, config.layer_norm_eps, output_attentions)
-        hidden_states.append(x)
+    for n, layer in enumerate(w.transformer.layer, 1):  # ALBERT: shared blocks, repeated in run order
+        x, probs = transformer_block(x, keep, layer, config.n_heads, ops, bias_activation, config.layer_norm_eps,
+                                     output_attentions)
+        if n % config.blocks_per_layer == 0:  # a hidden state per layer (ALBERT: per group of blocks)
+            hidden_states.append(x)
         attentions.append(probs)
     return (x, tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None)
@@ -104,7 +129,7 @@ def qa_head(x, qa_outputs):  # [B, S, D] -> [B, S], [B, S]
 class BaseModelOutput:
     last_hidden_state: np.ndarray  # [B, S, D]
     hidden_states: tuple | None = None  # n_layers + 1 arrays [B, S, D]
-    attentions: tuple | None = None  # n_layers arrays [B, H, S, S]
+    attentions: tuple | None = None  # n_layers arrays [B, H, S, S] (ALBERT: one per block run)
 
 
 @dataclass(frozen=True)
@@ -115,37 +140,53 @@ class QuestionAnsweringModelOutput:
     attentions: tuple | None = None
 
 
-def prepare_inputs(input_ids, attention_mask, config: Config):
-    """Check and shape the inputs: ids [B, S] int64, keep [B, S] bool (False = padding)."""
-    ids = np.asarray(input_ids)
-    if ids.ndim == 1:
-        ids = ids[None, :]
+def _as_2d(a):
+    a = np.asarray(a)
+    return a[None, :] if a.ndim == 1 else a
+
+
+def prepare_inputs(input_ids, attention_mask, config: Config, token_type_ids=None):
+    """Check and shape the inputs: ids [B, S] int64, keep [B, S] bool (False = padding), and token type
+    ids [B, S] int64 (zeros when not given, as transformers; None for a model without token types)."""
+    ids = _as_2d(input_ids)
     if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
         raise ValueError(f"input_ids must have shape [B, S] or [S] with B, S >= 1, found {list(np.shape(input_ids))}")
     if not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"input_ids must be integers, found dtype {ids.dtype}")
-    if ids.shape[1] > config.max_position_embeddings:
-        raise ValueError(f"sequence length {ids.shape[1]} exceeds max_position_embeddings "
-                         f"{config.max_position_embeddings}")
+    if ids.shape[1] > config.max_sequence_length:
+        raise ValueError(f"sequence length {ids.shape[1]} exceeds the {config.max_sequence_length} positions of "
+                         f"the model (max_position_embeddings {config.max_position_embeddings})")
     if ids.min() < 0 or ids.max() >= config.vocab_size:
         bad = ids[(ids < 0) | (ids >= config.vocab_size)][0]
         raise ValueError(f"input_ids holds {bad}, outside the vocabulary [0, {config.vocab_size})")
     if attention_mask is None:
         keep = np.ones(ids.shape, dtype=bool)
     else:
-        mask = np.asarray(attention_mask)
-        if mask.ndim == 1:
-            mask = mask[None, :]
+        mask = _as_2d(attention_mask)
         if mask.shape != ids.shape:
             raise ValueError(f"attention_mask shape {list(mask.shape)} does not match input_ids {list(ids.shape)}")
         if not np.isin(mask, (0, 1)).all():
             raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
         keep = mask.astype(bool)
-    return ids.astype(np.int64, copy=False), keep
+    types = None
+    if config.type_vocab_size == 0:
+        if token_type_ids is not None:
+            raise ValueError(f"a {config.model_type} model has no token type embeddings: pass token_type_ids=None")
+    elif token_type_ids is None:
+        types = np.zeros(ids.shape, dtype=np.int64)
+    else:
+        types = _as_2d(token_type_ids)
+        if types.shape != ids.shape:
+            raise ValueError(f"token_type_ids shape {list(types.shape)} does not match input_ids {list(ids.shape)}")
+        if not np.issubdtype(types.dtype, np.integer) or types.min() < 0 or types.max() >= config.type_vocab_size:
+            raise ValueError(f"token_type_ids must be integers in [0, {config.type_vocab_size})")
+        types = types.astype(np.int64, copy=False)
+    return ids.astype(np.int64, copy=False), keep, types
 
 
 class _Pretrained:
     _with_qa_head = True
+    model_type: str | None = None  # a family-specific class loads that family only; None: any (Auto*)
 
     def __init__(self, config: Config, weights, dtype=np.float32, kernels: str | None = None, source: str = ""):
         self.config = config
@@ -163,34 +204,76 @@ class _Pretrained:
             raise ValueError(f"dtype must be float32 or float64 (audit mode), found {dtype}")
         folder = hub.resolve(path_or_repo_id, revision, local_files_only)
         config = Config.from_file(folder / "config.json")
+        if cls.model_type is not None and config.model_type != cls.model_type:
+            auto = "AutoModelForQuestionAnswering" if cls._with_qa_head else "AutoModel"
+            raise ValueError(f"{folder}: model_type is {config.model_type!r}, not {cls.model_type!r}: load it with "
+                             f"npbert.{auto}")
         tree = W.load(folder, config, dtype, with_qa_head=cls._with_qa_head)
         return cls(config, tree, dtype, kernels, source=str(path_or_repo_id))
 
-    def _encode(self, input_ids, attention_mask, output_hidden_states, output_attentions):
-        ids, keep = prepare_inputs(input_ids, attention_mask, self.config)
-        w = self.weights.distilbert if self._with_qa_head else self.weights
-        return distilbert(ids, keep, w, self.config, self.ops, output_hidden_states, output_attentions)
+    @property
+    def encoder_weights(self):
+        return self.weights.encoder if self._with_qa_head else self.weights
 
-    def trace(self, input_ids, attention_mask=None) -> dict:
+    def _encode(self, input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions):
+        ids, keep, types = prepare_inputs(input_ids, attention_mask, self.config, token_type_ids)
+        return encoder(ids, types, keep, self.encoder_weights, self.config, self.ops, output_hidden_states,
+                       output_attentions)
+
+    def trace(self, input_ids, attention_mask=None, token_type_ids=None) -> dict:
         """Every named intermediate of the forward, in order (npbert/trace.py lists the names)."""
         from .trace import trace
 
-        return trace(self, input_ids, attention_mask)
+        return trace(self, input_ids, attention_mask, token_type_ids)
 
 
-class DistilBertModel(_Pretrained):
-    """The encoder alone: input ids -> last hidden state [B, S, D]."""
+class AutoModel(_Pretrained):
+    """The encoder alone, any family: input ids -> last hidden state [B, S, D]."""
 
     _with_qa_head = False
 
-    def __call__(self, input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False):
-        return BaseModelOutput(*self._encode(input_ids, attention_mask, output_hidden_states, output_attentions))
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,
+                 output_attentions=False):
+        return BaseModelOutput(*self._encode(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                                             output_attentions))
 
 
-class DistilBertForQuestionAnswering(_Pretrained):
-    """The encoder plus `qa_outputs`: input ids -> start and end logits [B, S]."""
+class AutoModelForQuestionAnswering(_Pretrained):
+    """The encoder plus `qa_outputs`, any family: input ids -> start and end logits [B, S]."""
 
-    def __call__(self, input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False):
-        x, hidden_states, attentions = self._encode(input_ids, attention_mask, output_hidden_states, output_attentions)
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,
+                 output_attentions=False):
+        x, hidden_states, attentions = self._encode(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                                                    output_attentions)
         start_logits, end_logits = qa_head(x, self.weights.qa_outputs)
         return QuestionAnsweringModelOutput(start_logits, end_logits, hidden_states, attentions)
+
+
+# The transformers class names, each loading its own family only (the same code underneath).
+class DistilBertModel(AutoModel):
+    model_type = "distilbert"
+
+
+class DistilBertForQuestionAnswering(AutoModelForQuestionAnswering):
+    model_type = "distilbert"
+
+
+class BertForQuestionAnswering(AutoModelForQuestionAnswering):
+    model_type = "bert"
+
+
+class RobertaForQuestionAnswering(AutoModelForQuestionAnswering):
+    model_type = "roberta"
+
+
+class XLMRobertaForQuestionAnswering(AutoModelForQuestionAnswering):
+    model_type = "xlm-roberta"
+
+
+class ElectraForQuestionAnswering(AutoModelForQuestionAnswering):
+    model_type = "electra"
+
+
+class AlbertForQuestionAnswering(AutoModelForQuestionAnswering):
+    model_type = "albert"
+

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import hub, qa
-from .model import DistilBertForQuestionAnswering
+from .model import AutoModelForQuestionAnswering
 from .tokenizer import Tokenizer
 
 TASK = "question-answering"
@@ -50,7 +50,7 @@ def pipeline(task: str = TASK, model: str | Path = hub.DEFAULT_MODEL, revision: 
     if task != TASK:
         raise ValueError(f"npbert has one task, {TASK!r}; found {task!r}")
     folder = hub.resolve(model, revision, local_files_only)
-    qa_model = DistilBertForQuestionAnswering.from_pretrained(folder, dtype=dtype, kernels=kernels)
+    qa_model = AutoModelForQuestionAnswering.from_pretrained(folder, dtype=dtype, kernels=kernels)
     if tokenizer is None:
         tokenizer = Tokenizer.from_folder(folder)
     elif not isinstance(tokenizer, Tokenizer):
@@ -64,7 +64,7 @@ class QuestionAnsweringPipeline:
 
     task = TASK
 
-    def __init__(self, model: DistilBertForQuestionAnswering, tokenizer: Tokenizer, model_id: str | None = None,
+    def __init__(self, model: AutoModelForQuestionAnswering, tokenizer: Tokenizer, model_id: str | None = None,
                  revision: str | None = None, folder: str | Path | None = None, batch_size: int | None = None,
                  max_windows: int | None = None, **params):
         self.model = model
@@ -115,9 +115,9 @@ class QuestionAnsweringPipeline:
             doc_stride = min(max_seq_len // 2, 128)
         if doc_stride > max_seq_len:
             raise ValueError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
-        if max_seq_len > self.model.config.max_position_embeddings:
-            raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's max_position_embeddings "
-                             f"{self.model.config.max_position_embeddings}")
+        if max_seq_len > self.model.config.max_sequence_length:
+            raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's {self.model.config.max_sequence_length} "
+                             f"positions (max_position_embeddings {self.model.config.max_position_embeddings})")
         questions, contexts = zip(*examples)
         per_example = self.tokenizer.encode_pairs(list(questions), list(contexts), max_seq_len, doc_stride,
                                                   params.get("padding", "do_not_pad"))
@@ -145,17 +145,26 @@ class QuestionAnsweringPipeline:
         order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
         for b in range(0, len(order), batch_size):
             chunk = order[b:b + batch_size]
-            S = max(len(windows[i]) for i in chunk)
-            ids = np.full((len(chunk), S), self.tokenizer.pad_token_id, dtype=np.int64)
-            mask = np.zeros((len(chunk), S), dtype=np.int64)
-            for row, i in enumerate(chunk):
-                ids[row, :len(windows[i])] = windows[i].input_ids
-                mask[row, :len(windows[i])] = windows[i].attention_mask
-            result = self.model(ids, attention_mask=mask)
+            result = self.model(**model_inputs([windows[i] for i in chunk], self.tokenizer))
             for row, i in enumerate(chunk):
                 n = len(windows[i])
                 out[i] = (result.start_logits[row, :n], result.end_logits[row, :n])
         return out
+
+
+def model_inputs(windows: list, tokenizer: Tokenizer) -> dict[str, np.ndarray]:
+    """Windows right-padded to the longest into one batch: the arrays the tokenizer's `model_input_names`
+    name (input_ids and attention_mask; token_type_ids too where the model takes them: BERT, ELECTRA,
+    ALBERT, as transformers passes them), each [B, S]."""
+    S = max(len(w) for w in windows)
+    out = {"input_ids": np.full((len(windows), S), tokenizer.pad_token_id, dtype=np.int64),
+           "attention_mask": np.zeros((len(windows), S), dtype=np.int64)}
+    if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):  # TODO(merge tok): plain attribute
+        out["token_type_ids"] = np.zeros((len(windows), S), dtype=np.int64)  # the pad type id is 0
+    for row, w in enumerate(windows):
+        for name, batch in out.items():
+            batch[row, :len(w)] = getattr(w, name)
+    return out
 
 
 # --- inputs and parameters ------------------------------------------------------------------------------

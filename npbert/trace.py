@@ -1,16 +1,21 @@
 """The forward pass with every intermediate kept and named: trace, save, load and diff.
 
-`trace(model, input_ids, attention_mask)` walks the model's weight tree exactly as model.py's
-`distilbert` and `qa_head` do, with the plain-numpy reference kernels (kernels.NUMPY), but spells out
+`trace(model, input_ids, attention_mask, token_type_ids)` walks the model's weight tree exactly as
+model.py's `encoder` and `qa_head` do, for every family, with the plain-numpy reference kernels (kernels.NUMPY), but spells out
 attention step by step so the scores, the probabilities and the context of every layer can be kept.
 tests/test_trace.py checks that its hidden states, attentions and logits equal the real forward's.
 
-Names (B batch, S sequence, D width, H heads, F FFN width), in forward order:
+Names (B batch, S sequence, D width, H heads, F FFN width, E embedding width), in forward order:
 
     input_ids, attention_mask               [B, S] int64
-    embeddings.word                         [B, S, D]  word_embeddings[input_ids]
-    embeddings.position                     [1, S, D]  position_embeddings[0..S-1]
-    embeddings                              [B, S, D]  LayerNorm(word + position)
+    token_type_ids                          [B, S] int64  (models with token types: all but DistilBERT)
+    embeddings.word                         [B, S, E]  word_embeddings[input_ids]
+    embeddings.token_type                   [B, S, E]  token_type_embeddings[token_type_ids]  (likewise)
+    embeddings.position                     [1, S, E]  position_embeddings[0..S-1]
+                                            ([B, S, E] for RoBERTa/XLM-R: positions counted after padding)
+    embeddings.normalized                   [B, S, E]  LayerNorm(word (+ token_type) + position)
+                                            (only where a projection follows: ELECTRA with E != D, ALBERT)
+    embeddings                              [B, S, D]  LayerNorm(word (+ token_type) + position), projected
     layer.{i}.attention.q / .k / .v         [B, S, D]  q_lin, k_lin, v_lin outputs (heads side by side)
     layer.{i}.attention.scores              [B, H, S, S]  (q / sqrt(Dh)) @ k^T, before the padding mask
     layer.{i}.attention.probs               [B, H, S, S]  softmax over keys, padded keys masked out
@@ -18,14 +23,15 @@ Names (B batch, S sequence, D width, H heads, F FFN width), in forward order:
     layer.{i}.attention.output              [B, S, D]  out_lin(context)
     layer.{i}.sa_layer_norm                 [B, S, D]  LayerNorm(attention.output + block input)
     layer.{i}.ffn.pre_activation            [B, S, F]  lin1 output
-    layer.{i}.ffn.activation                [B, S, F]  exact GELU of it (lin2's input)
+    layer.{i}.ffn.activation                [B, S, F]  the config's activation of it (lin2's input)
     layer.{i}.ffn.output                    [B, S, D]  lin2 output
     layer.{i}.output_layer_norm             [B, S, D]  LayerNorm(ffn.output + sa_layer_norm): the block output
     logits                                  [B, S, 2]  qa_outputs(last block output)  (QA models only)
     start_logits, end_logits                [B, S]
 
 tools/export_transformers_activations.py writes the same names from transformers (forward hooks), so
-`diff` compares the two dumps directly.
+`diff` compares the two dumps directly. `layer.{i}` counts block runs: ALBERT's shared blocks appear
+once per run.
 """
 
 from __future__ import annotations
@@ -37,17 +43,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .families import ACTIVATIONS
 from .kernels import NUMPY
-from .model import linear, prepare_inputs
+from .model import linear, position_ids_after_padding, prepare_inputs
 
 LAYER_NAMES = ("attention.q", "attention.k", "attention.v", "attention.scores", "attention.probs",
                "attention.context", "attention.output", "sa_layer_norm", "ffn.pre_activation", "ffn.activation",
                "ffn.output", "output_layer_norm")
 
 
-def names(n_layers: int, with_qa_head: bool = True) -> list[str]:
-    """Every name a trace holds, in forward order."""
-    out = ["input_ids", "attention_mask", "embeddings.word", "embeddings.position", "embeddings"]
+def names(n_layers: int, with_qa_head: bool = True, token_types: bool = False, projection: bool = False) -> list[str]:
+    """Every name a trace holds, in forward order (n_layers: block runs)."""
+    out = ["input_ids", "attention_mask"] + ["token_type_ids"] * token_types + ["embeddings.word"]
+    out += ["embeddings.token_type"] * token_types + ["embeddings.position"]
+    out += ["embeddings.normalized"] * projection + ["embeddings"]
     out += [f"layer.{i}.{n}" for i in range(n_layers) for n in LAYER_NAMES]
     return out + (["logits", "start_logits", "end_logits"] if with_qa_head else [])
 
@@ -70,50 +79,63 @@ def _attention(x, keep, attn, n_heads, t, p):  # [B, S, D] -> [B, S, D], recordi
     return t[p + "output"]
 
 
-def _block(x, keep, layer, n_heads, eps, t, p):  # [B, S, D] -> [B, S, D]
+def _block(x, keep, layer, n_heads, eps, bias_activation, t, p):  # [B, S, D] -> [B, S, D]
     a = _attention(x, keep, layer.attention, n_heads, t, p + "attention.")
     ln = layer.sa_layer_norm
     x = t[p + "sa_layer_norm"] = NUMPY.residual_layernorm(a, x, ln.weight, ln.bias, eps)
     lin1 = layer.ffn.lin1
-    h = x @ lin1.weight.T  # the bias is added inside bias_gelu, as model.ffn does
+    h = x @ lin1.weight.T  # the bias is added inside the activation kernel, as model.ffn does
     t[p + "ffn.pre_activation"] = h + lin1.bias
-    h = t[p + "ffn.activation"] = NUMPY.bias_gelu(h, lin1.bias)
+    h = t[p + "ffn.activation"] = bias_activation(h, lin1.bias)
     f = t[p + "ffn.output"] = linear(h, layer.ffn.lin2)
     ln = layer.output_layer_norm
     t[p + "output_layer_norm"] = NUMPY.residual_layernorm(f, x, ln.weight, ln.bias, eps)
     return t[p + "output_layer_norm"]
 
 
-def trace(model, input_ids, attention_mask=None) -> dict[str, np.ndarray]:
-    """Run `model` (a DistilBertForQuestionAnswering or DistilBertModel) and return every named
+def trace(model, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, np.ndarray]:
+    """Run `model` (any npbert model: a question-answering one or an encoder) and return every named
     intermediate (see the module docstring), in forward order, in the model's dtype."""
     config = model.config
-    ids, keep = prepare_inputs(input_ids, attention_mask, config)
+    ids, keep, types = prepare_inputs(input_ids, attention_mask, config, token_type_ids)
     with_qa_head = hasattr(model.weights, "qa_outputs")
-    w = model.weights.distilbert if with_qa_head else model.weights
+    w = model.weights.encoder if with_qa_head else model.weights
     t = {"input_ids": ids, "attention_mask": keep.astype(np.int64)}
     emb = w.embeddings
-    words = t["embeddings.word"] = emb.word_embeddings.weight[ids]
-    positions = t["embeddings.position"] = emb.position_embeddings.weight[None, : ids.shape[1]]
-    x = t["embeddings"] = NUMPY.residual_layernorm(words, np.broadcast_to(positions, words.shape),
-                                                  emb.LayerNorm.weight, emb.LayerNorm.bias, config.layer_norm_eps)
+    x = t["embeddings.word"] = emb.word_embeddings.weight[ids]
+    if types is not None:
+        t["token_type_ids"] = types
+        t["embeddings.token_type"] = emb.token_type_embeddings.weight[types]
+        x = x + t["embeddings.token_type"]
+    if config.positions_after_padding:
+        positions = t["embeddings.position"] = emb.position_embeddings.weight[
+            position_ids_after_padding(ids, config.pad_token_id)]
+    else:
+        positions = t["embeddings.position"] = emb.position_embeddings.weight[None, : ids.shape[1]]
+    x = NUMPY.residual_layernorm(x, np.broadcast_to(positions, x.shape), emb.LayerNorm.weight, emb.LayerNorm.bias,
+                                 config.layer_norm_eps)
+    if emb.projection is not None:
+        t["embeddings.normalized"] = x
+        x = linear(x, emb.projection)
+    t["embeddings"] = x
+    bias_activation = NUMPY.bias_activation(ACTIVATIONS[config.activation])
     for i, layer in enumerate(w.transformer.layer):
-        x = _block(x, keep, layer, config.n_heads, config.layer_norm_eps, t, f"layer.{i}.")
+        x = _block(x, keep, layer, config.n_heads, config.layer_norm_eps, bias_activation, t, f"layer.{i}.")
     if with_qa_head:
         logits = t["logits"] = linear(x, model.weights.qa_outputs)
         t["start_logits"], t["end_logits"] = logits[..., 0], logits[..., 1]
-    return {name: np.ascontiguousarray(t[name]) for name in names(config.n_layers, with_qa_head)}
+    order = names(len(w.transformer.layer), with_qa_head, types is not None, emb.projection is not None)
+    return {name: np.ascontiguousarray(t[name]) for name in order}
 
 
 def encode(tokenizer, question: str, context: str, max_seq_len: int = 384, doc_stride: int = 128):
     """The question-answering pipeline's encoding (question first, context cut into overlapping windows),
-    every window right-padded to the longest: (input_ids [B, S], attention_mask [B, S], tokens per window)."""
-    windows = tokenizer.encode_pair(question, context, max_seq_len, doc_stride)
-    S = max(len(w) for w in windows)
-    pad = lambda a, value: np.pad(a, (0, S - len(a)), constant_values=value)  # noqa: E731
-    ids = np.stack([pad(w.input_ids, tokenizer.pad_token_id) for w in windows])
-    mask = np.stack([pad(w.attention_mask, 0) for w in windows])
-    return ids, mask, [tokenizer.convert_ids_to_tokens(row) for row in ids]
+    every window right-padded to the longest: (model inputs {input_ids, attention_mask[, token_type_ids]}
+    each [B, S], tokens per window)."""
+    from .pipeline import model_inputs
+
+    inputs = model_inputs(tokenizer.encode_pair(question, context, max_seq_len, doc_stride), tokenizer)
+    return inputs, [tokenizer.convert_ids_to_tokens(row) for row in inputs["input_ids"]]
 
 
 # --- files ---------------------------------------------------------------------------------------------
@@ -150,7 +172,8 @@ def load(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         except json.JSONDecodeError:
             meta[k] = v
     # safetensors keeps names sorted; put known names back in forward order, unknown ones after.
-    order = {n: i for i, n in enumerate(names(_count_layers(tensors)))}
+    order = {n: i for i, n in enumerate(names(_count_layers(tensors), True, "token_type_ids" in tensors,
+                                              "embeddings.normalized" in tensors))}
     return dict(sorted(tensors.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))), meta
 
 

@@ -1,8 +1,10 @@
-"""Strict loading of a DistilBERT checkpoint's `model.safetensors` into a frozen tree of numpy arrays.
+"""Strict loading of a checkpoint's `model.safetensors` into a frozen tree of numpy arrays.
 
-The tree's field names mirror the checkpoint keys, so `distilbert.transformer.layer.3.ffn.lin1.weight`
-is `weights.distilbert.transformer.layer[3].ffn.lin1.weight`. Arrays keep PyTorch's [out, in] layout:
-`linear(x) = x @ W.T + b`. Key names and shapes follow transformers 4.57.6 `modeling_distilbert.py`.
+The tree is the same for every family (families.py): its field names are DistilBERT's checkpoint keys,
+so `distilbert.transformer.layer.3.ffn.lin1.weight` is `weights.encoder.transformer.layer[3].ffn.lin1.weight`,
+and the same field holds BERT's `bert.encoder.layer.3.intermediate.dense.weight` (families.py maps every
+family's keys onto these names). Arrays keep PyTorch's [out, in] layout: `linear(x) = x @ W.T + b`. Key
+names and shapes follow transformers 4.57.6 `models/*/modeling_*.py` (families.py names the file).
 
 The file format is safetensors (https://github.com/huggingface/safetensors): an 8-byte little-endian
 header length, a JSON header {name: {dtype, shape, data_offsets}}, then the raw little-endian bytes.
@@ -26,7 +28,7 @@ class WeightsError(ValueError):
     """A weights file that cannot be loaded as the config says, naming the file, tensor, expected and found."""
 
 
-# --- the tree, named like the checkpoint keys -------------------------------------------------------
+# --- the tree, named like DistilBERT's checkpoint keys -----------------------------------------------
 
 
 class Linear(NamedTuple):
@@ -40,13 +42,15 @@ class LayerNorm(NamedTuple):
 
 
 class Embedding(NamedTuple):
-    weight: np.ndarray  # [rows, D]
+    weight: np.ndarray  # [rows, E]
 
 
 class Embeddings(NamedTuple):
-    word_embeddings: Embedding  # [V, D]
-    position_embeddings: Embedding  # [P, D]
-    LayerNorm: LayerNorm
+    word_embeddings: Embedding  # [V, E]
+    position_embeddings: Embedding  # [P, E]
+    LayerNorm: LayerNorm  # [E]
+    token_type_embeddings: Embedding | None = None  # [T, E]; None: no token types (DistilBERT)
+    projection: Linear | None = None  # [D, E] (ELECTRA, ALBERT); None when E == D
 
 
 class MultiHeadSelfAttention(NamedTuple):
@@ -69,51 +73,78 @@ class TransformerBlock(NamedTuple):
 
 
 class Transformer(NamedTuple):
+    # One block per attention layer, in forward order. ALBERT's layers share blocks: the same block
+    # object then stands at several places (config.block_order()), its arrays stored once.
     layer: tuple[TransformerBlock, ...]
 
 
-class DistilBert(NamedTuple):
+class Encoder(NamedTuple):
     embeddings: Embeddings
     transformer: Transformer
 
 
-class DistilBertForQuestionAnswering(NamedTuple):
-    distilbert: DistilBert
+class ForQuestionAnswering(NamedTuple):
+    encoder: Encoder
     qa_outputs: Linear  # [2, D]: row 0 start, row 1 end
 
 
-# Keys a checkpoint may carry that the forward pass does not use. Older transformers versions saved the
-# `position_ids` buffer (just arange(P)). Nothing else is tolerated.
-IGNORED_KEYS = frozenset({"distilbert.embeddings.position_ids", "embeddings.position_ids"})
-# An encoder (DistilBertModel) may be loaded from a question-answering checkpoint: the head is unused.
+# An encoder (npbert.AutoModel) may be loaded from a question-answering checkpoint: the head is unused.
 QA_HEAD_KEYS = frozenset({"qa_outputs.weight", "qa_outputs.bias"})
+
+
+def canonical_keys(config: Config, with_qa_head: bool = True) -> dict[str, str]:
+    """Every tensor the model needs: canonical name (the tree's path) -> the family's checkpoint key."""
+    family, prefix = config.family, config.family.prefix + "."
+    embeddings = ["word_embeddings", "position_embeddings", "LayerNorm"]
+    if config.type_vocab_size:
+        embeddings.append("token_type_embeddings")
+    if config.embedding_width != config.dim:
+        embeddings.append("projection")
+    out = {}
+    for part in embeddings:
+        for p in ("weight", "bias") if part in ("LayerNorm", "projection") else ("weight",):
+            out[f"embeddings.{part}.{p}"] = f"{prefix}{family.layout['embeddings.' + part]}.{p}"
+    for b in range(config.n_blocks):
+        g, j = divmod(b, config.inner_group_num)  # ALBERT's group and layer within it
+        for part in ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "sa_layer_norm",
+                     "ffn.lin1", "ffn.lin2", "output_layer_norm"):
+            key = family.layout["layer." + part].format(i=b, g=g, j=j)
+            for p in ("weight", "bias"):
+                out[f"transformer.layer.{b}.{part}.{p}"] = f"{prefix}{key}.{p}"
+    if with_qa_head:
+        out["qa_outputs.weight"], out["qa_outputs.bias"] = "qa_outputs.weight", "qa_outputs.bias"
+    return out
+
+
+def _canonical_shape(name: str, config: Config) -> tuple[int, ...]:
+    D, E, F = config.dim, config.embedding_width, config.hidden_dim
+    rows = {"word_embeddings": config.vocab_size, "position_embeddings": config.max_position_embeddings,
+            "token_type_embeddings": config.type_vocab_size}
+    parts = name.split(".")
+    if parts[0] == "embeddings":
+        if parts[1] in rows:
+            return (rows[parts[1]], E)
+        if parts[1] == "projection":
+            return (D, E) if parts[2] == "weight" else (D,)
+        return (E,)  # LayerNorm
+    if parts[0] == "qa_outputs":
+        return (2, D) if parts[1] == "weight" else (2,)
+    part, p = ".".join(parts[3:-1]), parts[-1]
+    out_in = {"ffn.lin1": (F, D), "ffn.lin2": (D, F)}.get(part, (D, D))
+    if part.endswith("norm"):
+        return (D,)
+    return out_in if p == "weight" else out_in[:1]
 
 
 def expected_shapes(config: Config, with_qa_head: bool = True) -> dict[str, tuple[int, ...]]:
     """Every tensor the model needs, by checkpoint key, with its shape from the config."""
-    D, F, V, P = config.dim, config.hidden_dim, config.vocab_size, config.max_position_embeddings
-    shapes = {
-        "distilbert.embeddings.word_embeddings.weight": (V, D),
-        "distilbert.embeddings.position_embeddings.weight": (P, D),
-        "distilbert.embeddings.LayerNorm.weight": (D,),
-        "distilbert.embeddings.LayerNorm.bias": (D,),
-    }
-    for i in range(config.n_layers):
-        p = f"distilbert.transformer.layer.{i}."
-        for lin in ("q_lin", "k_lin", "v_lin", "out_lin"):
-            shapes[f"{p}attention.{lin}.weight"] = (D, D)
-            shapes[f"{p}attention.{lin}.bias"] = (D,)
-        for ln in ("sa_layer_norm", "output_layer_norm"):
-            shapes[f"{p}{ln}.weight"] = (D,)
-            shapes[f"{p}{ln}.bias"] = (D,)
-        shapes[f"{p}ffn.lin1.weight"] = (F, D)
-        shapes[f"{p}ffn.lin1.bias"] = (F,)
-        shapes[f"{p}ffn.lin2.weight"] = (D, F)
-        shapes[f"{p}ffn.lin2.bias"] = (D,)
-    if with_qa_head:
-        shapes["qa_outputs.weight"] = (2, D)
-        shapes["qa_outputs.bias"] = (2,)
-    return shapes
+    return {key: _canonical_shape(name, config) for name, key in canonical_keys(config, with_qa_head).items()}
+
+
+def unused_keys(config: Config) -> frozenset:
+    """Keys a checkpoint of this family may carry that the model does not use (families.Family.unused)."""
+    prefix = config.family.prefix + "."
+    return frozenset(prefix + k for k in config.family.unused) | frozenset(config.family.unused)
 
 
 # --- reading safetensors -----------------------------------------------------------------------------
@@ -199,10 +230,23 @@ def as_float(raw: np.ndarray, source_dtype: str, dtype: np.dtype) -> np.ndarray:
     return raw if raw.dtype == dtype else raw.astype(dtype)
 
 
+def legacy_renames(names) -> dict[str, str]:
+    """Old TensorFlow-converted checkpoints (early BERTs) name LayerNorm parameters gamma and beta:
+    stored name -> modern name, as transformers 4.57.6 renames them at load
+    (`PreTrainedModel._fix_state_dict_key_on_load`)."""
+    out = {}
+    for name in names:
+        if name.endswith("LayerNorm.gamma"):
+            out[name] = name.removesuffix("gamma") + "weight"
+        elif name.endswith("LayerNorm.beta"):
+            out[name] = name.removesuffix("beta") + "bias"
+    return out
+
+
 def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.float32,
-                 ignorable: frozenset = IGNORED_KEYS) -> dict[str, np.ndarray]:
+                 ignorable: frozenset = frozenset()) -> dict[str, np.ndarray]:
     """Read exactly the `expected` tensors from a safetensors file, strictly: any other key not in
-    `ignorable` is an error.
+    `ignorable` is an error. Legacy `LayerNorm.gamma/beta` names count as `weight/bias`.
 
     Float32 data used as float32 are read-only views of a memory map of the file; any other
     combination (float16 or bfloat16 upcast, float64 audit mode) is converted once here.
@@ -211,6 +255,8 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.floa
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     tensors, _, data_start = read_header(path)
+    renames = legacy_renames(tensors)
+    tensors = {renames.get(name, name): info for name, info in tensors.items()}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected) - ignorable)
     if missing or unexpected:
@@ -242,7 +288,7 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.floa
 
 
 def build_tree(tensors: dict[str, np.ndarray], config: Config, with_qa_head: bool = True):
-    """Arrange flat checkpoint tensors into the frozen tree (no copies)."""
+    """Arrange tensors by canonical name (canonical_keys) into the frozen tree (no copies)."""
     t = tensors
 
     def linear(p):
@@ -256,13 +302,15 @@ def build_tree(tensors: dict[str, np.ndarray], config: Config, with_qa_head: boo
         ffn = FFN(linear(p + ".ffn.lin1"), linear(p + ".ffn.lin2"))
         return TransformerBlock(attention, layer_norm(p + ".sa_layer_norm"), ffn, layer_norm(p + ".output_layer_norm"))
 
-    e = "distilbert.embeddings"
-    distilbert = DistilBert(
-        Embeddings(Embedding(t[e + ".word_embeddings.weight"]), Embedding(t[e + ".position_embeddings.weight"]),
-                   layer_norm(e + ".LayerNorm")),
-        Transformer(tuple(block(f"distilbert.transformer.layer.{i}") for i in range(config.n_layers))),
-    )
-    return DistilBertForQuestionAnswering(distilbert, linear("qa_outputs")) if with_qa_head else distilbert
+    e = "embeddings"
+    embeddings = Embeddings(
+        Embedding(t[e + ".word_embeddings.weight"]), Embedding(t[e + ".position_embeddings.weight"]),
+        layer_norm(e + ".LayerNorm"),
+        Embedding(t[e + ".token_type_embeddings.weight"]) if e + ".token_type_embeddings.weight" in t else None,
+        linear(e + ".projection") if e + ".projection.weight" in t else None)
+    blocks = [block(f"transformer.layer.{b}") for b in range(config.n_blocks)]
+    encoder = Encoder(embeddings, Transformer(tuple(blocks[b] for b in config.block_order())))
+    return ForQuestionAnswering(encoder, linear("qa_outputs")) if with_qa_head else encoder
 
 
 def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = True):
@@ -272,7 +320,7 @@ def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = Tr
     if not path.is_file():
         if (folder / "model.safetensors.index.json").is_file():
             raise WeightsError(f"{folder}: sharded safetensors checkpoints are not supported; merge the shards "
-                               "into one model.safetensors (DistilBERT is 261 MB)")
+                               "into one model.safetensors")
         others = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
                   if (folder / n).is_file()]
         if others:
@@ -283,19 +331,22 @@ def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = Tr
                 f"M.from_pretrained({str(folder)!r}).save_pretrained({str(folder)!r}, safe_serialization=True)\""
             )
         raise WeightsError(f"{path}: weights file not found")
-    expected = expected_shapes(config, with_qa_head)
-    # Encoder-only checkpoints (DistilBertModel.save_pretrained) store their keys without `distilbert.`.
-    stored = read_header(path)[0]
-    bare_keys = "distilbert.embeddings.word_embeddings.weight" not in stored
-    if with_qa_head:
-        if bare_keys and "embeddings.word_embeddings.weight" in stored:
-            raise WeightsError(f"{path}: an encoder-only checkpoint (keys without 'distilbert.', no qa_outputs): "
-                               "load it with npbert.DistilBertModel, or use a question-answering checkpoint")
-        return build_tree(load_tensors(path, expected, dtype), config)
-    if bare_keys:
-        bare = load_tensors(path, {k.removeprefix("distilbert."): v for k, v in expected.items()}, dtype)
-        return build_tree({"distilbert." + k: v for k, v in bare.items()}, config, with_qa_head=False)
-    return build_tree(load_tensors(path, expected, dtype, IGNORED_KEYS | QA_HEAD_KEYS), config, with_qa_head=False)
+    keys = canonical_keys(config, with_qa_head)
+    ignorable = unused_keys(config)
+    # Encoder-only checkpoints (BertModel.save_pretrained, ...) store their keys without the family prefix.
+    prefix = config.family.prefix + "."
+    header = read_header(path)[0]
+    stored = {legacy_renames(header).get(k, k) for k in header}
+    bare = keys["embeddings.word_embeddings.weight"] not in stored
+    if bare and keys["embeddings.word_embeddings.weight"].removeprefix(prefix) in stored:
+        if with_qa_head:
+            raise WeightsError(f"{path}: an encoder-only checkpoint (keys without {prefix!r}, no qa_outputs): "
+                               "load it with npbert.AutoModel, or use a question-answering checkpoint")
+        keys = {name: key.removeprefix(prefix) for name, key in keys.items()}
+    elif not with_qa_head:
+        ignorable |= QA_HEAD_KEYS
+    by_key = load_tensors(path, {key: _canonical_shape(name, config) for name, key in keys.items()}, dtype, ignorable)
+    return build_tree({name: by_key[key] for name, key in keys.items()}, config, with_qa_head)
 
 
 def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
@@ -325,7 +376,7 @@ def relayout_for_speed(tree):
 
     - Each layer's attention gets `qkv`, its q, k, v matrices stacked into one [3D, D] matrix, so the
       three projections are one GEMM; `q_lin`/`k_lin`/`v_lin` stay, as views into it.
-    - Every linear layer's matrix (qkv, out_lin, lin1, lin2, qa_outputs) is stored transposed in memory:
+    - Every linear layer's matrix (qkv, out_lin, lin1, lin2, the embedding projection, qa_outputs) is stored transposed in memory:
       still the [out, in] array `linear` reads (same shape, same values, `x @ W.T + b` unchanged), but
       column-major, so `W.T` is a C-contiguous [in, out] matrix and `x @ W.T` is BLAS's plain no-transpose
       case. OpenBLAS 0.3.31 runs that case faster than the transposed-B one on the stored layout, most
@@ -338,7 +389,7 @@ def relayout_for_speed(tree):
     import mmap
 
     with_qa_head = hasattr(tree, "qa_outputs")
-    d = tree.distilbert if with_qa_head else tree
+    encoder = tree.encoder if with_qa_head else tree
 
     def release_mapped_pages(x):
         # Drop the (now copied) pages of the file mapping from this process. They stay in the page cache
@@ -375,11 +426,17 @@ def relayout_for_speed(tree):
         views = (Linear(qkv.weight[i * D:(i + 1) * D], qkv.bias[i * D:(i + 1) * D]) for i in range(3))
         return FusedAttention(*views, relaid(a.out_lin), qkv)
 
-    layers = tuple(layer._replace(attention=fuse(layer.attention),
-                                  ffn=FFN(relaid(layer.ffn.lin1), relaid(layer.ffn.lin2)))
-                   for layer in d.transformer.layer)
-    d = d._replace(transformer=d.transformer._replace(layer=layers))
-    return tree._replace(distilbert=d, qa_outputs=relaid(tree.qa_outputs)) if with_qa_head else d
+    done = {}  # id(block) -> re-laid block: a block ALBERT's layers share is re-laid (and stored) once
+    for layer in encoder.transformer.layer:
+        if id(layer) not in done:
+            done[id(layer)] = layer._replace(attention=fuse(layer.attention),
+                                             ffn=FFN(relaid(layer.ffn.lin1), relaid(layer.ffn.lin2)))
+    layers = tuple(done[id(layer)] for layer in encoder.transformer.layer)
+    embeddings = encoder.embeddings
+    if embeddings.projection is not None and not is_relaid(embeddings.projection):
+        embeddings = embeddings._replace(projection=relaid(embeddings.projection))
+    encoder = encoder._replace(embeddings=embeddings, transformer=encoder.transformer._replace(layer=layers))
+    return tree._replace(encoder=encoder, qa_outputs=relaid(tree.qa_outputs)) if with_qa_head else encoder
 
 
 def is_relaid(lin: Linear) -> bool:

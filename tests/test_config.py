@@ -1,5 +1,5 @@
-"""config.json -> Config: field values, defaults as transformers 4.57.6 `DistilBertConfig`, and every
-error naming the file and the key."""
+"""config.json -> Config: field values, defaults as transformers 4.57.6's configuration classes (every
+family), and every error naming the file and the key."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 import checkpoints
 from npbert.config import Config, ConfigError
+from npbert.families import FAMILIES
 
 
 def write_config(tmp_path, **changes):
@@ -35,13 +36,32 @@ def test_config_is_frozen(tmp_path):
         config.dim = 1
 
 
-def test_missing_keys_take_transformers_defaults():
+@pytest.mark.parametrize("model_type", list(FAMILIES))
+def test_missing_keys_take_transformers_defaults(model_type):
     transformers = pytest.importorskip("transformers", reason="transformers (the parity extra) is not installed")
-    reference = transformers.DistilBertConfig()
-    config = Config.from_dict({})
+    reference = transformers.AutoConfig.for_model(model_type)
+    config = Config.from_dict({"model_type": model_type})
+    names, compared = FAMILIES[model_type].config_names, []
     for field in dataclasses.fields(Config):
-        if field.name != "layer_norm_eps":  # hard-coded in modeling_distilbert.py, not a config key
-            assert getattr(config, field.name) == getattr(reference, field.name), field.name
+        key = names.get(field.name, field.name)
+        if model_type == "distilbert" and key == "layer_norm_eps":
+            continue  # hard-coded in modeling_distilbert.py, not a config key
+        if hasattr(reference, key):
+            assert getattr(config, field.name) == getattr(reference, key), key
+            compared.append(key)
+    assert len(compared) >= 10
+
+
+def test_other_families_read_their_own_key_names(tmp_path):
+    d = dict(model_type="albert", hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96,
+             hidden_act="gelu_new", embedding_size=16, num_hidden_groups=2, inner_group_num=1, layer_norm_eps=1e-5,
+             type_vocab_size=2, vocab_size=100, max_position_embeddings=64, pad_token_id=0, dim=999)
+    config = Config.from_dict(d)
+    assert (config.dim, config.n_layers, config.n_heads, config.hidden_dim, config.embedding_width) == (64, 4, 4, 96, 16)
+    assert config.layer_norm_eps == 1e-5 and config.activation == "gelu_new" and config.shares_blocks
+    assert config.block_order() == (0, 0, 1, 1)  # layer i runs group int(i / (L / G)), as AlbertTransformer
+    roberta = Config.from_dict(dict(model_type="roberta", pad_token_id=1, max_position_embeddings=514))
+    assert roberta.position_offset == 2 and roberta.max_sequence_length == 512
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -50,8 +70,18 @@ def test_missing_keys_take_transformers_defaults():
     (dict(n_heads="12"), "n_heads must be an integer, found '12'"),
     (dict(sinusoidal_pos_embds=1), "sinusoidal_pos_embds must be true or false, found 1"),
     (dict(activation=None), "activation must be a string, found None"),
-    (dict(activation="relu"), "activation 'relu' is not supported (only 'gelu')"),
-    (dict(model_type="bert"), "model_type is 'bert'; npbert runs 'distilbert' checkpoints only"),
+    (dict(activation="swish"), "activation 'swish' is not supported (supported: gelu, gelu_new, gelu_pytorch_tanh, "
+                               "relu)"),
+    (dict(model_type="xlnet"), "model_type 'xlnet' is not supported; npbert runs distilbert, bert, roberta, "
+                               "xlm-roberta, electra, albert"),
+    (dict(model_type="deberta-v2"), "model_type 'deberta-v2' is not supported; npbert runs distilbert, bert, "
+                                    "roberta, xlm-roberta, electra, albert"),
+    (dict(model_type="bert", position_embedding_type="relative_key"),
+     "position_embedding_type 'relative_key' is not supported (only 'absolute')"),
+    (dict(model_type="bert", hidden_act="gelu_fast"), "hidden_act 'gelu_fast' is not supported (supported: gelu, "
+                                                      "gelu_new, gelu_pytorch_tanh, relu)"),
+    (dict(model_type="bert", hidden_size=768.5), "hidden_size must be an integer, found 768.5"),
+    (dict(model_type="bert", layer_norm_eps="small"), "layer_norm_eps must be a positive number, found 'small'"),
     (dict(n_heads=7), "dim 768 is not divisible by n_heads 7"),
     (dict(hidden_dim=0), "hidden_dim must be positive, found 0"),
     (dict(n_layers=-1), "n_layers must be positive, found -1"),

@@ -299,7 +299,7 @@ def test_relayout_fuses_qkv_and_stores_linears_column_major(tmp_path):
         tree = W.load(folder, config, dtype)
         fast = W.relayout_for_speed(tree)
         assert_relaid(tree, fast)
-    encoder = W.relayout_for_speed(tree.distilbert)
+    encoder = W.relayout_for_speed(tree.encoder)
     assert isinstance(encoder.transformer.layer[0].attention, W.FusedAttention)
     assert W.is_relaid(encoder.transformer.layer[1].ffn.lin2)
 
@@ -311,7 +311,7 @@ def assert_same_linear(new, old):  # same [out, in] values, stored so that W.T i
 
 
 def assert_relaid(tree, fast):
-    for old, new in zip(tree.distilbert.transformer.layer, fast.distilbert.transformer.layer):
+    for old, new in zip(tree.encoder.transformer.layer, fast.encoder.transformer.layer):
         a, f = old.attention, new.attention
         assert_same_linear(f.qkv, W.Linear(np.concatenate([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]),
                                            np.concatenate([a.q_lin.bias, a.k_lin.bias, a.v_lin.bias])))
@@ -323,10 +323,10 @@ def assert_relaid(tree, fast):
             assert_same_linear(new_lin, old_lin)
         assert new.sa_layer_norm is old.sa_layer_norm and new.output_layer_norm is old.output_layer_norm
     assert_same_linear(fast.qa_outputs, tree.qa_outputs)
-    assert fast.distilbert.embeddings is tree.distilbert.embeddings  # embeddings stay mapped
+    assert fast.encoder.embeddings is tree.encoder.embeddings  # embeddings stay mapped
     again = W.relayout_for_speed(fast)  # idempotent: no second copy
-    assert again.distilbert.transformer.layer[0].attention is fast.distilbert.transformer.layer[0].attention
-    assert again.distilbert.transformer.layer[1].ffn.lin1 is fast.distilbert.transformer.layer[1].ffn.lin1
+    assert again.encoder.transformer.layer[0].attention is fast.encoder.transformer.layer[0].attention
+    assert again.encoder.transformer.layer[1].ffn.lin1 is fast.encoder.transformer.layer[1].ffn.lin1
     assert again.qa_outputs is fast.qa_outputs
 
 

@@ -67,7 +67,7 @@ def test_intermediates_mean_what_their_names_say(tiny_checkpoint, batch):
     kept = int(mask[1].sum())
     assert kept <= S - 4 and (mask[1, :kept] == 1).all()
     H, Dh, D, F = c.n_heads, c.head_dim, c.dim, c.hidden_dim
-    w = model.weights.distilbert
+    w = model.weights.encoder
     assert t["embeddings.word"].shape == (B, S, D) and t["embeddings.position"].shape == (1, S, D)
     np.testing.assert_array_equal(t["embeddings.word"][1, 2], w.embeddings.word_embeddings.weight[ids[1, 2]])
 

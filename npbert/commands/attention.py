@@ -8,9 +8,10 @@ from .trace import add_question_arguments, load_and_encode
 def run(args) -> int:
     from ..cli import CommandError
 
-    model, ids, mask, tokens = load_and_encode(args)
+    model, inputs, tokens = load_and_encode(args)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
     config = model.config
-    for flag, value, n, what in (("--layer", args.layer, config.n_layers, "layers in the model"),
+    for flag, value, n, what in (("--layer", args.layer, config.n_block_runs, "layers in the model"),
                                  ("--head", args.head, config.n_heads, "heads per layer"),
                                  ("--window", args.window, ids.shape[0], "window(s) for this context")):
         if value is not None and not 0 <= value < n:
@@ -19,9 +20,9 @@ def run(args) -> int:
         from ..viz import attention_figure, save_png
     except ImportError as e:
         raise CommandError(str(e))
-    layer = config.n_layers - 1 if args.layer is None else args.layer
+    layer = config.n_block_runs - 1 if args.layer is None else args.layer
     w = args.window
-    out = model(ids[w:w + 1], mask[w:w + 1], output_attentions=True)
+    out = model(**{name: batch[w:w + 1] for name, batch in inputs.items()}, output_attentions=True)
     n = int(mask[w].sum())  # drop padding: it attends and is attended to by nothing of interest
     probs = out.attentions[layer][0, :, :n, :n]  # [H, n, n]
     heads = list(range(config.n_heads)) if args.head is None else [args.head]

@@ -18,11 +18,12 @@ def add_question_arguments(p) -> None:
 
 
 def load_and_encode(args, dtype="float32"):
-    """(model, input_ids [B, S], attention_mask [B, S], tokens per window) for the parsed flags."""
+    """(model, model inputs {input_ids, attention_mask[, token_type_ids]} [B, S], tokens per window) for the
+    parsed flags."""
     import numpy as np
 
     from .. import hub
-    from ..model import DistilBertForQuestionAnswering, DistilBertModel
+    from ..model import AutoModel, AutoModelForQuestionAnswering
     from ..tokenizer import Tokenizer
     from ..trace import encode
     from ..weights import read_header
@@ -31,23 +32,24 @@ def load_and_encode(args, dtype="float32"):
     weights = folder / "model.safetensors"
     # An encoder-only checkpoint (no qa_outputs) traces and draws too, without the logits.
     encoder_only = weights.is_file() and "qa_outputs.weight" not in read_header(weights)[0]
-    cls = DistilBertModel if encoder_only else DistilBertForQuestionAnswering
+    cls = AutoModel if encoder_only else AutoModelForQuestionAnswering
     model = cls.from_pretrained(folder, dtype=np.dtype(dtype))
     tokenizer = Tokenizer.from_folder(folder)
     max_seq_len = args.max_seq_len or min(tokenizer.model_max_length, 384)
     doc_stride = args.doc_stride if args.doc_stride is not None else min(max_seq_len // 2, 128)
     if doc_stride >= max_seq_len:
         raise ValueError(f"--doc-stride {doc_stride} must be smaller than --max-seq-len {max_seq_len}")
-    ids, mask, tokens = encode(tokenizer, args.question, args.context, max_seq_len, doc_stride)
-    return model, ids, mask, tokens
+    inputs, tokens = encode(tokenizer, args.question, args.context, max_seq_len, doc_stride)
+    return model, inputs, tokens
 
 
 def run(args) -> int:
     from .. import __version__
     from ..trace import save
 
-    model, ids, mask, tokens = load_and_encode(args, args.dtype)
-    tensors = model.trace(ids, mask)
+    model, inputs, tokens = load_and_encode(args, args.dtype)
+    tensors = model.trace(**inputs)
+    ids = inputs["input_ids"]
     meta = {"producer": f"npbert {__version__}", "model": args.model, "question": args.question,
             "context": args.context, "dtype": args.dtype, "tokens": tokens}
     path = save(tensors, args.out, meta)

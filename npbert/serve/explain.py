@@ -29,7 +29,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..pipeline import QuestionAnsweringPipeline, check_parameters
+from ..pipeline import QuestionAnsweringPipeline, check_parameters, model_inputs
 from ..qa import MASKED_LOGIT
 from .schemas import BadRequest, parse_request
 
@@ -106,15 +106,15 @@ def explain(qa, question: str, context: str, params: dict | None = None, window:
         raise ExplainError(f"window {window} does not exist: this context has {len(windows)} window"
                            f"{'' if len(windows) == 1 else 's'} (0 to {len(windows) - 1})")
     config = qa.model.config
-    if layer is not None and not 0 <= layer < config.n_layers:
-        raise ExplainError(f"layer {layer} does not exist: the model has {config.n_layers} layers (0 to "
-                           f"{config.n_layers - 1})")
+    if layer is not None and not 0 <= layer < config.n_block_runs:
+        raise ExplainError(f"layer {layer} does not exist: the model has {config.n_block_runs} layers (0 to "
+                           f"{config.n_block_runs - 1})")
 
     w = windows[window]
     out = recorder.single.get(w.input_ids.tobytes())
     if out is None:
-        out = qa.model(w.input_ids[None], attention_mask=w.attention_mask[None], output_attentions=True)
-    S, H, L = len(w), config.n_heads, config.n_layers
+        out = qa.model(**model_inputs([w], qa.tokenizer), output_attentions=True)
+    S, H, L = len(w), config.n_heads, len(out.attentions)
     if L * H * S * S <= max_attention_values and layer is None:
         layers = list(range(L))
     elif H * S * S <= max_attention_values:
@@ -153,8 +153,9 @@ class _Recorder:
     def __getattr__(self, name):  # config, dtype, ...: the model's
         return getattr(self.model, name)
 
-    def __call__(self, input_ids, attention_mask=None):
-        out = self.model(input_ids, attention_mask=attention_mask, output_attentions=True)
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
+        out = self.model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         output_attentions=True)
         if len(input_ids) == 1 and not self.single:  # one kept: a window's attention is ~42 MB at full size
             self.single[np.asarray(input_ids[0], dtype=np.int64).tobytes()] = out
         return out

@@ -33,13 +33,53 @@ def transformers_checkpoint(folder: Path, seed: int, cls_name: str = "DistilBert
     return Path(folder), model
 
 
-def transformers_outputs(model, ids: np.ndarray, mask: np.ndarray, attentions: bool = True) -> dict:
+def family_checkpoint(folder: Path, model_type: str, seed: int, encoder_only: bool = False, **config):
+    """`transformers_checkpoint` for any family: AutoModelForQuestionAnswering (or AutoModel) built from
+    `AutoConfig.for_model(model_type, **config)` with eager attention, biases and LayerNorms randomised,
+    saved by save_pretrained. Returns (folder, the eval-mode torch model)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.AutoConfig.for_model(model_type, **config, attn_implementation="eager")
+    auto = transformers.AutoModel if encoder_only else transformers.AutoModelForQuestionAnswering
+    model = auto.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+            elif "LayerNorm" in name or "layer_norm" in name:
+                p.normal_(1.0, 0.1)
+    model.save_pretrained(folder)
+    return Path(folder), model
+
+
+def family_inputs(rng, lengths, config, seq_len=None):
+    """Random right-padded model inputs for a transformers config of any family: ids avoid the padding id
+    (RoBERTa's positions depend on it) and padding holds it; token types are 0 up to a random split, then
+    1 (question, then context, as the tokenizers make them) where the model has two types.
+    Returns a dict of int64 [B, S] arrays: input_ids, attention_mask (and token_type_ids)."""
+    S = seq_len or max(lengths)
+    pad = config.pad_token_id
+    mask = (np.arange(S)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
+    ids = rng.integers(0, config.vocab_size - 1, size=mask.shape)
+    ids = np.where(ids >= pad, ids + 1, ids)  # every id but pad
+    out = {"input_ids": np.where(mask == 1, ids, pad).astype(np.int64), "attention_mask": mask}
+    if getattr(config, "type_vocab_size", 0) >= 2:
+        split = rng.integers(0, np.maximum(np.asarray(lengths), 1))[:, None]
+        out["token_type_ids"] = ((np.arange(S)[None, :] >= split) & (mask == 1)).astype(np.int64)
+    return out
+
+
+def transformers_outputs(model, ids: np.ndarray, mask: np.ndarray, attentions: bool = True,
+                         token_type_ids: np.ndarray | None = None) -> dict:
     """The torch model's outputs as float numpy arrays, under the names npbert uses."""
     import torch
 
+    extra = {} if token_type_ids is None else {"token_type_ids": torch.from_numpy(token_type_ids)}
     with torch.no_grad():
         out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                    output_hidden_states=True, output_attentions=attentions)
+                    output_hidden_states=True, output_attentions=attentions, **extra)
     result = {"hidden_states": [h.numpy() for h in out.hidden_states]}
     if attentions:
         result["attentions"] = [a.numpy() for a in out.attentions]

@@ -33,7 +33,7 @@ def test_saved_sinusoidal_table_is_the_formula(tmp_path):
     stored = load_file(str(folder / "model.safetensors"))[KEY]
     np.testing.assert_array_equal(stored, sinusoidal_table(40, 16).astype(np.float32))
     loaded = npbert.DistilBertForQuestionAnswering.from_pretrained(folder).weights
-    np.testing.assert_array_equal(loaded.distilbert.embeddings.position_embeddings.weight, stored)
+    np.testing.assert_array_equal(loaded.encoder.embeddings.position_embeddings.weight, stored)
 
 
 def test_stored_table_wins_over_the_flag(tmp_path):
@@ -45,7 +45,7 @@ def test_stored_table_wins_over_the_flag(tmp_path):
     tensors[KEY] = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
-    np.testing.assert_array_equal(model.weights.distilbert.embeddings.position_embeddings.weight, tensors[KEY])
+    np.testing.assert_array_equal(model.weights.encoder.embeddings.position_embeddings.weight, tensors[KEY])
     torch_model = transformers.DistilBertForQuestionAnswering.from_pretrained(folder, attn_implementation="eager")
     ids, mask = right_padded(np.random.default_rng(1), [40, 9], 50)
     rows = compare(model(ids, attention_mask=mask, output_hidden_states=True),

@@ -1,0 +1,136 @@
+"""The model families npbert runs, as data: one small table per family, read by config.py and weights.py.
+
+Every family is the same post-LN encoder (embeddings, then blocks of self-attention and a feed-forward
+network, each followed by a residual LayerNorm, then `qa_outputs`). What differs is listed here, once:
+
+| model_type  | transformers 4.57.6 file                  | differs from DistilBERT in                          |
+|-------------|-------------------------------------------|-----------------------------------------------------|
+| distilbert  | models/distilbert/modeling_distilbert.py  | (the first family: its names are the canonical ones) |
+| bert        | models/bert/modeling_bert.py              | token-type embeddings, key names, eps from config    |
+| roberta     | models/roberta/modeling_roberta.py        | as bert, positions counted after the padding id      |
+| xlm-roberta | models/xlm_roberta/modeling_xlm_roberta.py| as roberta (its own model_type, the same code)       |
+| electra     | models/electra/modeling_electra.py        | as bert, embeddings projected when E != D            |
+| albert      | models/albert/modeling_albert.py          | E-wide embeddings projected to D, blocks shared by   |
+|             |                                           | groups of layers, gelu_new (tanh) by default         |
+
+MiniLM checkpoints are `bert`. The forward pass (model.py) never asks which family it runs: it reads
+the flags these tables set on the Config (`type_vocab_size`, `position_offset`, `embedding_size`,
+`num_hidden_groups`, ...), and the loader (weights.py) reads the tensor names from `layout`.
+
+Canonical tensor names are DistilBERT's (`transformer.layer.{i}.attention.q_lin`, `ffn.lin1`, ...),
+grouped by tensor below with each family's checkpoint key beside it, as llama.cpp's tensor_mapping.py
+does: a reader goes from any checkpoint key to the canonical tensor, and from that to the line of
+model.py that uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The checkpoint key of each canonical tensor, after the family's prefix (`bert.`, `roberta.`, ...).
+# {i}: block index; ALBERT's blocks are {g} (layer group) and {j} (layer within the group).
+_DISTILBERT = {
+    "embeddings.word_embeddings": "embeddings.word_embeddings",
+    "embeddings.position_embeddings": "embeddings.position_embeddings",
+    "embeddings.LayerNorm": "embeddings.LayerNorm",
+    "layer.attention.q_lin": "transformer.layer.{i}.attention.q_lin",
+    "layer.attention.k_lin": "transformer.layer.{i}.attention.k_lin",
+    "layer.attention.v_lin": "transformer.layer.{i}.attention.v_lin",
+    "layer.attention.out_lin": "transformer.layer.{i}.attention.out_lin",
+    "layer.sa_layer_norm": "transformer.layer.{i}.sa_layer_norm",
+    "layer.ffn.lin1": "transformer.layer.{i}.ffn.lin1",
+    "layer.ffn.lin2": "transformer.layer.{i}.ffn.lin2",
+    "layer.output_layer_norm": "transformer.layer.{i}.output_layer_norm",
+}
+_BERT = {
+    "embeddings.word_embeddings": "embeddings.word_embeddings",
+    "embeddings.position_embeddings": "embeddings.position_embeddings",
+    "embeddings.token_type_embeddings": "embeddings.token_type_embeddings",
+    "embeddings.LayerNorm": "embeddings.LayerNorm",
+    "embeddings.projection": "embeddings_project",  # ELECTRA, only when embedding_size != hidden_size
+    "layer.attention.q_lin": "encoder.layer.{i}.attention.self.query",
+    "layer.attention.k_lin": "encoder.layer.{i}.attention.self.key",
+    "layer.attention.v_lin": "encoder.layer.{i}.attention.self.value",
+    "layer.attention.out_lin": "encoder.layer.{i}.attention.output.dense",
+    "layer.sa_layer_norm": "encoder.layer.{i}.attention.output.LayerNorm",
+    "layer.ffn.lin1": "encoder.layer.{i}.intermediate.dense",
+    "layer.ffn.lin2": "encoder.layer.{i}.output.dense",
+    "layer.output_layer_norm": "encoder.layer.{i}.output.LayerNorm",
+}
+_ALBERT_BLOCK = "encoder.albert_layer_groups.{g}.albert_layers.{j}."
+_ALBERT = {
+    "embeddings.word_embeddings": "embeddings.word_embeddings",
+    "embeddings.position_embeddings": "embeddings.position_embeddings",
+    "embeddings.token_type_embeddings": "embeddings.token_type_embeddings",
+    "embeddings.LayerNorm": "embeddings.LayerNorm",
+    "embeddings.projection": "encoder.embedding_hidden_mapping_in",
+    "layer.attention.q_lin": _ALBERT_BLOCK + "attention.query",
+    "layer.attention.k_lin": _ALBERT_BLOCK + "attention.key",
+    "layer.attention.v_lin": _ALBERT_BLOCK + "attention.value",
+    "layer.attention.out_lin": _ALBERT_BLOCK + "attention.dense",
+    "layer.sa_layer_norm": _ALBERT_BLOCK + "attention.LayerNorm",
+    "layer.ffn.lin1": _ALBERT_BLOCK + "ffn",
+    "layer.ffn.lin2": _ALBERT_BLOCK + "ffn_output",
+    "layer.output_layer_norm": _ALBERT_BLOCK + "full_layer_layer_norm",
+}
+
+# config.json key of each Config field, where the family spells it differently from DistilBERT.
+_BERT_CONFIG_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+                      "hidden_dim": "intermediate_size", "activation": "hidden_act"}
+# Each family's configuration class defaults (configuration_*.py), for keys a config.json leaves out.
+_BERT_DEFAULTS = dict(vocab_size=30522, dim=768, n_layers=12, n_heads=12, hidden_dim=3072, activation="gelu",
+                      max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0)
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    follows: str  # the transformers 4.57.6 modeling file this family's tables were read from
+    prefix: str  # the base model's attribute in the QA model (`base_model_prefix`): keys start with it
+    layout: dict  # canonical tensor name -> checkpoint key after the prefix
+    config_names: dict = field(default_factory=dict)  # Config field -> config.json key, where they differ
+    defaults: dict = field(default_factory=dict)  # Config field -> the family's default
+    # Position ids start after the padding id (fairseq's make_positions): RoBERTa's real tokens are at
+    # pad_token_id + 1, pad_token_id + 2, ...; padding itself sits at pad_token_id.
+    positions_after_padding: bool = False
+    # ALBERT: the checkpoint stores num_hidden_groups x inner_group_num blocks, and every layer runs one
+    # group of them (parameter sharing); other families store one block per layer.
+    shares_blocks: bool = False
+    # Keys a checkpoint may hold that a QA model does not use (transformers drops them too): the pooler,
+    # which QA models are built without, and buffers older versions saved.
+    unused: tuple = ("embeddings.position_ids", "embeddings.token_type_ids", "pooler.dense.weight",
+                     "pooler.dense.bias", "pooler.weight", "pooler.bias")  # pooler.weight: ALBERT's
+
+
+FAMILIES = {f.model_type: f for f in (
+    Family("distilbert", "models/distilbert/modeling_distilbert.py", "distilbert", _DISTILBERT,
+           defaults=dict(vocab_size=30522, dim=768, n_layers=6, n_heads=12, hidden_dim=3072, activation="gelu",
+                         max_position_embeddings=512, type_vocab_size=0, layer_norm_eps=1e-12, pad_token_id=0)),
+    Family("bert", "models/bert/modeling_bert.py", "bert", _BERT, _BERT_CONFIG_NAMES, _BERT_DEFAULTS),
+    Family("roberta", "models/roberta/modeling_roberta.py", "roberta", _BERT, _BERT_CONFIG_NAMES,
+           {**_BERT_DEFAULTS, "vocab_size": 50265, "pad_token_id": 1}, positions_after_padding=True),
+    Family("xlm-roberta", "models/xlm_roberta/modeling_xlm_roberta.py", "roberta", _BERT, _BERT_CONFIG_NAMES,
+           {**_BERT_DEFAULTS, "pad_token_id": 1}, positions_after_padding=True),
+    Family("electra", "models/electra/modeling_electra.py", "electra", _BERT, _BERT_CONFIG_NAMES,
+           {**_BERT_DEFAULTS, "dim": 256, "n_heads": 4, "hidden_dim": 1024, "embedding_size": 128}),
+    Family("albert", "models/albert/modeling_albert.py", "albert", _ALBERT, _BERT_CONFIG_NAMES,
+           {**_BERT_DEFAULTS, "vocab_size": 30000, "dim": 4096, "n_heads": 64, "hidden_dim": 16384,
+            "activation": "gelu_new", "embedding_size": 128, "num_hidden_groups": 1, "inner_group_num": 1},
+           shares_blocks=True),
+)}
+
+# hidden_act / activation values and the function each names (transformers' ACT2CLS): the FFN's
+# nonlinearity is looked up here once, at load time.
+ACTIVATIONS = {
+    "gelu": "gelu",  # exact: 0.5 x (1 + erf(x / sqrt 2))
+    "gelu_new": "gelu_tanh",  # 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))): GPT-2's, ALBERT's default
+    "gelu_pytorch_tanh": "gelu_tanh",  # the same formula, torch's fused form
+    "relu": "relu",
+}
+
+
+def family(model_type: str, source: str = "config") -> Family:
+    if model_type not in FAMILIES:
+        raise ValueError(f"{source}: model_type {model_type!r} is not supported; npbert runs "
+                         f"{', '.join(FAMILIES)}")
+    return FAMILIES[model_type]
