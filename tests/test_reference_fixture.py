@@ -1,6 +1,7 @@
-"""npbert against the stored transformers reference (tests/fixtures/reference/, written by
-tools/make_reference.py): parity checked with no torch installed. Every hidden state, every attention map
-and the logits, at unpadded positions, with both kernel sets, in float32 and float64.
+"""npbert against the stored transformers reference (tests/fixtures/reference/<model_type>/, one tiny
+checkpoint per family, written by tools/make_reference.py): parity checked with no torch installed. Every
+hidden state, every attention map and the logits, at unpadded positions, with both kernel sets, in
+float32 and float64.
 
 A stale fixture (another format version, a missing file, shapes that do not match) fails with a hint to
 regenerate it."""
@@ -31,31 +32,42 @@ TOLERANCES = {"float32": {"embeddings": 1e-5, "hidden": 1e-5, "attention": 1e-6,
               "float64": {"embeddings": 1e-12, "hidden": 1e-12, "attention": 1e-12, "logits": 1e-12}}
 
 
-def reference_outputs(arrays, dtype, n_layers) -> dict:
+def reference_outputs(arrays, dtype) -> dict:
     """transformers' outputs for one dtype, under the names parity_helpers.compare expects."""
-    return {"hidden_states": [arrays[f"{dtype}.hidden_states.{i}"] for i in range(n_layers + 1)],
-            "attentions": [arrays[f"{dtype}.attentions.{i}"] for i in range(n_layers)],
+    count = lambda field: sum(name.startswith(f"{dtype}.{field}.") for name in arrays)  # noqa: E731
+    return {"hidden_states": [arrays[f"{dtype}.hidden_states.{i}"] for i in range(count("hidden_states"))],
+            "attentions": [arrays[f"{dtype}.attentions.{i}"] for i in range(count("attentions"))],
             "start_logits": arrays[f"{dtype}.start_logits"], "end_logits": arrays[f"{dtype}.end_logits"]}
 
 
+def test_every_family_has_a_fixture():
+    assert sorted(p.name for p in make_reference.FIXTURES.iterdir()) == sorted(npbert.SUPPORTED_MODEL_TYPES)
+    assert sorted(make_reference.CONFIGS) == sorted(npbert.SUPPORTED_MODEL_TYPES)
+
+
+@pytest.mark.parametrize("model_type", list(make_reference.CONFIGS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kernels", ["numba", "numpy"])
-def test_npbert_matches_stored_transformers_outputs(kernels, dtype):
-    meta, arrays = make_reference.read_fixture()
-    model = npbert.DistilBertForQuestionAnswering.from_pretrained(make_reference.FIXTURE, dtype=np.dtype(dtype),
-                                                                  kernels=kernels)
+def test_npbert_matches_stored_transformers_outputs(model_type, kernels, dtype):
+    folder = make_reference.FIXTURES / model_type
+    meta, arrays = make_reference.read_fixture(folder)
+    model = npbert.AutoModelForQuestionAnswering.from_pretrained(folder, dtype=np.dtype(dtype), kernels=kernels)
+    assert model.config.model_type == meta["model_type"] == model_type
     ids, mask = arrays["input_ids"], arrays["attention_mask"]
     assert mask.sum(axis=1).tolist() == meta["lengths"] and (mask[:, 0] == 1).all()  # right-padded, as written
-    ours = model(ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
-    theirs = reference_outputs(arrays, dtype, meta["config"]["n_layers"])
-    title = (f"stored reference (transformers {meta['transformers_version']}, torch {meta['torch_version']}) "
-             f"kernels={kernels} dtype={dtype}")
+    ours = model(ids, attention_mask=mask, token_type_ids=arrays.get("token_type_ids"), output_hidden_states=True,
+                 output_attentions=True)
+    theirs = reference_outputs(arrays, dtype)
+    assert len(ours.hidden_states) == len(theirs["hidden_states"]) and len(ours.attentions) == len(theirs["attentions"])
+    title = (f"stored {model_type} reference (transformers {meta['transformers_version']}, torch "
+             f"{meta['torch_version']}) kernels={kernels} dtype={dtype}")
     assert_close(compare(ours, theirs, mask.astype(bool)), TOLERANCES[dtype], title)
 
 
-def test_fixture_is_small():
-    size = sum(p.stat().st_size for p in make_reference.FIXTURE.iterdir())
-    assert size < 200_000, f"the reference fixture is {size} bytes; keep it under 200 KB"
+@pytest.mark.parametrize("model_type", list(make_reference.CONFIGS))
+def test_fixture_is_small(model_type):
+    size = sum(p.stat().st_size for p in (make_reference.FIXTURES / model_type).iterdir())
+    assert size < 200_000, f"the {model_type} reference fixture is {size} bytes; keep it under 200 KB"
 
 
 # --- a stale or mismatched fixture fails with a hint to regenerate ---------------------------------------
@@ -100,5 +112,5 @@ def test_missing_array(copy_of_fixture):
 
 def test_config_changed_without_regenerating(copy_of_fixture):
     config = json.loads((copy_of_fixture / "config.json").read_text())
-    (copy_of_fixture / "config.json").write_text(json.dumps({**config, "n_layers": 3}))
+    (copy_of_fixture / "config.json").write_text(json.dumps({**config, "n_layers": 3}))  # the distilbert fixture
     assert "config.json differs from reference.json in ['n_layers']" in stale_message(copy_of_fixture)
