@@ -105,7 +105,7 @@ def _load_tokenizer(folder: Path, config: Config):
 
 
 def _tokenizer_check(folder: Path, config: Config) -> dict:
-    name = "tokenizer loads and fits the embedding table"
+    name = "tokenizer fits the embedding table"
     try:
         tokenizer = _load_tokenizer(folder, config)
     except (ValueError, OSError) as e:

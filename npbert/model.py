@@ -204,7 +204,9 @@ class _Pretrained:
             raise ValueError(f"dtype must be float32 or float64 (audit mode), found {dtype}")
         folder = hub.resolve(path_or_repo_id, revision, local_files_only)
         config = Config.from_file(folder / "config.json")
-        if cls.model_type is not None and config.model_type != cls.model_type:
+        if cls.model_type is None:  # Auto*: the family's own class where there is one (same code underneath)
+            cls = next((c for c in cls.__subclasses__() if c.model_type == config.model_type), cls)
+        elif config.model_type != cls.model_type:
             auto = "AutoModelForQuestionAnswering" if cls._with_qa_head else "AutoModel"
             raise ValueError(f"{folder}: model_type is {config.model_type!r}, not {cls.model_type!r}: load it with "
                              f"npbert.{auto}")

@@ -115,9 +115,11 @@ class QuestionAnsweringPipeline:
             doc_stride = min(max_seq_len // 2, 128)
         if doc_stride > max_seq_len:
             raise ValueError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
-        if max_seq_len > self.model.config.max_sequence_length:
-            raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's {self.model.config.max_sequence_length} "
-                             f"positions (max_position_embeddings {self.model.config.max_position_embeddings})")
+        config = self.model.config
+        if max_seq_len > config.max_sequence_length:
+            raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's max_position_embeddings "
+                             f"{config.max_position_embeddings}" + (f" ({config.max_sequence_length} tokens after the "
+                             "padding offset)" if config.position_offset else ""))
         questions, contexts = zip(*examples)
         per_example = self.tokenizer.encode_pairs(list(questions), list(contexts), max_seq_len, doc_stride,
                                                   params.get("padding", "do_not_pad"))
@@ -145,7 +147,8 @@ class QuestionAnsweringPipeline:
         order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
         for b in range(0, len(order), batch_size):
             chunk = order[b:b + batch_size]
-            result = self.model(**model_inputs([windows[i] for i in chunk], self.tokenizer))
+            inputs = model_inputs([windows[i] for i in chunk], self.tokenizer)
+            result = self.model(inputs.pop("input_ids"), **inputs)
             for row, i in enumerate(chunk):
                 n = len(windows[i])
                 out[i] = (result.start_logits[row, :n], result.end_logits[row, :n])
