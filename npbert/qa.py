@@ -2,7 +2,9 @@
 
 Follows transformers 4.57.6 `pipelines/question_answering.py` (`select_starts_ends`, `decode_spans`,
 `QuestionAnsweringPipeline.postprocess`, `get_indices`, `get_answer`) operation for operation, float32
-throughout, so that ties and near-ties resolve the same way. Two quirks are kept on purpose:
+throughout, so that ties and near-ties resolve the same way. One bug is not kept: with exactly as many
+candidates as `topk` (S * S for a window of S tokens) transformers' `decode_spans` calls `np.argpartition`
+out of bounds and raises; npbert sorts every candidate there. Two quirks are kept on purpose:
 
 - the "is this token desired" test uses `np.isin(starts, mask.nonzero())` on a [1, S] mask, whose
   row indices (all 0) make token 0 ([CLS]) always pass;
@@ -35,7 +37,9 @@ def decode_spans(start, end, topk: int, max_answer_len: int, undesired_tokens):
     scores_flat = candidates.flatten()
     if topk == 1:
         idx_sort = [np.argmax(scores_flat)]
-    elif len(scores_flat) < topk:
+    elif len(scores_flat) <= topk:
+        # transformers 4.57.6 tests `<` and then asks argpartition for the kth of len(scores_flat) elements,
+        # which is out of bounds: there every candidate is wanted, so sorting them all is the answer.
         idx_sort = np.argsort(-scores_flat)
     else:
         idx = np.argpartition(-scores_flat, topk)[0:topk]
