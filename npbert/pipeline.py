@@ -170,7 +170,8 @@ class QuestionAnsweringPipeline:
         return (f"QuestionAnsweringPipeline(model_id={self.model_id!r}, revision={self.revision!r}, "
                 f"folder={str(self.folder)!r})")
 
-    def __call__(self, *args, batch_size: int | None = None, num_workers: int | None = None, **kwargs):
+    def __call__(self, *args, batch_size: int | None = None, num_workers: int | None = None,
+                 null_scores: list | None = None, **kwargs):
         """Answer one question (a dict, or a list of dicts when top_k > 1) or many (a list per question).
 
         Inputs as transformers takes them: question=..., context=... (strings, or equal-length lists, or a
@@ -184,15 +185,24 @@ class QuestionAnsweringPipeline:
         by slow tokenizers only, accepted and ignored as transformers does), handle_impossible_answer=False,
         align_to_words=True, padding="do_not_pad", batch_size (windows per forward). `num_workers` is
         accepted and ignored.
+
+        npbert's addition: `null_scores`, a list to which each question's null score is appended (lists of
+        inputs only): `qa.null_score`, min over the question's windows of p_start[CLS] * p_end[CLS], the
+        score of the empty answer with handle_impossible_answer (SQuAD v2.0's no-answer probability).
         """
+        return self._call(args, kwargs, batch_size, null_scores)
+
+    def _call(self, args: tuple, kwargs: dict, batch_size, null_scores: list | None = None):
         params = {k: kwargs.pop(k) for k in list(kwargs) if k in PARAMETERS}
         examples, form = _examples(args, kwargs)
         params = {**self._defaults, **check_parameters(params)}
         batch_size = _check_batch_size(batch_size) or self.batch_size
         if form == "stream":
+            if null_scores is not None:
+                raise ValueError("null_scores= needs a list of inputs, not a generator or Dataset")
             settings = self._window_settings(params)  # bad settings fail now, not at the first item
             return self._stream(examples, params, batch_size, settings)
-        results = self._answer(examples, params, batch_size) if examples else []
+        results = self._answer(examples, params, batch_size, null_scores) if examples else []
         return results[0] if len(results) == 1 and form != "list" else results
 
     # --- the steps --------------------------------------------------------------------------------------
@@ -233,12 +243,14 @@ class QuestionAnsweringPipeline:
                                      f"<= {positions}")
         return per_example
 
-    def _answer(self, examples: list[tuple[str, str]], params: dict, batch_size: int | None) -> list:
-        """Answers of a list of examples: all their windows batched together."""
+    def _answer(self, examples: list[tuple[str, str]], params: dict, batch_size: int | None,
+                null_scores: list | None = None) -> list:
+        """Answers of a list of examples: all their windows batched together (their null scores appended to
+        `null_scores` when given)."""
         per_example = self._windows(examples, self._window_settings(params), params,
                                     lambda i: "the context" if len(examples) == 1 else f"context {i}")
         lengths = _collated_lengths([len(w) for ws in per_example for w in ws], batch_size or 1)
-        return self._postprocess(examples, per_example, lengths, params, batch_size)
+        return self._postprocess(examples, per_example, lengths, params, batch_size, null_scores)
 
     def _stream(self, items, params: dict, batch_size: int | None, settings: tuple[int, int]):
         """Answers of a stream of items, one per item, in order, read and answered a few batches at a time.
@@ -273,7 +285,8 @@ class QuestionAnsweringPipeline:
         cut = end - end % group
         return pending[k:], lengths[cut:], end - cut
 
-    def _postprocess(self, examples, per_example, lengths: list[int], params: dict, batch_size: int | None) -> list:
+    def _postprocess(self, examples, per_example, lengths: list[int], params: dict, batch_size: int | None,
+                     null_scores: list | None = None) -> list:
         """Forward every window, then qa.answers per example; `lengths`: each window's collated length."""
         windows = [w for ws in per_example for w in ws]
         logits = self._forward(windows, batch_size or DEFAULT_FORWARD_BATCH)
@@ -284,6 +297,8 @@ class QuestionAnsweringPipeline:
             inputs = [_postprocess_inputs(w, *logits[i + j], lengths[i + j]) for j, w in enumerate(ws)]
             i += len(ws)
             results.append(qa.answers(inputs, context, **post))
+            if null_scores is not None:
+                null_scores.append(qa.null_score(inputs))
         return results
 
     def _forward(self, windows: list, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -58,6 +58,17 @@ def select_starts_ends(start, end, p_mask, attention_mask, min_null_score=NO_NUL
     start, end: [1, S] float32 logits; p_mask: [1, S] bool (True = not context, [CLS] excepted);
     attention_mask: [1, S] int64 or None. Returns starts, ends, scores, the updated min_null_score.
     """
+    start, end, undesired_tokens = _probabilities(start, end, p_mask, attention_mask)
+    if handle_impossible_answer:
+        min_null_score = min(min_null_score, (start[0, 0] * end[0, 0]).item())
+    start[0, 0] = end[0, 0] = 0.0  # [CLS] is the null answer, never a span
+    starts, ends, scores = decode_spans(start, end, top_k, max_answer_len, undesired_tokens)
+    return starts, ends, scores, min_null_score
+
+
+def _probabilities(start, end, p_mask, attention_mask):
+    """The softmax of start and end logits over [CLS] and the window's context tokens (the others masked to
+    MASKED_LOGIT), float32 as transformers; and the mask of tokens that may be in an answer."""
     undesired_tokens = np.abs(np.array(p_mask) - 1)  # 1 where the token may be in an answer
     if attention_mask is not None:
         undesired_tokens = undesired_tokens & attention_mask
@@ -68,11 +79,18 @@ def select_starts_ends(start, end, p_mask, attention_mask, min_null_score=NO_NUL
     start = start / start.sum()
     end = np.exp(end - end.max(axis=-1, keepdims=True))
     end = end / end.sum()
-    if handle_impossible_answer:
-        min_null_score = min(min_null_score, (start[0, 0] * end[0, 0]).item())
-    start[0, 0] = end[0, 0] = 0.0  # [CLS] is the null answer, never a span
-    starts, ends, scores = decode_spans(start, end, top_k, max_answer_len, undesired_tokens)
-    return starts, ends, scores, min_null_score
+    return start, end, undesired_tokens
+
+
+def null_score(windows) -> float:
+    """The question's no-answer score: the smallest, over its windows, of p_start[CLS] * p_end[CLS] (the
+    probabilities of `_probabilities`). It is the score `answers` gives the empty answer with
+    handle_impossible_answer, computed the same way whether or not that is on. windows: as `answers`."""
+    score = NO_NULL_SCORE
+    for start, end, p_mask, attention_mask, _ in windows:
+        p_start, p_end, _ = _probabilities(start, end, p_mask, attention_mask)
+        score = min(score, (p_start[0, 0] * p_end[0, 0]).item())
+    return score
 
 
 def char_span(encoding, s: int, e: int, align_to_words: bool = True) -> tuple[int, int]:

@@ -212,3 +212,21 @@ def test_max_seq_len_beyond_the_positions_equals_transformers(short_positions_pa
         mine(question="Which river?", context=LONG)
     with pytest.raises(Exception):  # torch's index error: the window cannot run there either
         ref(question="Which river?", context=LONG)
+
+
+def test_null_scores_are_transformers_empty_answer_scores(tiny_pair):
+    """na_probs.json's number: npbert's null_scores equal the score transformers gives the empty answer with
+    handle_impossible_answer, asked for every candidate span of every window (short ones: top_k 10**6) so that
+    the empty answer is always among its answers."""
+    mine, ref = tiny_pair
+    questions = ["Where does John live?", "Who?", "Which capital is mentioned?", "Which river was renamed?"]
+    contexts = [SHORT, "Seattle", UNICODE[0][:60], LONG[:400]]
+    kwargs = dict(max_seq_len=32, doc_stride=8)  # the last context makes several windows
+    nulls = []
+    mine(question=questions, context=contexts, null_scores=nulls, **kwargs)
+    want = ref(question=questions, context=contexts, handle_impossible_answer=True, top_k=10**6,
+               align_to_words=False, **kwargs)
+    assert len(nulls) == len(want) == 4
+    for got, answers in zip(nulls, want):
+        empty = max(a["score"] for a in answers if (a["answer"], a["start"], a["end"]) == ("", 0, 0))
+        assert got == pytest.approx(empty, rel=1e-4, abs=1e-12)
