@@ -1,5 +1,5 @@
 """Shared fixtures: test checkpoints (tiny and full-size, made once per session), the shared data
-folder, and the hypothesis profiles (CI: derandomized, bounded)."""
+folder, and the hypothesis profiles (CI and a clone alike: derandomized, bounded, no example database)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,14 @@ from hypothesis import HealthCheck, settings
 sys.path.insert(0, str(Path(__file__).parent))
 import checkpoints  # noqa: E402
 
+# A clone's runs test exactly CI's examples: "dev" (the default) is CI's derandomized profile, which also
+# turns the .hypothesis/ example database off, so that a failure one run found is not replayed by that
+# clone's later runs only. HYPOTHESIS_PROFILE=explore searches instead: random, more examples, failures kept
+# in .hypothesis/ and replayed until fixed (then add them to the test with @example).
 settings.register_profile("ci", derandomize=True, max_examples=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", settings.get_profile("ci"))
+settings.register_profile("explore", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
