@@ -337,7 +337,7 @@ def _examples(args: tuple, kwargs: dict) -> tuple:
     elif "X" in kwargs or "data" in kwargs:
         name = "X" if "X" in kwargs else "data"  # transformers' deprecated spellings, X first
         warnings.warn(f"Passing the `{name}` argument to the pipeline is deprecated; pass question= and "
-                      "context= instead", FutureWarning, stacklevel=3)
+                      "context= instead", FutureWarning, stacklevel=4)
         inputs = kwargs.pop(name)
         _ignored(kwargs, ("question", "context", "X", "data"))
     elif "question" in kwargs and "context" in kwargs:
