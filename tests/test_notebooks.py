@@ -104,3 +104,14 @@ def test_online_endpoint_notebook(tiny_checkpoint, tmp_path, jupyter_path, monke
     assert "200 {" in text and str(tiny_checkpoint) in text  # /health names the model
     assert re.search(r"\(422,\s*\{", text) and "must not be empty or blank" in text  # the error response
     assert re.search(r"\(200,\s*\[", text) and "exit status 0" in out[-1]  # /score's list of answers
+
+
+def test_install_commands_work_from_a_clone():
+    """npbert is not on the package index: README and docs install extras from the clone ('.[serve]'), and the
+    README says how to get the notebooks running and what the tests' shared data is."""
+    root = NOTEBOOKS.parents[1]
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        assert "install 'npbert[" not in text and 'install "npbert[' not in text, f"{page.name}: not installable"
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "pip install -e '.[notebooks]'" in readme and "NPBERT_SHARED_DIR" in readme and "docs/notebooks/" in readme
