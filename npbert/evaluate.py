@@ -9,8 +9,10 @@ Files in the output folder:
   uninterrupted run and the final files are byte-identical (timing fields of metrics.json aside).
 - at the end, each written atomically (temporary file + rename): `predictions.json` ({id: answer text},
   the official format; no-answer is ""), `nbest_predictions.json` when top_k > 1 ({id: [answer, ...]}),
-  and `metrics.json` (the official score plus count, timing, model, revision, weights sha256). The
-  partial file is removed last.
+  for SQuAD v2.0 `na_probs.json` ({id: no-answer probability}, the official script's --na-prob-file: the
+  pipeline's null score, `qa.null_score`: min over the question's windows of p_start[CLS] * p_end[CLS]),
+  and `metrics.json` (the official score, for v2.0 with the na-prob figures best_exact/best_f1 and their
+  thresholds, plus count, timing, model, revision, weights sha256). The partial file is removed last.
 
 The run's settings come as a `Job`, built from a mapping (CLI flags or a YAML job file) by `make_job`,
 which names the offending key and its place on any bad value.
@@ -35,6 +37,7 @@ from .hub import DEFAULT_MODEL, sha256_file
 PARTIAL = "predictions.partial.jsonl"
 PREDICTIONS = "predictions.json"
 NBEST = "nbest_predictions.json"
+NA_PROBS = "na_probs.json"
 METRICS = "metrics.json"
 FORMAT = "npbert-eval-partial/1"
 
@@ -347,12 +350,14 @@ def _answer_all(qa, examples, records: list, seconds, params, job, f, signals, p
             chunk = examples[start: start + job.save_every]
             t0 = time.perf_counter()
             try:
-                output = qa(question=[e.question for e in chunk], context=[e.context for e in chunk], **params)
+                null_scores = []  # each question's no-answer probability, for na_probs.json
+                output = qa(question=[e.question for e in chunk], context=[e.context for e in chunk], **params,
+                            null_scores=null_scores)
             except ValueError as e:  # a parameter, or a question the pipeline refuses: say which questions
                 raise ValueError(f"questions {start + 1}-{start + len(chunk)} (from {chunk[0].location}): {e}") from None
             answers = _records(output, len(chunk))
             elapsed = time.perf_counter() - t0
-            done = [{"id": e.id, "answers": a} for e, a in zip(chunk, answers)]
+            done = [{"id": e.id, "answers": a, "null_score": n} for e, a, n in zip(chunk, answers, null_scores)]
             with signals.critical():
                 f.write(_dumps_line({"seconds": elapsed, "predictions": done}))
                 f.flush()
@@ -377,7 +382,16 @@ def _finish(out: Path, data, version, records, seconds, identity, params) -> dic
                   "questions_per_second": len(records) / seconds if seconds else None,
                   **identity, "data": str(data.path), "parameters": params}
     assert set(run_fields) <= RUN_FIELDS
-    metrics = {**squad.evaluate(data, predictions, version), **run_fields}
+    na_probs = None
+    if version == "2.0":  # the official script's --na-prob-file: the pipeline's null score per question
+        if any("null_score" not in r for r in records):
+            raise JobError(f"{out / PARTIAL}: written by an npbert without no-answer probabilities; delete it and "
+                           "run again")
+        na_probs = {r["id"]: r["null_score"] for r in records}
+        write_atomic(out / NA_PROBS, json.dumps(na_probs, indent=2) + "\n")
+    elif (out / NA_PROBS).exists():
+        (out / NA_PROBS).unlink()  # an earlier v2.0 run's
+    metrics = {**squad.evaluate(data, predictions, version, na_probs), **run_fields}
     write_atomic(out / METRICS, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
