@@ -507,7 +507,10 @@ def _add_special_tokens(backend, settings: _Settings, family: Family, tokenizer_
         # the class __init__ wraps a plain-string mask token (the slow class's wrapping wins without tokenizer.json)
         wrap = (family.slow_tokens if slow else {"mask_token": family.mask_fast} if family.mask_fast else None) or {}
         if isinstance(value, str) and wrap.get(key):
-            value = AddedToken(value, **wrap[key])
+            fields = dict(wrap[key])
+            if slow:  # the slow tokenizer marks it special before the fast one copies it: normalized stays
+                fields = {"normalized": not fields.get("special", False), **fields, "special": True}
+            value = AddedToken(value, **fields)
         special[key] = value
     extra = values.get("additional_special_tokens") or []
     if not isinstance(extra, list):
