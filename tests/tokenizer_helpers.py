@@ -64,6 +64,10 @@ Café, naïve, résumé, façade and Ångström keep their accents; 東京 and �
 """
 
 
+BUILTIN_QUESTIONS = ["Who were the Normans?", "What is the capital?", "When was the game played?",
+                     "How many people live there?", "Which team won?", "What does the theory classify?"]
+
+
 def squad_dev() -> list[dict]:
     if checkpoints.SHARED_SQUAD.is_file():
         return json.loads(checkpoints.SHARED_SQUAD.read_text(encoding="utf-8"))["data"]
@@ -74,11 +78,9 @@ def squad_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """`n` SQuAD v1.1 dev (question, context) pairs, a fixed sample; built-in pairs when ../shared is absent."""
     pairs = [(qa["question"], p["context"]) for a in squad_dev() for p in a["paragraphs"] for qa in p["qas"]]
     if not pairs:
-        sentences = [s for s in BUILTIN_CORPUS.replace("\n", " ").split(". ") if s]
-        contexts = [". ".join(sentences[i:i + 4]) + "." for i in range(0, len(sentences), 2)]
-        questions = [s for s in BUILTIN_CORPUS.replace("?", "?\n").split("\n") if s.strip().endswith("?")]
-        questions = [q.strip() for line in questions for q in line.split("? ") if q.strip()]
-        pairs = [(q if q.endswith("?") else q + "?", c) for c in contexts for q in questions[:6]]
+        lines = [line for line in BUILTIN_CORPUS.splitlines() if line]
+        contexts = [" ".join(lines[i:i + 3]) for i in range(0, len(lines), 2)]
+        pairs = [(q, c) for c in contexts for q in BUILTIN_QUESTIONS]
     return random.Random(seed).sample(pairs, min(n, len(pairs)))
 
 
@@ -133,10 +135,11 @@ def roberta_folder(folder: Path, add_prefix_space: bool | None = None, vocab_siz
     return folder
 
 
-def sentencepiece_folder(folder: Path, kind: str, vocab_size: int = 1000) -> Path:
+def sentencepiece_folder(folder: Path, kind: str, vocab_size: int = 1000, model_type: str | None = None) -> Path:
     """A SentencePiece model trained here: kind "xlmr" is a BPE model saved as XLM-R's sentencepiece.bpe.model
     (<unk> <s> </s> first, as fairseq's); "albert" a unigram model saved as ALBERT's spiece.model (<pad> <unk>
-    [CLS] [SEP] [MASK] first)."""
+    [CLS] [SEP] [MASK] first). `model_type` ("bpe", "unigram") overrides the algorithm (the real XLM-R
+    sentencepiece.bpe.model is a unigram model despite its name)."""
     import sentencepiece as spm
 
     folder.mkdir(parents=True)
@@ -144,12 +147,12 @@ def sentencepiece_folder(folder: Path, kind: str, vocab_size: int = 1000) -> Pat
     common = dict(sentence_iterator=iter(training_text()), model_writer=model, vocab_size=vocab_size,
                   hard_vocab_limit=False, character_coverage=1.0, num_threads=1, minloglevel=2)
     if kind == "xlmr":
-        spm.SentencePieceTrainer.train(model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, **common)
+        spm.SentencePieceTrainer.train(model_type=model_type or "bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, **common)
         (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
         _write_json(folder / "tokenizer_config.json", {"model_max_length": 512})
         _config(folder, "xlm-roberta")
     else:
-        spm.SentencePieceTrainer.train(model_type="unigram", pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
+        spm.SentencePieceTrainer.train(model_type=model_type or "unigram", pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
                                        control_symbols=["[CLS]", "[SEP]", "[MASK]"], **common)
         (folder / "spiece.model").write_bytes(model.getvalue())
         _write_json(folder / "tokenizer_config.json",
