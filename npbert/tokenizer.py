@@ -316,6 +316,10 @@ def _sentencepiece_proto(path: Path):
     except ImportError:
         raise ImportError(f"{path}: reading a SentencePiece model needs the sentencepiece extra "
                           f"({SENTENCEPIECE_EXTRA} from a clone)") from None
+    except Exception as e:  # e.g. protobuf's VersionError: the schema was generated for a newer protobuf
+        raise ImportError(f"{path}: sentencepiece's model schema does not load with this protobuf "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); reinstall the "
+                          f"sentencepiece extra ({SENTENCEPIECE_EXTRA} from a clone)") from None
     from google.protobuf.message import DecodeError
 
     proto = sentencepiece_model_pb2.ModelProto()
