@@ -63,7 +63,8 @@ SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_t
 PADDING = ("do_not_pad", "longest", "max_length")
 SENTENCEPIECE_EXTRA = "pip install '.[sentencepiece]'"
 # Configured backend copies kept per Tokenizer (a server may see many max_seq_len/doc_stride settings).
-MAX_CONFIGURED = 16
+# A copy of a 250k-piece XLM-R backend holds tens of MB: few settings are kept.
+MAX_CONFIGURED = 8
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class Window:
     sequence_ids: tuple  # [S] of 0, 1 or None
     p_mask: np.ndarray  # [S] bool
     encoding: object  # tokenizers.Encoding
-    token_type_ids: np.ndarray | None = None  # [S] int64 (pad type id 0)
+    token_type_ids: np.ndarray  # [S] int64: the tokenizer's type ids (padding: type id 0)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -209,7 +210,7 @@ def _tokenizer_class(settings: _Settings, folder: Path, model_type: str | None) 
     name = settings.config.get("tokenizer_class")
     source = f"{settings.path}: tokenizer_class"
     if name is None:
-        config = _read_json(folder / "config.json") if model_type is None else {}
+        config = _read_json(folder / "config.json")
         name = config.get("tokenizer_class")
         source = f"{folder / 'config.json'}: tokenizer_class"
         if name is None:
@@ -294,7 +295,7 @@ def _roberta_backend(vocab_file: Path, merges_file: Path, add_prefix_space: bool
         except UnicodeDecodeError as e:
             raise ValueError(f"{merges_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     merges = list(dict.fromkeys(tuple(line.split()) for line in lines))
-    for n, merge in enumerate(merges):
+    for merge in merges:
         if len(merge) != 2:
             raise ValueError(f"{merges_file}: a merge must be two tokens separated by a space, found {' '.join(merge)!r}")
     _require(vocab, (cls, sep), vocab_file)
@@ -411,9 +412,10 @@ def _spm_backend(path: Path, kind: str, do_lower_case: bool, keep_accents: bool)
 # --- the fast classes' __init__ overrides ---------------------------------------------------------------
 
 
-def _rebuilt(component, module, **wanted):
+def _rebuilt(component, module, set_all: bool = False, **wanted):
     """`component` rebuilt from its state with `wanted` values, or None when it already has them (the
-    fast classes compare state.get(key, wanted) and rebuild only on a difference)."""
+    fast classes compare state.get(key, wanted) and rebuild only on a difference). `set_all`: every wanted
+    key is set (the WordPiece classes' normalizer), else only the keys the state has."""
     if component is None:
         return None
     try:
@@ -426,7 +428,7 @@ def _rebuilt(component, module, **wanted):
         if key in state:
             state[key] = tuple(state[key])
     cls = getattr(module, state.pop("type"))
-    state.update({k: v for k, v in wanted.items() if k in state or module.__name__.endswith("normalizers")})
+    state.update({k: v for k, v in wanted.items() if set_all or k in state})
     return cls(**state)
 
 
@@ -435,7 +437,7 @@ def _apply_normalizer_flags(backend, lowercase: bool, strip_accents, chinese: bo
     win over tokenizer.json's normalizer."""
     from tokenizers import normalizers
 
-    new = _rebuilt(backend.normalizer, normalizers, lowercase=lowercase, strip_accents=strip_accents,
+    new = _rebuilt(backend.normalizer, normalizers, set_all=True, lowercase=lowercase, strip_accents=strip_accents,
                    handle_chinese_chars=chinese)
     if new is not None:
         backend.normalizer = new
@@ -476,7 +478,7 @@ def _special_values(settings: _Settings) -> dict:
     return values
 
 
-def _add_special_tokens(backend, settings: _Settings, family: Family, tokenizer_json: dict | None, slow: bool):
+def _add_special_tokens(backend, settings: _Settings, family: Family, from_tokenizer_json: bool):
     """The added tokens `_from_pretrained` + `PreTrainedTokenizerFast.__init__` give the backend.
 
     Returns {attribute: token content} of the special tokens."""
@@ -496,11 +498,10 @@ def _add_special_tokens(backend, settings: _Settings, family: Family, tokenizer_
             from_config.append((int(idx), _added_token(token, where, f"added_tokens_decoder[{idx}]")))
         from_config.sort(key=lambda t: t[0])
         added_map = {tok.content: tok for _, tok in from_config}
+    elif from_tokenizer_json:  # its added tokens, as loaded (nothing is added to the backend before this)
+        added_map = {tok.content: tok for _, tok in sorted(backend.get_added_tokens_decoder().items())}
     else:
         added_map = {}
-        for entry in (tokenizer_json or {}).get("added_tokens", []):
-            fields = {k: v for k, v in entry.items() if k != "id"}
-            added_map[fields["content"]] = AddedToken(**fields)
     special = {}
     for key in SPECIAL_TOKEN_KEYS:
         value = values.get(key, family.defaults.get(key))
@@ -509,6 +510,7 @@ def _add_special_tokens(backend, settings: _Settings, family: Family, tokenizer_
         value = _added_token(value, where, key)
         value = added_map.get(_content(value), value)
         # the class __init__ wraps a plain-string mask token (the slow class's wrapping wins without tokenizer.json)
+        slow = not from_tokenizer_json
         wrap = (family.slow_tokens if slow else {"mask_token": family.mask_fast} if family.mask_fast else None) or {}
         if isinstance(value, str) and wrap.get(key):
             fields = dict(wrap[key])
@@ -584,8 +586,7 @@ class Tokenizer:
         settings = _Settings(folder)
         name = _tokenizer_class(settings, folder, model_type)
         family = FAMILIES[name]
-        tokenizer_json_path = folder / "tokenizer.json"
-        tokenizer_json = None
+        tokenizer_json = folder / "tokenizer.json"
         lowercase = strip_accents = chinese = None
         if family.kind == "wordpiece":
             lowercase = settings.flag("do_lower_case", True)
@@ -593,9 +594,8 @@ class Tokenizer:
             chinese = settings.flag("tokenize_chinese_chars", True)
         add_prefix_space = settings.flag("add_prefix_space", False)
         trim_offsets = settings.flag("trim_offsets", True)
-        if tokenizer_json_path.is_file():
-            backend = _load_backend(tokenizer_json_path)
-            tokenizer_json = json.loads(tokenizer_json_path.read_text(encoding="utf-8"))
+        if tokenizer_json.is_file():
+            backend = _load_backend(tokenizer_json)
             if family.kind == "wordpiece":
                 _apply_normalizer_flags(backend, lowercase, strip_accents, chinese)
         else:
@@ -610,14 +610,15 @@ class Tokenizer:
         stored_truncation = backend.truncation
         truncation_side = settings.choice(
             "truncation_side", stored_truncation["direction"] if stored_truncation else "right", ("right", "left"))
-        special = _add_special_tokens(backend, settings, family, tokenizer_json, slow=tokenizer_json is None)
+        special = _add_special_tokens(backend, settings, family, tokenizer_json.is_file())
         backend.encode_special_tokens = settings.flag("split_special_tokens", False)
         _apply_prefix_space(backend, add_prefix_space, family.kind == "bpe", trim_offsets)
         # encode_pair sets its own truncation and padding, on configured copies.
         backend.no_truncation()
         backend.no_padding()
-        return cls(backend, special, settings.model_max_length(), bool(lowercase) if lowercase is not None else
-                   settings.flag("do_lower_case", family.kind == "albert"), padding_side, source=str(folder),
+        do_lower_case = lowercase if family.kind == "wordpiece" else settings.flag("do_lower_case",
+                                                                                   family.kind == "albert")
+        return cls(backend, special, settings.model_max_length(), do_lower_case, padding_side, source=str(folder),
                    model_input_names=settings.model_input_names(family.model_input_names), tokenizer_class=name,
                    truncation_side=truncation_side)
 

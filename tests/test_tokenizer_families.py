@@ -39,6 +39,7 @@ LAYOUTS = {
     "electra-uncased/vocab.txt": lambda root, get: helpers.wordpiece_folder(root, True, model_type="electra"),
     "distilbert-cased/vocab.txt": lambda root, get: helpers.wordpiece_folder(root, False, model_type="distilbert"),
     "bert-cased/tokenizer.json": _json("bert-cased/vocab.txt"),
+    "bert-cased-left-truncation/vocab.txt": _edited("bert-cased/vocab.txt", truncation_side="left"),
     "bert-uncased/tokenizer.json": _json("bert-uncased/vocab.txt"),
     "roberta/vocab.json": lambda root, get: helpers.roberta_folder(root),
     "roberta-prefix-space/vocab.json": lambda root, get: helpers.roberta_folder(root, add_prefix_space=True),
@@ -58,7 +59,7 @@ LAYOUTS = {
 NEEDS_SENTENCEPIECE = ("xlm-roberta", "albert")
 # Layouts whose backend another layout already checks in full (same files, another class or a changed
 # config flag): every fourth case, to keep the file fast.
-VARIANTS = ("electra-uncased/vocab.txt", "distilbert-cased/vocab.txt", "bert-cased/tokenizer.json",
+VARIANTS = ("electra-uncased/vocab.txt", "bert-cased-left-truncation/vocab.txt", "distilbert-cased/vocab.txt", "bert-cased/tokenizer.json",
             "roberta-prefix-untrimmed/tokenizer.json", "albert-cased-accents/spiece.model")
 
 
