@@ -186,11 +186,11 @@ def _added_token(value, where: str, key: str, special: bool | None = None):
     """A token as tokenizer_config.json may store it: a string, or an AddedToken dict."""
     from tokenizers import AddedToken
 
-    if isinstance(value, str):
+    if isinstance(value, (str, AddedToken)):
         return value
     if isinstance(value, dict):
         fields = {k: v for k, v in value.items() if k != "__type"}
-        if special is not None:
+        if special is not None:  # special_tokens_map.json's AddedToken dicts are special
             fields["special"] = special
         content = fields.get("content")
         known = {"content", "single_word", "lstrip", "rstrip", "normalized", "special"}
@@ -466,8 +466,7 @@ def _special_values(settings: _Settings) -> dict:
         return values
     for key, value in settings.special_map.items():
         if key in SPECIAL_TOKEN_KEYS:
-            values[key] = _added_token(value, settings.special_map_path, key, special=True) \
-                if isinstance(value, dict) else value
+            values[key] = _added_token(value, settings.special_map_path, key, special=True)
         elif key == "additional_special_tokens" and isinstance(value, list):
             extra = list(values.get("additional_special_tokens") or [])
             for token in value:

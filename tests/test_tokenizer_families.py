@@ -23,12 +23,14 @@ def _json(base):
     return lambda root, get: helpers.with_tokenizer_json(get(base), root)
 
 
-def _edited(base, **changes):
+def _edited(base, name="tokenizer_config.json", **changes):
     def make(root, get):
         import shutil
 
         shutil.copytree(get(base), root)
-        return helpers.edit_config(root, **changes)
+        if not (root / name).is_file():
+            (root / name).write_text("{}")
+        return helpers.edit_config(root, name, **changes)
     return make
 
 
@@ -44,6 +46,11 @@ LAYOUTS = {
     "roberta/vocab.json": lambda root, get: helpers.roberta_folder(root),
     "roberta-prefix-space/vocab.json": lambda root, get: helpers.roberta_folder(root, add_prefix_space=True),
     "roberta/tokenizer.json": _json("roberta/vocab.json"),
+    # special_tokens_map.json with AddedToken objects, as older repositories (deepset's) carry it
+    "roberta-special-tokens-map/vocab.json": _edited(
+        "roberta/vocab.json", name="special_tokens_map.json", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        sep_token="</s>", pad_token="<pad>", cls_token="<s>",
+        mask_token={"content": "<mask>", "single_word": False, "lstrip": True, "rstrip": False, "normalized": True}),
     # tokenizer_config.json disagreeing with tokenizer.json: RobertaTokenizerFast.__init__ rebuilds the
     # pre-tokenizer and post-processor
     "roberta-prefix-untrimmed/tokenizer.json": _edited("roberta/tokenizer.json", add_prefix_space=True,
@@ -60,7 +67,7 @@ NEEDS_SENTENCEPIECE = ("xlm-roberta", "albert")
 # Layouts whose backend another layout already checks in full (same files, another class or a changed
 # config flag): every fourth case, to keep the file fast.
 VARIANTS = ("electra-uncased/vocab.txt", "bert-cased-left-truncation/vocab.txt", "distilbert-cased/vocab.txt", "bert-cased/tokenizer.json",
-            "roberta-prefix-untrimmed/tokenizer.json", "albert-cased-accents/spiece.model")
+            "roberta-prefix-untrimmed/tokenizer.json", "roberta-special-tokens-map/vocab.json", "albert-cased-accents/spiece.model")
 
 
 @pytest.fixture(scope="session")
@@ -215,6 +222,8 @@ BROKEN = [  # (id, layout, change, message pattern)
      r"tokenizer_config.json: cls_token must be a token string or an AddedToken object"),
     ("cls-object-json", "bert-cased/tokenizer.json", {"config": {"cls_token": {"lstrip": True}}},
      r"tokenizer_config.json: cls_token must be"),
+    ("special-map-cls-list", "bert-cased/vocab.txt", {"write": {"special_tokens_map.json": b'{"cls_token": ["[CLS]"]}'}},
+     r"special_tokens_map.json: cls_token must be a token string"),
     ("lowercase-yes", "bert-uncased/vocab.txt", {"config": {"do_lower_case": "yes"}},
      r"tokenizer_config.json: do_lower_case must be true or false, found 'yes'"),
     ("strip-accents-text", "bert-uncased/tokenizer.json", {"config": {"strip_accents": "no"}},
