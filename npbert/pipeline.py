@@ -55,7 +55,7 @@ def pipeline(task: str = TASK, model: str | Path = hub.DEFAULT_MODEL, revision: 
     folder = hub.resolve(model, revision, local_files_only)
     qa_model = AutoModelForQuestionAnswering.from_pretrained(folder, dtype=dtype, kernels=kernels)
     if tokenizer is None:
-        tokenizer = Tokenizer.from_folder(folder)
+        tokenizer = Tokenizer.from_folder(folder, qa_model.config.model_type)
     elif not isinstance(tokenizer, Tokenizer):
         tokenizer = Tokenizer.from_pretrained(tokenizer, local_files_only=local_files_only)
     return QuestionAnsweringPipeline(qa_model, tokenizer, model_id=str(model), revision=revision, folder=folder,
@@ -323,7 +323,7 @@ def model_inputs(windows: list, tokenizer: Tokenizer) -> dict[str, np.ndarray]:
     S = max(len(w) for w in windows)
     out = {"input_ids": np.full((len(windows), S), tokenizer.pad_token_id, dtype=np.int64),
            "attention_mask": np.zeros((len(windows), S), dtype=np.int64)}
-    if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):  # TODO(merge tok): plain attribute
+    if "token_type_ids" in tokenizer.model_input_names:
         out["token_type_ids"] = np.zeros((len(windows), S), dtype=np.int64)  # the pad type id is 0
     for row, w in enumerate(windows):
         for name, batch in out.items():

@@ -40,7 +40,7 @@ def load_and_encode(args, dtype="float32"):
     encoder_only = weights.is_file() and "qa_outputs.weight" not in read_header(weights)[0]
     cls = AutoModel if encoder_only else AutoModelForQuestionAnswering
     model = cls.from_pretrained(folder, dtype=np.dtype(dtype))
-    tokenizer = Tokenizer.from_folder(folder)
+    tokenizer = Tokenizer.from_folder(folder, model.config.model_type)
     max_seq_len = args.max_seq_len or min(tokenizer.model_max_length, 384)
     doc_stride = args.doc_stride if args.doc_stride is not None else min(max_seq_len // 2, 128)
     if doc_stride >= max_seq_len:
