@@ -4,7 +4,7 @@ Each client is a thread with its own keep-alive HTTP connection, sending the sam
 and again until the time is up (the run stops by itself: no request starts after T seconds). Reported:
 requests/s (successful answers over the wall time), p50/p99 latency, errors (any non-200 or broken
 connection; must be 0), the server's RSS after warm-up and after the run (and its peak), and the
-server's batching counters over the run (how many requests shared each pipeline call).
+server's batching counters over the run (requests per model call, windows per model call).
 
     # start a server on a free port, load it, stop it (SIGTERM) and report:
     python tools/loadtest.py --model /tmp/full --concurrency 16 --duration 60 --payload seed
@@ -285,13 +285,16 @@ def main(argv: list[str] | None = None) -> int:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             exit_code = proc.wait(120)
-    calls, reqs = after["calls"] - before["calls"], after["requests"] - before["requests"]
+    calls_key = "forwards" if "forwards" in after else "calls"  # model calls ("calls": pipeline calls, before issue 16)
+    calls, reqs = after[calls_key] - before[calls_key], after["requests"] - before["requests"]
     if args.large_concurrency:
         report["large"]["body_bytes"] = len(large)
         report["large"]["shape"] = f"{args.large_questions} x {args.large_context_chars} characters"
     report = {"payload": info, "route": args.route, "concurrency": args.concurrency, "duration_s": args.duration,
               "serve_args": args.serve_arg, "batching_enabled": after["enabled"], **report,
               "requests_per_pipeline_call": round(reqs / calls, 2) if calls else None,
+              "windows_per_forward": (round((after["windows"] - before["windows"]) / calls, 2)
+                                      if calls and "windows" in after else None),
               "rss_start_mib": round(rss_start["rss"] / 1024, 1) if rss_start else None,
               "rss_before_mib": round(rss_before["rss"] / 1024, 1) if rss_before else None,
               "rss_after_mib": round(rss_after["rss"] / 1024, 1) if rss_after else None,

@@ -58,8 +58,11 @@ def window_settings(qa, params: dict) -> tuple[int, int]:
 
 
 def context_span(window) -> tuple[int, int]:
-    """The characters of the context a window covers."""
+    """The characters of the context a window covers; (0, 0) when its context makes no token at all (say,
+    only NUL or zero-width characters, which the tokenizer drops)."""
     ctx = [i for i, s in enumerate(window.sequence_ids) if s == 1]
+    if not ctx:
+        return 0, 0
     return int(window.offsets[ctx[0], 0]), int(window.offsets[ctx[-1], 1])
 
 
