@@ -440,6 +440,37 @@ def test_a_large_request_takes_turns_with_a_small_one():
     assert [c[0] for c in model.calls] == [100, 7] + list(range(200, 1100, 100))
 
 
+def test_a_long_forward_is_run_in_turns_of_turn_tokens():
+    """One pipeline forward of 6 windows of 300 tokens, with turn_tokens 600: three pieces of 2 windows,
+    a small request's forward between the first two; the rows come back whole and in order."""
+    gate = threading.Event()
+    model = RecordingModel(gate)
+    ids = np.arange(6)[:, None] * 1000 + np.arange(300)[None]
+
+    def large(m):
+        out = m(ids, attention_mask=np.ones_like(ids))
+        return out.start_logits
+
+    async def main():
+        batcher = Batcher(model, max_batch=8, wait_s=0, turn_tokens=600)
+        await batcher.start()
+        try:
+            big = asyncio.ensure_future(batcher.run(large, Ticket()))
+            while not model.entered.is_set():
+                await asyncio.sleep(0.001)
+            small = asyncio.ensure_future(batcher.run(forwards([7]), Ticket()))
+            while batcher._queue.qsize() < 1:
+                await asyncio.sleep(0.001)
+            gate.set()
+            return await asyncio.gather(big, small)
+        finally:
+            await batcher.stop()
+
+    big, small = asyncio.run(main())
+    assert np.array_equal(big, ids.astype(np.float32)) and small == [[7, 8, 9]]
+    assert model.calls == [[0, 1000], [7], [2000, 3000], [4000, 5000]]
+
+
 def test_an_abandoned_request_runs_no_further_forwards():
     model = RecordingModel()
     ticket = Ticket()

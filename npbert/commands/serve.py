@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve the model over HTTP (POST /score, POST /v1/answer, GET /health)",
                               description="Serve question answering over HTTP: the model catalog's scoring schema "
                                           "at POST /score, full records at POST /v1/answer, GET /health, "
-                                          "OpenAPI at /openapi.json. Needs the serve extra: pip install 'npbert[serve]'.")
+                                          "OpenAPI at /openapi.json. Needs the serve extra: pip install '.[serve]' in a clone of npbert.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub repository id (default: %(default)s)")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
@@ -32,11 +32,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-items", type=_positive, default=32, help="most questions in one request (default: %(default)s)")
     p.add_argument("--max-windows", type=_positive, default=64,
                    help="most windows one question's context may make; more get 422 (default: %(default)s)")
-    p.add_argument("--max-request-windows", type=_positive, default=256,
+    p.add_argument("--max-request-windows", type=_positive, default=64,
                    help="most windows all the questions of one request may make; more get 422: bounds the work "
                         "of one request (default: %(default)s)")
     p.add_argument("--max-batch", type=_positive, default=8,
                    help="most windows in one model call, from any requests (default: %(default)s)")
+    p.add_argument("--turn-tokens", type=_positive, default=512,
+                   help="most tokens of windows one request runs before the other requests get a turn: a small "
+                        "request waits for at most this much of a large one's work (default: %(default)s)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
                    help="how long an idle server waits to coalesce requests (default: %(default)s)")
     p.add_argument("--no-batching", action="store_true", help="answer each request on its own (same as --max-batch 1)")
@@ -110,7 +113,7 @@ def run(args) -> int:
         from ..serve.protocol import TimedH11Protocol
         from ..serve.schemas import Limits
     except ImportError as e:
-        raise CommandError(f"needs the serve extra ({e.name} is missing): pip install 'npbert[serve]'") from None
+        raise CommandError(f"needs the serve extra ({e.name} is missing): pip install '.[serve]' in a clone of npbert") from None
     if args.batch_wait_ms < 0:
         raise CommandError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}", 2)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
@@ -120,6 +123,7 @@ def run(args) -> int:
                       max_question_chars=args.max_question_chars, max_items=args.max_items,
                       max_windows=args.max_windows, max_request_windows=args.max_request_windows),
         max_batch=1 if args.no_batching else args.max_batch, batch_wait_ms=args.batch_wait_ms,
+        turn_tokens=args.turn_tokens,
         request_timeout=args.request_timeout, header_timeout=args.header_timeout, body_timeout=args.body_timeout)
     options = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log,
                    timeout_graceful_shutdown=args.graceful_timeout, log_config=None, http=TimedH11Protocol,

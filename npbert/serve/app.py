@@ -64,6 +64,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     max_batch: int = 8  # windows per model call, from any requests (the pipeline's forwards are of 8); 1: off
     batch_wait_ms: float = 5.0  # how long an idle server waits for company before answering
+    turn_tokens: int = 512  # most tokens of windows one request runs before the others get a turn
     warmup: bool = True
     request_timeout: float = 120.0  # seconds from a body read to its answer; later: 503, the rest of its work dropped
     header_timeout: float = 10.0  # seconds for a request line and headers to arrive (protocol.py)
@@ -119,13 +120,20 @@ class RequestTokenizer(LockedTokenizer):
         self._max_per_question, self._max_total = max_per_question, max_total
 
     def encode_pairs(self, questions, contexts, max_seq_len, doc_stride, *args, **kwargs):
-        per_example = self.__getattr__("encode_pairs")(questions, contexts, max_seq_len, doc_stride, *args, **kwargs)
-        total = sum(len(ws) for ws in per_example)
-        over_one = self._max_per_question is not None and any(len(ws) > self._max_per_question for ws in per_example)
-        if self._max_total is not None and total > self._max_total and not over_one:
-            raise ValueError(f"the request's {len(per_example)} contexts make {total} windows of max_seq_len {max_seq_len} "
-                             f"with doc_stride {doc_stride}, over the server's limit of {self._max_total} per request: "
-                             "send fewer questions or shorter contexts per request")
+        """One question at a time (the lock is not held for a whole large request, and the count stops at
+        the first question past the limit)."""
+        encode, per_example, total = self.__getattr__("encode_pairs"), [], 0
+        for question, context in zip(questions, contexts):
+            (windows,) = encode([question], [context], max_seq_len, doc_stride, *args, **kwargs)
+            if self._max_per_question is not None and len(windows) > self._max_per_question:
+                return per_example + [windows]  # the pipeline names this question's problem
+            per_example.append(windows)
+            total += len(windows)
+            if self._max_total is not None and total > self._max_total:
+                raise ValueError(f"the request's first {len(per_example)} of {len(questions)} contexts make {total} "
+                                 f"windows of max_seq_len {max_seq_len} with doc_stride {doc_stride}, over the "
+                                 f"server's limit of {self._max_total} per request: send fewer questions or shorter "
+                                 "contexts per request")
         return per_example
 
 
@@ -170,7 +178,7 @@ def create_app(settings: Settings | None = None, qa=None) -> FastAPI:
         answer_questions(qa, [SAMPLE["question"]], [SAMPLE["context"]], {})
         log.info("warm-up answer in %.2f s", time.perf_counter() - t0)
     batcher = Batcher(qa.model, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000,
-                      pad_token_id=qa.tokenizer.pad_token_id)
+                      turn_tokens=settings.turn_tokens, pad_token_id=qa.tokenizer.pad_token_id)
     state = State(settings, qa, folder, digest, batcher)
     _shorten_access_log_targets()
 
@@ -452,6 +460,7 @@ def add_health_routes(app: FastAPI, state: State) -> None:
             "answered": state.answered, "refused": state.refused, "failed": state.failed, "aborted": state.aborted,
             "overdue": state.overdue, "cut_off": state.cut_off, "timeouts": dict(state.timeouts),
             "batching": {"enabled": s.max_batch > 1, "max_batch": s.max_batch, "wait_ms": s.batch_wait_ms,
+                         "turn_tokens": s.turn_tokens,
                          **state.batcher.stats.as_dict()},
             "timeouts_s": {"request": s.request_timeout, "header": s.header_timeout, "body": s.body_timeout},
             "limits": dataclasses.asdict(s.limits),

@@ -5,9 +5,10 @@ Each request is answered by the question-answering pipeline (npbert/pipeline.py)
 (a *driver*), on a stand-in for the model (`ScheduledModel`): its forward does not run the model but
 queues the windows and waits. One inference thread runs the model. It takes the queued forwards in
 arrival order; since a pipeline waits for each forward before it queues the next, a request has at most
-one forward queued, and the requests take turns: a request of 600 windows gets one forward of at most
-`max_batch` windows per turn, and a one-window request arriving meanwhile waits for at most one forward
-before its own is run. The forwards found queued together (after at most `wait_s` when the server was
+one forward queued, and the requests take turns. A turn is at most `turn_tokens` tokens of windows (a
+pipeline forward of 8 long windows is queued as pieces of that size, one after the other): a request of
+600 windows of 384 tokens gets one window per turn, and a one-window request arriving meanwhile waits
+for at most one such piece before its own forward is run. The forwards found queued together (after at most `wait_s` when the server was
 idle) are joined into one model call of at most `max_batch` windows, each padded to the longest, and
 each request gets back its own rows: that is the dynamic batching, and it joins requests with any
 parameters (parameters act on tokenizing and post-processing, not on the forward). If a joined call
@@ -116,9 +117,18 @@ class ScheduledModel:
         return getattr(self._model, name)
 
     def __call__(self, input_ids, attention_mask=None, **kwargs):
+        ids = np.asarray(input_ids)
+        mask = None if attention_mask is None else np.asarray(attention_mask)
+        rows = max(1, self._batcher.turn_tokens // max(1, ids.shape[1]))  # rows of this width in one turn
+        if kwargs or len(ids) <= rows:  # attention asked for: one piece (its arrays are per forward)
+            return self._turn(ids, mask, kwargs)
+        pieces = [self._turn(ids[i:i + rows], None if mask is None else mask[i:i + rows], {})
+                  for i in range(0, len(ids), rows)]
+        return Rows(np.concatenate([p.start_logits for p in pieces]), np.concatenate([p.end_logits for p in pieces]))
+
+    def _turn(self, ids, mask, kwargs):
         self._ticket.check()
-        forward = Forward(np.asarray(input_ids), None if attention_mask is None else np.asarray(attention_mask),
-                          kwargs, self._ticket)
+        forward = Forward(ids, mask, kwargs, self._ticket)
         self._batcher.queue(forward)
         result = forward.future.result()
         self._ticket.forwards += 1
@@ -147,10 +157,13 @@ class Batcher:
     """The inference thread and the drivers; see the module docstring. `max_batch=1`: every forward is
     its own model call (batching off)."""
 
-    def __init__(self, model, max_batch: int = 8, wait_s: float = 0.005, max_drivers: int = 256, pad_token_id: int = 0):
-        if max_batch < 1 or wait_s < 0:
-            raise ValueError(f"max_batch must be >= 1 and wait_s >= 0, got {max_batch} and {wait_s}")
+    def __init__(self, model, max_batch: int = 8, wait_s: float = 0.005, turn_tokens: int = 512, max_drivers: int = 256,
+                 pad_token_id: int = 0):
+        if max_batch < 1 or wait_s < 0 or turn_tokens < 1:
+            raise ValueError(f"max_batch and turn_tokens must be >= 1 and wait_s >= 0, got {max_batch}, {turn_tokens} "
+                             f"and {wait_s}")
         self.model, self.max_batch, self.wait_s, self.pad_token_id = model, max_batch, wait_s, pad_token_id
+        self.turn_tokens = turn_tokens
         self.stats = Stats()
         self.tokenizer_lock = threading.Lock()
         self._queue: queue.Queue[Forward | None] = queue.Queue()

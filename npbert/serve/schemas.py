@@ -46,7 +46,7 @@ class Limits:
     max_windows: int = 64  # per question: windows of max_seq_len tokens its context makes (docs/serving.md)
     max_seq_len: int = 512  # the model's position table: a longer window would index past it
     max_top_k: int = 20
-    max_request_windows: int = 256  # over all questions of a request: bounds one request's work (docs/serving.md)
+    max_request_windows: int = 64  # over all questions of a request: bounds one request's work (docs/serving.md)
     max_target_bytes: int = 8192  # the request target (path and query): longer ones get 414
     max_header_bytes: int = 16384  # all header names and values: more get 431
 
