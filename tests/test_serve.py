@@ -414,28 +414,40 @@ def test_forwards_of_different_requests_share_calls_and_get_their_own_rows():
     assert sorted(model.calls[0]) == [10, 20, 30, 40] and model.calls[1:] == [[50]]  # max_batch 4 rows a call
 
 
-def test_a_large_request_takes_turns_with_a_small_one():
-    """The large request's first forward is running when the small one arrives: the small one's forward is
-    the next call, not the large one's remaining nine."""
-    gate = threading.Event()
-    model = RecordingModel(gate)
+def test_a_short_forward_is_not_padded_to_a_long_ones_width():
+    """Joined, a 3-token window would be padded to 400 tokens: over turn_tokens (512), it runs apart."""
+    model = RecordingModel(threading.Event())
+    results = _run(model, [forwards([10], width=400), forwards([20]), forwards([30])])
+    assert results[1:] == [[[20, 21, 22]], [[30, 31, 32]]] and results[0][0][:3] == [10, 11, 12]
+    assert sorted(sorted(call) for call in model.calls) == [[10], [20, 30]]
 
+
+def _large_then_small(model: "RecordingModel", large, **batcher_settings):
+    """Run request work `large` and then a small request (one 3-token forward), the small one arriving while
+    the large one's first forward is held in the model by `model.gate`; (large's result, small's)."""
     async def main():
-        batcher = Batcher(model, max_batch=1, wait_s=0)
+        batcher = Batcher(model, wait_s=0, **batcher_settings)
         await batcher.start()
         try:
-            big = asyncio.ensure_future(batcher.run(forwards(list(range(100, 1100, 100))), Ticket()))
+            big = asyncio.ensure_future(batcher.run(large, Ticket()))
             while not model.entered.is_set():  # its first forward is in the model, held by the gate
                 await asyncio.sleep(0.001)
             small = asyncio.ensure_future(batcher.run(forwards([7]), Ticket()))
             while batcher._queue.qsize() < 1:  # the small request's forward is queued
                 await asyncio.sleep(0.001)
-            gate.set()
+            model.gate.set()
             return await asyncio.gather(big, small)
         finally:
             await batcher.stop()
 
-    big, small = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_large_request_takes_turns_with_a_small_one():
+    """The large request's first forward is running when the small one arrives: the small one's forward is
+    the next call, not the large one's remaining nine."""
+    model = RecordingModel(threading.Event())
+    big, small = _large_then_small(model, forwards(list(range(100, 1100, 100))), max_batch=1)
     assert small == [[7, 8, 9]] and big == [[i, i + 1, i + 2] for i in range(100, 1100, 100)]
     assert [c[0] for c in model.calls] == [100, 7] + list(range(200, 1100, 100))
 
@@ -443,30 +455,10 @@ def test_a_large_request_takes_turns_with_a_small_one():
 def test_a_long_forward_is_run_in_turns_of_turn_tokens():
     """One pipeline forward of 6 windows of 300 tokens, with turn_tokens 600: three pieces of 2 windows,
     a small request's forward between the first two; the rows come back whole and in order."""
-    gate = threading.Event()
-    model = RecordingModel(gate)
+    model = RecordingModel(threading.Event())
     ids = np.arange(6)[:, None] * 1000 + np.arange(300)[None]
-
-    def large(m):
-        out = m(ids, attention_mask=np.ones_like(ids))
-        return out.start_logits
-
-    async def main():
-        batcher = Batcher(model, max_batch=8, wait_s=0, turn_tokens=600)
-        await batcher.start()
-        try:
-            big = asyncio.ensure_future(batcher.run(large, Ticket()))
-            while not model.entered.is_set():
-                await asyncio.sleep(0.001)
-            small = asyncio.ensure_future(batcher.run(forwards([7]), Ticket()))
-            while batcher._queue.qsize() < 1:
-                await asyncio.sleep(0.001)
-            gate.set()
-            return await asyncio.gather(big, small)
-        finally:
-            await batcher.stop()
-
-    big, small = asyncio.run(main())
+    big, small = _large_then_small(model, lambda m: m(ids, attention_mask=np.ones_like(ids)).start_logits,
+                                   max_batch=8, turn_tokens=600)
     assert np.array_equal(big, ids.astype(np.float32)) and small == [[7, 8, 9]]
     assert model.calls == [[0, 1000], [7], [2000, 3000], [4000, 5000]]
 

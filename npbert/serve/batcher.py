@@ -8,11 +8,12 @@ arrival order; since a pipeline waits for each forward before it queues the next
 one forward queued, and the requests take turns. A turn is at most `turn_tokens` tokens of windows (a
 pipeline forward of 8 long windows is queued as pieces of that size, one after the other): a request of
 600 windows of 384 tokens gets one window per turn, and a one-window request arriving meanwhile waits
-for at most one such piece before its own forward is run. The forwards found queued together (after at most `wait_s` when the server was
-idle) are joined into one model call of at most `max_batch` windows, each padded to the longest, and
-each request gets back its own rows: that is the dynamic batching, and it joins requests with any
-parameters (parameters act on tokenizing and post-processing, not on the forward). If a joined call
-fails, each forward in it is run again on its own, so one request's fault never fails another's.
+for at most one such piece before its own forward is run. The forwards found queued together (after at
+most `wait_s` when the server was idle) are joined into one model call of at most `max_batch` windows
+and, padded to the longest, at most `turn_tokens` tokens (a short window is not padded to a long one's
+width), and each request gets back its own rows: that is the dynamic batching, and it joins requests
+with any parameters (parameters act on tokenizing and post-processing, not on the forward). If a joined
+call fails, each forward in it is run again on its own, so one request's fault never fails another's.
 
 Before each forward a request checks its `Ticket`: a request whose client went away stops
 (`Abandoned`), one past its deadline stops (`OverDeadline`), and its remaining forwards are never run.
@@ -223,8 +224,10 @@ class Batcher:
             self._run(batch)
 
     def _collect(self, first: Forward) -> list[Forward] | None:
-        """`first` and the forwards queued after it that fit one call with it; None: stop."""
-        batch, rows = [first], first.rows
+        """`first` and the forwards queued after it that fit one call with it: at most `max_batch` rows and,
+        padded to the widest, at most `turn_tokens` tokens (a short window is not padded to a long one's
+        width: the two run faster apart). None: stop."""
+        batch, rows, width = [first], first.rows, first.input_ids.shape[1]
         if first.kwargs or self.max_batch == 1:
             return batch
         deadline = time.monotonic() + self.wait_s
@@ -240,9 +243,10 @@ class Batcher:
             if f is None:  # stop: after this batch
                 self._queue.put(None)
                 break
-            if not f.kwargs and rows + f.rows <= self.max_batch:
+            wider = max(width, f.input_ids.shape[1])
+            if not f.kwargs and rows + f.rows <= self.max_batch and (rows + f.rows) * wider <= self.turn_tokens:
                 batch.append(f)
-                rows += f.rows
+                rows, width = rows + f.rows, wider
             else:
                 held.append(f)
         self._held.extendleft(reversed(held))  # in arrival order, before anything still queued
