@@ -565,3 +565,15 @@ def test_loadtest_refuses_addresses_off_this_machine():
     proc = subprocess.run([sys.executable, str(LOADTEST), "--url", "http://10.1.2.3:8000", "--duration", "1"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "only loopback addresses" in proc.stderr
+
+
+def test_loadtest_sends_large_requests_beside_the_measured_ones(server, tmp_path):
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, str(LOADTEST), "--url", f"http://127.0.0.1:{server.port}", "--concurrency", "2",
+                           "--duration", "1", "--large-concurrency", "1", "--large-questions", "2",
+                           "--large-context-chars", "300", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["errors"] == 0 and report["requests"] > 0
+    assert report["large"]["requests"] >= 1 and report["large"]["statuses"] == {"200": report["large"]["requests"]}
+    assert report["large"]["shape"] == "2 x 300 characters"
