@@ -43,13 +43,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
                    help="how long an idle server waits to coalesce requests (default: %(default)s)")
     p.add_argument("--no-batching", action="store_true", help="answer each request on its own (same as --max-batch 1)")
-    p.add_argument("--request-timeout", type=_seconds, default=120.0,
+    p.add_argument("--request-timeout", type=seconds, default=120.0,
                    help="seconds from a request's body to its answer; later: 503 and its remaining work dropped "
                         "(default: %(default)s)")
-    p.add_argument("--header-timeout", type=_seconds, default=10.0,
+    p.add_argument("--header-timeout", type=seconds, default=10.0,
                    help="seconds a connection has to send a complete request line and headers; later: 408 and "
                         "closed (default: %(default)s)")
-    p.add_argument("--body-timeout", type=_seconds, default=30.0,
+    p.add_argument("--body-timeout", type=seconds, default=30.0,
                    help="seconds a request has to send its body after its headers; later: 408 and closed "
                         "(default: %(default)s)")
     p.add_argument("--keep-alive-timeout", type=_positive, default=5,
@@ -73,7 +73,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def seconds(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
