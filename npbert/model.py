@@ -188,9 +188,12 @@ class _Pretrained:
     _with_qa_head = True
     model_type: str | None = None  # a family-specific class loads that family only; None: any (Auto*)
 
-    def __init__(self, config: Config, weights, dtype=np.float32, kernels: str | None = None, source: str = ""):
+    def __init__(self, config: Config, weights, dtype=np.float32, kernels: str | None = None, source: str = "",
+                 weights_file: Path | None = None):
         self.config = config
-        self.weights = W.relayout_for_speed(weights)  # fused qkv per layer; idempotent
+        # fused qkv per layer, column-major linears; idempotent. With the file the weights came from, the
+        # re-laid matrices are a memory-mapped cache file every process shares (relaid_cache.py).
+        self.weights = W.relayout_for_speed(weights, weights_file)
         self.dtype = np.dtype(dtype)
         self.ops = select_kernels(kernels)
         self.source = source
@@ -211,7 +214,7 @@ class _Pretrained:
             raise ValueError(f"{folder}: model_type is {config.model_type!r}, not {cls.model_type!r}: load it with "
                              f"npbert.{auto}")
         tree = W.load(folder, config, dtype, with_qa_head=cls._with_qa_head)
-        return cls(config, tree, dtype, kernels, source=str(path_or_repo_id))
+        return cls(config, tree, dtype, kernels, source=str(path_or_repo_id), weights_file=folder / "model.safetensors")
 
     @property
     def encoder_weights(self):
