@@ -403,7 +403,7 @@ class FusedAttention(NamedTuple):
     qkv: Linear  # [3D, D], rows q then k then v
 
 
-def relayout_for_speed(tree):
+def relayout_for_speed(tree, weights_file: Path | None = None):
     """The weight tree re-laid out for the forward's speed, done once at load time.
 
     - Each layer's attention gets `qkv`, its q, k, v matrices stacked into one [3D, D] matrix, so the
@@ -415,37 +415,76 @@ def relayout_for_speed(tree):
       at few rows: a layer's four GEMMs at 16 rows took 3.6 ms against 4.5 ms on 2 threads, at 64 rows
       6.1 against 7.9 ms (docs/performance.md).
 
-    The copies replace the memory-mapped matrices: each original's pages are released from the process
-    as soon as it is copied, so peak RSS counts the layer weights once. Embeddings stay mapped (a forward
-    reads only the rows it uses). Idempotent: an already re-laid-out tree comes back as is."""
+    With `weights_file` (the safetensors file the tree was read from) the re-laid matrices are read-only
+    views of a memory-mapped cache file that every process loading the same weights shares
+    (relaid_cache.py: keyed by the file's sha256, written once, atomically); without it, or when the
+    cache folder cannot be used, they are this process's private copies. Either way the memory-mapped
+    originals' pages are released once copied, so RSS counts the layer weights once. Embeddings stay
+    mapped (a forward reads only the rows it uses). Idempotent: an already re-laid-out tree comes back
+    as is."""
+    if weights_file is not None:
+        from . import relaid_cache
+
+        planned, dtypes = [], set()  # a dry run: the shapes the re-layout will store, in order
+
+        def plan(linears):
+            planned.append((linears[0].weight.shape[1], sum(lin.weight.shape[0] for lin in linears)))
+            dtypes.add(linears[0].weight.dtype)
+            return np.empty(planned[-1], linears[0].weight.dtype)  # never written: touches no page
+
+        _relaid_tree(tree, plan)
+        if planned and len(dtypes) == 1:
+            def produce(write):  # the private copies, each written to the cache file and dropped at once
+                def write_and_drop(linears):
+                    weight_t = _column_major_copy(linears)
+                    write(weight_t)
+                    return np.empty(weight_t.shape, weight_t.dtype)
+
+                _relaid_tree(tree, write_and_drop)
+
+            mapped = relaid_cache.shared_matrices(weights_file, dtypes.pop(), planned, produce)
+            if mapped is not None:
+                views = iter(mapped)
+                return _relaid_tree(tree, lambda linears: next(views))
+    return _relaid_tree(tree, _column_major_copy)
+
+
+def _release_mapped_pages(x):
+    # Drop the (now copied) pages of the file mapping from this process. They stay in the page cache
+    # and would fault back in if read. Only on a read-only file mapping: on an owned array
+    # MADV_DONTNEED zeroes the data.
     import mmap
 
+    root = x
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if not (isinstance(root.base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED")) or x.flags.writeable:
+        return
+    page, start = mmap.PAGESIZE, x.ctypes.data - np.frombuffer(root.base, np.uint8).ctypes.data
+    begin, end = -(-start // page) * page, (start + x.nbytes) // page * page  # whole pages inside x
+    if end > begin:
+        root.base.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
+
+def _column_major_copy(linears):  # stacked along out: the [in, sum(out)] C-contiguous matrix, a private copy
+    weight_t = np.empty((linears[0].weight.shape[1], sum(lin.weight.shape[0] for lin in linears)),
+                        linears[0].weight.dtype)
+    col = 0
+    for lin in linears:
+        weight_t[:, col:col + lin.weight.shape[0]] = lin.weight.T
+        _release_mapped_pages(lin.weight)
+        col += lin.weight.shape[0]
+    return weight_t
+
+
+def _relaid_tree(tree, matrix):
+    """relayout_for_speed's tree, each stored matrix [in, sum(out)] taken from matrix(linears), called once
+    per matrix in a fixed order (the cache file's order)."""
     with_qa_head = hasattr(tree, "qa_outputs")
     encoder = tree.encoder if with_qa_head else tree
 
-    def release_mapped_pages(x):
-        # Drop the (now copied) pages of the file mapping from this process. They stay in the page cache
-        # and would fault back in if read. Only on a read-only file mapping: on an owned array
-        # MADV_DONTNEED zeroes the data.
-        root = x
-        while isinstance(root.base, np.ndarray):
-            root = root.base
-        if not (isinstance(root.base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED")) or x.flags.writeable:
-            return
-        page, start = mmap.PAGESIZE, x.ctypes.data - np.frombuffer(root.base, np.uint8).ctypes.data
-        begin, end = -(-start // page) * page, (start + x.nbytes) // page * page  # whole pages inside x
-        if end > begin:
-            root.base.madvise(mmap.MADV_DONTNEED, begin, end - begin)
-
     def column_major(*linears):  # stacked along out, as one [sum(out), in] matrix stored column-major
-        in_features = linears[0].weight.shape[1]
-        weight_t = np.empty((in_features, sum(lin.weight.shape[0] for lin in linears)), linears[0].weight.dtype)
-        col = 0
-        for lin in linears:
-            weight_t[:, col:col + lin.weight.shape[0]] = lin.weight.T
-            release_mapped_pages(lin.weight)
-            col += lin.weight.shape[0]
-        return Linear(weight_t.T, np.concatenate([lin.bias for lin in linears]))
+        return Linear(matrix(linears).T, np.concatenate([lin.bias for lin in linears]))
 
     def relaid(lin):
         return lin if is_relaid(lin) else column_major(lin)
