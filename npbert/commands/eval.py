@@ -33,6 +33,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--save-every", type=int, metavar="N", help="questions per pipeline call, each call's "
                    "predictions saved before the next (default 32)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the output folder")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N", help="answer on a local Dask cluster of N one-thread "
+                       "worker processes, each --save-every chunk one task (npbert batch's engine)")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="answer on a running Dask cluster (tcp://host:8786)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default on)")
     g = p.add_argument_group("pipeline parameters (as transformers' QuestionAnsweringPipeline)")
@@ -90,7 +94,16 @@ def run(args) -> int:
 
     job = job_from_args(args)
     try:
-        metrics = evaluate.run(job, resume=args.resume)
+        if args.workers is None and args.scheduler is None:
+            metrics = evaluate.run(job, resume=args.resume)
+        else:  # the same answers, computed on the cluster's workers: npbert/batch.py
+            import functools
+
+            from .. import batch
+
+            with batch.connect(args.workers, args.scheduler) as client:
+                metrics = evaluate.run(job, resume=args.resume, answer_chunks=functools.partial(
+                    batch.answer_chunks, client, model=job.model, revision=job.revision))
     except evaluate.Interrupted as e:
         if e.done == 0:
             raise CommandError(f"interrupted by {e} before any question was answered", 128 + e.signum) from None
