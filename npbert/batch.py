@@ -384,7 +384,7 @@ def _read_part(path: Path, partition: int, first: int, stop: int) -> dict | None
     return part
 
 
-def _check_settings(out: Path, settings: dict, resume: bool, keys=None) -> None:
+def _check_settings(out: Path, settings: dict, resume: bool, keys=None, ignore=()) -> None:
     """Refuse a folder holding another run, or resuming with different settings (naming the first)."""
     path = out / SETTINGS
     if not path.exists():
@@ -396,7 +396,7 @@ def _check_settings(out: Path, settings: dict, resume: bool, keys=None) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BatchError(f"{path}: unreadable; delete the output folder to start over") from None
     flat_before, flat_now = _flatten(before), _flatten(settings)
-    for name in (keys or sorted(set(flat_before) | set(flat_now))):
+    for name in (keys or sorted((set(flat_before) | set(flat_now)) - set(ignore))):
         if flat_before.get(name) != flat_now.get(name):
             raise BatchError(f"{path}: cannot resume: {name} was {flat_before.get(name)!r}, now {flat_now.get(name)!r}; "
                              "rerun with the first run's settings, or choose another --out")
@@ -482,7 +482,8 @@ def answer(data: str | Path, out: str | Path, model: str | Path = DEFAULT_MODEL,
                 "inputs": inputs.count, "model": str(model), "revision": revision, "dtype": str(dtype),
                 "kernels": kernels, "max_windows": max_windows, "partition_size": partition_size,
                 "call_size": call_size, "parameters": params}
-    _check_settings(out, settings, resume)  # before starting a cluster: a refusal is immediate
+    # before starting a cluster, so a refusal is immediate; the weights' sha256 comes from the probe
+    _check_settings(out, settings, resume, ignore=["weights_sha256"])
     load = _load_settings(model, revision, local_files_only, dtype, kernels, max_windows)
     with contextlib.ExitStack() as stack:
         if client is None:
