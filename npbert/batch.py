@@ -209,9 +209,16 @@ def _use_blas_threads(threads: int | None) -> None:
 
 
 def worker_state() -> dict:
-    """This process's pid, model loads and BLAS thread setting (run it on every worker: client.run)."""
+    """This process's pid, model loads, BLAS thread setting and peak RSS in MiB (None where the platform
+    does not say); run it on every worker with client.run(npbert.batch.worker_state)."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
+    except ImportError:  # Windows
+        peak = None
     return {"pid": os.getpid(), "loads": _loads, "models": [dict(k)["model"] for k in _pipelines],
-            "blas_threads": os.environ.get("NPBERT_BLAS_THREADS")}
+            "blas_threads": os.environ.get("NPBERT_BLAS_THREADS"), "peak_rss_mib": peak}
 
 
 def probe(load: dict, params: dict, blas_threads: int | None) -> dict:

@@ -259,7 +259,7 @@ def interrupt_reference(client, tiny_checkpoint, squad_file, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_then_resume_gives_the_same_files(interrupt_reference, tiny_checkpoint, squad_file, tmp_path, signum):
     out = tmp_path / "out"
     args = ["batch", "--data", squad_file, "--out", out, "--model", tiny_checkpoint, "--workers", 2,
