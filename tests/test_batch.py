@@ -26,7 +26,7 @@ pytest.importorskip("pyarrow", reason="Parquet input needs the distributed extra
 
 import checkpoints  # noqa: E402
 import npbert  # noqa: E402
-from npbert import batch, evaluate  # noqa: E402
+from npbert import batch, evaluate, squad  # noqa: E402
 from test_evaluate import make_squad  # noqa: E402
 from test_squad import v1_evaluate  # noqa: E402
 
@@ -56,18 +56,8 @@ def qa(tiny_checkpoint):
 def squad_file(tmp_path_factory):
     """The first N SQuAD v1.1 dev questions when ../shared is present, else N made-up ones."""
     if checkpoints.SHARED_SQUAD.is_file():
-        full, articles, n = json.loads(checkpoints.SHARED_SQUAD.read_text(encoding="utf-8")), [], 0
-        for article in full["data"]:
-            paragraphs = []
-            for p in article["paragraphs"]:
-                qas = p["qas"][:N - n]
-                n += len(qas)
-                if qas:
-                    paragraphs.append({**p, "qas": qas})
-            articles.append({**article, "paragraphs": paragraphs})
-            if n == N:
-                break
-        data = {"version": full["version"], "data": articles}
+        dev = squad.read_dataset(checkpoints.SHARED_SQUAD).head(N)
+        data = {"version": dev.version, "data": dev.articles}
     else:
         data = make_squad(N)
     path = tmp_path_factory.mktemp("data") / "squad.json"

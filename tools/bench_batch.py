@@ -49,31 +49,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def make_checkpoint(folder: Path) -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
-    import checkpoints
-
-    vocab = checkpoints.real_or_generated_vocab()
-    vocab = vocab + [f"[extra{i}]" for i in range(checkpoints.FULL_SIZE["vocab_size"] - len(vocab))]
-    return checkpoints.write_checkpoint(folder, seed=0, qa_scale=12.0, vocab=vocab, sinusoidal_pos_embds=True,
-                                        **checkpoints.FULL_SIZE)
-
-
 def squad_subset(source: Path, n: int, path: Path) -> Path:
     """The first n questions of a SQuAD file, as a SQuAD file."""
-    full, articles, count = json.loads(source.read_text(encoding="utf-8")), [], 0
-    for article in full["data"]:
-        paragraphs = []
-        for p in article["paragraphs"]:
-            qas = p["qas"][:n - count]
-            count += len(qas)
-            if qas:
-                paragraphs.append({**p, "qas": qas})
-        if paragraphs:
-            articles.append({**article, "paragraphs": paragraphs})
-        if count == n:
-            break
-    path.write_text(json.dumps({"version": full.get("version", "1.1"), "data": articles}), encoding="utf-8")
+    from npbert import squad
+
+    dataset = squad.read_dataset(source).head(n)
+    path.write_text(json.dumps({"version": dataset.version or "1.1", "data": dataset.articles}), encoding="utf-8")
     return path
 
 
@@ -136,6 +117,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
     import checkpoints
+    from bench import make_checkpoint  # tools/bench.py, beside this file
 
     source = args.data or checkpoints.SHARED_SQUAD
     if not Path(source).is_file():
@@ -150,7 +132,7 @@ def main(argv=None) -> int:
         pass
     with tempfile.TemporaryDirectory(prefix="npbert-bench-batch-") as tmp:
         tmp = Path(tmp)
-        checkpoint = args.checkpoint or make_checkpoint(tmp / "checkpoint")
+        checkpoint = args.checkpoint or make_checkpoint(tmp / "checkpoint")  # tools/bench.py's, seed 0
         data = squad_subset(Path(source), args.questions, tmp / "squad.json")
         for r in range(args.rounds):
             round_ = {}

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-_PIPELINE_FLAGS = ("top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
-                   "handle_impossible_answer", "align_to_words", "padding", "batch_size")
+from .eval import _PIPELINE_FLAGS, add_pipeline_arguments
 
 
 def add_parser(subparsers) -> None:
@@ -41,19 +40,9 @@ def add_parser(subparsers) -> None:
                    "the partitions already saved")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bar on stderr (default on)")
-    g = p.add_argument_group("pipeline parameters (as transformers' QuestionAnsweringPipeline)")
-    g.add_argument("--top-k", type=int, metavar="K", help="answers per question (default 1); K > 1 writes "
-                   "{\"id\", \"answers\": [...]} lines")
-    g.add_argument("--doc-stride", type=int, metavar="N", help="overlap between windows of a long context")
-    g.add_argument("--max-answer-len", type=int, metavar="N", help="longest answer in tokens (default 15)")
-    g.add_argument("--max-seq-len", type=int, metavar="N", help="window length in tokens (default 384)")
-    g.add_argument("--max-question-len", type=int, metavar="N", help="accepted as transformers does")
-    g.add_argument("--handle-impossible-answer", action=argparse.BooleanOptionalAction, default=None,
-                   help="allow the empty (no-answer) prediction (default: on for SQuAD v2.0 files, else off)")
-    g.add_argument("--align-to-words", action=argparse.BooleanOptionalAction, default=None,
-                   help="answer spans on word boundaries (default on)")
-    g.add_argument("--padding", choices=("do_not_pad", "longest", "max_length"), help="tokenizer padding")
-    g.add_argument("--batch-size", type=int, metavar="N", help="windows per forward")
+    add_pipeline_arguments(p, top_k_help="answers per question (default 1); K > 1 writes {\"id\", \"answers\": "
+                           "[...]} lines", impossible_help="allow the empty (no-answer) prediction (default: on "
+                           "for SQuAD v2.0 files, else off)")
     p.set_defaults(run=run)
 
 

@@ -39,22 +39,29 @@ def add_parser(subparsers) -> None:
     where.add_argument("--scheduler", metavar="ADDRESS", help="answer on a running Dask cluster (tcp://host:8786)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default on)")
+    add_pipeline_arguments(p)
+    p.set_defaults(run=run)
+
+
+def add_pipeline_arguments(p, top_k_help="answers per question (default 1); K > 1 also writes "
+                           "nbest_predictions.json",
+                           impossible_help="allow the empty (no-answer) prediction (default: on for v2.0, off "
+                           "for v1.1)") -> None:
+    """The pipeline parameter flags (`_PIPELINE_FLAGS`), shared with `npbert batch`."""
     g = p.add_argument_group("pipeline parameters (as transformers' QuestionAnsweringPipeline)")
-    g.add_argument("--top-k", type=int, metavar="K", help="answers per question (default 1); K > 1 also writes "
-                   "nbest_predictions.json")
+    g.add_argument("--top-k", type=int, metavar="K", help=top_k_help)
     g.add_argument("--doc-stride", type=int, metavar="N", help="overlap between windows of a long context "
                    "(default min(max_seq_len // 2, 128))")
     g.add_argument("--max-answer-len", type=int, metavar="N", help="longest answer in tokens (default 15)")
     g.add_argument("--max-seq-len", type=int, metavar="N", help="window length in tokens (default 384)")
     g.add_argument("--max-question-len", type=int, metavar="N", help="accepted as transformers does (default 64)")
     g.add_argument("--handle-impossible-answer", action=argparse.BooleanOptionalAction, default=None,
-                   help="allow the empty (no-answer) prediction (default: on for v2.0, off for v1.1)")
+                   help=impossible_help)
     g.add_argument("--align-to-words", action=argparse.BooleanOptionalAction, default=None,
                    help="answer spans on word boundaries (default on)")
     g.add_argument("--padding", choices=("do_not_pad", "longest", "max_length"), help="tokenizer padding")
     g.add_argument("--batch-size", type=int, metavar="N", help="windows per forward (answers as transformers' "
                    "pipeline with the same batch_size)")
-    p.set_defaults(run=run)
 
 
 def _flag(key: str) -> str:
