@@ -477,6 +477,8 @@ def answer(data: str | Path, out: str | Path, model: str | Path = DEFAULT_MODEL,
     except ValueError as e:
         raise BatchError(str(e)) from None
     inputs = read_inputs(data)
+    if inputs.count == 0:
+        raise BatchError(f"{inputs.path}: no inputs")
     version = None
     if inputs.squad is not None:  # as npbert eval: v2.0 answers "no answer" unless told otherwise
         version = inputs.squad.version or "1.1"
@@ -525,7 +527,7 @@ def _run(client, out, inputs, load, params, settings, identity, version, blas_th
     first_stop = {p: (first, stop) for p, first, stop in bounds}
     bar = tqdm(total=len(bounds), initial=len(bounds) - len(todo), unit="part", desc="batch",
                disable=not progress, file=progress_file or sys.stderr, dynamic_ncols=True, smoothing=0.1)
-    t0, questions, done = time.perf_counter(), 0, len(bounds) - len(todo)
+    t0, questions = time.perf_counter(), 0
     with _signals_raise():
         try:
             for result in _completed(client, tasks, keys, _window(client)):
@@ -538,18 +540,16 @@ def _run(client, out, inputs, load, params, settings, identity, version, blas_th
                         "seconds": result["seconds"], "worker": result["worker"],
                         "predictions": result["predictions"], "errors": result["errors"]}
                 write_atomic(_part_path(out, p), json.dumps(part, ensure_ascii=False) + "\n")
-                done += 1
                 questions += len(rows_of[p])
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix_str(f"{questions / elapsed:.2f} q/s", refresh=False)
                 bar.update(1)
-        except Interrupted as e:
-            e.done, e.total, e.parts = done, len(bounds), out / PARTS
-            raise
-        except KeyboardInterrupt:
-            e = Interrupted(signal.SIGINT)
-            e.done, e.total, e.parts = done, len(bounds), out / PARTS
-            raise e from None
+        except KeyboardInterrupt as e:
+            stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+            # counted on disk: the signal may have come between a part's rename and the count
+            stop.done = sum(_part_path(out, p).exists() for p, _, _ in bounds)
+            stop.total, stop.parts = len(bounds), out / PARTS
+            raise stop from None
         finally:
             bar.close()
     seconds = time.perf_counter() - t0

@@ -48,6 +48,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     import json
+    import sys
 
     from .. import batch
     from ..cli import CommandError
@@ -64,6 +65,9 @@ def run(args) -> int:
                            f"{e.parts}; run the same command with --resume to continue", 128 + e.signum) from None
     except batch.IncompleteError as e:
         raise CommandError(str(e), 1) from None
+    print(f"npbert batch: {manifest['answered']} of {manifest['inputs']} inputs answered, {manifest['errors']} in "
+          f"errors.jsonl, in {manifest['seconds']:.1f} s ({manifest['questions_per_second'] or 0:.2f} q/s); files in "
+          f"{args.out}", file=sys.stderr)
     summary = {k: manifest[k] for k in ("inputs", "answered", "errors", "partitions", "seconds",
                                         "questions_per_second", "workers")}
     print(json.dumps({**summary, **({"score": manifest["score"]} if "score" in manifest else {}),
