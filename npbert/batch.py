@@ -301,36 +301,35 @@ def connect(workers: int | None = None, scheduler: str | None = None):
         yield client
 
 
-def _completed(client, tasks, keys, window: int):
-    """Submit `tasks` (dicts for answer_partition) at most `window` at a time, so a corpus of millions of rows
-    is never all in the scheduler; yield their results as they finish. A task whose worker died is rerun
-    by Dask on another worker, invisibly here."""
+def _completed(client, tasks, keys):
+    """Submit `tasks` (dicts for answer_partition) two per worker thread at a time (so each worker has its
+    next partition when it finishes one, and a corpus of millions of rows is never all in the scheduler);
+    yield their results as they finish. The count follows workers joining or leaving. A task whose worker
+    died is rerun by Dask on another worker, invisibly here."""
     from dask.distributed import as_completed
 
     pending = zip(tasks, keys)
     running = as_completed()
 
-    def submit_next() -> None:
-        for task, key in pending:
-            running.add(client.submit(answer_partition, task, key=key, pure=False))
-            return
+    def top_up() -> None:
+        window = max(4, 2 * sum(client.nthreads().values()))
+        while running.count() < window:
+            for task, key in pending:
+                running.add(client.submit(answer_partition, task, key=key, pure=False))
+                break
+            else:
+                return
 
-    for _ in range(window):
-        submit_next()
+    top_up()
     try:
         for future in running:
             result = future.result()
             future.release()
-            submit_next()
+            top_up()
             yield result
     finally:  # interrupted, or a partition failed: nothing keeps running for this run
         for future in list(running.futures):
             future.cancel()
-
-
-def _window(client) -> int:
-    # Two tasks per worker thread: each worker has the next partition when it finishes one.
-    return max(4, 2 * sum(client.nthreads().values()))
 
 
 def _load_settings(model, revision, local_files_only, dtype, kernels, max_windows) -> dict:
@@ -357,7 +356,7 @@ def answer_chunks(client, chunks: list, params: dict, model: str = DEFAULT_MODEL
     token = tokenize(load, params, [e.id for c in chunks for e in c])
     keys = (f"npbert-eval-{token}-{i}" for i in range(len(chunks)))
     finished, next_chunk = {}, 0
-    for result in _completed(client, tasks, keys, _window(client)):
+    for result in _completed(client, tasks, keys):
         finished[result["partition"]] = result
         while next_chunk in finished:
             result = finished.pop(next_chunk)
@@ -530,7 +529,7 @@ def _run(client, out, inputs, load, params, settings, identity, version, blas_th
     t0, questions = time.perf_counter(), 0
     with _signals_raise():
         try:
-            for result in _completed(client, tasks, keys, _window(client)):
+            for result in _completed(client, tasks, keys):
                 p = result["partition"]
                 if result["weights_sha256"] != identity["weights_sha256"]:
                     raise BatchError(f"worker {result['worker']} loaded other weights for {load['model']} (sha256 "

@@ -239,7 +239,8 @@ def test_worker_sigkilled_mid_run_changes_nothing(client, tiny_checkpoint, jsonl
     assert outputs(out) == outputs(tmp_path / "undisturbed")
     redone = json.loads((out / "parts" / f"part-{running_partition:06d}.json").read_text())["worker"]
     assert not redone.endswith(f":{pid}")  # the killed worker's partition was computed again elsewhere
-    assert pid not in {s["pid"] for s in client.run(batch.worker_state).values()}  # and it was replaced
+    client.wait_for_workers(2, timeout=120)  # and it was replaced
+    assert pid not in {s["pid"] for s in client.run(batch.worker_state).values()}
 
 
 @pytest.fixture(scope="module")
