@@ -77,6 +77,11 @@ class IncompleteError(RuntimeError):
     """The outputs do not account for every input exactly once (exit status 1)."""
 
 
+class PartitionFailed(RuntimeError):
+    """A task failed on the cluster for another reason than its rows (a worker killed on every attempt, a
+    bug): the run stops, the finished partitions stay saved (exit status 1)."""
+
+
 class Interrupted(KeyboardInterrupt):
     """The client stopped on SIGINT or SIGTERM (`signum`); `done` of `total` partitions are in `parts`."""
 
@@ -323,7 +328,12 @@ def _completed(client, tasks, keys):
     top_up()
     try:
         for future in running:
-            result = future.result()
+            try:
+                result = future.result()
+            except Exception as e:  # KilledWorker after Dask's retries, or the task's own exception
+                partition = future.key.rsplit("-", 1)[1]
+                raise PartitionFailed(f"partition {partition} failed on the cluster: {type(e).__name__}: {e}; the "
+                                      "finished partitions are saved, --resume retries the rest") from e
             future.release()
             top_up()
             yield result
@@ -463,7 +473,8 @@ def answer(data: str | Path, out: str | Path, model: str | Path = DEFAULT_MODEL,
     `workers` processes is used for the call. `parameters`: the pipeline's (top_k, doc_stride,
     max_answer_len, max_seq_len, handle_impossible_answer, align_to_words, padding, batch_size, ...).
     Raises BatchError on a bad setting, data file or folder, Interrupted on SIGINT/SIGTERM (the finished
-    partitions are in out/parts; resume=True continues), IncompleteError if the outputs miss an input."""
+    partitions are in out/parts; resume=True continues), IncompleteError if the outputs miss an input,
+    PartitionFailed if a task fails on the cluster for another reason than its rows."""
     from .pipeline import _check_batch_size, check_parameters
 
     for name, value, least in (("partition_size", partition_size, 1), ("call_size", call_size, 1),
@@ -486,13 +497,13 @@ def answer(data: str | Path, out: str | Path, model: str | Path = DEFAULT_MODEL,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BatchError(f"{out}: output exists and is not a folder")
+    load = _load_settings(model, revision, local_files_only, dtype, kernels, max_windows)
     settings = {"format": FORMAT, "data": str(inputs.path), "data_sha256": sha256_file(inputs.path),
-                "inputs": inputs.count, "model": str(model), "revision": revision, "dtype": str(dtype),
+                "inputs": inputs.count, "model": str(model), "revision": revision, "dtype": load["dtype"],
                 "kernels": kernels, "max_windows": max_windows, "partition_size": partition_size,
                 "call_size": call_size, "parameters": params}
     # before starting a cluster, so a refusal is immediate; the weights' sha256 comes from the probe
     _check_settings(out, settings, resume, ignore=["weights_sha256"])
-    load = _load_settings(model, revision, local_files_only, dtype, kernels, max_windows)
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(connect(workers, scheduler))
@@ -500,6 +511,10 @@ def answer(data: str | Path, out: str | Path, model: str | Path = DEFAULT_MODEL,
             identity = client.submit(probe, load, params, blas_threads, pure=False).result()
         except ValueError as e:
             raise BatchError(f"the parameters {params}: {e}") from None
+        except OSError:
+            raise  # the model cannot be loaded: its own one-line message
+        except Exception as e:
+            raise PartitionFailed(f"loading the model on a worker failed: {type(e).__name__}: {e}") from e
         settings["weights_sha256"] = identity["weights_sha256"]
         _check_settings(out, settings, resume, keys=["weights_sha256"])
         (out / PARTS).mkdir(parents=True, exist_ok=True)

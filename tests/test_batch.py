@@ -388,3 +388,12 @@ def test_eval_with_workers_gives_the_same_files(qa, tiny_checkpoint, squad_file,
     there = json.loads((tmp_path / "there" / "metrics.json").read_text())
     assert {k: v for k, v in there.items() if k not in TIMING} == {k: v for k, v in here.items() if k not in TIMING}
     assert r.stdout.splitlines()[-1] == json.dumps(evaluate.score_of(here))
+
+
+def test_a_partition_failing_on_the_cluster_stops_the_run_naming_it(client):
+    # a task that fails for another reason than its rows (here a task missing its settings; in life a
+    # worker killed on every attempt, KilledWorker): one line naming the partition, not a traceback
+    tasks = [{"partition": 3, "rows": [], "blas_threads": None}]
+    with pytest.raises(batch.PartitionFailed, match=r"^partition 3 failed on the cluster: KeyError: 'load'; "
+                       "the finished partitions are saved, --resume retries the rest$"):
+        list(batch._completed(client, tasks, ["npbert-batch-test-3"]))

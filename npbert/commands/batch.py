@@ -63,7 +63,7 @@ def run(args) -> int:
     except batch.Interrupted as e:
         raise CommandError(f"interrupted by {e} after {e.done} of {e.total} partitions, which are saved in "
                            f"{e.parts}; run the same command with --resume to continue", 128 + e.signum) from None
-    except batch.IncompleteError as e:
+    except (batch.IncompleteError, batch.PartitionFailed) as e:
         raise CommandError(str(e), 1) from None
     print(f"npbert batch: {manifest['answered']} of {manifest['inputs']} inputs answered, {manifest['errors']} in "
           f"errors.jsonl, in {manifest['seconds']:.1f} s ({manifest['questions_per_second'] or 0:.2f} q/s); files in "

@@ -109,8 +109,11 @@ def run(args) -> int:
             from .. import batch
 
             with batch.connect(args.workers, args.scheduler) as client:
-                metrics = evaluate.run(job, resume=args.resume, answer_chunks=functools.partial(
-                    batch.answer_chunks, client, model=job.model, revision=job.revision))
+                try:
+                    metrics = evaluate.run(job, resume=args.resume, answer_chunks=functools.partial(
+                        batch.answer_chunks, client, model=job.model, revision=job.revision))
+                except batch.PartitionFailed as e:
+                    raise CommandError(str(e), 1) from None
     except evaluate.Interrupted as e:
         if e.done == 0:
             raise CommandError(f"interrupted by {e} before any question was answered", 128 + e.signum) from None
