@@ -504,24 +504,39 @@ def answer(data: str | Path, out: str | Path, model: str | Path = DEFAULT_MODEL,
                 "call_size": call_size, "parameters": params}
     # before starting a cluster, so a refusal is immediate; the weights' sha256 comes from the probe
     _check_settings(out, settings, resume, ignore=["weights_sha256"])
-    with contextlib.ExitStack() as stack:
-        if client is None:
-            client = stack.enter_context(connect(workers, scheduler))
+    total = -(-inputs.count // partition_size)
+    # Ctrl-C or SIGTERM at any point, the cluster's start included: the local cluster is closed on the way
+    # out, the finished partitions stay, and the exception says how many
+    with _signals_raise():
         try:
-            identity = client.submit(probe, load, params, blas_threads, pure=False).result()
-        except ValueError as e:
-            raise BatchError(f"the parameters {params}: {e}") from None
-        except OSError:
-            raise  # the model cannot be loaded: its own one-line message
-        except Exception as e:
-            raise PartitionFailed(f"loading the model on a worker failed: {type(e).__name__}: {e}") from e
-        settings["weights_sha256"] = identity["weights_sha256"]
-        _check_settings(out, settings, resume, keys=["weights_sha256"])
-        (out / PARTS).mkdir(parents=True, exist_ok=True)
-        if not (out / SETTINGS).exists():
-            write_atomic(out / SETTINGS, json.dumps(settings, indent=2) + "\n")
-        return _run(client, out, inputs, load, params, settings, identity, version, blas_threads, progress,
-                    progress_file)
+            with contextlib.ExitStack() as stack:
+                if client is None:
+                    client = stack.enter_context(connect(workers, scheduler))
+                identity = _probe(client, load, params, blas_threads)
+                settings["weights_sha256"] = identity["weights_sha256"]
+                _check_settings(out, settings, resume, keys=["weights_sha256"])
+                (out / PARTS).mkdir(parents=True, exist_ok=True)
+                if not (out / SETTINGS).exists():
+                    write_atomic(out / SETTINGS, json.dumps(settings, indent=2) + "\n")
+                return _run(client, out, inputs, load, params, settings, identity, version, blas_threads, progress,
+                            progress_file)
+        except KeyboardInterrupt as e:
+            stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
+            # counted on disk: the signal may have come between a part's rename and any count kept here
+            stop.done, stop.total = sum(_part_path(out, p).exists() for p in range(total)), total
+            stop.parts = out / PARTS
+            raise stop from None
+
+
+def _probe(client, load: dict, params: dict, blas_threads) -> dict:
+    try:
+        return client.submit(probe, load, params, blas_threads, pure=False).result()
+    except ValueError as e:
+        raise BatchError(f"the parameters {params}: {e}") from None
+    except OSError:
+        raise  # the model cannot be loaded: its own one-line message
+    except Exception as e:
+        raise PartitionFailed(f"loading the model on a worker failed: {type(e).__name__}: {e}") from e
 
 
 def _run(client, out, inputs, load, params, settings, identity, version, blas_threads, progress, progress_file):
@@ -542,30 +557,22 @@ def _run(client, out, inputs, load, params, settings, identity, version, blas_th
     bar = tqdm(total=len(bounds), initial=len(bounds) - len(todo), unit="part", desc="batch",
                disable=not progress, file=progress_file or sys.stderr, dynamic_ncols=True, smoothing=0.1)
     t0, questions = time.perf_counter(), 0
-    with _signals_raise():
-        try:
-            for result in _completed(client, tasks, keys):
-                p = result["partition"]
-                if result["weights_sha256"] != identity["weights_sha256"]:
-                    raise BatchError(f"worker {result['worker']} loaded other weights for {load['model']} (sha256 "
-                                     f"{result['weights_sha256']}, the probe's {identity['weights_sha256']}): every "
-                                     "worker must read the same checkpoint")
-                part = {"format": FORMAT, "partition": p, "first": first_stop[p][0], "stop": first_stop[p][1],
-                        "seconds": result["seconds"], "worker": result["worker"],
-                        "predictions": result["predictions"], "errors": result["errors"]}
-                write_atomic(_part_path(out, p), json.dumps(part, ensure_ascii=False) + "\n")
-                questions += len(rows_of[p])
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix_str(f"{questions / elapsed:.2f} q/s", refresh=False)
-                bar.update(1)
-        except KeyboardInterrupt as e:
-            stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
-            # counted on disk: the signal may have come between a part's rename and the count
-            stop.done = sum(_part_path(out, p).exists() for p, _, _ in bounds)
-            stop.total, stop.parts = len(bounds), out / PARTS
-            raise stop from None
-        finally:
-            bar.close()
+    try:
+        for result in _completed(client, tasks, keys):
+            p = result["partition"]
+            if result["weights_sha256"] != identity["weights_sha256"]:
+                raise BatchError(f"worker {result['worker']} loaded other weights for {load['model']} (sha256 "
+                                 f"{result['weights_sha256']}, the probe's {identity['weights_sha256']}): every "
+                                 "worker must read the same checkpoint")
+            part = {"format": FORMAT, "partition": p, "first": first_stop[p][0], "stop": first_stop[p][1],
+                    "seconds": result["seconds"], "worker": result["worker"],
+                    "predictions": result["predictions"], "errors": result["errors"]}
+            write_atomic(_part_path(out, p), json.dumps(part, ensure_ascii=False) + "\n")
+            questions += len(rows_of[p])
+            bar.set_postfix_str(f"{questions / (time.perf_counter() - t0):.2f} q/s", refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
     seconds = time.perf_counter() - t0
     return _finish_run(out, inputs, bounds, params, settings, identity, version, seconds, questions,
                        len(client.nthreads()))
