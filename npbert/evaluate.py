@@ -403,11 +403,13 @@ def load_pipeline(job: Job):
 
 
 @_holding_output_lock
-def run(job: Job, qa=None, resume: bool = False, progress_file=None) -> dict:
+def run(job: Job, qa=None, resume: bool = False, progress_file=None, answer_chunks=None) -> dict:
     """Run the evaluation job; returns the metrics (also written to `<output>/metrics.json`).
 
     `qa` is a question-answering pipeline (loaded from job.model when None). Raises `Interrupted` on
-    SIGINT/SIGTERM with the finished chunks on disk; `resume=True` continues from them."""
+    SIGINT/SIGTERM with the finished chunks on disk; `resume=True` continues from them.
+    `answer_chunks(chunks, params)`, when given, answers the chunks elsewhere (npbert.batch.answer_chunks on
+    a Dask cluster): an iterator of the pipeline's output for each chunk, in order."""
     data = squad.read_dataset(job.data, job.version)
     version = job.version or data.version or "1.1"
     data = data.head(job.limit)
@@ -436,7 +438,8 @@ def run(job: Job, qa=None, resume: bool = False, progress_file=None) -> dict:
         else:
             f.write(_sealed_line({"format": FORMAT, "job": fingerprint}))
         try:
-            seconds = _answer_all(qa, examples, records, seconds, params, job, f, signals, progress_file)
+            seconds = _answer_all(qa, examples, records, seconds, params, job, f, signals, progress_file,
+                                  answer_chunks)
             with signals.critical():
                 metrics = _finish(out, data, version, records, seconds, identity, params)
         except (Interrupted, SystemError) as e:
@@ -453,21 +456,28 @@ def run(job: Job, qa=None, resume: bool = False, progress_file=None) -> dict:
     return metrics
 
 
-def _answer_all(qa, examples, records: list, seconds, params, job, f, signals, progress_file) -> float:
+def _answer_all(qa, examples, records: list, seconds, params, job, f, signals, progress_file,
+                answer_chunks=None) -> float:
     """Answer the questions after `records` chunk by chunk, appending each chunk to the partial file `f`
     and to `records`; returns the seconds spent answering, in all sessions."""
     from tqdm import tqdm
 
+    starts = range(len(records), len(examples), job.save_every)
+    elsewhere = answer_chunks([examples[s: s + job.save_every] for s in starts], params) if answer_chunks else None
+
     bar = tqdm(total=len(examples), initial=len(records), unit="q", desc="eval", disable=not job.progress,
                file=progress_file or sys.stderr, dynamic_ncols=True, smoothing=0.1)
     try:
-        for start in range(len(records), len(examples), job.save_every):
+        for start in starts:
             chunk = examples[start: start + job.save_every]
             t0 = time.perf_counter()
             try:
                 null_scores = []  # each question's no-answer probability, for na_probs.json
-                output = qa(question=[e.question for e in chunk], context=[e.context for e in chunk], **params,
-                            null_scores=null_scores)
+                if elsewhere is None:
+                    output = qa(question=[e.question for e in chunk], context=[e.context for e in chunk], **params,
+                                null_scores=null_scores)
+                else:
+                    output, null_scores = next(elsewhere)
             except ValueError as e:  # a parameter, or a question the pipeline refuses: say which questions
                 raise ValueError(f"questions {start + 1}-{start + len(chunk)} (from {chunk[0].location}): {e}") from None
             answers = _records(output, len(chunk))

@@ -34,24 +34,35 @@ def add_parser(subparsers) -> None:
     p.add_argument("--save-every", type=int, metavar="N", help="questions per pipeline call, each call's "
                    "predictions saved before the next (default 32)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the output folder")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N", help="answer on a local Dask cluster of N one-thread "
+                       "worker processes, each --save-every chunk one task (npbert batch's engine)")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="answer on a running Dask cluster (tcp://host:8786)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default on)")
+    add_pipeline_arguments(p)
+    p.set_defaults(run=run)
+
+
+def add_pipeline_arguments(p, top_k_help="answers per question (default 1); K > 1 also writes "
+                           "nbest_predictions.json",
+                           impossible_help="allow the empty (no-answer) prediction (default: on for v2.0, off "
+                           "for v1.1)") -> None:
+    """The pipeline parameter flags (`_PIPELINE_FLAGS`), shared with `npbert batch`."""
     g = p.add_argument_group("pipeline parameters (as transformers' QuestionAnsweringPipeline)")
-    g.add_argument("--top-k", type=int, metavar="K", help="answers per question (default 1); K > 1 also writes "
-                   "nbest_predictions.json")
+    g.add_argument("--top-k", type=int, metavar="K", help=top_k_help)
     g.add_argument("--doc-stride", type=int, metavar="N", help="overlap between windows of a long context "
                    "(default min(max_seq_len // 2, 128))")
     g.add_argument("--max-answer-len", type=int, metavar="N", help="longest answer in tokens (default 15)")
     g.add_argument("--max-seq-len", type=int, metavar="N", help="window length in tokens (default 384)")
     g.add_argument("--max-question-len", type=int, metavar="N", help="accepted as transformers does (default 64)")
     g.add_argument("--handle-impossible-answer", action=argparse.BooleanOptionalAction, default=None,
-                   help="allow the empty (no-answer) prediction (default: on for v2.0, off for v1.1)")
+                   help=impossible_help)
     g.add_argument("--align-to-words", action=argparse.BooleanOptionalAction, default=None,
                    help="answer spans on word boundaries (default on)")
     g.add_argument("--padding", choices=("do_not_pad", "longest", "max_length"), help="tokenizer padding")
     g.add_argument("--batch-size", type=int, metavar="N", help="windows per forward (answers as transformers' "
                    "pipeline with the same batch_size)")
-    p.set_defaults(run=run)
 
 
 def _flag(key: str) -> str:
@@ -100,7 +111,19 @@ def run(args) -> int:
         raise CommandError(f"--resume: nothing to resume in {out}{finished}: no {evaluate.PARTIAL}; run without "
                            "--resume to start", 2)
     try:
-        metrics = evaluate.run(job, resume=args.resume)
+        if args.workers is None and args.scheduler is None:
+            metrics = evaluate.run(job, resume=args.resume)
+        else:  # the same answers, computed on the cluster's workers: npbert/batch.py
+            import functools
+
+            from .. import batch
+
+            with batch.connect(args.workers, args.scheduler) as client:
+                try:
+                    metrics = evaluate.run(job, resume=args.resume, answer_chunks=functools.partial(
+                        batch.answer_chunks, client, model=job.model, revision=job.revision))
+                except batch.PartitionFailed as e:
+                    raise CommandError(str(e), 1) from None
     except evaluate.Interrupted as e:
         if e.done == 0:
             raise CommandError(f"interrupted by {e} before any question was answered", 128 + e.signum) from None
