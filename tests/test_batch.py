@@ -366,8 +366,8 @@ def test_bad_settings_and_files_get_one_line(client, tiny_checkpoint, jsonl_file
     with pytest.raises(batch.BatchError, match=r"two.parquet: no column 'context' \(columns: id, question\)"):
         run(tmp_path / "two.parquet", tmp_path / "a", None, tiny_checkpoint)
     # found by the probe on a worker, before any partition: one error, not one per row
-    with pytest.raises(batch.BatchError, match="max_seq_len 600 exceeds the model's max_position_embeddings 512"):
-        run(jsonl_file, tmp_path / "b", client, tiny_checkpoint, max_seq_len=600)
+    with pytest.raises(batch.BatchError, match=r"`doc_stride` \(200\) is larger than `max_seq_len` \(100\)"):
+        run(jsonl_file, tmp_path / "b", client, tiny_checkpoint, max_seq_len=100, doc_stride=200)
     assert not (tmp_path / "b" / "parts").exists()
     r = npbert_cli("batch", "--data", jsonl_file, "--out", tmp_path / "c", "--model", tiny_checkpoint, "--workers", 0)
     assert (r.returncode, r.stderr) == (2, "npbert batch: error: --workers must be a positive integer, found 0\n")
