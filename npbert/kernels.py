@@ -289,11 +289,12 @@ def disentangled_attention_numpy(q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, 
 
 
 @numba.njit(**_JIT, fastmath=_FAST)
-def _disentangled_mask_shift_numba(scores, c2p_full, p2c_full, c2p_pos, p2c_pos, keep, inv_scale, use_c2p, use_p2c):
-    # In place on one head's q k^T [S, S]: add the gathered c2p ([S, 2A] full product, row c2p_pos[i, j]) and
-    # p2c (key j's full product at row p2c_pos[j, i]) terms, scale, mask by keep[i] & keep[j], subtract
-    # each row's maximum. Rows of padded queries are masked everywhere: all zeros here, exp -> uniform,
-    # as finfo.min everywhere gives in the reference.
+def _disentangled_mask_shift_numba(scores, c2p_full, p2c_full, c2p_pos, p2c_pos, keep, scale, use_c2p, use_p2c):
+    # In place on one head's c2c [S, S] (already scaled): add the gathered c2p ([S, 2A] full product, row
+    # c2p_pos[i, j]) and p2c (key j's full product at row p2c_pos[j, i]) terms, each divided by the scale
+    # as in the reference (and transformers), mask by keep[i] & keep[j], subtract each row's maximum.
+    # Rows of padded queries are masked everywhere: all zeros here, exp -> uniform, as finfo.min
+    # everywhere gives in the reference.
     S = scores.shape[0]
     n_kept = 0
     for j in range(S):
@@ -306,12 +307,12 @@ def _disentangled_mask_shift_numba(scores, c2p_full, p2c_full, c2p_pos, p2c_pos,
         m = -np.inf
         for j in range(S):
             if keep[j]:
-                position = 0.0
+                position = scores.dtype.type(0.0)
                 if use_c2p:
-                    position += c2p_full[i, c2p_pos[i, j]]
+                    position = c2p_full[i, c2p_pos[i, j]] / scale
                 if use_p2c:
-                    position += p2c_full[j, p2c_pos[j, i]]
-                row[j] = row[j] * inv_scale + position * inv_scale
+                    position = position + p2c_full[j, p2c_pos[j, i]] / scale
+                row[j] = row[j] + position
                 m = max(m, row[j])
         for j in range(S):
             row[j] = row[j] - m if keep[j] else -np.inf
@@ -325,7 +326,7 @@ def disentangled_attention_numba(q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, 
     no_index = np.zeros((1, 1), dtype=np.int64)  # stands for an absent term's [S, S] rows (no relative_attention)
     c2p_pos, p2c_pos = (no_index if pos is None else np.ascontiguousarray(pos, dtype=np.int64)
                         for pos in (c2p_pos, p2c_pos))
-    inv_scale = q.dtype.type(1.0) / q.dtype.type(scale)
+    scale = q.dtype.type(scale)
     context = np.empty((B, S, D), dtype=q.dtype)
     probs = np.empty((B, n_heads, S, S), dtype=q.dtype) if return_probs else None
     unused = np.zeros((1, 1), dtype=q.dtype)  # stands for an absent term's [S, 2A] product
@@ -337,12 +338,12 @@ def disentangled_attention_numba(q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, 
         for b, h in tasks:
             cols = slice(h * Dh, (h + 1) * Dh)
             p = scratch if probs is None else probs[b, h]  # [S, S]
-            np.matmul(q[b, :, cols], k[b, :, cols].T, out=p)  # c2c before the scale
+            np.matmul(q[b, :, cols], (k[b, :, cols] / scale).T, out=p)  # c2c: k scaled first, as the reference
             if pos_k is not None:
                 np.matmul(q[b, :, cols], pos_k[:, cols].T, out=c2p_full)  # [S, 2A]: every query against every row
             if pos_q is not None:
                 np.matmul(k[b, :, cols], pos_q[:, cols].T, out=p2c_full)  # [S, 2A]: every key against every row
-            _disentangled_mask_shift_numba(p, c2p_full, p2c_full, c2p_pos, p2c_pos, keep[b], inv_scale,
+            _disentangled_mask_shift_numba(p, c2p_full, p2c_full, c2p_pos, p2c_pos, keep[b], scale,
                                            pos_k is not None, pos_q is not None)
             np.exp(p, out=p)
             _normalise_rows_numba(p)
