@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from npbert import deberta, kernels as K
 from npbert.config import Config, ConfigError
 from test_kernels import assert_close, random_keep
+from test_walkthrough import ROOT, blocks
 
 
 def random_inputs(rng, B, S, H, Dh, span, terms, dtype=np.float32, scale=1.0):
@@ -162,3 +163,23 @@ def test_deberta_configs_refused_in_one_line(d, message):
     with pytest.raises(ConfigError, match=message) as e:
         _config(**d)
     assert "\n" not in str(e.value)
+
+
+# --- docs/deberta.md, executed -----------------------------------------------------------------------------
+
+
+def test_deberta_page_examples_run(capsys):
+    # The page names the real checkpoint; here the tiny DeBERTa-v3-style one of the reference fixture.
+    fixture = ROOT / "tests" / "fixtures" / "reference" / "deberta-v2"
+    code = blocks("deberta.md", "python")
+    assert len(code) >= 5, "docs/deberta.md lost its examples"
+    namespace = {"__name__": "deberta_page"}
+    for i, block in enumerate(code):
+        source = block.replace("deepset/deberta-v3-base-squad2", str(fixture))
+        try:
+            exec(compile(source, f"docs/deberta.md python block {i + 1}", "exec"), namespace)
+        except Exception as e:
+            raise AssertionError(f"docs/deberta.md python block {i + 1} failed: {e!r}\n{block}") from e
+    printed = capsys.readouterr().out
+    assert "layer.0.attention.c2p" in printed and "a padded query's row" in printed
+    assert "{0: 0, 1: 1, 127: 127, 128: 128, 129: 129, 200: 169, 300: 207, 511: 255, 599: 270}" in printed

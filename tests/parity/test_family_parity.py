@@ -1,6 +1,6 @@
 """Every family against transformers 4.57.6 (eager attention): BERT (MiniLM is a BERT), RoBERTa, XLM-R,
-ELECTRA (with and without its embedding projection), ALBERT (shared layer groups, inner groups) and
-DistilBERT's other activations. Checkpoints are saved by transformers' own `save_pretrained` from
+ELECTRA (with and without its embedding projection), ALBERT (shared layer groups, inner groups),
+DeBERTa-v3 and DistilBERT's other activations. Checkpoints are saved by transformers' own `save_pretrained` from
 `AutoConfig.for_model`; inputs are right-padded with the padding id (RoBERTa's positions depend on it)
 and carry question/context token types where the model has them. Every hidden state, attention map and
 logit is compared at unpadded positions, per tensor, in float32 and float64, with both kernel sets; then
@@ -43,6 +43,10 @@ TINY = [
     ("albert", dict(vocab_size=70, embedding_size=12, hidden_size=16, num_attention_heads=2, intermediate_size=20,
                     num_hidden_layers=3, num_hidden_groups=1, inner_group_num=1, hidden_act="gelu")),
     ("distilbert", dict(vocab_size=60, dim=16, n_heads=2, hidden_dim=30, n_layers=2, activation="relu")),
+    # DeBERTa-v3's shape; tests/parity/test_deberta_parity.py covers its other settings and padded positions.
+    ("deberta-v2", dict(vocab_size=90, hidden_size=16, num_attention_heads=2, intermediate_size=30, num_hidden_layers=2,
+                        relative_attention=True, position_buckets=8, pos_att_type=["p2c", "c2p"], share_att_key=True,
+                        norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0)),
 ]
 TOLERANCES = {np.float32: {"embeddings": 1e-5, "hidden": 1e-5, "attention": 1e-6, "logits": 1e-5},
               np.float64: {"embeddings": 1e-12, "hidden": 1e-12, "attention": 1e-12, "logits": 1e-12}}
