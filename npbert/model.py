@@ -129,10 +129,25 @@ def projected_table(layer, rel: RelativePositions):  # -> pos_k [2A, D] | None, 
     # projections when share_att_key, else with its pos_key_proj / pos_query_proj.
     if rel.table is None:
         return None, None
+    if layer.pos_tables is not None:  # computed once at load (with_position_tables)
+        return layer.pos_tables
     own = layer.attention if rel.share_att_key else layer.pos_proj
     pos_k = linear(rel.table, own.k_lin) if "c2p" in rel.pos_att_type else None
     pos_q = linear(rel.table, own.q_lin) if "p2c" in rel.pos_att_type else None
     return pos_k, pos_q
+
+
+def with_position_tables(tree, config, ops):
+    """The tree with every layer's projections of the relative-position table stored on the layer
+    (TransformerBlock.pos_tables). They depend on the weights only, so they are computed once here rather
+    than in every forward as transformers does: two [2A, D] x [D, D] products per layer, some 20% of a
+    base-size forward at S 384. The forward reads them where it would compute them: the same values."""
+    encoder = tree.encoder if hasattr(tree, "qa_outputs") else tree
+    rel = relative_positions(1, encoder.transformer, config, encoder.embeddings.word_embeddings.weight.dtype, ops)
+    layers = tuple(layer._replace(pos_tables=W.PositionTables(*projected_table(layer._replace(pos_tables=None), rel)))
+                   for layer in encoder.transformer.layer)
+    encoder = encoder._replace(transformer=encoder.transformer._replace(layer=layers))
+    return tree._replace(encoder=encoder) if hasattr(tree, "qa_outputs") else encoder
 
 
 def disentangled_self_attention(x, keep, layer, rel, n_heads, ops, return_probs=False):  # [B, S, D] -> [B, S, D]
@@ -266,6 +281,8 @@ class _Pretrained:
         self.weights = W.relayout_for_speed(weights)  # fused qkv per layer; idempotent
         self.dtype = np.dtype(dtype)
         self.ops = select_kernels(kernels)
+        if config.disentangled_attention and config.relative_attention:  # DeBERTa: input-independent tables
+            self.weights = with_position_tables(self.weights, config, self.ops)
         self.source = source
 
     @classmethod

@@ -72,12 +72,22 @@ class PositionProjections(NamedTuple):
     q_lin: Linear | None  # [D, D] pos_query_proj, for p2c; None when it has no p2c
 
 
+class PositionTables(NamedTuple):
+    """DeBERTa: the relative-position table (after its LayerNorm) as one layer projects it for c2p and p2c.
+    Derived, not stored in checkpoints: it depends on the weights only, so model.with_position_tables
+    computes it once at load."""
+
+    pos_k: np.ndarray | None  # [2A, D], projected like the keys, for c2p; None without c2p
+    pos_q: np.ndarray | None  # [2A, D], projected like the queries, for p2c; None without p2c
+
+
 class TransformerBlock(NamedTuple):
     attention: MultiHeadSelfAttention
     sa_layer_norm: LayerNorm
     ffn: FFN
     output_layer_norm: LayerNorm
     pos_proj: PositionProjections | None = None  # DeBERTa, relative attention without share_att_key
+    pos_tables: PositionTables | None = None  # DeBERTa: derived at load (model.with_position_tables)
 
 
 class Transformer(NamedTuple):
