@@ -258,7 +258,9 @@ def prepare_inputs(input_ids, attention_mask, config: Config, token_type_ids=Non
         keep = mask.astype(bool)
     types = None
     if config.type_vocab_size == 0:
-        if token_type_ids is not None:
+        # DeBERTa-v3's tokenizer returns token types (model_input_names) and transformers' DeBERTa takes and
+        # ignores them when type_vocab_size is 0; DistilBERT's forward takes none.
+        if token_type_ids is not None and not config.disentangled_attention:
             raise ValueError(f"a {config.model_type} model has no token type embeddings: pass token_type_ids=None")
     elif token_type_ids is None:
         types = np.zeros(ids.shape, dtype=np.int64)

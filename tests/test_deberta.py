@@ -136,6 +136,18 @@ def test_score_terms_are_one_dot_product_each():
     assert deberta.score_terms(q, k, None, pos_q, c2p_pos, p2c_pos, scale)[1] is None
 
 
+def test_token_types_are_ignored_without_a_token_type_table():
+    # As transformers' DebertaV2Model: the tokenizer's token_type_ids are taken and unused when
+    # type_vocab_size is 0 (DeBERTa-v3).
+    import npbert
+
+    model = npbert.AutoModelForQuestionAnswering.from_pretrained(ROOT / "tests" / "fixtures" / "reference" / "deberta-v2")
+    assert model.config.type_vocab_size == 0
+    ids = np.array([[1, 12, 7, 2, 9, 30, 2]])
+    types = np.array([[0, 0, 0, 0, 1, 1, 1]])
+    np.testing.assert_array_equal(model(ids, token_type_ids=types).start_logits, model(ids).start_logits)
+
+
 # --- the config -----------------------------------------------------------------------------------------------
 
 
