@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import npbert
-from parity_helpers import assert_close, compare, family_checkpoint, family_inputs, transformers_outputs
+from parity_helpers import assert_close, compare, family_checkpoint, family_inputs
+from test_family_parity import _run, _theirs
 
 torch = pytest.importorskip("torch", reason="torch (the parity extra) is not installed")
 pytest.importorskip("transformers", reason="transformers (the parity extra) is not installed")
@@ -53,16 +54,6 @@ TOLERANCES = {np.float32: {"embeddings": 1e-5, "hidden": 1e-5, "attention": 1e-6
 def tiny_deberta(request, tmp_path_factory):
     return family_checkpoint(tmp_path_factory.mktemp(request.param), "deberta-v2",
                              seed=300 + list(TINY).index(request.param), **TINY[request.param])
-
-
-def _run(model, inputs, **kw):
-    return model(inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                 token_type_ids=inputs.get("token_type_ids"), output_hidden_states=True, **kw)
-
-
-def _theirs(torch_model, inputs, attentions=True):
-    return transformers_outputs(torch_model, inputs["input_ids"], inputs["attention_mask"], attentions,
-                                inputs.get("token_type_ids"))
 
 
 def _every_position(inputs):
