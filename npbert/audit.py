@@ -101,7 +101,7 @@ def _checks(folder: Path, config: Config, rows: list[dict], values: dict) -> tup
 def _load_tokenizer(folder: Path, config: Config):
     from .tokenizer import Tokenizer
 
-    return Tokenizer.from_folder(folder)
+    return Tokenizer.from_folder(folder, config.model_type)
 
 
 def _tokenizer_check(folder: Path, config: Config) -> dict:

@@ -3,14 +3,23 @@ predictions saved durably before the next, a progress bar, resumable, then the o
 
 Files in the output folder:
 - `predictions.partial.jsonl` while running: a header line (the job's fingerprint), then one line per
-  finished chunk, appended and fsync'ed. An interrupted run (Ctrl-C, SIGTERM, a crash, a kill) leaves
-  it behind; `resume=True` checks the fingerprint, drops a half-written last line, and goes on from the
-  next chunk. Chunk boundaries never move, so the pipeline sees exactly the same batches as in an
-  uninterrupted run and the final files are byte-identical (timing fields of metrics.json aside).
+  finished chunk, appended and fsync'ed; every line ends with the sha256 of its own content. An
+  interrupted run (Ctrl-C, SIGTERM, a crash, a kill) leaves it behind; `resume=True` checks the
+  fingerprint, drops a half-written last line, and goes on from the next chunk. A line whose checksum
+  does not match (a changed byte) is never trusted: it and every line after it are recomputed, the
+  lines before it kept; a damaged header is refused. A file holding no complete header (killed before
+  the first line was written) has nothing to lose and is started afresh. Chunk boundaries never move,
+  so the pipeline sees exactly the same batches as in an uninterrupted run and the final files are
+  byte-identical (timing fields of metrics.json aside).
+- `.npbert-eval.lock` while running: the lock of the folder (an advisory `flock`, with the owner's pid
+  inside). A second run into the same folder is refused, naming that pid; a lock file left by a process
+  that died (SIGKILL) is not held by anyone and is taken over.
 - at the end, each written atomically (temporary file + rename): `predictions.json` ({id: answer text},
   the official format; no-answer is ""), `nbest_predictions.json` when top_k > 1 ({id: [answer, ...]}),
-  and `metrics.json` (the official score plus count, timing, model, revision, weights sha256). The
-  partial file is removed last.
+  for SQuAD v2.0 `na_probs.json` ({id: no-answer probability}, the official script's --na-prob-file: the
+  pipeline's null score, `qa.null_score`: min over the question's windows of p_start[CLS] * p_end[CLS]),
+  and `metrics.json` (the official score, for v2.0 with the na-prob figures best_exact/best_f1 and their
+  thresholds, plus count, timing, model, revision, weights sha256). The partial file is removed last.
 
 The run's settings come as a `Job`, built from a mapping (CLI flags or a YAML job file) by `make_job`,
 which names the offending key and its place on any bad value.
@@ -20,7 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import hashlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -33,10 +45,12 @@ from . import squad
 from .hub import DEFAULT_MODEL, sha256_file
 
 PARTIAL = "predictions.partial.jsonl"
+LOCK = ".npbert-eval.lock"
 PREDICTIONS = "predictions.json"
 NBEST = "nbest_predictions.json"
+NA_PROBS = "na_probs.json"
 METRICS = "metrics.json"
-FORMAT = "npbert-eval-partial/1"
+FORMAT = "npbert-eval-partial/2"  # /2: every line carries the sha256 of its content (/1 had none)
 
 # The pipeline parameters a job may set (transformers 4.57.6 QuestionAnsweringPipeline's), with their types.
 PIPELINE_PARAMETERS = {"top_k": int, "doc_stride": int, "max_answer_len": int, "max_seq_len": int,
@@ -49,6 +63,7 @@ DEFAULT_OUTPUT = "npbert-eval"
 # ones that differ between an uninterrupted and a resumed run
 RUN_FIELDS = {"version", "count", "elapsed_seconds", "questions_per_second", "model", "revision", "commit",
               "weights_sha256", "data", "parameters"}
+log = logging.getLogger("npbert.evaluate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,36 +185,138 @@ def _dumps_line(obj) -> bytes:
     return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def read_partial(path: Path, fingerprint: dict, examples: list) -> tuple[list[dict], float, int]:
-    """The finished chunks of an interrupted run: (records in question order, seconds spent, byte length
-    of the complete lines). A half-written last line (the process died while writing it) is ignored."""
-    raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    lines = complete.splitlines()
+def _sealed_line(obj: dict) -> bytes:
+    """`obj` as one JSON line with "sha256" added last: the digest of `obj`'s own line."""
+    return _dumps_line({**obj, "sha256": hashlib.sha256(_dumps_line(obj)).hexdigest()})
+
+
+def _unsealed(line: bytes) -> dict | None:
+    """The object of a `_sealed_line`, or None when the line is not JSON or its digest does not match.
+    The digest is of the line re-serialized from the parsed object: a byte changed anywhere in the line
+    changes the object, the digest, or stops the line from parsing."""
     try:
-        header = json.loads(lines[0]) if lines else None
-    except json.JSONDecodeError:
-        header = None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise JobError(f"{path}:1: not an npbert eval partial file; delete it or choose another output folder")
+        obj = json.loads(line)
+    except (ValueError, RecursionError):  # JSONDecodeError, and UnicodeDecodeError for a broken UTF-8 byte
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("sha256"), str):
+        return None
+    digest = obj.pop("sha256")
+    return obj if hashlib.sha256(_dumps_line(obj)).hexdigest() == digest else None
+
+
+def read_partial(path: Path, fingerprint: dict, examples: list, save_every: int) -> tuple[list[dict], float, int]:
+    """The finished chunks of an interrupted run: (records in question order, seconds spent, byte length
+    of the lines kept). A half-written last line (the process died while writing it) is ignored; a line
+    that fails its checksum, or does not hold the questions its place says, is dropped with every line
+    after it (logged): the run recomputes them. A file without a complete header line is nothing saved."""
+    raw = path.read_bytes()
+    lines = raw[: raw.rfind(b"\n") + 1].split(b"\n")[:-1]  # split on b"\n" only: offsets stay exact
+    if not lines:
+        return [], 0.0, 0  # killed before the header was written whole: start afresh
+    header = _unsealed(lines[0])
+    if header is None or header.get("format") != FORMAT:
+        try:
+            old = json.loads(lines[0]).get("format")
+        except (ValueError, RecursionError, AttributeError):
+            old = None
+        if isinstance(old, str) and old.startswith("npbert-eval-partial/") and old != FORMAT:
+            raise JobError(f"{path}:1: written by another npbert version ({old}); delete it to start over")
+        raise JobError(f"{path}:1: not an npbert eval partial file, or its header is damaged; delete it or choose "
+                       "another output folder")
     before = header.get("job", {})
     changed = [k for k in fingerprint if before.get(k) != fingerprint[k]]
     if changed:
         k = changed[0]
         raise JobError(f"{path}: cannot resume: {k} was {before.get(k)!r}, now {fingerprint[k]!r}; rerun with the "
                        "same settings, or delete the partial file to start over")
-    records, seconds = [], 0.0
+    records, seconds, kept = [], 0.0, len(lines[0]) + 1
     for n, line in enumerate(lines[1:], 2):
+        chunk = _unsealed(line)
+        want = [e.id for e in examples[len(records): len(records) + save_every]]
+        if not _is_chunk(chunk, want):
+            log.warning("%s:%d: damaged line (%s): keeping the %d questions saved before it, answering the rest "
+                        "again", path, n, "checksum mismatch" if chunk is None else "not the questions expected there",
+                        len(records))
+            break
+        records.extend(chunk["predictions"])
+        seconds += chunk["seconds"]
+        kept += len(line) + 1
+    return records, seconds, kept
+
+
+def _is_chunk(chunk: dict | None, ids: list) -> bool:
+    """A verified chunk line holding the questions `ids`, in order."""
+    if chunk is None or not isinstance(chunk.get("predictions"), list) or not isinstance(chunk.get("seconds"), float):
+        return False
+    return [r.get("id") if isinstance(r, dict) else None for r in chunk["predictions"]] == ids
+
+
+# --- the output folder's lock --------------------------------------------------------------------------
+
+
+def _read_owner(fd: int) -> dict:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        owner = json.loads(os.read(fd, 4096) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+@contextmanager
+def output_lock(out: Path):
+    """Hold `out`/LOCK (creating `out`): an exclusive, non-blocking `flock` on a file naming the owner. The
+    kernel drops the lock when its process dies, so a lock file left by a killed run is free and taken
+    over; a held one is refused with a JobError naming its owner's pid. A folder made here and left
+    empty is removed again."""
+    if out.exists() and not out.is_dir():
+        raise JobError(f"{out}: output exists and is not a folder")
+    try:
+        import fcntl  # POSIX
+    except ImportError:  # Windows: no flock; the run goes on unlocked rather than not at all
+        log.warning("%s: not locked (no flock on this platform): do not run two evals into it at once", out)
+        yield
+        return
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            chunk = json.loads(line)
-            records.extend(chunk["predictions"])
-            seconds += chunk["seconds"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise JobError(f"{path}:{n}: corrupt line; delete the file to start over") from None
-    ids = [r.get("id") for r in records]
-    if ids != [e.id for e in examples[: len(ids)]]:
-        raise JobError(f"{path}: its questions are not the data file's first {len(ids)}; delete it to start over")
-    return records, seconds, len(complete)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: held
+            pid = _read_owner(fd).get("pid", "unknown")
+            os.close(fd)
+            raise JobError(f"{out}: another npbert eval (pid {pid}) is writing to this folder; wait for it to finish "
+                           "or choose another output folder") from None
+        try:  # the file we locked must still be the one at `path`: a finishing owner unlinks it, then unlocks
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    stale = _read_owner(fd).get("pid")
+    if stale is not None:
+        log.warning("%s: taking over the lock of pid %s, which ended without releasing it", path, stale)
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, _dumps_line({"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    try:
+        yield
+    finally:
+        os.unlink(path)  # before unlocking: whoever locks the old file next sees it is gone and retries
+        os.close(fd)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _holding_output_lock(run):
+    """`run`, holding the lock of its job's output folder throughout."""
+    @functools.wraps(run)
+    def locked(job, *args, **kwargs):
+        with output_lock(Path(job.output)):
+            return run(job, *args, **kwargs)
+    return locked
 
 
 # --- signals -------------------------------------------------------------------------------------------
@@ -285,6 +402,7 @@ def load_pipeline(job: Job):
     return pipeline("question-answering", model=job.model, revision=job.revision)
 
 
+@_holding_output_lock
 def run(job: Job, qa=None, resume: bool = False, progress_file=None) -> dict:
     """Run the evaluation job; returns the metrics (also written to `<output>/metrics.json`).
 
@@ -308,7 +426,7 @@ def run(job: Job, qa=None, resume: bool = False, progress_file=None) -> dict:
                    "questions": len(examples), "save_every": job.save_every, "parameters": params}
     records, seconds, keep_bytes = [], 0.0, 0
     if resume and partial.exists():
-        records, seconds, keep_bytes = read_partial(partial, fingerprint, examples)
+        records, seconds, keep_bytes = read_partial(partial, fingerprint, examples, job.save_every)
     out.mkdir(parents=True, exist_ok=True)
 
     signals = _Signals()
@@ -316,7 +434,7 @@ def run(job: Job, qa=None, resume: bool = False, progress_file=None) -> dict:
         if keep_bytes:
             f.truncate(keep_bytes)  # drop a half-written last line
         else:
-            f.write(_dumps_line({"format": FORMAT, "job": fingerprint}))
+            f.write(_sealed_line({"format": FORMAT, "job": fingerprint}))
         try:
             seconds = _answer_all(qa, examples, records, seconds, params, job, f, signals, progress_file)
             with signals.critical():
@@ -347,14 +465,16 @@ def _answer_all(qa, examples, records: list, seconds, params, job, f, signals, p
             chunk = examples[start: start + job.save_every]
             t0 = time.perf_counter()
             try:
-                output = qa(question=[e.question for e in chunk], context=[e.context for e in chunk], **params)
+                null_scores = []  # each question's no-answer probability, for na_probs.json
+                output = qa(question=[e.question for e in chunk], context=[e.context for e in chunk], **params,
+                            null_scores=null_scores)
             except ValueError as e:  # a parameter, or a question the pipeline refuses: say which questions
                 raise ValueError(f"questions {start + 1}-{start + len(chunk)} (from {chunk[0].location}): {e}") from None
             answers = _records(output, len(chunk))
             elapsed = time.perf_counter() - t0
-            done = [{"id": e.id, "answers": a} for e, a in zip(chunk, answers)]
+            done = [{"id": e.id, "answers": a, "null_score": n} for e, a, n in zip(chunk, answers, null_scores)]
             with signals.critical():
-                f.write(_dumps_line({"seconds": elapsed, "predictions": done}))
+                f.write(_sealed_line({"seconds": elapsed, "predictions": done}))
                 f.flush()
                 os.fsync(f.fileno())
                 records.extend(done)  # here, so that a held signal reports this chunk as saved
@@ -377,7 +497,16 @@ def _finish(out: Path, data, version, records, seconds, identity, params) -> dic
                   "questions_per_second": len(records) / seconds if seconds else None,
                   **identity, "data": str(data.path), "parameters": params}
     assert set(run_fields) <= RUN_FIELDS
-    metrics = {**squad.evaluate(data, predictions, version), **run_fields}
+    na_probs = None
+    if version == "2.0":  # the official script's --na-prob-file: the pipeline's null score per question
+        if any("null_score" not in r for r in records):
+            raise JobError(f"{out / PARTIAL}: written by an npbert without no-answer probabilities; delete it and "
+                           "run again")
+        na_probs = {r["id"]: r["null_score"] for r in records}
+        write_atomic(out / NA_PROBS, json.dumps(na_probs, indent=2) + "\n")
+    elif (out / NA_PROBS).exists():
+        (out / NA_PROBS).unlink()  # an earlier v2.0 run's
+    metrics = {**squad.evaluate(data, predictions, version, na_probs), **run_fields}
     write_atomic(out / METRICS, json.dumps(metrics, indent=2) + "\n")
     return metrics
 

@@ -19,8 +19,13 @@ CHECKPOINT_FILES = [
     "model.safetensors",
     "tokenizer.json",
     "tokenizer_config.json",
-    "vocab.txt",
     "special_tokens_map.json",
+    # the vocabulary a family ships when tokenizer.json is absent (npbert/tokenizer.py)
+    "vocab.txt",  # WordPiece: DistilBERT, BERT, ELECTRA
+    "vocab.json",  # byte-level BPE: RoBERTa
+    "merges.txt",
+    "sentencepiece.bpe.model",  # SentencePiece: XLM-RoBERTa
+    "spiece.model",  # ALBERT
 ]
 
 

@@ -2,7 +2,9 @@
 
 Follows transformers 4.57.6 `pipelines/question_answering.py` (`select_starts_ends`, `decode_spans`,
 `QuestionAnsweringPipeline.postprocess`, `get_indices`, `get_answer`) operation for operation, float32
-throughout, so that ties and near-ties resolve the same way. Two quirks are kept on purpose:
+throughout, so that ties and near-ties resolve the same way. One bug is not kept: with exactly as many
+candidates as `topk` (S * S for a window of S tokens) transformers' `decode_spans` calls `np.argpartition`
+out of bounds and raises; npbert sorts every candidate there. Two quirks are kept on purpose:
 
 - the "is this token desired" test uses `np.isin(starts, mask.nonzero())` on a [1, S] mask, whose
   row indices (all 0) make token 0 ([CLS]) always pass;
@@ -35,7 +37,9 @@ def decode_spans(start, end, topk: int, max_answer_len: int, undesired_tokens):
     scores_flat = candidates.flatten()
     if topk == 1:
         idx_sort = [np.argmax(scores_flat)]
-    elif len(scores_flat) < topk:
+    elif len(scores_flat) <= topk:
+        # transformers 4.57.6 tests `<` and then asks argpartition for the kth of len(scores_flat) elements,
+        # which is out of bounds: there every candidate is wanted, so sorting them all is the answer.
         idx_sort = np.argsort(-scores_flat)
     else:
         idx = np.argpartition(-scores_flat, topk)[0:topk]
@@ -54,6 +58,17 @@ def select_starts_ends(start, end, p_mask, attention_mask, min_null_score=NO_NUL
     start, end: [1, S] float32 logits; p_mask: [1, S] bool (True = not context, [CLS] excepted);
     attention_mask: [1, S] int64 or None. Returns starts, ends, scores, the updated min_null_score.
     """
+    start, end, undesired_tokens = _probabilities(start, end, p_mask, attention_mask)
+    if handle_impossible_answer:
+        min_null_score = min(min_null_score, (start[0, 0] * end[0, 0]).item())
+    start[0, 0] = end[0, 0] = 0.0  # [CLS] is the null answer, never a span
+    starts, ends, scores = decode_spans(start, end, top_k, max_answer_len, undesired_tokens)
+    return starts, ends, scores, min_null_score
+
+
+def _probabilities(start, end, p_mask, attention_mask):
+    """The softmax of start and end logits over [CLS] and the window's context tokens (the others masked to
+    MASKED_LOGIT), float32 as transformers; and the mask of tokens that may be in an answer."""
     undesired_tokens = np.abs(np.array(p_mask) - 1)  # 1 where the token may be in an answer
     if attention_mask is not None:
         undesired_tokens = undesired_tokens & attention_mask
@@ -64,11 +79,18 @@ def select_starts_ends(start, end, p_mask, attention_mask, min_null_score=NO_NUL
     start = start / start.sum()
     end = np.exp(end - end.max(axis=-1, keepdims=True))
     end = end / end.sum()
-    if handle_impossible_answer:
-        min_null_score = min(min_null_score, (start[0, 0] * end[0, 0]).item())
-    start[0, 0] = end[0, 0] = 0.0  # [CLS] is the null answer, never a span
-    starts, ends, scores = decode_spans(start, end, top_k, max_answer_len, undesired_tokens)
-    return starts, ends, scores, min_null_score
+    return start, end, undesired_tokens
+
+
+def null_score(windows) -> float:
+    """The question's no-answer score: the smallest, over its windows, of p_start[CLS] * p_end[CLS] (the
+    probabilities of `_probabilities`). It is the score `answers` gives the empty answer with
+    handle_impossible_answer, computed the same way whether or not that is on. windows: as `answers`."""
+    score = NO_NULL_SCORE
+    for start, end, p_mask, attention_mask, _ in windows:
+        p_start, p_end, _ = _probabilities(start, end, p_mask, attention_mask)
+        score = min(score, (p_start[0, 0] * p_end[0, 0]).item())
+    return score
 
 
 def char_span(encoding, s: int, e: int, align_to_words: bool = True) -> tuple[int, int]:

@@ -1,35 +1,56 @@
-"""Question/context tokenization, equal to transformers 4.57.6 `DistilBertTokenizerFast`.
+"""Question/context tokenization, equal to the fast tokenizer transformers 4.57.6 `AutoTokenizer` loads.
 
-Follows transformers 4.57.6 `models/distilbert/tokenization_distilbert_fast.py` and
-`tokenization_utils_fast.py` (loading, the normalizer override, special tokens, truncation and padding
-settings) and `convert_slow_tokenizer.py` `BertConverter` (the vocab.txt fallback). The `tokenizers`
-library does the actual work, configured exactly as transformers configures it, so ids, offsets and
-overflow windows are the same by construction (and checked by tests/test_tokenizer.py).
+Families: DistilBERT, BERT (MiniLM too) and ELECTRA (WordPiece), RoBERTa (byte-level BPE), XLM-RoBERTa
+and ALBERT (SentencePiece). Follows transformers 4.57.6:
+
+- `models/auto/tokenization_auto.py`: the class is tokenizer_config.json's `tokenizer_class`, else
+  config.json's `model_type` (`TOKENIZER_MAPPING_NAMES`);
+- `tokenization_utils_base.py` `_from_pretrained` and `__init__` (which special tokens, model_max_length,
+  padding_side, truncation_side, model_input_names) and `tokenization_utils_fast.py`
+  `PreTrainedTokenizerFast.__init__` (tokenizer.json, the added tokens, the pre-tokenizer's add_prefix_space);
+- the classes' `__init__` overrides: `models/{bert,distilbert,electra}/tokenization_*_fast.py` (normalizer
+  flags), `models/roberta/tokenization_roberta_fast.py` (post-processor add_prefix_space/trim_offsets), the
+  RoBERTa/XLM-R/ALBERT mask token;
+- without tokenizer.json, `convert_slow_tokenizer.py`: `BertConverter` (vocab.txt), `RobertaConverter`
+  (vocab.json + merges.txt), `XLMRobertaConverter` (sentencepiece.bpe.model) and `AlbertConverter`
+  (spiece.model), reading the files as the slow tokenizers do.
+
+The `tokenizers` library does the actual work, configured exactly as transformers configures it, so ids,
+type ids, offsets and overflow windows are the same by construction (tests/test_tokenizer.py and
+tests/test_tokenizer_families.py check it). SentencePiece models are read with the `sentencepiece` package's
+protobuf schema (the `sentencepiece` extra).
 
 API
 ---
-    tok = Tokenizer.from_folder(folder)            # tokenizer.json, else vocab.txt + tokenizer_config.json
+    tok = Tokenizer.from_folder(folder, model_type=None)   # model_type: config.json's, read when None
     tok = Tokenizer.from_pretrained(path_or_repo_id, revision=None)   # via npbert.hub
     tok.tokenize("Where is Seattle?")              # ['Where', 'is', 'Seattle', '?']
-    tok.encode("Where is Seattle?")                # [101, ..., 102]  ([CLS] text [SEP])
+    tok.encode("Where is Seattle?")                # [101, ..., 102]  ([CLS] text [SEP], <s> text </s>, ...)
     windows = tok.encode_pair(question, context, max_length=384, stride=128, padding="do_not_pad")
     w = windows[0]
-    w.input_ids       # [S] int64: [CLS] question [SEP] context-window [SEP] (+ [PAD]s if padded)
+    w.input_ids       # [S] int64: specials, question, specials, context window, special (+ pads if padded)
+    w.token_type_ids  # [S] int64: 0 question, 1 context (BERT, ELECTRA, ALBERT); all 0 (RoBERTa, XLM-R)
     w.attention_mask  # [S] int64: 1 token, 0 padding
     w.offsets         # [S, 2] int64: character span of each token in its own text ((0, 0) for specials)
     w.sequence_ids    # tuple [S]: 0 question, 1 context, None special/padding
-    w.p_mask          # [S] bool: True where a token cannot be part of an answer (all but context and [CLS])
+    w.p_mask          # [S] bool: True where a token cannot be part of an answer (all but context and CLS)
     w.encoding        # the tokenizers.Encoding (token_to_word, word_to_chars, ...)
+    tok.model_input_names   # what the model takes, e.g. ("input_ids", "attention_mask")
 
 `encode_pair` is the pipeline's encoding: question first, `truncation="only_second"` so only the
 context is cut, and when it does not fit, overflow windows where consecutive windows share `stride`
 context tokens. A question too long to leave room for context raises ValueError (transformers raises the
 tokenizers library's truncation error in the same cases).
+
+Every method may be called from many threads at once: the backend is never reconfigured after loading;
+each (max_length, stride, padding) setting gets its own configured copy, made once and cached.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +58,57 @@ import numpy as np
 
 # transformers' stand-in for "no limit" when tokenizer_config.json gives no model_max_length.
 VERY_LARGE_INTEGER = int(1e30)
-SPECIAL_TOKEN_KEYS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# tokenization_utils_base.SpecialTokensMixin.SPECIAL_TOKENS_ATTRIBUTES, in its order (the order tokens are added).
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 PADDING = ("do_not_pad", "longest", "max_length")
+SENTENCEPIECE_EXTRA = "pip install '.[sentencepiece]'"
+# Configured backend copies kept per Tokenizer (a server may see many max_seq_len/doc_stride settings).
+# A copy of a 250k-piece XLM-R backend holds tens of MB: few settings are kept.
+MAX_CONFIGURED = 8
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one transformers fast tokenizer class brings: its files, defaults and `__init__` overrides."""
+
+    kind: str  # "wordpiece", "bpe", "xlmr" or "albert": how the backend is built without tokenizer.json
+    model_input_names: tuple
+    defaults: dict  # the class's special-token defaults
+    files: tuple  # the slow tokenizer's vocabulary files (read when tokenizer.json is absent)
+    mask_fast: dict | None = None  # the fast class wraps a plain mask_token in AddedToken(**mask_fast)
+    slow_tokens: dict | None = None  # the slow class's own wrapping (kwargs.update(slow.init_kwargs) wins)
+
+
+_BERT_TOKENS = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+_ROBERTA_TOKENS = dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+                       pad_token="<pad>", mask_token="<mask>")
+_THREE = ("input_ids", "token_type_ids", "attention_mask")  # PreTrainedTokenizerBase.model_input_names
+_TWO = ("input_ids", "attention_mask")
+_MASK = dict(lstrip=True, rstrip=False, normalized=False)
+_WORDPIECE = dict(kind="wordpiece", defaults=_BERT_TOKENS, files=("vocab.txt",))
+
+FAMILIES = {  # transformers class name (without "Fast") -> Family
+    "DistilBertTokenizer": Family(model_input_names=_TWO, **_WORDPIECE),
+    "BertTokenizer": Family(model_input_names=_THREE, **_WORDPIECE),
+    "ElectraTokenizer": Family(model_input_names=_THREE, **_WORDPIECE),
+    "RobertaTokenizer": Family(
+        "bpe", _TWO, _ROBERTA_TOKENS, ("vocab.json", "merges.txt"), mask_fast=_MASK,
+        slow_tokens={**{k: dict(lstrip=False, rstrip=False) for k in _ROBERTA_TOKENS}, "mask_token": _MASK}),
+    "XLMRobertaTokenizer": Family(
+        "xlmr", _TWO, _ROBERTA_TOKENS, ("sentencepiece.bpe.model",), mask_fast=dict(lstrip=True, rstrip=False),
+        slow_tokens={"mask_token": dict(lstrip=True, special=True)}),
+    "AlbertTokenizer": Family(
+        "albert", _THREE, dict(bos_token="[CLS]", eos_token="[SEP]", unk_token="<unk>", sep_token="[SEP]",
+                               pad_token="<pad>", cls_token="[CLS]", mask_token="[MASK]"),
+        ("spiece.model",), mask_fast=_MASK, slow_tokens={"mask_token": _MASK}),
+}
+MODEL_TYPES = {  # config.json model_type -> class (models/auto/tokenization_auto.py TOKENIZER_MAPPING_NAMES)
+    "distilbert": "DistilBertTokenizer", "bert": "BertTokenizer", "electra": "ElectraTokenizer",
+    "roberta": "RobertaTokenizer", "xlm-roberta": "XLMRobertaTokenizer", "albert": "AlbertTokenizer",
+}
+# What a folder's files say when neither tokenizer_config.json nor config.json names a class.
+_BY_FILE = (("vocab.txt", "DistilBertTokenizer"), ("vocab.json", "RobertaTokenizer"),
+            ("sentencepiece.bpe.model", "XLMRobertaTokenizer"), ("spiece.model", "AlbertTokenizer"))
 
 
 @dataclass(frozen=True)
@@ -51,18 +121,13 @@ class Window:
     sequence_ids: tuple  # [S] of 0, 1 or None
     p_mask: np.ndarray  # [S] bool
     encoding: object  # tokenizers.Encoding
+    token_type_ids: np.ndarray  # [S] int64: the tokenizer's type ids (padding: type id 0)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
-def _special_tokens(config: dict) -> dict[str, str]:
-    # tokenizer_config.json may store a special token as a plain string or as an AddedToken dict.
-    out = {}
-    for key, default in zip(SPECIAL_TOKEN_KEYS, ("[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]")):
-        value = config.get(key, default)
-        out[key] = value["content"] if isinstance(value, dict) else value
-    return out
+# --- reading the files ----------------------------------------------------------------------------------
 
 
 def _read_json(path: Path) -> dict:
@@ -77,18 +142,129 @@ def _read_json(path: Path) -> dict:
     return d
 
 
+class _Settings:
+    """tokenizer_config.json (and special_tokens_map.json) with each value checked as it is read."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "tokenizer_config.json"
+        self.config = _read_json(self.path)
+        self.special_map_path = folder / "special_tokens_map.json"
+        self.special_map = _read_json(self.special_map_path)
+
+    def flag(self, key: str, default, none_ok: bool = False):
+        value = self.config.get(key, default)
+        if isinstance(value, bool) or (none_ok and value is None):
+            return value
+        raise ValueError(f"{self.path}: {key} must be true or false{' or null' if none_ok else ''}, "
+                         f"found {value!r}")
+
+    def choice(self, key: str, default: str, allowed: tuple) -> str:
+        value = self.config.get(key, default)
+        if value not in allowed:
+            raise ValueError(f"{self.path}: {key} must be one of {', '.join(map(repr, allowed))}, found {value!r}")
+        return value
+
+    def model_max_length(self, default=None) -> int:
+        # PreTrainedTokenizerBase.__init__: absent or null means no limit (VERY_LARGE_INTEGER).
+        value = self.config.get("model_max_length", default)
+        if value is None:
+            return VERY_LARGE_INTEGER
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{self.path}: model_max_length must be a positive integer or null, found {value!r}")
+        return value
+
+    def model_input_names(self, default: tuple) -> tuple:
+        value = self.config.get("model_input_names", default)
+        if (not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value)
+                or "input_ids" not in value):
+            raise ValueError(f"{self.path}: model_input_names must be a list of names including 'input_ids', "
+                             f"found {value!r}")
+        return tuple(value)
+
+
+def _added_token(value, where: str, key: str, special: bool | None = None):
+    """A token as tokenizer_config.json may store it: a string, or an AddedToken dict."""
+    from tokenizers import AddedToken
+
+    if isinstance(value, (str, AddedToken)):
+        return value
+    if isinstance(value, dict):
+        fields = {k: v for k, v in value.items() if k != "__type"}
+        if special is not None:  # special_tokens_map.json's AddedToken dicts are special
+            fields["special"] = special
+        content = fields.get("content")
+        known = {"content", "single_word", "lstrip", "rstrip", "normalized", "special"}
+        if (isinstance(content, str) and content and set(fields) <= known
+                and all(isinstance(fields[k], bool) for k in set(fields) - {"content"})):
+            return AddedToken(**fields)
+    raise ValueError(f"{where}: {key} must be a token string or an AddedToken object with a 'content' string, "
+                     f"found {value!r}")
+
+
+def _content(token) -> str:
+    return token if isinstance(token, str) else token.content
+
+
+def _tokenizer_class(settings: _Settings, folder: Path, model_type: str | None) -> str:
+    """AutoTokenizer's choice: tokenizer_class from tokenizer_config.json, else config.json's model_type."""
+    name = settings.config.get("tokenizer_class")
+    source = f"{settings.path}: tokenizer_class"
+    if name is None:
+        config = _read_json(folder / "config.json")
+        name = config.get("tokenizer_class")
+        source = f"{folder / 'config.json'}: tokenizer_class"
+        if name is None:
+            model_type = config.get("model_type") if model_type is None else model_type
+            if model_type is not None:
+                if model_type not in MODEL_TYPES:
+                    raise ValueError(f"{folder}: model_type {model_type!r} has no supported tokenizer; supported: "
+                                     f"{', '.join(MODEL_TYPES)}")
+                return MODEL_TYPES[model_type]
+            # Nothing names a class: what the files are (a tokenizer.json alone: DistilBERT, as before).
+            return next((cls for file, cls in _BY_FILE if (folder / file).is_file()), "DistilBertTokenizer")
+    base = name[:-4] if isinstance(name, str) and name.endswith("Fast") else name
+    if base not in FAMILIES:
+        raise ValueError(f"{source} {name!r} is not supported; supported: "
+                         f"{', '.join(c + 'Fast' for c in FAMILIES)} (and their slow names)")
+    return base
+
+
+# --- building the backend without tokenizer.json (convert_slow_tokenizer.py) ---------------------------
+
+
+def _load_backend(path: Path):
+    from tokenizers import Tokenizer as Backend
+
+    try:
+        return Backend.from_file(str(path))
+    except Exception as e:  # the Rust side raises a bare Exception on a malformed file
+        raise ValueError(f"{path}: cannot be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readlines()  # universal newlines, as the slow tokenizers read their files
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _require(vocab, tokens, path: Path) -> None:
+    for token in tokens:
+        if token not in vocab:
+            raise ValueError(f"{path}: the vocabulary has no {token} token")
+
+
 def _bert_backend(vocab_file: Path, lowercase: bool, strip_accents, chinese: bool, unk: str, cls: str, sep: str):
-    """The backend transformers' BertConverter builds from vocab.txt (convert_slow_tokenizer.py)."""
+    """BertConverter: WordPiece from vocab.txt, BERT normalizer and pre-tokenizer, [CLS] A [SEP] B [SEP]."""
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
 
     # BertTokenizer.load_vocab: readlines() (universal newlines), ids in file order, a repeated line's
     # last id wins.
-    with open(vocab_file, encoding="utf-8") as f:
-        vocab = {line.rstrip("\n"): i for i, line in enumerate(f.readlines())}
-    for token in (unk, cls, sep):
-        if token not in vocab:
-            raise ValueError(f"{vocab_file}: the vocabulary has no {token} token")
+    vocab = {line.rstrip("\n"): i for i, line in enumerate(_read_lines(vocab_file))}
+    _require(vocab, (unk, cls, sep), vocab_file)
     backend = Tokenizer(WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
     backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=chinese,
                                                     strip_accents=strip_accents, lowercase=lowercase)
@@ -100,102 +276,370 @@ def _bert_backend(vocab_file: Path, lowercase: bool, strip_accents, chinese: boo
     return backend
 
 
+def _roberta_backend(vocab_file: Path, merges_file: Path, add_prefix_space: bool, cls: str, sep: str):
+    """RobertaConverter: byte-level BPE from vocab.json + merges.txt, `<s> A </s></s> B </s>`."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    try:
+        vocab = json.loads("".join(_read_lines(vocab_file)))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{vocab_file}: not valid JSON ({e})") from None
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in vocab.values()):
+        raise ValueError(f"{vocab_file}: expected a JSON object mapping tokens to integer ids")
+    # RobertaTokenizer: read().split("\n")[1:-1] (the first line is the "#version" header, the last the
+    # empty string after the final newline); a merge seen twice keeps its first place.
+    with open(merges_file, encoding="utf-8", newline=None) as f:
+        try:
+            lines = f.read().split("\n")[1:-1]
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{merges_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    merges = list(dict.fromkeys(tuple(line.split()) for line in lines))
+    for merge in merges:
+        if len(merge) != 2:
+            raise ValueError(f"{merges_file}: a merge must be two tokens separated by a space, found {' '.join(merge)!r}")
+    _require(vocab, (cls, sep), vocab_file)
+    try:
+        backend = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                                end_of_word_suffix="", fuse_unk=False))
+    except Exception as e:  # e.g. a merge whose tokens are not in the vocabulary
+        raise ValueError(f"{merges_file}: does not fit {vocab_file.name} ({e})") from None
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.RobertaProcessing(sep=(sep, vocab[sep]), cls=(cls, vocab[cls]),
+                                                          add_prefix_space=add_prefix_space, trim_offsets=True)
+    return backend
+
+
+def _sentencepiece_proto(path: Path):
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError:
+        raise ImportError(f"{path}: reading a SentencePiece model needs the sentencepiece extra "
+                          f"({SENTENCEPIECE_EXTRA} from a clone)") from None
+    except Exception as e:  # e.g. protobuf's VersionError: the schema was generated for a newer protobuf
+        raise ImportError(f"{path}: sentencepiece's model schema does not load with this protobuf "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); reinstall the "
+                          f"sentencepiece extra ({SENTENCEPIECE_EXTRA} from a clone)") from None
+    from google.protobuf.message import DecodeError
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except DecodeError as e:
+        raise ValueError(f"{path}: not a SentencePiece model ({e})") from None
+    if not proto.pieces:
+        raise ValueError(f"{path}: not a SentencePiece model (no pieces)")
+    return proto
+
+
+def _generate_merges(vocab: dict, vocab_scores: list) -> list:
+    """convert_slow_tokenizer.generate_merges with scores: every split of a piece into two known pieces,
+    ordered by the piece's score (then the parts' lengths), best first."""
+    merges = []
+    for merge, score in dict(vocab_scores).items():
+        local = [(merge[:i], merge[i:], score) for i in range(1, len(merge)) if merge[:i] in vocab and merge[i:] in vocab]
+        merges.extend(sorted(local, key=lambda x: (vocab[x[0]], vocab[x[1]])))
+    merges = sorted(merges, key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(m[0], m[1]) for m in merges]
+
+
+def _spm_backend(path: Path, kind: str, do_lower_case: bool, keep_accents: bool):
+    """SpmConverter as XLMRobertaConverter / AlbertConverter specialise it."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE, Unigram
+
+    proto = _sentencepiece_proto(path)
+    pieces = proto.pieces
+    if kind == "xlmr":  # the fairseq ids: <s> <pad> </s> <unk>, then the pieces after the first three, <mask>
+        vocab_scores = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+        vocab_scores += [(p.piece, p.score) for p in pieces[3:]] + [("<mask>", 0.0)]
+        unk_id = 3
+    else:  # ALBERT: a piece ending in "<digit>," is pushed back (check_number_comma)
+        vocab_scores = [(p.piece, p.score if len(p.piece) < 2 or p.piece[-1] != "," or not p.piece[-2].isdigit()
+                         else p.score - 100) for p in pieces]
+        unk_id = proto.trainer_spec.unk_id
+    model_type = proto.trainer_spec.model_type
+    try:
+        if model_type == 1:
+            backend = Tokenizer(Unigram(vocab_scores, unk_id=unk_id, byte_fallback=False))
+        elif model_type == 2:
+            spm_vocab = {p.piece: i for i, p in enumerate(pieces)}  # SentencePieceExtractor's vocabulary
+            backend = Tokenizer(BPE({w: i for i, (w, _) in enumerate(vocab_scores)},
+                                    _generate_merges(spm_vocab, vocab_scores), unk_token=proto.trainer_spec.unk_piece,
+                                    fuse_unk=True, byte_fallback=False, dropout=None))
+        else:
+            raise ValueError(f"{path}: SentencePiece model type {model_type} is not unigram or BPE "
+                             "(transformers converts only those)")
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path}: cannot be converted ({e})") from None
+    # control (3) and user-defined (4) pieces become added tokens; control pieces are special
+    backend.add_tokens([AddedToken(p.piece, normalized=False, special=p.type == 3)
+                        for p in pieces if p.type in (3, 4)])
+    charsmap = proto.normalizer_spec.precompiled_charsmap
+    if kind == "xlmr":
+        steps = [normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), "▁")]
+        if charsmap:
+            steps.insert(0, normalizers.Precompiled(charsmap))
+    else:
+        steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"')]
+        if not keep_accents:
+            steps += [normalizers.NFKD(), normalizers.StripAccents()]
+        if do_lower_case:
+            steps.append(normalizers.Lowercase())
+        if charsmap:
+            steps.append(normalizers.Precompiled(charsmap))
+        steps.append(normalizers.Replace(Regex(" {2,}"), " "))
+    backend.normalizer = normalizers.Sequence(steps)
+    # The slow XLM-R and ALBERT tokenizers have no add_prefix_space attribute: the converter's default
+    # True, prepend_scheme "always".
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    if kind == "xlmr":
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    else:
+        ids = {p.piece: i for i, p in enumerate(pieces)}  # the slow tokenizer's sp_model.PieceToId
+        _require(ids, ("[CLS]", "[SEP]"), path)
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+    return backend
+
+
+# --- the fast classes' __init__ overrides ---------------------------------------------------------------
+
+
+def _rebuilt(component, module, set_all: bool = False, **wanted):
+    """`component` rebuilt from its state with `wanted` values, or None when it already has them (the
+    fast classes compare state.get(key, wanted) and rebuild only on a difference). `set_all`: every wanted
+    key is set (the WordPiece classes' normalizer), else only the keys the state has."""
+    if component is None:
+        return None
+    try:
+        state = json.loads(component.__getstate__())
+    except Exception:  # a component that does not serialise: transformers leaves it too
+        return None
+    if all(state.get(k, v) == v for k, v in wanted.items()):
+        return None
+    for key in ("sep", "cls"):
+        if key in state:
+            state[key] = tuple(state[key])
+    cls = getattr(module, state.pop("type"))
+    state.update({k: v for k, v in wanted.items() if set_all or k in state})
+    return cls(**state)
+
+
 def _apply_normalizer_flags(backend, lowercase: bool, strip_accents, chinese: bool) -> None:
-    """DistilBertTokenizerFast.__init__: tokenizer_config.json's flags win over tokenizer.json's normalizer."""
+    """BertTokenizerFast/DistilBertTokenizerFast/ElectraTokenizerFast.__init__: tokenizer_config.json's flags
+    win over tokenizer.json's normalizer."""
     from tokenizers import normalizers
 
-    if backend.normalizer is None:
-        return
-    state = json.loads(backend.normalizer.__getstate__())
-    if (state.get("lowercase", lowercase) != lowercase or state.get("strip_accents", strip_accents) != strip_accents
-            or state.get("handle_chinese_chars", chinese) != chinese):
-        cls = getattr(normalizers, state.pop("type"))
-        state.update(lowercase=lowercase, strip_accents=strip_accents, handle_chinese_chars=chinese)
-        backend.normalizer = cls(**state)
+    new = _rebuilt(backend.normalizer, normalizers, set_all=True, lowercase=lowercase, strip_accents=strip_accents,
+                   handle_chinese_chars=chinese)
+    if new is not None:
+        backend.normalizer = new
+
+
+def _apply_prefix_space(backend, add_prefix_space: bool, roberta: bool, trim_offsets: bool) -> None:
+    """PreTrainedTokenizerFast.__init__ (the pre-tokenizer's add_prefix_space) and RobertaTokenizerFast.__init__
+    (the post-processor's add_prefix_space and trim_offsets)."""
+    from tokenizers import pre_tokenizers, processors
+
+    new = _rebuilt(backend.pre_tokenizer, pre_tokenizers, add_prefix_space=add_prefix_space)
+    if new is not None:
+        backend.pre_tokenizer = new
+    if roberta:
+        new = _rebuilt(backend.post_processor, processors, add_prefix_space=add_prefix_space, trim_offsets=trim_offsets)
+        if new is not None:
+            backend.post_processor = new
+
+
+def _special_values(settings: _Settings) -> dict:
+    """The special-token values `_from_pretrained` passes on: tokenizer_config.json's, and when it has no
+    added_tokens_decoder, special_tokens_map.json's over them."""
+    config = settings.config
+    values = {k: config[k] for k in SPECIAL_TOKEN_KEYS + ("additional_special_tokens",) if k in config}
+    if "added_tokens_decoder" in config:
+        return values
+    for key, value in settings.special_map.items():
+        if key in SPECIAL_TOKEN_KEYS:
+            values[key] = _added_token(value, settings.special_map_path, key, special=True)
+        elif key == "additional_special_tokens" and isinstance(value, list):
+            extra = list(values.get("additional_special_tokens") or [])
+            for token in value:
+                token = _added_token(token, settings.special_map_path, key, special=True)
+                if token not in extra:
+                    extra.append(token)
+            values[key] = extra
+    return values
+
+
+def _add_special_tokens(backend, settings: _Settings, family: Family, from_tokenizer_json: bool):
+    """The added tokens `_from_pretrained` + `PreTrainedTokenizerFast.__init__` give the backend.
+
+    Returns {attribute: token content} of the special tokens."""
+    from tokenizers import AddedToken
+
+    config, where = settings.config, settings.path
+    values = _special_values(settings)
+    decoder = config.get("added_tokens_decoder")
+    from_config = []
+    if decoder is not None:
+        if not isinstance(decoder, dict):
+            raise ValueError(f"{where}: added_tokens_decoder must be an object of id: AddedToken, found {decoder!r}")
+        for idx, token in decoder.items():
+            if not str(idx).lstrip("-").isdigit() or not isinstance(token, dict):
+                raise ValueError(f"{where}: added_tokens_decoder entry {idx!r} must map an integer id to an "
+                                 f"AddedToken object, found {token!r}")
+            from_config.append((int(idx), _added_token(token, where, f"added_tokens_decoder[{idx}]")))
+        from_config.sort(key=lambda t: t[0])
+        added_map = {tok.content: tok for _, tok in from_config}
+    elif from_tokenizer_json:  # its added tokens, as loaded (nothing is added to the backend before this)
+        added_map = {tok.content: tok for _, tok in sorted(backend.get_added_tokens_decoder().items())}
+    else:
+        added_map = {}
+    special = {}
+    for key in SPECIAL_TOKEN_KEYS:
+        value = values.get(key, family.defaults.get(key))
+        if value is None:
+            continue
+        value = _added_token(value, where, key)
+        value = added_map.get(_content(value), value)
+        # the class __init__ wraps a plain-string mask token (the slow class's wrapping wins without tokenizer.json)
+        slow = not from_tokenizer_json
+        wrap = (family.slow_tokens if slow else {"mask_token": family.mask_fast} if family.mask_fast else None) or {}
+        if isinstance(value, str) and wrap.get(key):
+            fields = dict(wrap[key])
+            if slow:  # the slow tokenizer marks it special before the fast one copies it: normalized stays
+                fields = {"normalized": not fields.get("special", False), **fields, "special": True}
+            value = AddedToken(value, **fields)
+        special[key] = value
+    extra = values.get("additional_special_tokens") or []
+    if not isinstance(extra, list):
+        raise ValueError(f"{where}: additional_special_tokens must be a list, found {extra!r}")
+    extra = [added_map.get(_content(t), t) for t in
+             (_added_token(t, where, "additional_special_tokens") for t in extra)]
+    # PreTrainedTokenizerFast.__init__: every added_tokens_decoder entry, then each special token the backend
+    # does not yet have (a plain string only when no added token has its text; an AddedToken always, which
+    # updates an existing entry's properties), all marked special.
+    known = {t.content for t in backend.get_added_tokens_decoder().values()} | {t.content for _, t in from_config}
+    to_add = [tok for _, tok in from_config]
+    special_contents = {_content(t) for t in [*special.values(), *extra]}
+    for token in [*special.values(), *extra]:
+        if isinstance(token, str):
+            if token in known:
+                continue
+            token = AddedToken(token, special=True)
+            known.add(token.content)
+        elif any(token == t for t in to_add if not isinstance(t, str)):
+            continue
+        to_add.append(token)
+    for token in to_add:
+        if token.content in special_contents:
+            token.special = True
+    if to_add:
+        backend.add_tokens(to_add)
+    return {key: _content(value) for key, value in special.items()}
+
+
+# --- the tokenizer --------------------------------------------------------------------------------------
 
 
 class Tokenizer:
     """A `tokenizers.Tokenizer` plus what transformers reads from tokenizer_config.json."""
 
     def __init__(self, backend, special_tokens: dict[str, str], model_max_length: int = VERY_LARGE_INTEGER,
-                 do_lower_case: bool = True, padding_side: str = "right", source: str = ""):
+                 do_lower_case: bool = True, padding_side: str = "right", source: str = "",
+                 model_input_names: tuple = _TWO, tokenizer_class: str = "DistilBertTokenizer",
+                 truncation_side: str = "right"):
         if padding_side != "right":
             raise ValueError(f"{source}: padding_side {padding_side!r} is not supported (question-first "
                              "encoding needs 'right')")
+        # Never reconfigured after this point: every thread may use it at once (see _configured).
         self.backend = backend
-        self.special_tokens = special_tokens
+        self.special_tokens = dict(special_tokens)
         self.model_max_length = model_max_length
         self.do_lower_case = do_lower_case
         self.padding_side = padding_side
+        self.truncation_side = truncation_side
+        self.model_input_names = tuple(model_input_names)
+        self.tokenizer_class = tokenizer_class
         self.source = source
-        ids = {key: backend.token_to_id(tok) for key, tok in special_tokens.items()}
-        self.cls_token_id, self.sep_token_id, self.pad_token_id = ids["cls_token"], ids["sep_token"], ids["pad_token"]
-        self.unk_token_id = ids["unk_token"]
+        ids = {key: backend.token_to_id(tok) for key, tok in self.special_tokens.items()}
+        self.cls_token_id, self.sep_token_id = ids.get("cls_token"), ids.get("sep_token")
+        self.pad_token_id, self.unk_token_id = ids.get("pad_token"), ids.get("unk_token")
         if self.cls_token_id is None or self.sep_token_id is None or self.pad_token_id is None:
-            raise ValueError(f"{source}: the tokenizer lacks one of {special_tokens['cls_token']}, "
-                             f"{special_tokens['sep_token']}, {special_tokens['pad_token']}")
+            raise ValueError(f"{source}: the tokenizer lacks one of {self.special_tokens.get('cls_token')}, "
+                             f"{self.special_tokens.get('sep_token')}, {self.special_tokens.get('pad_token')}")
+        self._lock = threading.Lock()
+        self._configured: OrderedDict = OrderedDict()
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "Tokenizer":
-        from tokenizers import AddedToken
-        from tokenizers import Tokenizer as Backend
-
+    def from_folder(cls, folder: str | Path, model_type: str | None = None) -> "Tokenizer":
+        """The tokenizer `AutoTokenizer.from_pretrained(folder)` builds. `model_type`: config.json's (read from
+        the folder when None); tokenizer_config.json's tokenizer_class wins over it, as in transformers."""
         folder = Path(folder)
-        config = _read_json(folder / "tokenizer_config.json")
-        config = {**_read_json(folder / "special_tokens_map.json"), **config}
-        # DistilBertTokenizerFast's defaults when tokenizer_config.json is silent.
-        lowercase = config.get("do_lower_case", True)
-        strip_accents = config.get("strip_accents", None)
-        chinese = config.get("tokenize_chinese_chars", True)
-        special = _special_tokens(config)
-        if (folder / "tokenizer.json").is_file():
-            try:
-                backend = Backend.from_file(str(folder / "tokenizer.json"))
-            except Exception as e:  # the Rust side raises a bare Exception on a malformed file
-                raise ValueError(f"{folder / 'tokenizer.json'}: cannot be loaded ({e})") from None
-            _apply_normalizer_flags(backend, lowercase, strip_accents, chinese)
-        elif (folder / "vocab.txt").is_file():
-            backend = _bert_backend(folder / "vocab.txt", lowercase, strip_accents, chinese,
-                                    special["unk_token"], special["cls_token"], special["sep_token"])
+        settings = _Settings(folder)
+        name = _tokenizer_class(settings, folder, model_type)
+        family = FAMILIES[name]
+        tokenizer_json = folder / "tokenizer.json"
+        lowercase = strip_accents = chinese = None
+        if family.kind == "wordpiece":
+            lowercase = settings.flag("do_lower_case", True)
+            strip_accents = settings.flag("strip_accents", None, none_ok=True)
+            chinese = settings.flag("tokenize_chinese_chars", True)
+        add_prefix_space = settings.flag("add_prefix_space", False)
+        trim_offsets = settings.flag("trim_offsets", True)
+        if tokenizer_json.is_file():
+            backend = _load_backend(tokenizer_json)
+            if family.kind == "wordpiece":
+                _apply_normalizer_flags(backend, lowercase, strip_accents, chinese)
         else:
-            raise OSError(f"{folder}: no tokenizer.json or vocab.txt")
-        # PreTrainedTokenizerFast.__init__ adds the special tokens the backend does not know as added
-        # tokens, so e.g. a literal "[SEP]" in a context stays one token.
-        known = set(backend.get_added_tokens_decoder()[i].content for i in backend.get_added_tokens_decoder())
-        missing = [t for t in special.values() if t not in known and backend.token_to_id(t) is not None]
-        if missing:
-            backend.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
-        # Truncation or padding stored in tokenizer.json never applies: encode_pair sets its own.
+            missing = [f for f in family.files if not (folder / f).is_file()]
+            if missing:
+                raise OSError(f"{folder}: no tokenizer.json or {' + '.join(family.files)} for {name}Fast")
+            backend = _convert(folder, family, settings, lowercase, strip_accents, chinese, add_prefix_space)
+        # A truncation or padding stored in tokenizer.json sets transformers' defaults (config values win).
+        stored_padding = backend.padding
+        padding_side = settings.choice("padding_side", stored_padding["direction"] if stored_padding else "right",
+                                       ("right", "left"))
+        stored_truncation = backend.truncation
+        truncation_side = settings.choice(
+            "truncation_side", stored_truncation["direction"] if stored_truncation else "right", ("right", "left"))
+        special = _add_special_tokens(backend, settings, family, tokenizer_json.is_file())
+        backend.encode_special_tokens = settings.flag("split_special_tokens", False)
+        _apply_prefix_space(backend, add_prefix_space, family.kind == "bpe", trim_offsets)
+        # encode_pair sets its own truncation and padding, on configured copies.
         backend.no_truncation()
         backend.no_padding()
-        return cls(backend, special, int(config.get("model_max_length", VERY_LARGE_INTEGER)), lowercase,
-                   config.get("padding_side", "right"), source=str(folder))
+        do_lower_case = lowercase if family.kind == "wordpiece" else settings.flag("do_lower_case",
+                                                                                   family.kind == "albert")
+        return cls(backend, special, settings.model_max_length(), do_lower_case, padding_side, source=str(folder),
+                   model_input_names=settings.model_input_names(family.model_input_names), tokenizer_class=name,
+                   truncation_side=truncation_side)
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | Path, revision: str | None = None,
-                        local_files_only: bool = False) -> "Tokenizer":
+                        local_files_only: bool = False, model_type: str | None = None) -> "Tokenizer":
         from . import hub
 
-        return cls.from_folder(hub.resolve(path_or_repo_id, revision, local_files_only))
+        return cls.from_folder(hub.resolve(path_or_repo_id, revision, local_files_only), model_type)
 
     # --- plain text -------------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[str]:
-        """WordPiece tokens of one text, without [CLS]/[SEP]."""
-        self._plain()
+        """Tokens of one text, without special tokens."""
         return self.backend.encode(_check_text(text, "text"), add_special_tokens=False).tokens
 
     def encode(self, text: str, pair: str | None = None) -> list[int]:
-        """Ids of `[CLS] text [SEP]` (or `[CLS] text [SEP] pair [SEP]`), untruncated."""
-        self._plain()
+        """Ids of `text` (or of `text` and `pair`) with the special tokens, untruncated."""
         return self.backend.encode(_check_text(text, "text"), pair).ids
 
     def convert_ids_to_tokens(self, ids) -> list[str]:
         return [self.backend.id_to_token(int(i)) for i in ids]
-
-    def _plain(self) -> None:
-        self.backend.no_truncation()
-        self.backend.no_padding()
 
     # --- the question-answering encoding ----------------------------------------------------------------
 
@@ -214,26 +658,41 @@ class Tokenizer:
         if not pairs:
             return []
         self._check_room(pairs, max_length, stride)
-        self.backend.enable_truncation(max_length, stride=stride, strategy="only_second", direction="right")
-        if padding == "do_not_pad":
-            self.backend.no_padding()
+        backend = self._configured_backend(max_length, stride, padding)
+        if padding == "longest":  # transformers encodes one pair at a time: "longest" is per pair
+            encodings = [backend.encode(q, c) for q, c in pairs]
         else:
-            self.backend.enable_padding(direction="right", pad_id=self.pad_token_id,
-                                        pad_token=self.special_tokens["pad_token"], pad_type_id=0,
-                                        length=max_length if padding == "max_length" else None)
-        try:
-            if padding == "longest":  # transformers encodes one pair at a time: "longest" is per pair
-                encodings = [self.backend.encode(q, c) for q, c in pairs]
-            else:
-                encodings = self.backend.encode_batch(pairs)
-        finally:
-            self._plain()
+            encodings = backend.encode_batch(pairs)
         return [[self._window(e) for e in [enc, *enc.overflowing]] for enc in encodings]
+
+    def _configured_backend(self, max_length: int, stride: int, padding: str):
+        """A copy of the backend with this truncation and padding, made once per setting: setting them on a
+        shared backend while another thread encodes fails ("Already borrowed") or leaks one call's settings
+        into another's."""
+        key = (max_length, stride, padding)
+        with self._lock:
+            backend = self._configured.get(key)
+            if backend is not None:
+                self._configured.move_to_end(key)
+                return backend
+        from tokenizers import Tokenizer as Backend
+
+        backend = Backend.from_str(self.backend.to_str())
+        backend.encode_special_tokens = self.backend.encode_special_tokens
+        backend.enable_truncation(max_length, stride=stride, strategy="only_second", direction=self.truncation_side)
+        if padding != "do_not_pad":
+            backend.enable_padding(direction="right", pad_id=self.pad_token_id,
+                                   pad_token=self.special_tokens["pad_token"], pad_type_id=0,
+                                   length=max_length if padding == "max_length" else None)
+        with self._lock:
+            backend = self._configured.setdefault(key, backend)
+            while len(self._configured) > MAX_CONFIGURED:
+                self._configured.popitem(last=False)  # a thread still holding it keeps its reference
+        return backend
 
     def _check_room(self, pairs, max_length: int, stride: int) -> None:
         # The tokenizers library fails these cases with an error or a Rust panic (and a backtrace on
         # stderr); check first so the caller gets one clear ValueError instead.
-        self._plain()
         for enc, (q, _) in zip(self.backend.encode_batch(pairs), pairs):
             seq = enc.sequence_ids
             n_question, n_context = seq.count(0), seq.count(1)
@@ -250,11 +709,30 @@ class Tokenizer:
     def _window(self, enc) -> Window:
         seq = tuple(enc.sequence_ids)
         ids = np.asarray(enc.ids, dtype=np.int64)
-        # p_mask as the pipeline builds it: 1 on every non-context token, then 0 at [CLS].
+        # p_mask as the pipeline builds it: 1 on every non-context token, then 0 wherever the id is CLS's.
         p_mask = np.array([s != 1 for s in seq], dtype=bool)
         p_mask[ids == self.cls_token_id] = False
         return Window(ids, np.asarray(enc.attention_mask, dtype=np.int64),
-                      np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2), seq, p_mask, enc)
+                      np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2), seq, p_mask, enc,
+                      np.asarray(enc.type_ids, dtype=np.int64))
+
+
+def _convert(folder: Path, family: Family, settings: _Settings, lowercase, strip_accents, chinese,
+             add_prefix_space: bool):
+    """The backend transformers converts from the slow tokenizer's files (no tokenizer.json)."""
+    values = _special_values(settings)
+    special = {k: _content(_added_token(values.get(k, family.defaults.get(k)), settings.path, k))
+               for k in ("unk_token", "cls_token", "sep_token")}
+    if family.kind == "wordpiece":
+        if not settings.flag("do_basic_tokenize", True):  # BertConverter: no basic tokenizer, every flag off
+            lowercase, strip_accents, chinese = False, False, False
+        return _bert_backend(folder / "vocab.txt", lowercase, strip_accents, chinese, special["unk_token"],
+                             special["cls_token"], special["sep_token"])
+    if family.kind == "bpe":
+        return _roberta_backend(folder / "vocab.json", folder / "merges.txt", add_prefix_space,
+                                special["cls_token"], special["sep_token"])
+    return _spm_backend(folder / family.files[0], family.kind, settings.flag("do_lower_case", True),
+                        settings.flag("keep_accents", False))
 
 
 def _check_text(text, name: str) -> str:

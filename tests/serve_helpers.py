@@ -18,11 +18,12 @@ LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
 
 class Server:
-    def __init__(self, model: Path, log: Path, *flags: str, timeout: float = 180.0, ready: re.Pattern = READY):
+    def __init__(self, model: Path, log: Path, *flags: str, timeout: float = 180.0, ready: re.Pattern = READY,
+                 access_log: bool = False):
         self.log = log
         self._log_file = open(log, "wb")
         cmd = [sys.executable, "-m", "npbert", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0",
-               "--no-access-log", *flags]
+               *([] if access_log else ["--no-access-log"]), *flags]
         self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while not (m := ready.search(self.output())):

@@ -86,6 +86,8 @@ def test_help_lists_every_flag_with_its_default():
 @pytest.mark.parametrize("args, message", [
     (["-q", "", "-c", CONTEXT], "--question is empty"),
     (["-q", QUESTION, "-c", ""], "the context is empty"),
+    (["-q", "  \t ", "-c", CONTEXT], "--question is empty or blank"),  # as the server's 422
+    (["-q", QUESTION, "-c", "\n  "], "the context is empty or blank"),
     (["-q", QUESTION, "-c", CONTEXT, "--top-k", "0"], r"top_k parameter should be >= 1 \(got 0\)"),
     (["-q", QUESTION, "-c", CONTEXT, "--doc-stride", "300", "--max-seq-len", "100"], r"`doc_stride` \(300\)"),
     (["-q", QUESTION, "--context-file", "/no/such/file.txt"], "No such file or directory"),
@@ -112,3 +114,93 @@ def test_unloadable_model_is_one_line(tmp_path):
 def test_missing_required_flags_is_a_usage_error():
     r = run("--context", CONTEXT)
     assert r.returncode == 2 and "--question" in r.stderr
+
+
+def run_bytes(*args, stdin=b"", cwd=None, env=None):
+    """The command with raw bytes on the command line and stdin (no text decoding on our side)."""
+    cmd = [sys.executable, "-m", "npbert", *args]
+    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=300, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("command", ["ask", "trace"])
+def test_non_utf8_input_is_one_line(tiny_checkpoint, tmp_path, command):
+    out = ["--out", str(tmp_path / "t.safetensors")] if command == "trace" else []
+    model = ["--model", str(tiny_checkpoint)]
+    for args, stdin, where in (([b"-q", b"Who\xff?", b"-c", b"a b"], b"", "--question"),
+                               ([b"-q", b"Who?", b"-c", b"a \xe9 b"], b"", "--context"),
+                               ([b"-q", b"Who?", b"-c", b"-"], b"a \xff b", "stdin"),
+                               ([b"-q", b"Who?", b"--context-file", b"-"], b"\xc3(", "stdin")):
+        r = run_bytes(command, *model, *args, *out, stdin=stdin)
+        err = r.stderr.decode()
+        assert r.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"npbert {command}: error: {where}: not UTF-8 text (byte "), err
+
+
+def test_top_k_as_large_as_the_window_answers(tiny_checkpoint):
+    """top_k whose candidates are all of the window's S * S spans (transformers' argpartition raises there):
+    with the real vocabulary `-q Who -c "a b"` is 6 tokens, 36 = 13 * 2 + 10 candidates, the issue's case."""
+    qa = npbert.pipeline("question-answering", model=tiny_checkpoint)
+    S = len(qa.tokenizer.encode_pair("Who", "a b")[0])
+    cases = [["--top-k", str(S * S), "--no-align-to-words"]]
+    if S % 2 == 0:
+        cases.append(["--top-k", str((S * S - 10) // 2)])  # aligned to words: 2 * top_k + 10 candidates
+    for flags in cases:
+        r = run("--model", str(tiny_checkpoint), "-q", "Who", "-c", "a b", *flags, "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == qa(question="Who", context="a b", top_k=int(flags[1]),
+                                          align_to_words=len(flags) == 2)
+
+
+def test_mistyped_flags_and_commands_get_did_you_mean(tiny_checkpoint):
+    r = run("--model", str(tiny_checkpoint), "-q", "Who", "-c", "a b", "--top-kk", "3")
+    assert r.returncode == 2 and "unrecognized arguments: --top-kk 3 (--top-kk: did you mean --top-k?)" in r.stderr
+    r = run("-q", "Who", "-c", "a b", "--max-seq-length=64")
+    assert r.returncode == 2 and "did you mean --max-seq-len?" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "npbert", "evall"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "invalid choice: 'evall'" in r.stderr and "(did you mean 'eval'?)" in r.stderr
+
+
+def test_trace_and_attention_take_the_same_inputs_as_ask(tiny_checkpoint, tmp_path):
+    context = tmp_path / "context.txt"
+    context.write_text(CONTEXT, encoding="utf-8")
+    from safetensors import safe_open
+
+    outs = []
+    for i, args in enumerate((["--question", QUESTION, "--context", CONTEXT], ["-q", QUESTION, "-c", CONTEXT],
+                              ["-q", QUESTION, "--context-file", str(context)])):
+        out = tmp_path / f"t{i}.safetensors"
+        r = subprocess.run([sys.executable, "-m", "npbert", "trace", "--model", str(tiny_checkpoint), *args, "--out",
+                            str(out)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        with safe_open(str(out), "np") as f:
+            meta = {k: json.loads(v) for k, v in f.metadata().items() if k != "format"}
+            outs.append((meta["question"], meta["context"], f.get_tensor("start_logits").tolist()))
+    assert outs[0] == outs[1] == outs[2] and outs[0][:2] == (QUESTION, CONTEXT)
+    r = subprocess.run([sys.executable, "-m", "npbert", "trace", "--model", str(tiny_checkpoint), "-q", " ", "-c",
+                        CONTEXT, "--out", str(tmp_path / "x.safetensors")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--question is empty or blank" in r.stderr
+
+
+def test_attention_without_matplotlib_says_so_before_loading_the_model(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None; from npbert.cli import main; "
+            "raise SystemExit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "attention", "--model", str(tmp_path / "no-model"), "-q", "Who?",
+                        "-c", "a b", "--out", str(tmp_path / "a.png")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "attention pictures need matplotlib (the viz extra): pip install '.[viz]'" in r.stderr  # not "no-model"
+
+
+def test_python_m_npbert_from_the_folder_holding_the_clone(tmp_path):
+    """`python -m npbert` where ./npbert is the clone (no __init__.py: a namespace package that shadowed the
+    installed one). The installed package must be this tree (CI's `pip install -e .`)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([sys.executable, "-c", "import npbert; print(npbert.__file__)"], capture_output=True,
+                           text=True, cwd=tmp_path, env=env, timeout=300).stdout.strip()
+    if Path(where).resolve().parent != Path(npbert.__file__).resolve().parent:
+        pytest.skip(f"the installed npbert is another tree's ({where or 'none'}), not this one")
+    (tmp_path / "npbert").mkdir()
+    (tmp_path / "npbert" / "README.md").write_text("a clone's root")
+    r = run_bytes("--version", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and r.stdout.decode().strip() == f"npbert {npbert.__version__}", r.stderr.decode()

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from test_evaluate import make_squad
-from test_squad import v1_evaluate
+from test_squad import v1_evaluate, v2_main
 
 N = 120  # questions; with --save-every 2 the run makes 60 pipeline calls, time enough to interrupt it
 TIMING = ("elapsed_seconds", "questions_per_second")
@@ -175,3 +175,80 @@ def test_eval_on_squad_dev(tmp_path, squad_dev, tiny_checkpoint):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["count"] == 10 and metrics["version"] == "1.1"
     assert len(json.loads((tmp_path / "predictions.json").read_text())) == 10
+
+
+# --- SQuAD v2.0: na_probs.json and the official evaluate-v2.0.py figures ---------------------------------
+
+
+def check_v2_run(out, r, dataset, data_path):
+    """The run's files against the evaluate-v2.0.py transcription run on them with --na-prob-file, and
+    `npbert score --na-prob` on the same files."""
+    assert r.returncode == 0, r.stderr
+    assert sorted(files(out)) == ["metrics.json", "na_probs.json", "predictions.json"]
+    predictions = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
+    na_probs = json.loads((out / "na_probs.json").read_text(encoding="utf-8"))
+    assert list(na_probs) == list(predictions) and all(0 <= p <= 1 for p in na_probs.values())
+    official = v2_main(dataset["data"], predictions, na_probs)
+    assert {"HasAns_exact", "NoAns_f1", "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh"} <= set(official)
+    assert r.stdout.splitlines()[-1] == json.dumps(official)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.dumps({k: metrics[k] for k in official}) == json.dumps(official)
+    assert metrics["parameters"]["handle_impossible_answer"] is True and metrics["version"] == "2.0"
+    scored = npbert("score", data_path, out / "predictions.json", "--version", "2.0", "--na-prob", out / "na_probs.json")
+    assert scored.returncode == 0 and scored.stdout.splitlines()[-1] == json.dumps(official)
+    return predictions, na_probs, official
+
+
+def test_eval_v2_writes_na_probs_and_the_official_metrics(tmp_path, tiny_checkpoint):
+    from npbert import pipeline
+
+    dataset = make_squad(40, "2.0")
+    data = tmp_path / "v2.json"
+    data.write_text(json.dumps(dataset), encoding="utf-8")
+    out = tmp_path / "out"
+    r = npbert("eval", "--model", tiny_checkpoint, "--data", data, "--out", out, "--save-every", 8, "--no-progress")
+    predictions, na_probs, _ = check_v2_run(out, r, dataset, data)
+    # na_probs are the pipeline's null scores: the empty answer's score with handle_impossible_answer
+    qa = pipeline("question-answering", model=tiny_checkpoint)
+    examples = [(q["id"], q["question"], p["context"]) for p in dataset["data"][0]["paragraphs"] for q in p["qas"]]
+    for qid, question, context in examples[:6]:
+        answers = qa(question=question, context=context, handle_impossible_answer=True, top_k=1000)
+        assert na_probs[qid] == pytest.approx(max(a["score"] for a in answers if (a["start"], a["end"]) == (0, 0)),
+                                              rel=1e-5)
+    # the same job as a YAML file (the catalog's job layout): the same files
+    job = tmp_path / "job.yml"
+    job.write_text(f"model: {tiny_checkpoint}\ndata: {data}\nversion: 2.0\noutput: {tmp_path / 'yaml'}\n"
+                   "save_every: 8\nprogress: false\nparameters:\n  handle_impossible_answer: true\n")
+    r = npbert("eval", "--config", job)
+    check_v2_run(tmp_path / "yaml", r, dataset, data)
+    for name in ("predictions.json", "na_probs.json"):
+        assert (tmp_path / "yaml" / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_eval_v2_on_a_set_built_from_squad_dev(tmp_path, squad_dev, tiny_checkpoint):
+    from squad_v2 import counts, from_v1
+
+    articles = json.loads(squad_dev.read_text(encoding="utf-8"))["data"][:2]
+    dataset = from_v1(articles, seed=0)
+    assert counts(dataset) == (sum(len(p["qas"]) for a in articles for p in a["paragraphs"]),
+                               sum(len(a["paragraphs"]) for a in articles))  # one unanswerable per paragraph
+    data = tmp_path / "dev-v2-built.json"
+    data.write_text(json.dumps(dataset), encoding="utf-8")
+    r = npbert("eval", "--model", tiny_checkpoint, "--data", data, "--out", tmp_path / "out", "--no-progress",
+               "--max-seq-len", 256)
+    _, _, official = check_v2_run(tmp_path / "out", r, dataset, data)
+    assert official["NoAns_total"] == counts(dataset)[1] and official["HasAns_total"] == counts(dataset)[0]
+
+
+def test_resume_with_nothing_to_resume_and_missing_parents_are_refused(tmp_path, data, tiny_checkpoint):
+    r = npbert("eval", "--model", tiny_checkpoint, "--data", data, "--out", tmp_path / "no" / "such" / "out")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert f"its parent {tmp_path / 'no' / 'such'} does not exist" in r.stderr and not (tmp_path / "no").exists()
+    r = npbert("eval", "--model", tiny_checkpoint, "--data", data, "--out", tmp_path / "fresh", "--resume")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--resume: nothing to resume in" in r.stderr
+    assert not (tmp_path / "fresh").exists()
+    r = npbert("eval", "--model", tiny_checkpoint, "--data", data, "--limit", 4, "--out", tmp_path / "done",
+               "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = npbert("eval", "--model", tiny_checkpoint, "--data", data, "--limit", 4, "--out", tmp_path / "done", "--resume")
+    assert r.returncode == 2 and "(it holds a finished run)" in r.stderr

@@ -147,8 +147,10 @@ def test_v2_json_lines_limit_and_no_answer_default(tmp_path, qa, tiny_checkpoint
     assert metrics["parameters"] == {"handle_impossible_answer": True}
     subset = [{"paragraphs": [{"context": r["context"], "qas": [{"id": r["id"], "answers": [
         {"text": t} for t in r["answers"]]}]}]} for r in lines[:12]]
-    assert evaluate.score_of(metrics) == v2_main(subset, predictions)
-    assert metrics["total"] == 12 and metrics["NoAns_total"] == 2
+    na_probs = json.loads((tmp_path / "out" / "na_probs.json").read_text())
+    assert list(na_probs) == list(predictions)
+    assert evaluate.score_of(metrics) == v2_main(subset, predictions, na_probs)  # with the na-prob figures
+    assert metrics["total"] == 12 and metrics["NoAns_total"] == 2 and "best_f1_thresh" in metrics
 
 
 class SignalOnCall:

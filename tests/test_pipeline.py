@@ -169,7 +169,8 @@ def test_parameters(qa_pipe):
     (dict(question="Who?", context=SHORT, top_k=1.5), "top_k must be an integer"),
     (dict(question="Who?", context=SHORT, max_answer_len=0), "max_answer_len parameter should be >= 1"),
     (dict(question="Who?", context=SHORT, doc_stride=200, max_seq_len=100), r"`doc_stride` \(200\) is larger"),
-    (dict(question="Who?", context=SHORT, max_seq_len=600), "exceeds the model's max_position_embeddings"),
+    (dict(question="Who?", context=LONG, max_seq_len=600),
+     "window 0 of the context is 600 tokens long, over the model's 512 positions"),
     (dict(question="word " * 80, context=LONG, max_seq_len=64), "no room is left for the context"),
     (dict(question="Who?", context=SHORT, handle_impossible_answer="yes"), "must be True or False"),
     (dict(question="Who?", context=SHORT, top_kk=2), "unknown parameters"),
@@ -224,3 +225,127 @@ def test_never_imports_torch_or_transformers(tiny_checkpoint):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip()
+
+
+# --- issue 14: what transformers users pass (each differential case against transformers: tests/parity) ----
+
+
+def test_bool_parameters_take_0_and_1(qa_pipe):
+    for name in ("handle_impossible_answer", "align_to_words"):
+        for number, flag in ((0, False), (1, True), (np.int64(1), True)):
+            assert qa_pipe(question="Who?", context=SHORT, top_k=3, **{name: number}) == \
+                qa_pipe(question="Who?", context=SHORT, top_k=3, **{name: flag})
+        with pytest.raises(ValueError, match=f"{name} must be True or False \\(or 1 or 0\\), found 2"):
+            qa_pipe(question="Who?", context=SHORT, **{name: 2})
+
+
+def test_a_generator_is_answered_lazily_and_equals_the_list(qa_pipe):
+    questions = [f"Which river flows through city {i}?" for i in range(40)]
+    contexts = [LONG if i % 3 == 0 else SHORT for i in range(40)]
+    read = []
+
+    def items():
+        for q, c in zip(questions, contexts):
+            read.append(q)
+            yield {"question": q, "context": c}
+
+    for batch_size in (None, 1, 3):
+        read.clear()
+        answers = qa_pipe(items(), top_k=2, batch_size=batch_size)
+        assert not isinstance(answers, list) and read == []  # nothing read before the first answer is asked for
+        first = next(answers)
+        assert 0 < len(read) < 40  # answered a few batches in, not after reading everything
+        # the same answers (scores to float32 rounding: the forwards group windows differently)
+        assert_same_answers([first, *answers], qa_pipe(question=questions, context=contexts, top_k=2,
+                                                       batch_size=batch_size))
+        assert len(read) == 40
+
+
+def test_stream_errors_name_the_item(qa_pipe):
+    answers = qa_pipe(iter_items := ({"question": q, "context": SHORT} for q in ["Who?", ""]))
+    assert iter_items is not None
+    with pytest.raises(ValueError, match="`question` cannot be empty"):
+        list(answers)
+    with pytest.raises(ValueError, match=r"`doc_stride` \(200\) is larger"):  # settings: at the call
+        qa_pipe(({"question": "Who?", "context": SHORT} for _ in range(2)), doc_stride=200, max_seq_len=100)
+
+
+class Example:
+    """Like transformers' SquadExample, as far as the pipeline reads it."""
+
+    def __init__(self, question, context):
+        self.question_text, self.context_text = question, context
+
+
+def test_more_input_forms(qa_pipe):
+    one = qa_pipe(question="Who?", context=SHORT)
+    two = qa_pipe(question=["Who?", "Where?"], context=[SHORT, LONG])
+    assert qa_pipe([Example("Who?", SHORT)]) == qa_pipe(Example("Who?", SHORT)) == one
+    assert qa_pipe([Example("Who?", SHORT), Example("Where?", LONG)]) == two
+    # a dict of lists is always a list of results (transformers: create_sample makes a list)
+    assert qa_pipe({"question": ["Who?", "Where?"], "context": [SHORT, LONG]}) == two
+    assert qa_pipe({"question": ["Who?"], "context": [SHORT]}) == [one]
+    with pytest.raises(ValueError, match="a dict of lists needs a list of contexts as long"):
+        qa_pipe({"question": ["Who?", "Where?"], "context": [SHORT]})
+    # precedence: positional, then X=, then data=, then question=/context=
+    assert qa_pipe({"question": "Who?", "context": SHORT}, question="Where?", context=LONG) == one
+    with pytest.warns(FutureWarning):
+        assert qa_pipe(X={"question": "Who?", "context": SHORT}, data={"question": "Where?", "context": LONG},
+                       question="Where?", context=LONG) == one
+    with pytest.warns(FutureWarning):
+        assert qa_pipe(data={"question": "Who?", "context": SHORT}, question="Where?", context=LONG) == one
+    assert qa_pipe(iter([{"question": "Who?", "context": SHORT}])) == one  # an iterator is read as a list
+    with pytest.raises(ValueError, match=r"unknown parameters \['max_seq_length'\]"):  # typos stay refused
+        qa_pipe({"question": "Who?", "context": SHORT}, max_seq_length=64)
+
+
+def test_construction_keywords(tiny_checkpoint, qa_pipe):
+    want = qa_pipe(question="Who?", context=SHORT, top_k=2)
+    for kwargs in (dict(device="cpu"), dict(device=-1), dict(framework="pt"), dict(torch_dtype="auto"),
+                   dict(dtype="auto"), dict(dtype="float32"), dict(torch_dtype=np.float32), dict(use_fast=True),
+                   dict(token=None), dict(trust_remote_code=False), dict(trust_remote_code=True),
+                   dict(model_kwargs={"attn_implementation": "eager", "low_cpu_mem_usage": True,
+                                      "torch_dtype": "float32", "local_files_only": True})):
+        pipe = npbert.pipeline("question-answering", model=tiny_checkpoint, **kwargs)
+        assert pipe.model.dtype == np.float32, kwargs
+        assert pipe(question="Who?", context=SHORT, top_k=2) == want, kwargs
+    for kwargs in (dict(dtype="float64"), dict(torch_dtype="double"), dict(model_kwargs={"dtype": "torch.float64"})):
+        assert npbert.pipeline("question-answering", model=tiny_checkpoint, **kwargs).model.dtype == np.float64
+    for kwargs, message in (
+            (dict(device=0), r"device=0: npbert runs on the CPU only"),
+            (dict(device="cuda:0"), r"device='cuda:0': npbert runs on the CPU only"),
+            (dict(device="mps"), r"device='mps'"),
+            (dict(framework="tf"), r"framework='tf'"),
+            (dict(torch_dtype="float16"), r"torch_dtype='float16': npbert computes in float32 or float64"),
+            (dict(dtype="bfloat16"), r"dtype='bfloat16'"),
+            (dict(dtype="float64", torch_dtype="float32"), "the dtype is given twice, differently"),
+            (dict(use_fast=False), "use_fast=False: npbert has only the fast tokenizer"),
+            (dict(token="hf_abc"), "token=: npbert downloads with huggingface-hub's own token"),
+            (dict(model_kwargs={"cache_dir": "x"}), r"model_kwargs \['cache_dir'\] have no meaning on npbert"),
+            (dict(model_kwargs={"attn_implementation": "flash_attention_2"}), "attn_implementation="),
+            (dict(model_kwargs={"revision": "v1"}, revision="v2"), "revision is given twice"),
+            (dict(max_seq_length=64), r"unknown parameters \['max_seq_length'\]")):
+        with pytest.raises(ValueError, match=message):
+            npbert.pipeline("question-answering", model=tiny_checkpoint, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def short_positions(tmp_path_factory):
+    """A checkpoint with 256 positions, below the default max_seq_len of 384."""
+    import checkpoints
+
+    cfg = {**checkpoints.TINY, "max_position_embeddings": 256}
+    return checkpoints.write_checkpoint(tmp_path_factory.mktemp("p256"), seed=3, qa_scale=40.0, **cfg)
+
+
+def test_max_seq_len_beyond_the_position_table(short_positions):
+    pipe = npbert.pipeline("question-answering", model=short_positions)
+    assert pipe(question="Who?", context=SHORT)["answer"]  # default max_seq_len 384 > 256: the window fits
+    assert pipe(question="Who?", context=SHORT, max_seq_len=600) == pipe(question="Who?", context=SHORT)
+    assert pipe(question="Who?", context=LONG, max_seq_len=256)["answer"]
+    n = len(pipe.tokenizer.encode_pair("Who?", LONG, 384, 128)[0])
+    with pytest.raises(ValueError, match=f"window 0 of the context is {n} tokens long, over the model's 256 "
+                                         "positions .* at max_seq_len 384: use max_seq_len <= 256"):
+        pipe(question="Who?", context=LONG)
+    with pytest.raises(ValueError, match="window 0 of context 1 is"):
+        pipe(question=["Who?", "Who?"], context=[SHORT, LONG])

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 from pathlib import Path
@@ -26,8 +27,10 @@ pytest.importorskip("uvicorn", reason="npbert serve needs the serve extra (fasta
 
 from serve_helpers import LISTENING, Server  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 import npbert  # noqa: E402
-from npbert.serve.batcher import Batcher  # noqa: E402
+from npbert.serve.batcher import Abandoned, Batcher, OverDeadline, Ticket  # noqa: E402
 
 SAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
 PAIRS = [
@@ -300,7 +303,7 @@ def test_sigterm_drains_the_requests_in_flight_and_exits_cleanly(tiny_checkpoint
     questions, parameters = ["Who won the game?", "When was the game played?"], {"max_seq_len": 48, "doc_stride": 24}
     # Hundreds of windows: over the default --max-windows, which exists to refuse requests this slow.
     server = Server(tiny_checkpoint, tmp_path / "server.log", "--max-context-chars", str(len(context)),
-                    "--max-windows", "10000")
+                    "--max-windows", "10000", "--max-request-windows", "100000")
     results = {}
 
     def ask(question):
@@ -349,51 +352,167 @@ def test_workers_each_load_the_model_and_stop_on_sigterm(tiny_checkpoint, tmp_pa
 # --- the batcher's rules --------------------------------------------------------------------------------
 
 
-def _run_batcher(jobs, max_batch=4, fail_on=None):
-    """Submit `jobs` [(questions, params)] all at once; return (results, the calls infer saw)."""
-    calls = []
+class RecordingModel:
+    """A stand-in model: start logits = the input ids, end logits = their negation, and every call's rows
+    (the first id of each row) recorded. `gate`: the first call waits for it (arrival order under control)."""
 
-    def infer(questions, contexts, params):
-        calls.append((list(questions), dict(params)))
-        if fail_on is not None and fail_on in questions:
-            raise ValueError(f"bad question {fail_on!r}")
-        return [f"{q}|{c}|{params.get('top_k', 1)}" for q, c in zip(questions, contexts)]
+    def __init__(self, gate: threading.Event | None = None, fail_on: int | None = None):
+        self.calls, self.gate, self.fail_on, self.entered = [], gate, fail_on, threading.Event()
 
+    def __call__(self, input_ids, attention_mask=None, **kwargs):
+        self.entered.set()
+        if self.gate is not None and not self.calls:
+            self.gate.wait(60)
+        self.calls.append([int(row[0]) for row in input_ids])
+        if self.fail_on is not None and self.fail_on in input_ids[:, 0]:
+            raise RuntimeError(f"bad row {self.fail_on}")
+        ids = np.asarray(input_ids, dtype=np.float32)
+        return types.SimpleNamespace(start_logits=ids * (attention_mask if attention_mask is not None else 1), end_logits=-ids)
+
+
+def forwards(first_ids: list[int], width: int = 3):
+    """A request's work: one forward per id in `first_ids` (a row [id, id+1, ..., id+width-1] each),
+    returning the start logits it got back for each."""
+    def work(model):
+        out = []
+        for i in first_ids:
+            result = model(np.arange(i, i + width)[None], attention_mask=np.ones((1, width), dtype=np.int64))
+            out.append(result.start_logits[0].tolist())
+        return out
+    return work
+
+
+def _run(model: "RecordingModel", works, max_batch=4):
+    """Run `works` (request work functions) on one batcher, all queued while an opening request's forward
+    (row 0) holds the model: their forwards then meet in the queue. Their results, in order."""
     async def main():
-        batcher = Batcher(infer, max_batch=max_batch, wait_s=0.05)
+        batcher = Batcher(model, max_batch=max_batch, wait_s=0)
         await batcher.start()
         try:
-            return await asyncio.gather(*(batcher.submit(qs, [q.upper() for q in qs], p) for qs, p in jobs),
-                                        return_exceptions=True)
+            opener = asyncio.ensure_future(batcher.run(forwards([0]), Ticket()))
+            while not model.entered.is_set():
+                await asyncio.sleep(0.001)
+            runs = [asyncio.ensure_future(batcher.run(w, Ticket())) for w in works]
+            while batcher._queue.qsize() < len(works):
+                await asyncio.sleep(0.001)
+            model.gate.set()
+            await opener
+            return await asyncio.gather(*runs, return_exceptions=True)
         finally:
             await batcher.stop()
 
-    return asyncio.run(main()), calls
+    results = asyncio.run(main())
+    assert model.calls[0] == [0]
+    del model.calls[0]
+    return results
 
 
-def test_batcher_coalesces_same_parameters_and_keeps_order():
-    jobs = [(["a"], {}), (["b", "c"], {}), (["d"], {"top_k": 2}), (["e"], {}), (["f"], {"top_k": 2})]
-    results, calls = _run_batcher(jobs, max_batch=4)
-    assert results == [["a|A|1"], ["b|B|1", "c|C|1"], ["d|D|2"], ["e|E|1"], ["f|F|2"]]
-    assert calls == [(["a", "b", "c", "e"], {}), (["d", "f"], {"top_k": 2})]
+def test_forwards_of_different_requests_share_calls_and_get_their_own_rows():
+    model = RecordingModel(threading.Event())
+    results = _run(model, [forwards([10]), forwards([20], width=5), forwards([30]), forwards([40]), forwards([50])])
+    assert results == [[[10, 11, 12]], [[20, 21, 22, 23, 24]], [[30, 31, 32]], [[40, 41, 42]], [[50, 51, 52]]]
+    assert sorted(model.calls[0]) == [10, 20, 30, 40] and model.calls[1:] == [[50]]  # max_batch 4 rows a call
 
 
-def test_batcher_bounds_the_batch_size():
-    results, calls = _run_batcher([([q], {}) for q in "abcdefg"], max_batch=3)
-    assert results == [[f"{q}|{q.upper()}|1"] for q in "abcdefg"]
-    assert [c[0] for c in calls] == [["a", "b", "c"], ["d", "e", "f"], ["g"]]
+def test_a_short_forward_is_not_padded_to_a_long_ones_width():
+    """Joined, a 3-token window would be padded to 400 tokens: over turn_tokens (512), it runs apart."""
+    model = RecordingModel(threading.Event())
+    results = _run(model, [forwards([10], width=400), forwards([20]), forwards([30])])
+    assert results[1:] == [[[20, 21, 22]], [[30, 31, 32]]] and results[0][0][:3] == [10, 11, 12]
+    assert sorted(sorted(call) for call in model.calls) == [[10], [20, 30]]
 
 
-def test_batcher_with_max_batch_1_answers_each_request_alone():
-    results, calls = _run_batcher([([q], {}) for q in "abc"], max_batch=1)
-    assert [c[0] for c in calls] == [["a"], ["b"], ["c"]]
+def _large_then_small(model: "RecordingModel", large, **batcher_settings):
+    """Run request work `large` and then a small request (one 3-token forward), the small one arriving while
+    the large one's first forward is held in the model by `model.gate`; (large's result, small's)."""
+    async def main():
+        batcher = Batcher(model, wait_s=0, **batcher_settings)
+        await batcher.start()
+        try:
+            big = asyncio.ensure_future(batcher.run(large, Ticket()))
+            while not model.entered.is_set():  # its first forward is in the model, held by the gate
+                await asyncio.sleep(0.001)
+            small = asyncio.ensure_future(batcher.run(forwards([7]), Ticket()))
+            while batcher._queue.qsize() < 1:  # the small request's forward is queued
+                await asyncio.sleep(0.001)
+            model.gate.set()
+            return await asyncio.gather(big, small)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main())
 
 
-def test_one_bad_request_does_not_fail_the_others_in_its_batch():
-    results, calls = _run_batcher([(["a"], {}), (["bad"], {}), (["c"], {})], max_batch=4, fail_on="bad")
-    assert results[0] == ["a|A|1"] and results[2] == ["c|C|1"]
-    assert isinstance(results[1], ValueError) and "bad question" in str(results[1])
-    assert calls[0][0] == ["a", "bad", "c"] and [c[0] for c in calls[1:]] == [["a"], ["bad"], ["c"]]
+def test_a_large_request_takes_turns_with_a_small_one():
+    """The large request's first forward is running when the small one arrives: the small one's forward is
+    the next call, not the large one's remaining nine."""
+    model = RecordingModel(threading.Event())
+    big, small = _large_then_small(model, forwards(list(range(100, 1100, 100))), max_batch=1)
+    assert small == [[7, 8, 9]] and big == [[i, i + 1, i + 2] for i in range(100, 1100, 100)]
+    assert [c[0] for c in model.calls] == [100, 7] + list(range(200, 1100, 100))
+
+
+def test_a_long_forward_is_run_in_turns_of_turn_tokens():
+    """One pipeline forward of 6 windows of 300 tokens, with turn_tokens 600: three pieces of 2 windows,
+    a small request's forward between the first two; the rows come back whole and in order."""
+    model = RecordingModel(threading.Event())
+    ids = np.arange(6)[:, None] * 1000 + np.arange(300)[None]
+    big, small = _large_then_small(model, lambda m: m(ids, attention_mask=np.ones_like(ids)).start_logits,
+                                   max_batch=8, turn_tokens=600)
+    assert np.array_equal(big, ids.astype(np.float32)) and small == [[7, 8, 9]]
+    assert model.calls == [[0, 1000], [7], [2000, 3000], [4000, 5000]]
+
+
+def test_an_abandoned_request_runs_no_further_forwards():
+    model = RecordingModel()
+    ticket = Ticket()
+
+    def work(m):
+        forwards([1, 2])(m)
+        ticket.abandon()  # the client went away after two forwards
+        return forwards([3, 4, 5])(m)
+
+    async def main():
+        batcher = Batcher(model, max_batch=4, wait_s=0)
+        await batcher.start()
+        try:
+            return await asyncio.gather(batcher.run(work, ticket), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    (result,) = asyncio.run(main())
+    assert isinstance(result, Abandoned)
+    assert [c[0] for c in model.calls] == [1, 2]
+
+
+def test_a_request_over_its_deadline_stops():
+    model = RecordingModel()
+    ticket = Ticket(timeout=1e-9)
+
+    async def main():
+        batcher = Batcher(model, max_batch=4, wait_s=0)
+        await batcher.start()
+        try:
+            return await asyncio.gather(batcher.run(forwards([1]), ticket), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    (result,) = asyncio.run(main())
+    assert isinstance(result, OverDeadline) and "request timeout" in str(result) and model.calls == []
+
+
+def test_one_failing_forward_does_not_fail_the_others_in_its_call():
+    model = RecordingModel(threading.Event(), fail_on=20)
+    results = _run(model, [forwards([10]), forwards([20]), forwards([30])])
+    assert results[0] == [[10, 11, 12]] and results[2] == [[30, 31, 32]]
+    assert isinstance(results[1], RuntimeError) and "bad row 20" in str(results[1])
+    assert sorted(model.calls[0]) == [10, 20, 30] and sorted(model.calls[1:]) == [[10], [20], [30]]
+
+
+def test_with_max_batch_1_every_forward_is_its_own_call():
+    model = RecordingModel(threading.Event())
+    _run(model, [forwards([1]), forwards([2]), forwards([3])], max_batch=1)
+    assert sorted(model.calls) == [[1], [2], [3]]
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
@@ -402,19 +521,21 @@ def test_a_server_fault_is_a_500_logged_with_its_cause(qa, caplog):
 
     from npbert.serve import Settings, create_app
 
-    class Faulty:
-        """The real pipeline, except that it breaks on one question: a fault inside the server."""
+    class FaultyModel:
+        """The real model, except that it breaks on windows over 30 tokens: a fault inside the server."""
 
         def __getattr__(self, name):
-            return getattr(qa, name)
+            return getattr(qa.model, name)
 
-        def __call__(self, question, context, **kw):
-            if any("break" in q for q in question):
+        def __call__(self, input_ids, **kw):
+            if input_ids.shape[1] > 30:
                 raise RuntimeError("the worker lost its weights")
-            return qa(question=question, context=context, **kw)
+            return qa.model(input_ids, **kw)
 
-    with TestClient(create_app(Settings(warmup=False), qa=Faulty())) as client:
-        resp = client.post("/score", json={"input_data": {"question": "break?", "context": SAMPLE["context"]}})
+    faulty = npbert.pipeline("question-answering", model=str(qa.folder))
+    faulty.model = FaultyModel()
+    with TestClient(create_app(Settings(warmup=False), qa=faulty)) as client:
+        resp = client.post("/score", json={"input_data": {"question": "break?", "context": PAIRS[2][1] * 2}})
         assert resp.status_code == 500 and "RuntimeError" in resp.json()["error"]
         assert any(r.exc_info and "the worker lost its weights" in str(r.exc_info[1]) for r in caplog.records)
         resp = client.post("/score", json={"input_data": SAMPLE})
@@ -444,3 +565,15 @@ def test_loadtest_refuses_addresses_off_this_machine():
     proc = subprocess.run([sys.executable, str(LOADTEST), "--url", "http://10.1.2.3:8000", "--duration", "1"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "only loopback addresses" in proc.stderr
+
+
+def test_loadtest_sends_large_requests_beside_the_measured_ones(server, tmp_path):
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, str(LOADTEST), "--url", f"http://127.0.0.1:{server.port}", "--concurrency", "2",
+                           "--duration", "1", "--large-concurrency", "1", "--large-questions", "2",
+                           "--large-context-chars", "300", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["errors"] == 0 and report["requests"] > 0
+    assert report["large"]["requests"] >= 1 and report["large"]["statuses"] == {"200": report["large"]["requests"]}
+    assert report["large"]["shape"] == "2 x 300 characters"

@@ -320,6 +320,43 @@ def test_v2_evaluate_equals_official(case, thresh):
          v2_main(articles, predictions, na_probs, thresh))
 
 
+def test_hypothesis_keeps_no_example_database():
+    """A clone's later runs must not be steered by examples an earlier run saved in .hypothesis/: CI runs
+    derandomized examples, a clone fresh random draws, neither with a database (tests/conftest.py), unless
+    HYPOTHESIS_PROFILE=explore is asked for."""
+    import os
+
+    from hypothesis import settings
+
+    if os.environ.get("HYPOTHESIS_PROFILE") == "explore":
+        pytest.skip("HYPOTHESIS_PROFILE=explore keeps the example database")
+    assert settings.default.database is None
+    assert settings.get_profile("ci").derandomize and not settings.get_profile("dev").derandomize
+
+
+def test_v2_threshold_search_and_empty_gold_by_hand():
+    """evaluate-v2.0.py's best thresholds on a case worked out by hand: gold "the" normalises to nothing, so
+    that question counts as unanswerable's "" gold; predictions sorted by na_prob: a (0.1, right), b (0.4,
+    wrong), c (0.6, unanswerable, answered), d (0.8, unanswerable, "")."""
+    articles = [{"paragraphs": [{"context": "c", "qas": [
+        {"id": "a", "question": "?", "answers": [{"text": "Paris", "answer_start": 0}]},
+        {"id": "b", "question": "?", "answers": [{"text": "Rome", "answer_start": 0}]},
+        {"id": "c", "question": "?", "answers": []},
+        {"id": "d", "question": "?", "answers": [{"text": "the", "answer_start": 0}]}]}]}]
+    predictions = {"a": "Paris", "b": "Oslo", "c": "Oslo", "d": ""}
+    na_probs = {"a": 0.1, "b": 0.4, "c": 0.6, "d": 0.8}
+    result = squad.evaluate(articles, predictions, "2.0", na_probs)
+    assert result == v2_main(articles, predictions, na_probs)
+    # d has a gold answer (HasAns) that normalises to "": "" scores 1 against it
+    assert (result["exact"], result["HasAns_total"], result["NoAns_total"]) == (50.0, 3, 1)
+    # sweep: start 1 (no-answer count), +1 at a -> 2 (thresh 0.1), +0 at b, -1 at c, +1 at d -> 2 (not better)
+    assert (result["best_exact"], result["best_exact_thresh"]) == (50.0, 0.1)
+    thresholded = squad.evaluate(articles, predictions, "2.0", na_probs, na_prob_thresh=0.5)
+    # above 0.5 counts as "no answer": c becomes right, d (answerable) wrong
+    assert thresholded == v2_main(articles, predictions, na_probs, 0.5)
+    assert (thresholded["NoAns_exact"], thresholded["HasAns_exact"]) == (100.0, 100 / 3)
+
+
 def test_hand_checked_values():
     # F1 of "the cat sat" vs "a cat sat on the mat": tokens [cat, sat] vs [cat, sat, on, mat] -> P 1, R 0.5
     assert squad.f1_v1("the cat sat", "a cat sat on the mat") == pytest.approx(2 / 3)

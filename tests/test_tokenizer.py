@@ -1,5 +1,6 @@
-"""npbert.tokenizer against transformers 4.57.6 DistilBertTokenizerFast (the pipeline's own call), and its
-window structure against the untruncated encoding (no transformers needed)."""
+"""npbert.tokenizer on the DistilBERT test checkpoint against transformers 4.57.6 DistilBertTokenizerFast (the
+pipeline's own call), and its window structure against the untruncated encoding (no transformers needed).
+The other families and layouts: tests/test_tokenizer_families.py."""
 
 from __future__ import annotations
 
@@ -11,44 +12,13 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
+import tokenizer_helpers as helpers
 from npbert.tokenizer import Tokenizer
 
-UNICODE_CONTEXTS = [
-    "My name is John and I live in Seattle.",
-    "Café naïve résumé Ångström façade",  # precomposed accents
-    "Cafe\u0301 nai\u0308ve: combining marks after the base letter",
-    "東京は日本の首都です。北京 and 上海 are in China.",
-    "emoji 😀👍🏽 and flags 🇫🇷 in text 🎉!",
-    "zero\u200bwidth\u200cjoiners\u200d and a BOM\ufeff here",
-    "שלום עולם and مرحبا بالعالم are right-to-left \u202ekcab\u202c",
-    "tabs\there\t\tand   runs    of     spaces\n\nand\r\nnewlines",
-    "control\x00chars\x07 and replacement \ufffd and soft\u00adhyphen",
-    "[SEP] [CLS] literal special tokens [MASK] inside text",
-    "Supercalifragilisticexpialidocious-antidisestablishmentarianism " * 3,
-    "x" * 150 + " a very long word above max_input_chars_per_word",
-]
-QUESTIONS = ["Where does he live?", "What is 東京?", "  leading and trailing spaces  ", "Café?", "😀"]
-
-
-def transformers_tokenizer(folder):
-    transformers = pytest.importorskip("transformers", reason="transformers (the parity extra) is not installed")
-    return transformers.DistilBertTokenizerFast.from_pretrained(str(folder))
-
-
-def transformers_windows(tok, question, context, max_length, stride, padding="do_not_pad"):
-    """Exactly the pipeline's tokenizer call (QuestionAnsweringPipeline.preprocess, fast path)."""
-    enc = tok(text=question, text_pair=context, padding=padding, truncation="only_second", max_length=max_length,
-              stride=stride, return_token_type_ids=True, return_overflowing_tokens=True,
-              return_offsets_mapping=True, return_special_tokens_mask=True)
-    return [dict(input_ids=enc["input_ids"][i], attention_mask=enc["attention_mask"][i],
-                 offsets=[list(o) for o in enc["offset_mapping"][i]], sequence_ids=enc.sequence_ids(i))
-            for i in range(len(enc["input_ids"]))]
-
-
-def npbert_windows(tok, question, context, max_length, stride, padding="do_not_pad"):
-    return [dict(input_ids=w.input_ids.tolist(), attention_mask=w.attention_mask.tolist(),
-                 offsets=w.offsets.tolist(), sequence_ids=list(w.sequence_ids))
-            for w in tok.encode_pair(question, context, max_length, stride, padding)]
+UNICODE_CONTEXTS, QUESTIONS = helpers.UNICODE_CONTEXTS, helpers.QUESTIONS
+transformers_tokenizer = helpers.reference_tokenizer
+transformers_windows = helpers.reference_windows
+npbert_windows = helpers.npbert_windows
 
 
 def assert_same_as_transformers(folder, pairs, settings=((384, 128), (40, 10), (24, 0))):

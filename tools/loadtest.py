@@ -4,13 +4,19 @@ Each client is a thread with its own keep-alive HTTP connection, sending the sam
 and again until the time is up (the run stops by itself: no request starts after T seconds). Reported:
 requests/s (successful answers over the wall time), p50/p99 latency, errors (any non-200 or broken
 connection; must be 0), the server's RSS after warm-up and after the run (and its peak), and the
-server's batching counters over the run (how many requests shared each pipeline call).
+server's batching counters over the run (requests per model call, windows per model call).
 
     # start a server on a free port, load it, stop it (SIGTERM) and report:
     python tools/loadtest.py --model /tmp/full --concurrency 16 --duration 60 --payload seed
     python tools/loadtest.py --model /tmp/full --concurrency 16 --duration 60 --payload squad --serve-arg=--no-batching
     # or load a server already running on this machine:
     python tools/loadtest.py --url http://127.0.0.1:8000 --pid 1234 --concurrency 4 --duration 10
+
+With `--large-concurrency N`, N more clients send large requests (`--large-questions` questions with
+contexts of `--large-context-chars` characters each; by default the largest request the default limits
+accept in size, 32 x 20,000 characters) at the same time, and the report gives the measured clients'
+latency while they arrive (`large` holds the large requests' own statuses and latencies): a large
+request must not starve small ones.
 
 Payloads: `seed` is the model catalog's sample request; `squad` is one SQuAD v1.1 dev context of about
 --squad-tokens tokens (../shared/data, tokenized with the model's tokenizer) with its questions in turn;
@@ -69,10 +75,27 @@ def request(conn: http.client.HTTPConnection, method: str, path: str, body: byte
     return resp.status, resp.read()
 
 
+def large_body(questions: int, context_chars: int, seed: int = 0) -> dict:
+    """A request of `questions` questions, each with its own context of `context_chars` characters of
+    made-up sentences (seeded: the same bytes every run)."""
+    import random
+
+    rng = random.Random(seed)
+    names, cities = ["John", "Anna", "Maria", "Peter", "Clara", "Otto"], ["Paris", "Rome", "Seattle", "Oslo", "Lisbon"]
+    contexts = []
+    for _ in range(questions):
+        words = []
+        while sum(len(w) + 1 for w in words) < context_chars:
+            words.append(f"{rng.choice(names)} lived in {rng.choice(cities)} in {rng.randint(1800, 2000)}.")
+        contexts.append(" ".join(words)[:context_chars])
+    return {"input_data": {"question": [f"Where did {rng.choice(names)} live?" for _ in range(questions)],
+                           "context": contexts}}
+
+
 def client(host: str, port: int, path: str, bodies: list[bytes], deadline: float, offset: int, out: dict,
-           count: int | None = None) -> None:
+           count: int | None = None, timeout: float = 300) -> None:
     """Send requests until `deadline` (monotonic seconds), or `count` of them when given."""
-    conn, i = http.client.HTTPConnection(host, port, timeout=300), offset
+    conn, i = http.client.HTTPConnection(host, port, timeout=timeout), offset
     while (i - offset < count) if count is not None else (time.monotonic() < deadline):
         t0 = time.perf_counter()
         try:
@@ -80,10 +103,12 @@ def client(host: str, port: int, path: str, bodies: list[bytes], deadline: float
         except (OSError, http.client.HTTPException) as e:
             out["errors"].append(f"{type(e).__name__}: {e}")
             conn.close()
-            conn = http.client.HTTPConnection(host, port, timeout=300)
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
             continue
         finally:
             i += 1
+        out.setdefault("statuses", {}).setdefault(status, 0)
+        out["statuses"][status] += 1
         if status == 200:
             out["latencies"].append(time.perf_counter() - t0)
         else:
@@ -99,23 +124,45 @@ def health(host: str, port: int) -> dict:
         conn.close()
 
 
-def load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int, duration: float) -> dict:
-    results = [{"latencies": [], "errors": []} for _ in range(concurrency)]
-    deadline = time.monotonic() + duration
-    threads = [threading.Thread(target=client, args=(host, port, path, bodies, deadline, k, results[k]))
-               for k in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+def summary(results: list[dict], wall: float) -> dict:
     latencies = sorted(x for r in results for x in r["latencies"])
     errors = [e for r in results for e in r["errors"]]
+    statuses = {}
+    for r in results:
+        for status, n in r.get("statuses", {}).items():
+            statuses[str(status)] = statuses.get(str(status), 0) + n
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
     return {"requests": len(latencies), "wall_s": round(wall, 2), "requests_per_s": round(len(latencies) / wall, 3),
             "p50_ms": round(1000 * q[49], 1) if q else None, "p99_ms": round(1000 * q[98], 1) if q else None,
-            "errors": len(errors), "first_errors": errors[:5]}
+            "max_ms": round(1000 * latencies[-1], 1) if latencies else None,
+            "errors": len(errors), "first_errors": errors[:5], "statuses": dict(sorted(statuses.items()))}
+
+
+def load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int, duration: float,
+         large: bytes | None = None, large_concurrency: int = 0) -> dict:
+    """C measured clients for `duration` seconds; with `large`, `large_concurrency` more clients sending it
+    meanwhile (started first, so the measured requests arrive while large ones are being answered)."""
+    results = [{"latencies": [], "errors": []} for _ in range(concurrency)]
+    large_results = [{"latencies": [], "errors": []} for _ in range(large_concurrency)]
+    deadline = time.monotonic() + duration
+    threads = [threading.Thread(target=client, args=(host, port, path, [large], deadline, k, large_results[k]),
+                                kwargs={"timeout": 900}) for k in range(large_concurrency)]
+    threads += [threading.Thread(target=client, args=(host, port, path, bodies, deadline, k, results[k]))
+                for k in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+        if large_concurrency:
+            time.sleep(0.2)  # the large requests first: the measured ones arrive while they are answered
+    for t in threads[large_concurrency:]:
+        t.join()
+    wall = time.perf_counter() - t0
+    report = summary(results, wall)
+    if large_concurrency:
+        for t in threads[:large_concurrency]:
+            t.join()
+        report["large"] = summary(large_results, time.perf_counter() - t0)
+    return report
 
 
 def http_vs_in_process(host: str, port: int, path: str, body: dict, model: str, rounds: int) -> dict:
@@ -179,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in-process-rounds", type=int, default=0,
                    help="after the load, answer the first request N times in this process and over HTTP, "
                         "interleaved, and report the ratio (needs --model)")
+    p.add_argument("--large-concurrency", type=int, default=0,
+                   help="clients sending large requests meanwhile (default: %(default)s)")
+    p.add_argument("--large-questions", type=int, default=32, help="questions per large request (default: %(default)s)")
+    p.add_argument("--large-context-chars", type=int, default=20_000,
+                   help="characters of each large request's contexts (default: %(default)s)")
     p.add_argument("--json", type=Path, help="also write the report here")
     p.add_argument("--log", type=Path, default=Path("loadtest-server.log"), help="the started server's log")
     args = p.parse_args(argv)
@@ -220,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"warm-up failed: {[e for w in warm for e in w['errors']][:3]}")
         before, rss_before = health(host, port)["batching"], rss_kib(pid) if pid else None
         machine_load = os.getloadavg()[0]
-        report = load(host, port, args.route, raw, args.concurrency, args.duration)
+        large = (json.dumps(large_body(args.large_questions, args.large_context_chars)).encode()
+                 if args.large_concurrency else None)
+        report = load(host, port, args.route, raw, args.concurrency, args.duration, large, args.large_concurrency)
         after, rss_after = health(host, port)["batching"], rss_kib(pid) if pid else None
         # other processes competing for the cores: the 1-minute load average before and after the run
         report["machine_load_1min"] = [round(machine_load, 2), round(os.getloadavg()[0], 2)]
@@ -231,10 +285,16 @@ def main(argv: list[str] | None = None) -> int:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             exit_code = proc.wait(120)
-    calls, reqs = after["calls"] - before["calls"], after["requests"] - before["requests"]
+    calls_key = "forwards" if "forwards" in after else "calls"  # model calls ("calls": pipeline calls, before issue 16)
+    calls, reqs = after[calls_key] - before[calls_key], after["requests"] - before["requests"]
+    if args.large_concurrency:
+        report["large"]["body_bytes"] = len(large)
+        report["large"]["shape"] = f"{args.large_questions} x {args.large_context_chars} characters"
     report = {"payload": info, "route": args.route, "concurrency": args.concurrency, "duration_s": args.duration,
               "serve_args": args.serve_arg, "batching_enabled": after["enabled"], **report,
               "requests_per_pipeline_call": round(reqs / calls, 2) if calls else None,
+              "windows_per_forward": (round((after["windows"] - before["windows"]) / calls, 2)
+                                      if calls and "windows" in after else None),
               "rss_start_mib": round(rss_start["rss"] / 1024, 1) if rss_start else None,
               "rss_before_mib": round(rss_before["rss"] / 1024, 1) if rss_before else None,
               "rss_after_mib": round(rss_after["rss"] / 1024, 1) if rss_after else None,

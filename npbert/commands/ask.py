@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from ..hub import DEFAULT_MODEL
@@ -13,11 +14,7 @@ def add_parser(subparsers) -> None:
         "ask", help="answer a question about a context",
         description="Answer a question about a context: the span of the context most likely to answer it, "
                     "found as transformers' question-answering pipeline finds it.")
-    p.add_argument("--question", "-q", required=True, help="the question (required)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--context", "-c",
-                        help="the context text; '-' reads it from stdin (this or --context-file is required)")
-    source.add_argument("--context-file", metavar="FILE", help="read the context from FILE, UTF-8; '-' is stdin")
+    add_input_arguments(p)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="checkpoint folder or hub repository id (default: %(default)s)")
     p.add_argument("--revision", default=None,
@@ -37,13 +34,58 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def read_context(args) -> str:
+def add_input_arguments(p) -> None:
+    """--question/-q and one of --context/-c or --context-file (ask, trace and attention)."""
+    p.add_argument("--question", "-q", required=True, help="the question (required)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--context", "-c",
+                        help="the context text; '-' reads it from stdin (this or --context-file is required)")
+    source.add_argument("--context-file", metavar="FILE", help="read the context from FILE, UTF-8; '-' is stdin")
+
+
+def question_and_context(args) -> tuple[str, str]:
+    """The question and the context the flags give, checked before any model is loaded: UTF-8 text (a
+    one-line error naming the flag and the byte otherwise) that is not empty or blank (as the server)."""
+    from ..cli import CommandError
+
+    question = _argument_text(args.question, "--question")
     if args.context_file is not None:
-        if args.context_file == "-":
-            return sys.stdin.read()
-        with open(args.context_file, encoding="utf-8") as f:  # OSError -> one-line error in cli.main
-            return f.read()
-    return sys.stdin.read() if args.context == "-" else args.context
+        where = "stdin" if args.context_file == "-" else args.context_file
+        raw = sys.stdin.buffer.read() if args.context_file == "-" else _read_bytes(args.context_file)
+        context = _utf8(raw, where)
+    elif args.context == "-":
+        context = _utf8(sys.stdin.buffer.read(), "stdin")
+    else:
+        context = _argument_text(args.context, "--context")
+    if not question.strip():
+        raise CommandError("--question is empty or blank", 2)
+    if not context.strip():
+        raise CommandError("the context is empty or blank", 2)
+    return question, context
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:  # OSError -> one-line error in cli.main
+        return f.read()
+
+
+def _utf8(raw: bytes, where: str) -> str:
+    from ..cli import CommandError
+
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CommandError(f"{where}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})", 2) from None
+
+
+def _argument_text(value: str, flag: str) -> str:
+    # Python hands undecodable bytes of the command line over as lone surrogates (PEP 383); the tokenizer
+    # would refuse them with a TypeError. Say which flag and byte instead.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return _utf8(os.fsencode(value), flag)
+    return value
 
 
 def format_answers(result) -> str:
@@ -57,24 +99,15 @@ def format_answers(result) -> str:
 
 
 def run(args) -> int:
-    from ..cli import CommandError
     from ..pipeline import check_parameters, pipeline
 
-    try:
-        context = read_context(args)
-    except UnicodeDecodeError as e:
-        raise CommandError(f"{args.context_file}: not UTF-8 text ({e.reason})", 2) from None
+    question, context = question_and_context(args)  # bad input is refused before loading a 261 MB model
     params = dict(top_k=args.top_k, max_answer_len=args.max_answer_len, max_seq_len=args.max_seq_len,
                   doc_stride=args.doc_stride, handle_impossible_answer=args.handle_impossible_answer,
                   align_to_words=args.align_to_words)
-    # Reject bad input before loading a 261 MB model.
-    if not args.question:
-        raise CommandError("--question is empty", 2)
-    if not context:
-        raise CommandError("the context is empty", 2)
     check_parameters(params)
     qa = pipeline("question-answering", model=args.model, revision=args.revision,
                   local_files_only=args.local_files_only)
-    result = qa(question=args.question, context=context, **params)
+    result = qa(question=question, context=context, **params)
     print(json.dumps(result, ensure_ascii=False) if args.json else format_answers(result))
     return 0

@@ -3,7 +3,8 @@
 Settings come from flags, or from a YAML job file (`--config job.yml`, the same names: model, revision,
 data, version, output, limit, save_every, progress, parameters: {top_k, doc_stride, ...}); flags given
 beside a job file override it. Writes predictions.json, metrics.json (and nbest_predictions.json when
-top_k > 1) in the output folder; the score JSON is the last line of stdout, as `npbert score` prints it.
+top_k > 1, and na_probs.json for SQuAD v2.0: each question's no-answer probability) in the output folder,
+whose parent must exist; the score JSON is the last line of stdout, as `npbert score --na-prob` prints it.
 """
 
 from __future__ import annotations
@@ -84,11 +85,20 @@ def job_from_args(args):
 def run(args) -> int:
     import json
     import sys
+    from pathlib import Path
 
     from .. import evaluate
     from ..cli import CommandError
 
     job = job_from_args(args)
+    out = Path(job.output)
+    if not out.parent.is_dir():  # a typo in a path should not silently become a tree of new folders
+        raise CommandError(f"output folder {out}: its parent {out.parent} does not exist (npbert creates only the "
+                           "output folder itself)", 2)
+    if args.resume and not (out / evaluate.PARTIAL).exists():
+        finished = " (it holds a finished run)" if (out / evaluate.METRICS).exists() else ""
+        raise CommandError(f"--resume: nothing to resume in {out}{finished}: no {evaluate.PARTIAL}; run without "
+                           "--resume to start", 2)
     try:
         metrics = evaluate.run(job, resume=args.resume)
     except evaluate.Interrupted as e:

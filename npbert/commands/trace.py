@@ -4,13 +4,14 @@ from __future__ import annotations
 
 
 def add_question_arguments(p) -> None:
-    """The model and the question/context flags that `trace` and `attention` share."""
+    """The model and the question/context flags that `trace` and `attention` share (-q, -c, --context-file
+    as `npbert ask`)."""
     from ..hub import DEFAULT_MODEL
+    from .ask import add_input_arguments
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id (default: %(default)s)")
     p.add_argument("--revision", help="hub revision (hub ids only)")
-    p.add_argument("--question", required=True)
-    p.add_argument("--context", required=True)
+    add_input_arguments(p)
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="tokens per window (default: min(model_max_length, 384), as the pipeline)")
     p.add_argument("--doc-stride", type=int, default=None,
@@ -19,8 +20,11 @@ def add_question_arguments(p) -> None:
 
 def load_and_encode(args, dtype="float32"):
     """(model, model inputs {input_ids, attention_mask[, token_type_ids]} [B, S], tokens per window) for the
-    parsed flags."""
+    parsed flags; the question and context are read and checked first (`args.question`, `args.context`
+    then hold them)."""
     import numpy as np
+
+    from .ask import question_and_context
 
     from .. import hub
     from ..model import AutoModel, AutoModelForQuestionAnswering
@@ -28,13 +32,15 @@ def load_and_encode(args, dtype="float32"):
     from ..trace import encode
     from ..weights import read_header
 
+    args.question, args.context = question_and_context(args)
+    args.context_file = None
     folder = hub.resolve(args.model, args.revision)
     weights = folder / "model.safetensors"
     # An encoder-only checkpoint (no qa_outputs) traces and draws too, without the logits.
     encoder_only = weights.is_file() and "qa_outputs.weight" not in read_header(weights)[0]
     cls = AutoModel if encoder_only else AutoModelForQuestionAnswering
     model = cls.from_pretrained(folder, dtype=np.dtype(dtype))
-    tokenizer = Tokenizer.from_folder(folder)
+    tokenizer = Tokenizer.from_folder(folder, model.config.model_type)
     max_seq_len = args.max_seq_len or min(tokenizer.model_max_length, 384)
     doc_stride = args.doc_stride if args.doc_stride is not None else min(max_seq_len // 2, 128)
     if doc_stride >= max_seq_len:

@@ -8,9 +8,13 @@ pipeline's full records, health, and an OpenAPI document of both answering route
 
 The model loads once, in `create_app` (before the server listens, so a listening server is a ready
 one), and answers a warm-up question so the first request does not pay numba's compilation. Requests are
-parsed and checked in `schemas.py`; answering goes through the `Batcher` (one worker thread, off the
-event loop). Every refusal is a JSON body `{"status", "error", "problems"}`; a 5xx means a fault of the
-server and is logged with its traceback.
+parsed and checked in `schemas.py`; answering goes through the `Batcher` (the forwards of all requests
+take turns on one inference thread, off the event loop). Every refusal is a JSON body
+`{"status", "error", "problems"}`; a 500 means a fault of the server and is logged with its traceback.
+What is not a fault is counted as what it is: a client that went away (`aborted`: mid-body, or while its
+answer was computed, whose remaining work is then dropped), a request over its deadline (503,
+`overdue`), one cut off by the shutdown's graceful timeout (503, `cut_off`), a slow head or body (408,
+`timeouts`).
 
 To add routes (the teaching page will live at GET /), write a function `add_<name>_routes(app, state)`
 beside `add_answer_routes` below and call it from `create_app`; `app.state.npbert` is the `State`.
@@ -18,6 +22,7 @@ beside `add_answer_routes` below and call it from `create_app`; `app.state.npber
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -33,11 +38,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..hub import DEFAULT_MODEL, sha256_file
-from ..pipeline import pipeline
-from .batcher import Batcher
+from ..pipeline import QuestionAnsweringPipeline, pipeline
+from .batcher import Abandoned, Batcher, LockedTokenizer, OverDeadline, Ticket
 from .explain import add_explain_routes
 from .schemas import (AnswerRecord, BadRequest, ErrorResponse, Limits, ScoreRequest, parse_request)
 
@@ -56,9 +62,13 @@ class Settings:
     model: str = DEFAULT_MODEL
     revision: str | None = None
     limits: Limits = field(default_factory=Limits)
-    max_batch: int = 8  # questions per shared pipeline call (one forward of the pipeline's 8 windows); 1: off
+    max_batch: int = 8  # windows per model call, from any requests (the pipeline's forwards are of 8); 1: off
     batch_wait_ms: float = 5.0  # how long an idle server waits for company before answering
+    turn_tokens: int = 512  # most tokens of windows one request runs before the others get a turn
     warmup: bool = True
+    request_timeout: float = 120.0  # seconds from a body read to its answer; later: 503, the rest of its work dropped
+    header_timeout: float = 10.0  # seconds for a request line and headers to arrive (protocol.py)
+    body_timeout: float = 30.0  # seconds for a body to arrive, from the end of its headers
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -81,24 +91,61 @@ class State:
     started: float = field(default_factory=time.time)
     in_flight: int = 0
     answered: int = 0
-    refused: int = 0
-    failed: int = 0
+    refused: int = 0  # 4xx: the client's fault (408 timeouts included)
+    failed: int = 0  # 500: the server's fault
+    aborted: int = 0  # the client went away before its answer (mid-body, or while it was computed)
+    overdue: int = 0  # 503: not answered within request_timeout
+    cut_off: int = 0  # 503: still running when the shutdown's graceful timeout ended
+    timeouts: dict = field(default_factory=lambda: {"headers": 0, "body": 0})
+
+    def counters(self) -> str:
+        return (f"{self.answered} answered, {self.refused} refused, {self.failed} failed, {self.aborted} aborted by "
+                f"their clients, {self.overdue} over the request timeout, {self.cut_off} cut off by the shutdown")
 
 
-def make_infer(qa):
-    """The blocking call the batcher runs in its worker thread: one result per question, in order.
+def request_pipeline(qa, model, tokenizer_lock, max_request_windows: int | None = None) -> QuestionAnsweringPipeline:
+    """A pipeline for one request: `qa`'s settings, its forwards on `model` (the request's ScheduledModel),
+    its tokenizer's calls under `tokenizer_lock`, and at most `max_request_windows` windows in all."""
+    tokenizer = RequestTokenizer(qa.tokenizer, tokenizer_lock, qa.max_windows, max_request_windows)
+    return QuestionAnsweringPipeline(model, tokenizer, model_id=qa.model_id, revision=qa.revision,
+                                     batch_size=qa.batch_size, max_windows=qa.max_windows)
 
-    No `batch_size` is passed: the pipeline then forwards its default number of windows at a time and
-    post-processes each window unpadded, so an answer never depends on which requests shared its call.
-    """
 
-    def infer(questions: list[str], contexts: list[str], params: dict) -> list:
-        out = qa(question=questions, context=contexts, **params)
-        # The pipeline (like transformers') unwraps a one-question list: wrap it back.
-        results = [out] if len(questions) == 1 else out
-        return [_plain(r) for r in results]
+class RequestTokenizer(LockedTokenizer):
+    """The tokenizer, refusing a request whose questions make more than `max_total` windows in all (after
+    tokenizing, before any forward; a question over its own limit is left to the pipeline's message)."""
 
-    return infer
+    def __init__(self, tokenizer, lock, max_per_question: int | None, max_total: int | None):
+        super().__init__(tokenizer, lock)
+        self._max_per_question, self._max_total = max_per_question, max_total
+
+    def encode_pairs(self, questions, contexts, max_seq_len, doc_stride, *args, **kwargs):
+        """One question at a time (the lock is not held for a whole large request, and the count stops at
+        the first question past the limit)."""
+        encode, per_example, total = self.__getattr__("encode_pairs"), [], 0
+        for question, context in zip(questions, contexts):
+            (windows,) = encode([question], [context], max_seq_len, doc_stride, *args, **kwargs)
+            if self._max_per_question is not None and len(windows) > self._max_per_question:
+                return per_example + [windows]  # the pipeline names this question's problem
+            per_example.append(windows)
+            total += len(windows)
+            if self._max_total is not None and total > self._max_total:
+                raise ValueError(f"the request's first {len(per_example)} of {len(questions)} contexts make {total} "
+                                 f"windows of max_seq_len {max_seq_len} with doc_stride {doc_stride}, over the "
+                                 f"server's limit of {self._max_total} per request: send fewer questions or shorter "
+                                 "contexts per request")
+        return per_example
+
+
+def answer_questions(qa, questions: list[str], contexts: list[str], params: dict) -> list:
+    """One result per question, in order, as plain JSON values.
+
+    No `batch_size` is passed: the pipeline then post-processes each window unpadded, so an answer never
+    depends on which requests shared its forwards."""
+    out = qa(question=questions, context=contexts, **params)
+    # The pipeline (like transformers') unwraps a one-question list: wrap it back.
+    results = [out] if len(questions) == 1 else out
+    return [_plain(r) for r in results]
 
 
 def _plain(result):
@@ -126,28 +173,35 @@ def create_app(settings: Settings | None = None, qa=None) -> FastAPI:
     longest = min(qa.model.config.max_position_embeddings, qa.tokenizer.model_max_length)
     settings = dataclasses.replace(settings, limits=dataclasses.replace(settings.limits, max_seq_len=longest))
     qa.max_windows = settings.limits.max_windows  # a context making more windows gets 422, not minutes of work
-    infer = make_infer(qa)
     if settings.warmup:
         t0 = time.perf_counter()
-        infer([SAMPLE["question"]], [SAMPLE["context"]], {})
+        answer_questions(qa, [SAMPLE["question"]], [SAMPLE["context"]], {})
         log.info("warm-up answer in %.2f s", time.perf_counter() - t0)
-    batcher = Batcher(infer, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000)
+    batcher = Batcher(qa.model, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000,
+                      turn_tokens=settings.turn_tokens, pad_token_id=qa.tokenizer.pad_token_id)
     state = State(settings, qa, folder, digest, batcher)
+    _shorten_access_log_targets()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await batcher.start()
         try:
-            yield
+            yield {"npbert": state}  # the lifespan state: how protocol.py finds the settings and counters
         finally:
-            # uvicorn has drained the in-flight requests by now (SIGTERM: graceful shutdown).
+            # uvicorn has drained the in-flight requests by now (SIGTERM: graceful shutdown), or cancelled
+            # those left when its graceful timeout ended: let their handlers answer and count them first.
+            for _ in range(100):
+                if not state.in_flight:
+                    break
+                await asyncio.sleep(0.01)
             await batcher.stop()
-            log.info("stopped: %d answered, %d refused, %d failed", state.answered, state.refused, state.failed)
+            log.info("stopped: %s", state.counters())
 
     app = FastAPI(title="npbert", version=__version__, lifespan=lifespan,
                   description="Extractive question answering with DistilBERT in numpy: the model catalog's "
                               "scoring schema (`POST /score`) and the pipeline's full records (`POST /v1/answer`).")
     app.state.npbert = state
+    app.add_middleware(HeadLimits, state=state)
     add_error_handlers(app, state)
     add_answer_routes(app, state)
     add_health_routes(app, state)
@@ -163,8 +217,59 @@ def app_from_env() -> FastAPI:
     return create_app(Settings.from_json(os.environ[SETTINGS_ENV]))
 
 
-def error_response(status: int, message: str, problems: list[str] | None = None) -> JSONResponse:
-    return JSONResponse({"status": status, "error": message, "problems": problems or [message]}, status_code=status)
+def error_response(status: int, message: str, problems: list[str] | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"status": status, "error": message, "problems": problems or [message]}, status_code=status,
+                        headers=headers)
+
+
+class HeadLimits:
+    """ASGI middleware: a request target over `max_target_bytes` gets 414, headers over `max_header_bytes`
+    get 431, before any route sees them (a 100 KB URL is refused, not logged whole: see also
+    `_shorten_access_log_targets`)."""
+
+    def __init__(self, app, state: State):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            limits = self.state.settings.limits
+            target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            headers = sum(len(k) + len(v) for k, v in scope.get("headers") or [])
+            problem = None
+            if target > limits.max_target_bytes:
+                problem = 414, f"request target is {target} bytes, over the server's limit of {limits.max_target_bytes}"
+            elif headers > limits.max_header_bytes:
+                problem = 431, f"request headers are {headers} bytes, over the server's limit of {limits.max_header_bytes}"
+            if problem is not None:
+                self.state.refused += 1
+                log.info("%s %s refused (%d): %s", scope["method"], _short(scope["path"]), *problem)
+                await error_response(*problem, headers={"Connection": "close"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+ACCESS_LOG_TARGET_CHARS = 200
+
+
+def _short(target: str, limit: int = ACCESS_LOG_TARGET_CHARS) -> str:
+    return target if len(target) <= limit else f"{target[:limit]}...[{len(target)} characters]"
+
+
+class _ShortTargets(logging.Filter):
+    """uvicorn's access log line with the request target cut to ACCESS_LOG_TARGET_CHARS characters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (*args[:2], _short(args[2]), *args[3:])
+        return True
+
+
+def _shorten_access_log_targets() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _ShortTargets) for f in access.filters):
+        access.addFilter(_ShortTargets())
 
 
 def add_error_handlers(app: FastAPI, state: State) -> None:
@@ -180,34 +285,79 @@ def add_error_handlers(app: FastAPI, state: State) -> None:
 def server_fault(request: Request, exc: Exception) -> JSONResponse:
     """A fault of the server, not of the request: 500, and the traceback in the log."""
     request.app.state.npbert.failed += 1
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    log.error("%s %s failed", request.method, _short(request.url.path), exc_info=exc)
     return error_response(500, f"internal server error ({type(exc).__name__}); the server log has the cause")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed `limit` bytes (before reading it all)."""
+JSON_TYPES = ("application/json",)  # and any application/<something>+json
+
+
+def check_content_type(request: Request) -> None:
+    """415 unless the body is declared JSON (or not declared at all: a bare body is read as JSON), in UTF-8."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    kind, _, params = declared.partition(";")
+    kind = kind.strip().lower()
+    if kind not in JSON_TYPES and not (kind.startswith("application/") and kind.endswith("+json")):
+        raise BadRequest(415, f"Content-Type {_short(declared.strip(), 100)!r} is not JSON: send application/json")
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise BadRequest(415, f"charset {_short(value.strip(), 40)!r} is not supported: JSON is sent in UTF-8")
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refused with 415 if not declared JSON, with 413 as soon as it is known to exceed `limit`
+    bytes (before reading it all), with 408 if it has not arrived within `timeout` seconds. A client that
+    disconnects meanwhile raises starlette's ClientDisconnect."""
+    check_content_type(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BadRequest(413, f"request body is {int(declared)} bytes, over the server's limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"request body is over the server's limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BadRequest(413, f"request body is over the server's limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        request.app.state.npbert.timeouts["body"] += 1
+        raise BadRequest(408, f"request body not received within {timeout:g} s ({size} bytes came)",
+                         headers={"Connection": "close"}) from None
     return b"".join(chunks)
 
 
 async def handled(request: Request, state: State, compute, to_json=lambda data: data) -> JSONResponse:
-    """Run a route's `compute()` with the server's bookkeeping: in-flight and answered/refused counters,
-    a logged 4xx for the client's faults (BadRequest), a logged 500 for anything else."""
+    """Run a route's `compute()` with the server's bookkeeping: in-flight and the outcome counters, a
+    logged 4xx for the client's faults (BadRequest), a logged 500 for anything else, and what is neither
+    counted as what it is (see the module docstring)."""
     state.in_flight += 1
+    t0 = time.monotonic()
+    where = f"{request.method} {_short(request.url.path)}"
     try:
         data = await compute()
     except BadRequest as e:
         state.refused += 1
-        log.info("%s %s refused (%d): %s", request.method, request.url.path, e.status, e.message)
-        return error_response(e.status, e.message, e.problems)
+        log.info("%s refused (%d): %s", where, e.status, e.message)
+        return error_response(e.status, e.message, e.problems, e.headers)
+    except (ClientDisconnect, Abandoned):
+        state.aborted += 1
+        log.info("%s: the client went away after %.1f s, before its answer; its remaining work was dropped", where,
+                 time.monotonic() - t0)
+        return error_response(499, "the client closed the connection")  # sent to no one
+    except OverDeadline as e:
+        state.overdue += 1
+        log.warning("%s: %s", where, e)
+        return error_response(503, str(e), headers={"Retry-After": "10"})
+    except asyncio.CancelledError:  # uvicorn cancels what still runs when the graceful timeout ends
+        state.cut_off += 1
+        log.warning("%s: cut off by the shutdown after %.1f s (--graceful-timeout ended): answered 503", where,
+                    time.monotonic() - t0)
+        return error_response(503, "the server is shutting down; the request was not finished: retry",
+                              headers={"Connection": "close", "Retry-After": "10"})
     except Exception as e:
         return server_fault(request, e)
     finally:
@@ -216,14 +366,40 @@ async def handled(request: Request, state: State, compute, to_json=lambda data: 
     return JSONResponse(to_json(data))
 
 
+async def until_gone(request: Request, ticket: Ticket) -> None:
+    """Abandon `ticket` when the client disconnects (after the body, the next ASGI message is the
+    disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            ticket.abandon()
+            return
+        await asyncio.sleep(0.05)
+
+
+async def scheduled(request: Request, state: State, work):
+    """`work(model)` on the batcher with a ticket carrying the request timeout, abandoned when the client
+    goes away or the handler ends (a cut-off at shutdown) before the work does."""
+    ticket = Ticket(timeout=state.settings.request_timeout)
+    watcher = asyncio.ensure_future(until_gone(request, ticket))
+    try:
+        return await state.batcher.run(work, ticket)
+    finally:
+        watcher.cancel()
+        ticket.abandon()
+
+
 def _texts(result) -> str | list[str]:
     return [r["answer"] for r in result] if isinstance(result, list) else result["answer"]
 
 
 _REFUSALS = {status: {"model": ErrorResponse, "description": why} for status, why in [
-    (400, "The body is empty, not UTF-8, or not JSON."),
+    (400, "The body is empty, not UTF-8, not JSON, nested too deeply or holds a huge integer."),
+    (408, "The body did not arrive within the server's --body-timeout."),
     (413, "The body is over the server's --max-body-bytes."),
-    (422, "The JSON does not follow the schema, or a text is empty or over the server's size limits.")]}
+    (415, "The body is declared as something other than JSON in UTF-8."),
+    (422, "The JSON does not follow the schema, or a text is empty or over the server's size limits."),
+    (503, "Not answered within the server's --request-timeout, or the server is shutting down.")]}
 
 
 def add_answer_routes(app: FastAPI, state: State) -> None:
@@ -232,11 +408,18 @@ def add_answer_routes(app: FastAPI, state: State) -> None:
 
     async def answer(request: Request) -> list:
         """Parse, check, and answer through the batcher; BadRequest for the client's faults."""
-        body = await read_body(request, state.settings.limits.max_body_bytes)
-        req = parse_request(body, state.settings.limits)
+        s = state.settings
+        body = await read_body(request, s.limits.max_body_bytes, s.body_timeout)
+        req = parse_request(body, s.limits)
         questions, contexts = req.input_data.pairs()
+        params = req.parameters.pipeline_kwargs()
+
+        def work(model):
+            qa = request_pipeline(state.qa, model, state.batcher.tokenizer_lock, s.limits.max_request_windows)
+            return answer_questions(qa, questions, contexts, params)
+
         try:
-            return await state.batcher.submit(questions, contexts, req.parameters.pipeline_kwargs())
+            return await scheduled(request, state, work)
         except ValueError as e:  # the pipeline's verdict on this input (e.g. a question too long for max_seq_len)
             raise BadRequest(422, str(e)) from None
 
@@ -274,9 +457,12 @@ def add_health_routes(app: FastAPI, state: State) -> None:
             "status": "ok", "model": state.qa.model_id, "revision": state.qa.revision,
             "commit": state.qa.commit, "folder": str(state.folder), "weights_sha256": state.weights_sha256, "npbert": __version__,
             "uptime_s": round(time.time() - state.started, 3), "in_flight": state.in_flight,
-            "answered": state.answered, "refused": state.refused, "failed": state.failed,
+            "answered": state.answered, "refused": state.refused, "failed": state.failed, "aborted": state.aborted,
+            "overdue": state.overdue, "cut_off": state.cut_off, "timeouts": dict(state.timeouts),
             "batching": {"enabled": s.max_batch > 1, "max_batch": s.max_batch, "wait_ms": s.batch_wait_ms,
+                         "turn_tokens": s.turn_tokens,
                          **state.batcher.stats.as_dict()},
+            "timeouts_s": {"request": s.request_timeout, "header": s.header_timeout, "body": s.body_timeout},
             "limits": dataclasses.asdict(s.limits),
         }
 

@@ -58,8 +58,11 @@ def window_settings(qa, params: dict) -> tuple[int, int]:
 
 
 def context_span(window) -> tuple[int, int]:
-    """The characters of the context a window covers."""
+    """The characters of the context a window covers; (0, 0) when its context makes no token at all (say,
+    only NUL or zero-width characters, which the tokenizer drops)."""
     ctx = [i for i, s in enumerate(window.sequence_ids) if s == 1]
+    if not ctx:
+        return 0, 0
     return int(window.offsets[ctx[0], 0]), int(window.offsets[ctx[-1], 1])
 
 
@@ -177,6 +180,8 @@ def _query_int(request: Request, name: str) -> int | None:
     text = request.query_params.get(name)
     if text is None or text == "":
         return None
+    if len(text) > 10:  # a window or layer index; never a 4301-digit number (which int() refuses, slowly)
+        raise BadRequest(422, f"query parameter {name} has {len(text)} characters: an index has at most 10")
     try:
         return int(text)
     except ValueError:
@@ -185,7 +190,7 @@ def _query_int(request: Request, name: str) -> int | None:
 
 def add_explain_routes(app, state) -> None:
     """GET / (the page), GET /static/* (its files), POST /v1/explain (its data)."""
-    from .app import handled, read_body  # here: app.py imports this module
+    from .app import handled, read_body, request_pipeline, scheduled  # here: app.py imports this module
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -193,10 +198,11 @@ def add_explain_routes(app, state) -> None:
     async def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    def work(question, context, params, window, layer):
+    def work(model, question, context, params, window, layer):
         t0 = time.perf_counter()
+        qa = request_pipeline(state.qa, model, state.batcher.tokenizer_lock)
         try:
-            data = explain(state.qa, question, context, params, window, layer)
+            data = explain(qa, question, context, params, window, layer)
         except ValueError as e:  # the pipeline's or explain's verdict on this input
             raise BadRequest(422, str(e)) from None
         return {**data, "server_seconds": round(time.perf_counter() - t0, 4)}
@@ -210,14 +216,16 @@ def add_explain_routes(app, state) -> None:
         holds every window's tokens and offsets, the chosen window's start/end logits and probabilities, and
         its attention probabilities [layers, heads, S, S] as base64 float32."""
         async def compute():
-            body = await read_body(request, state.settings.limits.max_body_bytes)
+            body = await read_body(request, state.settings.limits.max_body_bytes, state.settings.body_timeout)
             req = parse_request(body, state.settings.limits)
             if not isinstance(req.input_data.question, str):
                 raise BadRequest(422, "input_data: /v1/explain takes one question and one context (strings), "
                                       "not lists")
             window, layer = _query_int(request, "window"), _query_int(request, "layer")
-            # On the batcher's thread, between batches: an explanation never runs beside a batch's forward.
-            return await state.batcher.run_exclusive(work, req.input_data.question, req.input_data.context,
-                                                     req.parameters.pipeline_kwargs(), window, layer)
+            # Its forwards take turns with the other requests' on the inference thread (each alone: they
+            # return attention), so a long context cannot hold the model for the whole explanation.
+            params = req.parameters.pipeline_kwargs()
+            return await scheduled(request, state, lambda model: work(model, req.input_data.question,
+                                                                      req.input_data.context, params, window, layer))
 
         return await handled(request, state, compute)

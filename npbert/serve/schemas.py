@@ -17,8 +17,11 @@ length) come from the server's settings through pydantic's validation context.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
+
+import numpy as np
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -27,9 +30,9 @@ from pydantic_core import PydanticCustomError
 class BadRequest(Exception):
     """A request the server refuses: `status` is the HTTP status (4xx), `message` names the problem."""
 
-    def __init__(self, status: int, message: str, problems: list[str] | None = None):
+    def __init__(self, status: int, message: str, problems: list[str] | None = None, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.problems = status, message, problems or [message]
+        self.status, self.message, self.problems, self.headers = status, message, problems or [message], headers
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,17 @@ class Limits:
     max_windows: int = 64  # per question: windows of max_seq_len tokens its context makes (docs/serving.md)
     max_seq_len: int = 512  # the model's position table: a longer window would index past it
     max_top_k: int = 20
+    max_request_windows: int = 64  # over all questions of a request: bounds one request's work (docs/serving.md)
+    max_target_bytes: int = 8192  # the request target (path and query): longer ones get 414
+    max_header_bytes: int = 16384  # all header names and values: more get 431
+
+
+# A request nests 3 levels ({"input_data": {"question": [...]}}); JSON nested deeper than this is refused
+# before it is decoded (Python's decoder recurses, and 1,000 levels exhaust its stack).
+MAX_JSON_DEPTH = 32
+# The largest number a request needs is a parameter such as top_k; Python refuses to convert integers of
+# more than 4300 digits at all (and converting one takes time quadratic in its length).
+MAX_INTEGER_DIGITS = 100
 
 
 # --- the request --------------------------------------------------------------------------------------
@@ -220,6 +234,33 @@ def describe(error: ValidationError) -> list[str]:
     return [f"{_where(e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)]
 
 
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in JSON `text`, brackets inside strings not counted. For any
+    text, valid JSON or not; it runs before the decoder, in C-speed passes over the text."""
+    unescaped = text.replace("\\\\", "").replace('\\"', "")  # escapes occur in strings only; \" ends none
+    outside = "".join(unescaped.split('"')[::2])  # the text between strings
+    brackets = np.frombuffer(_NOT_BRACKET.sub("", outside).encode("ascii"), dtype=np.uint8)
+    if not len(brackets):
+        return 0
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
+    return max(0, int(np.cumsum(steps).max()))
+
+
+def _parse_int(digits: str) -> int:
+    n = len(digits.lstrip("-"))
+    if n > MAX_INTEGER_DIGITS:
+        raise BadRequest(400, f"request body holds an integer of {n} digits, over the server's limit of "
+                              f"{MAX_INTEGER_DIGITS}")
+    return int(digits)
+
+
+def _no_constant(name: str):
+    raise BadRequest(400, f"request body is not valid JSON: {name} is not a JSON number")
+
+
 def parse_request(body: bytes, limits: Limits) -> ScoreRequest:
     """The request in `body`, or a BadRequest naming the first problem (400 not JSON, 422 wrong schema)."""
     if not body.strip():
@@ -229,10 +270,16 @@ def parse_request(body: bytes, limits: Limits) -> ScoreRequest:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         raise BadRequest(400, f"request body is not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start})") from None
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise BadRequest(400, f"request body nests arrays and objects {depth} levels deep, over the server's limit of "
+                              f"{MAX_JSON_DEPTH}")
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_int=_parse_int, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise BadRequest(400, f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:  # not reached below MAX_JSON_DEPTH; kept so that no body can make a 500
+        raise BadRequest(400, "request body nests arrays and objects too deeply") from None
     if not isinstance(obj, dict):
         raise BadRequest(422, f'request body must be a JSON object with an "input_data" key, got {json_type(obj)}')
     try:

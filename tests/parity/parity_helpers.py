@@ -23,13 +23,21 @@ def transformers_checkpoint(folder: Path, seed: int, cls_name: str = "DistilBert
     torch.manual_seed(seed)
     cfg = transformers.DistilBertConfig(**config, attn_implementation="eager")
     model = getattr(transformers, cls_name)(cfg).eval()
+    return _randomise_and_save(model, folder)
+
+
+def _randomise_and_save(model, folder: Path):
+    """Biases and LayerNorm parameters drawn too (transformers initialises them to 0 and 1), then
+    save_pretrained: safetensors, as transformers 4.57.6 writes it by default."""
+    import torch
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 p.normal_(0.0, 0.1)
             elif "LayerNorm" in name or "layer_norm" in name:
                 p.normal_(1.0, 0.1)
-    model.save_pretrained(folder)  # safetensors, as transformers 4.57.6 writes it by default
+    model.save_pretrained(folder)
     return Path(folder), model
 
 
@@ -44,14 +52,7 @@ def family_checkpoint(folder: Path, model_type: str, seed: int, encoder_only: bo
     cfg = transformers.AutoConfig.for_model(model_type, **config, attn_implementation="eager")
     auto = transformers.AutoModel if encoder_only else transformers.AutoModelForQuestionAnswering
     model = auto.from_config(cfg, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0.0, 0.1)
-            elif "LayerNorm" in name or "layer_norm" in name:
-                p.normal_(1.0, 0.1)
-    model.save_pretrained(folder)
-    return Path(folder), model
+    return _randomise_and_save(model, folder)
 
 
 def family_inputs(rng, lengths, config, seq_len=None):

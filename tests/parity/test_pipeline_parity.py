@@ -129,3 +129,104 @@ def test_both_reject_the_same_bad_input(tiny_pair, kwargs):
             raise
     else:
         pytest.fail(f"transformers accepted {kwargs}")
+
+
+# --- issue 14: the forms transformers answers and npbert refused (each case through both pipelines) ----------
+
+ITEMS = [{"question": q, "context": c} for q, c in zip(QUESTIONS, [SHORT, LONG[:800], "Seattle"] + UNICODE[:4])]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("kwargs", [dict(), dict(top_k=2, batch_size=3), dict(batch_size=8, handle_impossible_answer=1),
+                                    dict(top_k=3, align_to_words=0, batch_size=2, max_seq_len=48, doc_stride=12)])
+def test_streams_equal_transformers(tiny_pair, kwargs):
+    """A generator and a torch Dataset are answered lazily (an iterator back), an iterator as a list."""
+    import torch.utils.data
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(ITEMS)
+
+        def __getitem__(self, i):
+            return ITEMS[i]
+
+    mine, ref = tiny_pair
+    for make in (lambda: (x for x in ITEMS), Items):
+        got, want = mine(make(), **kwargs), ref(make(), **kwargs)
+        assert not isinstance(got, list) and not isinstance(want, list)
+        assert_parity(list(got), list(want), f"{make} {kwargs}")
+    assert_parity(mine(iter(ITEMS), **kwargs), ref(iter(ITEMS), **kwargs), str(kwargs))
+    assert_parity(next(iter(mine(X=(x for x in ITEMS), **kwargs))), next(iter(ref(X=(x for x in ITEMS), **kwargs))))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_input_forms_equal_transformers(tiny_pair):
+    mine, ref = tiny_pair
+    examples = [transformers.SquadExample(None, x["question"], x["context"], None, None, None) for x in ITEMS]
+    lists = {"question": [x["question"] for x in ITEMS[:3]], "context": [x["context"] for x in ITEMS[:3]]}
+    one = {"question": [ITEMS[1]["question"]], "context": [ITEMS[1]["context"]]}
+    cases = [((examples,), {}), ((examples[:1],), {}), ((examples[2:],), {"top_k": 2}), ((lists,), {}), ((one,), {}),
+             ((lists,), {"top_k": 2}), ((ITEMS[0],), {"question": "Who?", "context": LONG}),
+             ((ITEMS[:2],), {"question": "Who?", "context": LONG, "top_k": 2}),
+             ((), {"X": ITEMS[0], "question": "Who?", "context": LONG}),
+             ((), {"data": ITEMS[:2], "question": "Who?", "context": LONG}),
+             ((), {"X": ITEMS[1], "data": ITEMS[:2]}),
+             ((), {"question": "Who?", "context": SHORT, "handle_impossible_answer": 1, "top_k": 3}),
+             ((), {"question": "Who?", "context": SHORT, "align_to_words": 0, "top_k": 3})]
+    for args, kwargs in cases:
+        assert_parity(mine(*args, **kwargs), ref(*args, **kwargs), f"{args} {kwargs}")
+
+
+def test_construction_keywords_equal_transformers(tiny_checkpoint):
+    import torch
+
+    inputs = dict(question=[x["question"] for x in ITEMS], context=[x["context"] for x in ITEMS], top_k=2)
+    for kwargs in (dict(device="cpu"), dict(device=-1), dict(framework="pt"), dict(torch_dtype="auto"),
+                   dict(dtype=torch.float32), dict(dtype="float32"), dict(use_fast=True), dict(trust_remote_code=False),
+                   dict(model_kwargs={"attn_implementation": "eager", "low_cpu_mem_usage": True})):
+        mine = npbert.pipeline("question-answering", model=tiny_checkpoint, tokenizer=str(tiny_checkpoint), **kwargs)
+        ref = transformers.pipeline("question-answering", model=str(tiny_checkpoint), tokenizer=str(tiny_checkpoint),
+                                    **kwargs)
+        assert_parity(mine(**inputs), ref(**inputs), str(kwargs))
+
+
+@pytest.fixture(scope="module")
+def short_positions_pair(tmp_path_factory):
+    """A checkpoint whose 256 positions are fewer than the default max_seq_len (384)."""
+    import checkpoints
+
+    folder = checkpoints.write_checkpoint(tmp_path_factory.mktemp("p256"), seed=3, qa_scale=40.0,
+                                          **{**checkpoints.TINY, "max_position_embeddings": 256})
+    return npbert.pipeline("question-answering", model=folder), reference(folder)
+
+
+def test_max_seq_len_beyond_the_positions_equals_transformers(short_positions_pair):
+    mine, ref = short_positions_pair
+    for kwargs in (dict(), dict(max_seq_len=600), dict(max_seq_len=256, top_k=3), dict(max_seq_len=1000, top_k=2)):
+        for question, context in (("Who?", SHORT), ("Which river?", UNICODE[2]), ("Which river?", LONG[:1000])):
+            if len(mine.tokenizer.encode_pair(question, context, kwargs.get("max_seq_len", 384))[0]) > 256:
+                continue  # the window does not fit: below
+            assert_parity(mine(question=question, context=context, **kwargs),
+                          ref(question=question, context=context, **kwargs), f"{kwargs} {context[:20]}")
+    with pytest.raises(ValueError, match="window 0 of the context is 384 tokens long, over the model's 256 positions"):
+        mine(question="Which river?", context=LONG)
+    with pytest.raises(Exception):  # torch's index error: the window cannot run there either
+        ref(question="Which river?", context=LONG)
+
+
+def test_null_scores_are_transformers_empty_answer_scores(tiny_pair):
+    """na_probs.json's number: npbert's null_scores equal the score transformers gives the empty answer with
+    handle_impossible_answer, asked for every candidate span of every window (short ones: top_k 10**6) so that
+    the empty answer is always among its answers."""
+    mine, ref = tiny_pair
+    questions = ["Where does John live?", "Who?", "Which capital is mentioned?", "Which river was renamed?"]
+    contexts = [SHORT, "Seattle", UNICODE[0][:60], LONG[:400]]
+    kwargs = dict(max_seq_len=32, doc_stride=8)  # the last context makes several windows
+    nulls = []
+    mine(question=questions, context=contexts, null_scores=nulls, **kwargs)
+    want = ref(question=questions, context=contexts, handle_impossible_answer=True, top_k=10**6,
+               align_to_words=False, **kwargs)
+    assert len(nulls) == len(want) == 4
+    for got, answers in zip(nulls, want):
+        empty = max(a["score"] for a in answers if (a["answer"], a["start"], a["end"]) == ("", 0, 0))
+        assert got == pytest.approx(empty, rel=1e-4, abs=1e-12)
