@@ -4,12 +4,14 @@
     python tools/export_transformers_activations.py --model FOLDER --question Q --context C --out hf.safetensors
     npbert diff npbert-trace.safetensors hf.safetensors
 
-Runs transformers 4.57.6 `DistilBertForQuestionAnswering` (eager attention, eval mode) and records every
-intermediate with forward hooks on its modules. The attention scores are a local variable inside
-`MultiHeadSelfAttention.forward`, so they are taken where that code hands them to `masked_fill`
-(a TorchFunctionMode active only inside attention). `--inputs` reuses the exact input_ids and
-attention_mask of an npbert trace; `--question/--context` tokenizes with transformers' own tokenizer
-as its question-answering pipeline does (question first, only_second truncation, overflow windows).
+Runs transformers 4.57.6 `AutoModelForQuestionAnswering` (eager attention, eval mode) of any family npbert
+runs and records every intermediate with forward hooks on its modules (the module of each name, per
+family, in `_modules`). The attention scores are a local variable inside the attention's forward, so
+they are taken with a TorchFunctionMode active only inside attention: where DistilBERT hands them to
+`masked_fill`, where the other families divide them by sqrt(Dh). ALBERT's shared blocks are hooked once
+and named by their run. `--inputs` reuses the exact input_ids, attention_mask (and token_type_ids) of an
+npbert trace; `--question/--context` tokenizes with transformers' own tokenizer as its
+question-answering pipeline does (question first, only_second truncation, overflow windows).
 
 Needs the `parity` extra (transformers, torch). npbert itself never imports either.
 """
@@ -26,64 +28,113 @@ from torch.overrides import TorchFunctionMode
 
 
 class _CaptureScores(TorchFunctionMode):
-    """Inside one attention forward, keep the tensor passed to `masked_fill`: q k^T / sqrt(Dh)."""
+    """Inside one attention forward, keep q k^T / sqrt(Dh) before the mask: the tensor DistilBERT passes to
+    `masked_fill`, the result of the other families' division by sqrt(Dh)."""
 
-    def __init__(self, out: dict, name: str):
+    def __init__(self, out: dict, name: str, at_masked_fill: bool):
         super().__init__()
-        self.out, self.name = out, name
+        self.out, self.name, self.at_masked_fill = out, name, at_masked_fill
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is torch.Tensor.masked_fill and self.name not in self.out:
-            self.out[self.name] = args[0].detach().clone()
-        return func(*args, **(kwargs or {}))
+        result = func(*args, **(kwargs or {}))
+        if self.name not in self.out:
+            if self.at_masked_fill and func is torch.Tensor.masked_fill:  # DistilBERT (it scales q, not scores)
+                self.out[self.name] = args[0].detach().clone()
+            elif not self.at_masked_fill and func in (torch.Tensor.__truediv__, torch.Tensor.div, torch.div):
+                self.out[self.name] = result.detach().clone()
+        return result
+
+
+def _modules(model):
+    """(embedding modules by name, blocks [(module, {trace name: (submodule, 'in' | 'out')}, attention)])."""
+    base = getattr(model, model.base_model_prefix)
+    emb = base.embeddings
+    names = {"embeddings.word": (emb.word_embeddings, "out"), "embeddings.position": (emb.position_embeddings, "out")}
+    if hasattr(emb, "token_type_embeddings"):
+        names["embeddings.token_type"] = (emb.token_type_embeddings, "out")
+    projection = getattr(base, "embeddings_project", None) or getattr(getattr(base, "encoder", None),
+                                                                      "embedding_hidden_mapping_in", None)
+    if projection is not None:  # ELECTRA (E != D), ALBERT
+        names["embeddings.normalized"], names["embeddings"] = (emb, "out"), (projection, "out")
+    else:
+        names["embeddings"] = (emb, "out")
+    if model.config.model_type == "distilbert":
+        blocks = [(layer, {"attention.q": (layer.attention.q_lin, "out"), "attention.k": (layer.attention.k_lin, "out"),
+                           "attention.v": (layer.attention.v_lin, "out"),
+                           "attention.probs": (layer.attention.dropout, "out"),  # identity in eval: the softmax
+                           "attention.context": (layer.attention.out_lin, "in"),
+                           "attention.output": (layer.attention.out_lin, "out"),
+                           "sa_layer_norm": (layer.sa_layer_norm, "out"), "ffn.pre_activation": (layer.ffn.lin1, "out"),
+                           "ffn.activation": (layer.ffn.lin2, "in"), "ffn.output": (layer.ffn.lin2, "out"),
+                           "output_layer_norm": (layer.output_layer_norm, "out")}, layer.attention)
+                  for layer in base.transformer.layer]
+    elif model.config.model_type == "albert":
+        blocks = [(layer, {"attention.q": (layer.attention.query, "out"), "attention.k": (layer.attention.key, "out"),
+                           "attention.v": (layer.attention.value, "out"),
+                           "attention.probs": (layer.attention.attention_dropout, "out"),
+                           "attention.context": (layer.attention.dense, "in"),
+                           "attention.output": (layer.attention.dense, "out"),
+                           "sa_layer_norm": (layer.attention.LayerNorm, "out"), "ffn.pre_activation": (layer.ffn, "out"),
+                           "ffn.activation": (layer.ffn_output, "in"), "ffn.output": (layer.ffn_output, "out"),
+                           "output_layer_norm": (layer.full_layer_layer_norm, "out")}, layer.attention)
+                  for group in base.encoder.albert_layer_groups for layer in group.albert_layers]
+    else:  # bert, roberta, xlm-roberta, electra
+        blocks = [(layer, {"attention.q": (layer.attention.self.query, "out"),
+                           "attention.k": (layer.attention.self.key, "out"),
+                           "attention.v": (layer.attention.self.value, "out"),
+                           "attention.probs": (layer.attention.self.dropout, "out"),
+                           "attention.context": (layer.attention.output.dense, "in"),
+                           "attention.output": (layer.attention.output.dense, "out"),
+                           "sa_layer_norm": (layer.attention.output.LayerNorm, "out"),
+                           "ffn.pre_activation": (layer.intermediate.dense, "out"),
+                           "ffn.activation": (layer.output.dense, "in"), "ffn.output": (layer.output.dense, "out"),
+                           "output_layer_norm": (layer.output.LayerNorm, "out")}, layer.attention.self)
+                  for layer in base.encoder.layer]
+    return names, blocks
 
 
 def _register_hooks(model, out: dict) -> list:
-    def keep_output(name):
-        return lambda module, args, output: out.__setitem__(name, output.detach().clone())
-
-    def keep_input(name):
-        return lambda module, args: out.__setitem__(name, args[0].detach().clone())
-
     handles = []
 
-    def hook(module, name, on_input=False):
-        handles.append(module.register_forward_pre_hook(keep_input(name)) if on_input
-                       else module.register_forward_hook(keep_output(name)))
+    def hook(module, name, side):
+        # name: a string, or a callable giving it at call time (ALBERT's shared blocks: the current run)
+        def keep(value):
+            out[name() if callable(name) else name] = value.detach().clone()
+        if side == "in":
+            handles.append(module.register_forward_pre_hook(lambda m, args: keep(args[0])))
+        else:
+            handles.append(module.register_forward_hook(lambda m, args, output: keep(output)))
 
-    emb = model.distilbert.embeddings
-    hook(emb.word_embeddings, "embeddings.word")
-    hook(emb.position_embeddings, "embeddings.position")
-    hook(emb, "embeddings")
-    for i, layer in enumerate(model.distilbert.transformer.layer):
-        p, a = f"layer.{i}.", layer.attention
-        hook(a.q_lin, p + "attention.q")
-        hook(a.k_lin, p + "attention.k")
-        hook(a.v_lin, p + "attention.v")
-        hook(a.dropout, p + "attention.probs")  # dropout is the identity in eval mode: its output is the softmax
-        hook(a.out_lin, p + "attention.context", on_input=True)
-        hook(a.out_lin, p + "attention.output")
-        hook(layer.sa_layer_norm, p + "sa_layer_norm")
-        hook(layer.ffn.lin1, p + "ffn.pre_activation")
-        hook(layer.ffn.lin2, p + "ffn.activation", on_input=True)
-        hook(layer.ffn.lin2, p + "ffn.output")
-        hook(layer.output_layer_norm, p + "output_layer_norm")
+    embeddings, blocks = _modules(model)
+    for name, (module, side) in embeddings.items():
+        hook(module, name, side)
+    runs = {"next": 0, "current": 0}  # block runs, in forward order (ALBERT runs one block several times)
+    at_masked_fill = model.config.model_type == "distilbert"
+
+    def start_block(module, args):
+        runs["current"], runs["next"] = runs["next"], runs["next"] + 1
+
+    for block, names, attention in blocks:
+        handles.append(block.register_forward_pre_hook(start_block))
+        for name, (module, side) in names.items():
+            hook(module, lambda name=name: f"layer.{runs['current']}.{name}", side)
         mode = {}
 
-        def enter(module, args, kwargs, p=p, mode=mode):
-            mode["m"] = _CaptureScores(out, p + "attention.scores")
+        def enter(module, args, kwargs, mode=mode):
+            mode["m"] = _CaptureScores(out, f"layer.{runs['current']}.attention.scores", at_masked_fill)
             mode["m"].__enter__()
 
         def leave(module, args, output, mode=mode):
             mode.pop("m").__exit__(None, None, None)
 
-        handles.append(a.register_forward_pre_hook(enter, with_kwargs=True))
-        handles.append(a.register_forward_hook(leave))
-    hook(model.qa_outputs, "logits")
+        handles.append(attention.register_forward_pre_hook(enter, with_kwargs=True))
+        handles.append(attention.register_forward_hook(leave))
+    hook(model.qa_outputs, "logits", "out")
     return handles
 
 
-def export(model_folder: str | Path, input_ids, attention_mask, dtype: str = "float32") -> dict[str, np.ndarray]:
+def export(model_folder: str | Path, input_ids, attention_mask, dtype: str = "float32",
+           token_type_ids=None) -> dict[str, np.ndarray]:
     """transformers' activations for these inputs, named as npbert.trace names them."""
     from transformers import AutoModelForQuestionAnswering
 
@@ -93,25 +144,32 @@ def export(model_folder: str | Path, input_ids, attention_mask, dtype: str = "fl
     handles = _register_hooks(model, out)
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
     mask = torch.as_tensor(np.asarray(attention_mask), dtype=torch.long)
+    extra = {}
+    if token_type_ids is not None:
+        extra["token_type_ids"] = torch.as_tensor(np.asarray(token_type_ids), dtype=torch.long)
     try:
         with torch.no_grad():
-            result = model(input_ids=ids, attention_mask=mask)
+            result = model(input_ids=ids, attention_mask=mask, **extra)
     finally:
         for h in handles:
             h.remove()
     out["start_logits"], out["end_logits"] = result.start_logits, result.end_logits
-    tensors = {"input_ids": ids, "attention_mask": mask, **out}
+    if "embeddings.token_type" in out and not extra:  # transformers' default: every token of type 0
+        extra["token_type_ids"] = torch.zeros_like(ids)
+    tensors = {"input_ids": ids, "attention_mask": mask, **extra, **out}
     return {k: np.ascontiguousarray(v.numpy()) for k, v in tensors.items()}
 
 
 def encode(model_folder, question: str, context: str, max_seq_len: int = 384, doc_stride: int = 128):
-    """transformers' pipeline encoding: all overflow windows, padded to the longest."""
+    """transformers' pipeline encoding: all overflow windows, padded to the longest (input_ids,
+    attention_mask, and token_type_ids where the tokenizer's model_input_names has them, else None)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_folder))
     enc = tok(question, context, truncation="only_second", max_length=min(max_seq_len, tok.model_max_length),
               stride=doc_stride, return_overflowing_tokens=True, padding="longest", return_tensors="np")
-    return enc["input_ids"], enc["attention_mask"]
+    types = enc["token_type_ids"] if "token_type_ids" in tok.model_input_names else None
+    return enc["input_ids"], enc["attention_mask"], types
 
 
 def main(argv=None) -> int:
@@ -129,12 +187,12 @@ def main(argv=None) -> int:
         from safetensors.numpy import load_file
 
         given = load_file(args.inputs)
-        ids, mask = given["input_ids"], given["attention_mask"]
+        ids, mask, types = given["input_ids"], given["attention_mask"], given.get("token_type_ids")
     elif args.question and args.context:
-        ids, mask = encode(args.model, args.question, args.context, args.max_seq_len, args.doc_stride)
+        ids, mask, types = encode(args.model, args.question, args.context, args.max_seq_len, args.doc_stride)
     else:
         ap.error("give --inputs TRACE, or --question and --context")
-    tensors = export(args.model, ids, mask, args.dtype)
+    tensors = export(args.model, ids, mask, args.dtype, types)
     from safetensors.numpy import save_file
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

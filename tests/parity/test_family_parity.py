@@ -11,6 +11,7 @@ A failure prints the llm.c-style table of max |diff| per tensor, pointing at the
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ import npbert
 from parity_helpers import assert_close, compare, family_checkpoint, family_inputs, transformers_outputs
 
 pytest.importorskip("transformers", reason="transformers (the parity extra) is not installed")
+ROOT = Path(__file__).resolve().parents[2]
 
 COMMON = dict(initializer_range=0.2, max_position_embeddings=40)
 # (model_type, config): tiny shapes chosen so that every family difference is exercised.
@@ -133,6 +135,32 @@ def test_tiny_family_trace_equals_forward(tiny_family):
     last = len(out.attentions) - 1
     np.testing.assert_allclose(t[f"layer.{last}.output_layer_norm"], out.hidden_states[-1], rtol=0, atol=1e-12)
     np.testing.assert_allclose(t["start_logits"], out.start_logits, rtol=0, atol=1e-12)
+
+
+def test_trace_equals_transformers_activations_by_name(tiny_family):
+    # tools/export_transformers_activations.py hooks every family's modules under npbert's trace names.
+    import importlib.util
+
+    from npbert import trace as T
+
+    spec = importlib.util.spec_from_file_location("export", ROOT / "tools" / "export_transformers_activations.py")
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    folder, torch_model = tiny_family
+    inputs = family_inputs(np.random.default_rng(4), [13, 6], torch_model.config)
+    ours = npbert.AutoModelForQuestionAnswering.from_pretrained(folder).trace(**inputs)
+    theirs = export.export(folder, inputs["input_ids"], inputs["attention_mask"], "float32",
+                           inputs.get("token_type_ids"))
+    assert list(ours) == [n for n in T.names(len(npbert.AutoModelForQuestionAnswering.from_pretrained(folder)
+                                                  .encoder_weights.transformer.layer), True,
+                                             "token_type_ids" in ours, "embeddings.normalized" in ours)]
+    assert set(ours) == set(theirs), set(ours) ^ set(theirs)
+    keep = inputs["attention_mask"].astype(bool)
+    # padded rows hold different values on each side (nothing reads them): compare the unpadded rows
+    unpadded = {n: (a[keep] if a.ndim >= 2 and a.shape[:2] == keep.shape else a) for n, a in ours.items()}
+    report = T.diff(unpadded, {n: (b[keep] if b.ndim >= 2 and b.shape[:2] == keep.shape else b)
+                               for n, b in theirs.items()}, tol=1e-5)
+    assert report.first_divergence is None, report.first_divergence
 
 
 def test_family_classes_and_auto_dispatch(tiny_family):
