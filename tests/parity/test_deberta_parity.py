@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import npbert
 from parity_helpers import assert_close, compare, family_checkpoint, family_inputs
 from test_family_parity import _run, _theirs
+from test_family_parity import test_trace_equals_transformers_activations_by_name as _trace_against_export
 
 torch = pytest.importorskip("torch", reason="torch (the parity extra) is not installed")
 pytest.importorskip("transformers", reason="transformers (the parity extra) is not installed")
@@ -117,6 +118,12 @@ def test_tiny_deberta_trace_terms_add_up_to_the_forward(tiny_deberta):
     np.testing.assert_allclose(t["start_logits"], out.start_logits, rtol=0, atol=1e-12)
     assert ("embeddings.position" in t) == config.position_biased_input
     assert ("rel_embeddings" in t) == config.relative_attention
+
+
+def test_tiny_deberta_trace_equals_transformers_activations(tiny_deberta):
+    # tools/export_transformers_activations.py takes c2c, c2p, p2c inside transformers' attention: every
+    # term of every setting, name by name.
+    _trace_against_export(tiny_deberta)
 
 
 def test_encoder_only_deberta(tmp_path):

@@ -148,12 +148,16 @@ def test_trace_equals_transformers_activations_by_name(tiny_family):
     spec.loader.exec_module(export)
     folder, torch_model = tiny_family
     inputs = family_inputs(np.random.default_rng(4), [13, 6], torch_model.config)
-    ours = npbert.AutoModelForQuestionAnswering.from_pretrained(folder).trace(**inputs)
+    model = npbert.AutoModelForQuestionAnswering.from_pretrained(folder)
+    ours = model.trace(**inputs)
     theirs = export.export(folder, inputs["input_ids"], inputs["attention_mask"], "float32",
                            inputs.get("token_type_ids"))
-    assert list(ours) == [n for n in T.names(len(npbert.AutoModelForQuestionAnswering.from_pretrained(folder)
-                                                  .encoder_weights.transformer.layer), True,
-                                             "token_type_ids" in ours, "embeddings.normalized" in ours)]
+    c = model.config  # DeBERTa: no absolute positions (v3), the score terms, the relative-position table
+    terms = ("c2c", *(t for t in ("c2p", "p2c") if c.relative_attention and t in c.pos_att_type))
+    assert list(ours) == T.names(len(model.encoder_weights.transformer.layer), True, "token_type_ids" in ours,
+                                 "embeddings.normalized" in ours, c.position_biased_input,
+                                 terms if c.disentangled_attention else (),
+                                 c.disentangled_attention and c.relative_attention)
     assert set(ours) == set(theirs), set(ours) ^ set(theirs)
     keep = inputs["attention_mask"].astype(bool)
     # padded rows hold different values on each side (nothing reads them): compare the unpadded rows
