@@ -108,9 +108,9 @@ def _tokenizer_check(folder: Path, config: Config) -> dict:
     name = "tokenizer fits the embedding table"
     try:
         tokenizer = _load_tokenizer(folder, config)
-    except (ValueError, OSError) as e:
-        return _check(name, False, f"the tokenizer does not load: {e}")
-    n = tokenizer.backend.get_vocab_size()
+    except (ValueError, OSError, ImportError) as e:  # ImportError: a SentencePiece model without the extra
+        return _check(name, False, f"the tokenizer does not load as npbert ask would load it: {e}")
+    n = tokenizer.backend.get_vocab_size(with_added_tokens=True)
     return _check(name, n <= config.vocab_size, f"{n} tokens, vocab_size {config.vocab_size}")
 
 
@@ -123,7 +123,7 @@ def sample_input(folder: Path, config: Config) -> tuple[dict, str]:
         tokenizer = _load_tokenizer(folder, config)
         windows = tokenizer.encode_pair(SAMPLE_QUESTION, SAMPLE_CONTEXT, max_length=config.max_sequence_length)
         return model_inputs(windows[:1], tokenizer), f"question {SAMPLE_QUESTION!r}, context {SAMPLE_CONTEXT!r}"
-    except (ValueError, OSError):
+    except (ValueError, OSError, ImportError):
         pass
     ids = np.random.default_rng(0).integers(0, config.vocab_size, size=(1, min(32, config.max_sequence_length)))
     return {"input_ids": ids}, "32 pseudo-random ids (seed 0): no usable tokenizer in the folder"
@@ -159,6 +159,12 @@ def audit(path_or_repo_id: str | Path, revision: str | None = None) -> dict:
         raise W.WeightsError(f"{weights_path}: weights file not found")
     rows, values = _tensors(weights_path)
     checks, loadable, kind = _checks(folder, config, rows, values)
+    # A folder whose config.json names a question-answering class must hold its head: `npbert ask` needs it.
+    architectures = _architectures(config_path)
+    if any(a.endswith("ForQuestionAnswering") for a in architectures):
+        checks.append(_check("question-answering head present", kind == "qa",
+                                f"config.json names {', '.join(architectures)}; qa_outputs "
+                                + ("found" if kind == "qa" else "is missing: npbert ask and the pipeline refuse it")))
     stored = {r["name"]: r for r in rows}
     used = [n for n in stored if n not in W.unused_keys(config)]
     report = {
@@ -166,6 +172,9 @@ def audit(path_or_repo_id: str | Path, revision: str | None = None) -> dict:
         "model": str(path_or_repo_id),
         "folder": str(folder),
         "kind": "question answering" if kind == "qa" else "encoder",
+        # The npbert classes that load the folder (the pipeline, `ask`, `eval`, `serve` need a QA one).
+        "loads_as": (["AutoModelForQuestionAnswering", _family_class(config), "AutoModel"] if kind == "qa"
+                     else ["AutoModel"]),
         "files": _files(folder),
         "config": asdict(config),
         "tensors": rows,
@@ -185,10 +194,24 @@ def audit(path_or_repo_id: str | Path, revision: str | None = None) -> dict:
     return report
 
 
+def _architectures(config_path: Path) -> list[str]:
+    import json
+
+    names = json.loads(config_path.read_text(encoding="utf-8")).get("architectures") or []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def _family_class(config: Config) -> str:
+    from .model import AutoModelForQuestionAnswering
+
+    return next(c.__name__ for c in AutoModelForQuestionAnswering.__subclasses__() if c.model_type == config.model_type)
+
+
 def format_text(report: dict) -> str:
     """A terminal rendering of `audit`'s report (the JSON has every field)."""
     lines = [f"npbert {report['npbert_version']} audit of {report['model']} ({report['kind']})",
-             f"folder: {report['folder']}", "", "files:"]
+             f"folder: {report['folder']}", f"loads as: {', '.join(report['loads_as'])}" if report["ok"] else
+             "loads as: nothing until the failed checks below are fixed", "", "files:"]
     lines += [f"  {f['sha256']}  {f['bytes']:>12,d}  {f['name']}" for f in report["files"]]
     lines += ["", "config:"] + [f"  {k} = {v}" for k, v in report["config"].items()]
     w = max((len(t["name"]) for t in report["tensors"]), default=4)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .families import ACTIVATIONS, FAMILIES, Family
+from .files import regular_file_problem
 
 
 class ConfigError(ValueError):
@@ -142,11 +143,16 @@ class Config:
     @classmethod
     def from_file(cls, path: str | Path) -> "Config":
         path = Path(path)
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise ConfigError(f"{path}: config.json not found")
+        problem = regular_file_problem(path, "config.json")
+        if problem:
+            raise ConfigError(f"{path}: {problem}")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid JSON (nested too deeply to read)") from None
+        except (ValueError, UnicodeDecodeError) as e:  # ValueError: bad JSON, or an integer over 4300 digits
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(d, source=str(path))
 

@@ -15,58 +15,16 @@ are serial and release the GIL; `_split_over_threads` spreads them over the core
 from __future__ import annotations
 
 import concurrent.futures
-import functools
+import math
 import os
-import sys
+from typing import Callable, NamedTuple
 
-# Two kinds of threads share the cores: OpenBLAS's (the GEMMs) and the kernels' workers (below), and they
-# alternate every few milliseconds. By default OpenBLAS's idle workers spin-wait for ~2^28 cycles,
-# stealing the core the kernels are about to use: on 2 cores attention right after a GEMM took 2x as long
-# (9.3 vs 4.5 ms a layer). Idle workers that sleep at once cost a futex wake-up (~50 us) per switch
-# instead. setdefault: a user's own setting wins. OpenBLAS reads its variable when numpy is first imported.
-_blas_timeout_was_set = "OPENBLAS_THREAD_TIMEOUT" in os.environ
-_numpy_came_first = "numpy" in sys.modules
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+from . import threads  # noqa: I001  before numpy: it sets OpenBLAS's thread timeout (threads.py says why)
 
-import math  # noqa: E402
-from typing import Callable, NamedTuple  # noqa: E402
+import numba
+import numpy as np
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-
-from . import deberta  # noqa: E402
-
-
-@functools.cache  # found once: the import-time timeout re-read and the first forward's thread setter share it
-def _openblas():  # numpy's bundled OpenBLAS (scipy-openblas), or None (MKL, Accelerate, a system BLAS)
-    import ctypes
-    import glob
-
-    for lib in glob.glob(os.path.join(os.path.dirname(np.__path__[0]), "numpy.libs", "*openblas*")):
-        return ctypes.CDLL(lib)
-    return None
-
-
-def _reread_blas_timeout() -> bool:
-    # numpy was imported before npbert (the usual order in a user's program), so OpenBLAS started its
-    # threads with the spinning default. Make it read the environment again and stop its idle threads:
-    # the next threaded call restarts them with the timeout above. Both are exported OpenBLAS functions
-    # (its fork handler uses the second); skipped if this OpenBLAS lacks them. Only while this is the
-    # process's one Python thread: stopping OpenBLAS's threads under a product another thread is running
-    # would break that product. Otherwise export OPENBLAS_THREAD_TIMEOUT=4 yourself (docs/performance.md).
-    import threading
-
-    dll = _openblas()
-    if (dll is None or not hasattr(dll, "openblas_read_env") or not hasattr(dll, "blas_thread_shutdown_")
-            or threading.active_count() > 1):
-        return False
-    dll.openblas_read_env()
-    dll.blas_thread_shutdown_()
-    return True
-
-
-# True when importing npbert made OpenBLAS restart its threads with the timeout above.
-blas_timeout_reread = _numpy_came_first and not _blas_timeout_was_set and _reread_blas_timeout()
+from . import deberta
 
 # Below these sizes a kernel runs on the calling thread alone: handing half the work to another thread
 # costs ~0.1 ms here (far more on a busy machine), more than the half it takes over. Measured on 2 cores:
@@ -77,67 +35,13 @@ _GELU_SERIAL_BELOW = 1 << 18  # N * F
 _LAYERNORM_SERIAL_BELOW = 1 << 19  # N * D
 
 
-# OpenBLAS's thread count is set per forward through its C API (numpy exposes no such setting) when
-# numpy's OpenBLAS is found, and left alone otherwise (MKL, Accelerate). On a quiet machine OpenBLAS keeps
-# its default (all cores): even at a few rows two threads win (B=1 S=16: 27 ms against 48 ms on one).
-# On a busy machine one thread: see _machine_is_busy. $NPBERT_BLAS_THREADS fixes the count instead.
-
-
-def _openblas_set_num_threads():
-    dll = _openblas()
-    if dll is None:
-        return None, None
-    for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-        if hasattr(dll, name):
-            getter = getattr(dll, name.replace("set_", "get_"), None)
-            return getattr(dll, name), (getter() if getter else os.cpu_count())
-    return None, None
-
-
-_blas_setter, _blas_default_threads = None, None
-
-
-def _machine_is_busy():
-    # Other processes already want the cores: the 1-minute load average exceeds one runnable thread per
-    # core. There, a second OpenBLAS thread waits for a time slice at every hand-off: B=1 S=384 took 5.3 s
-    # on 2 threads, 1.8 s on one (load ~12); S=128 1256 vs 172 ms even at load ~3 on 2 cores.
-    try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1)
-    except OSError:  # no load average on this platform
-        return False
-
-
-def _threads_from_environment():
-    value = os.environ.get("NPBERT_BLAS_THREADS", "").strip()
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"NPBERT_BLAS_THREADS must be a whole number >= 1, found {value!r}")
-    return int(value)
-
-
-def blas_threads() -> int:
-    """Set OpenBLAS's thread count for the coming forward and return it: $NPBERT_BLAS_THREADS if set, else
-    one on a busy machine, else OpenBLAS's default."""
-    global _blas_setter, _blas_default_threads, _blas_threads_now
-    if _blas_default_threads is None:
-        _blas_setter, _blas_default_threads = _openblas_set_num_threads()
-        _blas_default_threads = _blas_default_threads or os.cpu_count() or 1
-    threads = _threads_from_environment() or (1 if _machine_is_busy() else _blas_default_threads)
-    if _blas_setter is not None:
-        _blas_setter(threads)
-    _blas_threads_now = threads
-    return threads
-
-
-# The kernels' own threads: Python threads, one per OpenBLAS thread the forward was given, each running a
-# serial nogil kernel on its share of the rows (GELU, LayerNorm) or of the heads (attention, with OpenBLAS
-# set to one thread meanwhile, so a head's [S, S] products run whole on its thread and its scores stay in
-# that core's cache: 4.7-5.0 ms a layer at S = 384 against 8.5 ms on one thread). Not numba's parallel
-# pool: its OpenMP workers share libgomp with any PyTorch in the process, whose spin-waiting they then
-# inherit (B=1 S=128 took 181 ms beside PyTorch on the OpenMP pool, 111 ms without it), and numba's
+# The kernels' own threads: Python threads, as many as the model call gave OpenBLAS (threads.current()),
+# each running a serial nogil kernel on its share of the rows (GELU, LayerNorm) or of the heads (attention,
+# with OpenBLAS set to one thread meanwhile, so a head's [S, S] products run whole on its thread and its
+# scores stay in that core's cache: 4.7-5.0 ms a layer at S = 384 against 8.5 ms on one thread). Not numba's
+# parallel pool: its OpenMP workers share libgomp with any PyTorch in the process, whose spin-waiting they
+# then inherit (B=1 S=128 took 181 ms beside PyTorch on the OpenMP pool, 111 ms without it), and numba's
 # other pools are not safe to call from several threads at once. Idle workers here block, never spin.
-_blas_threads_now = 1
 _pool, _pool_workers = None, 0
 
 
@@ -153,24 +57,23 @@ if hasattr(os, "register_at_fork"):
 
 def _split_over_threads(work, tasks, worth_splitting):
     """Run work(chunk) over contiguous chunks of `tasks` (a list or range), one chunk per OpenBLAS thread
-    the forward was given, the first on the calling thread; serially when not worth splitting or when
-    OpenBLAS's thread count cannot be set (its threads would then compete with these)."""
+    the model call was given (threads.current()), the first on the calling thread; serially when not worth
+    splitting or when OpenBLAS's thread count cannot be set (its threads would then compete with these)."""
     global _pool, _pool_workers
-    n = min(_blas_threads_now, len(tasks)) if _blas_setter is not None and worth_splitting else 1
+    n = min(threads.current(), len(tasks)) if threads.controllable() and worth_splitting else 1
     if n == 1:
         return work(tasks)
     if _pool_workers < n - 1:
         _pool, _pool_workers = concurrent.futures.ThreadPoolExecutor(n - 1, thread_name_prefix="npbert"), n - 1
     chunks = [tasks[i * len(tasks) // n:(i + 1) * len(tasks) // n] for i in range(n)]
-    _blas_setter(1)
     futures = []
-    try:
-        futures = [_pool.submit(work, chunk) for chunk in chunks[1:]]
-        work(chunks[0])
-    finally:
-        # Every chunk has finished (or failed) before this returns or raises: none still writes the output.
-        concurrent.futures.wait(futures)
-        _blas_setter(_blas_threads_now)
+    with threads.single_blas_thread():
+        try:
+            futures = [_pool.submit(work, chunk) for chunk in chunks[1:]]
+            work(chunks[0])
+        finally:
+            # Every chunk has finished (or failed) before this returns or raises: none still writes the output.
+            concurrent.futures.wait(futures)
     for f in futures:
         f.result()  # a worker's exception, raised here
 

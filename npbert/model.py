@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-# kernels first: it sets the thread pools' wait policy, which OpenBLAS reads when numpy is first imported.
-from .kernels import blas_threads, select as select_kernels  # noqa: I001
+# threads first: it sets OpenBLAS's thread timeout, which OpenBLAS reads when numpy is first imported.
+from . import threads  # noqa: I001
+from .kernels import select as select_kernels
 
 import numpy as np
 
@@ -186,7 +187,6 @@ def transformer_block(x, keep, layer, n_heads, ops, bias_activation, eps, return
 
 def encoder(input_ids, token_type_ids, keep, w, config, ops, output_hidden_states=False, output_attentions=False):
     # [B, S] -> [B, S, D], hidden states (embeddings + each layer), attentions (each block run)
-    blas_threads()  # one OpenBLAS thread on a busy machine (kernels.py says why)
     bias_activation = ops.bias_activation(ACTIVATIONS[config.activation])
     relative = None
     if config.disentangled_attention:  # DeBERTa
@@ -278,9 +278,12 @@ class _Pretrained:
     _with_qa_head = True
     model_type: str | None = None  # a family-specific class loads that family only; None: any (Auto*)
 
-    def __init__(self, config: Config, weights, dtype=np.float32, kernels: str | None = None, source: str = ""):
+    def __init__(self, config: Config, weights, dtype=np.float32, kernels: str | None = None, source: str = "",
+                 weights_file: Path | None = None):
         self.config = config
-        self.weights = W.relayout_for_speed(weights)  # fused qkv per layer; idempotent
+        # fused qkv per layer, column-major linears; idempotent. With the file the weights came from, the
+        # re-laid matrices are a memory-mapped cache file every process shares (relaid_cache.py).
+        self.weights = W.relayout_for_speed(weights, weights_file)
         self.dtype = np.dtype(dtype)
         self.ops = select_kernels(kernels)
         if config.disentangled_attention and config.relative_attention:  # DeBERTa: input-independent tables
@@ -303,12 +306,15 @@ class _Pretrained:
             raise ValueError(f"{folder}: model_type is {config.model_type!r}, not {cls.model_type!r}: load it with "
                              f"npbert.{auto}")
         tree = W.load(folder, config, dtype, with_qa_head=cls._with_qa_head)
-        return cls(config, tree, dtype, kernels, source=str(path_or_repo_id))
+        return cls(config, tree, dtype, kernels, source=str(path_or_repo_id), weights_file=folder / "model.safetensors")
 
     @property
     def encoder_weights(self):
         return self.weights.encoder if self._with_qa_head else self.weights
 
+    # The thread policy (threads.py) is applied once per model call, in __call__, scoped and restored: not
+    # at load (the machine's load changes over a server's life), not inside the forward (a pure function of
+    # its inputs that sets no process-wide state), and around the QA head too (it is a GEMM as well).
     def _encode(self, input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions):
         ids, keep, types = prepare_inputs(input_ids, attention_mask, self.config, token_type_ids)
         return encoder(ids, types, keep, self.encoder_weights, self.config, self.ops, output_hidden_states,
@@ -328,8 +334,9 @@ class AutoModel(_Pretrained):
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,
                  output_attentions=False):
-        return BaseModelOutput(*self._encode(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                                             output_attentions))
+        with threads.for_model_call():
+            return BaseModelOutput(*self._encode(input_ids, attention_mask, token_type_ids, output_hidden_states,
+                                                 output_attentions))
 
 
 class AutoModelForQuestionAnswering(_Pretrained):
@@ -337,9 +344,10 @@ class AutoModelForQuestionAnswering(_Pretrained):
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,
                  output_attentions=False):
-        x, hidden_states, attentions = self._encode(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                                                    output_attentions)
-        start_logits, end_logits = qa_head(x, self.weights.qa_outputs)
+        with threads.for_model_call():
+            x, hidden_states, attentions = self._encode(input_ids, attention_mask, token_type_ids,
+                                                        output_hidden_states, output_attentions)
+            start_logits, end_logits = qa_head(x, self.weights.qa_outputs)
         return QuestionAnsweringModelOutput(start_logits, end_logits, hidden_states, attentions)
 
 

@@ -58,6 +58,10 @@ def pipeline(task: str = TASK, model: str | Path = hub.DEFAULT_MODEL, revision: 
         tokenizer = Tokenizer.from_folder(folder, qa_model.config.model_type)
     elif not isinstance(tokenizer, Tokenizer):
         tokenizer = Tokenizer.from_pretrained(tokenizer, local_files_only=local_files_only)
+    tokens, rows = tokenizer.backend.get_vocab_size(with_added_tokens=True), qa_model.config.vocab_size
+    if tokens > rows:  # else the first token id past the table fails a call, long after loading
+        raise ValueError(f"{folder}: the tokenizer has {tokens} tokens but the model's embedding table has {rows} "
+                         "rows (vocab_size in config.json): the tokenizer and the config do not belong together")
     return QuestionAnsweringPipeline(qa_model, tokenizer, model_id=str(model), revision=revision, folder=folder,
                                      batch_size=batch_size, **params)
 

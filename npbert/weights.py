@@ -15,6 +15,7 @@ with no copy. Pickled checkpoints (`pytorch_model.bin`) are never opened: unpick
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .config import Config
+from .files import regular_file_problem
 
 
 class WeightsError(ValueError):
@@ -191,7 +193,11 @@ def unused_keys(config: Config) -> frozenset:
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
-_MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+# Bounds checked before any work: the safetensors library allows a 100 MB header, but a real checkpoint's
+# is tens of KB (BERT-large: ~400 tensors, 40 KB). A hostile 55 MB header of a million empty tensors took a
+# minute and 1.2 GB before these bounds.
+_MAX_HEADER_BYTES = 16 * 2**20
+_MAX_TENSORS = 50_000
 
 
 class TensorInfo(NamedTuple):
@@ -209,18 +215,26 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
         if len(prefix) < 8:
             raise WeightsError(f"{path}: truncated: {size} bytes, too short for a safetensors header")
         (n,) = struct.unpack("<Q", prefix)
-        if n > min(_MAX_HEADER_BYTES, size - 8):
+        if n > size - 8:
             raise WeightsError(
                 f"{path}: bad header: header length {n} but the file has {size - 8} bytes after it "
                 "(truncated, or not a safetensors file)"
             )
+        if n > _MAX_HEADER_BYTES:
+            raise WeightsError(f"{path}: bad header: {n} bytes of header, over npbert's limit of "
+                               f"{_MAX_HEADER_BYTES} (a real checkpoint's is tens of KB)")
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise WeightsError(f"{path}: bad header: JSON nested too deeply to read; corrupt or not a safetensors "
+                           "file") from None
+    except (UnicodeDecodeError, ValueError) as e:  # ValueError: bad JSON, or an integer over 4300 digits
         raise WeightsError(f"{path}: bad header: not valid JSON ({e}); corrupt or not a safetensors file") from None
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: bad header: expected a JSON object, found {type(header).__name__}")
+    if len(header) > _MAX_TENSORS:
+        raise WeightsError(f"{path}: bad header: {len(header)} entries, over npbert's limit of {_MAX_TENSORS} tensors")
     metadata = header.pop("__metadata__", None) or {}
     data_start, data_size = 8 + n, size - 8 - n
     tensors, spans = {}, []
@@ -235,7 +249,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
         ints = (*shape, begin, end)
         if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in ints) or begin > end:
             raise WeightsError(f"{path}: bad header: tensor {name} has shape {list(shape)}, offsets {[begin, end]}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
+        nbytes = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize  # Python ints: no overflow at 2**64
         if end - begin != nbytes:
             raise WeightsError(
                 f"{path}: bad header: tensor {name} ({dtype} {list(shape)}) needs {nbytes} bytes, "
@@ -252,6 +266,13 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
     for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
         if begin_b < end_a:
             raise WeightsError(f"{path}: bad header: tensors {a} and {b} overlap")
+        if begin_b > end_a:
+            raise WeightsError(f"{path}: bad header: {begin_b - end_a} bytes between tensors {a} and {b} belong to "
+                               "no tensor (the safetensors format has no gaps)")
+    covered = spans[-1][1] if spans else 0
+    if covered != data_size:  # the safetensors library refuses these too ("not fully covered")
+        raise WeightsError(f"{path}: {data_size - covered} bytes after the last tensor belong to no tensor (trailing "
+                           "data: a corrupt or altered file)")
     return tensors, metadata, data_start
 
 
@@ -291,8 +312,9 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.floa
     combination (float16 or bfloat16 upcast, float64 audit mode) is converted once here.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
+    problem = regular_file_problem(path, "weights file")
+    if problem:
+        raise WeightsError(f"{path}: {problem}")
     tensors, _, data_start = read_header(path)
     renames = legacy_renames(tensors)
     tensors = {renames.get(name, name): info for name, info in tensors.items()}
@@ -320,6 +342,13 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.floa
         if not raw.flags.aligned:  # safetensors does not promise alignment; numba and BLAS want it
             raw = raw.copy()
         out[name] = as_float(raw, info.dtype, np.dtype(dtype))
+        # A NaN or infinity in any weight turns every logit it reaches into NaN, and the pipeline then
+        # "answers" with an empty span: refuse the file instead (one pass over the data, ~0.1 s at full size).
+        finite = np.isfinite(out[name])
+        if not finite.all():
+            first = np.unravel_index(int(np.argmin(finite)), finite.shape)
+            raise WeightsError(f"{path}: tensor {name} holds {int(finite.size - finite.sum())} NaN or infinite "
+                               f"value(s), the first at {list(map(int, first))}: a corrupt or diverged checkpoint")
     return out
 
 
@@ -379,7 +408,7 @@ def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = Tr
                 "installed: python -c \"from transformers import AutoModelForQuestionAnswering as M; "
                 f"M.from_pretrained({str(folder)!r}).save_pretrained({str(folder)!r}, safe_serialization=True)\""
             )
-        raise WeightsError(f"{path}: weights file not found")
+        raise WeightsError(f"{path}: {regular_file_problem(path, 'weights file') or 'weights file not found'}")
     keys = canonical_keys(config, with_qa_head)
     ignorable = unused_keys(config)
     # Encoder-only checkpoints (BertModel.save_pretrained, ...) store their keys without the family prefix.
@@ -394,6 +423,9 @@ def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = Tr
         keys = {name: key.removeprefix(prefix) for name, key in keys.items()}
     elif not with_qa_head:
         ignorable |= QA_HEAD_KEYS
+    elif not QA_HEAD_KEYS & stored:
+        raise WeightsError(f"{path}: no question-answering head (qa_outputs.weight, qa_outputs.bias): an encoder "
+                           "checkpoint; load it with npbert.AutoModel, or use a question-answering checkpoint")
     by_key = load_tensors(path, {key: _canonical_shape(name, config) for name, key in keys.items()}, dtype, ignorable)
     return build_tree({name: by_key[key] for name, key in keys.items()}, config, with_qa_head)
 
@@ -420,7 +452,7 @@ class FusedAttention(NamedTuple):
     qkv: Linear  # [3D, D], rows q then k then v
 
 
-def relayout_for_speed(tree):
+def relayout_for_speed(tree, weights_file: Path | None = None):
     """The weight tree re-laid out for the forward's speed, done once at load time.
 
     - Each layer's attention gets `qkv`, its q, k, v matrices stacked into one [3D, D] matrix, so the
@@ -432,37 +464,76 @@ def relayout_for_speed(tree):
       at few rows: a layer's four GEMMs at 16 rows took 3.6 ms against 4.5 ms on 2 threads, at 64 rows
       6.1 against 7.9 ms (docs/performance.md).
 
-    The copies replace the memory-mapped matrices: each original's pages are released from the process
-    as soon as it is copied, so peak RSS counts the layer weights once. Embeddings stay mapped (a forward
-    reads only the rows it uses). Idempotent: an already re-laid-out tree comes back as is."""
+    With `weights_file` (the safetensors file the tree was read from) the re-laid matrices are read-only
+    views of a memory-mapped cache file that every process loading the same weights shares
+    (relaid_cache.py: keyed by the file's sha256, written once, atomically); without it, or when the
+    cache folder cannot be used, they are this process's private copies. Either way the memory-mapped
+    originals' pages are released once copied, so RSS counts the layer weights once. Embeddings stay
+    mapped (a forward reads only the rows it uses). Idempotent: an already re-laid-out tree comes back
+    as is."""
+    if weights_file is not None:
+        from . import relaid_cache
+
+        planned, dtypes = [], set()  # a dry run: the shapes the re-layout will store, in order
+
+        def plan(linears):
+            planned.append((linears[0].weight.shape[1], sum(lin.weight.shape[0] for lin in linears)))
+            dtypes.add(linears[0].weight.dtype)
+            return np.empty(planned[-1], linears[0].weight.dtype)  # never written: touches no page
+
+        _relaid_tree(tree, plan)
+        if planned and len(dtypes) == 1:
+            def produce(write):  # the private copies, each written to the cache file and dropped at once
+                def write_and_drop(linears):
+                    weight_t = _column_major_copy(linears)
+                    write(weight_t)
+                    return np.empty(weight_t.shape, weight_t.dtype)
+
+                _relaid_tree(tree, write_and_drop)
+
+            mapped = relaid_cache.shared_matrices(weights_file, dtypes.pop(), planned, produce)
+            if mapped is not None:
+                views = iter(mapped)
+                return _relaid_tree(tree, lambda linears: next(views))
+    return _relaid_tree(tree, _column_major_copy)
+
+
+def _release_mapped_pages(x):
+    # Drop the (now copied) pages of the file mapping from this process. They stay in the page cache
+    # and would fault back in if read. Only on a read-only file mapping: on an owned array
+    # MADV_DONTNEED zeroes the data.
     import mmap
 
+    root = x
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if not (isinstance(root.base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED")) or x.flags.writeable:
+        return
+    page, start = mmap.PAGESIZE, x.ctypes.data - np.frombuffer(root.base, np.uint8).ctypes.data
+    begin, end = -(-start // page) * page, (start + x.nbytes) // page * page  # whole pages inside x
+    if end > begin:
+        root.base.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
+
+def _column_major_copy(linears):  # stacked along out: the [in, sum(out)] C-contiguous matrix, a private copy
+    weight_t = np.empty((linears[0].weight.shape[1], sum(lin.weight.shape[0] for lin in linears)),
+                        linears[0].weight.dtype)
+    col = 0
+    for lin in linears:
+        weight_t[:, col:col + lin.weight.shape[0]] = lin.weight.T
+        _release_mapped_pages(lin.weight)
+        col += lin.weight.shape[0]
+    return weight_t
+
+
+def _relaid_tree(tree, matrix):
+    """relayout_for_speed's tree, each stored matrix [in, sum(out)] taken from matrix(linears), called once
+    per matrix in a fixed order (the cache file's order)."""
     with_qa_head = hasattr(tree, "qa_outputs")
     encoder = tree.encoder if with_qa_head else tree
 
-    def release_mapped_pages(x):
-        # Drop the (now copied) pages of the file mapping from this process. They stay in the page cache
-        # and would fault back in if read. Only on a read-only file mapping: on an owned array
-        # MADV_DONTNEED zeroes the data.
-        root = x
-        while isinstance(root.base, np.ndarray):
-            root = root.base
-        if not (isinstance(root.base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED")) or x.flags.writeable:
-            return
-        page, start = mmap.PAGESIZE, x.ctypes.data - np.frombuffer(root.base, np.uint8).ctypes.data
-        begin, end = -(-start // page) * page, (start + x.nbytes) // page * page  # whole pages inside x
-        if end > begin:
-            root.base.madvise(mmap.MADV_DONTNEED, begin, end - begin)
-
     def column_major(*linears):  # stacked along out, as one [sum(out), in] matrix stored column-major
-        in_features = linears[0].weight.shape[1]
-        weight_t = np.empty((in_features, sum(lin.weight.shape[0] for lin in linears)), linears[0].weight.dtype)
-        col = 0
-        for lin in linears:
-            weight_t[:, col:col + lin.weight.shape[0]] = lin.weight.T
-            release_mapped_pages(lin.weight)
-            col += lin.weight.shape[0]
-        return Linear(weight_t.T, np.concatenate([lin.bias for lin in linears]))
+        return Linear(matrix(linears).T, np.concatenate([lin.bias for lin in linears]))
 
     def relaid(lin):
         return lin if is_relaid(lin) else column_major(lin)

@@ -26,6 +26,15 @@ settings.register_profile("explore", max_examples=400, deadline=None, suppress_h
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def relaid_cache_in_a_temp_dir(tmp_path_factory):
+    """The suite's models share re-laid weights through a cache folder of its own (npbert/relaid_cache.py),
+    never the user's ~/.cache; subprocesses inherit it. A folder the user set on purpose is kept."""
+    if "NPBERT_CACHE" not in os.environ:
+        os.environ["NPBERT_CACHE"] = str(tmp_path_factory.mktemp("npbert-cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny random QA checkpoint (D 32, 2 layers) with the real cased vocabulary when ../shared exists."""

@@ -59,10 +59,11 @@ def test_report_facts_match_independent_computation(tiny_checkpoint):
     assert report["parameters"] == sum(x.size for x in stored.values())
     assert report["config"]["dim"] == 32 and report["config"]["n_layers"] == 2
     assert {c["name"]: c["status"] for c in report["checks"]} == {
-        "key set complete": "ok", "shapes consistent with config": "ok", "float dtypes": "ok", "finite values": "ok",
-        "position table is sinusoidal": "skipped", "tokenizer fits the embedding table": "ok",
-        "strict loader accepts the checkpoint": "ok"}
+        "key set complete": "ok", "question-answering head present": "ok", "shapes consistent with config": "ok",
+        "float dtypes": "ok", "finite values": "ok", "position table is sinusoidal": "skipped",
+        "tokenizer fits the embedding table": "ok", "strict loader accepts the checkpoint": "ok"}
     assert report["ok"] is True
+    assert report["loads_as"] == ["AutoModelForQuestionAnswering", "DistilBertForQuestionAnswering", "AutoModel"]
     d = report["drift"]
     from tokenizers import Tokenizer
 

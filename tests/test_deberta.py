@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from npbert import deberta, kernels as K
 from npbert.config import Config, ConfigError
-from test_kernels import assert_close, random_keep
+from test_kernels import as_in_a_model_call, assert_close, random_keep
 from test_walkthrough import ROOT, blocks
 
 
@@ -73,9 +73,8 @@ def test_disentangled_attention_float64_and_no_relative_terms():
 
 
 def test_large_disentangled_attention_is_split_over_threads_and_agrees(monkeypatch):
-    blas_calls, used = [], []
-    monkeypatch.setattr(K, "_blas_threads_now", 2)
-    monkeypatch.setattr(K, "_blas_setter", blas_calls.append)
+    used = []
+    blas_calls = as_in_a_model_call(monkeypatch, 2)
     kernel = K._disentangled_mask_shift_numba
     monkeypatch.setattr(K, "_disentangled_mask_shift_numba",
                         lambda *a: (used.append(threading.get_ident()), kernel(*a))[1])
@@ -84,7 +83,7 @@ def test_large_disentangled_attention_is_split_over_threads_and_agrees(monkeypat
     assert 2 * 8 * 80 * 80 >= K._ATTENTION_SERIAL_BELOW
     run_both(q, k, v, pos_k, pos_q, deberta.relative_positions(80, 16, 64), 16, random_keep(rng, 2, 80), 8,
              deberta.attention_scale(8, ("c2p", "p2c"), np.float32))
-    assert blas_calls[:2] == [1, 2]
+    assert blas_calls[:2] == ["one thread", "restored"]
     assert len(used) == 2 * 2 * 8 and len(set(used)) >= 2  # every (row, head) once per call, on both threads
 
 

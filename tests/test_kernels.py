@@ -10,6 +10,7 @@ is compared at 1e-12.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import os
 import subprocess
@@ -193,14 +194,32 @@ def test_residual_layernorm_constant_rows_and_float64():
                                K.residual_layernorm_numpy(x64, r64, w64, b64, 1e-12), rtol=0, atol=1e-12)
 
 
+def as_in_a_model_call(monkeypatch, threads):
+    """Make the kernels split over `threads` threads, as inside a model call given that many OpenBLAS
+    threads, and record when they put OpenBLAS on one thread (entered / left)."""
+    blas_calls = []
+
+    @contextlib.contextmanager
+    def single_blas_thread():
+        blas_calls.append("one thread")
+        try:
+            yield
+        finally:
+            blas_calls.append("restored")
+
+    monkeypatch.setattr(K.threads, "_current", threads)
+    monkeypatch.setattr(K.threads, "controllable", lambda: True)  # as with numpy's OpenBLAS found
+    monkeypatch.setattr(K.threads, "single_blas_thread", single_blas_thread)
+    return blas_calls
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
     # The property tests' shapes are small: they run on the calling thread. These are above each kernel's
     # threshold, so each kernel splits its rows (or heads) over `threads` threads, as in a forward given
     # that many OpenBLAS threads; attention sets OpenBLAS to one thread meanwhile and restores it.
-    blas_calls, used = [], {}
-    monkeypatch.setattr(K, "_blas_threads_now", threads)
-    monkeypatch.setattr(K, "_blas_setter", blas_calls.append)
+    used = {}
+    blas_calls = as_in_a_model_call(monkeypatch, threads)
     for name in ("_scale_mask_shift_numba", "_bias_gelu_f32_numba", "_residual_layernorm_numba"):
         kernel = getattr(K, name)
         monkeypatch.setattr(K, name, lambda *a, kernel=kernel, name=name: (
@@ -210,7 +229,7 @@ def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
     keep = random_keep(rng, 2, 80)
     assert 2 * 8 * 80 * 80 >= K._ATTENTION_SERIAL_BELOW
     run_attention(qkv[..., :64], qkv[..., 64:128], qkv[..., 128:], keep, 8)
-    assert blas_calls[:2] == [1, threads]
+    assert blas_calls[:2] == ["one thread", "restored"]
     h, bias = (3 * rng.standard_normal((300, 1000))).astype(np.float32), rng.standard_normal(1000).astype(np.float32)
     assert h.size >= K._GELU_SERIAL_BELOW
     assert_close(K.bias_gelu_numba(h.copy(), bias), K.bias_gelu_numpy(h, bias))
@@ -223,23 +242,6 @@ def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
     assert len(used) == 3 and len(used["_scale_mask_shift_numba"]) == 2 * 2 * 8  # run_attention runs it twice
     assert len(used["_bias_gelu_f32_numba"]) == len(used["_residual_layernorm_numba"]) == threads
     assert all(len(set(ids)) >= 2 for ids in used.values())
-
-
-def test_blas_threads_policy(monkeypatch):
-    calls = []
-    monkeypatch.setattr(K, "_blas_setter", calls.append)
-    monkeypatch.setattr(K, "_blas_default_threads", 4)
-    monkeypatch.setattr(K.os, "cpu_count", lambda: 2)
-    monkeypatch.delenv("NPBERT_BLAS_THREADS", raising=False)
-    for load, expected in [(0.5, 4), (1.9, 4), (2.5, 1), (9.0, 1)]:  # busy above one runnable thread per core
-        monkeypatch.setattr(K.os, "getloadavg", lambda load=load: (load, load, load))
-        assert K.blas_threads() == expected and calls[-1] == expected, load
-    monkeypatch.setenv("NPBERT_BLAS_THREADS", "3")  # the user's setting wins, busy or not
-    assert K.blas_threads() == 3 and calls[-1] == 3
-    for bad in ("0", "two", "-1"):
-        monkeypatch.setenv("NPBERT_BLAS_THREADS", bad)
-        with pytest.raises(ValueError, match=f"NPBERT_BLAS_THREADS must be a whole number >= 1, found '{bad}'"):
-            K.blas_threads()
 
 
 # --- the switch ----------------------------------------------------------------------------------------
@@ -333,8 +335,7 @@ def assert_relaid(tree, fast):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_still_splits_its_kernels(monkeypatch):
     # The worker threads do not survive fork(); a child must start its own instead of waiting for them.
-    monkeypatch.setattr(K, "_blas_threads_now", 2)
-    monkeypatch.setattr(K, "_blas_setter", lambda n: None)  # as with numpy's OpenBLAS found
+    as_in_a_model_call(monkeypatch, 2)
     h, bias = np.ones((300, 1000), np.float32), np.zeros(1000, np.float32)
     expected = K.bias_gelu_numpy(h, bias)
     K.bias_gelu_numba(h.copy(), bias)
@@ -372,27 +373,9 @@ def test_one_model_called_from_several_threads_at_once(tiny_checkpoint, monkeypa
                 np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("setup, expected", [
-    ("import numpy", "True"),  # numpy first, one thread: OpenBLAS restarts its threads with the timeout
-    ("import numpy, threading, time; threading.Thread(target=time.sleep, args=(2,), daemon=True).start()",
-     "False"),  # another thread might be inside a product: left alone
-    ("", "False"),  # npbert first: OpenBLAS reads the timeout when numpy loads, nothing to redo
-])
-def test_openblas_timeout_is_reread_only_when_it_is_safe(setup, expected):
-    if K._openblas() is None:
-        pytest.skip("numpy is not using its bundled OpenBLAS here")
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    code = f"{setup}\nimport npbert.kernels as K, numpy as np\nprint(K.blas_timeout_reread)\n" \
-           "x = np.ones((256, 256), np.float32); print(float((x @ x)[0, 0]))"  # BLAS still works after
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [expected, "256.0"]
-
-
 def test_a_failing_chunk_raises_after_every_chunk_has_finished(monkeypatch):
     # An error in one thread's share must surface, and only once no other share is still running.
-    monkeypatch.setattr(K, "_blas_threads_now", 2)
-    blas_calls, finished = [], []
-    monkeypatch.setattr(K, "_blas_setter", blas_calls.append)
+    blas_calls, finished = as_in_a_model_call(monkeypatch, 2), []
 
     def work(chunk):
         if chunk[0] == 0:  # the calling thread's share fails at once
@@ -402,4 +385,4 @@ def test_a_failing_chunk_raises_after_every_chunk_has_finished(monkeypatch):
 
     with pytest.raises(RuntimeError, match="bad chunk"):
         K._split_over_threads(work, list(range(4)), True)
-    assert finished == [[2, 3]] and blas_calls == [1, 2]  # the worker's share done, OpenBLAS restored
+    assert finished == [[2, 3]] and blas_calls == ["one thread", "restored"]  # the worker's share done, OpenBLAS restored

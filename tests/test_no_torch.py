@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "reference"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "reference" / "distilbert"
 
 SCRIPT = r"""
 import importlib, json, pkgutil, sys

@@ -349,3 +349,32 @@ def test_max_seq_len_beyond_the_position_table(short_positions):
         pipe(question="Who?", context=LONG)
     with pytest.raises(ValueError, match="window 0 of context 1 is"):
         pipe(question=["Who?", "Who?"], context=[SHORT, LONG])
+
+
+def test_one_pipeline_shared_by_threads_answers_as_serial_calls(qa_pipe):
+    """8 threads released together by a barrier, each calling the same pipeline 6 times (long contexts,
+    several windows, other parameters per thread): every answer equals the serial call's (issue 16: 99 of
+    120 such calls raised 'Already borrowed' from the tokenizers backend before)."""
+    import threading
+
+    context = " ".join(f"In {1900 + i} the river {i} was renamed by the council of city {i}." for i in range(40))
+    calls = [dict(question=f"Which river was renamed in {1900 + t}?", context=context, top_k=1 + t % 3,
+                  max_seq_len=48 + 8 * (t % 4), doc_stride=16) for t in range(8)]
+    serial = [qa_pipe(**kw) for kw in calls]
+    barrier, results, errors = threading.Barrier(8), [[None] * 6 for _ in range(8)], []
+
+    def work(t):
+        try:
+            barrier.wait()
+            for r in range(6):
+                results[t][r] = qa_pipe(**calls[t])
+        except Exception as e:  # noqa: BLE001  reported below, with the thread
+            errors.append((t, repr(e)))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert all(results[t][r] == serial[t] for t in range(8) for r in range(6))

@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed when ready; default: %(default)s)")
     p.add_argument("--workers", type=_positive, default=1,
-                   help="worker processes, each with its own copy of the model (default: %(default)s)")
+                   help="worker processes, each loading the model; they share one memory-mapped copy of the "
+                        "re-laid weights (default: %(default)s)")
     p.add_argument("--max-body-bytes", type=_positive, default=1 << 20, help="larger bodies get 413 (default: %(default)s)")
     p.add_argument("--max-context-chars", type=_positive, default=20_000,
                    help="longer contexts get 422 (default: %(default)s)")

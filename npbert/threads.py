@@ -1,0 +1,152 @@
+"""Where npbert's thread control lives: how many threads numpy's OpenBLAS gets for a model call.
+
+One policy and one override:
+
+- **Policy**: on a quiet machine OpenBLAS keeps the thread count it started with (all cores); on a busy
+  machine, where the 1-minute load average exceeds one runnable thread per core, one thread.
+- **Override**: `$NPBERT_BLAS_THREADS=n` fixes the count, busy or not.
+
+`for_model_call()` applies the policy around one model call (the model classes' `__call__`), scoped and
+restored: the forward itself (`model.encoder`) sets no process-wide state, and a caller's own
+`threadpoolctl.threadpool_limits` outside a call is back in force after it. The kernels' worker threads
+(`kernels._split_over_threads`) take their count from the same call (`current()`), and run with
+OpenBLAS on one thread meanwhile (`single_blas_thread()`).
+
+Finding OpenBLAS and setting its thread count is threadpoolctl's job (the library scikit-learn uses for
+it). Only numpy's OpenBLAS is controlled: the busy rule was measured on it, and another BLAS (MKL,
+Accelerate, BLIS) keeps its own settings. The one hand-written part is below: OpenBLAS's idle-thread
+timeout, which threadpoolctl has no API for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import threading
+
+# OpenBLAS's idle workers spin-wait for ~2^28 cycles after each product by default, stealing the core the
+# kernels' threads are about to use (they alternate every few milliseconds): on 2 cores attention right
+# after a GEMM took 9.3 ms a layer against 4.5 ms. With a timeout idle workers sleep at once, and a switch
+# costs a futex wake-up (~50 us) instead. setdefault: a user's own setting wins. OpenBLAS reads the
+# variable when numpy is first imported, so this module runs before npbert imports numpy.
+_timeout_was_set = "OPENBLAS_THREAD_TIMEOUT" in os.environ
+_numpy_came_first = "numpy" in sys.modules
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
+import threadpoolctl  # noqa: E402
+
+OVERRIDE_ENV = "NPBERT_BLAS_THREADS"
+
+
+@functools.cache
+def _numpy_openblas() -> threadpoolctl.ThreadpoolController:
+    """threadpoolctl's controller for the OpenBLAS numpy calls: the one its wheel bundles (numpy.libs,
+    .dylibs), else every OpenBLAS loaded (a numpy linked to a system or conda OpenBLAS); empty with MKL,
+    Accelerate or BLIS."""
+    openblas = threadpoolctl.ThreadpoolController().select(internal_api="openblas")
+    numpy_dir = os.path.dirname(os.path.realpath(np.__path__[0]))
+    bundled = [lib.filepath for lib in openblas.lib_controllers
+               if os.path.realpath(lib.filepath).startswith(os.path.join(numpy_dir, "numpy"))]
+    return openblas.select(filepath=bundled) if bundled else openblas
+
+
+def controllable() -> bool:
+    """True when numpy's OpenBLAS was found, so its thread count can be set."""
+    return bool(_numpy_openblas().lib_controllers)
+
+
+@functools.cache
+def _default_threads() -> int:
+    # The count OpenBLAS started with (OPENBLAS_NUM_THREADS, else all cores), read once, before any scope.
+    counts = [lib.num_threads for lib in _numpy_openblas().lib_controllers]
+    return max(counts) if counts else os.cpu_count() or 1
+
+
+def _override() -> int | None:
+    value = os.environ.get(OVERRIDE_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{OVERRIDE_ENV} must be a whole number >= 1, found {value!r}")
+    return int(value)
+
+
+def machine_is_busy() -> bool:
+    """The 1-minute load average exceeds one runnable thread per core: other processes already want the
+    cores, and a second OpenBLAS thread waits for a time slice at every hand-off. Measured on 2 cores:
+    B=1 S=384 took 5.3 s on 2 threads and 1.8 s on one at load ~12; S=128 1256 vs 172 ms even at load ~3
+    (docs/performance.md, change 7)."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        return False
+
+
+def policy() -> int:
+    """The OpenBLAS thread count for the next model call: $NPBERT_BLAS_THREADS if set, else one on a busy
+    machine, else the count OpenBLAS started with."""
+    return _override() or (1 if machine_is_busy() else _default_threads())
+
+
+# The count the running model call was given: the kernels split their work over as many threads. 1 outside
+# a call (a kernel called on its own runs serially). Process-wide, like OpenBLAS's own setting.
+_current = 1
+
+
+def current() -> int:
+    return _current
+
+
+@contextlib.contextmanager
+def for_model_call():
+    """Apply the policy for one model call: OpenBLAS set to policy() threads (when controllable), the
+    previous count and current() restored on exit. Yields the count."""
+    global _current
+    threads, before = policy(), _current
+    limits = _numpy_openblas().limit(limits=threads) if controllable() else contextlib.nullcontext()
+    with limits:
+        _current = threads
+        try:
+            yield threads
+        finally:
+            _current = before
+
+
+def single_blas_thread():
+    """OpenBLAS on one thread inside the block (the kernels' own threads each run whole products), restored
+    after: threadpoolctl's limit (~20 us to enter and leave, measured here)."""
+    return _numpy_openblas().limit(limits=1) if controllable() else contextlib.nullcontext()
+
+
+# --- the hand-written part: OpenBLAS's thread timeout, re-read --------------------------------------------
+# threadpoolctl sets thread counts only. When numpy was imported before npbert (the usual order in a user's
+# program), OpenBLAS started its threads with the spinning default, and the timeout set above comes too
+# late. Two exported OpenBLAS functions fix it: `openblas_read_env` (re-read the environment) and
+# `blas_thread_shutdown_` (stop the idle threads; the next threaded call restarts them with the timeout;
+# OpenBLAS's own fork handler uses it). Measured on 2 cores, numpy imported first: attention right after a
+# GEMM took 9.3 ms a layer without the re-read and 5.1 ms with it. Only while the importing thread is the
+# process's only Python thread: stopping OpenBLAS's threads under a product another thread is running would
+# break that product. Otherwise export OPENBLAS_THREAD_TIMEOUT=4 yourself (docs/performance.md).
+
+
+def _reread_timeout() -> bool:
+    import ctypes
+
+    libs = _numpy_openblas().lib_controllers
+    if not libs or threading.active_count() > 1:
+        return False
+    done = False
+    for lib in libs:
+        dll = ctypes.CDLL(lib.filepath)  # already loaded: the same handle numpy uses
+        if hasattr(dll, "openblas_read_env") and hasattr(dll, "blas_thread_shutdown_"):
+            dll.openblas_read_env()
+            dll.blas_thread_shutdown_()
+            done = True
+    return done
+
+
+# True when importing npbert made OpenBLAS restart its threads with the timeout above.
+timeout_reread = _numpy_came_first and not _timeout_was_set and _reread_timeout()

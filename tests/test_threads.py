@@ -1,0 +1,109 @@
+"""npbert/threads.py: the OpenBLAS thread policy (quiet machine: the count OpenBLAS started with; busy
+machine: one), its override ($NPBERT_BLAS_THREADS), that a model call applies it scoped and restored
+(threadpoolctl reads OpenBLAS's real count from outside npbert), and the thread timeout re-read. Process
+state (OpenBLAS's threads, the import order) is checked in fresh subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from npbert import threads
+
+needs_openblas = pytest.mark.skipif(not threads.controllable(), reason="numpy is not using an OpenBLAS here")
+
+
+def test_policy_quiet_busy_and_the_override(monkeypatch):
+    monkeypatch.setattr(threads, "_default_threads", lambda: 4)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("NPBERT_BLAS_THREADS", raising=False)
+    for load, expected in [(0.5, 4), (1.9, 4), (2.0, 4), (2.5, 1), (9.0, 1)]:  # busy above 1 runnable thread/core
+        monkeypatch.setattr(threads.os, "getloadavg", lambda load=load: (load, load, load))
+        assert threads.policy() == expected, load
+    monkeypatch.setenv("NPBERT_BLAS_THREADS", "3")  # the user's setting wins, busy or not
+    assert threads.policy() == 3
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert threads.policy() == 3
+    for bad in ("0", "two", "-1", "1.5"):
+        monkeypatch.setenv("NPBERT_BLAS_THREADS", bad)
+        with pytest.raises(ValueError, match=f"NPBERT_BLAS_THREADS must be a whole number >= 1, found '{bad}'"):
+            threads.policy()
+
+
+def test_no_load_average_counts_as_quiet(monkeypatch):
+    def no_loadavg():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(threads.os, "getloadavg", no_loadavg)
+    assert threads.machine_is_busy() is False
+
+
+# A fresh process: OpenBLAS's count as threadpoolctl sees it before, inside and after a model call (and
+# inside a kernel split); `load` fakes the load average so that the busy rule can be tested on any machine.
+CALL = r"""
+import json, os, sys
+import numpy as np, threadpoolctl
+load = float(sys.argv[2])
+os.getloadavg = lambda: (load, load, load)
+import npbert
+from npbert import kernels, threads
+
+def blas():
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"][0]
+
+seen = {"before": blas()}
+real_attention = kernels.NUMBA.attention
+def attention(*a, **k):
+    seen["in_call"], seen["current"] = blas(), threads.current()
+    with threads.single_blas_thread():
+        seen["single"] = blas()
+    return real_attention(*a, **k)
+model = npbert.DistilBertForQuestionAnswering.from_pretrained(sys.argv[1])
+model.ops = model.ops._replace(attention=attention)
+model(np.arange(1, 9))
+seen["after"], seen["current_after"] = blas(), threads.current()
+with threadpoolctl.threadpool_limits(1, user_api="blas"):  # a caller's own limit survives a model call
+    model(np.arange(1, 9))
+    seen["caller_limit_after"] = blas()
+print(json.dumps(seen))
+"""
+
+
+def run_call(tiny_checkpoint, load, **env):
+    environ = {k: v for k, v in os.environ.items() if k not in ("NPBERT_BLAS_THREADS", "OPENBLAS_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", CALL, str(tiny_checkpoint), str(load)],
+                         env={**environ, "OPENBLAS_NUM_THREADS": "2", **env}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@needs_openblas
+def test_a_model_call_applies_the_policy_scoped_and_restores_it(tiny_checkpoint):
+    quiet = run_call(tiny_checkpoint, 0.0)
+    assert quiet == {"before": 2, "in_call": 2, "current": 2, "single": 1, "after": 2, "current_after": 1,
+                     "caller_limit_after": 1}
+    busy = run_call(tiny_checkpoint, 50.0)  # far above one runnable thread per core on any machine
+    assert busy["before"] == 2 and busy["in_call"] == 1 and busy["current"] == 1 and busy["after"] == 2
+    fixed = run_call(tiny_checkpoint, 50.0, NPBERT_BLAS_THREADS="2")  # the override wins over the busy rule
+    assert fixed["in_call"] == fixed["current"] == 2 and fixed["after"] == 2
+    assert fixed["caller_limit_after"] == 1
+
+
+@needs_openblas
+@pytest.mark.parametrize("setup, expected", [
+    ("import numpy", "True"),  # numpy first, one thread: OpenBLAS restarts its threads with the timeout
+    ("import numpy, threading, time; threading.Thread(target=time.sleep, args=(2,), daemon=True).start()",
+     "False"),  # another thread might be inside a product: left alone
+    ("", "False"),  # npbert first: OpenBLAS reads the timeout when numpy loads, nothing to redo
+    ("import os; os.environ['OPENBLAS_THREAD_TIMEOUT'] = '7'\nimport numpy", "False"),  # the user's own: kept
+])
+def test_openblas_timeout_is_reread_only_when_it_is_safe(setup, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    code = f"{setup}\nimport npbert.kernels, numpy as np\nfrom npbert import threads\nprint(threads.timeout_reread)\n" \
+           "x = np.ones((256, 256), np.float32); print(float((x @ x)[0, 0]))"  # BLAS still works after
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [expected, "256.0"]

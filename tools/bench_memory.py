@@ -1,0 +1,155 @@
+"""Total memory of N npbert processes on one machine: N plain processes that load the model and answer once
+(batch workers), and `npbert serve --workers N` (its parent and every worker). Memory is PSS, summed over
+the processes, from /proc/<pid>/smaps_rollup: a page shared by k processes counts 1/k in each, so the
+sum is what the N processes cost the machine together (RSS would count a shared page N times).
+
+    python tools/bench_memory.py                                  # 1, 2, 4 workers, shared cache vs private copies
+    python tools/bench_memory.py --checkpoint DIR --workers 2 --modes processes
+
+Each configuration runs twice: with the shared re-laid weights cache (npbert/relaid_cache.py, in a fresh
+temp folder that the first process fills) and with private copies (NPBERT_CACHE pointing at a file, so the
+cache is unusable and every process re-lays its own copy: the code before the cache did the same). The
+default checkpoint is a seeded random one of DistilBERT's full size (tests/checkpoints.py FULL_SIZE).
+Linux only (/proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_families import cpu_model  # noqa: E402
+
+# A batch worker: load, answer one 128-token input (so the kernels and activations are in memory), report.
+WORKER = r"""
+import sys, numpy as np, npbert
+model = npbert.AutoModelForQuestionAnswering.from_pretrained(sys.argv[1])
+model(np.arange(1, 129) % 1000 + 1000)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+FIELDS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Private_Dirty")
+
+
+def rollup(pid: int) -> dict[str, float]:  # MB
+    out = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value = line.split(":", 1)
+        if name in FIELDS:
+            out[name] = int(value.split()[0]) / 1024
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").iterdir():
+            children = (task / "children").read_text().split()
+            todo += [int(c) for c in children]
+    return found
+
+
+def total(pids) -> dict[str, float]:
+    rows = [rollup(p) for p in pids]
+    return {k: round(sum(r.get(k, 0.0) for r in rows), 1) for k in FIELDS} | {"processes": len(rows)}
+
+
+def processes(checkpoint: Path, n: int, env: dict) -> dict:
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(checkpoint)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env=env, text=True) for _ in range(n)]
+    try:
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a worker failed (exit {p.wait()})")
+        return total([p.pid for p in procs])
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(checkpoint: Path, n: int, env: dict, log: Path) -> dict:
+    port = free_port()  # with --workers N, uvicorn's parent would announce --port 0 as port 0
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "npbert", "serve", "--model", str(checkpoint), "--host",
+                                 "127.0.0.1", "--port", str(port), "--workers", str(n), "--no-access-log"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 600
+        # every worker loads the model, answers a warm-up question, then says so
+        while True:
+            text = log.read_text(errors="replace")
+            if text.count("Application startup complete") >= n:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"npbert serve did not start:\n{text}")
+            time.sleep(0.2)
+        body = json.dumps({"input_data": {"question": "Who lives here?",
+                                          "context": "My name is John and I live in Seattle. " * 12}}).encode()
+        for _ in range(4 * n):  # spread over the workers (the kernels and activations in memory)
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/score", body,
+                                         {"Content-Type": "application/json"})
+            urllib.request.urlopen(req, timeout=120).read()
+        return total(descendants(proc.pid))
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: a full-size random one in a temp dir)")
+    p.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
+    p.add_argument("--modes", default="processes,serve", help="processes, serve or both")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = args.checkpoint
+        if folder is None:
+            import checkpoints
+
+            folder = checkpoints.write_checkpoint(tmp / "full", seed=2, **checkpoints.FULL_SIZE)
+        (tmp / "not-a-folder").write_text("")
+        print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+        results = []
+        for mode in args.modes.split(","):
+            for n in map(int, args.workers.split(",")):
+                for label in ("shared cache", "private copies"):
+                    cache = tmp / f"cache-{mode}-{n}" if label == "shared cache" else tmp / "not-a-folder"
+                    env = {**os.environ, "NPBERT_CACHE": str(cache)}
+                    if mode == "processes":
+                        r = processes(folder, n, env)
+                    else:
+                        r = serve(folder, n, env, tmp / f"serve-{n}.log")
+                    results.append({"mode": mode, "workers": n, "weights": label, **r})
+                    print(f"{mode:9} {n} worker(s), {label:14}: total PSS {r['Pss']:7.1f} MB "
+                          f"(anon {r['Pss_Anon']:6.1f}, file {r['Pss_File']:6.1f}; RSS {r['Rss']:7.1f}) "
+                          f"over {r['processes']} processes", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
