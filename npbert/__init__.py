@@ -3,7 +3,7 @@
 from .config import Config
 from .families import FAMILIES
 from .model import (AlbertForQuestionAnswering, AutoModel, AutoModelForQuestionAnswering, BertForQuestionAnswering,
-                    DistilBertForQuestionAnswering, DistilBertModel, ElectraForQuestionAnswering,
+                    DebertaV2ForQuestionAnswering, DistilBertForQuestionAnswering, DistilBertModel, ElectraForQuestionAnswering,
                     RobertaForQuestionAnswering, XLMRobertaForQuestionAnswering)
 from .pipeline import QuestionAnsweringPipeline, pipeline
 from .tokenizer import Tokenizer
@@ -11,6 +11,6 @@ from .tokenizer import Tokenizer
 __version__ = "0.1.0"
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 __all__ = ["AlbertForQuestionAnswering", "AutoModel", "AutoModelForQuestionAnswering", "BertForQuestionAnswering",
-           "Config", "DistilBertForQuestionAnswering", "DistilBertModel", "ElectraForQuestionAnswering",
+           "Config", "DebertaV2ForQuestionAnswering", "DistilBertForQuestionAnswering", "DistilBertModel", "ElectraForQuestionAnswering",
            "QuestionAnsweringPipeline", "RobertaForQuestionAnswering", "SUPPORTED_MODEL_TYPES", "Tokenizer",
            "XLMRobertaForQuestionAnswering", "pipeline", "__version__"]

@@ -40,6 +40,17 @@ class Config:
     inner_group_num: int = 1  # each group inner_group_num blocks deep
     positions_after_padding: bool = False  # RoBERTa: position ids count from pad_token_id + 1
     shares_blocks: bool = False  # ALBERT: the layers reuse num_hidden_groups x inner_group_num stored blocks
+    # DeBERTa-v2/v3 (configuration_deberta_v2.py and the getattr defaults of modeling_deberta_v2.py), read
+    # from config.json for that family only (DEBERTA_FIELDS):
+    disentangled_attention: bool = False  # the family's flag: attention through deberta.py's terms
+    relative_attention: bool = False  # add the c2p / p2c terms of the relative-position table
+    pos_att_type: tuple = ()  # which of them: "c2p", "p2c" ("p2c|c2p" in older configs)
+    position_buckets: int = -1  # > 0: log-bucketed relative positions, 2 x position_buckets table rows
+    max_relative_positions: int = -1  # < 1: max_position_embeddings
+    share_att_key: bool = False  # project the table with the content q/k projections, not pos_*_proj
+    norm_rel_ebd: str = "none"  # "layer_norm": the table goes through encoder.LayerNorm first
+    position_biased_input: bool = True  # add absolute position embeddings to the input (v3: false)
+    conv_kernel_size: int = 0  # > 0: the ConvLayer of v2 xlarge/xxlarge (not supported)
 
     @property
     def head_dim(self) -> int:  # Dh
@@ -58,6 +69,21 @@ class Config:
     def max_sequence_length(self) -> int:
         """The longest input the position table covers."""
         return self.max_position_embeddings - self.position_offset
+
+    @property
+    def relative_span(self) -> int:
+        """A, DeBERTa's attention span: relative positions index rows 0..2A-1 of the (bucketed) table
+        (DisentangledSelfAttention.pos_ebd_size)."""
+        return self.position_buckets if self.position_buckets > 0 else self.max_relative_distance
+
+    @property
+    def max_relative_distance(self) -> int:
+        """The largest distance the log buckets reach (max_relative_positions, else max_position_embeddings)."""
+        return self.max_relative_positions if self.max_relative_positions >= 1 else self.max_position_embeddings
+
+    @property
+    def normalises_rel_embeddings(self) -> bool:
+        return "layer_norm" in [x.strip() for x in self.norm_rel_ebd.lower().split("|")]
 
     @property
     def family(self) -> Family:
@@ -99,12 +125,14 @@ class Config:
             raise ConfigError(f"{source}: position_embedding_type {d['position_embedding_type']!r} is not supported "
                               "(only 'absolute')")
         flags = {"model_type": model_type, "positions_after_padding": family.positions_after_padding,
-                 "shares_blocks": family.shares_blocks}
+                 "shares_blocks": family.shares_blocks, "disentangled_attention": family.disentangled}
         kwargs = {**flags, **family.defaults}
         for name, default in cls.__dataclass_fields__.items():
             key = family.config_names.get(name, name)
-            if name in flags or key not in d or (name == "embedding_size" and d[key] is None):
+            if name in flags or key not in d or (name in ("embedding_size", "pos_att_type") and d[key] is None):
                 continue
+            if name in DEBERTA_FIELDS and not family.disentangled:
+                continue  # another family's config.json naming a DeBERTa key: not read
             if name == "layer_norm_eps" and model_type == "distilbert":
                 continue  # DistilBERT's LayerNorms use 1e-12 whatever the config says
             kwargs[name] = _checked(d[key], type(default.default), key, source)
@@ -137,7 +165,9 @@ class Config:
         for name in ("type_vocab_size", "embedding_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{source}: {name} must not be negative, found {getattr(self, name)}")
-        if self.model_type != "distilbert" and self.type_vocab_size < 1:
+        if self.disentangled_attention:
+            self._check_deberta(source)
+        elif self.model_type != "distilbert" and self.type_vocab_size < 1:
             raise ConfigError(f"{source}: type_vocab_size must be positive, found {self.type_vocab_size}")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"{source}: pad_token_id {self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
@@ -154,6 +184,22 @@ class Config:
             raise ConfigError(f"{source}: {names.get('activation', 'activation')} {self.activation!r} is not supported "
                               f"(supported: {', '.join(ACTIVATIONS)})")
 
+    def _check_deberta(self, source: str) -> None:
+        if self.conv_kernel_size > 0:
+            raise ConfigError(f"{source}: conv_kernel_size {self.conv_kernel_size} (the ConvLayer of DeBERTa-v2 "
+                              "xlarge/xxlarge) is not supported")
+        if self.embedding_width != self.dim:
+            raise ConfigError(f"{source}: embedding_size {self.embedding_size} != hidden_size {self.dim} "
+                              "(DeBERTa's bias-free embed_proj) is not supported")
+        if self.relative_attention and self.relative_span < 1:
+            raise ConfigError(f"{source}: relative_attention needs position_buckets or max_relative_positions "
+                              "or max_position_embeddings to be positive")
+
+
+# The DeBERTa keys: read from config.json only for the deberta-v2 family.
+DEBERTA_FIELDS = frozenset({"relative_attention", "pos_att_type", "position_buckets", "max_relative_positions",
+                            "share_att_key", "norm_rel_ebd", "position_biased_input", "conv_kernel_size"})
+
 
 def _checked(value, expected: type, key: str, source: str):
     # JSON true/false are ints to Python: an integer field must be a real integer.
@@ -165,4 +211,10 @@ def _checked(value, expected: type, key: str, source: str):
         raise ConfigError(f"{source}: {key} must be true or false, found {value!r}")
     if expected is str and not isinstance(value, str):
         raise ConfigError(f"{source}: {key} must be a string, found {value!r}")
+    if expected is tuple:  # DeBERTa's pos_att_type: a list, or the older "p2c|c2p" (lower-cased, as transformers)
+        if isinstance(value, str):
+            value = [x.strip() for x in value.lower().split("|")]
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ConfigError(f"{source}: {key} must be a list of strings or a '|'-separated string, found {value!r}")
+        return tuple(value)
     return float(value) if expected is float else value

@@ -12,8 +12,11 @@ network, each followed by a residual LayerNorm, then `qa_outputs`). What differs
 | electra     | models/electra/modeling_electra.py        | as bert, embeddings projected when E != D            |
 | albert      | models/albert/modeling_albert.py          | E-wide embeddings projected to D, blocks shared by   |
 |             |                                           | groups of layers, gelu_new (tanh) by default         |
+| deberta-v2  | models/deberta_v2/modeling_deberta_v2.py  | disentangled attention (relative positions, c2p and  |
+|             |                                           | p2c terms: deberta.py), no absolute positions unless |
+|             |                                           | position_biased_input, padding zeroed, eps 1e-7      |
 
-MiniLM checkpoints are `bert`. The forward pass (model.py) never asks which family it runs: it reads
+MiniLM checkpoints are `bert`; DeBERTa-v3 checkpoints are `deberta-v2`. The forward pass (model.py) never asks which family it runs: it reads
 the flags these tables set on the Config (`type_vocab_size`, `position_offset`, `embedding_size`,
 `num_hidden_groups`, ...), and the loader (weights.py) reads the tensor names from `layout`.
 
@@ -74,6 +77,30 @@ _ALBERT = {
     "layer.output_layer_norm": _ALBERT_BLOCK + "full_layer_layer_norm",
 }
 
+# DeBERTa-v2/v3: BERT's block names with `_proj` projections, plus the relative-position table shared by
+# every layer (`encoder.rel_embeddings`, normalised by `encoder.LayerNorm` when norm_rel_ebd says
+# layer_norm) and, unless share_att_key, each layer's own projections of it (pos_key_proj for c2p,
+# pos_query_proj for p2c).
+_DEBERTA_SELF = "encoder.layer.{i}.attention.self."
+_DEBERTA = {
+    "embeddings.word_embeddings": "embeddings.word_embeddings",
+    "embeddings.position_embeddings": "embeddings.position_embeddings",  # only when position_biased_input
+    "embeddings.token_type_embeddings": "embeddings.token_type_embeddings",  # only when type_vocab_size > 0
+    "embeddings.LayerNorm": "embeddings.LayerNorm",
+    "transformer.rel_embeddings": "encoder.rel_embeddings",
+    "transformer.rel_layer_norm": "encoder.LayerNorm",
+    "layer.attention.q_lin": _DEBERTA_SELF + "query_proj",
+    "layer.attention.k_lin": _DEBERTA_SELF + "key_proj",
+    "layer.attention.v_lin": _DEBERTA_SELF + "value_proj",
+    "layer.pos_proj.k_lin": _DEBERTA_SELF + "pos_key_proj",
+    "layer.pos_proj.q_lin": _DEBERTA_SELF + "pos_query_proj",
+    "layer.attention.out_lin": "encoder.layer.{i}.attention.output.dense",
+    "layer.sa_layer_norm": "encoder.layer.{i}.attention.output.LayerNorm",
+    "layer.ffn.lin1": "encoder.layer.{i}.intermediate.dense",
+    "layer.ffn.lin2": "encoder.layer.{i}.output.dense",
+    "layer.output_layer_norm": "encoder.layer.{i}.output.LayerNorm",
+}
+
 # config.json key of each Config field, where the family spells it differently from DistilBERT.
 _BERT_CONFIG_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
                       "hidden_dim": "intermediate_size", "activation": "hidden_act"}
@@ -100,6 +127,9 @@ class Family:
     # which QA models are built without, and buffers older versions saved.
     unused: tuple = ("embeddings.position_ids", "embeddings.token_type_ids", "pooler.dense.weight",
                      "pooler.dense.bias", "pooler.weight", "pooler.bias")  # pooler.weight: ALBERT's
+    # DeBERTa: self-attention with relative-position terms (deberta.py), the 2-D padding mask, padded
+    # positions zeroed after the embedding LayerNorm.
+    disentangled: bool = False
 
 
 FAMILIES = {f.model_type: f for f in (
@@ -117,6 +147,15 @@ FAMILIES = {f.model_type: f for f in (
            {**_BERT_DEFAULTS, "vocab_size": 30000, "dim": 4096, "n_heads": 64, "hidden_dim": 16384,
             "activation": "gelu_new", "embedding_size": 128, "num_hidden_groups": 1, "inner_group_num": 1},
            shares_blocks=True),
+    # configuration_deberta_v2.py's defaults are DeBERTa-v2-xlarge's; relative_attention and the rest of
+    # the disentangled attention are config keys (Config's DeBERTa fields), read only for this family.
+    Family("deberta-v2", "models/deberta_v2/modeling_deberta_v2.py", "deberta", _DEBERTA, _BERT_CONFIG_NAMES,
+           {**_BERT_DEFAULTS, "vocab_size": 128100, "dim": 1536, "n_layers": 24, "n_heads": 24, "hidden_dim": 6144,
+            "type_vocab_size": 0, "layer_norm_eps": 1e-7},
+           # DebertaV2PreTrainedModel._keys_to_ignore_on_load_unexpected: a position table that
+           # position_biased_input false leaves unused
+           unused=Family.unused + ("embeddings.position_embeddings.weight",),
+           disentangled=True),
 )}
 
 # hidden_act / activation values and the function each names (transformers' ACT2CLS): the FFN's

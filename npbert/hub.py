@@ -26,6 +26,7 @@ CHECKPOINT_FILES = [
     "merges.txt",
     "sentencepiece.bpe.model",  # SentencePiece: XLM-RoBERTa
     "spiece.model",  # ALBERT
+    "spm.model",  # DeBERTa-v2/v3
 ]
 
 

@@ -24,6 +24,8 @@ from . import threads  # noqa: I001  before numpy: it sets OpenBLAS's thread tim
 import numba
 import numpy as np
 
+from . import deberta
+
 # Below these sizes a kernel runs on the calling thread alone: handing half the work to another thread
 # costs ~0.1 ms here (far more on a busy machine), more than the half it takes over. Measured on 2 cores:
 # LayerNorm of 384 x 768 took 0.18 ms alone and 0.28 ms split (768 rows: 0.42 vs 0.34 ms); GELU of
@@ -165,6 +167,109 @@ def attention_numba(q, k, v, keep, n_heads, return_probs=False):
             np.exp(p, out=p)
             _normalise_rows_numba(p)
             np.matmul(p, v[b, :, cols], out=context[b, :, cols])  # straight into head h's columns
+
+    _split_over_threads(heads, [(b, h) for b in range(B) for h in range(n_heads)],
+                        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW)
+    return context, probs
+
+
+# --- DeBERTa's disentangled attention ------------------------------------------------------------------
+# q, k, v: [B, S, D] as above; pos_k, pos_q: [2A, D], the relative-position table projected like the keys
+# (for c2p) and like the queries (for p2c), None for a term pos_att_type leaves out; c2p_pos, p2c_pos:
+# [S, S] table rows (deberta.c2p_index, p2c_index); keep: [B, S]; scale: deberta.attention_scale.
+# Scores are c2c + c2p + p2c (deberta.py explains the terms), masked by the outer product of keep with
+# itself. Returns context [B, S, D] and, if asked, probs [B, H, S, S].
+
+
+def disentangled_attention_numpy(q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, n_heads, scale, return_probs=False):
+    B, S, D = q.shape
+    heads = lambda t: None if t is None else deberta.head_rows(t, n_heads)  # noqa: E731  [H, 2A, Dh]
+    terms = deberta.score_terms(_heads(q, n_heads), _heads(k, n_heads), heads(pos_k), heads(pos_q), c2p_pos,
+                                p2c_pos, scale)
+    probs = deberta.masked_softmax(deberta.combined_scores(*terms), keep)  # [B, H, S, S]
+    context = (probs @ _heads(v, n_heads)).transpose(0, 2, 1, 3).reshape(B, S, D)
+    return context, (probs if return_probs else None)
+
+
+_P2C_TILE = 32
+
+
+@numba.njit(**_JIT, fastmath=_FAST)
+def _gather_p2c_numba(p2c_full, p2c_pos_t, scale, out):  # [S, 2A], [S, S], scalar -> out [S, S]
+    # out[i, j] = p2c_full[j, p2c_pos[j, i]] / scale: key j's product at the row of query i. Query i reads
+    # a different key row for every j; walked in 32 x 32 tiles, each key row is fetched once per tile
+    # instead of once per query (1.6 ms a head at S = 384 untiled, mostly cache misses).
+    S = out.shape[0]
+    T = _P2C_TILE
+    for i0 in range(0, S, T):
+        for j0 in range(0, S, T):
+            for j in range(j0, min(j0 + T, S)):
+                for i in range(i0, min(i0 + T, S)):
+                    out[i, j] = p2c_full[j, p2c_pos_t[i, j]] / scale
+    return out
+
+
+@numba.njit(**_JIT, fastmath=_FAST)
+def _disentangled_mask_shift_numba(scores, c2p_full, p2c_term, c2p_pos, keep, scale, use_c2p, use_p2c):
+    # In place on one head's c2c [S, S] (already scaled): add the gathered c2p ([S, 2A] full product, row
+    # c2p_pos[i, j], divided by the scale) and the p2c term (_gather_p2c_numba), in the reference's order
+    # c2c + (c2p + p2c), mask by keep[i] & keep[j], subtract each row's maximum. Rows of padded queries
+    # are masked everywhere: all zeros here, exp -> uniform, as finfo.min everywhere gives in the reference.
+    S = scores.shape[0]
+    n_kept = 0
+    for j in range(S):
+        n_kept += keep[j]
+    for i in range(S):
+        row = scores[i]
+        if n_kept == 0 or not keep[i]:
+            row[:] = 0.0
+            continue
+        m = -np.inf
+        for j in range(S):
+            if keep[j]:
+                position = scores.dtype.type(0.0)
+                if use_c2p:
+                    position = c2p_full[i, c2p_pos[i, j]] / scale
+                if use_p2c:
+                    position = position + p2c_term[i, j]
+                row[j] = row[j] + position
+                m = max(m, row[j])
+        for j in range(S):
+            row[j] = row[j] - m if keep[j] else -np.inf
+    return scores
+
+
+def disentangled_attention_numba(q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, n_heads, scale, return_probs=False):
+    B, S, D = q.shape
+    Dh = D // n_heads
+    keep = np.ascontiguousarray(keep, dtype=np.bool_)
+    no_index = np.zeros((1, 1), dtype=np.int64)  # stands for an absent term's [S, S] rows (no relative_attention)
+    c2p_pos = no_index if c2p_pos is None else np.ascontiguousarray(c2p_pos, dtype=np.int64)
+    p2c_pos_t = no_index if p2c_pos is None else np.ascontiguousarray(np.asarray(p2c_pos, dtype=np.int64).T)
+    scale = q.dtype.type(scale)
+    context = np.empty((B, S, D), dtype=q.dtype)
+    probs = np.empty((B, n_heads, S, S), dtype=q.dtype) if return_probs else None
+    unused = np.zeros((1, 1), dtype=q.dtype)  # stands for an absent term's [S, 2A] product
+
+    def heads(tasks):  # one thread's share of the (row, head) pairs, as in attention_numba
+        scratch = np.empty((S, S), dtype=q.dtype) if probs is None else None
+        c2p_full = np.empty((S, pos_k.shape[0]), dtype=q.dtype) if pos_k is not None else unused
+        p2c_full = np.empty((S, pos_q.shape[0]), dtype=q.dtype) if pos_q is not None else unused
+        p2c_term = np.empty((S, S), dtype=q.dtype) if pos_q is not None else unused
+        for b, h in tasks:
+            cols = slice(h * Dh, (h + 1) * Dh)
+            p = scratch if probs is None else probs[b, h]  # [S, S]
+            np.matmul(q[b, :, cols], (k[b, :, cols] / scale).T, out=p)  # c2c: k scaled first, as the reference
+            if pos_k is not None:
+                np.matmul(q[b, :, cols], pos_k[:, cols].T, out=c2p_full)  # [S, 2A]: every query against every row
+            if pos_q is not None:
+                np.matmul(k[b, :, cols], pos_q[:, cols].T, out=p2c_full)  # [S, 2A]: every key against every row
+                _gather_p2c_numba(p2c_full, p2c_pos_t, scale, p2c_term)
+            _disentangled_mask_shift_numba(p, c2p_full, p2c_term, c2p_pos, keep[b], scale, pos_k is not None,
+                                           pos_q is not None)
+            np.exp(p, out=p)
+            _normalise_rows_numba(p)
+            np.matmul(p, v[b, :, cols], out=context[b, :, cols])
 
     _split_over_threads(heads, [(b, h) for b in range(B) for h in range(n_heads)],
                         B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW)
@@ -334,6 +439,7 @@ class Ops(NamedTuple):
     residual_layernorm: Callable
     bias_gelu_tanh: Callable
     bias_relu: Callable
+    disentangled_attention: Callable  # DeBERTa's
 
     def bias_activation(self, name: str) -> Callable:
         """The bias + activation kernel for a families.ACTIVATIONS value ("gelu", "gelu_tanh", "relu")."""
@@ -341,9 +447,9 @@ class Ops(NamedTuple):
 
 
 NUMPY = Ops("numpy", attention_numpy, bias_gelu_numpy, residual_layernorm_numpy, bias_gelu_tanh_numpy,
-            bias_relu_numpy)
+            bias_relu_numpy, disentangled_attention_numpy)
 NUMBA = Ops("numba", attention_numba, bias_gelu_numba, residual_layernorm_numba, bias_gelu_tanh_numba,
-            bias_relu_numba)
+            bias_relu_numba, disentangled_attention_numba)
 CHOICES = {"numpy": NUMPY, "numba": NUMBA}
 
 

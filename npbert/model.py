@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 # threads first: it sets OpenBLAS's thread timeout, which OpenBLAS reads when numpy is first imported.
 from . import threads  # noqa: I001
@@ -28,7 +29,7 @@ from .kernels import select as select_kernels
 
 import numpy as np
 
-from . import hub, weights as W
+from . import deberta, hub, weights as W
 from .config import Config
 from .families import ACTIVATIONS
 
@@ -81,6 +82,85 @@ def multi_head_self_attention(x, keep, attn, n_heads, ops, return_probs=False): 
     return linear(context, attn.out_lin), probs
 
 
+# --- DeBERTa-v2/v3 (config.disentangled_attention): its embeddings and attention; deberta.py has the terms ---
+
+
+def deberta_embeddings(input_ids, token_type_ids, keep, emb, config, ops):  # [B, S] -> [B, S, D]
+    # DebertaV2Embeddings: words (+ absolute positions only when position_biased_input; v3 has none)
+    # (+ token types when type_vocab_size > 0), LayerNorm, then padded positions multiplied by 0.
+    B, S = input_ids.shape
+    x = emb.word_embeddings.weight[input_ids]  # [B, S, D]
+    if emb.position_embeddings is not None:
+        x = x + emb.position_embeddings.weight[:S]
+    types = (emb.token_type_embeddings.weight[token_type_ids] if emb.token_type_embeddings is not None
+             else np.zeros_like(x))
+    x = ops.residual_layernorm(x.reshape(B * S, -1), types.reshape(B * S, -1), emb.LayerNorm.weight,
+                               emb.LayerNorm.bias, config.layer_norm_eps).reshape(B, S, -1)
+    return x * keep[..., None].astype(x.dtype)
+
+
+class RelativePositions(NamedTuple):
+    """What every DeBERTa layer's attention shares in one forward (DebertaV2Encoder.get_rel_embedding,
+    get_rel_pos)."""
+
+    table: np.ndarray | None  # [2A, D] rel_embeddings, normalised (norm_rel_ebd); None: no relative_attention
+    c2p_pos: np.ndarray | None  # [S, S] table row of delta(i, j) (deberta.c2p_index)
+    p2c_pos: np.ndarray | None  # [S, S] table row of delta(j, i) (deberta.p2c_index)
+    scale: float  # deberta.attention_scale
+    pos_att_type: tuple
+    share_att_key: bool
+
+
+def relative_positions(seq_len, transformer, config, dtype, ops) -> RelativePositions:
+    scale = deberta.attention_scale(config.head_dim, config.pos_att_type, dtype)
+    if not config.relative_attention:  # content only, but scaled as if the position terms were there
+        return RelativePositions(None, None, None, scale, config.pos_att_type, config.share_att_key)
+    table = transformer.rel_embeddings.weight
+    if transformer.rel_layer_norm is not None:
+        ln = transformer.rel_layer_norm
+        table = ops.residual_layernorm(table, np.zeros_like(table), ln.weight, ln.bias, config.layer_norm_eps)
+    relative = deberta.relative_positions(seq_len, config.position_buckets, config.max_relative_distance)  # [S, S]
+    span = config.relative_span
+    return RelativePositions(table, deberta.c2p_index(relative, span), deberta.p2c_index(relative, span), scale,
+                             config.pos_att_type, config.share_att_key)
+
+
+def projected_table(layer, rel: RelativePositions):  # -> pos_k [2A, D] | None, pos_q [2A, D] | None
+    # The table projected like the keys (c2p) and like the queries (p2c): with the layer's own q/k
+    # projections when share_att_key, else with its pos_key_proj / pos_query_proj.
+    if rel.table is None:
+        return None, None
+    if layer.pos_tables is not None:  # computed once at load (with_position_tables)
+        return layer.pos_tables
+    own = layer.attention if rel.share_att_key else layer.pos_proj
+    pos_k = linear(rel.table, own.k_lin) if "c2p" in rel.pos_att_type else None
+    pos_q = linear(rel.table, own.q_lin) if "p2c" in rel.pos_att_type else None
+    return pos_k, pos_q
+
+
+def with_position_tables(tree, config, ops):
+    """The tree with every layer's projections of the relative-position table stored on the layer
+    (TransformerBlock.pos_tables). They depend on the weights only, so they are computed once here rather
+    than in every forward as transformers does: two [2A, D] x [D, D] products per layer, some 20% of a
+    base-size forward at S 384. The forward reads them where it would compute them: the same values."""
+    encoder = tree.encoder if hasattr(tree, "qa_outputs") else tree
+    rel = relative_positions(1, encoder.transformer, config, encoder.embeddings.word_embeddings.weight.dtype, ops)
+    layers = tuple(layer._replace(pos_tables=W.PositionTables(*projected_table(layer._replace(pos_tables=None), rel)))
+                   for layer in encoder.transformer.layer)
+    encoder = encoder._replace(transformer=encoder.transformer._replace(layer=layers))
+    return tree._replace(encoder=encoder) if hasattr(tree, "qa_outputs") else encoder
+
+
+def disentangled_self_attention(x, keep, layer, rel, n_heads, ops, return_probs=False):  # [B, S, D] -> [B, S, D]
+    D = x.shape[-1]
+    qkv = linear(x, layer.attention.qkv)  # [B, S, 3D], as multi_head_self_attention
+    q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
+    pos_k, pos_q = projected_table(layer, rel)
+    context, probs = ops.disentangled_attention(q, k, v, pos_k, pos_q, rel.c2p_pos, rel.p2c_pos, keep, n_heads,
+                                                rel.scale, return_probs)  # [B, S, D], [B, H, S, S]
+    return linear(context, layer.attention.out_lin), probs
+
+
 def ffn(x, f, bias_activation):  # [B, S, D] -> [B, S, D]
     B, S, D = x.shape
     h = x.reshape(B * S, D) @ f.lin1.weight.T  # [B*S, F]; the bias is added inside the activation kernel
@@ -88,12 +168,15 @@ def ffn(x, f, bias_activation):  # [B, S, D] -> [B, S, D]
     return linear(h, f.lin2).reshape(B, S, D)
 
 
-def transformer_block(x, keep, layer, n_heads, ops, bias_activation, eps, return_probs=False):
-    # [B, S, D] -> [B, S, D]
+def transformer_block(x, keep, layer, n_heads, ops, bias_activation, eps, return_probs=False, relative=None):
+    # [B, S, D] -> [B, S, D]; relative: DeBERTa's RelativePositions
     B, S, D = x.shape
     rows = lambda a: a.reshape(B * S, D)  # noqa: E731  the kernels see [B*S, D]
     # Post-LN: each sublayer's output is added to its input, then normalised.
-    a, probs = multi_head_self_attention(x, keep, layer.attention, n_heads, ops, return_probs)
+    if relative is not None:
+        a, probs = disentangled_self_attention(x, keep, layer, relative, n_heads, ops, return_probs)
+    else:
+        a, probs = multi_head_self_attention(x, keep, layer.attention, n_heads, ops, return_probs)
     ln = layer.sa_layer_norm
     x = ops.residual_layernorm(rows(a), rows(x), ln.weight, ln.bias, eps).reshape(B, S, D)
     f = ffn(x, layer.ffn, bias_activation)
@@ -105,11 +188,16 @@ def transformer_block(x, keep, layer, n_heads, ops, bias_activation, eps, return
 def encoder(input_ids, token_type_ids, keep, w, config, ops, output_hidden_states=False, output_attentions=False):
     # [B, S] -> [B, S, D], hidden states (embeddings + each layer), attentions (each block run)
     bias_activation = ops.bias_activation(ACTIVATIONS[config.activation])
-    x = embeddings(input_ids, token_type_ids, w.embeddings, config, ops)
+    relative = None
+    if config.disentangled_attention:  # DeBERTa
+        x = deberta_embeddings(input_ids, token_type_ids, keep, w.embeddings, config, ops)
+        relative = relative_positions(input_ids.shape[1], w.transformer, config, x.dtype, ops)
+    else:
+        x = embeddings(input_ids, token_type_ids, w.embeddings, config, ops)
     hidden_states, attentions = [x], []
     for n, layer in enumerate(w.transformer.layer, 1):  # ALBERT: shared blocks, repeated in run order
         x, probs = transformer_block(x, keep, layer, config.n_heads, ops, bias_activation, config.layer_norm_eps,
-                                     output_attentions)
+                                     output_attentions, relative)
         if n % config.blocks_per_layer == 0:  # a hidden state per layer (ALBERT: per group of blocks)
             hidden_states.append(x)
         attentions.append(probs)
@@ -170,7 +258,9 @@ def prepare_inputs(input_ids, attention_mask, config: Config, token_type_ids=Non
         keep = mask.astype(bool)
     types = None
     if config.type_vocab_size == 0:
-        if token_type_ids is not None:
+        # DeBERTa-v3's tokenizer returns token types (model_input_names) and transformers' DeBERTa takes and
+        # ignores them when type_vocab_size is 0; DistilBERT's forward takes none.
+        if token_type_ids is not None and not config.disentangled_attention:
             raise ValueError(f"a {config.model_type} model has no token type embeddings: pass token_type_ids=None")
     elif token_type_ids is None:
         types = np.zeros(ids.shape, dtype=np.int64)
@@ -196,6 +286,8 @@ class _Pretrained:
         self.weights = W.relayout_for_speed(weights, weights_file)
         self.dtype = np.dtype(dtype)
         self.ops = select_kernels(kernels)
+        if config.disentangled_attention and config.relative_attention:  # DeBERTa: input-independent tables
+            self.weights = with_position_tables(self.weights, config, self.ops)
         self.source = source
 
     @classmethod
@@ -286,4 +378,8 @@ class ElectraForQuestionAnswering(AutoModelForQuestionAnswering):
 
 class AlbertForQuestionAnswering(AutoModelForQuestionAnswering):
     model_type = "albert"
+
+
+class DebertaV2ForQuestionAnswering(AutoModelForQuestionAnswering):
+    model_type = "deberta-v2"
 

@@ -1,7 +1,7 @@
 """Question/context tokenization, equal to the fast tokenizer transformers 4.57.6 `AutoTokenizer` loads.
 
-Families: DistilBERT, BERT (MiniLM too) and ELECTRA (WordPiece), RoBERTa (byte-level BPE), XLM-RoBERTa
-and ALBERT (SentencePiece). Follows transformers 4.57.6:
+Families: DistilBERT, BERT (MiniLM too) and ELECTRA (WordPiece), RoBERTa (byte-level BPE), XLM-RoBERTa,
+ALBERT and DeBERTa-v2/v3 (SentencePiece). Follows transformers 4.57.6:
 
 - `models/auto/tokenization_auto.py`: the class is tokenizer_config.json's `tokenizer_class`, else
   config.json's `model_type` (`TOKENIZER_MAPPING_NAMES`);
@@ -12,8 +12,8 @@ and ALBERT (SentencePiece). Follows transformers 4.57.6:
   flags), `models/roberta/tokenization_roberta_fast.py` (post-processor add_prefix_space/trim_offsets), the
   RoBERTa/XLM-R/ALBERT mask token;
 - without tokenizer.json, `convert_slow_tokenizer.py`: `BertConverter` (vocab.txt), `RobertaConverter`
-  (vocab.json + merges.txt), `XLMRobertaConverter` (sentencepiece.bpe.model) and `AlbertConverter`
-  (spiece.model), reading the files as the slow tokenizers do.
+  (vocab.json + merges.txt), `XLMRobertaConverter` (sentencepiece.bpe.model), `AlbertConverter`
+  (spiece.model) and `DebertaV2Converter` (spm.model), reading the files as the slow tokenizers do.
 
 The `tokenizers` library does the actual work, configured exactly as transformers configures it, so ids,
 type ids, offsets and overflow windows are the same by construction (tests/test_tokenizer.py and
@@ -29,7 +29,7 @@ API
     windows = tok.encode_pair(question, context, max_length=384, stride=128, padding="do_not_pad")
     w = windows[0]
     w.input_ids       # [S] int64: specials, question, specials, context window, special (+ pads if padded)
-    w.token_type_ids  # [S] int64: 0 question, 1 context (BERT, ELECTRA, ALBERT); all 0 (RoBERTa, XLM-R)
+    w.token_type_ids  # [S] int64: 0 question, 1 context (BERT, ELECTRA, ALBERT, DeBERTa); all 0 (RoBERTa, XLM-R)
     w.attention_mask  # [S] int64: 1 token, 0 padding
     w.offsets         # [S, 2] int64: character span of each token in its own text ((0, 0) for specials)
     w.sequence_ids    # tuple [S]: 0 question, 1 context, None special/padding
@@ -71,7 +71,7 @@ MAX_CONFIGURED = 8
 class Family:
     """What one transformers fast tokenizer class brings: its files, defaults and `__init__` overrides."""
 
-    kind: str  # "wordpiece", "bpe", "xlmr" or "albert": how the backend is built without tokenizer.json
+    kind: str  # "wordpiece", "bpe", "xlmr", "albert" or "deberta": how the backend is built without tokenizer.json
     model_input_names: tuple
     defaults: dict  # the class's special-token defaults
     files: tuple  # the slow tokenizer's vocabulary files (read when tokenizer.json is absent)
@@ -101,14 +101,22 @@ FAMILIES = {  # transformers class name (without "Fast") -> Family
         "albert", _THREE, dict(bos_token="[CLS]", eos_token="[SEP]", unk_token="<unk>", sep_token="[SEP]",
                                pad_token="<pad>", cls_token="[CLS]", mask_token="[MASK]"),
         ("spiece.model",), mask_fast=_MASK, slow_tokens={"mask_token": _MASK}),
+    # DebertaV2Tokenizer.__init__ wraps a plain unk_token in AddedToken(normalized=True, special=True); the
+    # fast class wraps nothing. model_input_names: the base class's three (DeBERTa-v3's model ignores the types).
+    "DebertaV2Tokenizer": Family(
+        "deberta", _THREE, dict(bos_token="[CLS]", eos_token="[SEP]", unk_token="[UNK]", sep_token="[SEP]",
+                                pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]"),
+        ("spm.model",), slow_tokens={"unk_token": dict(normalized=True, special=True)}),
 }
 MODEL_TYPES = {  # config.json model_type -> class (models/auto/tokenization_auto.py TOKENIZER_MAPPING_NAMES)
     "distilbert": "DistilBertTokenizer", "bert": "BertTokenizer", "electra": "ElectraTokenizer",
     "roberta": "RobertaTokenizer", "xlm-roberta": "XLMRobertaTokenizer", "albert": "AlbertTokenizer",
+    "deberta-v2": "DebertaV2Tokenizer",
 }
 # What a folder's files say when neither tokenizer_config.json nor config.json names a class.
 _BY_FILE = (("vocab.txt", "DistilBertTokenizer"), ("vocab.json", "RobertaTokenizer"),
-            ("sentencepiece.bpe.model", "XLMRobertaTokenizer"), ("spiece.model", "AlbertTokenizer"))
+            ("sentencepiece.bpe.model", "XLMRobertaTokenizer"), ("spiece.model", "AlbertTokenizer"),
+            ("spm.model", "DebertaV2Tokenizer"))
 
 
 @dataclass(frozen=True)
@@ -344,8 +352,8 @@ def _generate_merges(vocab: dict, vocab_scores: list) -> list:
     return [(m[0], m[1]) for m in merges]
 
 
-def _spm_backend(path: Path, kind: str, do_lower_case: bool, keep_accents: bool):
-    """SpmConverter as XLMRobertaConverter / AlbertConverter specialise it."""
+def _spm_backend(path: Path, kind: str, do_lower_case: bool, keep_accents: bool, split_by_punct: bool = False):
+    """SpmConverter as XLMRobertaConverter / AlbertConverter / DebertaV2Converter specialise it."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE, Unigram
 
@@ -355,9 +363,12 @@ def _spm_backend(path: Path, kind: str, do_lower_case: bool, keep_accents: bool)
         vocab_scores = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
         vocab_scores += [(p.piece, p.score) for p in pieces[3:]] + [("<mask>", 0.0)]
         unk_id = 3
-    else:  # ALBERT: a piece ending in "<digit>," is pushed back (check_number_comma)
+    elif kind == "albert":  # a piece ending in "<digit>," is pushed back (check_number_comma)
         vocab_scores = [(p.piece, p.score if len(p.piece) < 2 or p.piece[-1] != "," or not p.piece[-2].isdigit()
                          else p.score - 100) for p in pieces]
+        unk_id = proto.trainer_spec.unk_id
+    else:  # DeBERTa: SpmConverter's own vocabulary, the pieces as they are
+        vocab_scores = [(p.piece, p.score) for p in pieces]
         unk_id = proto.trainer_spec.unk_id
     model_type = proto.trainer_spec.model_type
     try:
@@ -383,6 +394,12 @@ def _spm_backend(path: Path, kind: str, do_lower_case: bool, keep_accents: bool)
         steps = [normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), "▁")]
         if charsmap:
             steps.insert(0, normalizers.Precompiled(charsmap))
+    elif kind == "deberta":  # lower-cased only when asked (do_lower_case defaults to false), stripped both sides
+        steps = [normalizers.Lowercase()] if do_lower_case else []
+        steps.append(normalizers.Strip())
+        if charsmap:
+            steps.append(normalizers.Precompiled(charsmap))
+        steps.append(normalizers.Replace(Regex(" {2,}"), " "))
     else:
         steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"')]
         if not keep_accents:
@@ -393,14 +410,19 @@ def _spm_backend(path: Path, kind: str, do_lower_case: bool, keep_accents: bool)
             steps.append(normalizers.Precompiled(charsmap))
         steps.append(normalizers.Replace(Regex(" {2,}"), " "))
     backend.normalizer = normalizers.Sequence(steps)
-    # The slow XLM-R and ALBERT tokenizers have no add_prefix_space attribute: the converter's default
-    # True, prepend_scheme "always".
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    # The slow XLM-R, ALBERT and DeBERTa tokenizers have no add_prefix_space (nor legacy) attribute: the
+    # converter's default True, prepend_scheme "always".
+    metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    if kind == "deberta":  # punctuation split off first when split_by_punct
+        punctuation = [pre_tokenizers.Punctuation(behavior="isolated")] if split_by_punct else []
+        backend.pre_tokenizer = pre_tokenizers.Sequence([*punctuation, metaspace])
+    else:
+        backend.pre_tokenizer = metaspace
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     if kind == "xlmr":
         backend.post_processor = processors.TemplateProcessing(
             single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    else:
+    else:  # ALBERT and DeBERTa: [CLS] A [SEP] B [SEP], type ids 0 then 1
         ids = {p.piece: i for i, p in enumerate(pieces)}  # the slow tokenizer's sp_model.PieceToId
         _require(ids, ("[CLS]", "[SEP]"), path)
         backend.post_processor = processors.TemplateProcessing(
@@ -731,8 +753,9 @@ def _convert(folder: Path, family: Family, settings: _Settings, lowercase, strip
     if family.kind == "bpe":
         return _roberta_backend(folder / "vocab.json", folder / "merges.txt", add_prefix_space,
                                 special["cls_token"], special["sep_token"])
-    return _spm_backend(folder / family.files[0], family.kind, settings.flag("do_lower_case", True),
-                        settings.flag("keep_accents", False))
+    deberta = family.kind == "deberta"
+    return _spm_backend(folder / family.files[0], family.kind, settings.flag("do_lower_case", not deberta),
+                        settings.flag("keep_accents", False), settings.flag("split_by_punct", False))
 
 
 def _check_text(text, name: str) -> str:

@@ -16,9 +16,17 @@ Names (B batch, S sequence, D width, H heads, F FFN width, E embedding width), i
     embeddings.normalized                   [B, S, E]  LayerNorm(word (+ token_type) + position)
                                             (only where a projection follows: ELECTRA with E != D, ALBERT)
     embeddings                              [B, S, D]  LayerNorm(word (+ token_type) + position), projected
+                                            (DeBERTa: LayerNorm(word (+ position) (+ token_type)) x mask;
+                                            embeddings.position only with position_biased_input)
+    rel_embeddings                          [2A, D]  DeBERTa with relative_attention: the relative-position
+                                            table every layer reads, after its LayerNorm (norm_rel_ebd)
     layer.{i}.attention.q / .k / .v         [B, S, D]  q_lin, k_lin, v_lin outputs (heads side by side)
+    layer.{i}.attention.c2c / .c2p / .p2c   [B, H, S, S]  DeBERTa only: the three score terms, each scaled
+                                            (npbert/deberta.py; c2p, p2c as pos_att_type says)
     layer.{i}.attention.scores              [B, H, S, S]  (q / sqrt(Dh)) @ k^T, before the padding mask
+                                            (DeBERTa: c2c + c2p + p2c)
     layer.{i}.attention.probs               [B, H, S, S]  softmax over keys, padded keys masked out
+                                            (DeBERTa: padded queries too, their rows uniform)
     layer.{i}.attention.context             [B, S, D]  probs @ v, heads concatenated (out_lin's input)
     layer.{i}.attention.output              [B, S, D]  out_lin(context)
     layer.{i}.sa_layer_norm                 [B, S, D]  LayerNorm(attention.output + block input)
@@ -45,19 +53,24 @@ import numpy as np
 
 from .families import ACTIVATIONS
 from .kernels import NUMPY
-from .model import linear, position_ids_after_padding, prepare_inputs
+from . import deberta
+from .model import linear, position_ids_after_padding, prepare_inputs, projected_table, relative_positions
 
 LAYER_NAMES = ("attention.q", "attention.k", "attention.v", "attention.scores", "attention.probs",
                "attention.context", "attention.output", "sa_layer_norm", "ffn.pre_activation", "ffn.activation",
                "ffn.output", "output_layer_norm")
 
 
-def names(n_layers: int, with_qa_head: bool = True, token_types: bool = False, projection: bool = False) -> list[str]:
-    """Every name a trace holds, in forward order (n_layers: block runs)."""
+def names(n_layers: int, with_qa_head: bool = True, token_types: bool = False, projection: bool = False,
+          positions: bool = True, terms: tuple = (), rel_embeddings: bool = False) -> list[str]:
+    """Every name a trace holds, in forward order (n_layers: block runs; positions, terms, rel_embeddings:
+    DeBERTa's absolute positions, score terms ("c2c", "c2p", "p2c") and relative-position table)."""
     out = ["input_ids", "attention_mask"] + ["token_type_ids"] * token_types + ["embeddings.word"]
-    out += ["embeddings.token_type"] * token_types + ["embeddings.position"]
-    out += ["embeddings.normalized"] * projection + ["embeddings"]
-    out += [f"layer.{i}.{n}" for i in range(n_layers) for n in LAYER_NAMES]
+    out += ["embeddings.token_type"] * token_types + ["embeddings.position"] * positions
+    out += ["embeddings.normalized"] * projection + ["embeddings"] + ["rel_embeddings"] * rel_embeddings
+    layer_names = [*LAYER_NAMES[:3], *(f"attention.{term}" for term in ("c2c", "c2p", "p2c") if term in terms),
+                   *LAYER_NAMES[3:]]  # q, k, v, the DeBERTa terms, then scores onwards
+    out += [f"layer.{i}.{n}" for i in range(n_layers) for n in layer_names]
     return out + (["logits", "start_logits", "end_logits"] if with_qa_head else [])
 
 
@@ -79,8 +92,29 @@ def _attention(x, keep, attn, n_heads, t, p):  # [B, S, D] -> [B, S, D], recordi
     return t[p + "output"]
 
 
-def _block(x, keep, layer, n_heads, eps, bias_activation, t, p):  # [B, S, D] -> [B, S, D]
-    a = _attention(x, keep, layer.attention, n_heads, t, p + "attention.")
+def _disentangled_attention(x, keep, layer, rel, n_heads, t, p):  # [B, S, D] -> [B, S, D], as _attention
+    # DeBERTa: the three score terms of npbert/deberta.py, kept one by one.
+    B, S, D = x.shape
+    heads = lambda a: a.reshape(B, S, n_heads, D // n_heads).transpose(0, 2, 1, 3)  # noqa: E731  [B, H, S, Dh]
+    attn = layer.attention
+    q, k, v = t[p + "q"], t[p + "k"], t[p + "v"] = linear(x, attn.q_lin), linear(x, attn.k_lin), linear(x, attn.v_lin)
+    pos_k, pos_q = (None if a is None else deberta.head_rows(a, n_heads) for a in projected_table(layer, rel))
+    terms = deberta.score_terms(heads(q), heads(k), pos_k, pos_q, rel.c2p_pos, rel.p2c_pos, rel.scale)
+    for name, term in zip(("c2c", "c2p", "p2c"), terms):
+        if term is not None:
+            t[p + name] = term
+    scores = t[p + "scores"] = deberta.combined_scores(*terms)
+    probs = t[p + "probs"] = deberta.masked_softmax(scores, keep)
+    context = t[p + "context"] = (probs @ heads(v)).transpose(0, 2, 1, 3).reshape(B, S, D)
+    t[p + "output"] = linear(context, attn.out_lin)
+    return t[p + "output"]
+
+
+def _block(x, keep, layer, n_heads, eps, bias_activation, t, p, rel=None):  # [B, S, D] -> [B, S, D]
+    if rel is not None:  # DeBERTa
+        a = _disentangled_attention(x, keep, layer, rel, n_heads, t, p + "attention.")
+    else:
+        a = _attention(x, keep, layer.attention, n_heads, t, p + "attention.")
     ln = layer.sa_layer_norm
     x = t[p + "sa_layer_norm"] = NUMPY.residual_layernorm(a, x, ln.weight, ln.bias, eps)
     lin1 = layer.ffn.lin1
@@ -103,6 +137,8 @@ def trace(model, input_ids, attention_mask=None, token_type_ids=None) -> dict[st
     t = {"input_ids": ids, "attention_mask": keep.astype(np.int64)}
     emb = w.embeddings
     x = t["embeddings.word"] = emb.word_embeddings.weight[ids]
+    if config.disentangled_attention:
+        return _deberta_trace(model, config, w, ids, keep, types, t, with_qa_head)
     if types is not None:
         t["token_type_ids"] = types
         t["embeddings.token_type"] = emb.token_type_embeddings.weight[types]
@@ -125,6 +161,33 @@ def trace(model, input_ids, attention_mask=None, token_type_ids=None) -> dict[st
         logits = t["logits"] = linear(x, model.weights.qa_outputs)
         t["start_logits"], t["end_logits"] = logits[..., 0], logits[..., 1]
     order = names(len(w.transformer.layer), with_qa_head, types is not None, emb.projection is not None)
+    return {name: np.ascontiguousarray(t[name]) for name in order}
+
+
+def _deberta_trace(model, config, w, ids, keep, types, t, with_qa_head):
+    # model.deberta_embeddings and model.encoder's DeBERTa branch, step by step.
+    emb, x = w.embeddings, t["embeddings.word"]
+    if emb.position_embeddings is not None:
+        t["embeddings.position"] = emb.position_embeddings.weight[None, : ids.shape[1]]
+        x = x + t["embeddings.position"]
+    if types is not None:
+        t["token_type_ids"] = types
+        t["embeddings.token_type"] = emb.token_type_embeddings.weight[types]
+    residual = t["embeddings.token_type"] if types is not None else np.zeros_like(x)
+    x = NUMPY.residual_layernorm(x, residual, emb.LayerNorm.weight, emb.LayerNorm.bias, config.layer_norm_eps)
+    x = t["embeddings"] = x * keep[..., None].astype(x.dtype)
+    rel = relative_positions(ids.shape[1], w.transformer, config, x.dtype, NUMPY)
+    if rel.table is not None:
+        t["rel_embeddings"] = rel.table
+    bias_activation = NUMPY.bias_activation(ACTIVATIONS[config.activation])
+    for i, layer in enumerate(w.transformer.layer):
+        x = _block(x, keep, layer, config.n_heads, config.layer_norm_eps, bias_activation, t, f"layer.{i}.", rel)
+    if with_qa_head:
+        logits = t["logits"] = linear(x, model.weights.qa_outputs)
+        t["start_logits"], t["end_logits"] = logits[..., 0], logits[..., 1]
+    terms = tuple(term for term in ("c2c", "c2p", "p2c") if f"layer.0.attention.{term}" in t)
+    order = names(len(w.transformer.layer), with_qa_head, types is not None, False, emb.position_embeddings is not None,
+                  terms, rel.table is not None)
     return {name: np.ascontiguousarray(t[name]) for name in order}
 
 
@@ -172,8 +235,10 @@ def load(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         except json.JSONDecodeError:
             meta[k] = v
     # safetensors keeps names sorted; put known names back in forward order, unknown ones after.
+    terms = tuple(term for term in ("c2c", "c2p", "p2c") if f"layer.0.attention.{term}" in tensors)
     order = {n: i for i, n in enumerate(names(_count_layers(tensors), True, "token_type_ids" in tensors,
-                                              "embeddings.normalized" in tensors))}
+                                              "embeddings.normalized" in tensors, "embeddings.position" in tensors,
+                                              terms, "rel_embeddings" in tensors))}
     return dict(sorted(tensors.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))), meta
 
 

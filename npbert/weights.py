@@ -49,7 +49,7 @@ class Embedding(NamedTuple):
 
 class Embeddings(NamedTuple):
     word_embeddings: Embedding  # [V, E]
-    position_embeddings: Embedding  # [P, E]
+    position_embeddings: Embedding | None  # [P, E]; None: DeBERTa without position_biased_input
     LayerNorm: LayerNorm  # [E]
     token_type_embeddings: Embedding | None = None  # [T, E]; None: no token types (DistilBERT)
     projection: Linear | None = None  # [D, E] (ELECTRA, ALBERT); None when E == D
@@ -67,17 +67,39 @@ class FFN(NamedTuple):
     lin2: Linear  # [D, F]
 
 
+class PositionProjections(NamedTuple):
+    """DeBERTa without share_att_key: a layer's own projections of the relative-position table."""
+
+    k_lin: Linear | None  # [D, D] pos_key_proj, for c2p; None when pos_att_type has no c2p
+    q_lin: Linear | None  # [D, D] pos_query_proj, for p2c; None when it has no p2c
+
+
+class PositionTables(NamedTuple):
+    """DeBERTa: the relative-position table (after its LayerNorm) as one layer projects it for c2p and p2c.
+    Derived, not stored in checkpoints: it depends on the weights only, so model.with_position_tables
+    computes it once at load."""
+
+    pos_k: np.ndarray | None  # [2A, D], projected like the keys, for c2p; None without c2p
+    pos_q: np.ndarray | None  # [2A, D], projected like the queries, for p2c; None without p2c
+
+
 class TransformerBlock(NamedTuple):
     attention: MultiHeadSelfAttention
     sa_layer_norm: LayerNorm
     ffn: FFN
     output_layer_norm: LayerNorm
+    pos_proj: PositionProjections | None = None  # DeBERTa, relative attention without share_att_key
+    pos_tables: PositionTables | None = None  # DeBERTa: derived at load (model.with_position_tables)
 
 
 class Transformer(NamedTuple):
     # One block per attention layer, in forward order. ALBERT's layers share blocks: the same block
     # object then stands at several places (config.block_order()), its arrays stored once.
     layer: tuple[TransformerBlock, ...]
+    # DeBERTa with relative_attention: the relative-position table every layer reads, [2A, D]
+    # (A = config.relative_span), and its LayerNorm when norm_rel_ebd is layer_norm.
+    rel_embeddings: Embedding | None = None
+    rel_layer_norm: LayerNorm | None = None
 
 
 class Encoder(NamedTuple):
@@ -97,7 +119,7 @@ QA_HEAD_KEYS = frozenset({"qa_outputs.weight", "qa_outputs.bias"})
 def canonical_keys(config: Config, with_qa_head: bool = True) -> dict[str, str]:
     """Every tensor the model needs: canonical name (the tree's path) -> the family's checkpoint key."""
     family, prefix = config.family, config.family.prefix + "."
-    embeddings = ["word_embeddings", "position_embeddings", "LayerNorm"]
+    embeddings = ["word_embeddings"] + ["position_embeddings"] * config.position_biased_input + ["LayerNorm"]
     if config.type_vocab_size:
         embeddings.append("token_type_embeddings")
     if config.embedding_width != config.dim:
@@ -106,10 +128,23 @@ def canonical_keys(config: Config, with_qa_head: bool = True) -> dict[str, str]:
     for part in embeddings:
         for p in ("weight", "bias") if part in ("LayerNorm", "projection") else ("weight",):
             out[f"embeddings.{part}.{p}"] = f"{prefix}{family.layout['embeddings.' + part]}.{p}"
+    relative = config.disentangled_attention and config.relative_attention
+    if relative:  # DeBERTa's relative-position table, and its LayerNorm
+        out["transformer.rel_embeddings.weight"] = f"{prefix}{family.layout['transformer.rel_embeddings']}.weight"
+        if config.normalises_rel_embeddings:
+            for p in ("weight", "bias"):
+                out[f"transformer.rel_layer_norm.{p}"] = f"{prefix}{family.layout['transformer.rel_layer_norm']}.{p}"
+    elif config.disentangled_attention and config.normalises_rel_embeddings:
+        # transformers builds encoder.LayerNorm from norm_rel_ebd alone: stored, but there is no table to normalise.
+        for p in ("weight", "bias"):
+            out[f"transformer.rel_layer_norm.{p}"] = f"{prefix}{family.layout['transformer.rel_layer_norm']}.{p}"
+    # DeBERTa without share_att_key projects the table with each layer's own pos_key_proj / pos_query_proj.
+    pos_parts = [f"pos_proj.{lin}" for lin, term in (("k_lin", "c2p"), ("q_lin", "p2c"))
+                 if relative and not config.share_att_key and term in config.pos_att_type]
     for b in range(config.n_blocks):
         g, j = divmod(b, config.inner_group_num)  # ALBERT's group and layer within it
         for part in ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "sa_layer_norm",
-                     "ffn.lin1", "ffn.lin2", "output_layer_norm"):
+                     "ffn.lin1", "ffn.lin2", "output_layer_norm", *pos_parts):
             key = family.layout["layer." + part].format(i=b, g=g, j=j)
             for p in ("weight", "bias"):
                 out[f"transformer.layer.{b}.{part}.{p}"] = f"{prefix}{key}.{p}"
@@ -131,6 +166,10 @@ def _canonical_shape(name: str, config: Config) -> tuple[int, ...]:
         return (E,)  # LayerNorm
     if parts[0] == "qa_outputs":
         return (2, D) if parts[1] == "weight" else (2,)
+    if parts[1] == "rel_embeddings":
+        return (2 * config.relative_span, D)
+    if parts[1] == "rel_layer_norm":
+        return (D,)
     part, p = ".".join(parts[3:-1]), parts[-1]
     out_in = {"ffn.lin1": (F, D), "ffn.lin2": (D, F)}.get(part, (D, D))
     if part.endswith("norm"):
@@ -326,19 +365,29 @@ def build_tree(tensors: dict[str, np.ndarray], config: Config, with_qa_head: boo
     def layer_norm(p):
         return LayerNorm(t[p + ".weight"], t[p + ".bias"])
 
+    def optional_linear(p):
+        return linear(p) if p + ".weight" in t else None
+
     def block(p):
         attention = MultiHeadSelfAttention(*(linear(f"{p}.attention.{n}") for n in ("q_lin", "k_lin", "v_lin", "out_lin")))
         ffn = FFN(linear(p + ".ffn.lin1"), linear(p + ".ffn.lin2"))
-        return TransformerBlock(attention, layer_norm(p + ".sa_layer_norm"), ffn, layer_norm(p + ".output_layer_norm"))
+        pos_proj = PositionProjections(optional_linear(p + ".pos_proj.k_lin"), optional_linear(p + ".pos_proj.q_lin"))
+        return TransformerBlock(attention, layer_norm(p + ".sa_layer_norm"), ffn, layer_norm(p + ".output_layer_norm"),
+                                pos_proj if any(lin is not None for lin in pos_proj) else None)
 
     e = "embeddings"
     embeddings = Embeddings(
-        Embedding(t[e + ".word_embeddings.weight"]), Embedding(t[e + ".position_embeddings.weight"]),
+        Embedding(t[e + ".word_embeddings.weight"]),
+        Embedding(t[e + ".position_embeddings.weight"]) if e + ".position_embeddings.weight" in t else None,
         layer_norm(e + ".LayerNorm"),
         Embedding(t[e + ".token_type_embeddings.weight"]) if e + ".token_type_embeddings.weight" in t else None,
         linear(e + ".projection") if e + ".projection.weight" in t else None)
     blocks = [block(f"transformer.layer.{b}") for b in range(config.n_blocks)]
-    encoder = Encoder(embeddings, Transformer(tuple(blocks[b] for b in config.block_order())))
+    r = "transformer.rel_"
+    encoder = Encoder(embeddings, Transformer(
+        tuple(blocks[b] for b in config.block_order()),
+        Embedding(t[r + "embeddings.weight"]) if r + "embeddings.weight" in t else None,
+        layer_norm(r + "layer_norm") if r + "layer_norm.weight" in t else None))
     return ForQuestionAnswering(encoder, linear("qa_outputs")) if with_qa_head else encoder
 
 

@@ -30,6 +30,9 @@ CASES = {
                                                                    "max_position_embeddings": 514}),
     "electra": (lambda d: th.wordpiece_folder(d, lowercase=True, model_type="electra"), {"embedding_size": 16}),
     "albert": (lambda d: th.sentencepiece_folder(d, "albert"), {"embedding_size": 16, "num_hidden_layers": 2}),
+    "deberta-v2": (lambda d: th.sentencepiece_folder(d, "deberta"), {
+        "relative_attention": True, "position_buckets": 32, "pos_att_type": ["p2c", "c2p"], "norm_rel_ebd": "layer_norm",
+        "share_att_key": False, "position_biased_input": False}),  # the layers' own pos_key_proj / pos_query_proj
 }
 QUESTION, CONTEXT = "Where does John live?", "My name is John and I live in Seattle. " * 30
 
@@ -89,8 +92,11 @@ def test_trace_diff_and_attention(family, tmp_path):
     proc = npbert_cli("diff", tmp_path / "float32.safetensors", tmp_path / "float64.safetensors", "--tol", "1e-3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tensors = npbert.trace.load(tmp_path / "float32.safetensors")[0]
-    # Every family here has a token-type embedding; RoBERTa's single row is always type 0.
-    assert tensors["token_type_ids"].any() == (model_type in ("bert", "electra", "albert"))
+    if model_type == "deberta-v2":  # no token types (v3), the three score terms kept per layer
+        assert "token_type_ids" not in tensors and "embeddings.position" not in tensors
+        assert {"layer.1.attention.c2c", "layer.1.attention.c2p", "layer.1.attention.p2c"} <= set(tensors)
+    else:  # every other family here has a token-type embedding; RoBERTa's single row is always type 0
+        assert tensors["token_type_ids"].any() == (model_type in ("bert", "electra", "albert"))
     assert ("embeddings.normalized" in tensors) == (model_type in ("electra", "albert"))
     pytest.importorskip("matplotlib", reason="the viz extra is not installed")
     proc = npbert_cli("attention", "--model", folder, "-q", QUESTION, "-c", CONTEXT[:120], "--layer", "1",

@@ -2,7 +2,7 @@
 QA pipeline calls it; thread safety; one-line errors for broken tokenizer files.
 
 The tokenizers are trained here (tests/tokenizer_helpers.py), once per session: WordPiece from the real
-vocabulary, byte-level BPE (RoBERTa), SentencePiece BPE and unigram (XLM-R, ALBERT), each without and with the
+vocabulary, byte-level BPE (RoBERTa), SentencePiece BPE and unigram (XLM-R, ALBERT, DeBERTa-v3), each without and with the
 tokenizer.json transformers' `save_pretrained` writes.
 """
 
@@ -62,12 +62,17 @@ LAYOUTS = {
     "albert/spiece.model": lambda root, get: helpers.sentencepiece_folder(root, "albert"),
     "albert-cased-accents/spiece.model": _edited("albert/spiece.model", do_lower_case=False, keep_accents=True),
     "albert/tokenizer.json": _json("albert/spiece.model"),
+    "deberta-v3/spm.model": lambda root, get: helpers.sentencepiece_folder(root, "deberta"),
+    "deberta-v3-bpe/spm.model": lambda root, get: helpers.sentencepiece_folder(root, "deberta", model_type="bpe"),
+    "deberta-v3-lower-punct/spm.model": _edited("deberta-v3/spm.model", do_lower_case=True, split_by_punct=True),
+    "deberta-v3/tokenizer.json": _json("deberta-v3/spm.model"),
 }
-NEEDS_SENTENCEPIECE = ("xlm-roberta", "albert")
+NEEDS_SENTENCEPIECE = ("xlm-roberta", "albert", "deberta")
 # Layouts whose backend another layout already checks in full (same files, another class or a changed
 # config flag): every fourth case, to keep the file fast.
 VARIANTS = ("electra-uncased/vocab.txt", "bert-cased-left-truncation/vocab.txt", "distilbert-cased/vocab.txt", "bert-cased/tokenizer.json",
-            "roberta-prefix-untrimmed/tokenizer.json", "roberta-special-tokens-map/vocab.json", "albert-cased-accents/spiece.model")
+            "roberta-prefix-untrimmed/tokenizer.json", "roberta-special-tokens-map/vocab.json", "albert-cased-accents/spiece.model",
+            "deberta-v3-bpe/spm.model", "deberta-v3/tokenizer.json")
 
 
 @pytest.fixture(scope="session")
@@ -147,7 +152,8 @@ def test_layout_equals_transformers(layout_folder, layout):
 
 
 @pytest.mark.parametrize("layout", ["bert-cased/vocab.txt", "electra-uncased/vocab.txt", "roberta/vocab.json",
-                                    "xlm-roberta-bpe/sentencepiece.bpe.model", "albert/spiece.model"])
+                                    "xlm-roberta-bpe/sentencepiece.bpe.model", "albert/spiece.model",
+                                    "deberta-v3/spm.model"])
 def test_p_mask_is_the_pipelines(layout_folder, layout):
     """QuestionAnsweringPipeline.preprocess: p_mask 1 where the sequence id is not 1, then 0 wherever the id
     is cls_token_id (a literal CLS token in the context too); type ids 0/1 only where the family has them."""

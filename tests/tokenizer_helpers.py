@@ -138,7 +138,8 @@ def roberta_folder(folder: Path, add_prefix_space: bool | None = None, vocab_siz
 def sentencepiece_folder(folder: Path, kind: str, vocab_size: int = 1000, model_type: str | None = None) -> Path:
     """A SentencePiece model trained here: kind "xlmr" is a BPE model saved as XLM-R's sentencepiece.bpe.model
     (<unk> <s> </s> first, as fairseq's); "albert" a unigram model saved as ALBERT's spiece.model (<pad> <unk>
-    [CLS] [SEP] [MASK] first). `model_type` ("bpe", "unigram") overrides the algorithm (the real XLM-R
+    [CLS] [SEP] [MASK] first); "deberta" a unigram model saved as DeBERTa-v3's spm.model ([PAD] [CLS] [SEP]
+    [UNK] first, [MASK] not a piece: transformers adds it after them, as deberta-v3-base's 128000). `model_type` ("bpe", "unigram") overrides the algorithm (the real XLM-R
     sentencepiece.bpe.model is a unigram model despite its name)."""
     import sentencepiece as spm
 
@@ -151,6 +152,14 @@ def sentencepiece_folder(folder: Path, kind: str, vocab_size: int = 1000, model_
         (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
         _write_json(folder / "tokenizer_config.json", {"model_max_length": 512})
         _config(folder, "xlm-roberta")
+    elif kind == "deberta":
+        spm.SentencePieceTrainer.train(model_type=model_type or "unigram", pad_id=0, pad_piece="[PAD]", bos_id=1,
+                                       bos_piece="[CLS]", eos_id=2, eos_piece="[SEP]", unk_id=3, unk_piece="[UNK]",
+                                       **common)
+        (folder / "spm.model").write_bytes(model.getvalue())
+        _write_json(folder / "tokenizer_config.json", {"do_lower_case": False, "vocab_type": "spm",
+                                                       "model_max_length": 512})
+        _config(folder, "deberta-v2")
     else:
         spm.SentencePieceTrainer.train(model_type=model_type or "unigram", pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
                                        control_symbols=["[CLS]", "[SEP]", "[MASK]"], **common)

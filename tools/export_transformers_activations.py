@@ -8,7 +8,9 @@ Runs transformers 4.57.6 `AutoModelForQuestionAnswering` (eager attention, eval 
 runs and records every intermediate with forward hooks on its modules (the module of each name, per
 family, in `_modules`). The attention scores are a local variable inside the attention's forward, so
 they are taken with a TorchFunctionMode active only inside attention: where DistilBERT hands them to
-`masked_fill`, where the other families divide them by sqrt(Dh). ALBERT's shared blocks are hooked once
+`masked_fill`, where the other families divide them by sqrt(Dh); DeBERTa's three score terms where
+`DisentangledSelfAttention` makes them (the first bmm: c2c; the divisions by the scale after it: c2p,
+p2c) and their sum where it goes to `masked_fill`. ALBERT's shared blocks are hooked once
 and named by their run. `--inputs` reuses the exact input_ids, attention_mask (and token_type_ids) of an
 npbert trace; `--question/--context` tokenizes with transformers' own tokenizer as its
 question-answering pipeline does (question first, only_second truncation, overflow windows).
@@ -45,12 +47,43 @@ class _CaptureScores(TorchFunctionMode):
         return result
 
 
+class _CaptureDebertaTerms(TorchFunctionMode):
+    """Inside one DeBERTa attention forward (modeling_deberta_v2.py DisentangledSelfAttention): the first
+    bmm is c2c (q times k^T already divided by the scale); the first division scales k, the next ones are
+    the c2p and then the p2c term over the scale (in that order in disentangled_attention_bias); the tensor
+    passed to masked_fill is their sum. [B*H, S, S] tensors, kept as [B, H, S, S]."""
+
+    def __init__(self, out: dict, prefix: str, terms: tuple, n_heads: int):
+        super().__init__()
+        self.out, self.prefix, self.n_heads = out, prefix, n_heads
+        self.divisions = ["k scaled"] + [t for t in ("c2p", "p2c") if t in terms]
+        self.seen_bmm = False
+
+    def keep(self, name, tensor):
+        self.out[self.prefix + name] = tensor.detach().clone().reshape(-1, self.n_heads, *tensor.shape[-2:])
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func is torch.bmm and not self.seen_bmm:
+            self.seen_bmm = True
+            self.keep("c2c", result)
+        elif func in (torch.Tensor.__truediv__, torch.Tensor.div, torch.div) and self.divisions:
+            name = self.divisions.pop(0)
+            if name != "k scaled":
+                self.keep(name, result)
+        elif func is torch.Tensor.masked_fill and self.prefix + "scores" not in self.out:
+            self.keep("scores", args[0])
+        return result
+
+
 def _modules(model):
     """(embedding modules by name, blocks [(module, {trace name: (submodule, 'in' | 'out')}, attention)])."""
     base = getattr(model, model.base_model_prefix)
     emb = base.embeddings
-    names = {"embeddings.word": (emb.word_embeddings, "out"), "embeddings.position": (emb.position_embeddings, "out")}
-    if hasattr(emb, "token_type_embeddings"):
+    names = {"embeddings.word": (emb.word_embeddings, "out")}
+    if getattr(emb, "position_embeddings", None) is not None:  # DeBERTa-v3 has none
+        names["embeddings.position"] = (emb.position_embeddings, "out")
+    if getattr(emb, "token_type_embeddings", None) is not None:
         names["embeddings.token_type"] = (emb.token_type_embeddings, "out")
     projection = getattr(base, "embeddings_project", None) or getattr(getattr(base, "encoder", None),
                                                                       "embedding_hidden_mapping_in", None)
@@ -58,7 +91,19 @@ def _modules(model):
         names["embeddings.normalized"], names["embeddings"] = (emb, "out"), (projection, "out")
     else:
         names["embeddings"] = (emb, "out")
-    if model.config.model_type == "distilbert":
+    if model.config.model_type == "deberta-v2" and hasattr(base.encoder, "LayerNorm"):
+        names["rel_embeddings"] = (base.encoder.LayerNorm, "out")  # the normalised relative-position table
+    if model.config.model_type == "deberta-v2":
+        blocks = [(layer, {"attention.q": (s.query_proj, "out"), "attention.k": (s.key_proj, "out"),
+                           "attention.v": (s.value_proj, "out"), "attention.probs": (s.dropout, "out"),
+                           "attention.context": (layer.attention.output.dense, "in"),
+                           "attention.output": (layer.attention.output.dense, "out"),
+                           "sa_layer_norm": (layer.attention.output.LayerNorm, "out"),
+                           "ffn.pre_activation": (layer.intermediate.dense, "out"),
+                           "ffn.activation": (layer.output.dense, "in"), "ffn.output": (layer.output.dense, "out"),
+                           "output_layer_norm": (layer.output.LayerNorm, "out")}, s)
+                  for layer in base.encoder.layer for s in (layer.attention.self,)]
+    elif model.config.model_type == "distilbert":
         blocks = [(layer, {"attention.q": (layer.attention.q_lin, "out"), "attention.k": (layer.attention.k_lin, "out"),
                            "attention.v": (layer.attention.v_lin, "out"),
                            "attention.probs": (layer.attention.dropout, "out"),  # identity in eval: the softmax
@@ -99,7 +144,8 @@ def _register_hooks(model, out: dict) -> list:
     def hook(module, name, side):
         # name: a string, or a callable giving it at call time (ALBERT's shared blocks: the current run)
         def keep(value):
-            out[name() if callable(name) else name] = value.detach().clone()
+            # the first call wins: DeBERTa's query_proj/key_proj also project the relative-position table
+            out.setdefault(name() if callable(name) else name, value.detach().clone())
         if side == "in":
             handles.append(module.register_forward_pre_hook(lambda m, args: keep(args[0])))
         else:
@@ -121,7 +167,12 @@ def _register_hooks(model, out: dict) -> list:
         mode = {}
 
         def enter(module, args, kwargs, mode=mode):
-            mode["m"] = _CaptureScores(out, f"layer.{runs['current']}.attention.scores", at_masked_fill)
+            if model.config.model_type == "deberta-v2":
+                terms = tuple(model.config.pos_att_type or ()) if model.config.relative_attention else ()
+                mode["m"] = _CaptureDebertaTerms(out, f"layer.{runs['current']}.attention.", terms,
+                                                 model.config.num_attention_heads)
+            else:
+                mode["m"] = _CaptureScores(out, f"layer.{runs['current']}.attention.scores", at_masked_fill)
             mode["m"].__enter__()
 
         def leave(module, args, output, mode=mode):
@@ -154,6 +205,9 @@ def export(model_folder: str | Path, input_ids, attention_mask, dtype: str = "fl
         for h in handles:
             h.remove()
     out["start_logits"], out["end_logits"] = result.start_logits, result.end_logits
+    encoder = getattr(getattr(model, model.base_model_prefix), "encoder", None)
+    if getattr(encoder, "relative_attention", False) and "rel_embeddings" not in out:  # DeBERTa, not normalised
+        out["rel_embeddings"] = encoder.rel_embeddings.weight.detach().clone()
     if "embeddings.token_type" in out and not extra:  # transformers' default: every token of type 0
         extra["token_type_ids"] = torch.zeros_like(ids)
     tensors = {"input_ids": ids, "attention_mask": mask, **extra, **out}

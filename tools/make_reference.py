@@ -30,7 +30,7 @@ HINT = "regenerate it with `python tools/make_reference.py` (needs the parity ex
 
 # Small enough to keep each family's fixture under 100 KB; odd FFN widths, 4 heads of 4, peaked attention;
 # every family difference present (token types, RoBERTa's positions, ELECTRA's and ALBERT's projections,
-# ALBERT's shared groups).
+# ALBERT's shared groups, DeBERTa-v3's disentangled attention with log buckets).
 _BERT = dict(vocab_size=64, hidden_size=16, num_attention_heads=4, intermediate_size=37, num_hidden_layers=2,
              max_position_embeddings=24, initializer_range=0.2)
 _ROBERTA = dict(_BERT, type_vocab_size=1, pad_token_id=1, max_position_embeddings=26, layer_norm_eps=1e-5)
@@ -42,6 +42,9 @@ CONFIGS = {
     "xlm-roberta": _ROBERTA,
     "electra": dict(_BERT, embedding_size=8),
     "albert": dict(_BERT, embedding_size=8, num_hidden_layers=4, num_hidden_groups=2, hidden_act="gelu_new"),
+    "deberta-v2": dict(_BERT, type_vocab_size=0, relative_attention=True, position_buckets=8, max_relative_positions=24,
+                       pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", share_att_key=True,
+                       position_biased_input=False),
 }
 CONFIG = CONFIGS["distilbert"]
 LENGTHS = [12, 7, 1]  # a full row, a padded row, a row with one kept token

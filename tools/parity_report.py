@@ -3,6 +3,7 @@ float64 (transformers `model.double()`), on random checkpoints saved by transfor
 
     python tools/parity_report.py                 # tiny shapes for every family, base size for bert, roberta
     python tools/parity_report.py --base all      # base size (768 x 12 layers) for every family
+    python tools/parity_report.py --families deberta-v2 --base deberta-v2 --per-tensor   # one row per tensor
 
 Needs the parity extra (pip install -e '.[parity]'). The figures in docs/parity.md come from this script.
 """
@@ -34,6 +35,11 @@ FAMILY = {  # the base-size shape of each family's best-known QA checkpoint
                         layer_norm_eps=1e-5),
     "electra": dict(BASE, vocab_size=30522, embedding_size=768),
     "albert": dict(BASE, vocab_size=30000, embedding_size=128, hidden_act="gelu_new"),
+    # deberta-v3-base (deepset/deberta-v3-base-squad2): disentangled attention, 256 log buckets, no absolute
+    # positions, no token types
+    "deberta-v2": dict(BASE, vocab_size=128100, type_vocab_size=0, layer_norm_eps=1e-7, relative_attention=True,
+                       position_buckets=256, max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
+                       norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False),
 }
 
 
@@ -44,13 +50,16 @@ def tiny_config(model_type: str) -> dict:
     extra = {"roberta": dict(type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5),
              "xlm-roberta": dict(type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5),
              "electra": dict(embedding_size=16), "albert": dict(embedding_size=16, hidden_act="gelu_new",
-                                                               num_hidden_groups=1)}.get(model_type, {})
+                                                               num_hidden_groups=1),
+             "deberta-v2": dict(type_vocab_size=0, relative_attention=True, position_buckets=16,
+                                pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", share_att_key=True,
+                                position_biased_input=False)}.get(model_type, {})
     return {**TINY, **extra}
 
 
 def measure(model_type: str, config: dict, lengths: list[int], folder: Path) -> dict:
     import npbert
-    from parity_helpers import family_checkpoint, family_inputs, transformers_outputs
+    from parity_helpers import compare, family_checkpoint, family_inputs, transformers_outputs
 
     _, torch_model = family_checkpoint(folder, model_type, seed=0, **config)
     inputs = family_inputs(np.random.default_rng(0), lengths, torch_model.config)
@@ -67,23 +76,31 @@ def measure(model_type: str, config: dict, lengths: list[int], folder: Path) -> 
         row[f"{dtype} logits"] = max(d(ours.start_logits, theirs["start_logits"]),
                                      d(ours.end_logits, theirs["end_logits"]))
         row[f"{dtype} hidden"] = max(d(a, b) for a, b in zip(ours.hidden_states, theirs["hidden_states"]))
+        row[f"{dtype} per tensor"] = compare(ours, theirs, keep)
     return row
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="bert,roberta", help="families measured at base size too (or 'all')")
+    p.add_argument("--families", default="all", help="families measured at tiny size (comma-separated, or 'all')")
+    p.add_argument("--per-tensor", action="store_true", help="also print max |diff| of every hidden state")
     args = p.parse_args()
     base = list(FAMILY) if args.base == "all" else [f for f in args.base.split(",") if f]
+    tiny = list(FAMILY) if args.families == "all" else [f for f in args.families.split(",") if f]
     print(f"{'family':<12} {'shape':<6} {'lengths':<14} {'fp32 logits':>11} {'fp32 hidden':>11} "
           f"{'fp64 logits':>11} {'fp64 hidden':>11}")
-    jobs = [(t, "tiny", tiny_config(t), [64, 37, 1]) for t in FAMILY]
+    jobs = [(t, "tiny", tiny_config(t), [64, 37, 1]) for t in tiny]
     jobs += [(t, "base", FAMILY[t], [384, 211]) for t in base]
     for model_type, shape, config, lengths in jobs:
         with tempfile.TemporaryDirectory() as tmp:
             r = measure(model_type, config, lengths, Path(tmp))
         print(f"{model_type:<12} {shape:<6} {'/'.join(map(str, lengths)):<14} {r['fp32 logits']:>11.2e} "
               f"{r['fp32 hidden']:>11.2e} {r['fp64 logits']:>11.2e} {r['fp64 hidden']:>11.2e}", flush=True)
+        if args.per_tensor:
+            for name, fp32 in r["fp32 per tensor"]:
+                fp64 = dict(r["fp64 per tensor"])[name]
+                print(f"    {name:<22} fp32 {fp32:.2e}  fp64 {fp64:.2e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Every family against transformers 4.57.6 (eager attention): BERT (MiniLM is a BERT), RoBERTa, XLM-R,
-ELECTRA (with and without its embedding projection), ALBERT (shared layer groups, inner groups) and
-DistilBERT's other activations. Checkpoints are saved by transformers' own `save_pretrained` from
+ELECTRA (with and without its embedding projection), ALBERT (shared layer groups, inner groups),
+DeBERTa-v3 and DistilBERT's other activations. Checkpoints are saved by transformers' own `save_pretrained` from
 `AutoConfig.for_model`; inputs are right-padded with the padding id (RoBERTa's positions depend on it)
 and carry question/context token types where the model has them. Every hidden state, attention map and
 logit is compared at unpadded positions, per tensor, in float32 and float64, with both kernel sets; then
@@ -45,6 +45,10 @@ TINY = [
     ("albert", dict(vocab_size=70, embedding_size=12, hidden_size=16, num_attention_heads=2, intermediate_size=20,
                     num_hidden_layers=3, num_hidden_groups=1, inner_group_num=1, hidden_act="gelu")),
     ("distilbert", dict(vocab_size=60, dim=16, n_heads=2, hidden_dim=30, n_layers=2, activation="relu")),
+    # DeBERTa-v3's shape; tests/parity/test_deberta_parity.py covers its other settings and padded positions.
+    ("deberta-v2", dict(vocab_size=90, hidden_size=16, num_attention_heads=2, intermediate_size=30, num_hidden_layers=2,
+                        relative_attention=True, position_buckets=8, pos_att_type=["p2c", "c2p"], share_att_key=True,
+                        norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0)),
 ]
 TOLERANCES = {np.float32: {"embeddings": 1e-5, "hidden": 1e-5, "attention": 1e-6, "logits": 1e-5},
               np.float64: {"embeddings": 1e-12, "hidden": 1e-12, "attention": 1e-12, "logits": 1e-12}}
@@ -144,12 +148,16 @@ def test_trace_equals_transformers_activations_by_name(tiny_family):
     spec.loader.exec_module(export)
     folder, torch_model = tiny_family
     inputs = family_inputs(np.random.default_rng(4), [13, 6], torch_model.config)
-    ours = npbert.AutoModelForQuestionAnswering.from_pretrained(folder).trace(**inputs)
+    model = npbert.AutoModelForQuestionAnswering.from_pretrained(folder)
+    ours = model.trace(**inputs)
     theirs = export.export(folder, inputs["input_ids"], inputs["attention_mask"], "float32",
                            inputs.get("token_type_ids"))
-    assert list(ours) == [n for n in T.names(len(npbert.AutoModelForQuestionAnswering.from_pretrained(folder)
-                                                  .encoder_weights.transformer.layer), True,
-                                             "token_type_ids" in ours, "embeddings.normalized" in ours)]
+    c = model.config  # DeBERTa: no absolute positions (v3), the score terms, the relative-position table
+    terms = ("c2c", *(t for t in ("c2p", "p2c") if c.relative_attention and t in c.pos_att_type))
+    assert list(ours) == T.names(len(model.encoder_weights.transformer.layer), True, "token_type_ids" in ours,
+                                 "embeddings.normalized" in ours, c.position_biased_input,
+                                 terms if c.disentangled_attention else (),
+                                 c.disentangled_attention and c.relative_attention)
     assert set(ours) == set(theirs), set(ours) ^ set(theirs)
     keep = inputs["attention_mask"].astype(bool)
     # padded rows hold different values on each side (nothing reads them): compare the unpadded rows

@@ -1,7 +1,7 @@
 """npbert.pipeline vs transformers 4.57.6 `pipeline("question-answering")` for every family, each with the
 tokenizer layout its hub checkpoints ship: BERT cased and uncased (MiniLM) and ELECTRA from vocab.txt,
-RoBERTa from vocab.json + merges.txt (and from a tokenizer.json transformers saved), XLM-R and ALBERT
-from SentencePiece models trained in the test. Random weights saved by transformers' `save_pretrained`,
+RoBERTa from vocab.json + merges.txt (and from a tokenizer.json transformers saved), XLM-R, ALBERT and
+DeBERTa-v3 from SentencePiece models trained in the test. Random weights saved by transformers' `save_pretrained`,
 sized to the tokenizer's vocabulary and padding id.
 
 Every answer, start and end identical; scores within 1e-4 relative: multi-window contexts, unicode, the
@@ -42,6 +42,11 @@ LAYOUTS = {
                                   {"type_vocab_size": 1, "layer_norm_eps": 1e-5}),
     "albert-sentencepiece": ("albert", lambda d: th.sentencepiece_folder(d, "albert"),
                              {"embedding_size": 16, "hidden_act": "gelu_new"}),
+    # deberta-v3-base's attention settings (a SQuAD 2.0 model: handle_impossible_answer is what it is run with)
+    "deberta-v3-sentencepiece": ("deberta-v2", lambda d: th.sentencepiece_folder(d, "deberta"),
+                                 {"type_vocab_size": 0, "relative_attention": True, "position_buckets": 256,
+                                  "pos_att_type": ["p2c", "c2p"], "norm_rel_ebd": "layer_norm", "share_att_key": True,
+                                  "position_biased_input": False, "layer_norm_eps": 1e-7}),
 }
 
 
@@ -85,7 +90,9 @@ def test_token_types_reach_the_model_as_transformers_passes_them(family_pair):
     mine, ref = family_pair
     passes = "token_type_ids" in ref.tokenizer.model_input_names
     assert ("token_type_ids" in mine.tokenizer.model_input_names) == passes
-    assert (mine.model.config.type_vocab_size >= 2) == passes or mine.model.config.model_type == "albert"
+    # ALBERT and DeBERTa-v3 take token types their table does not distinguish (1 row; DeBERTa: none, ignored)
+    assert (mine.model.config.type_vocab_size >= 2) == passes or mine.model.config.model_type in ("albert",
+                                                                                                 "deberta-v2")
 
 
 def test_an_unsupported_family_is_refused_in_one_line(tmp_path):
