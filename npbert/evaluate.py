@@ -214,12 +214,15 @@ def read_partial(path: Path, fingerprint: dict, examples: list, save_every: int)
     if not lines:
         return [], 0.0, 0  # killed before the header was written whole: start afresh
     header = _unsealed(lines[0])
-    if header is None or header.get("format") != FORMAT:
+    if header is None:  # a sealed header that fails its checksum is damaged; only format 1 had no seal
         try:
-            old = json.loads(lines[0]).get("format")
-        except (ValueError, RecursionError, AttributeError):
-            old = None
-        if isinstance(old, str) and old.startswith("npbert-eval-partial/") and old != FORMAT:
+            unsealed = json.loads(lines[0])
+        except (ValueError, RecursionError):
+            unsealed = None
+        header = unsealed if isinstance(unsealed, dict) and "sha256" not in unsealed else {}
+    old = header.get("format")
+    if old != FORMAT:
+        if isinstance(old, str) and old.startswith("npbert-eval-partial/"):
             raise JobError(f"{path}:1: written by another npbert version ({old}); delete it to start over")
         raise JobError(f"{path}:1: not an npbert eval partial file, or its header is damaged; delete it or choose "
                        "another output folder")

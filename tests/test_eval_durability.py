@@ -134,6 +134,15 @@ def test_any_changed_byte_is_found(tmp_path_factory, runs, qa, data):
     assert asked == questions(settings)[len(questions(settings)) - len(asked):]  # a suffix: the prefix kept
 
 
+def test_a_changed_format_digit_in_a_sealed_header_is_damage_not_another_version(tmp_path, runs, qa):
+    # found by a random draw of test_any_changed_byte_is_found: the header's own checksum says it changed
+    _, _, partial = runs
+    at = partial.index(evaluate.FORMAT.encode()) + len(evaluate.FORMAT) - 1
+    damaged = partial[:at] + bytes([partial[at] ^ 1]) + partial[at + 1:]
+    with pytest.raises(evaluate.JobError, match=r":1: not an npbert eval partial file, or its header is damaged"):
+        resume_from(tmp_path, runs, qa, damaged)
+
+
 def test_a_partial_file_of_the_old_format_is_refused_naming_it(tmp_path, runs, qa):
     old = json.dumps({"format": "npbert-eval-partial/1", "job": {}}).encode() + b"\n"
     with pytest.raises(evaluate.JobError, match=r"written by another npbert version \(npbert-eval-partial/1\); delete"):
