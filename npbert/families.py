@@ -17,8 +17,8 @@ network, each followed by a residual LayerNorm, then `qa_outputs`). What differs
 |             |                                           | position_biased_input, padding zeroed, eps 1e-7      |
 
 MiniLM checkpoints are `bert`; DeBERTa-v3 checkpoints are `deberta-v2`. The forward pass (model.py) never
-asks which family it runs: it reads the flags these tables set on the Config (`type_vocab_size`, `position_offset`, `embedding_size`,
-`num_hidden_groups`, ...), and the loader (weights.py) reads the tensor names from `layout`.
+asks which family it runs: it reads the flags these tables set on the Config (`type_vocab_size`,
+`position_offset`, `embedding_size`, `num_hidden_groups`, ...), and the loader (weights.py) reads the tensor names from `layout`.
 
 Canonical tensor names are DistilBERT's (`transformer.layer.{i}.attention.q_lin`, `ffn.lin1`, ...),
 grouped by tensor below with each family's checkpoint key beside it, as llama.cpp's tensor_mapping.py
