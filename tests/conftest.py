@@ -20,9 +20,11 @@ import checkpoints  # noqa: E402
 # run is a fresh search. HYPOTHESIS_PROFILE=explore searches longer and keeps failures in .hypothesis/.
 settings.register_profile("ci", derandomize=True, max_examples=40, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", max_examples=60, deadline=None, database=None,
+# Every setting explicit: a profile registered after another is loaded starts from the loaded one.
+settings.register_profile("dev", derandomize=False, max_examples=60, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("explore", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", derandomize=False, max_examples=400, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
