@@ -304,7 +304,7 @@ def legacy_renames(names) -> dict[str, str]:
 
 
 def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.float32,
-                 ignorable: frozenset = frozenset()) -> dict[str, np.ndarray]:
+                 ignorable: frozenset = frozenset(), header=None) -> dict[str, np.ndarray]:
     """Read exactly the `expected` tensors from a safetensors file, strictly: any other key not in
     `ignorable` is an error. Legacy `LayerNorm.gamma/beta` names count as `weight/bias`.
 
@@ -315,7 +315,7 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.floa
     problem = regular_file_problem(path, "weights file")
     if problem:
         raise WeightsError(f"{path}: {problem}")
-    tensors, _, data_start = read_header(path)
+    tensors, _, data_start = header or read_header(path)  # `header`: read_header's result, when the caller has it
     renames = legacy_renames(tensors)
     tensors = {renames.get(name, name): info for name, info in tensors.items()}
     missing = sorted(set(expected) - set(tensors))
@@ -413,8 +413,9 @@ def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = Tr
     ignorable = unused_keys(config)
     # Encoder-only checkpoints (BertModel.save_pretrained, ...) store their keys without the family prefix.
     prefix = config.family.prefix + "."
-    header = read_header(path)[0]
-    stored = {legacy_renames(header).get(k, k) for k in header}
+    header = read_header(path)
+    renames = legacy_renames(header[0])
+    stored = {renames.get(k, k) for k in header[0]}
     bare = keys["embeddings.word_embeddings.weight"] not in stored
     if bare and keys["embeddings.word_embeddings.weight"].removeprefix(prefix) in stored:
         if with_qa_head:
@@ -426,7 +427,8 @@ def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = Tr
     elif not QA_HEAD_KEYS & stored:
         raise WeightsError(f"{path}: no question-answering head (qa_outputs.weight, qa_outputs.bias): an encoder "
                            "checkpoint; load it with npbert.AutoModel, or use a question-answering checkpoint")
-    by_key = load_tensors(path, {key: _canonical_shape(name, config) for name, key in keys.items()}, dtype, ignorable)
+    by_key = load_tensors(path, {key: _canonical_shape(name, config) for name, key in keys.items()}, dtype, ignorable,
+                          header)
     return build_tree({name: by_key[key] for name, key in keys.items()}, config, with_qa_head)
 
 
