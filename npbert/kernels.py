@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple
 from . import threads  # noqa: I001  before numpy: it sets OpenBLAS's thread timeout (threads.py says why)
 
 import numba
+import numba.extending
 import numpy as np
 
 from . import deberta
@@ -84,6 +85,167 @@ def _split_over_threads(work, tasks, worth_splitting):
 # vectorising it (GELU's x * p / q: 7.0 ms for a 384 x 3072 block with the branch, 1 ms without).
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 _FAST = {"reassoc", "contract"}
+
+
+# --- matrix products over weights packed in panels --------------------------------------------------------
+# x @ W.T for a linear layer whose [out, in] matrix weights.relayout_for_speed stored as panels: [out / 32, in,
+# 32], panel p holding W.T's columns 32p..32p+31, each k's 32 values contiguous, so a product streams each
+# panel once, in order, and never repacks it (OpenBLAS copies both operands into its blocked layout on every
+# call: at 16 rows that is most of its time). x: [M, in] C-contiguous float32. Returns [M, out].
+#
+# The micro-kernel is written in LLVM's vector IR (numba's intrinsic API), since numba's loop vectoriser does
+# not keep a register tile in registers (plain numba loops over the same panels ran 10x slower than OpenBLAS):
+# an 8-row x 32-column tile of x @ W.T lives in 16 AVX-512 registers (2 per row) for a block of k; per k it
+# loads the panel's 32 values once (2 vectors), broadcasts each row's x[i, k], and does 16 fused
+# multiply-adds. On the AMD EPYC here (Zen 5, 2 cores) the forward's GEMMs ran 1.8-2.5x faster than numpy's
+# OpenBLAS 0.3.31 (docs/performance.md). It needs AVX-512 to be fast (32 vector registers of 16 floats):
+# weights.relayout_for_speed packs panels only where LLVM targets it (panels_pay_off).
+
+PANEL_WIDTH = 32  # columns of W.T per panel: two 16-float vectors per tile row
+_TILE_ROWS = 8  # rows of x per tile: 8 x 2 accumulators + 2 panel vectors + a broadcast = 19 of 32 registers
+# k is walked in blocks: each block's sum starts in registers and is added to the tile in memory, so a
+# float32 dot product of length 3072 is rounded as 12 sums of 256 (plus their 12-term sum), not one long
+# running sum: max |error| against float64 1.2e-5 instead of 4.0e-5 for lin2 (OpenBLAS: 5e-6). A block of
+# the panel (256 x 32 floats, 32 KB) also stays in L1 while every row tile uses it.
+_K_BLOCK = 256
+
+
+@numba.extending.intrinsic
+def _panel_tile(typingctx, x, x_at, x_row_stride, panels, panel_at, out, out_at, out_row_stride, k_count, accumulate):
+    """out[i, j] (+)= sum over k < k_count of x[i, k] * panel[k, j], for i < 8, j < 32: x and out row-major
+    from flat offsets (elements) and row strides, the panel from its flat offset. Emits LLVM vector IR."""
+    sig = numba.types.void(x, x_at, x_row_stride, panels, panel_at, out, out_at, out_row_stride, k_count, accumulate)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        x, x_at, x_row_stride, panels, panel_at, out, out_at, out_row_stride, k_count, accumulate = args
+        data = lambda i, value: context.make_array(signature.args[i])(context, builder, value).data  # noqa: E731
+        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        vec = ir.VectorType(f32, 16)
+        const = lambda v: ir.Constant(i64, v)  # noqa: E731
+        x_ptr = builder.gep(data(0, x), [x_at])
+        panel_ptr = builder.gep(data(3, panels), [panel_at])
+        out_ptr = builder.gep(data(5, out), [out_at])
+        fma = builder.module.globals.get("llvm.fma.v16f32") or ir.Function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v16f32")
+        zero, undef = ir.Constant(vec, [0.0] * 16), ir.Constant(vec, ir.Undefined)
+        splat_lane0 = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+        vectors = PANEL_WIDTH // 16
+
+        entry, loop, done = builder.block, builder.append_basic_block("tile.k"), builder.append_basic_block("tile.out")
+        builder.cbranch(builder.icmp_signed(">", k_count, const(0)), loop, done)
+        builder.position_at_end(loop)  # one k: 2 panel loads, 8 broadcasts, 16 fused multiply-adds
+        k = builder.phi(i64)
+        acc = [[builder.phi(vec) for _ in range(vectors)] for _ in range(_TILE_ROWS)]
+        row = builder.gep(panel_ptr, [builder.mul(k, const(PANEL_WIDTH))])
+        w = [builder.load(builder.bitcast(builder.gep(row, [const(16 * j)]), vec.as_pointer()), align=4)
+             for j in range(vectors)]
+        summed = []
+        for i in range(_TILE_ROWS):
+            xi = builder.load(builder.gep(x_ptr, [builder.add(builder.mul(const(i), x_row_stride), k)]))
+            xi = builder.shuffle_vector(builder.insert_element(undef, xi, ir.Constant(i32, 0)), undef, splat_lane0)
+            summed.append([builder.call(fma, [xi, w[j], acc[i][j]]) for j in range(vectors)])
+        k_next = builder.add(k, const(1))
+        k.add_incoming(const(0), entry)
+        k.add_incoming(k_next, loop)
+        for i in range(_TILE_ROWS):
+            for j in range(vectors):
+                acc[i][j].add_incoming(zero, entry)
+                acc[i][j].add_incoming(summed[i][j], loop)
+        builder.cbranch(builder.icmp_signed("<", k_next, k_count), loop, done)
+
+        builder.position_at_end(done)  # store the tile, or add it to what out holds
+        final = [[builder.phi(vec) for _ in range(vectors)] for _ in range(_TILE_ROWS)]
+        for i in range(_TILE_ROWS):
+            for j in range(vectors):
+                final[i][j].add_incoming(zero, entry)
+                final[i][j].add_incoming(summed[i][j], loop)
+        add = builder.icmp_unsigned("!=", accumulate, ir.Constant(accumulate.type, 0))
+        for i in range(_TILE_ROWS):
+            for j in range(vectors):
+                at = builder.bitcast(builder.gep(out_ptr, [builder.add(builder.mul(const(i), out_row_stride),
+                                                                        const(16 * j))]), vec.as_pointer())
+                before = builder.select(add, builder.load(at, align=4), zero)
+                builder.store(builder.fadd(before, final[i][j]), at, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(**_JIT)
+def _matmul_panels_numba(x, panels, out, first, last):  # out[:, 32 first:32 last] = x @ W.T's panels first..last-1
+    M, K = x.shape
+    N = out.shape[1]
+    flat_panels, flat_out = panels.reshape(-1), out.reshape(-1)
+    full = M - M % _TILE_ROWS
+    # The last M % 8 rows go through a zero-padded 8-row copy and an 8 x 32 tile buffer.
+    padded = np.zeros((_TILE_ROWS, K), np.float32)
+    padded[: M - full] = x[full:]
+    flat_x, flat_padded = x.reshape(-1), padded.reshape(-1)
+    tile = np.empty(_TILE_ROWS * PANEL_WIDTH, np.float32)
+    for p in range(first, last):
+        for k0 in range(0, K, _K_BLOCK):
+            k_count = min(_K_BLOCK, K - k0)
+            at = p * K * PANEL_WIDTH + k0 * PANEL_WIDTH
+            for i0 in range(0, full, _TILE_ROWS):
+                _panel_tile(flat_x, i0 * K + k0, K, flat_panels, at, flat_out, i0 * N + p * PANEL_WIDTH, N, k_count,
+                            k0 > 0)
+            if full < M:
+                _panel_tile(flat_padded, k0, K, flat_panels, at, tile, 0, PANEL_WIDTH, k_count, k0 > 0)
+        if full < M:
+            for i in range(M - full):
+                for j in range(PANEL_WIDTH):
+                    out[full + i, p * PANEL_WIDTH + j] = tile[i * PANEL_WIDTH + j]
+
+
+# Below this many multiply-adds a product runs on the calling thread alone. Measured on 2 cores (Zen 5), six
+# layers' GEMMs: at 1 row one thread took 8.7 ms and two 9.7 ms (the 170 MB of weights stream at ~20 GB/s
+# either way); at 4 to 16 rows two threads took 0.65x to 1.39x of one's time from run to run (memory-bound,
+# noisy); from 32 rows 0.64x to 0.73x. So one row stays serial (qkv at 1 row: 1.8M) and 4 rows split.
+_MATMUL_SERIAL_BELOW = 1 << 22
+
+GEMM_ENV = "NPBERT_GEMM"  # "panels" or "blas" (numpy's BLAS on column-major weights); unset: auto
+
+
+def panels_pay_off(dtype) -> bool:
+    """Whether weights.relayout_for_speed should store panels for the numba kernels: $NPBERT_GEMM=panels
+    or blas decides; unset, float32 on a CPU where numba's LLVM targets AVX-512 (the tile needs its 32
+    vector registers; on AVX2 its 16 accumulators would not fit in 16). float64 (audit mode) keeps BLAS."""
+    choice = os.environ.get(GEMM_ENV, "").strip() or "auto"
+    if choice not in ("auto", "panels", "blas"):
+        raise ValueError(f"{GEMM_ENV} must be panels, blas or unset (auto), found {choice!r}")
+    if choice == "blas" or np.dtype(dtype) != np.float32:
+        return False
+    return choice == "panels" or "+avx512f" in _llvm_cpu_features()
+
+
+def _llvm_cpu_features() -> str:
+    # What numba compiles for: $NUMBA_CPU_FEATURES when set, else the host's features as LLVM sees them.
+    from numba.core import config
+
+    if config.CPU_FEATURES:
+        return config.CPU_FEATURES
+    import llvmlite.binding
+
+    return llvmlite.binding.get_host_cpu_features().flatten()
+
+
+def matmul_panels_numpy(x, panels):  # [M, in] x [out/32, in, 32] -> [M, out]; the reference: x @ W.T
+    n_panels, K, width = panels.shape
+    return x @ panels.transpose(1, 0, 2).reshape(K, n_panels * width)
+
+
+def matmul_panels_numba(x, panels):  # [M, in] x [out/32, in, 32] -> [M, out]
+    n_panels, K, width = panels.shape
+    if width != PANEL_WIDTH or x.dtype != np.float32 or panels.dtype != np.float32 or x.ndim != 2 or x.shape[1] != K:
+        raise ValueError(f"matmul_panels: x {x.dtype}{list(x.shape)} and panels {panels.dtype}{list(panels.shape)} "
+                         f"do not fit (float32, [M, in] and [out/{PANEL_WIDTH}, in, {PANEL_WIDTH}])")
+    x = np.ascontiguousarray(x)
+    out = np.empty((x.shape[0], n_panels * width), np.float32)
+    _split_over_threads(lambda chunk: _matmul_panels_numba(x, panels, out, chunk.start, chunk.stop), range(n_panels),
+                        x.shape[0] * K * n_panels * width >= _MATMUL_SERIAL_BELOW)
+    return out
 
 
 # --- attention -----------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 # threads first: it sets OpenBLAS's thread timeout, which OpenBLAS reads when numpy is first imported.
 from . import threads  # noqa: I001
-from .kernels import select as select_kernels
+from .kernels import matmul_panels_numba as matmul_panels, panels_pay_off, select as select_kernels
 
 import numpy as np
 
@@ -37,12 +37,19 @@ from .families import ACTIVATIONS
 # --- layers --------------------------------------------------------------------------------------------
 
 
-def linear(x, lin):  # [..., in] -> [..., out]
+def matmul_t(x, weight):  # [..., in] -> [..., out]: x @ W.T, for W [out, in] as weights.py stores it
     # weights.relayout_for_speed stores W column-major, so W.T is a C-contiguous [in, out] matrix and this
-    # is BLAS's plain case (faster than the transposed one); unrelaid weights give the same values.
+    # is BLAS's plain case (faster than the transposed one); unrelaid weights give the same values. Or, on
+    # AVX-512 CPUs, as [out / 32, in, 32] panels, which kernels.matmul_panels streams without repacking.
+    if weight.ndim == 3:
+        return matmul_panels(x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], -1)
+    return x @ weight.T
+
+
+def linear(x, lin):  # [..., in] -> [..., out]
     # One [B*S, in] GEMM, not B stacked [S, in] ones: numpy runs a 3-D product as one GEMM per batch row,
     # 15-20% slower at B = 8 (docs/performance.md).
-    y = x.reshape(-1, x.shape[-1]) @ lin.weight.T
+    y = matmul_t(x.reshape(-1, x.shape[-1]), lin.weight)
     y += lin.bias  # in place: no second [..., out] temporary
     return y.reshape(*x.shape[:-1], -1)
 
@@ -163,7 +170,7 @@ def disentangled_self_attention(x, keep, layer, rel, n_heads, ops, return_probs=
 
 def ffn(x, f, bias_activation):  # [B, S, D] -> [B, S, D]
     B, S, D = x.shape
-    h = x.reshape(B * S, D) @ f.lin1.weight.T  # [B*S, F]; the bias is added inside the activation kernel
+    h = matmul_t(x.reshape(B * S, D), f.lin1.weight)  # [B*S, F]; the bias is added inside the activation kernel
     h = bias_activation(h, f.lin1.bias)  # the config's activation (exact erf GELU for most checkpoints)
     return linear(h, f.lin2).reshape(B, S, D)
 
@@ -281,11 +288,13 @@ class _Pretrained:
     def __init__(self, config: Config, weights, dtype=np.float32, kernels: str | None = None, source: str = "",
                  weights_file: Path | None = None):
         self.config = config
-        # fused qkv per layer, column-major linears; idempotent. With the file the weights came from, the
-        # re-laid matrices are a memory-mapped cache file every process shares (relaid_cache.py).
-        self.weights = W.relayout_for_speed(weights, weights_file)
         self.dtype = np.dtype(dtype)
         self.ops = select_kernels(kernels)
+        # fused qkv per layer, column-major linears (or panels, for the numba kernels on an AVX-512 CPU);
+        # idempotent. With the file the weights came from, the re-laid matrices are a memory-mapped cache
+        # file every process shares (relaid_cache.py).
+        self.weights = W.relayout_for_speed(weights, weights_file, panels=self.ops.name == "numba"
+                                            and panels_pay_off(self.dtype))
         if config.disentangled_attention and config.relative_attention:  # DeBERTa: input-independent tables
             self.weights = with_position_tables(self.weights, config, self.ops)
         self.source = source

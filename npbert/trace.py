@@ -54,7 +54,7 @@ import numpy as np
 from .families import ACTIVATIONS
 from .kernels import NUMPY
 from . import deberta
-from .model import linear, position_ids_after_padding, prepare_inputs, projected_table, relative_positions
+from .model import linear, matmul_t, position_ids_after_padding, prepare_inputs, projected_table, relative_positions
 
 LAYER_NAMES = ("attention.q", "attention.k", "attention.v", "attention.scores", "attention.probs",
                "attention.context", "attention.output", "sa_layer_norm", "ffn.pre_activation", "ffn.activation",
@@ -118,7 +118,7 @@ def _block(x, keep, layer, n_heads, eps, bias_activation, t, p, rel=None):  # [B
     ln = layer.sa_layer_norm
     x = t[p + "sa_layer_norm"] = NUMPY.residual_layernorm(a, x, ln.weight, ln.bias, eps)
     lin1 = layer.ffn.lin1
-    h = x @ lin1.weight.T  # the bias is added inside the activation kernel, as model.ffn does
+    h = matmul_t(x, lin1.weight)  # the bias is added inside the activation kernel, as model.ffn does
     t[p + "ffn.pre_activation"] = h + lin1.bias
     h = t[p + "ffn.activation"] = bias_activation(h, lin1.bias)
     f = t[p + "ffn.output"] = linear(h, layer.ffn.lin2)

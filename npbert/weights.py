@@ -454,7 +454,7 @@ class FusedAttention(NamedTuple):
     qkv: Linear  # [3D, D], rows q then k then v
 
 
-def relayout_for_speed(tree, weights_file: Path | None = None):
+def relayout_for_speed(tree, weights_file: Path | None = None, panels: bool = False):
     """The weight tree re-laid out for the forward's speed, done once at load time.
 
     - Each layer's attention gets `qkv`, its q, k, v matrices stacked into one [3D, D] matrix, so the
@@ -465,6 +465,11 @@ def relayout_for_speed(tree, weights_file: Path | None = None):
       case. OpenBLAS 0.3.31 runs that case faster than the transposed-B one on the stored layout, most
       at few rows: a layer's four GEMMs at 16 rows took 3.6 ms against 4.5 ms on 2 threads, at 64 rows
       6.1 against 7.9 ms (docs/performance.md).
+    - With `panels` (float32 on a CPU with AVX-512: kernels.panels_pay_off), every linear whose output
+      width is a multiple of kernels.PANEL_WIDTH (32) is stored instead as panels, an [out / 32, in, 32]
+      array: panel p holds W.T's columns 32p..32p+31, row k of the panel their 32 weights for input k, so
+      kernels.matmul_panels streams each panel once per product and never repacks it (model.matmul_t
+      reads either layout). The q, k, v views are then panel ranges of qkv's panels.
 
     With `weights_file` (the safetensors file the tree was read from) the re-laid matrices are read-only
     views of a memory-mapped cache file that every process loading the same weights shares
@@ -479,25 +484,64 @@ def relayout_for_speed(tree, weights_file: Path | None = None):
         planned, dtypes = [], set()  # a dry run: the shapes the re-layout will store, in order
 
         def plan(linears):
-            planned.append((linears[0].weight.shape[1], sum(lin.weight.shape[0] for lin in linears)))
+            planned.append(_stored_shape(linears, panels))
             dtypes.add(linears[0].weight.dtype)
-            return np.empty(planned[-1], linears[0].weight.dtype)  # never written: touches no page
+            return _as_stored(np.empty(planned[-1], linears[0].weight.dtype), linears, panels)  # touches no page
 
-        _relaid_tree(tree, plan)
+        _relaid_tree(tree, plan, panels)
         if planned and len(dtypes) == 1:
             def produce(write):  # the private copies, each written to the cache file and dropped at once
                 def write_and_drop(linears):
-                    weight_t = _column_major_copy(linears)
-                    write(weight_t)
-                    return np.empty(weight_t.shape, weight_t.dtype)
+                    stored = _stored_copy(linears, panels)
+                    write(stored.reshape(_stored_shape(linears, panels)))
+                    return np.empty(stored.shape, stored.dtype)
 
-                _relaid_tree(tree, write_and_drop)
+                _relaid_tree(tree, write_and_drop, panels)
 
             mapped = relaid_cache.shared_matrices(weights_file, dtypes.pop(), planned, produce)
             if mapped is not None:
                 views = iter(mapped)
-                return _relaid_tree(tree, lambda linears: next(views))
-    return _relaid_tree(tree, _column_major_copy)
+
+                def cached(linears):  # the cache file's view; the originals' pages (read by load's NaN/Inf
+                    for lin in linears:  # check) are released, as after a private copy
+                        _release_mapped_pages(lin.weight)
+                    return _as_stored(next(views), linears, panels)
+
+                return _relaid_tree(tree, cached, panels)
+    return _relaid_tree(tree, lambda linears: _stored_copy(linears, panels), panels)
+
+
+def _in_panels(linears, panels: bool) -> bool:
+    from .kernels import PANEL_WIDTH
+
+    return panels and all(lin.weight.shape[0] % PANEL_WIDTH == 0 for lin in linears)
+
+
+def _stored_shape(linears, panels: bool) -> tuple[int, int]:
+    # The 2-D shape the cache file holds for these linears stacked along out: [in, out], or, in panels,
+    # [out / 32 * in, 32] (the [out / 32, in, 32] array's rows).
+    from .kernels import PANEL_WIDTH
+
+    d_in, d_out = linears[0].weight.shape[1], sum(lin.weight.shape[0] for lin in linears)
+    return (d_out // PANEL_WIDTH * d_in, PANEL_WIDTH) if _in_panels(linears, panels) else (d_in, d_out)
+
+
+def _as_stored(matrix, linears, panels: bool):  # the cache's 2-D matrix -> the stored array ([in, out] or panels)
+    from .kernels import PANEL_WIDTH
+
+    if _in_panels(linears, panels):
+        return matrix.reshape(-1, linears[0].weight.shape[1], PANEL_WIDTH)
+    return matrix
+
+
+def _stored_copy(linears, panels: bool):  # the stored array as a private copy: [in, sum(out)] or panels
+    from .kernels import PANEL_WIDTH
+
+    weight_t = _column_major_copy(linears)
+    if not _in_panels(linears, panels):
+        return weight_t
+    d_in, d_out = weight_t.shape
+    return np.ascontiguousarray(weight_t.reshape(d_in, d_out // PANEL_WIDTH, PANEL_WIDTH).transpose(1, 0, 2))
 
 
 def _release_mapped_pages(x):
@@ -528,24 +572,28 @@ def _column_major_copy(linears):  # stacked along out: the [in, sum(out)] C-cont
     return weight_t
 
 
-def _relaid_tree(tree, matrix):
-    """relayout_for_speed's tree, each stored matrix [in, sum(out)] taken from matrix(linears), called once
-    per matrix in a fixed order (the cache file's order)."""
+def _relaid_tree(tree, matrix, panels: bool = False):
+    """relayout_for_speed's tree, each stored array ([in, sum(out)], or panels) taken from matrix(linears),
+    called once per matrix in a fixed order (the cache file's order)."""
+    from .kernels import PANEL_WIDTH
+
     with_qa_head = hasattr(tree, "qa_outputs")
     encoder = tree.encoder if with_qa_head else tree
 
-    def column_major(*linears):  # stacked along out, as one [sum(out), in] matrix stored column-major
-        return Linear(matrix(linears).T, np.concatenate([lin.bias for lin in linears]))
+    def stored(*linears):  # stacked along out: one [sum(out), in] matrix stored column-major, or its panels
+        weight = matrix(linears)
+        return Linear(weight if weight.ndim == 3 else weight.T, np.concatenate([lin.bias for lin in linears]))
 
     def relaid(lin):
-        return lin if is_relaid(lin) else column_major(lin)
+        return lin if is_relaid(lin) else stored(lin)
 
     def fuse(a):
         if isinstance(a, FusedAttention):
             return a
         D = a.q_lin.weight.shape[0]
-        qkv = column_major(a.q_lin, a.k_lin, a.v_lin)
-        views = (Linear(qkv.weight[i * D:(i + 1) * D], qkv.bias[i * D:(i + 1) * D]) for i in range(3))
+        qkv = stored(a.q_lin, a.k_lin, a.v_lin)
+        step = D // PANEL_WIDTH if qkv.weight.ndim == 3 else D  # panels: D / 32 panels per projection
+        views = (Linear(qkv.weight[i * step:(i + 1) * step], qkv.bias[i * D:(i + 1) * D]) for i in range(3))
         return FusedAttention(*views, relaid(a.out_lin), qkv)
 
     done = {}  # id(block) -> re-laid block: a block ALBERT's layers share is re-laid (and stored) once
@@ -562,6 +610,7 @@ def _relaid_tree(tree, matrix):
 
 
 def is_relaid(lin: Linear) -> bool:
-    """True when `lin.weight` is stored column-major (the re-layout's form): `W.T` is an [in, out] matrix
-    with contiguous rows, BLAS's no-transpose operand (q_lin, k_lin, v_lin: column blocks of qkv's)."""
-    return lin.weight.shape[0] == 1 or lin.weight.strides[0] == lin.weight.itemsize
+    """True when `lin.weight` is stored as the re-layout stores it: column-major (`W.T` is an [in, out]
+    matrix with contiguous rows, BLAS's no-transpose operand; q_lin, k_lin, v_lin: column blocks of qkv's),
+    or as panels ([out / 32, in, 32])."""
+    return lin.weight.ndim == 3 or lin.weight.shape[0] == 1 or lin.weight.strides[0] == lin.weight.itemsize

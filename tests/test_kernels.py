@@ -386,3 +386,126 @@ def test_a_failing_chunk_raises_after_every_chunk_has_finished(monkeypatch):
     with pytest.raises(RuntimeError, match="bad chunk"):
         K._split_over_threads(work, list(range(4)), True)
     assert finished == [[2, 3]] and blas_calls == ["one thread", "restored"]  # the worker's share done, OpenBLAS restored
+
+
+# --- matrix products over panels -----------------------------------------------------------------------
+
+
+def pack_panels(w):  # [out, in] -> [out / 32, in, 32], as weights.relayout_for_speed stores it
+    out, d_in = w.shape
+    return np.ascontiguousarray(w.T.reshape(d_in, out // K.PANEL_WIDTH, K.PANEL_WIDTH).transpose(1, 0, 2))
+
+
+def assert_product_close(got, x, w):
+    # A float32 dot product of length k is within ~k * eps * (|x| @ |w|.T) of the exact one; the kernel sums k
+    # in blocks of 256, so its bound is (256 + k / 256 + 2) * eps * (|x| @ |w|.T), as tight as BLAS's.
+    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    k = x.shape[1]
+    bound = (min(k, K._K_BLOCK) + k / K._K_BLOCK + 2) * np.finfo(np.float32).eps * (np.abs(x) @ np.abs(w).T)
+    assert got.shape == exact.shape and got.dtype == np.float32
+    excess = np.abs(got - exact) - bound
+    assert excess.max(initial=0.0) <= 0, f"max |diff| beyond the rounding bound: {excess.max()}"
+
+
+@given(M=st.integers(1, 40), d_in=st.integers(1, 600), n_panels=st.integers(1, 4), scale=st.sampled_from([0.01, 1.0, 30.0]),
+       seed=st.integers(0, 2**32 - 1))
+def test_matmul_panels_matches_reference(M, d_in, n_panels, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = (scale * rng.standard_normal((M, d_in))).astype(np.float32)
+    w = rng.standard_normal((n_panels * K.PANEL_WIDTH, d_in)).astype(np.float32)
+    panels = pack_panels(w)
+    got = K.matmul_panels_numba(x, panels)
+    assert_product_close(got, x, w)
+    assert_product_close(K.matmul_panels_numpy(x, panels), x, w)  # the reference is x @ W.T itself
+    # Rows that are not a multiple of the tile (8) and a strided x give the same values.
+    np.testing.assert_array_equal(K.matmul_panels_numba(np.asfortranarray(x), panels), got)
+
+
+def test_matmul_panels_at_the_forward_sizes_and_split_over_threads(monkeypatch):
+    used = []
+    real = K._matmul_panels_numba
+    monkeypatch.setattr(K, "_matmul_panels_numba", lambda *a: (used.append((threading.get_ident(), a[3], a[4])),
+                                                               real(*a))[1])
+    as_in_a_model_call(monkeypatch, 2)
+    rng = np.random.default_rng(8)
+    for M, d_in, d_out in ((16, 768, 2304), (384, 768, 768), (13, 3072, 768)):
+        used.clear()
+        x = rng.standard_normal((M, d_in)).astype(np.float32)
+        w = (0.05 * rng.standard_normal((d_out, d_in))).astype(np.float32)
+        assert M * d_in * d_out >= K._MATMUL_SERIAL_BELOW
+        assert_product_close(K.matmul_panels_numba(x, pack_panels(w)), x, w)
+        # two chunks of panels, together all of them, on two threads
+        assert sorted((a, b) for _, a, b in used) == [(0, d_out // 64), (d_out // 64, d_out // 32)]
+        assert len({ident for ident, _, _ in used}) == 2
+
+
+def test_matmul_panels_refuses_what_does_not_fit():
+    panels = np.zeros((2, 8, K.PANEL_WIDTH), np.float32)
+    for x, wrong in ((np.zeros((3, 9), np.float32), "9"), (np.zeros((3, 8), np.float64), "float64")):
+        with pytest.raises(ValueError, match=f"matmul_panels: x .*{wrong}.* do not fit"):
+            K.matmul_panels_numba(x, panels)
+    with pytest.raises(ValueError, match="do not fit"):
+        K.matmul_panels_numba(np.zeros((3, 8), np.float32), np.zeros((2, 8, 16), np.float32))
+
+
+def test_panels_pay_off(monkeypatch):
+    monkeypatch.delenv(K.GEMM_ENV, raising=False)
+    monkeypatch.setattr(K, "_llvm_cpu_features", lambda: "+avx2,+fma,+avx512f,+avx512bw")
+    assert K.panels_pay_off(np.float32) and not K.panels_pay_off(np.float64)
+    monkeypatch.setattr(K, "_llvm_cpu_features", lambda: "+avx2,+fma,-avx512f")
+    assert not K.panels_pay_off(np.float32)
+    monkeypatch.setenv(K.GEMM_ENV, "panels")
+    assert K.panels_pay_off(np.float32) and not K.panels_pay_off(np.float64)
+    monkeypatch.setenv(K.GEMM_ENV, "blas")
+    monkeypatch.setattr(K, "_llvm_cpu_features", lambda: "+avx512f")
+    assert not K.panels_pay_off(np.float32)
+    monkeypatch.setenv(K.GEMM_ENV, "mkl")
+    with pytest.raises(ValueError, match="NPBERT_GEMM must be panels, blas or unset .auto., found 'mkl'"):
+        K.panels_pay_off(np.float32)
+
+
+def test_relayout_in_panels(tmp_path):
+    folder = checkpoints.write_checkpoint(tmp_path / "c", seed=5, vocab=[], tokenizer=False, vocab_size=30,
+                                          dim=64, n_layers=2, n_heads=2, hidden_dim=96, max_position_embeddings=16)
+    config = npbert.Config.from_file(folder / "config.json")
+    tree = W.load(folder, config, np.float32)
+    fast = W.relayout_for_speed(tree, panels=True)
+
+    def unpacked(lin):
+        return lin.weight.transpose(1, 0, 2).reshape(lin.weight.shape[1], -1).T
+
+    for old, new in zip(tree.encoder.transformer.layer, fast.encoder.transformer.layer):
+        a, f = old.attention, new.attention
+        assert f.qkv.weight.shape == (3 * 64 // 32, 64, 32) and f.qkv.weight.flags.c_contiguous
+        np.testing.assert_array_equal(unpacked(f.qkv), np.concatenate([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]))
+        for name in ("q_lin", "k_lin", "v_lin"):  # panel ranges of qkv's panels
+            lin = getattr(f, name)
+            assert np.shares_memory(lin.weight, f.qkv.weight) and W.is_relaid(lin)
+            np.testing.assert_array_equal(unpacked(lin), getattr(a, name).weight)
+            np.testing.assert_array_equal(lin.bias, getattr(a, name).bias)
+        for new_lin, old_lin in ((f.out_lin, a.out_lin), (new.ffn.lin1, old.ffn.lin1), (new.ffn.lin2, old.ffn.lin2)):
+            assert new_lin.weight.ndim == 3
+            np.testing.assert_array_equal(unpacked(new_lin), old_lin.weight)
+    assert_same_linear(fast.qa_outputs, tree.qa_outputs)  # 2 outputs: not a multiple of 32, column-major
+    again = W.relayout_for_speed(fast, panels=True)
+    assert again.encoder.transformer.layer[0].attention is fast.encoder.transformer.layer[0].attention
+    assert again.encoder.transformer.layer[1].ffn.lin1 is fast.encoder.transformer.layer[1].ffn.lin1
+
+
+@pytest.mark.parametrize("gemm", ["panels", "blas"])
+def test_both_gemms_give_the_reference_outputs(tmp_path, monkeypatch, gemm):
+    # The model with panels (forced, whatever this CPU has) and with numpy's BLAS against the numpy kernels.
+    folder = checkpoints.write_checkpoint(tmp_path / "c", seed=9, vocab=[], tokenizer=False, vocab_size=50,
+                                          dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=40)
+    ids = np.random.default_rng(2).integers(0, 50, (3, 37))
+    mask = np.ones_like(ids)
+    mask[1, 20:] = 0
+    ref = npbert.DistilBertForQuestionAnswering.from_pretrained(folder, kernels="numpy")(ids, mask,
+                                                                                          output_hidden_states=True)
+    monkeypatch.setenv(K.GEMM_ENV, gemm)
+    model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
+    assert (model.weights.encoder.transformer.layer[0].ffn.lin1.weight.ndim == 3) == (gemm == "panels")
+    out = model(ids, mask, output_hidden_states=True)
+    for a, b in zip((out.start_logits, out.end_logits, *out.hidden_states),
+                    (ref.start_logits, ref.end_logits, *ref.hidden_states)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)

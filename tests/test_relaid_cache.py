@@ -108,6 +108,25 @@ def test_float64_and_an_encoder_only_model_get_their_own_files(small, cache):
     assert W.is_relaid(encoder.weights.transformer.layer[0].ffn.lin2)
 
 
+def test_panels_and_column_major_get_their_own_files(small, cache, monkeypatch):
+    # The two layouts of the same weights (NPBERT_GEMM: kernels.matmul_panels' panels, numpy's BLAS's column-
+    # major matrices) live side by side in the cache, each reused by the next process wanting that layout.
+    models = {}
+    for gemm in ("panels", "blas", "panels", "blas"):
+        monkeypatch.setenv("NPBERT_GEMM", gemm)
+        models.setdefault(gemm, []).append(npbert.AutoModelForQuestionAnswering.from_pretrained(small))
+    assert len(cache_files(cache)) == 2
+    for gemm, (first, second) in models.items():
+        monkeypatch.setenv("NPBERT_GEMM", gemm)
+        reference = private_model(small)
+        for lin, lin2, ref in zip(linears(first.weights), linears(second.weights), linears(reference.weights)):
+            assert is_mapped(lin.weight) and is_mapped(lin2.weight)  # both from the layout's one cache file
+            assert lin.weight.ndim == (3 if gemm == "panels" and lin.bias.shape[0] % 32 == 0 else 2)
+            np.testing.assert_array_equal(lin.weight, ref.weight)
+        np.testing.assert_array_equal(first(IDS, MASK).start_logits, reference(IDS, MASK).start_logits)
+        np.testing.assert_array_equal(second(IDS, MASK).end_logits, reference(IDS, MASK).end_logits)
+
+
 def test_keyed_by_the_weights_bytes_and_the_layout_version(small, cache, monkeypatch):
     npbert.AutoModelForQuestionAnswering.from_pretrained(small)
     [old] = cache_files(cache)
