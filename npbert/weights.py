@@ -349,6 +349,9 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.floa
             first = np.unravel_index(int(np.argmin(finite)), finite.shape)
             raise WeightsError(f"{path}: tensor {name} holds {int(finite.size - finite.sum())} NaN or infinite "
                                f"value(s), the first at {list(map(int, first))}: a corrupt or diverged checkpoint")
+        # The check read every page of the tensor into this process: release them (they stay in the page
+        # cache), or the whole file would count in the process's peak RSS at load. Reads fault them back.
+        _release_mapped_pages(out[name])
     return out
 
 

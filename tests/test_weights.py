@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import os
 import struct
 
 import numpy as np
@@ -359,3 +360,33 @@ def test_loader_uses_the_stored_position_table_even_when_sinusoidal(tmp_path):
     arrays[key] = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)  # not the formula
     save_file(arrays, str(folder / "model.safetensors"))
     np.testing.assert_array_equal(load(folder).weights.encoder.embeddings.position_embeddings.weight, arrays[key])
+
+
+def mapped_rss_kb(path) -> int:
+    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                inside = len(fields) >= 6 and fields[5] == str(path)
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/self/smaps")
+@pytest.mark.parametrize("cache", ["shared", "private"])
+def test_loading_leaves_the_weights_file_out_of_the_process_memory(tmp_path, monkeypatch, cache):
+    # load's NaN/Inf check reads every tensor, and the re-layout reads the linears once more (private copies)
+    # or maps the cache file instead: either way the file's pages are released after, so the process's
+    # peak RSS does not count the whole checkpoint on top of the re-laid weights.
+    monkeypatch.setenv("NPBERT_CACHE", str(tmp_path / "cache") if cache == "shared" else str(tmp_path / "not-a-dir"))
+    (tmp_path / "not-a-dir").write_text("")  # as a cache folder: unusable, so private copies
+    folder = checkpoints.write_checkpoint(tmp_path / "c", seed=3, vocab=[], tokenizer=False, vocab_size=4000,
+                                          dim=256, n_layers=2, n_heads=4, hidden_dim=1024, max_position_embeddings=64)
+    weights_file = (folder / "model.safetensors").resolve()
+    model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
+    model(np.arange(1, 17)[None])
+    size_kb = weights_file.stat().st_size // 1024
+    assert size_kb > 8000 and mapped_rss_kb(weights_file) < size_kb // 20  # < 5%: a few embedding rows

@@ -181,16 +181,27 @@ def gflops_row(engines: dict, forward: list[dict], repeats: int) -> dict:
     def layer_gemms_in_out():
         x @ wt["qkv"], x @ wt["out"], x @ wt["lin1"], h @ wt["lin2"]
 
+    from npbert import kernels, threads
+
+    panels = {n: np.ascontiguousarray(a.reshape(a.shape[0], -1, kernels.PANEL_WIDTH).transpose(1, 0, 2))
+              for n, a in wt.items()}
+
+    def layer_gemms_panels():  # npbert's own GEMM (kernels.matmul_panels), as inside a model call
+        with threads.for_model_call():
+            for n, a in panels.items():
+                kernels.matmul_panels_numba(h if n == "lin2" else x, a)
+
     gemm_flops = 2 * S * (4 * D * D + 2 * D * F)
     t = min(interleaved({"out_in": layer_gemms, "in_out": layer_gemms_in_out}, (), repeats * 3).values())
     roofline = gemm_flops / t / 1e9
+    panels_gflops = gemm_flops / interleaved({"panels": layer_gemms_panels}, (), repeats * 3)["panels"] / 1e9
     seconds = next(r["seconds"] for r in forward if (r["B"], r["S"]) == (1, S))
     flops = forward_flops(1, S)
     achieved = {n: flops / s / 1e9 for n, s in seconds.items()}
-    print(f"  GEMM roofline {roofline:.0f} GFLOP/s; forward: " +
+    print(f"  GEMM roofline {roofline:.0f} GFLOP/s (numpy's BLAS; npbert's panel GEMM {panels_gflops:.0f}); forward: " +
           ", ".join(f"{n} {g:.0f} GFLOP/s ({g / roofline:.0%})" for n, g in achieved.items()), flush=True)
-    return {"S": S, "forward_gflop": flops / 1e9, "gemm_roofline_gflops": roofline, "achieved_gflops": achieved,
-            "fraction_of_roofline": {n: g / roofline for n, g in achieved.items()}}
+    return {"S": S, "forward_gflop": flops / 1e9, "gemm_roofline_gflops": roofline, "panels_gemm_gflops": panels_gflops,
+            "achieved_gflops": achieved, "fraction_of_roofline": {n: g / roofline for n, g in achieved.items()}}
 
 
 def squad_examples(n: int) -> list[tuple[str, str]]:
@@ -286,6 +297,25 @@ def cold_row(folder: Path, threads: int, runs: int, tmp: Path) -> dict:
 # --- report --------------------------------------------------------------------------------------------
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or "unknown"
+    field = lambda name: next((line.split(":", 1)[1].strip() for line in info.splitlines()  # noqa: E731
+                               if line.startswith(name)), "?")
+    simd = [flag for flag in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
+            if f" {flag}" in field("flags")]
+    return f"{field('model name')} (family {field('cpu family')}, model {field('model')}; {' '.join(simd)})"
+
+
+def llvm_cpu() -> str:
+    import llvmlite.binding
+
+    return llvmlite.binding.get_host_cpu_name()
+
+
 def table(results: dict) -> str:
     lines = ["| row | npbert | PyTorch | ONNX Runtime | npbert / PyTorch | npbert / ORT |", "|---|---|---|---|---|---|"]
     for r in results.get("forward", []):
@@ -301,7 +331,8 @@ def table(results: dict) -> str:
     g = results.get("gflops")
     if g:
         a = g["achieved_gflops"]
-        lines.append(f"| GFLOP/s at S=384 (roofline {g['gemm_roofline_gflops']:.0f}) | " +
+        lines.append(f"| GFLOP/s at S=384 (numpy's GEMM {g['gemm_roofline_gflops']:.0f}, npbert's panel GEMM "
+                     f"{g.get('panels_gemm_gflops', float('nan')):.0f}; % of numpy's) | " +
                      " | ".join(f"{a[n]:.0f} ({g['fraction_of_roofline'][n]:.0%})" for n in ENGINES) + " | | |")
     p = results.get("pipeline")
     if p and "skipped" not in p:
@@ -337,8 +368,8 @@ def main(argv=None) -> int:
     import transformers
 
     rows = set(args.rows.split(","))
-    results: dict = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                                 "load_average_at_start": os.getloadavg()},
+    results: dict = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "cpu": cpu_model(),
+                                 "llvm_cpu": llvm_cpu(), "load_average_at_start": os.getloadavg()},
                      "versions": {"npbert": npbert.__version__, "numpy": np.__version__, "numba": numba.__version__,
                                   "torch": torch.__version__, "transformers": transformers.__version__,
                                   "onnxruntime": onnxruntime.__version__},
@@ -347,6 +378,10 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         folder = args.checkpoint or make_checkpoint(tmp / "checkpoint")
         engines = load_engines(folder, args.threads, tmp)
+        lin1 = engines["_model"].weights.encoder.transformer.layer[0].ffn.lin1.weight
+        results["npbert_gemm"] = "panels" if lin1.ndim == 3 else "blas"
+        print(f"CPU: {results['machine']['cpu']} (LLVM: {results['machine']['llvm_cpu']}); npbert's GEMM: "
+              f"{results['npbert_gemm']} (NPBERT_GEMM={os.environ.get('NPBERT_GEMM', '')!r})", flush=True)
         if rows & {"forward", "gflops"}:
             print("forward (medians, interleaved):", flush=True)
             results["forward"] = forward_rows(engines, args.repeats)

@@ -47,7 +47,7 @@ class Timers:
 
 
 def linear_name(x, lin, *_):
-    out, inp = lin.weight.shape
+    out, inp = len(lin.bias), x.shape[-1]  # lin.weight is [out, in], or [out / 32, in, 32] panels
     if out == 3 * inp:
         return "GEMM qkv (fused)"
     if inp > out and out > 2:
