@@ -133,6 +133,7 @@ def _panel_tile(typingctx, x, x_at, x_row_stride, panels, panel_at, out, out_at,
         splat_lane0 = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
         vectors = PANEL_WIDTH // 16
 
+        x_rows = [builder.gep(x_ptr, [builder.mul(const(i), x_row_stride)]) for i in range(_TILE_ROWS)]  # hoisted
         entry, loop, done = builder.block, builder.append_basic_block("tile.k"), builder.append_basic_block("tile.out")
         builder.cbranch(builder.icmp_signed(">", k_count, const(0)), loop, done)
         builder.position_at_end(loop)  # one k: 2 panel loads, 8 broadcasts, 16 fused multiply-adds
@@ -143,7 +144,7 @@ def _panel_tile(typingctx, x, x_at, x_row_stride, panels, panel_at, out, out_at,
              for j in range(vectors)]
         summed = []
         for i in range(_TILE_ROWS):
-            xi = builder.load(builder.gep(x_ptr, [builder.add(builder.mul(const(i), x_row_stride), k)]))
+            xi = builder.load(builder.gep(x_rows[i], [k]))
             xi = builder.shuffle_vector(builder.insert_element(undef, xi, ir.Constant(i32, 0)), undef, splat_lane0)
             summed.append([builder.call(fma, [xi, w[j], acc[i][j]]) for j in range(vectors)])
         k_next = builder.add(k, const(1))
