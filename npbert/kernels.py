@@ -176,24 +176,25 @@ def _panel_tile(typingctx, x, x_at, x_row_stride, panels, panel_at, out, out_at,
 
 @numba.njit(**_JIT)
 def _matmul_panels_numba(x, panels, out, first, last):  # out[:, 32 first:32 last] = x @ W.T's panels first..last-1
+    # x, panels, out: C-contiguous (the tile addresses them by flat offsets from their first element)
     M, K = x.shape
     N = out.shape[1]
-    flat_panels, flat_out = panels.reshape(-1), out.reshape(-1)
     full = M - M % _TILE_ROWS
-    # The last M % 8 rows go through a zero-padded 8-row copy and an 8 x 32 tile buffer.
+    # The last M % 8 rows go through a zero-padded 8-row copy and an 8 x 32 tile buffer. Loops, not
+    # `padded[:r] = x[full:]`: numba took ~4.5 s to compile that slice copy (1.0 s for all of this).
     padded = np.zeros((_TILE_ROWS, K), np.float32)
-    padded[: M - full] = x[full:]
-    flat_x, flat_padded = x.reshape(-1), padded.reshape(-1)
+    for i in range(M - full):
+        for k in range(K):
+            padded[i, k] = x[full + i, k]
     tile = np.empty(_TILE_ROWS * PANEL_WIDTH, np.float32)
     for p in range(first, last):
         for k0 in range(0, K, _K_BLOCK):
             k_count = min(_K_BLOCK, K - k0)
             at = p * K * PANEL_WIDTH + k0 * PANEL_WIDTH
             for i0 in range(0, full, _TILE_ROWS):
-                _panel_tile(flat_x, i0 * K + k0, K, flat_panels, at, flat_out, i0 * N + p * PANEL_WIDTH, N, k_count,
-                            k0 > 0)
+                _panel_tile(x, i0 * K + k0, K, panels, at, out, i0 * N + p * PANEL_WIDTH, N, k_count, k0 > 0)
             if full < M:
-                _panel_tile(flat_padded, k0, K, flat_panels, at, tile, 0, PANEL_WIDTH, k_count, k0 > 0)
+                _panel_tile(padded, k0, K, panels, at, tile, 0, PANEL_WIDTH, k_count, k0 > 0)
         if full < M:
             for i in range(M - full):
                 for j in range(PANEL_WIDTH):
@@ -242,7 +243,7 @@ def matmul_panels_numba(x, panels):  # [M, in] x [out/32, in, 32] -> [M, out]
     if width != PANEL_WIDTH or x.dtype != np.float32 or panels.dtype != np.float32 or x.ndim != 2 or x.shape[1] != K:
         raise ValueError(f"matmul_panels: x {x.dtype}{list(x.shape)} and panels {panels.dtype}{list(panels.shape)} "
                          f"do not fit (float32, [M, in] and [out/{PANEL_WIDTH}, in, {PANEL_WIDTH}])")
-    x = np.ascontiguousarray(x)
+    x, panels = np.ascontiguousarray(x), np.ascontiguousarray(panels)  # no copies for the re-laid weights
     out = np.empty((x.shape[0], n_panels * width), np.float32)
     _split_over_threads(lambda chunk: _matmul_panels_numba(x, panels, out, chunk.start, chunk.stop), range(n_panels),
                         x.shape[0] * K * n_panels * width >= _MATMUL_SERIAL_BELOW)

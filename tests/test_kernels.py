@@ -417,8 +417,11 @@ def test_matmul_panels_matches_reference(M, d_in, n_panels, scale, seed):
     got = K.matmul_panels_numba(x, panels)
     assert_product_close(got, x, w)
     assert_product_close(K.matmul_panels_numpy(x, panels), x, w)  # the reference is x @ W.T itself
-    # Rows that are not a multiple of the tile (8) and a strided x give the same values.
+    # Rows that are not a multiple of the tile (8), a strided x and strided panels give the same values.
     np.testing.assert_array_equal(K.matmul_panels_numba(np.asfortranarray(x), panels), got)
+    wider = np.zeros((n_panels, d_in, 2 * K.PANEL_WIDTH), np.float32)
+    wider[..., 1::2] = panels
+    np.testing.assert_array_equal(K.matmul_panels_numba(x, wider[..., 1::2]), got)
 
 
 def test_matmul_panels_at_the_forward_sizes_and_split_over_threads(monkeypatch):
