@@ -281,6 +281,15 @@ def prepare_inputs(input_ids, attention_mask, config: Config, token_type_ids=Non
     return ids.astype(np.int64, copy=False), keep, types
 
 
+def check_environment(dtype=np.float32) -> None:
+    """Read what loading a model and calling it take from the environment ($NPBERT_KERNELS, $NPBERT_GEMM,
+    $NPBERT_BLAS_THREADS) and raise the ValueError a bad value gives: for a command that loads the model in
+    other processes (`npbert serve --workers N`), so a bad value is one line, once, before they start."""
+    select_kernels()
+    panels_pay_off(dtype)
+    threads.policy()
+
+
 class _Pretrained:
     _with_qa_head = True
     model_type: str | None = None  # a family-specific class loads that family only; None: any (Auto*)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import socket
 import subprocess
@@ -446,3 +447,16 @@ def test_sigterm_with_a_slow_client_reports_it(tiny_checkpoint, tmp_path):
     assert "1 cut off by the shutdown" in log
     assert "exited on SIGTERM after the 1 s graceful timeout: 1 request cut off unfinished (answered 503)" in log
     assert "exited cleanly" not in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("variable, value", [("NPBERT_GEMM", "mkl"), ("NPBERT_KERNELS", "fortran"),
+                                             ("NPBERT_BLAS_THREADS", "two")])
+def test_a_bad_setting_with_workers_is_one_line_before_they_start(tiny_checkpoint, variable, value):
+    # With --workers the model loads in each worker; the parent reads the same settings first, so a bad one
+    # is one line and exit status 2 (it was a traceback in every worker, respawned until interrupted).
+    proc = subprocess.run([sys.executable, "-m", "npbert", "serve", "--model", str(tiny_checkpoint), "--port", "0",
+                           "--workers", "2"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, variable: value})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("npbert serve: error:") and proc.stderr.count("\n") == 1 and variable in proc.stderr
+    assert "Traceback" not in proc.stderr

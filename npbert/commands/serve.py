@@ -151,9 +151,11 @@ def run(args) -> int:
             log.info("exited cleanly%s: every request was answered or refused", on)
     else:
         from ..hub import resolve
+        from ..model import check_environment
 
         listen_socket(args.host, args.port).close()  # a busy port: one line, before the workers load the model
         resolve(args.model, args.revision)  # fail here, once, rather than in every worker (and fetch it once)
+        check_environment()  # as the workers will read it: a bad NPBERT_* value is one line here
         os.environ[SETTINGS_ENV], os.environ[LOG_LEVEL_ENV] = settings.to_json(), args.log_level.upper()
         _on_signals(lambda sig, frame: stopped.append(sig))
         uvicorn.run("npbert.serve.app:app_from_env", factory=True, workers=args.workers, **options)
