@@ -24,6 +24,7 @@ import numpy as np
 
 from .config import Config
 from .files import regular_file_problem
+from .kernels import PANEL_WIDTH
 
 
 class WeightsError(ValueError):
@@ -491,7 +492,7 @@ def relayout_for_speed(tree, weights_file: Path | None = None, panels: bool = Fa
             dtypes.add(linears[0].weight.dtype)
             return _as_stored(np.empty(planned[-1], linears[0].weight.dtype), linears, panels)  # touches no page
 
-        _relaid_tree(tree, plan, panels)
+        _relaid_tree(tree, plan)
         if planned and len(dtypes) == 1:
             def produce(write):  # the private copies, each written to the cache file and dropped at once
                 def write_and_drop(linears):
@@ -499,47 +500,33 @@ def relayout_for_speed(tree, weights_file: Path | None = None, panels: bool = Fa
                     write(stored.reshape(_stored_shape(linears, panels)))
                     return np.empty(stored.shape, stored.dtype)
 
-                _relaid_tree(tree, write_and_drop, panels)
+                _relaid_tree(tree, write_and_drop)
 
             mapped = relaid_cache.shared_matrices(weights_file, dtypes.pop(), planned, produce)
             if mapped is not None:
                 views = iter(mapped)
-
-                def cached(linears):  # the cache file's view; the originals' pages (read by load's NaN/Inf
-                    for lin in linears:  # check) are released, as after a private copy
-                        _release_mapped_pages(lin.weight)
-                    return _as_stored(next(views), linears, panels)
-
-                return _relaid_tree(tree, cached, panels)
-    return _relaid_tree(tree, lambda linears: _stored_copy(linears, panels), panels)
+                return _relaid_tree(tree, lambda linears: _as_stored(next(views), linears, panels))
+    return _relaid_tree(tree, lambda linears: _stored_copy(linears, panels))
 
 
 def _in_panels(linears, panels: bool) -> bool:
-    from .kernels import PANEL_WIDTH
-
     return panels and all(lin.weight.shape[0] % PANEL_WIDTH == 0 for lin in linears)
 
 
 def _stored_shape(linears, panels: bool) -> tuple[int, int]:
     # The 2-D shape the cache file holds for these linears stacked along out: [in, out], or, in panels,
     # [out / 32 * in, 32] (the [out / 32, in, 32] array's rows).
-    from .kernels import PANEL_WIDTH
-
     d_in, d_out = linears[0].weight.shape[1], sum(lin.weight.shape[0] for lin in linears)
     return (d_out // PANEL_WIDTH * d_in, PANEL_WIDTH) if _in_panels(linears, panels) else (d_in, d_out)
 
 
 def _as_stored(matrix, linears, panels: bool):  # the cache's 2-D matrix -> the stored array ([in, out] or panels)
-    from .kernels import PANEL_WIDTH
-
     if _in_panels(linears, panels):
         return matrix.reshape(-1, linears[0].weight.shape[1], PANEL_WIDTH)
     return matrix
 
 
 def _stored_copy(linears, panels: bool):  # the stored array as a private copy: [in, sum(out)] or panels
-    from .kernels import PANEL_WIDTH
-
     weight_t = _column_major_copy(linears)
     if not _in_panels(linears, panels):
         return weight_t
@@ -575,11 +562,9 @@ def _column_major_copy(linears):  # stacked along out: the [in, sum(out)] C-cont
     return weight_t
 
 
-def _relaid_tree(tree, matrix, panels: bool = False):
+def _relaid_tree(tree, matrix):
     """relayout_for_speed's tree, each stored array ([in, sum(out)], or panels) taken from matrix(linears),
     called once per matrix in a fixed order (the cache file's order)."""
-    from .kernels import PANEL_WIDTH
-
     with_qa_head = hasattr(tree, "qa_outputs")
     encoder = tree.encoder if with_qa_head else tree
 
