@@ -202,10 +202,10 @@ def main(argv=None) -> int:
             print(f"| {n} | skipped: {results[0]['skipped']} |" + " |" * (len(rows) - 1))
             continue
         cells = []
-        for M in rows:
-            ms = statistics.median(r[str(M)]["ms"] if str(M) in r else r[M]["ms"] for r in done)
-            gf = statistics.median(r[str(M)]["gflops"] if str(M) in r else r[M]["gflops"] for r in done)
-            err = max(r[str(M)]["max_abs_error"] if str(M) in r else r[M]["max_abs_error"] for r in done)
+        for M in rows:  # each round's result came back as JSON: row counts are string keys
+            ms = statistics.median(r[str(M)]["ms"] for r in done)
+            gf = statistics.median(r[str(M)]["gflops"] for r in done)
+            err = max(r[str(M)]["max_abs_error"] for r in done)
             cells.append(f"{ms:.1f} ms ({gf:.0f} GF/s, err {err:.1e})")
         print(f"| {n} | " + " | ".join(cells) + " |")
     return 0

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_families import cpu_model  # noqa: E402
+from bench import cpu_model  # noqa: E402
 
 # A batch worker: load, answer one 128-token input (so the kernels and activations are in memory), report.
 WORKER = r"""
