@@ -27,6 +27,7 @@ pytest.importorskip("pyarrow", reason="Parquet input needs the distributed extra
 import checkpoints  # noqa: E402
 import npbert  # noqa: E402
 from npbert import batch, evaluate, squad  # noqa: E402
+from process_helpers import interrupt_when_ready  # noqa: E402
 from test_evaluate import make_squad  # noqa: E402
 from test_squad import v1_evaluate  # noqa: E402
 
@@ -256,17 +257,8 @@ def test_interrupt_then_resume_gives_the_same_files(interrupt_reference, tiny_ch
     args = ["batch", "--data", squad_file, "--out", out, "--model", tiny_checkpoint, "--workers", 2,
             "--partition-size", 8, "--top-k", 2]
     env = {**os.environ, batch.SLOWDOWN_VARIABLE: SLOWDOWN}
-    proc = subprocess.Popen([sys.executable, "-m", "npbert", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 300
-        while saved_parts(out) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it was interrupted"
-            time.sleep(0.02)
-        proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
+    proc, stdout, stderr = interrupt_when_ready([sys.executable, "-m", "npbert", *map(str, args)],
+                                                lambda: saved_parts(out) >= 2, signum, env)
     saved = saved_parts(out)
     assert proc.returncode == 128 + signum, stderr
     last = stderr.strip().splitlines()[-1]

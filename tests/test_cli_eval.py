@@ -9,10 +9,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from process_helpers import interrupt_when_ready
 from test_evaluate import make_squad
 from test_squad import v1_evaluate, v2_main
 
@@ -110,17 +110,9 @@ def test_interrupt_then_resume_gives_the_same_files(tmp_path, reference, flags, 
     out = tmp_path / "out"
     partial = out / "predictions.partial.jsonl"
     cmd = [sys.executable, "-m", "npbert", "eval", *map(str, flags), "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        # header + 2 chunks on disk, 56 pipeline calls still to go
-        while not (partial.exists() and partial.read_bytes().count(b"\n") >= 3):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it was interrupted"
-            time.sleep(0.01)
-        proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
+    # header + 2 chunks on disk, 56 pipeline calls still to go
+    proc, stdout, stderr = interrupt_when_ready(cmd, lambda: partial.exists() and partial.read_bytes().count(b"\n") >= 3,
+                                                signum)
     assert proc.returncode == 128 + signum
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"npbert eval: error: interrupted by {signal.Signals(signum).name} after ")

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from hypothesis import given
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 
 import npbert
 from npbert import evaluate
+from process_helpers import start_and_wait
 from test_evaluate import SignalOnCall, make_squad, read_outputs, write_json
 
 N, SAVE_EVERY = 17, 4  # 5 chunk lines, the last one short
@@ -200,12 +200,7 @@ def cli(tmp_path_factory, tiny_checkpoint):
 
 
 def start_and_wait_for_chunks(cmd, partial, chunks: int) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (partial.exists() and partial.read_bytes().count(b"\n") >= chunks + 1):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.01)
-    return proc
+    return start_and_wait(cmd, lambda: partial.exists() and partial.read_bytes().count(b"\n") >= chunks + 1)
 
 
 def test_two_evals_into_one_folder_the_second_is_refused(tmp_path, cli):

@@ -1,0 +1,33 @@
+"""Running an npbert command in a subprocess until it reaches a point, then acting on it (a signal): the one
+loop the interrupt, resume, lock and kill tests share (test_batch, test_cli_eval, test_eval_durability)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+
+def start_and_wait(cmd, ready, env=None, timeout: float = 300) -> subprocess.Popen:
+    """Start `cmd` (stdout and stderr piped, text) and return it once `ready()` holds, while it still runs.
+    Fails if the command ends first or `ready()` has not held after `timeout` seconds (the command is then
+    killed, and the failure shows what it printed)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            proc.kill()
+            raise AssertionError(f"the command ended or took over {timeout} s before it was ready: "
+                                 f"{proc.communicate()}")
+        time.sleep(0.01)
+    return proc
+
+
+def interrupt_when_ready(cmd, ready, signum, env=None) -> tuple[subprocess.Popen, str, str]:
+    """start_and_wait, then send `signum` and wait for the command to end: (the process, stdout, stderr)."""
+    proc = start_and_wait(cmd, ready, env)
+    try:
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    return proc, stdout, stderr
