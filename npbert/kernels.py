@@ -14,7 +14,7 @@ are serial and release the GIL; `_split_over_threads` spreads them over the core
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import math
 import os
 from typing import Callable, NamedTuple
@@ -25,7 +25,7 @@ import numba
 import numba.extending
 import numpy as np
 
-from . import deberta
+from . import deberta, workers
 
 # Below these sizes a kernel runs on the calling thread alone: handing half the work to another thread
 # costs ~0.1 ms here (far more on a busy machine), more than the half it takes over. Measured on 2 cores:
@@ -36,47 +36,26 @@ _GELU_SERIAL_BELOW = 1 << 18  # N * F
 _LAYERNORM_SERIAL_BELOW = 1 << 19  # N * D
 
 
-# The kernels' own threads: Python threads, as many as the model call gave OpenBLAS (threads.current()),
-# each running a serial nogil kernel on its share of the rows (GELU, LayerNorm) or of the heads (attention,
-# with OpenBLAS set to one thread meanwhile, so a head's [S, S] products run whole on its thread and its
-# scores stay in that core's cache: 4.7-5.0 ms a layer at S = 384 against 8.5 ms on one thread). Not numba's
-# parallel pool: its OpenMP workers share libgomp with any PyTorch in the process, whose spin-waiting they
-# then inherit (B=1 S=128 took 181 ms beside PyTorch on the OpenMP pool, 111 ms without it), and numba's
-# other pools are not safe to call from several threads at once. Idle workers here block, never spin.
-_pool, _pool_workers = None, 0
+# The kernels' own threads (workers.py): as many as the model call gave OpenBLAS (threads.current()), each
+# running a serial nogil kernel on its share of the rows (GELU, LayerNorm), of the panels (products) or of the
+# heads (attention, with OpenBLAS set to one thread meanwhile, so a head's [S, S] products run whole on its
+# thread and its scores stay in that core's cache: 4.7-5.0 ms a layer at S = 384 against 8.5 ms on one
+# thread). Not numba's parallel pool: its OpenMP workers share libgomp with any PyTorch in the process, whose
+# spin-waiting they then inherit (B=1 S=128 took 181 ms beside PyTorch on the OpenMP pool, 111 ms without
+# it), and numba's other pools are not safe to call from several threads at once.
 
 
-def _forget_pool_in_child():
-    # A forked child has none of the parent's threads; the inherited executor would wait forever for them.
-    global _pool, _pool_workers
-    _pool, _pool_workers = None, 0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_in_child)
-
-
-def _split_over_threads(work, tasks, worth_splitting):
+def _split_over_threads(work, tasks, worth_splitting, uses_blas=False):
     """Run work(chunk) over contiguous chunks of `tasks` (a list or range), one chunk per OpenBLAS thread
     the model call was given (threads.current()), the first on the calling thread; serially when not worth
-    splitting or when OpenBLAS's thread count cannot be set (its threads would then compete with these)."""
-    global _pool, _pool_workers
+    splitting or when OpenBLAS's thread count cannot be set (its threads would then compete with these).
+    uses_blas: work calls numpy's BLAS, which is then held to one thread (each chunk's products run whole)."""
     n = min(threads.current(), len(tasks)) if threads.controllable() and worth_splitting else 1
     if n == 1:
         return work(tasks)
-    if _pool_workers < n - 1:
-        _pool, _pool_workers = concurrent.futures.ThreadPoolExecutor(n - 1, thread_name_prefix="npbert"), n - 1
     chunks = [tasks[i * len(tasks) // n:(i + 1) * len(tasks) // n] for i in range(n)]
-    futures = []
-    with threads.single_blas_thread():
-        try:
-            futures = [_pool.submit(work, chunk) for chunk in chunks[1:]]
-            work(chunks[0])
-        finally:
-            # Every chunk has finished (or failed) before this returns or raises: none still writes the output.
-            concurrent.futures.wait(futures)
-    for f in futures:
-        f.result()  # a worker's exception, raised here
+    with threads.single_blas_thread() if uses_blas else contextlib.nullcontext():
+        workers.run(work, chunks)
 
 
 # Kernels may reorder float sums (vectorised reductions) and fuse multiply-adds; never the nnan/ninf
@@ -333,7 +312,7 @@ def attention_numba(q, k, v, keep, n_heads, return_probs=False):
             np.matmul(p, v[b, :, cols], out=context[b, :, cols])  # straight into head h's columns
 
     _split_over_threads(heads, [(b, h) for b in range(B) for h in range(n_heads)],
-                        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW)
+                        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW, uses_blas=True)
     return context, probs
 
 
@@ -436,7 +415,7 @@ def disentangled_attention_numba(q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, 
             np.matmul(p, v[b, :, cols], out=context[b, :, cols])
 
     _split_over_threads(heads, [(b, h) for b in range(B) for h in range(n_heads)],
-                        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW)
+                        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW, uses_blas=True)
     return context, probs
 
 

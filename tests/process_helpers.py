@@ -1,8 +1,10 @@
 """Running an npbert command in a subprocess until it reaches a point, then acting on it (a signal): the one
-loop the interrupt, resume, lock and kill tests share (test_batch, test_cli_eval, test_eval_durability)."""
+loop the interrupt, resume, lock and kill tests share (test_batch, test_cli_eval, test_eval_durability); and
+a check run in a forked child, for the fork-safety tests of the worker threads (test_kernels, test_workers)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -31,3 +33,25 @@ def interrupt_when_ready(cmd, ready, signum, env=None) -> tuple[subprocess.Popen
     finally:
         proc.kill()
     return proc, stdout, stderr
+
+
+def in_forked_child(check, timeout: float = 30) -> None:
+    """Fork; the child runs check() (True: it passed) and exits with its verdict. Fails in the parent if the
+    child's check failed, or if it has not ended after `timeout` seconds (it hung: it is then killed)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if check() else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0, "the forked child's check failed"
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the forked child had not finished after {timeout} s (it hung)")

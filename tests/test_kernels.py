@@ -27,6 +27,7 @@ import checkpoints
 import npbert
 from npbert import kernels as K
 from npbert import weights as W
+from process_helpers import in_forked_child
 
 TOL32 = 1e-6
 
@@ -339,22 +340,8 @@ def test_a_forked_child_still_splits_its_kernels(monkeypatch):
     h, bias = np.ones((300, 1000), np.float32), np.zeros(1000, np.float32)
     expected = K.bias_gelu_numpy(h, bias)
     K.bias_gelu_numba(h.copy(), bias)
-    assert K._pool is not None  # the parent's worker threads exist
-    pid = os.fork()
-    if pid == 0:  # the child: exit 0 only if the split kernel finishes and agrees
-        try:
-            signal_ok = np.allclose(K.bias_gelu_numba(h.copy(), bias), expected, rtol=0, atol=1e-6)
-        finally:
-            os._exit(0 if signal_ok else 1)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.waitstatus_to_exitcode(status) == 0
-            return
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    pytest.fail("the forked child's kernel never finished (it waited for the parent's threads)")
+    assert K.workers._workers  # the parent's worker threads exist
+    in_forked_child(lambda: np.allclose(K.bias_gelu_numba(h.copy(), bias), expected, rtol=0, atol=1e-6))
 
 
 def test_one_model_called_from_several_threads_at_once(tiny_checkpoint, monkeypatch):
@@ -384,7 +371,7 @@ def test_a_failing_chunk_raises_after_every_chunk_has_finished(monkeypatch):
         finished.append(list(chunk))
 
     with pytest.raises(RuntimeError, match="bad chunk"):
-        K._split_over_threads(work, list(range(4)), True)
+        K._split_over_threads(work, list(range(4)), True, uses_blas=True)
     assert finished == [[2, 3]] and blas_calls == ["one thread", "restored"]  # the worker's share done, OpenBLAS restored
 
 

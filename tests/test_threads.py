@@ -52,8 +52,9 @@ os.getloadavg = lambda: (load, load, load)
 import npbert
 from npbert import kernels, threads
 
-def blas():
-    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"][0]
+def blas():  # numpy's OpenBLAS: scipy's own (numba imports scipy for some kernels) may be loaded too
+    libs = [i for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"]
+    return ([i for i in libs if "numpy" in i["filepath"]] or libs)[0]["num_threads"]
 
 seen = {"before": blas()}
 real_attention = kernels.NUMBA.attention
