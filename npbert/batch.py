@@ -19,7 +19,10 @@ How a run goes:
   setting is one error, not one per row; it also reports the weights' sha256 for settings.json.
 - Each partition is one task: the rows travel in the task (never scattered, so Dask can rerun it), the
   model is loaded once per worker process (`_cached_pipeline`, keyed by model, revision, dtype, kernels)
-  and never pickled. The worker answers `call_size` rows per pipeline call (their windows batched
+  and never pickled. A local cluster's workers (`local_cluster`) are forked by multiprocessing's fork
+  server, which has loaded the run's model and answered one question first (`preload`, from
+  npbert/_forkserver_preload.py): each worker starts with it in `_cached_pipeline`'s cache and shares its
+  pages copy-on-write instead of loading its own (docs/performance.md, "Memory"). The worker answers `call_size` rows per pipeline call (their windows batched
   together); only when a call refuses an input (a question too long for max_seq_len, too many windows)
   does it answer that call's rows one by one, so the other rows are still answered.
 - The client writes each finished partition to `DIR/parts/part-NNNNNN.json` atomically (temporary file,
@@ -60,6 +63,9 @@ DEFAULT_CALL_SIZE = 32
 # A context making more windows than this is an error row: one book-length context would otherwise hold a
 # worker for minutes (64 windows of 384 tokens at stride 128 is ~16 000 tokens). None: no limit.
 DEFAULT_MAX_WINDOWS = 64
+# The load settings (JSON) of the model the fork server of a local cluster loads before it forks any worker
+# (npbert/_forkserver_preload.py reads it there).
+PRELOAD_VARIABLE = "NPBERT_BATCH_PRELOAD"
 # Sleep before each pipeline call on the workers, in seconds: lets the tests (and a demonstration) kill a
 # worker or interrupt the client mid-run on a checkpoint that answers in milliseconds.
 SLOWDOWN_VARIABLE = "NPBERT_BATCH_SLOWDOWN_SECONDS"
@@ -184,6 +190,7 @@ def read_inputs(path: str | Path) -> Inputs:
 _pipelines: dict = {}  # load settings -> (pipeline, identity), one entry per model this process has loaded
 _pipelines_lock = threading.Lock()  # a worker running several threads loads each model once all the same
 _loads = 0  # models loaded by this process: the tests read it through worker_state()
+_preloaded = 0  # models this process was forked with, loaded by the fork server (preload)
 
 
 def _cached_pipeline(load: dict):
@@ -204,6 +211,33 @@ def _cached_pipeline(load: dict):
         return _pipelines[key]
 
 
+def preload(load: dict) -> None:
+    """Load the model for `load` and answer one question in this process, which will fork workers: run by
+    the fork server of a local cluster (npbert/_forkserver_preload.py). Each forked worker then finds the
+    model in `_cached_pipeline`'s cache, with numba's kernels loaded, sharing these pages copy-on-write."""
+    global _loads, _preloaded
+    # The tokenizer's Rust thread pool does not survive fork() (tokenizers turns it off in each child, with a
+    # warning); a worker has one thread anyway.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    blas_threads = os.environ.get("NPBERT_BLAS_THREADS")
+    # One thread for the warm-up: no kernel worker threads in a process that forks (a child has none of them).
+    os.environ["NPBERT_BLAS_THREADS"] = "1"
+    try:
+        qa, _ = _cached_pipeline(load)
+        qa(question="Where do I live?", context="My name is John and I live in Seattle. " * 12)
+    finally:
+        if blas_threads is None:
+            del os.environ["NPBERT_BLAS_THREADS"]
+        else:
+            os.environ["NPBERT_BLAS_THREADS"] = blas_threads
+    _loads, _preloaded = _loads - 1, _preloaded + 1  # a forked worker did not load it: it was forked with it
+    import gc
+
+    # Everything allocated so far moves to the collector's permanent generation, never scanned: a worker's
+    # collections then do not write to these objects' headers, which would un-share the pages they are on.
+    gc.freeze()
+
+
 def _use_blas_threads(threads: int | None) -> None:
     # npbert reads $NPBERT_BLAS_THREADS before every forward. One thread per worker process by default:
     # the cluster runs one worker process per core. A count the worker was started with is the user's say.
@@ -214,7 +248,7 @@ def _use_blas_threads(threads: int | None) -> None:
 
 
 def worker_state() -> dict:
-    """This process's pid, model loads, BLAS thread setting and peak RSS in MiB (None where the platform
+    """This process's pid, model loads (and models it was forked with), BLAS thread setting and peak RSS in MiB (None where the platform
     does not say); run it on every worker with client.run(npbert.batch.worker_state)."""
     try:
         import resource
@@ -222,7 +256,7 @@ def worker_state() -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
     except ImportError:  # Windows
         peak = None
-    return {"pid": os.getpid(), "loads": _loads, "models": [dict(k)["model"] for k in _pipelines],
+    return {"pid": os.getpid(), "loads": _loads, "preloaded": _preloaded, "models": [dict(k)["model"] for k in _pipelines],
             "blas_threads": os.environ.get("NPBERT_BLAS_THREADS"), "peak_rss_mib": peak}
 
 
@@ -282,11 +316,12 @@ def answer_partition(task: dict) -> dict:
 
 
 @contextlib.contextmanager
-def connect(workers: int | None = None, scheduler: str | None = None):
+def connect(workers: int | None = None, scheduler: str | None = None, preload: dict | None = None):
     """A dask.distributed Client: to the scheduler at `scheduler` (tcp://host:8786), else to a local cluster
-    of `workers` processes (default: the core count) of one thread each, closed on exit."""
+    of `workers` processes (default: the core count) of one thread each, closed on exit, forked with the
+    model of `preload` (load settings, `_load_settings`) already loaded when given (`local_cluster`)."""
     try:
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client
     except ImportError:
         raise BatchError("npbert batch needs Dask distributed: pip install '.[distributed]' in an npbert "
                          "checkout") from None
@@ -294,7 +329,7 @@ def connect(workers: int | None = None, scheduler: str | None = None):
         raise BatchError("give --workers N (a local cluster) or --scheduler ADDRESS (a running one), not both")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise BatchError(f"--workers must be a positive integer, found {workers!r}")
-    if scheduler is not None:
+    if scheduler is not None:  # remote workers: each loads the model itself, as it always did
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as e:
@@ -304,12 +339,72 @@ def connect(workers: int | None = None, scheduler: str | None = None):
         return
     import logging
 
-    # One thread per process: the pipeline runs Python between BLAS calls, which threads would serialise on.
-    with LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR,
-                      env={"NPBERT_BLAS_THREADS": os.environ.get("NPBERT_BLAS_THREADS", "1")}) as cluster, \
+    with local_cluster(workers or os.cpu_count() or 1, preload, silence_logs=logging.ERROR,
+                       env={"NPBERT_BLAS_THREADS": os.environ.get("NPBERT_BLAS_THREADS", "1")}) as cluster, \
             Client(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int, preload: dict | None = None, **kwargs):
+    """A Dask LocalCluster of `workers` processes of one thread each (`kwargs`: LocalCluster's). With
+    `preload` (load settings), its worker processes are forked by multiprocessing's fork server, started
+    here after it has loaded that model (`preload()`), and stopped after the cluster; without (or where no
+    fork server can be started for this cluster alone), Dask's default: fresh processes (spawn)."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    with contextlib.ExitStack() as stack:
+        if preload is not None and _start_preloaded_forkserver(preload):
+            stack.callback(_stop_forkserver)
+            stack.enter_context(dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}))
+        # One thread per process: the pipeline runs Python between BLAS calls, which threads would serialise on.
+        yield stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                               dashboard_address=None, **kwargs))
+
+
+def _forkserver():
+    """multiprocessing's fork server of this process (one per process), or None where there is none."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
+        return None
+    import multiprocessing.forkserver
+
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    # _stop and _forkserver_pid are CPython's own (3.8 to 3.13), used by its tests; without them, no preload.
+    return server if hasattr(server, "_stop") and hasattr(server, "_forkserver_pid") else None
+
+
+def _start_preloaded_forkserver(load: dict) -> bool:
+    """Start this process's fork server with `load`'s model preloaded; False when it cannot be done here:
+    no fork server, or one already running (another cluster's: its workers load their own model)."""
+    import dask
+    from distributed.utils import get_mp_context
+
+    server = _forkserver()
+    if server is None or server._forkserver_pid is not None:
+        return False
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        # Dask sets its own preload list on the first call in a process, and only then: call it first.
+        context = get_mp_context()
+    context.set_forkserver_preload(["distributed", "npbert._forkserver_preload"])
+    previous = os.environ.get(PRELOAD_VARIABLE)
+    os.environ[PRELOAD_VARIABLE] = json.dumps(load)  # the server reads its environment once, as it starts
+    try:
+        server.ensure_running()
+    finally:
+        if previous is None:
+            del os.environ[PRELOAD_VARIABLE]
+        else:
+            os.environ[PRELOAD_VARIABLE] = previous
+    return True
+
+
+def _stop_forkserver() -> None:
+    # After the cluster has closed (its workers are gone): the server holds the model, and the next cluster
+    # of this process may want another one.
+    _forkserver()._stop()
 
 
 def _completed(client, tasks, keys):
@@ -358,13 +453,18 @@ def _load_settings(model, revision, local_files_only, dtype, kernels, max_window
             "dtype": np.dtype(dtype).name, "kernels": kernels, "max_windows": max_windows}
 
 
+def eval_load_settings(model, revision) -> dict:
+    """The load settings of `npbert eval --workers`'s tasks (answer_chunks), for connect's preload."""
+    return _load_settings(model, revision, False, "float32", None, None)
+
+
 def answer_chunks(client, chunks: list, params: dict, model: str = DEFAULT_MODEL, revision: str | None = None,
                   blas_threads: int | None = None):
     """`npbert eval --workers`: the pipeline's output for each chunk of squad.Example and the chunk's null
     scores (qa.null_score, for na_probs.json), in chunk order, each
     chunk one task on the cluster (npbert eval's pipeline call); a question the pipeline refuses raises
     its ValueError, as the single-process call would."""
-    load = _load_settings(model, revision, False, "float32", None, None)
+    load = eval_load_settings(model, revision)
     tasks = ({"partition": i, "rows": [(j, e.id, e.question, e.context) for j, e in enumerate(chunk)],
               "load": load, "params": params, "call_size": len(chunk), "blas_threads": blas_threads}
              for i, chunk in enumerate(chunks))
@@ -518,7 +618,7 @@ def answer(data: str | Path, out: str | Path, model: str | Path = DEFAULT_MODEL,
         try:
             with contextlib.ExitStack() as stack:
                 if client is None:
-                    client = stack.enter_context(connect(workers, scheduler))
+                    client = stack.enter_context(connect(workers, scheduler, preload=load))
                 identity = _probe(client, load, params, blas_threads)
                 settings["weights_sha256"] = identity["weights_sha256"]
                 _check_settings(out, settings, resume, keys=["weights_sha256"])

@@ -19,12 +19,12 @@ LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
 class Server:
     def __init__(self, model: Path, log: Path, *flags: str, timeout: float = 180.0, ready: re.Pattern = READY,
-                 access_log: bool = False):
+                 access_log: bool = False, env: dict | None = None):
         self.log = log
         self._log_file = open(log, "wb")
         cmd = [sys.executable, "-m", "npbert", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0",
                *([] if access_log else ["--no-access-log"]), *flags]
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while not (m := ready.search(self.output())):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -52,9 +52,9 @@ class Server:
     def post(self, path: str, obj) -> tuple[int, object]:
         return self.request("POST", path, json.dumps(obj).encode(), {"Content-Type": "application/json"})
 
-    def stop(self, timeout: float = 60.0) -> int:
+    def stop(self, timeout: float = 60.0, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -39,13 +41,18 @@ OUTPUTS = ("predictions.jsonl", "errors.jsonl", "manifest.json", "settings.json"
 
 
 @pytest.fixture(scope="module")
-def client():
-    from dask.distributed import Client, LocalCluster
+def client(tiny_checkpoint):
+    from dask.distributed import Client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR, env={batch.SLOWDOWN_VARIABLE: SLOWDOWN}) as cluster, \
-            Client(cluster) as c:
+    # as `npbert batch --workers 2` starts its cluster: the workers forked with the tiny model loaded
+    with batch.local_cluster(2, preload=preload_of(tiny_checkpoint), silence_logs=logging.ERROR,
+                             env={batch.SLOWDOWN_VARIABLE: SLOWDOWN}) as cluster, Client(cluster) as c:
         yield c
+
+
+def preload_of(model):
+    """The load settings batch.answer gives its tasks for `model` with the default max_windows."""
+    return batch._load_settings(model, None, False, "float32", None, batch.DEFAULT_MAX_WINDOWS)
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +208,38 @@ def test_model_loaded_once_per_worker(client, tiny_checkpoint, jsonl_file, tmp_p
     assert all(s["blas_threads"] == "1" for s in after.values())
     workers = {json.loads(p.read_text())["worker"] for p in (tmp_path / "out" / "parts").iterdir()}
     assert {w.rsplit(":", 1)[1] for w in workers} <= {str(s["pid"]) for s in after.values()}
+
+
+def shared_dirty_mb(pid: int) -> float:
+    """Written pages this process shares with another: after a fork, its parent's heap; ~0 when spawned."""
+    rollup = (Path("/proc") / str(pid) / "smaps_rollup").read_text()
+    return int(re.search(r"^Shared_Dirty:\s+(\d+) kB", rollup, re.M).group(1)) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="reads /proc (Linux)")
+def test_workers_are_forked_with_the_model_loaded(client, tiny_checkpoint, jsonl_file, tmp_path):
+    states = client.run(batch.worker_state)
+    # loaded once, by the fork server (neither this process nor a worker), and every worker forked from it;
+    # (other tests of the module may have had a worker load another model since)
+    assert all(s["preloaded"] == 1 and s["models"][0] == str(tiny_checkpoint) for s in states.values()), states
+    parents = set(client.run(os.getppid).values())
+    assert len(parents) == 1 and os.getpid() not in parents
+    assert all(shared_dirty_mb(s["pid"]) > 30 for s in states.values()), states  # interpreter, numba, the model
+    run(jsonl_file, tmp_path / "out", client, tiny_checkpoint, partition_size=48)
+    after = client.run(batch.worker_state)
+    assert {w: s["loads"] for w, s in after.items()} == {w: s["loads"] for w, s in states.items()}  # reused
+    # a worker that dies is forked again from the same server, the model loaded
+    victim = next(iter(states.values()))["pid"]
+    os.kill(victim, signal.SIGKILL)
+    for _ in range(1200):
+        states = client.run(batch.worker_state, on_error="ignore")  # the dead one, until the scheduler knows
+        if len(states) == 2 and victim not in {s["pid"] for s in states.values()}:
+            break
+        time.sleep(0.1)
+    new = [s for s in states.values() if s["pid"] not in {a["pid"] for a in after.values()}]
+    assert len(states) == 2 and len(new) == 1, states
+    assert (new[0]["loads"], new[0]["preloaded"], new[0]["models"]) == (0, 1, [str(tiny_checkpoint)])
+    assert set(client.run(os.getppid).values()) == parents
 
 
 # --- faults ---------------------------------------------------------------------------------------------

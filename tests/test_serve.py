@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import http.client
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -333,8 +334,15 @@ def test_sigterm_drains_the_requests_in_flight_and_exits_cleanly(tiny_checkpoint
     assert "Traceback" not in log
 
 
-def test_workers_each_load_the_model_and_stop_on_sigterm(tiny_checkpoint, tmp_path, qa):
-    server = Server(tiny_checkpoint, tmp_path / "server.log", "--workers", "2", "--no-batching", ready=LISTENING)
+def test_workers_without_the_prefork_extra_each_load_the_model_and_stop_on_sigterm(tiny_checkpoint, tmp_path, qa):
+    # Without gunicorn (a stand-in package that fails to import, first on the path) --workers falls back to
+    # uvicorn's own multi-process mode: each worker loads the model, and the log says what would share it.
+    shadow = tmp_path / "shadow" / "gunicorn"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no gunicorn here', name='gunicorn')\n")
+    path = os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")]))
+    server = Server(tiny_checkpoint, tmp_path / "server.log", "--workers", "2", "--no-batching", ready=LISTENING,
+                    env={**os.environ, "PYTHONPATH": path})
     try:
         for _ in range(600):  # the parent listens at once; the workers answer once they have loaded the model
             try:
@@ -345,8 +353,10 @@ def test_workers_each_load_the_model_and_stop_on_sigterm(tiny_checkpoint, tmp_pa
         assert (status, body) == (200, [qa(**SAMPLE)["answer"]])
     finally:
         code = server.stop()
-    assert code == 0, server.output()
-    assert server.output().count("npbert.serve: loaded") == 2 and "Traceback" not in server.output()
+    log = server.output()
+    assert code == 0, log
+    assert "without the prefork extra (gunicorn is missing)" in log and "pip install '.[prefork]'" in log
+    assert log.count("npbert.serve: loaded") == 2 and "Traceback" not in log
 
 
 # --- the batcher's rules --------------------------------------------------------------------------------

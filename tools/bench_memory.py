@@ -1,16 +1,26 @@
-"""Total memory of N npbert processes on one machine: N plain processes that load the model and answer once
-(batch workers), and `npbert serve --workers N` (its parent and every worker). Memory is PSS, summed over
-the processes, from /proc/<pid>/smaps_rollup: a page shared by k processes counts 1/k in each, so the
-sum is what the N processes cost the machine together (RSS would count a shared page N times).
+"""Total memory of N npbert worker processes on one machine, three ways:
+
+- `batch`: the real `npbert batch --workers N` (a local Dask cluster: its workers are forked from a fork
+  server that loaded the model, npbert.batch.local_cluster), measured once every worker has answered a
+  partition;
+- `serve`: `npbert serve --workers N` (with the prefork extra, gunicorn forks the workers from the parent
+  that loaded the model; without it, uvicorn's multi-process mode), measured after requests to every worker;
+- `processes`: N plain processes that each load the model and answer once, for comparison (what each
+  worker cost before the workers were forked).
+
+Memory is PSS, summed over every process of the command (its whole process tree), from
+/proc/<pid>/smaps_rollup: a page shared by k processes counts 1/k in each, so the sum is what the
+processes cost the machine together (RSS would count a shared page N times).
 
     python tools/bench_memory.py                                  # 1, 2, 4 workers, shared cache vs private copies
-    python tools/bench_memory.py --checkpoint DIR --workers 2 --modes processes
+    python tools/bench_memory.py --checkpoint DIR --workers 2 --modes batch,processes
 
 Each configuration runs twice: with the shared re-laid weights cache (npbert/relaid_cache.py, in a fresh
 temp folder that the first process fills) and with private copies (NPBERT_CACHE pointing at a file, so the
-cache is unusable and every process re-lays its own copy: the code before the cache did the same). The
-default checkpoint is a seeded random one of DistilBERT's full size (tests/checkpoints.py FULL_SIZE).
-Linux only (/proc).
+cache is unusable and every process re-lays its own copy: the fallback). The default checkpoint is a
+seeded random one of DistilBERT's full size (tests/checkpoints.py FULL_SIZE). Linux only (/proc). The
+npbert measured is the one `python -m npbert` imports, which looks in the current folder first: to measure
+another checkout, run from it (`cd other && PYTHONPATH=$PWD python /path/to/tools/bench_memory.py`).
 """
 
 from __future__ import annotations
@@ -65,7 +75,12 @@ def descendants(pid: int) -> list[int]:
 
 
 def total(pids) -> dict[str, float]:
-    rows = [rollup(p) for p in pids]
+    rows = []
+    for p in pids:
+        try:
+            rows.append(rollup(p))
+        except (FileNotFoundError, ProcessLookupError):  # ended since it was listed (a short-lived helper)
+            pass
     return {k: round(sum(r.get(k, 0.0) for r in rows), 1) for k in FIELDS} | {"processes": len(rows)}
 
 
@@ -81,6 +96,37 @@ def processes(checkpoint: Path, n: int, env: dict) -> dict:
         for p in procs:
             p.stdin.close()
             p.wait()
+
+
+def batch(checkpoint: Path, n: int, env: dict, tmp: Path) -> dict:
+    """`npbert batch --workers n` on 8 n one-row partitions, its workers slowed down (2 s before each call):
+    measured once every worker has saved a partition (each has answered once), then interrupted."""
+    data, out = tmp / f"batch-{n}.jsonl", Path(tempfile.mkdtemp(dir=tmp)) / "out"
+    context = "My name is John and I live in Seattle. " * 12  # ~128 tokens, as the processes mode's forward
+    data.write_text("".join(json.dumps({"id": str(i), "question": "Where do I live?", "context": context}) + "\n"
+                            for i in range(8 * n)))
+    proc = subprocess.Popen([sys.executable, "-m", "npbert", "batch", "--data", str(data), "--out", str(out),
+                             "--model", str(checkpoint), "--workers", str(n), "--partition-size", "1",
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**env, "NPBERT_BATCH_SLOWDOWN_SECONDS": "2"})
+    try:
+        deadline = time.monotonic() + 600
+        while True:  # every worker process has answered a partition (its pid is in the part files)
+            workers = set()
+            for part in (out / "parts").glob("part-*.json") if (out / "parts").is_dir() else []:
+                try:
+                    workers.add(json.loads(part.read_text())["worker"])
+                except ValueError:  # being renamed into place
+                    pass
+            if len(workers) >= n:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"npbert batch did not run (exit {proc.poll()}):\n{proc.stderr.read()}")
+            time.sleep(0.2)
+        return total(descendants(proc.pid))
+    finally:
+        proc.terminate()  # interrupted: its finished partitions stay in out/parts, which nobody reads
+        proc.communicate(timeout=120)
 
 
 def free_port() -> int:
@@ -121,7 +167,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: a full-size random one in a temp dir)")
     p.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
-    p.add_argument("--modes", default="processes,serve", help="processes, serve or both")
+    p.add_argument("--modes", default="batch,serve,processes", help="comma-separated: batch, serve, processes")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,6 +187,8 @@ def main() -> None:
                     env = {**os.environ, "NPBERT_CACHE": str(cache)}
                     if mode == "processes":
                         r = processes(folder, n, env)
+                    elif mode == "batch":
+                        r = batch(folder, n, env, tmp)
                     else:
                         r = serve(folder, n, env, tmp / f"serve-{n}.log")
                     results.append({"mode": mode, "workers": n, "weights": label, **r})

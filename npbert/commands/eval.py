@@ -118,7 +118,8 @@ def run(args) -> int:
 
             from .. import batch
 
-            with batch.connect(args.workers, args.scheduler) as client:
+            with batch.connect(args.workers, args.scheduler,
+                               preload=batch.eval_load_settings(job.model, job.revision)) as client:
                 try:
                     metrics = evaluate.run(job, resume=args.resume, answer_chunks=functools.partial(
                         batch.answer_chunks, client, model=job.model, revision=job.revision))

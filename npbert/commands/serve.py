@@ -23,8 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed when ready; default: %(default)s)")
     p.add_argument("--workers", type=_positive, default=1,
-                   help="worker processes, each loading the model; they share one memory-mapped copy of the "
-                        "re-laid weights (default: %(default)s)")
+                   help="worker processes; with the prefork extra this process loads the model and forks them "
+                        "(they share it), without it each loads its own (default: %(default)s)")
     p.add_argument("--max-body-bytes", type=_positive, default=1 << 20, help="larger bodies get 413 (default: %(default)s)")
     p.add_argument("--max-context-chars", type=_positive, default=20_000,
                    help="longer contexts get 422 (default: %(default)s)")
@@ -110,7 +110,7 @@ def run(args) -> int:
     try:
         import uvicorn
 
-        from ..serve.app import LOG_FORMAT, LOG_LEVEL_ENV, SETTINGS_ENV, Settings, create_app
+        from ..serve.app import LOG_FORMAT, Settings, create_app
         from ..serve.protocol import TimedH11Protocol
         from ..serve.schemas import Limits
     except ImportError as e:
@@ -129,9 +129,9 @@ def run(args) -> int:
     options = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log,
                    timeout_graceful_shutdown=args.graceful_timeout, log_config=None, http=TimedH11Protocol,
                    timeout_keep_alive=args.keep_alive_timeout, limit_concurrency=args.limit_concurrency)
-    stopped = []
     log = logging.getLogger("npbert.serve")
     if args.workers == 1:
+        stopped = []
         sock = listen_socket(args.host, args.port)
         # Load here, before listening: a bad --model is a one-line error, and a listening server is ready.
         app = create_app(settings)
@@ -150,17 +150,54 @@ def run(args) -> int:
         else:
             log.info("exited cleanly%s: every request was answered or refused", on)
     else:
-        from ..hub import resolve
         from ..model import check_environment
 
-        listen_socket(args.host, args.port).close()  # a busy port: one line, before the workers load the model
-        resolve(args.model, args.revision)  # fail here, once, rather than in every worker (and fetch it once)
+        listen_socket(args.host, args.port).close()  # a busy port: one line, before the model is loaded
         check_environment()  # as the workers will read it: a bad NPBERT_* value is one line here
-        os.environ[SETTINGS_ENV], os.environ[LOG_LEVEL_ENV] = settings.to_json(), args.log_level.upper()
-        _on_signals(lambda sig, frame: stopped.append(sig))
-        uvicorn.run("npbert.serve.app:app_from_env", factory=True, workers=args.workers, **options)
-        log.info("exited%s (each worker logged its own counters when it stopped)",
-                 f" on {signal.Signals(stopped[0]).name}" if stopped else "")
+        try:
+            from ..serve import prefork
+        except ImportError as e:
+            log.info("without the prefork extra (%s is missing) each of the %d workers loads its own copy of "
+                     "the model: pip install '.[prefork]' to load it once and share it", e.name, args.workers)
+            _run_uvicorn_workers(args, settings, options, log)
+        else:
+            _run_prefork(prefork, args, settings, options, create_app, log)
+    return 0
+
+
+def _run_prefork(prefork, args, settings, options, create_app, log) -> None:
+    """--workers N on gunicorn (npbert/serve/prefork.py): the model loaded here, the workers forked."""
+    from ..cli import CommandError
+
+    # The tokenizer's Rust thread pool does not survive fork() (tokenizers then turns it off in each worker,
+    # with a warning per worker); a worker's requests are tokenized one at a time under a lock anyway.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app = create_app(settings)  # loads and answers the warm-up question: numba's kernels are loaded here too
+    uvicorn_options = {k: v for k, v in options.items() if k not in ("host", "port", "log_config")}
+    server = prefork.Application(app, args.workers, args.host, args.port, args.graceful_timeout,
+                                 args.keep_alive_timeout, args.log_level, uvicorn_options)
+    log.info("forking %d workers, which share this process's model", args.workers)
+    code = server.run()
+    if code != 0:
+        raise CommandError(f"the server stopped with status {code} (see the log above)", 1)
+    log.info("exited%s (each worker logged its own counters when it stopped)",
+             f" on {signal.Signals(server.stopped_by).name}" if server.stopped_by else "")
+
+
+def _run_uvicorn_workers(args, settings, options, log) -> None:
+    """--workers N on uvicorn's own multi-process mode: each worker process loads the model itself."""
+    import uvicorn
+
+    from ..hub import resolve
+    from ..serve.app import LOG_LEVEL_ENV, SETTINGS_ENV
+
+    resolve(args.model, args.revision)  # fail here, once, rather than in every worker (and fetch it once)
+    os.environ[SETTINGS_ENV], os.environ[LOG_LEVEL_ENV] = settings.to_json(), args.log_level.upper()
+    stopped = []
+    _on_signals(lambda sig, frame: stopped.append(sig))
+    uvicorn.run("npbert.serve.app:app_from_env", factory=True, workers=args.workers, **options)
+    log.info("exited%s (each worker logged its own counters when it stopped)",
+             f" on {signal.Signals(stopped[0]).name}" if stopped else "")
     return 0
 
 

@@ -454,7 +454,7 @@ def add_health_routes(app: FastAPI, state: State) -> None:
     async def health():
         s = state.settings
         return {
-            "status": "ok", "model": state.qa.model_id, "revision": state.qa.revision,
+            "status": "ok", "pid": os.getpid(), "model": state.qa.model_id, "revision": state.qa.revision,
             "commit": state.qa.commit, "folder": str(state.folder), "weights_sha256": state.weights_sha256, "npbert": __version__,
             "uptime_s": round(time.time() - state.started, 3), "in_flight": state.in_flight,
             "answered": state.answered, "refused": state.refused, "failed": state.failed, "aborted": state.aborted,
