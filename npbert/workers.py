@@ -271,7 +271,10 @@ def run(work, chunks: list) -> None:
         except BaseException as e:  # noqa: BLE001  raised once the workers' chunks have finished too
             error = e
         for w, ticket in tickets:  # every chunk finishes before this returns or raises: none still writes
-            worker_error = w.wait(ticket)
+            try:
+                worker_error = w.wait(ticket)
+            except RuntimeError as e:  # a dead worker: the others' chunks are still waited for
+                worker_error = e
             error = error or worker_error
         if error is not None:
             raise error

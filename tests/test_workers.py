@@ -138,3 +138,26 @@ def test_a_dead_worker_is_reported_not_waited_for(monkeypatch):
         workers.run(lambda chunk: None, [[0], [1]])
     monkeypatch.setattr(workers, "_store_then_load", real)
     assert sorted(c for c, _ in run_and_record([[0], [1]])) == [(0,), (1,)]
+
+
+def test_a_dead_worker_does_not_cut_short_the_wait_for_the_others(monkeypatch):
+    # The caller notices a dead worker within ~1 s; a live worker's longer chunk must still finish before run
+    # raises (it writes into the caller's output).
+    run_and_record([[0], [1], [2]])
+    victim, real, finished = workers._workers[0].thread, workers._store_then_load, []
+
+    def fails_on_the_victim(*args):
+        if threading.current_thread() is victim:
+            raise OSError("simulated hand-off failure")
+        return real(*args)
+
+    def work(chunk):
+        if chunk == [2]:  # the live worker's chunk outlasts the dead one's detection
+            time.sleep(2.0)
+            finished.append(chunk)
+
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)
+    monkeypatch.setattr(workers, "_store_then_load", fails_on_the_victim)
+    with pytest.raises(RuntimeError, match="worker thread died"):
+        workers.run(work, [[0], [1], [2]])
+    assert finished == [[2]]
