@@ -24,6 +24,7 @@ from . import threads  # noqa: I001  before numpy: it sets OpenBLAS's thread tim
 import numba
 import numba.extending
 import numpy as np
+from numba.core import cgutils
 
 from . import deberta, workers
 
@@ -106,8 +107,7 @@ def _panel_tile(typingctx, x, x_at, x_row_stride, panels, panel_at, out, out_at,
         x_ptr = builder.gep(data(0, x), [x_at])
         panel_ptr = builder.gep(data(3, panels), [panel_at])
         out_ptr = builder.gep(data(5, out), [out_at])
-        fma = builder.module.globals.get("llvm.fma.v16f32") or ir.Function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v16f32")
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v16f32")
         zero, undef = ir.Constant(vec, [0.0] * 16), ir.Constant(vec, ir.Undefined)
         splat_lane0 = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
         vectors = PANEL_WIDTH // 16

@@ -37,6 +37,7 @@ import numba
 import numba.extending
 import numpy as np
 from numba import types
+from numba.core import cgutils
 
 # How long a worker (and a caller waiting for the workers) spins before it sleeps. Longer than the gaps
 # between split products in a forward (bias adds, a serial attention or LayerNorm at short S: 20-150 us
@@ -53,13 +54,12 @@ def _pause_instruction(builder):
     machine = platform.machine().lower()
     name = {"x86_64": "llvm.x86.sse2.pause", "amd64": "llvm.x86.sse2.pause"}.get(machine)
     if name is None and machine in ("aarch64", "arm64"):
-        hint = builder.module.globals.get("llvm.aarch64.hint") or ir.Function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(32)]), "llvm.aarch64.hint")
+        hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(32)]),
+                                              "llvm.aarch64.hint")
         builder.call(hint, [ir.Constant(ir.IntType(32), 1)])  # YIELD
         return
     if name is not None:
-        fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(ir.VoidType(), []), name)
-        builder.call(fn, [])
+        builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), name), [])
 
 
 @numba.extending.intrinsic
@@ -120,9 +120,8 @@ def _yield_core(typingctx):
         from llvmlite import ir
 
         if _CAN_YIELD:
-            fnty = ir.FunctionType(ir.IntType(32), [])
-            fn = builder.module.globals.get(_YIELD_SYMBOL) or ir.Function(builder.module, fnty, _YIELD_SYMBOL)
-            builder.call(fn, [])
+            builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                                        _YIELD_SYMBOL), [])
         else:
             _pause_instruction(builder)
         return context.get_dummy_value()
