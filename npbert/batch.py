@@ -22,9 +22,10 @@ How a run goes:
   and never pickled. A local cluster's workers (`local_cluster`) are forked by multiprocessing's fork
   server, which has loaded the run's model and answered one question first (`preload`, from
   npbert/_forkserver_preload.py): each worker starts with it in `_cached_pipeline`'s cache and shares its
-  pages copy-on-write instead of loading its own (docs/performance.md, "Memory"). The worker answers `call_size` rows per pipeline call (their windows batched
-  together); only when a call refuses an input (a question too long for max_seq_len, too many windows)
-  does it answer that call's rows one by one, so the other rows are still answered.
+  pages copy-on-write instead of loading its own (docs/performance.md, "Memory"). The worker answers
+  `call_size` rows per pipeline call (their windows batched together); only when a call refuses an input
+  (a question too long for max_seq_len, too many windows) does it answer that call's rows one by one, so
+  the other rows are still answered.
 - The client writes each finished partition to `DIR/parts/part-NNNNNN.json` atomically (temporary file,
   fsync, rename): a part is on disk whole or not at all, whatever kills the client. `resume=True` skips
   the parts already there, after checking `DIR/settings.json` against this run's settings.
@@ -211,6 +212,20 @@ def _cached_pipeline(load: dict):
         return _pipelines[key]
 
 
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """$name set to `value` inside the block; its previous value (or its absence) restored after."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 def preload(load: dict) -> None:
     """Load the model for `load` and answer one question in this process, which will fork workers: run by
     the fork server of a local cluster (npbert/_forkserver_preload.py). Each forked worker then finds the
@@ -219,17 +234,10 @@ def preload(load: dict) -> None:
     # The tokenizer's Rust thread pool does not survive fork() (tokenizers turns it off in each child, with a
     # warning); a worker has one thread anyway.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    blas_threads = os.environ.get("NPBERT_BLAS_THREADS")
     # One thread for the warm-up: no kernel worker threads in a process that forks (a child has none of them).
-    os.environ["NPBERT_BLAS_THREADS"] = "1"
-    try:
+    with _environment("NPBERT_BLAS_THREADS", "1"):
         qa, _ = _cached_pipeline(load)
         qa(question="Where do I live?", context="My name is John and I live in Seattle. " * 12)
-    finally:
-        if blas_threads is None:
-            del os.environ["NPBERT_BLAS_THREADS"]
-        else:
-            os.environ["NPBERT_BLAS_THREADS"] = blas_threads
     _loads, _preloaded = _loads - 1, _preloaded + 1  # a forked worker did not load it: it was forked with it
     import gc
 
@@ -248,15 +256,17 @@ def _use_blas_threads(threads: int | None) -> None:
 
 
 def worker_state() -> dict:
-    """This process's pid, model loads (and models it was forked with), BLAS thread setting and peak RSS in MiB (None where the platform
-    does not say); run it on every worker with client.run(npbert.batch.worker_state)."""
+    """This process's pid, model loads (and models it was forked with), BLAS thread setting and peak RSS in
+    MiB (None where the platform does not say); run it on every worker with
+    client.run(npbert.batch.worker_state)."""
     try:
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
     except ImportError:  # Windows
         peak = None
-    return {"pid": os.getpid(), "loads": _loads, "preloaded": _preloaded, "models": [dict(k)["model"] for k in _pipelines],
+    return {"pid": os.getpid(), "loads": _loads, "preloaded": _preloaded,
+            "models": [dict(k)["model"] for k in _pipelines],
             "blas_threads": os.environ.get("NPBERT_BLAS_THREADS"), "peak_rss_mib": peak}
 
 
@@ -389,15 +399,8 @@ def _start_preloaded_forkserver(load: dict) -> bool:
         # Dask sets its own preload list on the first call in a process, and only then: call it first.
         context = get_mp_context()
     context.set_forkserver_preload(["distributed", "npbert._forkserver_preload"])
-    previous = os.environ.get(PRELOAD_VARIABLE)
-    os.environ[PRELOAD_VARIABLE] = json.dumps(load)  # the server reads its environment once, as it starts
-    try:
+    with _environment(PRELOAD_VARIABLE, json.dumps(load)):  # the server reads it once, as it starts
         server.ensure_running()
-    finally:
-        if previous is None:
-            del os.environ[PRELOAD_VARIABLE]
-        else:
-            os.environ[PRELOAD_VARIABLE] = previous
     return True
 
 
