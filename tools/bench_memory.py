@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench import cpu_model  # noqa: E402
+from process_helpers import start_and_wait  # noqa: E402
 
 # A batch worker: load, answer one 128-token input (so the kernels and activations are in memory), report.
 WORKER = r"""
@@ -105,24 +106,21 @@ def batch(checkpoint: Path, n: int, env: dict, tmp: Path) -> dict:
     context = "My name is John and I live in Seattle. " * 12  # ~128 tokens, as the processes mode's forward
     data.write_text("".join(json.dumps({"id": str(i), "question": "Where do I live?", "context": context}) + "\n"
                             for i in range(8 * n)))
-    proc = subprocess.Popen([sys.executable, "-m", "npbert", "batch", "--data", str(data), "--out", str(out),
-                             "--model", str(checkpoint), "--workers", str(n), "--partition-size", "1",
-                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**env, "NPBERT_BATCH_SLOWDOWN_SECONDS": "2"})
+
+    def workers_answered() -> set:  # the worker processes named in the saved part files
+        seen = set()
+        for part in (out / "parts").glob("part-*.json") if (out / "parts").is_dir() else []:
+            try:
+                seen.add(json.loads(part.read_text())["worker"])
+            except ValueError:  # being renamed into place
+                pass
+        return seen
+
+    proc = start_and_wait([sys.executable, "-m", "npbert", "batch", "--data", str(data), "--out", str(out),
+                           "--model", str(checkpoint), "--workers", str(n), "--partition-size", "1", "--no-progress"],
+                          lambda: len(workers_answered()) >= n, env={**env, "NPBERT_BATCH_SLOWDOWN_SECONDS": "2"},
+                          timeout=600)
     try:
-        deadline = time.monotonic() + 600
-        while True:  # every worker process has answered a partition (its pid is in the part files)
-            workers = set()
-            for part in (out / "parts").glob("part-*.json") if (out / "parts").is_dir() else []:
-                try:
-                    workers.add(json.loads(part.read_text())["worker"])
-                except ValueError:  # being renamed into place
-                    pass
-            if len(workers) >= n:
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"npbert batch did not run (exit {proc.poll()}):\n{proc.stderr.read()}")
-            time.sleep(0.2)
         return total(descendants(proc.pid))
     finally:
         proc.terminate()  # interrupted: its finished partitions stay in out/parts, which nobody reads

@@ -198,7 +198,6 @@ def _run_uvicorn_workers(args, settings, options, log) -> None:
     uvicorn.run("npbert.serve.app:app_from_env", factory=True, workers=args.workers, **options)
     log.info("exited%s (each worker logged its own counters when it stopped)",
              f" on {signal.Signals(stopped[0]).name}" if stopped else "")
-    return 0
 
 
 def _on_signals(handler) -> None:
