@@ -1,12 +1,16 @@
 """Running an npbert command in a subprocess until it reaches a point, then acting on it (a signal): the one
 loop the interrupt, resume, lock and kill tests share (test_batch, test_cli_eval, test_eval_durability); and
-a check run in a forked child, for the fork-safety tests of the worker threads (test_kernels, test_workers)."""
+a check run in a forked child, for the fork-safety tests of the worker threads (test_kernels, test_workers);
+and how much of a process's memory it shares with its parent, for the forked workers (test_batch,
+test_serve_prefork)."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
+from pathlib import Path
 
 
 def start_and_wait(cmd, ready, env=None, timeout: float = 300) -> subprocess.Popen:
@@ -55,3 +59,10 @@ def in_forked_child(check, timeout: float = 30) -> None:
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     raise AssertionError(f"the forked child had not finished after {timeout} s (it hung)")
+
+
+def shared_dirty_mb(pid: int) -> float:
+    """Pages this process wrote (or inherited written) that another process maps too: after a fork, the
+    parent's heap. A process started on its own (spawned) has next to none. Linux (/proc)."""
+    text = (Path("/proc") / str(pid) / "smaps_rollup").read_text()
+    return int(re.search(r"^Shared_Dirty:\s+(\d+) kB", text, re.M).group(1)) / 1024

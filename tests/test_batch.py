@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -29,7 +28,7 @@ pytest.importorskip("pyarrow", reason="Parquet input needs the distributed extra
 import checkpoints  # noqa: E402
 import npbert  # noqa: E402
 from npbert import batch, evaluate, squad  # noqa: E402
-from process_helpers import interrupt_when_ready  # noqa: E402
+from process_helpers import interrupt_when_ready, shared_dirty_mb  # noqa: E402
 from test_evaluate import make_squad  # noqa: E402
 from test_squad import v1_evaluate  # noqa: E402
 
@@ -208,12 +207,6 @@ def test_model_loaded_once_per_worker(client, tiny_checkpoint, jsonl_file, tmp_p
     assert all(s["blas_threads"] == "1" for s in after.values())
     workers = {json.loads(p.read_text())["worker"] for p in (tmp_path / "out" / "parts").iterdir()}
     assert {w.rsplit(":", 1)[1] for w in workers} <= {str(s["pid"]) for s in after.values()}
-
-
-def shared_dirty_mb(pid: int) -> float:
-    """Written pages this process shares with another: after a fork, its parent's heap; ~0 when spawned."""
-    rollup = (Path("/proc") / str(pid) / "smaps_rollup").read_text()
-    return int(re.search(r"^Shared_Dirty:\s+(\d+) kB", rollup, re.M).group(1)) / 1024
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="reads /proc (Linux)")

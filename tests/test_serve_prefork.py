@@ -17,6 +17,7 @@ pytest.importorskip("fastapi", reason="npbert serve needs the serve extra (fasta
 pytest.importorskip("gunicorn", reason="the prefork extra (gunicorn, uvicorn-worker) is not installed")
 pytest.importorskip("uvicorn_worker", reason="the prefork extra (gunicorn, uvicorn-worker) is not installed")
 
+from process_helpers import shared_dirty_mb  # noqa: E402
 from serve_helpers import Server  # noqa: E402
 
 import npbert  # noqa: E402
@@ -38,13 +39,6 @@ def qa(tiny_checkpoint):
 
 def children(pid: int) -> set[int]:
     return {int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()}
-
-
-def shared_dirty_mb(pid: int) -> float:
-    """Pages this process wrote (or inherited written) that another process maps too: after a fork, the
-    parent's heap. A process started on its own (spawned) has next to none."""
-    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    return int(re.search(r"^Shared_Dirty:\s+(\d+) kB", text, re.M).group(1)) / 1024
 
 
 def test_workers_are_forked_from_the_parent_that_loaded_the_model(tiny_checkpoint, tmp_path, qa):
