@@ -96,15 +96,13 @@ def _memo_path(folder: Path, identity: list[int]) -> Path:
 
 def remembered_sha256(path: Path, folder: Path) -> str | None:
     """The sha256 remembered for `path` in `folder`: None when there is no memo for the file as it is now
-    (same device, inode, size, mtime, ctime), or the memo is not one (raises Mismatch)."""
+    (same device, inode, size, mtime, ctime); Mismatch when the memo there is not one for it."""
     identity = _file_identity(os.stat(path))
     memo_path = _memo_path(folder, identity)
     try:
         text = memo_path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+    except OSError:  # none yet, or a folder that cannot be read: the file is hashed (the folder's error follows)
         return None
-    except OSError as e:
-        raise Mismatch(f"its sha256 memo {memo_path} cannot be read ({e.strerror})") from None
     try:
         memo = json.loads(text)
     except ValueError:
