@@ -368,7 +368,7 @@ def test_a_memo_holding_a_path_writes_nothing_outside_the_cache_folder(small, ca
     load_logits(small, caplog)
     [memo] = memo_files(cache)
     before = sorted(p for p in tmp_path.rglob("*") if cache not in p.parents)
-    escape = "../../../../elsewhere".ljust(64, "x")  # 64 characters, as a digest
+    escape = "../../elsewhere".ljust(64, "x")  # 64 characters, as a digest; tmp_path/elsewhere... if used as a path
     os.chmod(memo, 0o644)
     memo.write_text(escape if form == "bare" else json.dumps({**json.loads(memo.read_text()), "sha256": escape}))
     for p in cache.glob("*.bin"):  # no entry to find: the load must build one, and name it
