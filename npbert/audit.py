@@ -4,8 +4,10 @@
 model.safetensors (name, shape, dtype, sha256 of its stored bytes, mean, std, min, max), the parameter
 count, checks (key set, shapes, dtypes, finite values, the position table against the sinusoidal
 formula when the config sets `sinusoidal_pos_embds`, the tokenizer against the embedding table, the
-strict loader), and the float32-vs-float64 drift of the logits on a sample input. `format_text`
-renders it for a terminal.
+strict loader), where a float32 load takes its re-laid matrices from (the shared cache entry of
+relaid_cache.py, or a private copy) with every array it loads compared against a re-layout of
+model.safetensors made without the cache, and the float32-vs-float64 drift of the logits on a sample
+input. `format_text` renders it for a terminal.
 
 The float64 forward on the plain-numpy reference kernels is the audit reference: the same code in
 double precision, so float32 rounding is the only difference it can show (docs/audit.md).
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, hub, weights as W
+from . import __version__, hub, relaid_cache, weights as W
 from .config import Config
 
 SAMPLE_QUESTION = "What's my name?"
@@ -149,6 +151,43 @@ def drift(folder: Path, kind: str, inputs: dict) -> dict:
     return out
 
 
+def _arrays(tree) -> list[np.ndarray]:
+    """Every array of a weight tree (nested named tuples and tuples), in a fixed order."""
+    if isinstance(tree, np.ndarray):
+        return [tree]
+    if isinstance(tree, (tuple, list)):
+        return [a for item in tree for a in _arrays(item)]
+    return []
+
+
+def weights_source(folder: Path, kind: str) -> dict:
+    """Where a float32 load, as `npbert ask` makes it, takes its re-laid matrices from (the shared cache entry,
+    checked as it loads, or a private copy), and whether every array it loads equals that of a re-layout of
+    model.safetensors made here without the cache."""
+    from .model import AutoModel, AutoModelForQuestionAnswering
+
+    loaded = (AutoModelForQuestionAnswering if kind == "qa" else AutoModel).from_pretrained(folder)
+    tree = W.load(folder, loaded.config, np.float32, with_qa_head=kind == "qa")
+    fresh = type(loaded)(loaded.config, tree, np.float32, loaded.ops.name)  # no weights file: private copies
+    got, want = _arrays(loaded.weights), _arrays(fresh.weights)
+    entries = sorted({str(e) for a in got if (e := relaid_cache.entry_of(a)) is not None})
+    differ = len(got) != len(want) or sum(
+        a.shape != b.shape or a.dtype != b.dtype or not np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        for a, b in zip(got, want))
+    return {"served_from_cache": bool(entries), "cache_entries": entries, "arrays": len(got),
+            "arrays_differing_from_model_safetensors": int(differ)}
+
+
+def _weights_source_check(source: dict) -> dict:
+    where = (f"served from the shared re-laid weights cache entry {', '.join(source['cache_entries'])}"
+             if source["served_from_cache"] else "not from the re-laid weights cache (a private copy)")
+    differ = source["arrays_differing_from_model_safetensors"]
+    return _check("loaded weights equal model.safetensors", not differ,
+                  f"{where}; " + (f"{differ} of {source['arrays']} arrays differ from a re-layout of model.safetensors"
+                                  if differ else f"all {source['arrays']} arrays equal a re-layout of "
+                                                 "model.safetensors made without the cache"))
+
+
 def audit(path_or_repo_id: str | Path, revision: str | None = None) -> dict:
     """The full report for a checkpoint folder (or a hub id, resolved by hub.py)."""
     folder = hub.resolve(path_or_repo_id, revision)
@@ -185,6 +224,8 @@ def audit(path_or_repo_id: str | Path, revision: str | None = None) -> dict:
             inputs, description = sample_input(folder, config)
             report["drift"] = {"input": description, **drift(folder, kind, inputs)}
             checks.append(_check("strict loader accepts the checkpoint", True, "float32 and float64 loads succeeded"))
+            report["weights_source"] = weights_source(folder, kind)
+            checks.append(_weights_source_check(report["weights_source"]))
         except (ValueError, OSError) as e:
             checks.append(_check("strict loader accepts the checkpoint", False, str(e)))
     else:

@@ -477,8 +477,8 @@ def relayout_for_speed(tree, weights_file: Path | None = None, panels: bool = Fa
 
     With `weights_file` (the safetensors file the tree was read from) the re-laid matrices are read-only
     views of a memory-mapped cache file that every process loading the same weights shares
-    (relaid_cache.py: keyed by the file's sha256, written once, atomically); without it, or when the
-    cache folder cannot be used, they are this process's private copies. Either way the memory-mapped
+    (relaid_cache.py: keyed by the file's sha256, written once, atomically, checked at every load);
+    without it, or when the cache folder cannot be used, they are this process's private copies. Either way the memory-mapped
     originals' pages are released once copied, so RSS counts the layer weights once. Embeddings stay
     mapped (a forward reads only the rows it uses). Idempotent: an already re-laid-out tree comes back
     as is."""

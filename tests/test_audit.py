@@ -1,9 +1,11 @@
 """The audit report (npbert/audit.py) and `npbert audit`, checked against values computed here
-independently (hashlib, safetensors' own reader, numpy) and on deliberately broken checkpoints."""
+independently (hashlib, safetensors' own reader, numpy) and on deliberately broken checkpoints, and
+whether the weights a load uses came from the re-laid weights cache and equal model.safetensors."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import checkpoints
+from npbert import audit as audit_module
 from npbert.audit import audit, format_text
 
 
@@ -61,7 +64,8 @@ def test_report_facts_match_independent_computation(tiny_checkpoint):
     assert {c["name"]: c["status"] for c in report["checks"]} == {
         "key set complete": "ok", "question-answering head present": "ok", "shapes consistent with config": "ok",
         "float dtypes": "ok", "finite values": "ok", "position table is sinusoidal": "skipped",
-        "tokenizer fits the embedding table": "ok", "strict loader accepts the checkpoint": "ok"}
+        "tokenizer fits the embedding table": "ok", "strict loader accepts the checkpoint": "ok",
+        "loaded weights equal model.safetensors": "ok"}
     assert report["ok"] is True
     assert report["loads_as"] == ["AutoModelForQuestionAnswering", "DistilBertForQuestionAnswering", "AutoModel"]
     d = report["drift"]
@@ -140,3 +144,43 @@ def test_audit_command_json_is_the_library_report(tiny_checkpoint):
     r = npbert_cli("audit", "--model", tiny_checkpoint)
     assert r.returncode == 0 and r.stdout.rstrip().endswith("result: all checks passed")
     assert "distilbert.transformer.layer.1.ffn.lin1.weight" in r.stdout and "parameters:" in r.stdout
+
+
+SOURCE_CHECK = "loaded weights equal model.safetensors"
+
+
+def test_audit_says_whether_the_weights_came_from_the_cache_and_checks_them(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("NPBERT_CACHE", str(tmp_path / "cache"))
+    report = audit(tiny_checkpoint)
+    source = report["weights_source"]
+    [entry] = (tmp_path / "cache" / "relaid").glob("*-float32-*.bin")  # (and the float64 load's)
+    assert source["served_from_cache"] and source["cache_entries"] == [str(entry)]
+    assert source["arrays_differing_from_model_safetensors"] == 0 and status(report, SOURCE_CHECK) == "ok"
+    assert f"served from the shared re-laid weights cache entry {entry}" in format_text(report)
+
+    blocker = tmp_path / "a-file"  # the cache unusable: a private copy, and the audit says so
+    blocker.write_text("")
+    monkeypatch.setenv("NPBERT_CACHE", str(blocker))
+    report = audit(tiny_checkpoint)
+    assert not report["weights_source"]["served_from_cache"] and report["weights_source"]["cache_entries"] == []
+    assert status(report, SOURCE_CHECK) == "ok" and "a private copy" in format_text(report)
+
+
+def test_audit_fails_when_the_loaded_weights_differ_from_model_safetensors(tiny_checkpoint, monkeypatch):
+    # The loaded weights against a reference with one value changed: the comparison must see it (the cache
+    # itself refuses a changed entry before the audit could, test_relaid_cache.py).
+    real_load = audit_module.W.load
+
+    def load(folder, config, dtype, **kwargs):
+        tree = real_load(folder, config, dtype, **kwargs)
+        if any(frame.function == "weights_source" for frame in inspect.stack()[1:3]):  # only the audit's reference
+            weight = np.array(tree.qa_outputs.weight)  # the file's pages are read-only: a changed copy
+            weight[0, 0] += 1.0
+            tree = tree._replace(qa_outputs=tree.qa_outputs._replace(weight=weight))
+        return tree
+
+    monkeypatch.setattr(audit_module.W, "load", load)
+    report = audit(tiny_checkpoint)
+    assert report["weights_source"]["arrays_differing_from_model_safetensors"] == 1
+    assert status(report, SOURCE_CHECK) == "fail" and not report["ok"]
+    assert "1 of " in next(c["detail"] for c in report["checks"] if c["name"] == SOURCE_CHECK)

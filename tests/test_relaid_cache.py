@@ -1,11 +1,15 @@
 """The shared re-laid weights cache (npbert/relaid_cache.py, weights.relayout_for_speed with the weights
 file): created once and reused, atomic when two processes start together, keyed by the weights' bytes and
 the layout version (never stale), a private copy with one warning line when the cache folder is unusable,
-and the same values and outputs as the private-copy path (weights.relayout_for_speed without a file)."""
+and the same values and outputs as the private-copy path (weights.relayout_for_speed without a file).
+Nothing in the cache folder is trusted: a damaged entry (bit flips, truncation), another checkpoint's entry
+under this one's name, a memo naming other weights or holding a path each end in the true weights' logits
+(against a private re-layout of model.safetensors) after one warning line, never in the cached ones."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import mmap
@@ -41,7 +45,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def cache_files(cache):
-    return sorted(p.name for p in cache.glob("*.npy"))
+    return sorted(p.name for p in cache.glob("*.bin"))
 
 
 def leftovers(cache):
@@ -150,20 +154,17 @@ def test_keyed_by_the_weights_bytes_and_the_layout_version(small, cache, monkeyp
 
 def test_the_remembered_sha256_is_dropped_when_the_file_changes(small, cache, monkeypatch):
     monkeypatch.setattr(relaid_cache, "_RACY_SECONDS", -1.0)  # remember even a file written just now
-    hashed = []
-    real = relaid_cache.hub.sha256_file
-    monkeypatch.setattr(relaid_cache.hub, "sha256_file", lambda p: hashed.append(p) or real(p))
     path = small / "model.safetensors"
+    assert relaid_cache.remembered_sha256(path, cache) is None
     first = relaid_cache.weights_sha256(path, cache)
-    assert relaid_cache.weights_sha256(path, cache) == first and len(hashed) == 1  # remembered
+    assert relaid_cache.remembered_sha256(path, cache) == first == hashlib.sha256(path.read_bytes()).hexdigest()
     time.sleep(0.01)
     with open(path, "r+b") as f:  # rewritten in place: same size, new contents
         f.seek(-1, os.SEEK_END)
         last = f.read(1)
         f.seek(-1, os.SEEK_END)
         f.write(bytes([last[0] ^ 0xFF]))
-    second = relaid_cache.weights_sha256(path, cache)
-    assert second != first and len(hashed) == 2 and second == real(path)
+    assert relaid_cache.remembered_sha256(path, cache) is None  # another identity: no memo for it
 
 
 def test_a_truncated_or_foreign_cache_file_is_rewritten(small, cache):
@@ -207,16 +208,16 @@ def test_a_read_only_cache_folder_falls_back_to_a_private_copy(small, cache, cap
 
 
 def test_a_full_disk_falls_back_and_leaves_no_partial_file(small, cache, monkeypatch, caplog):
-    real_write = relaid_cache._write_matrices
+    real_write = relaid_cache._write_entry
 
     def disk_full(f, *args):
         f.write(b"\0" * 1000)  # part of the file is written, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(relaid_cache, "_write_matrices", disk_full)
+    monkeypatch.setattr(relaid_cache, "_write_entry", disk_full)
     assert "No space left" in unusable_cache_falls_back(small, caplog)
     assert cache_files(cache) == [] and leftovers(cache) == []
-    monkeypatch.setattr(relaid_cache, "_write_matrices", real_write)
+    monkeypatch.setattr(relaid_cache, "_write_entry", real_write)
     npbert.AutoModelForQuestionAnswering.from_pretrained(small)  # space again: the file is made
     assert len(cache_files(cache)) == 1
 
@@ -250,3 +251,167 @@ def test_two_processes_starting_together_share_one_whole_file(small, cache):
     assert results[0]["logits"] == results[1]["logits"]
     np.testing.assert_array_equal(np.array(results[0]["logits"]), private_model(small)(IDS[:1]).start_logits)
     assert len(cache_files(cache)) == 1 and leftovers(cache) == []
+
+
+def one_warning(caplog) -> str:
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    return warnings[0]
+
+
+def load_logits(folder, caplog):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="npbert"):
+        model = npbert.AutoModelForQuestionAnswering.from_pretrained(folder)
+    assert all(is_mapped(lin.weight) for lin in linears(model.weights))  # from a cache entry, not a private copy
+    return model(IDS, MASK)
+
+
+def assert_true_logits(out, folder):
+    ref = private_model(folder)(IDS, MASK)
+    np.testing.assert_array_equal(out.start_logits, ref.start_logits)
+    np.testing.assert_array_equal(out.end_logits, ref.end_logits)
+
+
+def data_element(path, where: str) -> int:
+    """The byte offset in the entry of a non-zero float32 weight (not alignment padding): the first, the
+    middle or the last one."""
+    data = np.fromfile(path, np.float32, offset=relaid_cache.HEADER_BYTES)
+    nonzero = np.flatnonzero(data)
+    k = {"start": nonzero[0], "middle": nonzero[len(nonzero) // 2], "end": nonzero[-1]}[where]
+    return relaid_cache.HEADER_BYTES + 4 * int(k)
+
+
+def flip(path, offset: int, mask: int):
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ mask]))
+
+
+# The issue's table: each damage done to the entry of a loaded checkpoint, then a fresh load.
+DAMAGE = {
+    "high exponent bit mid-file": lambda p: flip(p, data_element(p, "middle") + 3, 0x40),
+    "sign bit near the start": lambda p: flip(p, data_element(p, "start") + 3, 0x80),
+    "sign bit in the last bytes": lambda p: flip(p, data_element(p, "end") + 3, 0x80),
+    "one bit of the header": lambda p: flip(p, len(relaid_cache._MAGIC) + 3, 0x01),
+    "truncated to zero": lambda p: os.truncate(p, 0),
+    "truncated to the header": lambda p: os.truncate(p, relaid_cache.HEADER_BYTES),
+    "truncated by 4 KB": lambda p: os.truncate(p, p.stat().st_size - 4096),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=lambda d: d.replace(" ", "-"))
+def test_a_damaged_entry_is_reported_in_one_line_and_rebuilt(small, cache, caplog, damage):
+    load_logits(small, caplog)
+    [name] = cache_files(cache)
+    if "truncated" in damage:
+        os.chmod(cache / name, 0o644)
+    DAMAGE[damage](cache / name)
+    assert_true_logits(load_logits(small, caplog), small)
+    warning = one_warning(caplog)
+    assert name in warning and "was not used" in warning and "rebuilt" in warning, warning
+    assert cache_files(cache) == [name] and leftovers(cache) == []
+    assert_true_logits(load_logits(small, caplog), small)  # the rebuilt entry: used, without a word
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.fixture
+def other(tmp_path):
+    """A second checkpoint of the same architecture (so its entry has the same size and layout)."""
+    return checkpoints.write_checkpoint(tmp_path / "other", seed=12, qa_scale=5.0, **SMALL)
+
+
+def test_another_checkpoints_entry_under_this_ones_name_is_refused(small, other, cache, caplog):
+    load_logits(small, caplog)
+    [mine] = cache_files(cache)
+    load_logits(other, caplog)
+    [theirs] = [n for n in cache_files(cache) if n != mine]
+    os.chmod(cache / mine, 0o644)
+    (cache / mine).write_bytes((cache / theirs).read_bytes())  # B's entry copied over A's name
+    assert_true_logits(load_logits(small, caplog), small)
+    warning = one_warning(caplog)
+    assert mine in warning and "weights_sha256" in warning, warning
+    assert_true_logits(load_logits(other, caplog), other)  # B's own entry untouched
+
+
+def memo_files(cache):
+    return sorted((cache / "sha256").iterdir())
+
+
+@pytest.mark.parametrize("poison", ["bare digest", "digest in a memo of this file"])
+def test_a_memo_naming_other_weights_does_not_pick_their_entry(small, other, cache, caplog, monkeypatch, poison):
+    monkeypatch.setattr(relaid_cache, "_RACY_SECONDS", -1.0)  # remember the checkpoints written just now
+    load_logits(small, caplog)
+    [memo] = memo_files(cache)
+    load_logits(other, caplog)
+    theirs = hashlib.sha256((other / "model.safetensors").read_bytes()).hexdigest()
+    assert any(n.startswith(theirs) for n in cache_files(cache))  # their entry is there, valid for them
+    os.chmod(memo, 0o644)
+    if poison == "bare digest":  # what the memo held before: the digest alone
+        memo.write_text(theirs)
+    else:  # the memo's own file identity kept, only the digest changed: the entry's sample digest refuses it
+        memo.write_text(json.dumps({**json.loads(memo.read_text()), "sha256": theirs}))
+    assert_true_logits(load_logits(small, caplog), small)
+    warning = one_warning(caplog)
+    assert "memo" in warning, warning
+    assert_true_logits(load_logits(small, caplog), small)  # the memo was rewritten with the true digest
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("form", ["bare", "in a memo of this file"])
+def test_a_memo_holding_a_path_writes_nothing_outside_the_cache_folder(small, cache, caplog, monkeypatch, tmp_path,
+                                                                        form):
+    monkeypatch.setattr(relaid_cache, "_RACY_SECONDS", -1.0)
+    load_logits(small, caplog)
+    [memo] = memo_files(cache)
+    before = sorted(p for p in tmp_path.rglob("*") if cache not in p.parents)
+    escape = "../../elsewhere".ljust(64, "x")  # 64 characters, as a digest; tmp_path/elsewhere... if used as a path
+    os.chmod(memo, 0o644)
+    memo.write_text(escape if form == "bare" else json.dumps({**json.loads(memo.read_text()), "sha256": escape}))
+    for p in cache.glob("*.bin"):  # no entry to find: the load must build one, and name it
+        p.unlink()
+    assert_true_logits(load_logits(small, caplog), small)
+    assert "memo" in one_warning(caplog)
+    assert sorted(p for p in tmp_path.rglob("*") if cache not in p.parents) == before  # nothing written outside
+    [name] = cache_files(cache)
+    assert name.startswith(hashlib.sha256((small / "model.safetensors").read_bytes()).hexdigest())
+
+
+def test_a_bad_entry_that_cannot_be_rebuilt_is_bypassed(small, cache, caplog, monkeypatch):
+    load_logits(small, caplog)
+    [name] = cache_files(cache)
+    DAMAGE["sign bit near the start"](cache / name)
+
+    def read_only(*args):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(relaid_cache, "_write_entry", read_only)
+    with caplog.at_level(logging.WARNING, logger="npbert"):
+        caplog.clear()
+        model = npbert.AutoModelForQuestionAnswering.from_pretrained(small)
+    warning = one_warning(caplog)
+    assert "private copy" in warning and name in warning and "Read-only" in warning, warning
+    assert not any(is_mapped(lin.weight) for lin in linears(model.weights))
+    assert_true_logits(model(IDS, MASK), small)
+
+
+def test_changed_mappings_names_a_mapped_entry_written_after_its_check(small, cache, caplog):
+    model = npbert.AutoModelForQuestionAnswering.from_pretrained(small)
+    [name] = cache_files(cache)
+    entry = relaid_cache.entry_of(model.weights.qa_outputs.weight)
+    assert entry == cache / name and relaid_cache.entry_of(np.zeros(3)) is None
+
+    def about_this_entry():  # (other tests' models may still be alive in this process, with their own entries)
+        return [line for line in relaid_cache.changed_mappings() if str(entry) in line]
+
+    assert about_this_entry() == []
+    os.chmod(entry, 0o644)  # a mode change is not a change of the bytes
+    assert about_this_entry() == []
+    time.sleep(0.01)
+    flip(entry, relaid_cache.HEADER_BYTES + 1000, 0x01)
+    [line] = about_this_entry()
+    assert "changed after it was checked" in line
+    del model

@@ -1,10 +1,13 @@
 """`npbert serve --workers N` on gunicorn (the prefork extra, npbert/serve/prefork.py): the model is loaded
 once, in the parent, and the workers are forked from it; they answer as the pipeline does, and SIGTERM,
-SIGINT and SIGQUIT each drain the request in flight before the server exits 0. (The fallback without
-the extra is tested in test_serve.py.)"""
+SIGINT and SIGQUIT each drain the request in flight before the server exits 0; a re-laid weights cache
+file truncated under the workers stops the server with one line instead of a loop of workers dying of
+SIGBUS. (The fallback without the extra is tested in test_serve.py.)"""
 
 from __future__ import annotations
 
+import http.client
+import os
 import re
 import signal
 import threading
@@ -21,6 +24,7 @@ from process_helpers import shared_dirty_mb  # noqa: E402
 from serve_helpers import Server  # noqa: E402
 
 import npbert  # noqa: E402
+from npbert import relaid_cache  # noqa: E402
 
 PAIRS = [
     ("What's my name?", "My name is John and I live in Seattle"),
@@ -105,3 +109,37 @@ def test_each_stop_signal_drains_the_request_in_flight(tiny_checkpoint, tmp_path
     assert f"{passed_on}: draining 1 in-flight request, then exiting" in log
     assert log.count("cut off by the shutdown") == 2 and "1 cut off" not in log  # the two workers' counters
     assert f"exited on {sig.name}" in log and "Traceback" not in log
+
+
+def test_a_cache_file_truncated_under_the_workers_stops_the_server_with_one_line(tiny_checkpoint, tmp_path, qa):
+    cache = tmp_path / "cache"  # this server's own cache folder: the entry it truncates is no one else's
+    server = Server(tiny_checkpoint, tmp_path / "server.log", "--workers", "2",
+                    env=dict(os.environ, NPBERT_CACHE=str(cache)))
+    question, context = PAIRS[0]
+    try:
+        for _ in range(600):
+            if server.output().count("ready on") == 2:
+                break
+            time.sleep(0.1)
+        status, body = server.post("/score", {"input_data": {"question": question, "context": context}})
+        assert (status, body) == (200, [qa(question=question, context=context)["answer"]])
+        [entry] = (cache / "relaid").glob("*.bin")
+        os.chmod(entry, 0o644)
+        os.truncate(entry, relaid_cache.HEADER_BYTES)  # the weights' pages gone from under every mapping
+        deadline = time.monotonic() + 60
+        while server.proc.poll() is None and time.monotonic() < deadline:
+            try:  # answered (the master may not have looked yet), or cut off: never a wrong answer
+                status, body = server.post("/score", {"input_data": {"question": question, "context": context}})
+                assert (status, body) == (200, [qa(question=question, context=context)["answer"]])
+            except (ConnectionError, http.client.HTTPException, OSError):
+                pass
+            time.sleep(0.2)
+        code = server.proc.poll()
+    finally:
+        server.stop()
+    log = server.output()
+    assert code == 1, log
+    lines = [line for line in log.splitlines() if "changed after it was checked" in line]
+    assert lines and all(entry.name in line and "restart" in line for line in lines), log
+    assert lines[-1].startswith("npbert") and "Traceback" not in log
+    assert log.count("Booting worker") == 2, log  # no worker forked onto the changed file

@@ -178,6 +178,8 @@ def _run_prefork(prefork, args, settings, options, create_app, log) -> None:
                                  args.keep_alive_timeout, args.log_level, uvicorn_options)
     log.info("forking %d workers, which share this process's model", args.workers)
     code = server.run()
+    if server.halted_because:
+        raise CommandError(server.halted_because, 1)
     if code != 0:
         raise CommandError(f"the server stopped with status {code} (see the log above)", 1)
     log.info("exited%s (each worker logged its own counters when it stopped)",

@@ -26,7 +26,10 @@ import sys
 import uvicorn
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 from uvicorn_worker import UvicornWorker
+
+from .. import relaid_cache
 
 log = logging.getLogger("npbert.serve")
 
@@ -71,11 +74,21 @@ class _Arbiter(Arbiter):
     """gunicorn's master, remembering the first signal that stopped it (for the closing log line)."""
 
     stopped_by: int | None = None
+    halted_because: str | None = None
 
     def signal(self, sig, frame):
         if sig in STOP_SIGNALS and self.stopped_by is None:
             self.stopped_by = sig
         super().signal(sig, frame)
+
+    def manage_workers(self):
+        # gunicorn's loop calls this at least once a second, and before every (re)spawn of a worker.
+        changed = relaid_cache.changed_mappings()
+        if changed:
+            self.halted_because = (f"{changed[0]}: the server stopped rather than answer from it; restart it "
+                                   "to rebuild the cache entry")
+            raise HaltServer(self.halted_because, 1)
+        super().manage_workers()
 
 
 class Application(BaseApplication):
@@ -123,6 +136,10 @@ class Application(BaseApplication):
     @property
     def stopped_by(self) -> int | None:
         return self.arbiter.stopped_by if self.arbiter else None
+
+    @property
+    def halted_because(self) -> str | None:
+        return self.arbiter.halted_because if self.arbiter else None
 
 
 def _freeze_before_fork(server, worker) -> None:
