@@ -2,7 +2,7 @@
 process loading the same weights maps, so N workers share the same pages instead of holding N private
 copies (~170 MB each at DistilBERT's size).
 
-`weights.relayout_for_speed(tree, weights_file)` asks `shared_matrices` for its matrices. An entry is
+`layout.relayout_for_speed(tree, weights_file)` asks `shared_matrices` for its matrices. An entry is
 
     $NPBERT_CACHE/relaid/<weights sha256>-v<LAYOUT_VERSION>-<dtype>-<digest of the matrices' shapes>.bin
 

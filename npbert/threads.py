@@ -9,7 +9,7 @@ One policy and one override:
 `for_model_call()` applies the policy around one model call (the model classes' `__call__`), scoped and
 restored: the forward itself (`model.encoder`) sets no process-wide state, and a caller's own
 `threadpoolctl.threadpool_limits` outside a call is back in force after it. The kernels' worker threads
-(`kernels._split_over_threads`) take their count from the same call (`current()`), and run with
+(`ops.parallel.split_over_threads`) take their count from the same call (`current()`), and run with
 OpenBLAS on one thread meanwhile (`single_blas_thread()`).
 
 Finding OpenBLAS and setting its thread count is threadpoolctl's job (the library scikit-learn uses for

@@ -1,7 +1,7 @@
 """npbert's own worker threads: the other cores' shares of a kernel or a product, handed over in microseconds.
 
 `run(work, chunks)` runs work(chunks[0]) on the calling thread and each other chunk on a worker thread, and
-returns once every chunk has finished (raising the first chunk's exception, if any, only then). kernels.py
+returns once every chunk has finished (raising the first chunk's exception, if any, only then). ops/parallel.py
 splits its products and kernels with it, over as many threads as the model call was given
 (threads.current()).
 

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from npbert import deberta, kernels as K
+from npbert import deberta
+from npbert.ops import numba as kernels, reference
 from npbert.config import Config, ConfigError
 from test_kernels import as_in_a_model_call, assert_close, random_keep
 from test_walkthrough import ROOT, blocks
@@ -32,11 +33,11 @@ def random_inputs(rng, B, S, H, Dh, span, terms, dtype=np.float32, scale=1.0):
 def run_both(q, k, v, pos_k, pos_q, relative, span, keep, H, scale, tol=1e-6):
     c2p_pos, p2c_pos = deberta.c2p_index(relative, span), deberta.p2c_index(relative, span)
     args = (q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, H, scale)
-    ref_ctx, ref_probs = K.disentangled_attention_numpy(*args, return_probs=True)
-    ctx, probs = K.disentangled_attention_numba(*args, return_probs=True)
+    ref_ctx, ref_probs = reference.disentangled_attention_numpy(*args, return_probs=True)
+    ctx, probs = kernels.disentangled_attention_numba(*args, return_probs=True)
     assert_close(probs, ref_probs, tol)
     assert_close(ctx, ref_ctx, tol)
-    assert K.disentangled_attention_numba(*args)[1] is None
+    assert kernels.disentangled_attention_numba(*args)[1] is None
     return probs
 
 
@@ -66,8 +67,8 @@ def test_disentangled_attention_float64_and_no_relative_terms():
              deberta.attention_scale(8, ("c2p", "p2c"), np.float64), tol=1e-12)
     # relative_attention false: no table, no indices; content only, still scaled by sqrt(Dh * 3).
     scale = deberta.attention_scale(8, ("c2p", "p2c"), np.float64)
-    ctx, probs = K.disentangled_attention_numba(q, k, v, None, None, None, None, keep, 2, scale, return_probs=True)
-    ref_ctx, ref_probs = K.disentangled_attention_numpy(q, k, v, None, None, None, None, keep, 2, scale, True)
+    ctx, probs = kernels.disentangled_attention_numba(q, k, v, None, None, None, None, keep, 2, scale, return_probs=True)
+    ref_ctx, ref_probs = reference.disentangled_attention_numpy(q, k, v, None, None, None, None, keep, 2, scale, True)
     assert_close(probs, ref_probs, 1e-12)
     assert_close(ctx, ref_ctx, 1e-12)
 
@@ -75,12 +76,12 @@ def test_disentangled_attention_float64_and_no_relative_terms():
 def test_large_disentangled_attention_is_split_over_threads_and_agrees(monkeypatch):
     used = []
     blas_calls = as_in_a_model_call(monkeypatch, 2)
-    kernel = K._disentangled_mask_shift_numba
-    monkeypatch.setattr(K, "_disentangled_mask_shift_numba",
+    kernel = kernels._disentangled_mask_shift_numba
+    monkeypatch.setattr(kernels, "_disentangled_mask_shift_numba",
                         lambda *a: (used.append(threading.get_ident()), kernel(*a))[1])
     rng = np.random.default_rng(6)
     q, k, v, pos_k, pos_q = random_inputs(rng, 2, 80, 8, 8, 16, ("c2p", "p2c"))
-    assert 2 * 8 * 80 * 80 >= K._ATTENTION_SERIAL_BELOW
+    assert 2 * 8 * 80 * 80 >= kernels._ATTENTION_SERIAL_BELOW
     run_both(q, k, v, pos_k, pos_q, deberta.relative_positions(80, 16, 64), 16, random_keep(rng, 2, 80), 8,
              deberta.attention_scale(8, ("c2p", "p2c"), np.float32))
     assert blas_calls[:2] == ["one thread", "restored"]
@@ -126,13 +127,13 @@ def test_score_terms_are_one_dot_product_each():
     c2p_pos, p2c_pos = deberta.c2p_index(rel, span), deberta.p2c_index(rel, span)
     scale = deberta.attention_scale(Dh, ("c2p", "p2c"), np.float64)
     assert scale == np.float32(math.sqrt(12))  # sqrt(Dh x 3), rounded to float32 as transformers
-    c2c, c2p, p2c = deberta.score_terms(q, k, pos_k, pos_q, c2p_pos, p2c_pos, scale)
+    c2c, c2p, p2c = reference.score_terms(q, k, pos_k, pos_q, c2p_pos, p2c_pos, scale)
     for i in range(S):
         for j in range(S):
             assert c2c[i, j] == pytest.approx(q[i] @ k[j] / scale, abs=1e-14)
             assert c2p[i, j] == pytest.approx(q[i] @ pos_k[c2p_pos[i, j]] / scale, abs=1e-14)
             assert p2c[i, j] == pytest.approx(k[j] @ pos_q[p2c_pos[j, i]] / scale, abs=1e-14)
-    assert deberta.score_terms(q, k, None, pos_q, c2p_pos, p2c_pos, scale)[1] is None
+    assert reference.score_terms(q, k, None, pos_q, c2p_pos, p2c_pos, scale)[1] is None
 
 
 def test_token_types_are_ignored_without_a_token_type_table():

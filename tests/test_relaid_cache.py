@@ -24,7 +24,7 @@ import pytest
 import checkpoints
 import npbert
 from npbert import relaid_cache
-from npbert import weights as W
+from npbert import layout, weights as W
 
 SMALL = dict(vocab=[], tokenizer=False, vocab_size=40, dim=64, n_layers=2, n_heads=2, hidden_dim=256,
              max_position_embeddings=32)
@@ -75,8 +75,8 @@ def is_mapped(array) -> bool:
 
 def test_created_once_reused_and_identical_to_private_copies(small, cache, monkeypatch):
     copies = []
-    real_copy = W._column_major_copy
-    monkeypatch.setattr(W, "_column_major_copy", lambda linears: copies.append(1) or real_copy(linears))
+    real_copy = layout._column_major_copy
+    monkeypatch.setattr(layout, "_column_major_copy", lambda linears: copies.append(1) or real_copy(linears))
     first = npbert.AutoModelForQuestionAnswering.from_pretrained(small)
     [name] = cache_files(cache)
     assert len(copies) == 2 * 4 + 1  # each layer's qkv, out_lin, lin1, lin2 and qa_outputs, copied once to write
@@ -85,11 +85,11 @@ def test_created_once_reused_and_identical_to_private_copies(small, cache, monke
     second = npbert.AutoModelForQuestionAnswering.from_pretrained(small)
     assert copies == [] and cache_files(cache) == [name] and (cache / name).stat().st_ino == inode  # reused
     assert leftovers(cache) == []
-    monkeypatch.setattr(W, "_column_major_copy", real_copy)
+    monkeypatch.setattr(layout, "_column_major_copy", real_copy)
     reference = private_model(small)
     for model in (first, second):
         for lin, ref in zip(linears(model.weights), linears(reference.weights)):
-            assert W.is_relaid(lin) and not lin.weight.flags.writeable  # column-major, read-only mapped pages
+            assert layout.is_relaid(lin) and not lin.weight.flags.writeable  # column-major, read-only mapped pages
             np.testing.assert_array_equal(lin.weight, ref.weight)
             np.testing.assert_array_equal(lin.bias, ref.bias)
         a = model.weights.encoder.transformer.layer[0].attention
@@ -109,11 +109,11 @@ def test_float64_and_an_encoder_only_model_get_their_own_files(small, cache):
     assert len(names) == 3 and sum("-float64-" in n for n in names) == 1
     ref64 = private_model(small, np.float64)
     np.testing.assert_array_equal(m64(IDS, MASK).start_logits, ref64(IDS, MASK).start_logits)
-    assert W.is_relaid(encoder.weights.transformer.layer[0].ffn.lin2)
+    assert layout.is_relaid(encoder.weights.transformer.layer[0].ffn.lin2)
 
 
 def test_panels_and_column_major_get_their_own_files(small, cache, monkeypatch):
-    # The two layouts of the same weights (NPBERT_GEMM: kernels.matmul_panels' panels, numpy's BLAS's column-
+    # The two layouts of the same weights (NPBERT_GEMM: ops.gemm.matmul_panels_numba's panels, numpy's BLAS's column-
     # major matrices) live side by side in the cache, each reused by the next process wanting that layout.
     models = {}
     for gemm in ("panels", "blas", "panels", "blas"):
@@ -185,7 +185,7 @@ def unusable_cache_falls_back(small, caplog):
         model = npbert.AutoModelForQuestionAnswering.from_pretrained(small)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "\n" not in warnings[0] and "private copy" in warnings[0], warnings
-    assert all(W.is_relaid(lin) and not is_mapped(lin.weight) for lin in linears(model.weights))  # private copies
+    assert all(layout.is_relaid(lin) and not is_mapped(lin.weight) for lin in linears(model.weights))  # private copies
     np.testing.assert_array_equal(model(IDS, MASK).start_logits, reference)
     return warnings[0]
 
@@ -226,10 +226,10 @@ def test_a_full_disk_falls_back_and_leaves_no_partial_file(small, cache, monkeyp
 LOAD_AT = r"""
 import json, sys, time, numpy as np
 import npbert
-from npbert import weights as W
+from npbert import layout, weights as W
 copies = []
-real = W._column_major_copy
-W._column_major_copy = lambda linears: copies.append(1) or real(linears)
+real = layout._column_major_copy
+layout._column_major_copy = lambda linears: copies.append(1) or real(linears)
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 model = npbert.AutoModelForQuestionAnswering.from_pretrained(sys.argv[1])
 ids = np.array([[1, 5, 9, 13, 2, 7, 30, 3]])

@@ -50,14 +50,14 @@ import numpy as np, threadpoolctl
 load = float(sys.argv[2])
 os.getloadavg = lambda: (load, load, load)
 import npbert
-from npbert import kernels, threads
+from npbert import ops, threads
 
 def blas():  # numpy's OpenBLAS: scipy's own (numba imports scipy for some kernels) may be loaded too
     libs = [i for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"]
     return ([i for i in libs if "numpy" in i["filepath"]] or libs)[0]["num_threads"]
 
 seen = {"before": blas()}
-real_attention = kernels.NUMBA.attention
+real_attention = ops.NUMBA.attention
 def attention(*a, **k):
     seen["in_call"], seen["current"] = blas(), threads.current()
     with threads.single_blas_thread():
@@ -104,7 +104,7 @@ def test_a_model_call_applies_the_policy_scoped_and_restores_it(tiny_checkpoint)
 ])
 def test_openblas_timeout_is_reread_only_when_it_is_safe(setup, expected):
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    code = f"{setup}\nimport npbert.kernels, numpy as np\nfrom npbert import threads\nprint(threads.timeout_reread)\n" \
+    code = f"{setup}\nimport npbert.ops, numpy as np\nfrom npbert import threads\nprint(threads.timeout_reread)\n" \
            "x = np.ones((256, 256), np.float32); print(float((x @ x)[0, 0]))"  # BLAS still works after
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [expected, "256.0"]

@@ -181,15 +181,16 @@ def gflops_row(engines: dict, forward: list[dict], repeats: int) -> dict:
     def layer_gemms_in_out():
         x @ wt["qkv"], x @ wt["out"], x @ wt["lin1"], h @ wt["lin2"]
 
-    from npbert import kernels, threads
+    from npbert import threads
+    from npbert.ops import gemm
 
-    panels = {n: np.ascontiguousarray(a.reshape(a.shape[0], -1, kernels.PANEL_WIDTH).transpose(1, 0, 2))
+    panels = {n: np.ascontiguousarray(a.reshape(a.shape[0], -1, gemm.PANEL_WIDTH).transpose(1, 0, 2))
               for n, a in wt.items()}
 
-    def layer_gemms_panels():  # npbert's own GEMM (kernels.matmul_panels), as inside a model call
+    def layer_gemms_panels():  # npbert's own GEMM (ops.gemm.matmul_panels_numba), as inside a model call
         with threads.for_model_call():
             for n, a in panels.items():
-                kernels.matmul_panels_numba(h if n == "lin2" else x, a)
+                gemm.matmul_panels_numba(h if n == "lin2" else x, a)
 
     gemm_flops = 2 * S * (4 * D * D + 2 * D * F)
     t = min(interleaved({"out_in": layer_gemms, "in_out": layer_gemms_in_out}, (), repeats * 3).values())
@@ -359,7 +360,7 @@ def main(argv=None) -> int:
     # Thread counts must be fixed before numpy, numba and torch start their pools.
     for var in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[var] = str(args.threads)
-    import npbert  # noqa: F401  before numpy: npbert.kernels sets the thread pools' wait policy
+    import npbert  # noqa: F401  before numpy: npbert.threads sets the thread pools' wait policy
 
     import numba
     import numpy as np

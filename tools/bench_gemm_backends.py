@@ -8,7 +8,7 @@ median over the rounds of its median over 7 calls. Every product is checked agai
 
 Backends (those whose library is missing are skipped, with the reason):
   numpy          numpy's matmul (its bundled OpenBLAS), weights [in, out] C-contiguous
-  panels         npbert.kernels.matmul_panels_numba, weights packed as [out/32, in, 32] once
+  panels         npbert.gemm.matmul_panels_numba, weights packed as [out/32, in, 32] once
   openblas       a newer OpenBLAS: `pip install scipy-openblas32`, cblas_sgemm through ctypes
   mkl            MKL: `pip install mkl`, cblas_sgemm through ctypes on libmkl_rt
   mkl-packed     MKL's packed GEMM: cblas_sgemm_pack once per weight, cblas_sgemm_compute per call
@@ -74,12 +74,13 @@ def backend(name: str, weights: list[dict], threads: int):
     if name == "numpy":
         return lambda x, layer, lin: np.matmul(x, weights[layer][lin], out=None)
     if name == "panels":
-        from npbert import kernels, threads as npbert_threads
+        from npbert import threads as npbert_threads
+        from npbert.ops import gemm
 
-        panels = [{lin: np.ascontiguousarray(w.reshape(w.shape[0], -1, kernels.PANEL_WIDTH).transpose(1, 0, 2))
+        panels = [{lin: np.ascontiguousarray(w.reshape(w.shape[0], -1, gemm.PANEL_WIDTH).transpose(1, 0, 2))
                    for lin, w in layer.items()} for layer in weights]
         npbert_threads._current = threads  # as inside a model call given that many threads
-        return lambda x, layer, lin: kernels.matmul_panels_numba(x, panels[layer][lin])
+        return lambda x, layer, lin: gemm.matmul_panels_numba(x, panels[layer][lin])
     if name == "openblas":
         import scipy_openblas32
 
