@@ -15,14 +15,7 @@ import re
 import sys
 
 from . import __version__, commands
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 2 (bad input) or 1 (anything else)."""
-
-    def __init__(self, message: str, status: int = 1):
-        super().__init__(message)
-        self.status = status
+from .commands import CommandError
 
 
 class Parser(argparse.ArgumentParser):

@@ -66,20 +66,26 @@ def select_starts_ends(start, end, p_mask, attention_mask, min_null_score=NO_NUL
     return starts, ends, scores, min_null_score
 
 
+def possible_tokens(p_mask, attention_mask):  # [1, S] or [S] -> 1 where a token may be in an answer
+    """1 for [CLS] and the window's context tokens, 0 for the question, special tokens and padding
+    (transformers calls it `undesired_tokens`, though it is 1 where a token is desired)."""
+    possible = np.abs(np.array(p_mask) - 1)
+    return possible if attention_mask is None else possible & attention_mask
+
+
+def answer_probabilities(logits, possible):  # one window's [1, S] or [S] logits -> probabilities, same shape
+    """The softmax of start (or end) logits over the tokens that may be in an answer, the others set to
+    MASKED_LOGIT first, in the logits' dtype (float32, as transformers): `select_starts_ends` before it
+    zeroes [CLS], and what the explain route shows."""
+    masked = np.where(possible == 0.0, MASKED_LOGIT, logits)
+    e = np.exp(masked - masked.max(axis=-1, keepdims=True))
+    return e / e.sum()
+
+
 def _probabilities(start, end, p_mask, attention_mask):
-    """The softmax of start and end logits over [CLS] and the window's context tokens (the others masked to
-    MASKED_LOGIT), float32 as transformers; and the mask of tokens that may be in an answer."""
-    undesired_tokens = np.abs(np.array(p_mask) - 1)  # 1 where the token may be in an answer
-    if attention_mask is not None:
-        undesired_tokens = undesired_tokens & attention_mask
-    undesired_tokens_mask = undesired_tokens == 0.0
-    start = np.where(undesired_tokens_mask, MASKED_LOGIT, start)
-    end = np.where(undesired_tokens_mask, MASKED_LOGIT, end)
-    start = np.exp(start - start.max(axis=-1, keepdims=True))
-    start = start / start.sum()
-    end = np.exp(end - end.max(axis=-1, keepdims=True))
-    end = end / end.sum()
-    return start, end, undesired_tokens
+    """The answer probabilities of start and end, and the mask of tokens that may be in an answer."""
+    possible = possible_tokens(p_mask, attention_mask)
+    return answer_probabilities(start, possible), answer_probabilities(end, possible), possible
 
 
 def null_score(windows) -> float:

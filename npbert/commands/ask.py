@@ -46,7 +46,7 @@ def add_input_arguments(p) -> None:
 def question_and_context(args) -> tuple[str, str]:
     """The question and the context the flags give, checked before any model is loaded: UTF-8 text (a
     one-line error naming the flag and the byte otherwise) that is not empty or blank (as the server)."""
-    from ..cli import CommandError
+    from . import CommandError
 
     question = _argument_text(args.question, "--question")
     if args.context_file is not None:
@@ -70,7 +70,7 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _utf8(raw: bytes, where: str) -> str:
-    from ..cli import CommandError
+    from . import CommandError
 
     try:
         return raw.decode("utf-8")

@@ -9,7 +9,7 @@ from .trace import add_question_arguments, load_and_encode
 def run(args) -> int:
     import importlib.util
 
-    from ..cli import CommandError
+    from . import CommandError
 
     if importlib.util.find_spec("matplotlib") is None:  # say so before loading the model and running it
         raise CommandError("attention pictures need matplotlib (the viz extra): pip install '.[viz]' in the npbert "

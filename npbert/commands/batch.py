@@ -51,7 +51,7 @@ def run(args) -> int:
     import sys
 
     from .. import batch
-    from ..cli import CommandError
+    from . import CommandError
     from ..hub import DEFAULT_MODEL
 
     params = {k: getattr(args, k) for k in _PIPELINE_FLAGS if getattr(args, k) is not None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def run(args) -> int:
-    from ..cli import CommandError
+    from . import CommandError
     from ..trace import diff, load
 
     a, _ = load(args.a)

@@ -99,7 +99,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from .. import evaluate
-    from ..cli import CommandError
+    from . import CommandError
 
     job = job_from_args(args)
     out = Path(job.output)

@@ -84,7 +84,7 @@ def seconds(text: str) -> float:
 def listen_socket(host: str, port: int) -> socket.socket:
     """A socket bound to host:port (not yet listening: uvicorn listens once the app has started), or a
     one-line error before the model is loaded: a busy port should not cost a model load and a warm-up."""
-    from ..cli import CommandError
+    from . import CommandError
 
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -105,7 +105,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def run(args) -> int:
-    from ..cli import CommandError
+    from . import CommandError
 
     try:
         import uvicorn
@@ -113,6 +113,7 @@ def run(args) -> int:
         from ..serve.app import LOG_FORMAT, Settings, create_app
         from ..serve.protocol import TimedH11Protocol
         from ..serve.schemas import Limits
+        from ..serve.server import server_class
     except ImportError as e:
         raise CommandError(f"needs the serve extra ({e.name} is missing): pip install '.[serve]' in a clone of npbert") from None
     if args.batch_wait_ms < 0:
@@ -136,7 +137,7 @@ def run(args) -> int:
         # Load here, before listening: a bad --model is a one-line error, and a listening server is ready.
         app = create_app(settings)
         state = app.state.npbert
-        server = _server_class()(uvicorn.Config(app, **options), state)
+        server = server_class()(uvicorn.Config(app, **options), state)
         # uvicorn re-raises the signal that stopped it once it has drained; taking that signal here
         # lets the process exit 0 after a SIGTERM shutdown.
         _on_signals(lambda sig, frame: stopped.append(sig))
@@ -167,7 +168,7 @@ def run(args) -> int:
 
 def _run_prefork(prefork, args, settings, options, create_app, log) -> None:
     """--workers N on gunicorn (npbert/serve/prefork.py): the model loaded here, the workers forked."""
-    from ..cli import CommandError
+    from . import CommandError
 
     # The tokenizer's Rust thread pool does not survive fork() (tokenizers then turns it off in each worker,
     # with a warning per worker); a worker's requests are tokenized one at a time under a lock anyway.
@@ -205,31 +206,4 @@ def _run_uvicorn_workers(args, settings, options, log) -> None:
 def _on_signals(handler) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
-
-
-def _server_class():
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, announcing the address it listens on once it does (with --port 0, the real
-        port) and how many requests a SIGTERM/SIGINT leaves to drain."""
-
-        def __init__(self, config, state):
-            super().__init__(config)
-            self.state = state
-
-        async def startup(self, sockets=None):
-            await super().startup(sockets=sockets)
-            if self.started and self.servers:
-                host, port = self.servers[0].sockets[0].getsockname()[:2]
-                logging.getLogger("npbert.serve").info("ready on http://%s:%d", host, port)
-
-        def handle_exit(self, sig, frame):
-            if not self.should_exit:
-                n = self.state.in_flight
-                logging.getLogger("npbert.serve").info("%s: draining %d in-flight request%s, then exiting",
-                                                       signal.Signals(sig).name, n, "" if n == 1 else "s")
-            super().handle_exit(sig, frame)
-
-    return Server
 

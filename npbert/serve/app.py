@@ -38,16 +38,16 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..hub import DEFAULT_MODEL, sha256_file
-from ..pipeline import QuestionAnsweringPipeline, pipeline
-from .batcher import Abandoned, Batcher, LockedTokenizer, OverDeadline, Ticket
+from ..pipeline import pipeline
+from .batcher import Batcher
 from .explain import add_explain_routes
+from .handling import (short_target, error_response, handled, log, read_body,
+                       request_pipeline, scheduled, server_fault)
 from .schemas import (AnswerRecord, BadRequest, ErrorResponse, Limits, ScoreRequest, parse_request)
 
-log = logging.getLogger("npbert.serve")
 
 SAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
 SETTINGS_ENV = "NPBERT_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
@@ -101,40 +101,6 @@ class State:
     def counters(self) -> str:
         return (f"{self.answered} answered, {self.refused} refused, {self.failed} failed, {self.aborted} aborted by "
                 f"their clients, {self.overdue} over the request timeout, {self.cut_off} cut off by the shutdown")
-
-
-def request_pipeline(qa, model, tokenizer_lock, max_request_windows: int | None = None) -> QuestionAnsweringPipeline:
-    """A pipeline for one request: `qa`'s settings, its forwards on `model` (the request's ScheduledModel),
-    its tokenizer's calls under `tokenizer_lock`, and at most `max_request_windows` windows in all."""
-    tokenizer = RequestTokenizer(qa.tokenizer, tokenizer_lock, qa.max_windows, max_request_windows)
-    return QuestionAnsweringPipeline(model, tokenizer, model_id=qa.model_id, revision=qa.revision,
-                                     batch_size=qa.batch_size, max_windows=qa.max_windows)
-
-
-class RequestTokenizer(LockedTokenizer):
-    """The tokenizer, refusing a request whose questions make more than `max_total` windows in all (after
-    tokenizing, before any forward; a question over its own limit is left to the pipeline's message)."""
-
-    def __init__(self, tokenizer, lock, max_per_question: int | None, max_total: int | None):
-        super().__init__(tokenizer, lock)
-        self._max_per_question, self._max_total = max_per_question, max_total
-
-    def encode_pairs(self, questions, contexts, max_seq_len, doc_stride, *args, **kwargs):
-        """One question at a time (the lock is not held for a whole large request, and the count stops at
-        the first question past the limit)."""
-        encode, per_example, total = self.__getattr__("encode_pairs"), [], 0
-        for question, context in zip(questions, contexts):
-            (windows,) = encode([question], [context], max_seq_len, doc_stride, *args, **kwargs)
-            if self._max_per_question is not None and len(windows) > self._max_per_question:
-                return per_example + [windows]  # the pipeline names this question's problem
-            per_example.append(windows)
-            total += len(windows)
-            if self._max_total is not None and total > self._max_total:
-                raise ValueError(f"the request's first {len(per_example)} of {len(questions)} contexts make {total} "
-                                 f"windows of max_seq_len {max_seq_len} with doc_stride {doc_stride}, over the "
-                                 f"server's limit of {self._max_total} per request: send fewer questions or shorter "
-                                 "contexts per request")
-        return per_example
 
 
 def answer_questions(qa, questions: list[str], contexts: list[str], params: dict) -> list:
@@ -217,12 +183,6 @@ def app_from_env() -> FastAPI:
     return create_app(Settings.from_json(os.environ[SETTINGS_ENV]))
 
 
-def error_response(status: int, message: str, problems: list[str] | None = None,
-                   headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"status": status, "error": message, "problems": problems or [message]}, status_code=status,
-                        headers=headers)
-
-
 class HeadLimits:
     """ASGI middleware: a request target over `max_target_bytes` gets 414, headers over `max_header_bytes`
     get 431, before any route sees them (a 100 KB URL is refused, not logged whole: see also
@@ -243,17 +203,10 @@ class HeadLimits:
                 problem = 431, f"request headers are {headers} bytes, over the server's limit of {limits.max_header_bytes}"
             if problem is not None:
                 self.state.refused += 1
-                log.info("%s %s refused (%d): %s", scope["method"], _short(scope["path"]), *problem)
+                log.info("%s %s refused (%d): %s", scope["method"], short_target(scope["path"]), *problem)
                 await error_response(*problem, headers={"Connection": "close"})(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-ACCESS_LOG_TARGET_CHARS = 200
-
-
-def _short(target: str, limit: int = ACCESS_LOG_TARGET_CHARS) -> str:
-    return target if len(target) <= limit else f"{target[:limit]}...[{len(target)} characters]"
 
 
 class _ShortTargets(logging.Filter):
@@ -262,7 +215,7 @@ class _ShortTargets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
-            record.args = (*args[:2], _short(args[2]), *args[3:])
+            record.args = (*args[:2], short_target(args[2]), *args[3:])
         return True
 
 
@@ -280,113 +233,6 @@ def add_error_handlers(app: FastAPI, state: State) -> None:
     @app.exception_handler(Exception)
     async def any_fault(request: Request, exc: Exception):
         return server_fault(request, exc)
-
-
-def server_fault(request: Request, exc: Exception) -> JSONResponse:
-    """A fault of the server, not of the request: 500, and the traceback in the log."""
-    request.app.state.npbert.failed += 1
-    log.error("%s %s failed", request.method, _short(request.url.path), exc_info=exc)
-    return error_response(500, f"internal server error ({type(exc).__name__}); the server log has the cause")
-
-
-JSON_TYPES = ("application/json",)  # and any application/<something>+json
-
-
-def check_content_type(request: Request) -> None:
-    """415 unless the body is declared JSON (or not declared at all: a bare body is read as JSON), in UTF-8."""
-    declared = request.headers.get("content-type")
-    if declared is None:
-        return
-    kind, _, params = declared.partition(";")
-    kind = kind.strip().lower()
-    if kind not in JSON_TYPES and not (kind.startswith("application/") and kind.endswith("+json")):
-        raise BadRequest(415, f"Content-Type {_short(declared.strip(), 100)!r} is not JSON: send application/json")
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise BadRequest(415, f"charset {_short(value.strip(), 40)!r} is not supported: JSON is sent in UTF-8")
-
-
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """The body, refused with 415 if not declared JSON, with 413 as soon as it is known to exceed `limit`
-    bytes (before reading it all), with 408 if it has not arrived within `timeout` seconds. A client that
-    disconnects meanwhile raises starlette's ClientDisconnect."""
-    check_content_type(request)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"request body is {int(declared)} bytes, over the server's limit of {limit} bytes")
-    chunks, size = [], 0
-    try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise BadRequest(413, f"request body is over the server's limit of {limit} bytes")
-                chunks.append(chunk)
-    except TimeoutError:
-        request.app.state.npbert.timeouts["body"] += 1
-        raise BadRequest(408, f"request body not received within {timeout:g} s ({size} bytes came)",
-                         headers={"Connection": "close"}) from None
-    return b"".join(chunks)
-
-
-async def handled(request: Request, state: State, compute, to_json=lambda data: data) -> JSONResponse:
-    """Run a route's `compute()` with the server's bookkeeping: in-flight and the outcome counters, a
-    logged 4xx for the client's faults (BadRequest), a logged 500 for anything else, and what is neither
-    counted as what it is (see the module docstring)."""
-    state.in_flight += 1
-    t0 = time.monotonic()
-    where = f"{request.method} {_short(request.url.path)}"
-    try:
-        data = await compute()
-    except BadRequest as e:
-        state.refused += 1
-        log.info("%s refused (%d): %s", where, e.status, e.message)
-        return error_response(e.status, e.message, e.problems, e.headers)
-    except (ClientDisconnect, Abandoned):
-        state.aborted += 1
-        log.info("%s: the client went away after %.1f s, before its answer; its remaining work was dropped", where,
-                 time.monotonic() - t0)
-        return error_response(499, "the client closed the connection")  # sent to no one
-    except OverDeadline as e:
-        state.overdue += 1
-        log.warning("%s: %s", where, e)
-        return error_response(503, str(e), headers={"Retry-After": "10"})
-    except asyncio.CancelledError:  # uvicorn cancels what still runs when the graceful timeout ends
-        state.cut_off += 1
-        log.warning("%s: cut off by the shutdown after %.1f s (--graceful-timeout ended): answered 503", where,
-                    time.monotonic() - t0)
-        return error_response(503, "the server is shutting down; the request was not finished: retry",
-                              headers={"Connection": "close", "Retry-After": "10"})
-    except Exception as e:
-        return server_fault(request, e)
-    finally:
-        state.in_flight -= 1
-    state.answered += 1
-    return JSONResponse(to_json(data))
-
-
-async def until_gone(request: Request, ticket: Ticket) -> None:
-    """Abandon `ticket` when the client disconnects (after the body, the next ASGI message is the
-    disconnect)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            ticket.abandon()
-            return
-        await asyncio.sleep(0.05)
-
-
-async def scheduled(request: Request, state: State, work):
-    """`work(model)` on the batcher with a ticket carrying the request timeout, abandoned when the client
-    goes away or the handler ends (a cut-off at shutdown) before the work does."""
-    ticket = Ticket(timeout=state.settings.request_timeout)
-    watcher = asyncio.ensure_future(until_gone(request, ticket))
-    try:
-        return await state.batcher.run(work, ticket)
-    finally:
-        watcher.cancel()
-        ticket.abandon()
 
 
 def _texts(result) -> str | list[str]:

@@ -30,7 +30,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..pipeline import QuestionAnsweringPipeline, check_parameters, model_inputs
-from ..qa import MASKED_LOGIT
+from ..qa import answer_probabilities, possible_tokens
+from .handling import handled, read_body, request_pipeline, scheduled
 from .schemas import BadRequest, parse_request
 
 STATIC = Path(__file__).parent / "static"
@@ -40,14 +41,6 @@ MAX_ATTENTION_VALUES = 4_000_000
 
 class ExplainError(ValueError):
     """A request `explain` cannot serve (a window or layer that does not exist): the client's fault."""
-
-
-def answer_probabilities(logits: np.ndarray, p_mask: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-    """[S] logits -> [S] probabilities, as `qa.select_starts_ends` computes them before it zeroes [CLS]."""
-    possible = ~p_mask.astype(bool) & attention_mask.astype(bool)
-    masked = np.where(possible, logits, MASKED_LOGIT).astype(np.float32)
-    e = np.exp(masked - masked.max())
-    return e / e.sum()
 
 
 def window_settings(qa, params: dict) -> tuple[int, int]:
@@ -125,6 +118,7 @@ def explain(qa, question: str, context: str, params: dict | None = None, window:
     else:
         layers = []
     attention = encode_attention(np.stack([out.attentions[i][0] for i in layers])) if layers else None
+    possible = possible_tokens(w.p_mask, w.attention_mask)
     return {
         "question": question, "context": context, "answers": answers,
         "model": {"n_layers": L, "n_heads": H, "dim": config.dim, "vocab_size": config.vocab_size},
@@ -134,8 +128,8 @@ def explain(qa, question: str, context: str, params: dict | None = None, window:
                      "context_span": list(span)} for x, span in zip(windows, spans)],
         "window": window,
         "start_logits": out.start_logits[0].tolist(), "end_logits": out.end_logits[0].tolist(),
-        "start_probs": answer_probabilities(out.start_logits[0], w.p_mask, w.attention_mask).tolist(),
-        "end_probs": answer_probabilities(out.end_logits[0], w.p_mask, w.attention_mask).tolist(),
+        "start_probs": answer_probabilities(out.start_logits[0].astype(np.float32), possible).tolist(),
+        "end_probs": answer_probabilities(out.end_logits[0].astype(np.float32), possible).tolist(),
         "attention_layers": layers,
         "attention": attention,
         "attention_note": _attention_note(layers, L, H, S, max_attention_values),
@@ -190,8 +184,6 @@ def _query_int(request: Request, name: str) -> int | None:
 
 def add_explain_routes(app, state) -> None:
     """GET / (the page), GET /static/* (its files), POST /v1/explain (its data)."""
-    from .app import handled, read_body, request_pipeline, scheduled  # here: app.py imports this module
-
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

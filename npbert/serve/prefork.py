@@ -30,6 +30,7 @@ from gunicorn.errors import HaltServer
 from uvicorn_worker import UvicornWorker
 
 from .. import relaid_cache
+from .server import server_class
 
 log = logging.getLogger("npbert.serve")
 
@@ -54,10 +55,8 @@ class Worker(UvicornWorker):
                                      forwarded_allow_ips=self.cfg.forwarded_allow_ips, **self.app.uvicorn_options)
 
     async def _serve(self) -> None:
-        from ..commands.serve import _server_class
-
         self.config.app = self.wsgi
-        server = _server_class()(self.config, self.wsgi.state.npbert)
+        server = server_class()(self.config, self.wsgi.state.npbert)
         # uvicorn drains on SIGINT and SIGTERM; SIGQUIT (what gunicorn's master sends on its SIGINT or
         # SIGQUIT) would otherwise leave the worker serving until the master's SIGKILL.
         asyncio.get_running_loop().add_signal_handler(signal.SIGQUIT, server.handle_exit, signal.SIGQUIT, None)
