@@ -56,6 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .families import FAMILIES, TOKENIZER_BY_FILE, TOKENIZERS, TokenizerClass
+
 # transformers' stand-in for "no limit" when tokenizer_config.json gives no model_max_length.
 VERY_LARGE_INTEGER = int(1e30)
 # tokenization_utils_base.SpecialTokensMixin.SPECIAL_TOKENS_ATTRIBUTES, in its order (the order tokens are added).
@@ -65,58 +67,6 @@ SENTENCEPIECE_EXTRA = "pip install '.[sentencepiece]'"
 # Configured backend copies kept per Tokenizer (a server may see many max_seq_len/doc_stride settings).
 # A copy of a 250k-piece XLM-R backend holds tens of MB: few settings are kept.
 MAX_CONFIGURED = 8
-
-
-@dataclass(frozen=True)
-class Family:
-    """What one transformers fast tokenizer class brings: its files, defaults and `__init__` overrides."""
-
-    kind: str  # "wordpiece", "bpe", "xlmr", "albert" or "deberta": how the backend is built without tokenizer.json
-    model_input_names: tuple
-    defaults: dict  # the class's special-token defaults
-    files: tuple  # the slow tokenizer's vocabulary files (read when tokenizer.json is absent)
-    mask_fast: dict | None = None  # the fast class wraps a plain mask_token in AddedToken(**mask_fast)
-    slow_tokens: dict | None = None  # the slow class's own wrapping (kwargs.update(slow.init_kwargs) wins)
-
-
-_BERT_TOKENS = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
-_ROBERTA_TOKENS = dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>",
-                       pad_token="<pad>", mask_token="<mask>")
-_THREE = ("input_ids", "token_type_ids", "attention_mask")  # PreTrainedTokenizerBase.model_input_names
-_TWO = ("input_ids", "attention_mask")
-_MASK = dict(lstrip=True, rstrip=False, normalized=False)
-_WORDPIECE = dict(kind="wordpiece", defaults=_BERT_TOKENS, files=("vocab.txt",))
-
-FAMILIES = {  # transformers class name (without "Fast") -> Family
-    "DistilBertTokenizer": Family(model_input_names=_TWO, **_WORDPIECE),
-    "BertTokenizer": Family(model_input_names=_THREE, **_WORDPIECE),
-    "ElectraTokenizer": Family(model_input_names=_THREE, **_WORDPIECE),
-    "RobertaTokenizer": Family(
-        "bpe", _TWO, _ROBERTA_TOKENS, ("vocab.json", "merges.txt"), mask_fast=_MASK,
-        slow_tokens={**{k: dict(lstrip=False, rstrip=False) for k in _ROBERTA_TOKENS}, "mask_token": _MASK}),
-    "XLMRobertaTokenizer": Family(
-        "xlmr", _TWO, _ROBERTA_TOKENS, ("sentencepiece.bpe.model",), mask_fast=dict(lstrip=True, rstrip=False),
-        slow_tokens={"mask_token": dict(lstrip=True, special=True)}),
-    "AlbertTokenizer": Family(
-        "albert", _THREE, dict(bos_token="[CLS]", eos_token="[SEP]", unk_token="<unk>", sep_token="[SEP]",
-                               pad_token="<pad>", cls_token="[CLS]", mask_token="[MASK]"),
-        ("spiece.model",), mask_fast=_MASK, slow_tokens={"mask_token": _MASK}),
-    # DebertaV2Tokenizer.__init__ wraps a plain unk_token in AddedToken(normalized=True, special=True); the
-    # fast class wraps nothing. model_input_names: the base class's three (DeBERTa-v3's model ignores the types).
-    "DebertaV2Tokenizer": Family(
-        "deberta", _THREE, dict(bos_token="[CLS]", eos_token="[SEP]", unk_token="[UNK]", sep_token="[SEP]",
-                                pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]"),
-        ("spm.model",), slow_tokens={"unk_token": dict(normalized=True, special=True)}),
-}
-MODEL_TYPES = {  # config.json model_type -> class (models/auto/tokenization_auto.py TOKENIZER_MAPPING_NAMES)
-    "distilbert": "DistilBertTokenizer", "bert": "BertTokenizer", "electra": "ElectraTokenizer",
-    "roberta": "RobertaTokenizer", "xlm-roberta": "XLMRobertaTokenizer", "albert": "AlbertTokenizer",
-    "deberta-v2": "DebertaV2Tokenizer",
-}
-# What a folder's files say when neither tokenizer_config.json nor config.json names a class.
-_BY_FILE = (("vocab.txt", "DistilBertTokenizer"), ("vocab.json", "RobertaTokenizer"),
-            ("sentencepiece.bpe.model", "XLMRobertaTokenizer"), ("spiece.model", "AlbertTokenizer"),
-            ("spm.model", "DebertaV2Tokenizer"))
 
 
 @dataclass(frozen=True)
@@ -224,16 +174,16 @@ def _tokenizer_class(settings: _Settings, folder: Path, model_type: str | None) 
         if name is None:
             model_type = config.get("model_type") if model_type is None else model_type
             if model_type is not None:
-                if model_type not in MODEL_TYPES:
+                if model_type not in FAMILIES:
                     raise ValueError(f"{folder}: model_type {model_type!r} has no supported tokenizer; supported: "
-                                     f"{', '.join(MODEL_TYPES)}")
-                return MODEL_TYPES[model_type]
+                                     f"{', '.join(FAMILIES)}")
+                return FAMILIES[model_type].tokenizer
             # Nothing names a class: what the files are (a tokenizer.json alone: DistilBERT, as before).
-            return next((cls for file, cls in _BY_FILE if (folder / file).is_file()), "DistilBertTokenizer")
+            return next((cls for file, cls in TOKENIZER_BY_FILE if (folder / file).is_file()), "DistilBertTokenizer")
     base = name[:-4] if isinstance(name, str) and name.endswith("Fast") else name
-    if base not in FAMILIES:
+    if base not in TOKENIZERS:
         raise ValueError(f"{source} {name!r} is not supported; supported: "
-                         f"{', '.join(c + 'Fast' for c in FAMILIES)} (and their slow names)")
+                         f"{', '.join(c + 'Fast' for c in TOKENIZERS)} (and their slow names)")
     return base
 
 
@@ -499,7 +449,7 @@ def _special_values(settings: _Settings) -> dict:
     return values
 
 
-def _add_special_tokens(backend, settings: _Settings, family: Family, from_tokenizer_json: bool):
+def _add_special_tokens(backend, settings: _Settings, family: TokenizerClass, from_tokenizer_json: bool):
     """The added tokens `_from_pretrained` + `PreTrainedTokenizerFast.__init__` give the backend.
 
     Returns {attribute: token content} of the special tokens."""
@@ -575,7 +525,8 @@ class Tokenizer:
 
     def __init__(self, backend, special_tokens: dict[str, str], model_max_length: int = VERY_LARGE_INTEGER,
                  do_lower_case: bool = True, padding_side: str = "right", source: str = "",
-                 model_input_names: tuple = _TWO, tokenizer_class: str = "DistilBertTokenizer",
+                 model_input_names: tuple = TOKENIZERS["DistilBertTokenizer"].model_input_names,
+                 tokenizer_class: str = "DistilBertTokenizer",
                  truncation_side: str = "right"):
         if padding_side != "right":
             raise ValueError(f"{source}: padding_side {padding_side!r} is not supported (question-first "
@@ -606,7 +557,7 @@ class Tokenizer:
         folder = Path(folder)
         settings = _Settings(folder)
         name = _tokenizer_class(settings, folder, model_type)
-        family = FAMILIES[name]
+        family = TOKENIZERS[name]
         tokenizer_json = folder / "tokenizer.json"
         lowercase = strip_accents = chinese = None
         if family.kind == "wordpiece":
@@ -739,7 +690,7 @@ class Tokenizer:
                       np.asarray(enc.type_ids, dtype=np.int64))
 
 
-def _convert(folder: Path, family: Family, settings: _Settings, lowercase, strip_accents, chinese,
+def _convert(folder: Path, family: TokenizerClass, settings: _Settings, lowercase, strip_accents, chinese,
              add_prefix_space: bool):
     """The backend transformers converts from the slow tokenizer's files (no tokenizer.json)."""
     values = _special_values(settings)
