@@ -8,7 +8,7 @@ changes is only how the matrices are stored and what is computed once instead of
 - DeBERTa's relative-position table projected by every layer (`with_position_tables`);
 - the re-laid matrices shared between processes through one memory-mapped cache file (relaid_cache.py).
 
-`prepare(tree, config, ops, weights_file)` does all of it; the model classes call it once at load.
+`prepare(tree, config, ops, dtype, weights_file)` does all of it; the model classes call it once at load.
 """
 
 from __future__ import annotations
