@@ -48,7 +48,12 @@ each (max_length, stride, padding) setting gets its own configured copy, made on
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import sys
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -608,6 +613,7 @@ class Tokenizer:
                              f"{self.special_tokens.get('sep_token')}, {self.special_tokens.get('pad_token')}")
         self._lock = threading.Lock()
         self._configured: OrderedDict = OrderedDict()
+        self._json: str | None = None  # the backend serialised, once (_serialized)
 
     @classmethod
     def from_folder(cls, folder: str | Path, model_type: str | None = None) -> "Tokenizer":
@@ -716,7 +722,7 @@ class Tokenizer:
                 return backend
         from tokenizers import Tokenizer as Backend
 
-        backend = Backend.from_str(self.backend.to_str())
+        backend = Backend.from_str(self._serialized())
         backend.encode_special_tokens = self.backend.encode_special_tokens
         backend.enable_truncation(max_length, stride=stride, strategy="only_second", direction=self.truncation_side)
         if padding != "do_not_pad":
@@ -728,6 +734,17 @@ class Tokenizer:
             while len(self._configured) > MAX_CONFIGURED:
                 self._configured.popitem(last=False)  # a thread still holding it keeps its reference
         return backend
+
+    def _serialized(self) -> str:
+        """The backend as tokenizer.json text, made once per Tokenizer. Serialising is when the tokenizers
+        library warns about a vocabulary with holes (ids with no token: "The OrderedVocab you are attempting
+        to save contains holes for indices [...]", megabytes on some checkpoints), and it prints that from
+        Rust onto the process's stdout, where it broke `npbert ask --json`: it goes to stderr instead."""
+        with self._lock:
+            if self._json is None:
+                with _rust_stdout_to_stderr(self.source):
+                    self._json = self.backend.to_str()
+            return self._json
 
     def _check_room(self, pairs, max_length: int, stride: int) -> list[int]:
         """How many windows each pair makes. The tokenizers library fails a pair with no room for the
@@ -795,6 +812,40 @@ def _convert(folder: Path, family: Family, settings: _Settings, lowercase, strip
     deberta = family.kind == "deberta"
     return _spm_backend(folder / family.files[0], family.kind, settings.flag("do_lower_case", not deberta),
                         settings.flag("keep_accents", False), settings.flag("split_by_punct", False))
+
+
+_warned: set = set()  # library warnings already shown by this process (each once)
+
+
+@contextlib.contextmanager
+def _rust_stdout_to_stderr(source: str):
+    """What native code prints on file descriptor 1 inside the block goes to stderr instead, once per
+    process and shortened to a line (a long list of numbers is cut to its first and last few): stdout is
+    a command's machine-readable output. Python's own stdout is flushed first, so none of it is caught."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (AttributeError, OSError, ValueError):  # no stdout (closed, or None): nothing to keep clean
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            caught.seek(0)
+            text = " ".join(caught.read().decode("utf-8", "replace").split())
+    if text and text not in _warned:
+        _warned.add(text)
+        short = re.sub(r"\[((?:\d+, ){8,})(\d+)\]", _shortened_list, text)
+        print(f"warning from the tokenizers library ({source}): {short}", file=sys.stderr)
+
+
+def _shortened_list(m: re.Match) -> str:
+    items = m.group(0)[1:-1].split(", ")
+    return f"[{', '.join(items[:3])}, ... {', '.join(items[-2:])}: {len(items)} in all]"
 
 
 def _check_text(text, name: str) -> str:
