@@ -139,6 +139,10 @@ CASES = [
     Case("a question over max_seq_len", ask(question="why " * 100, max_seq_len=32), 422, "question"),
     Case("a context making too many windows for one question", ask(question="Who?", context="word " * 3000, max_seq_len=40, doc_stride=30),
          422, "over this pipeline's limit of 64"),
+    Case("the second of two contexts making too many windows", dumps({"input_data": {
+        "question": ["Who?"] * 2, "context": ["John.", "word " * 3000]}, "parameters": {"max_seq_len": 40, "doc_stride": 30}}),
+        422, "context 1 makes 594 windows of max_seq_len 40 with doc_stride 30, over this pipeline's limit of 64",
+        routes=["/score", "/v1/answer"]),
     Case("32 short questions", dumps({"input_data": {"question": ["Who?"] * 32, "context": ["John is here."] * 32}}), 200,
          routes=["/score", "/v1/answer"]),
     Case("33 questions", dumps({"input_data": {"question": ["Who?"] * 33, "context": ["John."] * 33}}), 422,
