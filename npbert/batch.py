@@ -44,6 +44,7 @@ import socket
 import sys
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,9 +121,17 @@ def _check_row(record, index: int, where: str, seen: dict, rows: list, errors: l
         return refuse("missing id")
     if not isinstance(qid, str) or not qid:
         return refuse(f"id must be a non-empty string, found {qid!r}")
-    if qid in seen:
-        return refuse(f"duplicate id {qid!r} (first at {seen[qid]})", qid)
-    seen[qid] = where
+    # Ids are kept as written (the outputs carry them unchanged), but two that differ only by Unicode
+    # normalisation or surrounding spaces look the same to a reader and to tools that normalise or strip
+    # before a join: the later one is refused as a duplicate (docs/distributed.md, "Ids").
+    key = unicodedata.normalize("NFC", qid).strip()
+    if key in seen:
+        first, first_where = seen[key]
+        if first == qid:
+            return refuse(f"duplicate id {qid!r} (first at {first_where})", qid)
+        return refuse(f"duplicate id {qid!r}: the same as {first!r} (first at {first_where}) once Unicode-normalised "
+                      "(NFC) and stripped of surrounding spaces", qid)
+    seen[key] = (qid, where)
     for key in ("question", "context"):
         value = record.get(key)
         if value is None:
@@ -146,9 +155,12 @@ def read_inputs(path: str | Path) -> Inputs:
     rows, errors, seen = [], [], {}
     if suffix in (".jsonl", ".ndjson"):
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise BatchError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        # JSON Lines end at "\n" only (a "\r" before it is JSON whitespace): str.splitlines would also cut at
+        # U+2028, U+0085 and the other separators a JSON string may hold raw.
+        lines = text.split("\n")
         index = 0
         for n, line in enumerate(lines, 1):
             if not line.strip():
@@ -165,13 +177,21 @@ def read_inputs(path: str | Path) -> Inputs:
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
+        wanted = ["id", "question", "context"]
         try:
-            table = pq.read_table(path)
+            names = pq.read_schema(path).names
         except Exception as e:  # pyarrow raises ArrowInvalid and friends on a file that is not Parquet
-            raise BatchError(f"{path}: unreadable Parquet file ({e})") from None
-        missing = [c for c in ("id", "question", "context") if c not in table.column_names]
+            raise BatchError(f"{path}: unreadable Parquet file ({_first_line(e)})") from None
+        missing = [c for c in wanted if c not in names]
         if missing:
-            raise BatchError(f"{path}: no column {missing[0]!r} (columns: {', '.join(table.column_names)})")
+            raise BatchError(f"{path}: no column {missing[0]!r} (columns: {', '.join(names)})")
+        repeated = next((c for c in wanted if names.count(c) > 1), None)
+        if repeated is not None:  # pyarrow's own error for it is a many-line schema dump
+            raise BatchError(f"{path}: {names.count(repeated)} columns are named {repeated!r}; keep one")
+        try:
+            table = pq.read_table(path, columns=wanted)  # the others are never read (nor checked)
+        except Exception as e:
+            raise BatchError(f"{path}: unreadable Parquet file ({_first_line(e)})") from None
         columns = [table.column(c).to_pylist() for c in ("id", "question", "context")]
         for index, (qid, question, context) in enumerate(zip(*columns)):
             _check_row({"id": qid, "question": question, "context": context}, index, f"{path}: row {index}",
@@ -184,6 +204,10 @@ def read_inputs(path: str | Path) -> Inputs:
     for index, e in enumerate(dataset.examples):
         _check_row({"id": e.id, "question": e.question, "context": e.context}, index, e.location, seen, rows, errors)
     return Inputs(path, len(dataset.examples), rows, errors, dataset)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 # --- on the workers ------------------------------------------------------------------------------------

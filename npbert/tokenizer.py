@@ -48,7 +48,12 @@ each (max_length, stride, padding) setting gets its own configured copy, made on
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import sys
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -58,6 +63,8 @@ import numpy as np
 
 # transformers' stand-in for "no limit" when tokenizer_config.json gives no model_max_length.
 VERY_LARGE_INTEGER = int(1e30)
+# Characters of question/context pairs encoded at once to count their tokens before making windows.
+CHECK_CHARS = 1 << 20
 # tokenization_utils_base.SpecialTokensMixin.SPECIAL_TOKENS_ATTRIBUTES, in its order (the order tokens are added).
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 PADDING = ("do_not_pad", "longest", "max_length")
@@ -567,6 +574,14 @@ def _add_special_tokens(backend, settings: _Settings, family: Family, from_token
     return {key: _content(value) for key, value in special.items()}
 
 
+class TooManyWindows(ValueError):
+    """Pair `index` of an encode_pairs call would make `windows` windows, over `limit` (none was made)."""
+
+    def __init__(self, index: int, windows: int, limit: int):
+        super().__init__(f"pair {index} makes {windows} windows, over the limit of {limit}")
+        self.index, self.windows, self.limit = index, windows, limit
+
+
 # --- the tokenizer --------------------------------------------------------------------------------------
 
 
@@ -598,6 +613,7 @@ class Tokenizer:
                              f"{self.special_tokens.get('sep_token')}, {self.special_tokens.get('pad_token')}")
         self._lock = threading.Lock()
         self._configured: OrderedDict = OrderedDict()
+        self._json: str | None = None  # the backend serialised, once (_serialized)
 
     @classmethod
     def from_folder(cls, folder: str | Path, model_type: str | None = None) -> "Tokenizer":
@@ -671,15 +687,22 @@ class Tokenizer:
         return self.encode_pairs([question], [context], max_length, stride, padding)[0]
 
     def encode_pairs(self, questions: list[str], contexts: list[str], max_length: int = 384, stride: int = 128,
-                     padding: str | bool = "do_not_pad") -> list[list[Window]]:
-        """`encode_pair` for many pairs in one call of the (parallel) tokenizers library."""
+                     padding: str | bool = "do_not_pad", max_windows: int | None = None) -> list[list[Window]]:
+        """`encode_pair` for many pairs in one call of the (parallel) tokenizers library. With `max_windows`,
+        a pair that would make more windows raises TooManyWindows before any window is made."""
         padding = _padding_strategy(padding)
         if len(questions) != len(contexts):
             raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
         pairs = [(_check_text(q, "question"), _check_text(c, "context")) for q, c in zip(questions, contexts)]
         if not pairs:
             return []
-        self._check_room(pairs, max_length, stride)
+        counts = self._check_room(pairs, max_length, stride)
+        if max_windows is not None:
+            # Counted from the untruncated encoding: making the windows of a huge context first would take
+            # memory in proportion to it (every window is a copy of its tokens), not to the limit.
+            over = next((i for i, n in enumerate(counts) if n > max_windows), None)
+            if over is not None:
+                raise TooManyWindows(over, counts[over], max_windows)
         backend = self._configured_backend(max_length, stride, padding)
         if padding == "longest":  # transformers encodes one pair at a time: "longest" is per pair
             encodings = [backend.encode(q, c) for q, c in pairs]
@@ -699,7 +722,7 @@ class Tokenizer:
                 return backend
         from tokenizers import Tokenizer as Backend
 
-        backend = Backend.from_str(self.backend.to_str())
+        backend = Backend.from_str(self._serialized())
         backend.encode_special_tokens = self.backend.encode_special_tokens
         backend.enable_truncation(max_length, stride=stride, strategy="only_second", direction=self.truncation_side)
         if padding != "do_not_pad":
@@ -712,13 +735,27 @@ class Tokenizer:
                 self._configured.popitem(last=False)  # a thread still holding it keeps its reference
         return backend
 
-    def _check_room(self, pairs, max_length: int, stride: int) -> None:
-        # The tokenizers library fails these cases with an error or a Rust panic (and a backtrace on
-        # stderr); check first so the caller gets one clear ValueError instead.
-        for enc, (q, _) in zip(self.backend.encode_batch(pairs), pairs):
+    def _serialized(self) -> str:
+        """The backend as tokenizer.json text, made once per Tokenizer. Serialising is when the tokenizers
+        library warns about a vocabulary with holes (ids with no token: "The OrderedVocab you are attempting
+        to save contains holes for indices [...]", megabytes on some checkpoints), and it prints that from
+        Rust onto the process's stdout, where it broke `npbert ask --json`: it goes to stderr instead."""
+        with self._lock:
+            if self._json is None:
+                with _rust_stdout_to_stderr(self.source):
+                    self._json = self.backend.to_str()
+            return self._json
+
+    def _check_room(self, pairs, max_length: int, stride: int) -> list[int]:
+        """How many windows each pair makes. The tokenizers library fails a pair with no room for the
+        context, or a stride as large as that room, with an error or a Rust panic (and a backtrace on
+        stderr); they are checked here so the caller gets one clear ValueError instead."""
+        counts = []
+        for enc, (q, _) in zip(self._untruncated(pairs), pairs):
             seq = enc.sequence_ids
             n_question, n_context = seq.count(0), seq.count(1)
             if len(seq) <= max_length:
+                counts.append(1)
                 continue
             room = max_length - n_question - (len(seq) - n_question - n_context)
             if room < 1:
@@ -727,6 +764,25 @@ class Tokenizer:
             if stride >= room:
                 raise ValueError(f"doc_stride {stride} must be smaller than the {room} context tokens that fit in "
                                  f"max_seq_len {max_length} beside this {n_question}-token question")
+            # tokenizers' Encoding.truncate: windows of `room` context tokens starting every room - stride
+            # tokens, until one reaches the end
+            counts.append(1 + -(-(n_context - room) // (room - stride)))
+        return counts
+
+    def _untruncated(self, pairs):
+        """The untruncated encoding of each pair, in order, encoded in groups of at most CHECK_CHARS
+        characters (a pair longer than that alone): each encoding is only counted, and holding a whole call's
+        long contexts at once would take memory in proportion to the call."""
+        group, size = [], 0
+        for pair in pairs:
+            n = len(pair[0]) + len(pair[1])
+            if group and size + n > CHECK_CHARS:
+                yield from self.backend.encode_batch(group)
+                group, size = [], 0
+            group.append(pair)
+            size += n
+        if group:
+            yield from self.backend.encode_batch(group)
 
     def _window(self, enc) -> Window:
         seq = tuple(enc.sequence_ids)
@@ -756,6 +812,40 @@ def _convert(folder: Path, family: Family, settings: _Settings, lowercase, strip
     deberta = family.kind == "deberta"
     return _spm_backend(folder / family.files[0], family.kind, settings.flag("do_lower_case", not deberta),
                         settings.flag("keep_accents", False), settings.flag("split_by_punct", False))
+
+
+_warned: set = set()  # library warnings already shown by this process (each once)
+
+
+@contextlib.contextmanager
+def _rust_stdout_to_stderr(source: str):
+    """What native code prints on file descriptor 1 inside the block goes to stderr instead, once per
+    process and shortened to a line (a long list of numbers is cut to its first and last few): stdout is
+    a command's machine-readable output. Python's own stdout is flushed first, so none of it is caught."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (AttributeError, OSError, ValueError):  # no stdout (closed, or None): nothing to keep clean
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            caught.seek(0)
+            text = " ".join(caught.read().decode("utf-8", "replace").split())
+    if text and text not in _warned:
+        _warned.add(text)
+        short = re.sub(r"\[((?:\d+, ){8,})(\d+)\]", _shortened_list, text)
+        print(f"warning from the tokenizers library ({source}): {short}", file=sys.stderr)
+
+
+def _shortened_list(m: re.Match) -> str:
+    items = m.group(0)[1:-1].split(", ")
+    return f"[{', '.join(items[:3])}, ... {', '.join(items[-2:])}: {len(items)} in all]"
 
 
 def _check_text(text, name: str) -> str:

@@ -57,8 +57,8 @@ def add_parser(subparsers) -> None:
                    help="seconds an idle keep-alive connection is kept open (uvicorn's timeout_keep_alive; "
                         "default: %(default)s)")
     p.add_argument("--limit-concurrency", type=_positive, default=128,
-                   help="most open connections (or requests in progress); a request over it gets 503 (uvicorn's "
-                        "limit_concurrency; default: %(default)s)")
+                   help="most requests in progress per worker process (bodies being read or answered; idle "
+                        "connections do not count); a request over it gets 503 (default: %(default)s)")
     p.add_argument("--graceful-timeout", type=float, default=60.0,
                    help="on SIGTERM, seconds to let in-flight requests finish; those still running then get 503 "
                         "(default: %(default)s)")
@@ -125,10 +125,13 @@ def run(args) -> int:
                       max_windows=args.max_windows, max_request_windows=args.max_request_windows),
         max_batch=1 if args.no_batching else args.max_batch, batch_wait_ms=args.batch_wait_ms,
         turn_tokens=args.turn_tokens,
-        request_timeout=args.request_timeout, header_timeout=args.header_timeout, body_timeout=args.body_timeout)
+        request_timeout=args.request_timeout, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+        limit_concurrency=args.limit_concurrency)
+    # No uvicorn limit_concurrency: it counts open connections, idle ones too, so silent sockets locked real
+    # clients out; the app counts the requests in progress instead (Settings.limit_concurrency).
     options = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log,
                    timeout_graceful_shutdown=args.graceful_timeout, log_config=None, http=TimedH11Protocol,
-                   timeout_keep_alive=args.keep_alive_timeout, limit_concurrency=args.limit_concurrency)
+                   timeout_keep_alive=args.keep_alive_timeout)
     log = logging.getLogger("npbert.serve")
     if args.workers == 1:
         stopped = []

@@ -13,8 +13,9 @@ take turns on one inference thread, off the event loop). Every refusal is a JSON
 `{"status", "error", "problems"}`; a 500 means a fault of the server and is logged with its traceback.
 What is not a fault is counted as what it is: a client that went away (`aborted`: mid-body, or while its
 answer was computed, whose remaining work is then dropped), a request over its deadline (503,
-`overdue`), one cut off by the shutdown's graceful timeout (503, `cut_off`), a slow head or body (408,
-`timeouts`).
+`overdue`), one cut off by the shutdown's graceful timeout (503, `cut_off`), one beyond the
+`limit_concurrency` requests in progress (503, `busy`; idle connections do not count), a slow head or body
+(408, `timeouts`).
 
 To add routes (the teaching page will live at GET /), write a function `add_<name>_routes(app, state)`
 beside `add_answer_routes` below and call it from `create_app`; `app.state.npbert` is the `State`.
@@ -43,6 +44,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..hub import DEFAULT_MODEL, sha256_file
 from ..pipeline import QuestionAnsweringPipeline, pipeline
+from ..tokenizer import TooManyWindows
 from .batcher import Abandoned, Batcher, LockedTokenizer, OverDeadline, Ticket
 from .explain import add_explain_routes
 from .schemas import (AnswerRecord, BadRequest, ErrorResponse, Limits, ScoreRequest, parse_request)
@@ -69,6 +71,10 @@ class Settings:
     request_timeout: float = 120.0  # seconds from a body read to its answer; later: 503, the rest of its work dropped
     header_timeout: float = 10.0  # seconds for a request line and headers to arrive (protocol.py)
     body_timeout: float = 30.0  # seconds for a body to arrive, from the end of its headers
+    # Most requests in progress in this process (their bodies being read, or answered); more get 503 at once.
+    # Counted here, not by uvicorn's limit_concurrency, which also counts idle open connections: 500 sockets
+    # opened and left silent made every real request get 503 until the header timeout closed them.
+    limit_concurrency: int | None = 128
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -95,38 +101,42 @@ class State:
     failed: int = 0  # 500: the server's fault
     aborted: int = 0  # the client went away before its answer (mid-body, or while it was computed)
     overdue: int = 0  # 503: not answered within request_timeout
+    busy: int = 0  # 503: limit_concurrency requests were in progress
     cut_off: int = 0  # 503: still running when the shutdown's graceful timeout ended
     timeouts: dict = field(default_factory=lambda: {"headers": 0, "body": 0})
 
     def counters(self) -> str:
         return (f"{self.answered} answered, {self.refused} refused, {self.failed} failed, {self.aborted} aborted by "
-                f"their clients, {self.overdue} over the request timeout, {self.cut_off} cut off by the shutdown")
+                f"their clients, {self.overdue} over the request timeout, {self.busy} over the concurrency limit, "
+                f"{self.cut_off} cut off by the shutdown")
 
 
 def request_pipeline(qa, model, tokenizer_lock, max_request_windows: int | None = None) -> QuestionAnsweringPipeline:
     """A pipeline for one request: `qa`'s settings, its forwards on `model` (the request's ScheduledModel),
     its tokenizer's calls under `tokenizer_lock`, and at most `max_request_windows` windows in all."""
-    tokenizer = RequestTokenizer(qa.tokenizer, tokenizer_lock, qa.max_windows, max_request_windows)
+    tokenizer = RequestTokenizer(qa.tokenizer, tokenizer_lock, max_request_windows)
     return QuestionAnsweringPipeline(model, tokenizer, model_id=qa.model_id, revision=qa.revision,
                                      batch_size=qa.batch_size, max_windows=qa.max_windows)
 
 
 class RequestTokenizer(LockedTokenizer):
     """The tokenizer, refusing a request whose questions make more than `max_total` windows in all (after
-    tokenizing, before any forward; a question over its own limit is left to the pipeline's message)."""
+    tokenizing, before any forward; a question over the pipeline's own max_windows is refused by the
+    tokenizer before its windows are made, and named by the pipeline)."""
 
-    def __init__(self, tokenizer, lock, max_per_question: int | None, max_total: int | None):
+    def __init__(self, tokenizer, lock, max_total: int | None):
         super().__init__(tokenizer, lock)
-        self._max_per_question, self._max_total = max_per_question, max_total
+        self._max_total = max_total
 
     def encode_pairs(self, questions, contexts, max_seq_len, doc_stride, *args, **kwargs):
         """One question at a time (the lock is not held for a whole large request, and the count stops at
         the first question past the limit)."""
         encode, per_example, total = self.__getattr__("encode_pairs"), [], 0
         for question, context in zip(questions, contexts):
-            (windows,) = encode([question], [context], max_seq_len, doc_stride, *args, **kwargs)
-            if self._max_per_question is not None and len(windows) > self._max_per_question:
-                return per_example + [windows]  # the pipeline names this question's problem
+            try:
+                (windows,) = encode([question], [context], max_seq_len, doc_stride, *args, **kwargs)
+            except TooManyWindows as e:  # encoded one at a time: its index in the request is the pipeline's
+                raise TooManyWindows(len(per_example), e.windows, e.limit) from None
             per_example.append(windows)
             total += len(windows)
             if self._max_total is not None and total > self._max_total:
@@ -334,6 +344,13 @@ async def handled(request: Request, state: State, compute, to_json=lambda data: 
     """Run a route's `compute()` with the server's bookkeeping: in-flight and the outcome counters, a
     logged 4xx for the client's faults (BadRequest), a logged 500 for anything else, and what is neither
     counted as what it is (see the module docstring)."""
+    limit = state.settings.limit_concurrency
+    if limit is not None and state.in_flight >= limit:
+        state.busy += 1
+        log.warning("%s %s: refused (503): %d requests in progress, the --limit-concurrency", request.method,
+                    _short(request.url.path), state.in_flight)
+        return error_response(503, f"the server has {state.in_flight} requests in progress, its limit: retry shortly",
+                              headers={"Retry-After": "1"})
     state.in_flight += 1
     t0 = time.monotonic()
     where = f"{request.method} {_short(request.url.path)}"
@@ -399,7 +416,8 @@ _REFUSALS = {status: {"model": ErrorResponse, "description": why} for status, wh
     (413, "The body is over the server's --max-body-bytes."),
     (415, "The body is declared as something other than JSON in UTF-8."),
     (422, "The JSON does not follow the schema, or a text is empty or over the server's size limits."),
-    (503, "Not answered within the server's --request-timeout, or the server is shutting down.")]}
+    (503, "Not answered within the server's --request-timeout, over its --limit-concurrency requests in progress, "
+          "or the server is shutting down.")]}
 
 
 def add_answer_routes(app: FastAPI, state: State) -> None:
@@ -458,11 +476,12 @@ def add_health_routes(app: FastAPI, state: State) -> None:
             "commit": state.qa.commit, "folder": str(state.folder), "weights_sha256": state.weights_sha256, "npbert": __version__,
             "uptime_s": round(time.time() - state.started, 3), "in_flight": state.in_flight,
             "answered": state.answered, "refused": state.refused, "failed": state.failed, "aborted": state.aborted,
-            "overdue": state.overdue, "cut_off": state.cut_off, "timeouts": dict(state.timeouts),
+            "overdue": state.overdue, "busy": state.busy, "cut_off": state.cut_off, "timeouts": dict(state.timeouts),
             "batching": {"enabled": s.max_batch > 1, "max_batch": s.max_batch, "wait_ms": s.batch_wait_ms,
                          "turn_tokens": s.turn_tokens,
                          **state.batcher.stats.as_dict()},
             "timeouts_s": {"request": s.request_timeout, "header": s.header_timeout, "body": s.body_timeout},
+            "limit_concurrency": s.limit_concurrency,
             "limits": dataclasses.asdict(s.limits),
         }
 
