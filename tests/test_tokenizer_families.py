@@ -99,6 +99,18 @@ LAYOUTS = {
         root, "BertTokenizerFast", get("bert-cased/vocab.txt") / "vocab.txt", "bert", do_lower_case=False,
         add_tokens=["<e1>", "</e1>"], add_special_tokens=["[ENT]"],
         keep=("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")),
+    "albert-fast-saved/spiece.model": lambda root, get: helpers.saved_by_transformers(
+        root, "AlbertTokenizerFast", helpers.plain_sentencepiece(root.parent / "plain.model"), "albert",
+        add_tokens=["<e1>"], keep=("spiece.model", "tokenizer_config.json", "special_tokens_map.json")),
+    "deberta-v3-slow-saved/spm.model": lambda root, get: helpers.saved_by_transformers(
+        root, "DebertaV2Tokenizer", helpers.plain_sentencepiece(root.parent / "plain.model"), "deberta-v2",
+        add_tokens=["<e1>", "</e1>"], do_lower_case=True),
+    "xlm-roberta-slow-saved/sentencepiece.bpe.model": lambda root, get: helpers.saved_by_transformers(
+        root, "XLMRobertaTokenizer", get("xlm-roberta-bpe/sentencepiece.bpe.model") / "sentencepiece.bpe.model",
+        "xlm-roberta", add_tokens=["<e1>"], add_special_tokens=["<ent>"]),
+    "roberta-slow-saved/vocab.json": lambda root, get: helpers.saved_by_transformers(
+        root, "RobertaTokenizer", get("roberta/vocab.json") / "vocab.json", "roberta",
+        merges_file=str(get("roberta/vocab.json") / "merges.txt"), add_tokens=["<e1>"], add_special_tokens=["<ent>"]),
     # tokenizer_config.json options the slow tokenizers honour, on the vocabulary-only layouts
     "bert-no-basic-tokenize/vocab.txt": _edited("bert-uncased/vocab.txt", do_basic_tokenize=False),
     "bert-options/vocab.txt": _edited("bert-cased/vocab.txt", do_lower_case=True, strip_accents=False,
