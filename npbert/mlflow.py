@@ -37,7 +37,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
 from . import hub
-from .tokenizer import Tokenizer
+from .pipeline import pipeline
 
 COLUMNS = ("question", "context")
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", name) for name in COLUMNS]),
@@ -52,11 +52,9 @@ class QuestionAnsweringModel(mlflow.pyfunc.PythonModel):
     """The pyfunc model: `npbert.pipeline` on the checkpoint artifact; `predict` answers each row."""
 
     def load_context(self, context):
-        from . import pipeline
-
         self.pipeline = pipeline(model=context.artifacts["checkpoint"], local_files_only=True)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         questions, contexts = _rows(model_input)
         if not questions:
             return []
@@ -89,7 +87,7 @@ def _model_arguments(checkpoint, revision, local_files_only, work: Path) -> dict
     """What save_model and log_model pass to mlflow.pyfunc: the model class, the checkpoint artifact, the
     npbert code, requirements, signature and input example."""
     folder = Path(hub.resolve(checkpoint, revision, local_files_only))
-    Tokenizer.from_folder(folder)  # a checkpoint whose tokenizer does not load fails here, not when deployed
+    pipeline(model=folder, local_files_only=True)  # a checkpoint that does not load fails here, not when deployed
     code = work / "npbert"
     shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi",
                                                                                "*.nbc"))

@@ -77,14 +77,17 @@ def test_log_model_into_a_run_and_load_it_back(tiny_checkpoint, tmp_path, expect
         mlflow.set_tracking_uri(previous)
 
 
-def test_a_checkpoint_whose_tokenizer_does_not_load_is_refused_when_saved(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("name, data, message", [("tokenizer.json", b"{oops", "tokenizer.json: cannot be loaded"),
+                                                  ("config.json", b"{oops", "config.json")])
+def test_a_checkpoint_that_does_not_load_is_refused_when_saved(tiny_checkpoint, tmp_path, name, data, message):
     import shutil
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_checkpoint, broken)
-    (broken / "tokenizer.json").write_bytes(b"{oops")
-    with pytest.raises(ValueError, match="tokenizer.json: cannot be loaded"):
+    (broken / name).write_bytes(data)
+    with pytest.raises(ValueError, match=message) as error:
         npbert_mlflow.save_model(broken, tmp_path / "model")
+    assert "\n" not in str(error.value)
     assert not (tmp_path / "model").exists()
 
 

@@ -432,16 +432,19 @@ OPTIONS = {  # base layout -> the options its slow tokenizer reads (transformers
 _PIECES = st.sampled_from(["HUGGINGFACE", "Hugging", "face", "Café", "naïve", "e\u0301", "東京", "北京", "日本",
                            "[SEP]", "[CLS]", "[MASK]", "<e1>", "</e1>", "<s>", "<mask>", "don't", "U.S.A.", "3,5",
                            "``q''", "(x)", "!", "-", "😀", "Seattle", "John", "\t", "  ", "\n", "ß", "İ"])
-_TEXT = st.lists(_PIECES, min_size=1, max_size=12).map(lambda parts: " ".join(parts) if len(parts) % 2 else "".join(parts))
+_ANY = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=6)
+_TEXT = st.lists(st.one_of(_PIECES, _ANY), min_size=1, max_size=12).map(
+    lambda parts: " ".join(parts) if len(parts) % 2 else "".join(parts))
 
 
 @pytest.mark.parametrize("base", list(OPTIONS))
 def test_config_options_as_transformers(layout_folder, tmp_path_factory, base):
     """Each drawn combination of options written into tokenizer_config.json: npbert's windows (ids, type ids,
-    offsets) equal transformers' on drawn text."""
+    offsets, overflow windows) equal transformers' on drawn text (pieces the options treat differently mixed
+    with any characters), and where transformers refuses the window settings, npbert does too."""
     folder = layout_folder(base)
 
-    @settings(max_examples=12)
+    @settings(max_examples=20)
     @given(options=st.fixed_dictionaries(OPTIONS[base]), question=_TEXT, context=_TEXT)
     def check(options, question, context):
         import shutil
@@ -455,7 +458,12 @@ def test_config_options_as_transformers(layout_folder, tmp_path_factory, base):
         ref, tok = helpers.reference_tokenizer(copy), Tokenizer.from_folder(copy)
         assert helpers.added_tokens(tok.backend) == helpers.added_tokens(ref.backend_tokenizer)
         for q, c in ((question, context), (context, question), ("Who lives in Seattle?", context)):
-            assert helpers.npbert_windows(tok, q, c, 384, 128) == helpers.reference_windows(ref, q, c, 384, 128), \
-                (options, q, c)
+            for max_length, stride in ((384, 128), (16, 2)):  # (16, 2): overflow windows, or a refusal
+                expected = _refuses(ref, q, c, max_length, stride, "do_not_pad")
+                if expected is None:
+                    with pytest.raises(ValueError):
+                        tok.encode_pair(q, c, max_length, stride)
+                else:
+                    assert helpers.npbert_windows(tok, q, c, max_length, stride) == expected, (options, q, c)
 
     check()
