@@ -671,7 +671,8 @@ class Tokenizer:
         settings = _Settings(folder)
         name = _tokenizer_class(settings, folder, model_type)
         family = FAMILIES[name]
-        tokenizer_json = folder / "tokenizer.json"
+        # from_slow: true makes PreTrainedTokenizerFast.__init__ convert the vocabulary files, tokenizer.json or not
+        from_json = (folder / "tokenizer.json").is_file() and not settings.flag("from_slow", False)
         lowercase = strip_accents = chinese = None
         if family.kind == "wordpiece":
             lowercase = settings.flag("do_lower_case", True)
@@ -681,14 +682,16 @@ class Tokenizer:
         trim_offsets = settings.flag("trim_offsets", True)
         values = _special_values(settings)
         declared = _declared_tokens(settings, folder, values)
-        if tokenizer_json.is_file():
-            backend = _load_backend(tokenizer_json)
+        if from_json:
+            backend = _load_backend(folder / "tokenizer.json")
             if family.kind == "wordpiece":
                 _apply_normalizer_flags(backend, lowercase, strip_accents, chinese)
         else:
             missing = [f for f in family.files if not (folder / f).is_file()]
             if missing:
-                raise OSError(f"{folder}: no tokenizer.json or {' + '.join(family.files)} for {name}Fast")
+                without = "from_slow in tokenizer_config.json, but no" if (folder / "tokenizer.json").is_file() \
+                    else "no tokenizer.json or"
+                raise OSError(f"{folder}: {without} {' + '.join(family.files)} for {name}Fast")
             backend = _convert(folder, family, settings, *_special_tokens(values, family, settings.path), declared,
                                lowercase, strip_accents, chinese, add_prefix_space)
         # A truncation or padding stored in tokenizer.json sets transformers' defaults (config values win).
@@ -698,7 +701,7 @@ class Tokenizer:
         stored_truncation = backend.truncation
         truncation_side = settings.choice(
             "truncation_side", stored_truncation["direction"] if stored_truncation else "right", ("right", "left"))
-        special = _add_special_tokens(backend, settings, family, tokenizer_json.is_file(), values, declared)
+        special = _add_special_tokens(backend, settings, family, from_json, values, declared)
         backend.encode_special_tokens = settings.flag("split_special_tokens", False)
         _apply_prefix_space(backend, add_prefix_space, family.kind == "bpe", trim_offsets)
         # encode_pair sets its own truncation and padding, on configured copies.

@@ -257,6 +257,10 @@ def test_class_from_model_type_argument_and_config(layout_folder, tmp_path):
     helpers.edit_config(folder, tokenizer_class="BertTokenizerFast")  # wins over model_type, needs vocab.txt
     with pytest.raises(OSError, match="no tokenizer.json or vocab.txt for BertTokenizerFast"):
         Tokenizer.from_folder(folder, model_type="roberta")
+    (folder / "tokenizer.json").write_text("{}")
+    helpers.edit_config(folder, from_slow=True)  # convert the vocabulary files, which are not there
+    with pytest.raises(OSError, match="from_slow in tokenizer_config.json, but no vocab.txt for BertTokenizerFast"):
+        Tokenizer.from_folder(folder)
 
 
 def test_null_model_max_length_is_no_limit_as_in_transformers(layout_folder, tmp_path):
@@ -423,9 +427,16 @@ OPTIONS = {  # base layout -> the options its slow tokenizer reads (transformers
     "bert-added-tokens/vocab.txt": dict(do_lower_case=_FLAG, strip_accents=st.sampled_from([None, True, False])),
     "roberta/vocab.json": dict(add_prefix_space=_FLAG, trim_offsets=_FLAG, split_special_tokens=_FLAG),
     "xlm-roberta-bpe/sentencepiece.bpe.model": dict(split_special_tokens=_FLAG, add_prefix_space=_FLAG),
-    "albert/spiece.model": dict(do_lower_case=_FLAG, keep_accents=_FLAG, remove_space=_FLAG, split_special_tokens=_FLAG),
+    "albert/spiece.model": dict(do_lower_case=_FLAG, keep_accents=_FLAG, remove_space=_FLAG, split_special_tokens=_FLAG,
+                                add_prefix_space=_FLAG),
     "deberta-v3/spm.model": dict(do_lower_case=_FLAG, split_by_punct=_FLAG, split_special_tokens=_FLAG),
-    "deberta-v3-fast-saved/spm.model": dict(do_lower_case=_FLAG, split_by_punct=_FLAG),
+    "deberta-v3-fast-saved/spm.model": dict(do_lower_case=_FLAG, split_by_punct=_FLAG, add_prefix_space=_FLAG),
+    # beside a tokenizer.json: from_slow makes transformers convert the vocabulary files instead
+    "bert-uncased/tokenizer.json": dict(from_slow=_FLAG, do_lower_case=_FLAG, do_basic_tokenize=_FLAG,
+                                        tokenize_chinese_chars=_FLAG),
+    "roberta/tokenizer.json": dict(from_slow=_FLAG, add_prefix_space=_FLAG, trim_offsets=_FLAG),
+    "albert/tokenizer.json": dict(from_slow=_FLAG, do_lower_case=_FLAG, keep_accents=_FLAG),
+    "deberta-v3/tokenizer.json": dict(from_slow=_FLAG, do_lower_case=_FLAG, split_by_punct=_FLAG),
 }
 # Text built from pieces that the options treat differently: case, accents, CJK, punctuation, runs of spaces,
 # literal special and added tokens, quotes ALBERT rewrites.
