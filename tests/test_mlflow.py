@@ -58,6 +58,8 @@ def test_load_model_predicts_as_the_pipeline(saved, expected):
     assert model.predict(SAMPLE) == expected[:1]
     assert model.predict(pd.DataFrame(MORE)) == expected
     assert model.predict(pd.DataFrame(MORE[1:2])) == expected[1:2]
+    assert model.predict({"question": [m["question"] for m in MORE], "context": [m["context"] for m in MORE]}) == expected
+    assert model.predict(MORE) == expected  # a list of records
     with pytest.raises(mlflow.exceptions.MlflowException, match="context"):
         model.predict({"question": "Where?"})
     with pytest.raises(mlflow.exceptions.MlflowException, match="question` cannot be empty"):
