@@ -333,7 +333,7 @@ def connect(workers: int | None = None, scheduler: str | None = None, preload: d
     try:
         from dask.distributed import Client
     except ImportError:
-        raise BatchError("npbert batch needs Dask distributed: pip install '.[distributed]' in an npbert "
+        raise BatchError("npbert batch needs Dask distributed: pip install -e '.[distributed]' in an npbert "
                          "checkout") from None
     if scheduler is not None and workers is not None:
         raise BatchError("give --workers N (a local cluster) or --scheduler ADDRESS (a running one), not both")

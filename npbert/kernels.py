@@ -8,7 +8,8 @@ references. tests/test_kernels.py asserts that each pair agrees before anything 
 Matrix products stay in numpy (OpenBLAS): calling BLAS from numba needs SciPy, and OpenBLAS is faster
 than loops we could write. The kernels do what surrounds the products: softmax, GELU, LayerNorm.
 
-Kernels are compiled on first use and cached on disk (`cache=True`), so later processes start fast. They
+Kernels are compiled on first use and cached on disk (`cache=True`, in npbert's cache folder:
+cache_root.py), so later processes start fast. They
 are serial and release the GIL; `_split_over_threads` spreads them over the cores.
 """
 
@@ -20,6 +21,10 @@ import os
 from typing import Callable, NamedTuple
 
 from . import threads  # noqa: I001  before numpy: it sets OpenBLAS's thread timeout (threads.py says why)
+
+from . import cache_root  # noqa: I001  before the first kernel is decorated: numba picks its cache folder then
+
+cache_root.use_for_numba()
 
 import numba
 import numba.extending

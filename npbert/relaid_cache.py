@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import hub
+from . import cache_root, hub
 
 LAYOUT_VERSION = 1
-CACHE_ENV = "NPBERT_CACHE"
+CACHE_ENV = cache_root.ENV
 _ALIGN_BYTES = 64  # each matrix starts on a cache line (the .npy header already pads the data to 64)
 _RACY_SECONDS = 2.0
 
@@ -47,9 +47,7 @@ log = logging.getLogger("npbert")
 
 def cache_folder() -> Path:
     """$NPBERT_CACHE/relaid, else $XDG_CACHE_HOME/npbert/relaid, else ~/.cache/npbert/relaid."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "npbert")
-    return Path(root) / "relaid"
+    return cache_root.root() / "relaid"
 
 
 def weights_sha256(path: Path, folder: Path) -> str:

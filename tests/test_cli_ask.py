@@ -187,7 +187,7 @@ def test_attention_without_matplotlib_says_so_before_loading_the_model(tmp_path)
     r = subprocess.run([sys.executable, "-c", code, "attention", "--model", str(tmp_path / "no-model"), "-q", "Who?",
                         "-c", "a b", "--out", str(tmp_path / "a.png")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
-    assert "attention pictures need matplotlib (the viz extra): pip install '.[viz]'" in r.stderr  # not "no-model"
+    assert "attention pictures need matplotlib (the viz extra): pip install -e '.[viz]'" in r.stderr  # not "no-model"
 
 
 def test_python_m_npbert_from_the_folder_holding_the_clone(tmp_path):
