@@ -160,6 +160,43 @@ def test_mistyped_flags_and_commands_get_did_you_mean(tiny_checkpoint):
     assert r.returncode == 2 and "invalid choice: 'evall'" in r.stderr and "(did you mean 'eval'?)" in r.stderr
 
 
+def _commands() -> list[str]:
+    import argparse
+
+    from npbert.cli import build_parser
+
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(action.choices)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_a_mistyped_flag_gets_the_sub_commands_usage_and_is_named(command, capsys):
+    """Every sub-command, with and without its required flags given: the usage printed is the sub-command's
+    (it used to be the top-level `usage: npbert [-h] [--version] COMMAND ...`) and the error names the flag."""
+    from npbert.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([command, "--bogus-flag", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"usage: npbert {command} "), err
+    assert err.splitlines()[-1].startswith(f"npbert {command}: error: ") and "--bogus-flag" in err.splitlines()[-1], err
+
+
+def test_a_mistyped_ask_flag_names_it_and_the_flag_meant(capsys):
+    from npbert.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["ask", "-q", "Who?", "-c", "a b", "--top_k", "3"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: npbert ask ")
+    assert err.splitlines()[-1] == "npbert ask: error: unrecognized arguments: --top_k 3 (--top_k: did you mean --top-k?)"
+    with pytest.raises(SystemExit):
+        main(["ask", "-q", "Who?", "--contxt", "a b"])  # the required context seems missing: say why
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "npbert ask: error: one of the arguments --context/-c --context-file is required; unrecognized arguments: "
+        "--contxt (--contxt: did you mean --context?)")
+
+
 def test_trace_and_attention_take_the_same_inputs_as_ask(tiny_checkpoint, tmp_path):
     context = tmp_path / "context.txt"
     context.write_text(CONTEXT, encoding="utf-8")
