@@ -51,6 +51,7 @@ from pathlib import Path
 from . import squad
 from .evaluate import Job, _finish, _records, effective_parameters, score_of, write_atomic
 from .hub import DEFAULT_MODEL, sha256_file
+from .limits import DEFAULT_MAX_WINDOWS  # a context making more windows is an error row
 
 FORMAT = "npbert-batch/1"
 PARTS = "parts"
@@ -62,9 +63,6 @@ DEFAULT_PARTITION_SIZE = 128
 # Questions per pipeline call: npbert eval's default --save-every, so a SQuAD file is answered in the same
 # calls as `npbert eval` answers it (partition boundaries are multiples of it) and gives the same bits.
 DEFAULT_CALL_SIZE = 32
-# A context making more windows than this is an error row: one book-length context would otherwise hold a
-# worker for minutes (64 windows of 384 tokens at stride 128 is ~16 000 tokens). None: no limit.
-DEFAULT_MAX_WINDOWS = 64
 # The load settings (JSON) of the model the fork server of a local cluster loads before it forks any worker
 # (npbert/_forkserver_preload.py reads it there).
 PRELOAD_VARIABLE = "NPBERT_BATCH_PRELOAD"

@@ -235,7 +235,7 @@ class QuestionAnsweringPipeline:
         positions = config.max_sequence_length  # RoBERTa: max_position_embeddings less the padding offset
         for i, ws in enumerate(per_example):
             if self.max_windows is not None and len(ws) > self.max_windows:
-                raise ValueError(f"{names(i)} makes {len(ws)} windows of max_seq_len {max_seq_len} with doc_stride "
+                raise TooManyWindows(f"{names(i)} makes {len(ws)} windows of max_seq_len {max_seq_len} with doc_stride "
                                  f"{doc_stride}, over this pipeline's limit of {self.max_windows}: use a larger "
                                  "max_seq_len, a smaller doc_stride (the overlap) or a shorter context")
             # max_seq_len may exceed the position table, as in transformers: only a window that is
@@ -318,6 +318,10 @@ class QuestionAnsweringPipeline:
                 n = len(windows[i])
                 out[i] = (result.start_logits[row, :n], result.end_logits[row, :n])
         return out
+
+
+class TooManyWindows(ValueError):
+    """A context makes more windows than the pipeline's `max_windows`."""
 
 
 def model_inputs(windows: list, tokenizer: Tokenizer) -> dict[str, np.ndarray]:

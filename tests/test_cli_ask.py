@@ -160,6 +160,28 @@ def test_mistyped_flags_and_commands_get_did_you_mean(tiny_checkpoint):
     assert r.returncode == 2 and "invalid choice: 'evall'" in r.stderr and "(did you mean 'eval'?)" in r.stderr
 
 
+def test_a_context_making_too_many_windows_is_one_line_and_the_bound_can_be_raised(tiny_checkpoint):
+    """ask is bounded as batch and serve are (npbert.limits.DEFAULT_MAX_WINDOWS): a 200 KB context used to
+    run for minutes. Past the bound: one line naming the count and the flag, before any window is answered."""
+    from npbert.limits import DEFAULT_MAX_WINDOWS
+
+    long = " ".join(f"In {1900 + i} the river {i} was renamed." for i in range(40))
+    flags = ["--model", str(tiny_checkpoint), "-q", "Which river was renamed in 1903?", "-c", long, "--max-seq-len", "32",
+             "--doc-stride", "8"]
+    windows = len(npbert.pipeline("question-answering", model=tiny_checkpoint).tokenizer.encode_pairs(
+        ["Which river was renamed in 1903?"], [long], 32, 8)[0])
+    assert 2 < windows < DEFAULT_MAX_WINDOWS
+    r = run(*flags, "--max-windows", "2")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"npbert ask: error: the context makes {windows} windows of max_seq_len 32 with "
+                               "doc_stride 8, over this pipeline's limit of 2") and "--max-windows" in r.stderr
+    r = run(*flags, "--max-windows", str(windows), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == npbert.pipeline("question-answering", model=tiny_checkpoint)(
+        question="Which river was renamed in 1903?", context=long, max_seq_len=32, doc_stride=8)
+    assert run(*flags, "--max-windows", "0").stderr == "npbert ask: error: --max-windows must be a positive integer, found 0\n"
+    assert f"(default: {DEFAULT_MAX_WINDOWS})" in " ".join(run("--help").stdout.split())
+
+
 def _commands() -> list[str]:
     import argparse
 

@@ -11,6 +11,7 @@ import socket
 import sys
 
 from ..hub import DEFAULT_MODEL
+from ..limits import DEFAULT_MAX_WINDOWS
 
 
 def add_parser(subparsers) -> None:
@@ -31,7 +32,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-question-chars", type=_positive, default=1_000,
                    help="longer questions get 422 (default: %(default)s)")
     p.add_argument("--max-items", type=_positive, default=32, help="most questions in one request (default: %(default)s)")
-    p.add_argument("--max-windows", type=_positive, default=64,
+    p.add_argument("--max-windows", type=_positive, default=DEFAULT_MAX_WINDOWS,
                    help="most windows one question's context may make; more get 422 (default: %(default)s)")
     p.add_argument("--max-request-windows", type=_positive, default=64,
                    help="most windows all the questions of one request may make; more get 422: bounds the work "
