@@ -386,9 +386,9 @@ def test_one_pipeline_shared_by_threads_answers_as_serial_calls(qa_pipe):
     """8 threads, each calling the same pipeline 6 times (long contexts, several windows, other parameters
     per thread): every answer equals the serial call's, its score to float32 rounding (issue 16: 99 of 120
     such calls raised 'Already borrowed' from the tokenizers backend before). What docs/pipeline.md
-    promises: not bit-identical scores, since OpenBLAS's thread count is process-wide and concurrent calls
-    change it under each other, and some of its kernels round differently with another thread count
-    (issue 27: scores differed in the 10th digit in 1 of 3 runs)."""
+    promises without NPBERT_BLAS_THREADS=1: not bit-identical scores, since OpenBLAS's thread count follows
+    the machine's load and some of its kernels round with it (issue 27: scores differed in the 10th digit
+    in 1 of 3 runs)."""
     serial = [qa_pipe(**kw) for kw in THREADED_CALLS]
     for t, runs in enumerate(answered_by_threads(qa_pipe, THREADED_CALLS)):
         for got in runs:
@@ -402,8 +402,8 @@ def test_one_pipeline_shared_by_threads_answers_as_serial_calls(qa_pipe):
 def test_threads_get_bit_identical_logits_with_one_blas_thread(tiny_checkpoint):
     """With NPBERT_BLAS_THREADS=1 (docs/pipeline.md: the setting for bit-identical results under threads)
     every forward a thread makes is bit-identical to the serial one, on OpenBLAS's AVX2 (Haswell) kernels
-    and its GEMM for the linear layers: the case whose rounding depends on the thread count (without the
-    setting, 2 of the 22 distinct forwards differed in 5 rounds here, by up to 1e-6)."""
+    and its GEMM for the linear layers: the case whose rounding depends on the thread count (before the
+    change in npbert/threads.py, 1 or 2 of the 22 distinct forwards differed, by up to 1e-6, in 4 of 4 runs)."""
     script = f"""
 import hashlib, json, sys, threading
 import numpy as np
