@@ -8,7 +8,8 @@ references. tests/test_kernels.py asserts that each pair agrees before anything 
 Matrix products stay in numpy (OpenBLAS): calling BLAS from numba needs SciPy, and OpenBLAS is faster
 than loops we could write. The kernels do what surrounds the products: softmax, GELU, LayerNorm.
 
-Kernels are compiled on first use and cached on disk (`cache=True`), so later processes start fast. They
+Kernels are compiled on first use and cached on disk (`cache=True`, in npbert's cache folder:
+cache_root.py), so later processes start fast. They
 are serial and release the GIL; `_split_over_threads` spreads them over the cores.
 """
 
@@ -20,6 +21,10 @@ import os
 from typing import Callable, NamedTuple
 
 from . import threads  # noqa: I001  before numpy: it sets OpenBLAS's thread timeout (threads.py says why)
+
+from . import cache_root  # noqa: I001  before the first kernel is decorated: numba picks its cache folder then
+
+cache_root.use_for_numba()
 
 import numba
 import numba.extending
@@ -50,8 +55,11 @@ def _split_over_threads(work, tasks, worth_splitting, uses_blas=False):
     """Run work(chunk) over contiguous chunks of `tasks` (a list or range), one chunk per OpenBLAS thread
     the model call was given (threads.current()), the first on the calling thread; serially when not worth
     splitting or when OpenBLAS's thread count cannot be set (its threads would then compete with these).
-    uses_blas: work calls numpy's BLAS, which is then held to one thread (each chunk's products run whole)."""
-    n = min(threads.current(), len(tasks)) if threads.controllable() and worth_splitting else 1
+    uses_blas: work calls numpy's BLAS, which is then held to one thread (each chunk's products run whole).
+    Serially too while other model calls are running (threads sharing a model): the cores are theirs as well,
+    and holding OpenBLAS to one thread would change the count under their products (threads.for_model_call)."""
+    alone = threads.calls_running() <= 1
+    n = min(threads.current(), len(tasks)) if threads.controllable() and worth_splitting and alone else 1
     if n == 1:
         return work(tasks)
     chunks = [tasks[i * len(tasks) // n:(i + 1) * len(tasks) // n] for i in range(n)]

@@ -240,9 +240,9 @@ class QuestionAnsweringPipeline:
             per_example = self.tokenizer.encode_pairs(list(questions), list(contexts), max_seq_len, doc_stride,
                                                       params.get("padding", "do_not_pad"), max_windows=self.max_windows)
         except TooManyWindows as e:
-            raise ValueError(f"{names(e.index)} makes {e.windows} windows of max_seq_len {max_seq_len} with doc_stride "
-                             f"{doc_stride}, over this pipeline's limit of {self.max_windows}: use a larger "
-                             "max_seq_len, a smaller doc_stride (the overlap) or a shorter context") from None
+            raise WindowLimitError(f"{names(e.index)} makes {e.windows} windows of max_seq_len {max_seq_len} with "
+                                   f"doc_stride {doc_stride}, over this pipeline's limit of {self.max_windows}: use a "
+                                   "larger max_seq_len, a smaller doc_stride (the overlap) or a shorter context") from None
         config = self.model.config
         positions = config.max_sequence_length  # RoBERTa: max_position_embeddings less the padding offset
         for i, ws in enumerate(per_example):
@@ -263,13 +263,14 @@ class QuestionAnsweringPipeline:
         most_context = self.max_windows * most_question
         for i, (question, context) in enumerate(zip(questions, contexts)):
             if isinstance(question, str) and len(question) > most_question:
-                raise ValueError(f"the question is {len(question)} characters long, over the {most_question} that fit "
-                                 f"in max_seq_len {max_seq_len} at most ({MAX_CHARS_PER_TOKEN} characters a token): "
-                                 "use a shorter question")
+                raise ValueError(f"the question is {len(question)} characters long, over the {most_question} that "
+                                 f"fit in max_seq_len {max_seq_len} at most ({MAX_CHARS_PER_TOKEN} characters a "
+                                 "token): use a shorter question")
             if isinstance(context, str) and len(context) > most_context:
-                raise ValueError(f"{names(i)} is {len(context)} characters long, over the {most_context} that this "
-                                 f"pipeline's limit of {self.max_windows} windows of max_seq_len {max_seq_len} can "
-                                 f"hold at most ({MAX_CHARS_PER_TOKEN} characters a token): use a shorter context")
+                raise WindowLimitError(f"{names(i)} is {len(context)} characters long, over the {most_context} that "
+                                       f"this pipeline's limit of {self.max_windows} windows of max_seq_len "
+                                       f"{max_seq_len} can hold at most ({MAX_CHARS_PER_TOKEN} characters a token): "
+                                       "use a shorter context")
 
     def _answer(self, examples: list[tuple[str, str]], params: dict, batch_size: int | None,
                 null_scores: list | None = None) -> list:
@@ -341,6 +342,11 @@ class QuestionAnsweringPipeline:
                 n = len(windows[i])
                 out[i] = (result.start_logits[row, :n], result.end_logits[row, :n])
         return out
+
+
+class WindowLimitError(ValueError):
+    """A question or context too long for the pipeline's `max_windows`: refused before it is answered (its
+    windows counted before any is made, or its characters before it is tokenized)."""
 
 
 def model_inputs(windows: list, tokenizer: Tokenizer) -> dict[str, np.ndarray]:

@@ -69,7 +69,7 @@ CHECK_CHARS = 1 << 20
 # tokenization_utils_base.SpecialTokensMixin.SPECIAL_TOKENS_ATTRIBUTES, in its order (the order tokens are added).
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 PADDING = ("do_not_pad", "longest", "max_length")
-SENTENCEPIECE_EXTRA = "pip install '.[sentencepiece]'"
+SENTENCEPIECE_EXTRA = "pip install -e '.[sentencepiece]'"
 # Configured backend copies kept per Tokenizer (a server may see many max_seq_len/doc_stride settings).
 # A copy of a 250k-piece XLM-R backend holds tens of MB: few settings are kept.
 MAX_CONFIGURED = 8

@@ -363,7 +363,7 @@ def test_without_sentencepiece_a_one_line_error_names_the_extra(layout_folder, t
     spm_folder = layout_folder("albert/spiece.model")
     json_folder = layout_folder("albert/tokenizer.json")
     monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import sentencepiece now raises ImportError
-    with pytest.raises(ImportError, match=r"spiece.model: .*the sentencepiece extra \(pip install '\.\[sentencepiece\]'") \
+    with pytest.raises(ImportError, match=r"spiece.model: .*the sentencepiece extra \(pip install -e '\.\[sentencepiece\]'") \
             as error:
         Tokenizer.from_folder(spm_folder)
     assert "\n" not in str(error.value)
