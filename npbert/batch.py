@@ -44,12 +44,15 @@ import socket
 import sys
 import threading
 import time
+import unicodedata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import squad
 from .evaluate import Job, _finish, _records, effective_parameters, score_of, write_atomic
 from .hub import DEFAULT_MODEL, sha256_file
+from .limits import DEFAULT_MAX_WINDOWS  # a context making more windows is an error row
 
 FORMAT = "npbert-batch/1"
 PARTS = "parts"
@@ -61,12 +64,11 @@ DEFAULT_PARTITION_SIZE = 128
 # Questions per pipeline call: npbert eval's default --save-every, so a SQuAD file is answered in the same
 # calls as `npbert eval` answers it (partition boundaries are multiples of it) and gives the same bits.
 DEFAULT_CALL_SIZE = 32
-# A context making more windows than this is an error row: one book-length context would otherwise hold a
-# worker for minutes (64 windows of 384 tokens at stride 128 is ~16 000 tokens). None: no limit.
-DEFAULT_MAX_WINDOWS = 64
 # The load settings (JSON) of the model the fork server of a local cluster loads before it forks any worker
 # (npbert/_forkserver_preload.py reads it there).
 PRELOAD_VARIABLE = "NPBERT_BATCH_PRELOAD"
+# The Dask event topic on which workers report rows answered within a partition (the progress bar's counts).
+PROGRESS_TOPIC = "npbert-batch-progress"
 # Sleep before each pipeline call on the workers, in seconds: lets the tests (and a demonstration) kill a
 # worker or interrupt the client mid-run on a checkpoint that answers in milliseconds.
 SLOWDOWN_VARIABLE = "NPBERT_BATCH_SLOWDOWN_SECONDS"
@@ -120,9 +122,17 @@ def _check_row(record, index: int, where: str, seen: dict, rows: list, errors: l
         return refuse("missing id")
     if not isinstance(qid, str) or not qid:
         return refuse(f"id must be a non-empty string, found {qid!r}")
-    if qid in seen:
-        return refuse(f"duplicate id {qid!r} (first at {seen[qid]})", qid)
-    seen[qid] = where
+    # Ids are kept as written (the outputs carry them unchanged), but two that differ only by Unicode
+    # normalisation or surrounding spaces look the same to a reader and to tools that normalise or strip
+    # before a join: the later one is refused as a duplicate (docs/distributed.md, "Ids").
+    key = unicodedata.normalize("NFC", qid).strip()
+    if key in seen:
+        first, first_where = seen[key]
+        if first == qid:
+            return refuse(f"duplicate id {qid!r} (first at {first_where})", qid)
+        return refuse(f"duplicate id {qid!r}: the same as {first!r} (first at {first_where}) once Unicode-normalised "
+                      "(NFC) and stripped of surrounding spaces", qid)
+    seen[key] = (qid, where)
     for key in ("question", "context"):
         value = record.get(key)
         if value is None:
@@ -146,9 +156,12 @@ def read_inputs(path: str | Path) -> Inputs:
     rows, errors, seen = [], [], {}
     if suffix in (".jsonl", ".ndjson"):
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise BatchError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        # JSON Lines end at "\n" only (a "\r" before it is JSON whitespace): str.splitlines would also cut at
+        # U+2028, U+0085 and the other separators a JSON string may hold raw.
+        lines = text.split("\n")
         index = 0
         for n, line in enumerate(lines, 1):
             if not line.strip():
@@ -165,13 +178,21 @@ def read_inputs(path: str | Path) -> Inputs:
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
+        wanted = ["id", "question", "context"]
         try:
-            table = pq.read_table(path)
+            names = pq.read_schema(path).names
         except Exception as e:  # pyarrow raises ArrowInvalid and friends on a file that is not Parquet
-            raise BatchError(f"{path}: unreadable Parquet file ({e})") from None
-        missing = [c for c in ("id", "question", "context") if c not in table.column_names]
+            raise BatchError(f"{path}: unreadable Parquet file ({_first_line(e)})") from None
+        missing = [c for c in wanted if c not in names]
         if missing:
-            raise BatchError(f"{path}: no column {missing[0]!r} (columns: {', '.join(table.column_names)})")
+            raise BatchError(f"{path}: no column {missing[0]!r} (columns: {', '.join(names)})")
+        repeated = next((c for c in wanted if names.count(c) > 1), None)
+        if repeated is not None:  # pyarrow's own error for it is a many-line schema dump
+            raise BatchError(f"{path}: {names.count(repeated)} columns are named {repeated!r}; keep one")
+        try:
+            table = pq.read_table(path, columns=wanted)  # the others are never read (nor checked)
+        except Exception as e:
+            raise BatchError(f"{path}: unreadable Parquet file ({_first_line(e)})") from None
         columns = [table.column(c).to_pylist() for c in ("id", "question", "context")]
         for index, (qid, question, context) in enumerate(zip(*columns)):
             _check_row({"id": qid, "question": question, "context": context}, index, f"{path}: row {index}",
@@ -184,6 +205,10 @@ def read_inputs(path: str | Path) -> Inputs:
     for index, e in enumerate(dataset.examples):
         _check_row({"id": e.id, "question": e.question, "context": e.context}, index, e.location, seen, rows, errors)
     return Inputs(path, len(dataset.examples), rows, errors, dataset)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 # --- on the workers ------------------------------------------------------------------------------------
@@ -271,11 +296,20 @@ def worker_state() -> dict:
 
 
 def probe(load: dict, params: dict, blas_threads: int | None) -> dict:
-    """Load the model here and answer a one-word question with `params`: a ValueError is the settings'
-    fault (no row could pass), raised before any partition runs. Returns the checkpoint's identity."""
+    """Load the model here and answer a one-word question with `params`. Returns the checkpoint's identity,
+    or {"refused": "model" or "parameters", "message"}: an unloadable model (OSError, ValueError) or a
+    ValueError from the question (the settings' fault: no row could pass), reported before any partition
+    runs. Returned, not raised: a task that raises makes Dask's worker log its traceback on the
+    user's terminal before npbert's own one line (docs/distributed.md promises one line)."""
     _use_blas_threads(blas_threads)
-    qa, identity = _cached_pipeline(load)
-    qa(question="a", context="a", **params)
+    try:
+        qa, identity = _cached_pipeline(load)
+    except (OSError, ValueError) as e:
+        return {"refused": "model", "message": str(e)}
+    try:
+        qa(question="a", context="a", **params)
+    except ValueError as e:
+        return {"refused": "parameters", "message": str(e)}
     return identity
 
 
@@ -317,9 +351,45 @@ def answer_partition(task: dict) -> dict:
             else:
                 answers, null_score = answered
                 predictions.append({"index": index, "id": qid, "answers": answers, "null_score": null_score})
+        _report_progress(task["partition"], start + len(call))
     return {"partition": task["partition"], "predictions": predictions, "errors": errors,
             "seconds": time.perf_counter() - t0, "worker": f"{socket.gethostname()}:{os.getpid()}",
             "weights_sha256": identity["weights_sha256"]}
+
+
+def _report_progress(partition: int, done: int) -> None:
+    """Tell the client (`_Progress`) that `done` rows of `partition` are answered, through Dask's event log;
+    nothing when not running on a Dask worker."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    worker.log_event(PROGRESS_TOPIC, {"partition": partition, "done": done})
+
+
+class _Progress:
+    """The progress bar, counted in inputs: each partition's rows as its worker reports them answered
+    (`_report_progress`, every `call_size` rows), and the whole partition once it is saved. A partition
+    rerun elsewhere (its worker died) reports from 0 again: its count never goes back."""
+
+    def __init__(self, bar, sizes: dict[int, int]):
+        self.bar, self.sizes, self.shown, self.lock = bar, sizes, {}, threading.Lock()
+
+    def _advance(self, partition: int, done: int) -> None:
+        with self.lock:
+            before = self.shown.get(partition, 0)
+            done = min(max(done, before), self.sizes.get(partition, 0))
+            if done > before:
+                self.shown[partition] = done
+                self.bar.update(done - before)
+
+    def event(self, event) -> None:  # a client.subscribe_topic handler: (timestamp, message)
+        self._advance(event[1]["partition"], event[1]["done"])
+
+    def saved(self, partition: int) -> None:
+        self._advance(partition, self.sizes[partition])
 
 
 # --- the cluster ---------------------------------------------------------------------------------------
@@ -333,7 +403,7 @@ def connect(workers: int | None = None, scheduler: str | None = None, preload: d
     try:
         from dask.distributed import Client
     except ImportError:
-        raise BatchError("npbert batch needs Dask distributed: pip install '.[distributed]' in an npbert "
+        raise BatchError("npbert batch needs Dask distributed: pip install -e '.[distributed]' in an npbert "
                          "checkout") from None
     if scheduler is not None and workers is not None:
         raise BatchError("give --workers N (a local cluster) or --scheduler ADDRESS (a running one), not both")
@@ -368,9 +438,15 @@ def local_cluster(workers: int, preload: dict | None = None, **kwargs):
         if preload is not None and _start_preloaded_forkserver(preload):
             stack.callback(_stop_forkserver)
             stack.enter_context(dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}))
-        # One thread per process: the pipeline runs Python between BLAS calls, which threads would serialise on.
-        yield stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, **kwargs))
+        # Without a dashboard the scheduler still serves its HTTP routes on port 8787, and warns on stderr
+        # when another cluster holds that port; it then takes a free one, which is all a local run needs.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"Port \d+ is already in use", UserWarning)
+            # One thread per process: the pipeline runs Python between BLAS calls, which threads would
+            # serialise on.
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   **kwargs)
+        yield stack.enter_context(cluster)
 
 
 def _forkserver():
@@ -640,13 +716,14 @@ def answer(data: str | Path, out: str | Path, model: str | Path = DEFAULT_MODEL,
 
 def _probe(client, load: dict, params: dict, blas_threads) -> dict:
     try:
-        return client.submit(probe, load, params, blas_threads, pure=False).result()
-    except ValueError as e:
-        raise BatchError(f"the parameters {params}: {e}") from None
-    except OSError:
-        raise  # the model cannot be loaded: its own one-line message
+        identity = client.submit(probe, load, params, blas_threads, pure=False).result()
     except Exception as e:
         raise PartitionFailed(f"loading the model on a worker failed: {type(e).__name__}: {e}") from e
+    if identity.get("refused") == "parameters":
+        raise BatchError(f"the parameters {params}: {identity['message']}")
+    if identity.get("refused") == "model":
+        raise BatchError(identity["message"])  # the model cannot be loaded: its own one-line message
+    return identity
 
 
 def _run(client, out, inputs, load, params, settings, identity, version, blas_threads, progress, progress_file):
@@ -664,8 +741,12 @@ def _run(client, out, inputs, load, params, settings, identity, version, blas_th
               "call_size": settings["call_size"], "blas_threads": blas_threads} for p, _, _ in todo)
     keys = (f"npbert-batch-{token}-{p}" for p, _, _ in todo)
     first_stop = {p: (first, stop) for p, first, stop in bounds}
-    bar = tqdm(total=len(bounds), initial=len(bounds) - len(todo), unit="part", desc="batch",
+    sizes = {p: stop - first for p, first, stop in todo}
+    bar = tqdm(total=inputs.count, initial=inputs.count - sum(sizes.values()), unit="input", desc="batch",
                disable=not progress, file=progress_file or sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    shown = _Progress(bar, sizes)
+    if progress:
+        client.subscribe_topic(PROGRESS_TOPIC, shown.event)
     t0, questions = time.perf_counter(), 0
     try:
         for result in _completed(client, tasks, keys):
@@ -679,9 +760,10 @@ def _run(client, out, inputs, load, params, settings, identity, version, blas_th
                     "predictions": result["predictions"], "errors": result["errors"]}
             write_atomic(_part_path(out, p), json.dumps(part, ensure_ascii=False) + "\n")
             questions += len(rows_of[p])
-            bar.set_postfix_str(f"{questions / (time.perf_counter() - t0):.2f} q/s", refresh=False)
-            bar.update(1)
+            shown.saved(p)
     finally:
+        if progress:
+            client.unsubscribe_topic(PROGRESS_TOPIC)
         bar.close()
     seconds = time.perf_counter() - t0
     return _finish_run(out, inputs, bounds, params, settings, identity, version, seconds, questions,

@@ -19,13 +19,41 @@ from .commands import CommandError
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, adding "did you mean ...?" to a mistyped command or flag. The sub-command parsers are of
-    this class too (argparse makes them of the parent's class)."""
+    """argparse, adding "did you mean ...?" to a mistyped command or flag, and giving a mistyped flag the
+    sub-command's usage, not the top-level one. The sub-command parsers are of this class too (argparse
+    makes them of the parent's class)."""
 
     argv: list[str] = []
 
     def error(self, message: str):
+        # argparse reports a sub-command's unknown flags from the top-level parser (parse_args collects them
+        # after the sub-command has parsed): hand them to the sub-command, whose usage is the one that helps.
+        command = _subcommand(self)
+        if command is not None and message.startswith("unrecognized arguments: "):
+            command.error(message)
+        if command is None and not message.startswith("unrecognized arguments: "):
+            # a sub-command's own error (a required flag missing) caused by a mistyped flag: name that too
+            unknown = _unknown_flags(self)
+            if unknown:
+                message += f"; unrecognized arguments: {' '.join(unknown)}"
         super().error(message + _did_you_mean(self, message))
+
+
+def _subcommand(parser: argparse.ArgumentParser) -> argparse.ArgumentParser | None:
+    """The parser of the sub-command named on the command line, when `parser` has sub-commands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            command = next((a for a in Parser.argv if a in action.choices), None)
+            return action.choices[command] if command else None
+    return None
+
+
+def _unknown_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """The command line's words after the sub-command that look like flags `parser` does not know."""
+    name = parser.prog.split()[-1]
+    words = Parser.argv[Parser.argv.index(name) + 1:] if name in Parser.argv else []
+    return [w for w in words if w.startswith("-") and len(w) > 1 and not w.lstrip("-").replace(".", "").isdigit()
+            and w.split("=")[0] not in parser._option_string_actions]
 
 
 def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
@@ -33,17 +61,11 @@ def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
     if choice:
         close = difflib.get_close_matches(choice.group(2), re.findall(r"'([^']*)'", choice.group(3)), n=1)
         return f" (did you mean {close[0]!r}?)" if close else ""
-    if not message.startswith("unrecognized arguments: "):
+    if "unrecognized arguments: " not in message:
         return ""
-    # The top-level parser reports flags its sub-command did not know: look them up in that sub-command.
     known = list(parser._option_string_actions)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            command = next((a for a in Parser.argv if a in action.choices), None)
-            if command:
-                known = list(action.choices[command]._option_string_actions)
     hints = []
-    for flag in message.removeprefix("unrecognized arguments: ").split():
+    for flag in message.split("unrecognized arguments: ", 1)[1].split():
         close = difflib.get_close_matches(flag.split("=")[0], known, n=1) if flag.startswith("-") else []
         if close:
             hints.append(f"{flag}: did you mean {close[0]}?")

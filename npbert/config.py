@@ -149,11 +149,14 @@ class Config:
         if problem:
             raise ConfigError(f"{path}: {problem}")
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
+            d = json.loads(path.read_text(encoding="utf-8"), parse_int=_integer)
+            huge = _huge_integer(d)
         except RecursionError:
             raise ConfigError(f"{path}: not valid JSON (nested too deeply to read)") from None
-        except (ValueError, UnicodeDecodeError) as e:  # ValueError: bad JSON, or an integer over 4300 digits
+        except (ValueError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if huge is not None:
+            raise ConfigError(f"{path}: {_too_large(*huge)}")
         return cls.from_dict(d, source=str(path))
 
     def _check(self, source: str) -> None:
@@ -201,10 +204,43 @@ DEBERTA_FIELDS = frozenset({"relative_attention", "pos_att_type", "position_buck
                             "share_att_key", "norm_rel_ebd", "position_biased_input", "conv_kernel_size"})
 
 
+class _HugeInteger:
+    """A JSON integer Python will not convert (over sys.get_int_max_str_digits() digits, 4300 by default)."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+
+def _integer(text: str):
+    try:
+        return int(text)
+    except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion": named by its key later
+        return _HugeInteger(len(text.lstrip("-")))
+
+
+def _too_large(key: str, digits: int) -> str:
+    return f"{key} is an integer of {digits} digits, too large for any setting"
+
+
+def _huge_integer(value, key: str = "") -> tuple[str, int] | None:
+    """(the key, e.g. "a.b[2]", and digits) of the first _HugeInteger in a parsed JSON value, or None."""
+    if isinstance(value, _HugeInteger):
+        return key or "the file", value.digits
+    items = (value.items() if isinstance(value, dict) else
+             ((f"[{i}]", v) for i, v in enumerate(value)) if isinstance(value, list) else ())
+    for name, v in items:
+        found = _huge_integer(v, f"{key}{name}" if name.startswith("[") else f"{key}.{name}" if key else name)
+        if found is not None:
+            return found
+    return None
+
+
 def _checked(value, expected: type, key: str, source: str):
     # JSON true/false are ints to Python: an integer field must be a real integer.
     if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{source}: {key} must be an integer, found {value!r}")
+    if expected is int and abs(value) >= 1 << 63:  # no size or id is: and thousands of digits make no message
+        raise ConfigError(f"{source}: {_too_large(key, len(str(abs(value))))}")
     if expected is float and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
         raise ConfigError(f"{source}: {key} must be a positive number, found {value!r}")
     if expected is bool and not isinstance(value, bool):

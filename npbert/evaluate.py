@@ -173,12 +173,21 @@ def read_job_file(path: str | Path) -> tuple[dict, callable]:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """`text` into `path` whole or not at all: written to PATH.tmp, fsync'ed, renamed. A write that fails
+    (a full disk) removes PATH.tmp and raises an OSError naming `path` (the system's own names no file)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the error worth reporting is the write's
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
 
 
 def _dumps_line(obj) -> bytes:

@@ -32,11 +32,16 @@ import numpy as np
 
 from . import hub, qa
 from .model import AutoModelForQuestionAnswering
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, TooManyWindows
 
 TASK = "question-answering"
 # Windows per forward when the caller does not say: enough rows for efficient GEMMs, bounded memory.
 DEFAULT_FORWARD_BATCH = 8
+# With a window limit, a text longer than this many characters per token of its windows is refused before
+# it is tokenized: tokenizing costs memory and time in proportion to the text (a 50 MB context took 10 GB
+# and minutes before its window count was known). English runs 4 to 6 characters a token; only runs of
+# spaces, or words the vocabulary maps whole to one unknown token, average more than 32.
+MAX_CHARS_PER_TOKEN = 32
 PARAMETERS = ("top_k", "topk", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
               "handle_impossible_answer", "align_to_words", "padding")
 
@@ -229,15 +234,18 @@ class QuestionAnsweringPipeline:
         which context example i is, for messages."""
         max_seq_len, doc_stride = settings
         questions, contexts = zip(*examples)
-        per_example = self.tokenizer.encode_pairs(list(questions), list(contexts), max_seq_len, doc_stride,
-                                                  params.get("padding", "do_not_pad"))
+        if self.max_windows is not None:
+            self._check_lengths(questions, contexts, max_seq_len, names)
+        try:
+            per_example = self.tokenizer.encode_pairs(list(questions), list(contexts), max_seq_len, doc_stride,
+                                                      params.get("padding", "do_not_pad"), max_windows=self.max_windows)
+        except TooManyWindows as e:
+            raise WindowLimitError(f"{names(e.index)} makes {e.windows} windows of max_seq_len {max_seq_len} with "
+                                   f"doc_stride {doc_stride}, over this pipeline's limit of {self.max_windows}: use a "
+                                   "larger max_seq_len, a smaller doc_stride (the overlap) or a shorter context") from None
         config = self.model.config
         positions = config.max_sequence_length  # RoBERTa: max_position_embeddings less the padding offset
         for i, ws in enumerate(per_example):
-            if self.max_windows is not None and len(ws) > self.max_windows:
-                raise ValueError(f"{names(i)} makes {len(ws)} windows of max_seq_len {max_seq_len} with doc_stride "
-                                 f"{doc_stride}, over this pipeline's limit of {self.max_windows}: use a larger "
-                                 "max_seq_len, a smaller doc_stride (the overlap) or a shorter context")
             # max_seq_len may exceed the position table, as in transformers: only a window that is
             # actually longer than the table cannot run.
             for j, w in enumerate(ws):
@@ -247,6 +255,22 @@ class QuestionAnsweringPipeline:
                                      f"(max_position_embeddings {config.max_position_embeddings}) at max_seq_len "
                                      f"{max_seq_len}: use max_seq_len <= {positions}")
         return per_example
+
+    def _check_lengths(self, questions, contexts, max_seq_len: int, names) -> None:
+        """Refuse, before tokenizing, a text too long in characters for `max_windows` windows: tokenizing
+        costs memory and time in proportion to the text, whatever the limit (MAX_CHARS_PER_TOKEN)."""
+        most_question = max_seq_len * MAX_CHARS_PER_TOKEN
+        most_context = self.max_windows * most_question
+        for i, (question, context) in enumerate(zip(questions, contexts)):
+            if isinstance(question, str) and len(question) > most_question:
+                raise ValueError(f"the question is {len(question)} characters long, over the {most_question} that "
+                                 f"fit in max_seq_len {max_seq_len} at most ({MAX_CHARS_PER_TOKEN} characters a "
+                                 "token): use a shorter question")
+            if isinstance(context, str) and len(context) > most_context:
+                raise WindowLimitError(f"{names(i)} is {len(context)} characters long, over the {most_context} that "
+                                       f"this pipeline's limit of {self.max_windows} windows of max_seq_len "
+                                       f"{max_seq_len} can hold at most ({MAX_CHARS_PER_TOKEN} characters a token): "
+                                       "use a shorter context")
 
     def _answer(self, examples: list[tuple[str, str]], params: dict, batch_size: int | None,
                 null_scores: list | None = None) -> list:
@@ -318,6 +342,11 @@ class QuestionAnsweringPipeline:
                 n = len(windows[i])
                 out[i] = (result.start_logits[row, :n], result.end_logits[row, :n])
         return out
+
+
+class WindowLimitError(ValueError):
+    """A question or context too long for the pipeline's `max_windows`: refused before it is answered (its
+    windows counted before any is made, or its characters before it is tokenized)."""
 
 
 def model_inputs(windows: list, tokenizer: Tokenizer) -> dict[str, np.ndarray]:

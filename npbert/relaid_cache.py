@@ -49,10 +49,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import hub
+from . import cache_root, hub
 
 LAYOUT_VERSION = 2  # 2: the checked header (1: a bare .npy file named by a memo's word)
-CACHE_ENV = "NPBERT_CACHE"
+CACHE_ENV = cache_root.ENV
 HEADER_BYTES = 4096  # the data start on a page, so on a 64-byte boundary too
 _MAGIC = b"npbert re-laid weights\n"
 _ALIGN_BYTES = 64  # each matrix starts on a cache line
@@ -81,9 +81,7 @@ _mappings: weakref.WeakSet = weakref.WeakSet()  # this process's live _Mappings
 
 def cache_folder() -> Path:
     """$NPBERT_CACHE/relaid, else $XDG_CACHE_HOME/npbert/relaid, else ~/.cache/npbert/relaid."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "npbert")
-    return Path(root) / "relaid"
+    return cache_root.root() / "relaid"
 
 
 def _file_identity(st) -> list[int]:

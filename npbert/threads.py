@@ -6,9 +6,10 @@ One policy and one override:
   machine, where the 1-minute load average exceeds one runnable thread per core, one thread.
 - **Override**: `$NPBERT_BLAS_THREADS=n` fixes the count, busy or not.
 
-`for_model_call()` applies the policy around one model call (the model classes' `__call__`), scoped and
-restored: the forward itself (`model.encoder`) sets no process-wide state, and a caller's own
-`threadpoolctl.threadpool_limits` outside a call is back in force after it. The kernels' worker threads
+`for_model_call()` applies the policy around one model call (the model classes' `__call__`; calls that
+overlap on several threads share one scope), scoped and restored: the forward itself (`model.encoder`)
+sets no process-wide state, and a caller's own `threadpoolctl.threadpool_limits` outside a call is back
+in force after it. The kernels' worker threads
 (`ops.parallel.split_over_threads`) take their count from the same call (`current()`), and run with
 OpenBLAS on one thread meanwhile (`single_blas_thread()`).
 
@@ -90,34 +91,87 @@ def policy() -> int:
     return _override() or (1 if machine_is_busy() else _default_threads())
 
 
-# The count the running model call was given: the kernels split their work over as many threads. 1 outside
+# The count the running model calls were given: the kernels split their work over as many threads. 1 outside
 # a call (a kernel called on its own runs serially). Process-wide, like OpenBLAS's own setting.
 _current = 1
+# Model calls running now, in any thread, and how to undo what the first of them set (see for_model_call).
+# The lock also orders every change npbert makes to OpenBLAS's count.
+_scope_lock = threading.Lock()
+_calls_running = 0
+_undo = None
 
 
 def current() -> int:
     return _current
 
 
+def calls_running() -> int:
+    """Model calls running now, in all threads: above 1, calls are sharing the process (and OpenBLAS)."""
+    return _calls_running
+
+
+def _release_control() -> None:
+    # threadpoolctl >= 3.8 lets only the first thread that set an OpenBLAS (pthreads) limit set another, until
+    # it is released: the others "silently do nothing". npbert orders its own changes (_scope_lock), so it
+    # releases after each: a model call on another thread (a server's, a thread pool's) then gets its count
+    # too, instead of running with whatever count the main thread left.
+    controller = getattr(threadpoolctl, "OpenBLASController", None)
+    if hasattr(controller, "clear_controlling_thread"):
+        controller.clear_controlling_thread(force=True)
+
+
+def _limit(threads: int):  # OpenBLAS set to `threads` now (call under _scope_lock); returns the undo
+    limits = _numpy_openblas().limit(limits=threads)
+    _release_control()
+    return limits
+
+
+def _restore(limits) -> None:  # under _scope_lock
+    limits.restore_original_limits()
+    _release_control()
+
+
 @contextlib.contextmanager
 def for_model_call():
     """Apply the policy for one model call: OpenBLAS set to policy() threads (when controllable), the
-    previous count and current() restored on exit. Yields the count."""
-    global _current
-    threads, before = policy(), _current
-    limits = _numpy_openblas().limit(limits=threads) if controllable() else contextlib.nullcontext()
-    with limits:
-        _current = threads
-        try:
-            yield threads
-        finally:
-            _current = before
+    previous count and current() restored on exit. Yields the count.
+
+    Calls that overlap (threads sharing a model) share one scope: the first sets the count, the last
+    restores it, the others run with the count in force. Each call setting and restoring its own would
+    change the count under the others mid-product (one call's exit restoring all cores while another runs
+    with one), and some OpenBLAS kernels round with the thread count (docs/pipeline.md)."""
+    global _current, _calls_running, _undo
+    with _scope_lock:
+        if _calls_running == 0:
+            threads = policy()
+            _undo, _current = (_limit(threads) if controllable() else None, _current), threads
+        _calls_running += 1
+        threads = _current
+    try:
+        yield threads
+    finally:
+        with _scope_lock:
+            _calls_running -= 1
+            if _calls_running == 0:
+                limits, _current = _undo
+                if limits is not None:
+                    _restore(limits)
 
 
+@contextlib.contextmanager
 def single_blas_thread():
     """OpenBLAS on one thread inside the block (the kernels' own threads each run whole products), restored
-    after: threadpoolctl's limit (cheap to enter and leave: tens of microseconds)."""
-    return _numpy_openblas().limit(limits=1) if controllable() else contextlib.nullcontext()
+    after: threadpoolctl's limit (cheap to enter and leave: tens of microseconds). Only for a model call
+    running alone (ops.parallel.split_over_threads checks calls_running()): with others running it would change the
+    count under their products."""
+    with _scope_lock:
+        limits = _limit(1) if controllable() else None
+    try:
+        yield
+    finally:
+        if limits is not None:
+            with _scope_lock:
+                _restore(limits)
 
 
 # --- the hand-written part: OpenBLAS's thread timeout, re-read --------------------------------------------

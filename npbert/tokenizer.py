@@ -5,7 +5,8 @@ ALBERT and DeBERTa-v2/v3 (SentencePiece). Follows transformers 4.57.6:
 
 - `models/auto/tokenization_auto.py`: the class is tokenizer_config.json's `tokenizer_class`, else
   config.json's `model_type` (`TOKENIZER_MAPPING_NAMES`);
-- `tokenization_utils_base.py` `_from_pretrained` and `__init__` (which special tokens, model_max_length,
+- `tokenization_utils_base.py` `_from_pretrained` and `__init__` (the added tokens: tokenizer_config.json's
+  added_tokens_decoder, else added_tokens.json; which special tokens, model_max_length,
   padding_side, truncation_side, model_input_names) and `tokenization_utils_fast.py`
   `PreTrainedTokenizerFast.__init__` (tokenizer.json, the added tokens, the pre-tokenizer's add_prefix_space);
 - the classes' `__init__` overrides: `models/{bert,distilbert,electra}/tokenization_*_fast.py` (normalizer
@@ -48,7 +49,12 @@ each (max_length, stride, padding) setting gets its own configured copy, made on
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import sys
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -60,10 +66,12 @@ from .families import FAMILIES, TOKENIZER_BY_FILE, TOKENIZERS, TokenizerClass
 
 # transformers' stand-in for "no limit" when tokenizer_config.json gives no model_max_length.
 VERY_LARGE_INTEGER = int(1e30)
+# Characters of question/context pairs encoded at once to count their tokens before making windows.
+CHECK_CHARS = 1 << 20
 # tokenization_utils_base.SpecialTokensMixin.SPECIAL_TOKENS_ATTRIBUTES, in its order (the order tokens are added).
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 PADDING = ("do_not_pad", "longest", "max_length")
-SENTENCEPIECE_EXTRA = "pip install '.[sentencepiece]'"
+SENTENCEPIECE_EXTRA = "pip install -e '.[sentencepiece]'"
 # Configured backend copies kept per Tokenizer (a server may see many max_seq_len/doc_stride settings).
 # A copy of a 250k-piece XLM-R backend holds tens of MB: few settings are kept.
 MAX_CONFIGURED = 8
@@ -214,7 +222,27 @@ def _require(vocab, tokens, path: Path) -> None:
             raise ValueError(f"{path}: the vocabulary has no {token} token")
 
 
-def _bert_backend(vocab_file: Path, lowercase: bool, strip_accents, chinese: bool, unk: str, cls: str, sep: str):
+class _SlowIds:
+    """The slow tokenizer's `convert_tokens_to_ids`, which the converters ask for the ids the post-processor puts
+    around the text: a declared added token's id (added_tokens_decoder / added_tokens.json) first, then the
+    vocabulary's, then the id `PreTrainedTokenizer.__init__` gives a special token the vocabulary lacks (the next
+    free one, `len(get_vocab())` onwards, in `all_special_tokens_extended` order), else the unknown token's."""
+
+    def __init__(self, vocab: dict, declared: list, specials: list, unk: str):
+        self.ids = dict(vocab)
+        self.ids.update({token.content: idx for idx, token in declared})
+        next_id = len(self.ids)
+        for content in specials:
+            if content not in self.ids:
+                self.ids[content], next_id = next_id, next_id + 1
+        self.unk = unk
+
+    def __call__(self, token: str) -> int:
+        return self.ids.get(token, self.ids.get(self.unk))
+
+
+def _bert_backend(vocab_file: Path, lowercase: bool, strip_accents, chinese: bool, unk: str, cls: str, sep: str,
+                  declared: list, specials: list):
     """BertConverter: WordPiece from vocab.txt, BERT normalizer and pre-tokenizer, [CLS] A [SEP] B [SEP]."""
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
@@ -222,19 +250,21 @@ def _bert_backend(vocab_file: Path, lowercase: bool, strip_accents, chinese: boo
     # BertTokenizer.load_vocab: readlines() (universal newlines), ids in file order, a repeated line's
     # last id wins.
     vocab = {line.rstrip("\n"): i for i, line in enumerate(_read_lines(vocab_file))}
-    _require(vocab, (unk, cls, sep), vocab_file)
+    _require(vocab, (unk,), vocab_file)  # WordPiece cannot encode an unknown word without it
+    ids = _SlowIds(vocab, declared, specials, unk)
     backend = Tokenizer(WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
     backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=chinese,
                                                     strip_accents=strip_accents, lowercase=lowercase)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.post_processor = processors.TemplateProcessing(
         single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
+        special_tokens=[(cls, ids(cls)), (sep, ids(sep))])
     backend.decoder = decoders.WordPiece(prefix="##")
     return backend
 
 
-def _roberta_backend(vocab_file: Path, merges_file: Path, add_prefix_space: bool, cls: str, sep: str):
+def _roberta_backend(vocab_file: Path, merges_file: Path, add_prefix_space: bool, cls: str, sep: str,
+                     unk: str, declared: list, specials: list):
     """RobertaConverter: byte-level BPE from vocab.json + merges.txt, `<s> A </s></s> B </s>`."""
     from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
     from tokenizers.models import BPE
@@ -256,7 +286,7 @@ def _roberta_backend(vocab_file: Path, merges_file: Path, add_prefix_space: bool
     for merge in merges:
         if len(merge) != 2:
             raise ValueError(f"{merges_file}: a merge must be two tokens separated by a space, found {' '.join(merge)!r}")
-    _require(vocab, (cls, sep), vocab_file)
+    ids = _SlowIds(vocab, declared, specials, unk)
     try:
         backend = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
                                 end_of_word_suffix="", fuse_unk=False))
@@ -264,7 +294,7 @@ def _roberta_backend(vocab_file: Path, merges_file: Path, add_prefix_space: bool
         raise ValueError(f"{merges_file}: does not fit {vocab_file.name} ({e})") from None
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.RobertaProcessing(sep=(sep, vocab[sep]), cls=(cls, vocab[cls]),
+    backend.post_processor = processors.RobertaProcessing(sep=(sep, ids(sep)), cls=(cls, ids(cls)),
                                                           add_prefix_space=add_prefix_space, trim_offsets=True)
     return backend
 
@@ -302,7 +332,8 @@ def _generate_merges(vocab: dict, vocab_scores: list) -> list:
     return [(m[0], m[1]) for m in merges]
 
 
-def _spm_backend(path: Path, kind: str, do_lower_case: bool, keep_accents: bool, split_by_punct: bool = False):
+def _spm_backend(path: Path, kind: str, do_lower_case: bool, keep_accents: bool, split_by_punct: bool,
+                 unk: str, declared: list, specials: list):
     """SpmConverter as XLMRobertaConverter / AlbertConverter / DebertaV2Converter specialise it."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE, Unigram
@@ -373,11 +404,12 @@ def _spm_backend(path: Path, kind: str, do_lower_case: bool, keep_accents: bool,
         backend.post_processor = processors.TemplateProcessing(
             single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
     else:  # ALBERT and DeBERTa: [CLS] A [SEP] B [SEP], type ids 0 then 1
-        ids = {p.piece: i for i, p in enumerate(pieces)}  # the slow tokenizer's sp_model.PieceToId
-        _require(ids, ("[CLS]", "[SEP]"), path)
+        # the literal [CLS]/[SEP] whatever cls_token says, as AlbertConverter / DebertaV2Converter write them; a
+        # model without those pieces (a plain sentencepiece model) gets them as added tokens
+        ids = _SlowIds({p.piece: i for i, p in enumerate(pieces)}, declared, specials, unk)
         backend.post_processor = processors.TemplateProcessing(
             single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+            special_tokens=[("[CLS]", ids("[CLS]")), ("[SEP]", ids("[SEP]"))])
     return backend
 
 
@@ -449,16 +481,29 @@ def _special_values(settings: _Settings) -> dict:
     return values
 
 
-def _add_special_tokens(backend, settings: _Settings, family: TokenizerClass, from_tokenizer_json: bool):
-    """The added tokens `_from_pretrained` + `PreTrainedTokenizerFast.__init__` give the backend.
+def _special_tokens(values: dict, family: TokenizerClass, where: Path) -> tuple[dict, list]:
+    """The special tokens the class gets: {attribute: token} (the configured values over the class defaults) and
+    the additional special tokens."""
+    special = {}
+    for key in SPECIAL_TOKEN_KEYS:
+        value = values.get(key, family.defaults.get(key))
+        if value is not None:
+            special[key] = _added_token(value, where, key)
+    extra = values.get("additional_special_tokens") or []
+    if not isinstance(extra, list):
+        raise ValueError(f"{where}: additional_special_tokens must be a list, found {extra!r}")
+    return special, [_added_token(t, where, "additional_special_tokens") for t in extra]
 
-    Returns {attribute: token content} of the special tokens."""
+
+def _declared_tokens(settings: _Settings, folder: Path, values: dict) -> list:
+    """`_from_pretrained`'s added_tokens_decoder, [(id, AddedToken)] by id: tokenizer_config.json's, else (the
+    legacy layout) added_tokens.json's, each special when tokenizer_config.json / special_tokens_map.json name it
+    as a special token (the class defaults do not count there) and normalized when not."""
     from tokenizers import AddedToken
 
     config, where = settings.config, settings.path
-    values = _special_values(settings)
     decoder = config.get("added_tokens_decoder")
-    from_config = []
+    declared = []
     if decoder is not None:
         if not isinstance(decoder, dict):
             raise ValueError(f"{where}: added_tokens_decoder must be an object of id: AddedToken, found {decoder!r}")
@@ -466,19 +511,49 @@ def _add_special_tokens(backend, settings: _Settings, family: TokenizerClass, fr
             if not str(idx).lstrip("-").isdigit() or not isinstance(token, dict):
                 raise ValueError(f"{where}: added_tokens_decoder entry {idx!r} must map an integer id to an "
                                  f"AddedToken object, found {token!r}")
-            from_config.append((int(idx), _added_token(token, where, f"added_tokens_decoder[{idx}]")))
-        from_config.sort(key=lambda t: t[0])
-        added_map = {tok.content: tok for _, tok in from_config}
+            declared.append((int(idx), _added_token(token, where, f"added_tokens_decoder[{idx}]")))
+        return sorted(declared, key=lambda t: t[0])
+    path = folder / "added_tokens.json"
+    encoder = _read_json(path)
+    named = {_content(_added_token(v, where, k)) for k, v in values.items() if k in SPECIAL_TOKEN_KEYS and v is not None}
+    named |= {_content(_added_token(t, where, "additional_special_tokens"))
+              for t in values.get("additional_special_tokens") or []}
+    for text, idx in encoder.items():
+        if not text or isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+            raise ValueError(f"{path}: expected a JSON object mapping token strings to integer ids, found "
+                             f"{text!r}: {idx!r}")
+        declared.append((idx, AddedToken(text, rstrip=False, lstrip=False, normalized=text not in named,
+                                         special=text in named)))
+    return sorted(dict(declared).items())  # a repeated id: the last entry wins, as in the dict transformers fills
+
+
+def _add_special_tokens(backend, settings: _Settings, family: TokenizerClass, from_tokenizer_json: bool, values: dict,
+                        declared: list):
+    """The added tokens `_from_pretrained` + `PreTrainedTokenizerFast.__init__` give the backend (`declared`:
+    `_declared_tokens`).
+
+    Returns {attribute: token content} of the special tokens."""
+    from tokenizers import AddedToken
+
+    where = settings.path
+    from_config = declared
+    # The special-token values become the declared AddedToken of the same text: tokenizer_config.json's
+    # added_tokens_decoder, else tokenizer.json's added tokens. (Not added_tokens.json's: _from_pretrained
+    # files those under str(token), where `token` is its own `token=` argument, None: never a token's text.)
+    if "added_tokens_decoder" in settings.config:
+        added_map = {tok.content: tok for _, tok in declared}
     elif from_tokenizer_json:  # its added tokens, as loaded (nothing is added to the backend before this)
-        added_map = {tok.content: tok for _, tok in sorted(backend.get_added_tokens_decoder().items())}
+        stored = backend.get_added_tokens_decoder()
+        added_map = {tok.content: tok for _, tok in sorted(stored.items())}
+        from_config = [(idx, tok) for idx, tok in declared if idx not in stored]  # tokenizer.json's win at an id
     else:
         added_map = {}
+    special_values, extra = _special_tokens(values, family, where)
     special = {}
     for key in SPECIAL_TOKEN_KEYS:
-        value = values.get(key, family.defaults.get(key))
+        value = special_values.get(key)
         if value is None:
             continue
-        value = _added_token(value, where, key)
         value = added_map.get(_content(value), value)
         # the class __init__ wraps a plain-string mask token (the slow class's wrapping wins without tokenizer.json)
         slow = not from_tokenizer_json
@@ -489,11 +564,7 @@ def _add_special_tokens(backend, settings: _Settings, family: TokenizerClass, fr
                 fields = {"normalized": not fields.get("special", False), **fields, "special": True}
             value = AddedToken(value, **fields)
         special[key] = value
-    extra = values.get("additional_special_tokens") or []
-    if not isinstance(extra, list):
-        raise ValueError(f"{where}: additional_special_tokens must be a list, found {extra!r}")
-    extra = [added_map.get(_content(t), t) for t in
-             (_added_token(t, where, "additional_special_tokens") for t in extra)]
+    extra = [added_map.get(_content(t), t) for t in extra]
     # PreTrainedTokenizerFast.__init__: every added_tokens_decoder entry, then each special token the backend
     # does not yet have (a plain string only when no added token has its text; an AddedToken always, which
     # updates an existing entry's properties), all marked special.
@@ -515,6 +586,14 @@ def _add_special_tokens(backend, settings: _Settings, family: TokenizerClass, fr
     if to_add:
         backend.add_tokens(to_add)
     return {key: _content(value) for key, value in special.items()}
+
+
+class TooManyWindows(ValueError):
+    """Pair `index` of an encode_pairs call would make `windows` windows, over `limit` (none was made)."""
+
+    def __init__(self, index: int, windows: int, limit: int):
+        super().__init__(f"pair {index} makes {windows} windows, over the limit of {limit}")
+        self.index, self.windows, self.limit = index, windows, limit
 
 
 # --- the tokenizer --------------------------------------------------------------------------------------
@@ -549,6 +628,7 @@ class Tokenizer:
                              f"{self.special_tokens.get('sep_token')}, {self.special_tokens.get('pad_token')}")
         self._lock = threading.Lock()
         self._configured: OrderedDict = OrderedDict()
+        self._json: str | None = None  # the backend serialised, once (_serialized)
 
     @classmethod
     def from_folder(cls, folder: str | Path, model_type: str | None = None) -> "Tokenizer":
@@ -558,7 +638,8 @@ class Tokenizer:
         settings = _Settings(folder)
         name = _tokenizer_class(settings, folder, model_type)
         family = TOKENIZERS[name]
-        tokenizer_json = folder / "tokenizer.json"
+        # from_slow: true makes PreTrainedTokenizerFast.__init__ convert the vocabulary files, tokenizer.json or not
+        from_json = (folder / "tokenizer.json").is_file() and not settings.flag("from_slow", False)
         lowercase = strip_accents = chinese = None
         if family.kind == "wordpiece":
             lowercase = settings.flag("do_lower_case", True)
@@ -566,15 +647,20 @@ class Tokenizer:
             chinese = settings.flag("tokenize_chinese_chars", True)
         add_prefix_space = settings.flag("add_prefix_space", False)
         trim_offsets = settings.flag("trim_offsets", True)
-        if tokenizer_json.is_file():
-            backend = _load_backend(tokenizer_json)
+        values = _special_values(settings)
+        declared = _declared_tokens(settings, folder, values)
+        if from_json:
+            backend = _load_backend(folder / "tokenizer.json")
             if family.kind == "wordpiece":
                 _apply_normalizer_flags(backend, lowercase, strip_accents, chinese)
         else:
             missing = [f for f in family.files if not (folder / f).is_file()]
             if missing:
-                raise OSError(f"{folder}: no tokenizer.json or {' + '.join(family.files)} for {name}Fast")
-            backend = _convert(folder, family, settings, lowercase, strip_accents, chinese, add_prefix_space)
+                without = "from_slow in tokenizer_config.json, but no" if (folder / "tokenizer.json").is_file() \
+                    else "no tokenizer.json or"
+                raise OSError(f"{folder}: {without} {' + '.join(family.files)} for {name}Fast")
+            backend = _convert(folder, family, settings, *_special_tokens(values, family, settings.path), declared,
+                               lowercase, strip_accents, chinese, add_prefix_space)
         # A truncation or padding stored in tokenizer.json sets transformers' defaults (config values win).
         stored_padding = backend.padding
         padding_side = settings.choice("padding_side", stored_padding["direction"] if stored_padding else "right",
@@ -582,7 +668,7 @@ class Tokenizer:
         stored_truncation = backend.truncation
         truncation_side = settings.choice(
             "truncation_side", stored_truncation["direction"] if stored_truncation else "right", ("right", "left"))
-        special = _add_special_tokens(backend, settings, family, tokenizer_json.is_file())
+        special = _add_special_tokens(backend, settings, family, from_json, values, declared)
         backend.encode_special_tokens = settings.flag("split_special_tokens", False)
         _apply_prefix_space(backend, add_prefix_space, family.kind == "bpe", trim_offsets)
         # encode_pair sets its own truncation and padding, on configured copies.
@@ -622,15 +708,22 @@ class Tokenizer:
         return self.encode_pairs([question], [context], max_length, stride, padding)[0]
 
     def encode_pairs(self, questions: list[str], contexts: list[str], max_length: int = 384, stride: int = 128,
-                     padding: str | bool = "do_not_pad") -> list[list[Window]]:
-        """`encode_pair` for many pairs in one call of the (parallel) tokenizers library."""
+                     padding: str | bool = "do_not_pad", max_windows: int | None = None) -> list[list[Window]]:
+        """`encode_pair` for many pairs in one call of the (parallel) tokenizers library. With `max_windows`,
+        a pair that would make more windows raises TooManyWindows before any window is made."""
         padding = _padding_strategy(padding)
         if len(questions) != len(contexts):
             raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
         pairs = [(_check_text(q, "question"), _check_text(c, "context")) for q, c in zip(questions, contexts)]
         if not pairs:
             return []
-        self._check_room(pairs, max_length, stride)
+        counts = self._check_room(pairs, max_length, stride)
+        if max_windows is not None:
+            # Counted from the untruncated encoding: making the windows of a huge context first would take
+            # memory in proportion to it (every window is a copy of its tokens), not to the limit.
+            over = next((i for i, n in enumerate(counts) if n > max_windows), None)
+            if over is not None:
+                raise TooManyWindows(over, counts[over], max_windows)
         backend = self._configured_backend(max_length, stride, padding)
         if padding == "longest":  # transformers encodes one pair at a time: "longest" is per pair
             encodings = [backend.encode(q, c) for q, c in pairs]
@@ -650,7 +743,7 @@ class Tokenizer:
                 return backend
         from tokenizers import Tokenizer as Backend
 
-        backend = Backend.from_str(self.backend.to_str())
+        backend = Backend.from_str(self._serialized())
         backend.encode_special_tokens = self.backend.encode_special_tokens
         backend.enable_truncation(max_length, stride=stride, strategy="only_second", direction=self.truncation_side)
         if padding != "do_not_pad":
@@ -663,13 +756,27 @@ class Tokenizer:
                 self._configured.popitem(last=False)  # a thread still holding it keeps its reference
         return backend
 
-    def _check_room(self, pairs, max_length: int, stride: int) -> None:
-        # The tokenizers library fails these cases with an error or a Rust panic (and a backtrace on
-        # stderr); check first so the caller gets one clear ValueError instead.
-        for enc, (q, _) in zip(self.backend.encode_batch(pairs), pairs):
+    def _serialized(self) -> str:
+        """The backend as tokenizer.json text, made once per Tokenizer. Serialising is when the tokenizers
+        library warns about a vocabulary with holes (ids with no token: "The OrderedVocab you are attempting
+        to save contains holes for indices [...]", megabytes on some checkpoints), and it prints that from
+        Rust onto the process's stdout, where it broke `npbert ask --json`: it goes to stderr instead."""
+        with self._lock:
+            if self._json is None:
+                with _rust_stdout_to_stderr(self.source):
+                    self._json = self.backend.to_str()
+            return self._json
+
+    def _check_room(self, pairs, max_length: int, stride: int) -> list[int]:
+        """How many windows each pair makes. The tokenizers library fails a pair with no room for the
+        context, or a stride as large as that room, with an error or a Rust panic (and a backtrace on
+        stderr); they are checked here so the caller gets one clear ValueError instead."""
+        counts = []
+        for enc, (q, _) in zip(self._untruncated(pairs), pairs):
             seq = enc.sequence_ids
             n_question, n_context = seq.count(0), seq.count(1)
             if len(seq) <= max_length:
+                counts.append(1)
                 continue
             room = max_length - n_question - (len(seq) - n_question - n_context)
             if room < 1:
@@ -678,6 +785,25 @@ class Tokenizer:
             if stride >= room:
                 raise ValueError(f"doc_stride {stride} must be smaller than the {room} context tokens that fit in "
                                  f"max_seq_len {max_length} beside this {n_question}-token question")
+            # tokenizers' Encoding.truncate: windows of `room` context tokens starting every room - stride
+            # tokens, until one reaches the end
+            counts.append(1 + -(-(n_context - room) // (room - stride)))
+        return counts
+
+    def _untruncated(self, pairs):
+        """The untruncated encoding of each pair, in order, encoded in groups of at most CHECK_CHARS
+        characters (a pair longer than that alone): each encoding is only counted, and holding a whole call's
+        long contexts at once would take memory in proportion to the call."""
+        group, size = [], 0
+        for pair in pairs:
+            n = len(pair[0]) + len(pair[1])
+            if group and size + n > CHECK_CHARS:
+                yield from self.backend.encode_batch(group)
+                group, size = [], 0
+            group.append(pair)
+            size += n
+        if group:
+            yield from self.backend.encode_batch(group)
 
     def _window(self, enc) -> Window:
         seq = tuple(enc.sequence_ids)
@@ -690,23 +816,58 @@ class Tokenizer:
                       np.asarray(enc.type_ids, dtype=np.int64))
 
 
-def _convert(folder: Path, family: TokenizerClass, settings: _Settings, lowercase, strip_accents, chinese,
-             add_prefix_space: bool):
-    """The backend transformers converts from the slow tokenizer's files (no tokenizer.json)."""
-    values = _special_values(settings)
-    special = {k: _content(_added_token(values.get(k, family.defaults.get(k)), settings.path, k))
-               for k in ("unk_token", "cls_token", "sep_token")}
+def _convert(folder: Path, family: TokenizerClass, settings: _Settings, special: dict, extra: list, declared: list,
+             lowercase, strip_accents, chinese, add_prefix_space: bool):
+    """The backend transformers converts from the slow tokenizer's files (no tokenizer.json). `special`,
+    `extra`: the special tokens (`_special_tokens`); `declared`: the added tokens (`_declared_tokens`)."""
+    contents = list(dict.fromkeys(_content(t) for t in [*special.values(), *extra]))  # all_special_tokens_extended
+    unk, cls, sep = (_content(special[k]) for k in ("unk_token", "cls_token", "sep_token"))
     if family.kind == "wordpiece":
-        if not settings.flag("do_basic_tokenize", True):  # BertConverter: no basic tokenizer, every flag off
-            lowercase, strip_accents, chinese = False, False, False
-        return _bert_backend(folder / "vocab.txt", lowercase, strip_accents, chinese, special["unk_token"],
-                             special["cls_token"], special["sep_token"])
+        # do_basic_tokenize: false builds BertConverter's normalizer with every flag off, but
+        # BertTokenizerFast.__init__ then sets do_lower_case, strip_accents and tokenize_chinese_chars on it
+        # (_apply_normalizer_flags), so the flags below are what the fast tokenizer ends with either way.
+        return _bert_backend(folder / "vocab.txt", lowercase, strip_accents, chinese, unk, cls, sep, declared, contents)
     if family.kind == "bpe":
-        return _roberta_backend(folder / "vocab.json", folder / "merges.txt", add_prefix_space,
-                                special["cls_token"], special["sep_token"])
+        return _roberta_backend(folder / "vocab.json", folder / "merges.txt", add_prefix_space, cls, sep, unk,
+                                declared, contents)
     deberta = family.kind == "deberta"
     return _spm_backend(folder / family.files[0], family.kind, settings.flag("do_lower_case", not deberta),
-                        settings.flag("keep_accents", False), settings.flag("split_by_punct", False))
+                        settings.flag("keep_accents", False), settings.flag("split_by_punct", False), unk, declared,
+                        contents)
+
+
+_warned: set = set()  # library warnings already shown by this process (each once)
+
+
+@contextlib.contextmanager
+def _rust_stdout_to_stderr(source: str):
+    """What native code prints on file descriptor 1 inside the block goes to stderr instead, once per
+    process and shortened to a line (a long list of numbers is cut to its first and last few): stdout is
+    a command's machine-readable output. Python's own stdout is flushed first, so none of it is caught."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (AttributeError, OSError, ValueError):  # no stdout (closed, or None): nothing to keep clean
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            caught.seek(0)
+            text = " ".join(caught.read().decode("utf-8", "replace").split())
+    if text and text not in _warned:
+        _warned.add(text)
+        short = re.sub(r"\[((?:\d+, ){8,})(\d+)\]", _shortened_list, text)
+        print(f"warning from the tokenizers library ({source}): {short}", file=sys.stderr)
+
+
+def _shortened_list(m: re.Match) -> str:
+    items = m.group(0)[1:-1].split(", ")
+    return f"[{', '.join(items[:3])}, ... {', '.join(items[-2:])}: {len(items)} in all]"
 
 
 def _check_text(text, name: str) -> str:

@@ -27,7 +27,7 @@ def _matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("attention pictures need matplotlib: pip install 'npbert[viz]'") from None
+        raise ImportError("attention pictures need matplotlib: pip install -e '.[viz]' in the npbert clone") from None
     return Figure, FigureCanvasAgg
 
 

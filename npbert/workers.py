@@ -33,6 +33,10 @@ import platform
 import threading
 import time
 
+from . import cache_root  # noqa: I001  before the first kernel is decorated: numba picks its cache folder then
+
+cache_root.use_for_numba()
+
 import numba
 import numba.extending
 import numpy as np

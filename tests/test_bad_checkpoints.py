@@ -104,7 +104,7 @@ CASES = {  # name: (how to break a good folder, what the error must say)
                                                              + b'], "data_offsets": [0, 4]}}', b"\0" * 4),
                                          "not valid JSON"),
     "5000-digit integer in config.json": (lambda f: (f / "config.json").write_text('{"dim": ' + "7" * 5000 + "}"),
-                                          "config.json: not valid JSON"),
+                                          "config.json: dim is an integer of 5000 digits, too large for any setting"),
     "symlink loop as weights": (_replace_weights(lambda p: (os.symlink(p.name + ".b", p), os.symlink(p.name, str(p) + ".b"))),
                                 "weights file cannot be read"),
     "dangling symlink as weights": (_replace_weights(lambda p: os.symlink("/nonexistent/model", p)),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -395,6 +396,34 @@ def test_bad_settings_and_files_get_one_line(client, tiny_checkpoint, jsonl_file
     assert not (tmp_path / "b" / "parts").exists()
     r = npbert_cli("batch", "--data", jsonl_file, "--out", tmp_path / "c", "--model", tiny_checkpoint, "--workers", 0)
     assert (r.returncode, r.stderr) == (2, "npbert batch: error: --workers must be a positive integer, found 0\n")
+
+
+def test_an_unloadable_model_is_one_line_without_dasks_traceback(tiny_checkpoint, jsonl_file, tmp_path):
+    """The probe's failure used to reach the user as Dask's worker log ("Compute Failed", the traceback)
+    above npbert's line, and as "the parameters {}: ..." (a weights error is a ValueError)."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_bytes((tiny_checkpoint / "config.json").read_bytes())
+    r = npbert_cli("batch", "--data", jsonl_file, "--out", tmp_path / "c", "--model", broken, "--workers", 1,
+                   "--no-progress")
+    assert (r.returncode, r.stderr) == (2, f"npbert batch: error: {broken / 'model.safetensors'}: weights file not "
+                                           "found\n"), r.stderr
+    assert r.stdout == ""
+
+
+def test_progress_counts_inputs_as_calls_finish(client, tiny_checkpoint, jsonl_file, tmp_path):
+    """One partition of all N inputs, answered 8 per call: the bar counts inputs (N in all) and moves after
+    each call (the worker sleeps SLOWDOWN seconds before each, longer than tqdm's 0.1 s between redraws),
+    not once per partition."""
+    import io
+
+    bar = io.StringIO()
+    batch.answer(jsonl_file, tmp_path / "p", model=tiny_checkpoint, client=client, partition_size=N, call_size=8,
+                 progress_file=bar)
+    counts = [int(m) for m in re.findall(rf"(\d+)/{N} \[", bar.getvalue())]
+    assert counts[0] == 0 and counts[-1] == N and counts == sorted(counts), bar.getvalue()
+    assert any(0 < c < N and c % 8 == 0 for c in counts), bar.getvalue()
+    assert "input/s" in bar.getvalue()
 
 
 # --- npbert eval on the cluster ---------------------------------------------------------------------------

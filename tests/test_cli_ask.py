@@ -160,6 +160,65 @@ def test_mistyped_flags_and_commands_get_did_you_mean(tiny_checkpoint):
     assert r.returncode == 2 and "invalid choice: 'evall'" in r.stderr and "(did you mean 'eval'?)" in r.stderr
 
 
+def test_a_context_making_too_many_windows_is_one_line_and_the_bound_can_be_raised(tiny_checkpoint):
+    """ask is bounded as batch and serve are (npbert.limits.DEFAULT_MAX_WINDOWS): a 200 KB context used to
+    run for minutes. Past the bound: one line naming the count and the flag, before any window is answered."""
+    from npbert.limits import DEFAULT_MAX_WINDOWS
+
+    long = " ".join(f"In {1900 + i} the river {i} was renamed." for i in range(40))
+    flags = ["--model", str(tiny_checkpoint), "-q", "Which river was renamed in 1903?", "-c", long, "--max-seq-len", "32",
+             "--doc-stride", "8"]
+    windows = len(npbert.pipeline("question-answering", model=tiny_checkpoint).tokenizer.encode_pairs(
+        ["Which river was renamed in 1903?"], [long], 32, 8)[0])
+    assert 2 < windows < DEFAULT_MAX_WINDOWS
+    r = run(*flags, "--max-windows", "2")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"npbert ask: error: the context makes {windows} windows of max_seq_len 32 with "
+                               "doc_stride 8, over this pipeline's limit of 2") and "--max-windows" in r.stderr
+    r = run(*flags, "--max-windows", str(windows), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == npbert.pipeline("question-answering", model=tiny_checkpoint)(
+        question="Which river was renamed in 1903?", context=long, max_seq_len=32, doc_stride=8)
+    assert run(*flags, "--max-windows", "0").stderr == "npbert ask: error: --max-windows must be a positive integer, found 0\n"
+    assert f"(default: {DEFAULT_MAX_WINDOWS})" in " ".join(run("--help").stdout.split())
+
+
+def _commands() -> list[str]:
+    import argparse
+
+    from npbert.cli import build_parser
+
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(action.choices)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_a_mistyped_flag_gets_the_sub_commands_usage_and_is_named(command, capsys):
+    """Every sub-command, with and without its required flags given: the usage printed is the sub-command's
+    (it used to be the top-level `usage: npbert [-h] [--version] COMMAND ...`) and the error names the flag."""
+    from npbert.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([command, "--bogus-flag", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"usage: npbert {command} "), err
+    assert err.splitlines()[-1].startswith(f"npbert {command}: error: ") and "--bogus-flag" in err.splitlines()[-1], err
+
+
+def test_a_mistyped_ask_flag_names_it_and_the_flag_meant(capsys):
+    from npbert.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["ask", "-q", "Who?", "-c", "a b", "--top_k", "3"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: npbert ask ")
+    assert err.splitlines()[-1] == "npbert ask: error: unrecognized arguments: --top_k 3 (--top_k: did you mean --top-k?)"
+    with pytest.raises(SystemExit):
+        main(["ask", "-q", "Who?", "--contxt", "a b"])  # the required context seems missing: say why
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "npbert ask: error: one of the arguments --context/-c --context-file is required; unrecognized arguments: "
+        "--contxt (--contxt: did you mean --context?)")
+
+
 def test_trace_and_attention_take_the_same_inputs_as_ask(tiny_checkpoint, tmp_path):
     context = tmp_path / "context.txt"
     context.write_text(CONTEXT, encoding="utf-8")
@@ -187,7 +246,7 @@ def test_attention_without_matplotlib_says_so_before_loading_the_model(tmp_path)
     r = subprocess.run([sys.executable, "-c", code, "attention", "--model", str(tmp_path / "no-model"), "-q", "Who?",
                         "-c", "a b", "--out", str(tmp_path / "a.png")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
-    assert "attention pictures need matplotlib (the viz extra): pip install '.[viz]'" in r.stderr  # not "no-model"
+    assert "attention pictures need matplotlib (the viz extra): pip install -e '.[viz]'" in r.stderr  # not "no-model"
 
 
 def test_python_m_npbert_from_the_folder_holding_the_clone(tmp_path):

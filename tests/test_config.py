@@ -104,10 +104,19 @@ def test_missing_file(tmp_path):
         Config.from_file(tmp_path / "config.json")
 
 
+HUGE = "9" * 5000  # over Python's 4300-digit limit for int("..."): json.loads fails without naming the key
+
+
 @pytest.mark.parametrize("text, message", [
     ('{"dim": 768,', "not valid JSON"),
     ("[1, 2]", "expected a JSON object, found list"),
     ("", "not valid JSON"),
+    ('{"model_type": "bert", "hidden_size": %s}' % HUGE, "hidden_size is an integer of 5000 digits, too large for any "
+                                                        "setting"),
+    ('{"dim": 768, "task_specific_params": {"qa": {"beams": [1, -%s]}}}' % HUGE,
+     "task_specific_params.qa.beams[1] is an integer of 5000 digits, too large for any setting"),
+    ('{"dim": %s}' % ("1" * 4300), "dim is an integer of 4300 digits, too large for any setting"),  # int() reads it
+    ('{"dim": 768, "vocab_size": %d}' % (1 << 63), "vocab_size is an integer of 19 digits, too large for any setting"),
 ])
 def test_unreadable_json(tmp_path, text, message):
     path = tmp_path / "config.json"

@@ -234,3 +234,20 @@ def test_sigkill_leaves_a_stale_lock_and_resume_takes_it_over(tmp_path, cli):
     assert r.returncode == 0, r.stderr
     assert f"taking over the lock of pid {proc.pid}" in r.stderr
     assert strip_timing(read_outputs(out)) == strip_timing(reference)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux) for a real ENOSPC")
+def test_a_full_disk_names_the_file_and_leaves_no_tmp_then_resume_finishes(tmp_path, cli):
+    """predictions.json.tmp is a link to /dev/full, whose writes fail with ENOSPC (a full disk, for real):
+    one line naming predictions.json, no .tmp left, the answered questions kept for --resume."""
+    flags, reference = cli
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.json.tmp").symlink_to("/dev/full")
+    r = subprocess.run(npbert_eval(*flags, "--out", out), capture_output=True, text=True, timeout=900)
+    assert (r.returncode, r.stderr) == (2, f"npbert eval: error: [Errno 28] cannot write {out / 'predictions.json'}: "
+                                           "No space left on device\n")
+    assert [p.name for p in out.iterdir()] == [evaluate.PARTIAL]  # the lock is released too
+    r = subprocess.run(npbert_eval(*flags, "--out", out, "--resume"), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert strip_timing(read_outputs(out)) == strip_timing(reference)

@@ -1,6 +1,6 @@
-"""The numba kernels against their plain-numpy references (npbert/kernels.py), the float32 erf against
+"""The numba kernels against their plain-numpy references (npbert/ops/reference.py, npbert/ops/numba.py, npbert/ops/gemm.py), the float32 erf against
 float64 `math.erf`, the kernel switch (`select`, NPBERT_KERNELS, `kernels=`), and the load-time re-layout
-(`weights.relayout_for_speed`).
+(`layout.relayout_for_speed`).
 
 Tolerance: max |kernel - reference| <= 1e-6 in float32 on values of order 1; on larger outputs the bound
 is relative (1e-6 x |reference|), since float32 itself resolves only ~6e-8 x |value|. float64 (audit mode)
@@ -378,7 +378,7 @@ def test_a_failing_chunk_raises_after_every_chunk_has_finished(monkeypatch):
 # --- matrix products over panels -----------------------------------------------------------------------
 
 
-def pack_panels(w):  # [out, in] -> [out / 32, in, 32], as weights.relayout_for_speed stores it
+def pack_panels(w):  # [out, in] -> [out / 32, in, 32], as layout.relayout_for_speed stores it
     out, d_in = w.shape
     return np.ascontiguousarray(w.T.reshape(d_in, out // gemm.PANEL_WIDTH, gemm.PANEL_WIDTH).transpose(1, 0, 2))
 

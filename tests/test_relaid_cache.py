@@ -1,7 +1,7 @@
-"""The shared re-laid weights cache (npbert/relaid_cache.py, weights.relayout_for_speed with the weights
+"""The shared re-laid weights cache (npbert/relaid_cache.py, layout.relayout_for_speed with the weights
 file): created once and reused, atomic when two processes start together, keyed by the weights' bytes and
 the layout version (never stale), a private copy with one warning line when the cache folder is unusable,
-and the same values and outputs as the private-copy path (weights.relayout_for_speed without a file).
+and the same values and outputs as the private-copy path (layout.relayout_for_speed without a file).
 Nothing in the cache folder is trusted: a damaged entry (bit flips, truncation), another checkpoint's entry
 under this one's name, a memo naming other weights or holding a path each end in the true weights' logits
 (against a private re-layout of model.safetensors) after one warning line, never in the cached ones."""

@@ -355,7 +355,7 @@ def test_workers_without_the_prefork_extra_each_load_the_model_and_stop_on_sigte
         code = server.stop()
     log = server.output()
     assert code == 0, log
-    assert "without the prefork extra (gunicorn is missing)" in log and "pip install '.[prefork]'" in log
+    assert "without the prefork extra (gunicorn is missing)" in log and "pip install -e '.[prefork]'" in log
     assert log.count("npbert.serve: loaded") == 2 and "Traceback" not in log
 
 

@@ -139,6 +139,10 @@ CASES = [
     Case("a question over max_seq_len", ask(question="why " * 100, max_seq_len=32), 422, "question"),
     Case("a context making too many windows for one question", ask(question="Who?", context="word " * 3000, max_seq_len=40, doc_stride=30),
          422, "over this pipeline's limit of 64"),
+    Case("the second of two contexts making too many windows", dumps({"input_data": {
+        "question": ["Who?"] * 2, "context": ["John.", "word " * 3000]}, "parameters": {"max_seq_len": 40, "doc_stride": 30}}),
+        422, "context 1 makes 594 windows of max_seq_len 40 with doc_stride 30, over this pipeline's limit of 64",
+        routes=["/score", "/v1/answer"]),
     Case("32 short questions", dumps({"input_data": {"question": ["Who?"] * 32, "context": ["John is here."] * 32}}), 200,
          routes=["/score", "/v1/answer"]),
     Case("33 questions", dumps({"input_data": {"question": ["Who?"] * 33, "context": ["John."] * 33}}), 422,
@@ -319,6 +323,87 @@ def test_idle_sockets_are_closed_at_the_head_timeout(quick):
         sock.close()
     status, _ = quick.request("GET", "/health")
     assert status == 200
+
+
+def answered_beside(port: int, n: int, pause: float = 0.0) -> list:
+    """The statuses of `n` good requests, one after another (`pause` seconds apart)."""
+    statuses = []
+    for _ in range(n):
+        statuses.append(send(port, "POST", "/score", ask(), JSON)[0])
+        time.sleep(pause)
+    return statuses
+
+
+def test_idle_sockets_do_not_lock_real_clients_out(tiny_checkpoint, tmp_path):
+    """500 sockets opened and left silent, beside real requests: each real request is answered (uvicorn's
+    limit_concurrency counted the idle ones, and answered all 22 with 503 until the head timeout); the
+    limit still refuses requests in progress beyond it, in JSON."""
+    s = Server(tiny_checkpoint, tmp_path / "server.log", "--limit-concurrency", "4")
+    idle = []
+    try:
+        idle = [raw(s.port) for _ in range(500)]
+        assert answered_beside(s.port, 22) == [200] * 22
+        _, health = s.request("GET", "/health")
+        assert health["timeouts"]["headers"] == 0  # the idle sockets were all still open meanwhile
+        for sock in idle:
+            sock.close()
+        # 4 requests whose bodies never come are in progress: the 5th is refused at once, then answered again
+        body = ask()
+        slow = [raw(s.port) for _ in range(4)]
+        for sock in slow:
+            sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
+        while s.request("GET", "/health")[1]["in_flight"] < 4:
+            time.sleep(0.01)
+        status, headers, data = send(s.port, "POST", "/score", body, JSON)
+        assert (status, headers.get("retry-after")) == (503, "1")
+        assert json.loads(data)["error"] == "the server has 4 requests in progress, its limit: retry shortly"
+        for sock in slow:
+            sock.close()
+        while s.request("GET", "/health")[1]["in_flight"]:
+            time.sleep(0.01)
+        assert answered_beside(s.port, 1) == [200]
+        _, health = s.request("GET", "/health")
+        assert (health["busy"], health["failed"], health["limit_concurrency"]) == (1, 0, 4)
+    finally:
+        for sock in idle:
+            sock.close()
+        assert s.stop() == 0, s.output()
+    assert "Traceback" not in s.output()
+
+
+def test_idle_sockets_reopened_as_they_close_do_not_lock_real_clients_out(tiny_checkpoint, tmp_path):
+    """200 idle sockets, each re-opened as soon as the server closes it at the head timeout (0.5 s here),
+    beside 12 real requests 0.25 s apart: all answered (27 of 29 got 503 before, with the 10 s timeout)."""
+    import selectors
+
+    s = Server(tiny_checkpoint, tmp_path / "server.log", "--header-timeout", "0.5")
+    stop, reopened = threading.Event(), [0]
+
+    def keep_idle():
+        with selectors.DefaultSelector() as sel:
+            for _ in range(200):
+                sel.register(raw(s.port), selectors.EVENT_READ)
+            while not stop.is_set():
+                for key, _ in sel.select(0.05):
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()  # closed by the server (it sends nothing to a silent socket)
+                    sel.register(raw(s.port), selectors.EVENT_READ)
+                    reopened[0] += 1
+            for key in list(sel.get_map().values()):
+                key.fileobj.close()
+
+    flood = threading.Thread(target=keep_idle)
+    flood.start()
+    try:
+        while reopened[0] < 200:  # the flood is on: every socket was closed and re-opened once
+            time.sleep(0.05)
+        assert answered_beside(s.port, 12, pause=0.25) == [200] * 12
+    finally:
+        stop.set()
+        flood.join()
+        assert s.stop() == 0, s.output()
+    assert reopened[0] >= 400  # the server kept closing them meanwhile
 
 
 def test_a_slow_body_gets_408(quick):

@@ -94,6 +94,55 @@ def test_a_model_call_applies_the_policy_scoped_and_restores_it(tiny_checkpoint)
     assert fixed["caller_limit_after"] == 1
 
 
+# The same seen from a model call on another thread, after the main thread has made one (as a server's
+# threads or a thread pool do); then two calls on two threads that overlap, the first ending while the
+# second still runs: OpenBLAS's count inside the second after the first has returned, and after both.
+CALL_IN_THREADS = CALL.replace('print(json.dumps(seen))', """
+import threading
+model(np.arange(1, 9))  # on the main thread, as a server's start-up call (the limits above released it)
+seen.clear()
+worker = threading.Thread(target=lambda: model(np.arange(1, 9)))
+worker.start(); worker.join()
+seen["thread"] = {**seen, "after": blas()}
+inside, first_out, late = threading.Barrier(2), threading.Event(), {}
+hooked = model.ops.attention
+def overlapping(*a, **k):
+    name = threading.current_thread().name
+    if name in ("A", "B") and name not in late:
+        late[name] = None
+        inside.wait()  # both calls are running
+        if name == "B":
+            first_out.wait()  # A's call has returned; B's has not
+            late["B"] = blas()
+    return hooked(*a, **k)
+model.ops = model.ops._replace(attention=overlapping)
+def call(name):
+    model(np.arange(1, 9))
+    if name == "A":
+        first_out.set()
+pair = [threading.Thread(target=call, args=(name,), name=name) for name in "AB"]
+[t.start() for t in pair]; [t.join() for t in pair]
+seen["late"], seen["after_all"] = late["B"], blas()
+print(json.dumps(seen))
+""")
+
+
+@needs_openblas
+def test_a_model_call_on_another_thread_and_overlapping_calls_keep_their_count(tiny_checkpoint):
+    """Threads sharing a model (a server's, a pool's): each call runs with the policy's count (the busy rule:
+    1 here) from start to end, and OpenBLAS's count is back after the last. Each call used to set and
+    restore its own: the first call's exit restored all cores under the second, whose exit then restored
+    the one thread it found on entry, for good (and threadpoolctl >= 3.8 ignores a limit set by any thread
+    but the one that set the last, which npbert now releases after each change)."""
+    out = subprocess.run([sys.executable, "-c", CALL_IN_THREADS, str(tiny_checkpoint), "50.0"],
+                         env={**{k: v for k, v in os.environ.items() if k != "NPBERT_BLAS_THREADS"},
+                              "OPENBLAS_NUM_THREADS": "2"}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["thread"]["in_call"] == seen["thread"]["current"] == 1 and seen["thread"]["after"] == 2, seen
+    assert (seen["late"], seen["after_all"]) == (1, 2), seen
+
+
 @needs_openblas
 @pytest.mark.parametrize("setup, expected", [
     ("import numpy", "True"),  # numpy first, one thread: OpenBLAS restarts its threads with the timeout

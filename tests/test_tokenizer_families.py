@@ -66,6 +66,63 @@ LAYOUTS = {
     "deberta-v3-bpe/spm.model": lambda root, get: helpers.sentencepiece_folder(root, "deberta", model_type="bpe"),
     "deberta-v3-lower-punct/spm.model": _edited("deberta-v3/spm.model", do_lower_case=True, split_by_punct=True),
     "deberta-v3/tokenizer.json": _json("deberta-v3/spm.model"),
+    # --- layouts transformers itself writes, with added tokens (issue 27) ---
+    # DeBERTa-v3 on a SentencePiece model without [CLS]/[SEP]: DebertaV2TokenizerFast(vocab_file=...) declares them
+    # (and [UNK] [PAD] [MASK]) as added tokens in tokenizer_config.json's added_tokens_decoder and added_tokens.json
+    "deberta-v3-fast-saved/spm.model": lambda root, get: helpers.saved_by_transformers(
+        root, "DebertaV2TokenizerFast", helpers.plain_sentencepiece(root.parent / "plain.model"), "deberta-v2",
+        keep=("spm.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json")),
+    "deberta-v3-fast-saved/tokenizer.json": lambda root, get: helpers.saved_by_transformers(
+        root, "DebertaV2TokenizerFast", helpers.plain_sentencepiece(root.parent / "plain.model"), "deberta-v2"),
+    # only spm.model, tokenizer_config.json and added_tokens.json {"[MASK]": <vocabulary size>}, as real DeBERTa-v3
+    # fine-tunes ship [MASK] at 128000
+    "deberta-v3-mask-added-tokens/spm.model": lambda root, get: helpers.with_added_tokens_json(
+        get("deberta-v3/spm.model"), root, ["[MASK]"]),
+    # only spiece.model (no [CLS]/[SEP] pieces) and config.json: AlbertTokenizer adds its special tokens
+    "albert-spiece-only/spiece.model": lambda root, get: helpers.saved_by_transformers(
+        root, "AlbertTokenizer", helpers.plain_sentencepiece(root.parent / "plain.model"), "albert",
+        keep=("spiece.model",)),
+    "albert-slow-saved/spiece.model": lambda root, get: helpers.saved_by_transformers(
+        root, "AlbertTokenizer", helpers.plain_sentencepiece(root.parent / "plain.model"), "albert",
+        add_tokens=["<e1>", "</e1>"]),
+    # vocab.txt + added_tokens.json entity markers, no tokenizer_config.json (older fine-tuned checkpoints)
+    "bert-added-tokens/vocab.txt": lambda root, get: helpers.with_added_tokens_json(
+        get("bert-uncased/vocab.txt"), root, ["<e1>", "</e1>", "<e2>", "</e2>"]),
+    # what BertTokenizer / BertTokenizerFast with added tokens save (the slow one writes no tokenizer.json)
+    "bert-added-tokens-slow-saved/vocab.txt": lambda root, get: helpers.saved_by_transformers(
+        root, "BertTokenizer", get("bert-cased/vocab.txt") / "vocab.txt", "bert", do_lower_case=False,
+        add_tokens=["<e1>", "</e1>", "HUGGINGFACE"], add_special_tokens=["[ENT]"]),
+    "bert-added-tokens-fast-saved/tokenizer.json": lambda root, get: helpers.saved_by_transformers(
+        root, "BertTokenizerFast", get("bert-cased/vocab.txt") / "vocab.txt", "bert", do_lower_case=False,
+        add_tokens=["<e1>", "</e1>"], add_special_tokens=["[ENT]"]),
+    "bert-added-tokens-fast-saved/vocab.txt": lambda root, get: helpers.saved_by_transformers(
+        root, "BertTokenizerFast", get("bert-cased/vocab.txt") / "vocab.txt", "bert", do_lower_case=False,
+        add_tokens=["<e1>", "</e1>"], add_special_tokens=["[ENT]"],
+        keep=("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")),
+    "albert-fast-saved/spiece.model": lambda root, get: helpers.saved_by_transformers(
+        root, "AlbertTokenizerFast", helpers.plain_sentencepiece(root.parent / "plain.model"), "albert",
+        add_tokens=["<e1>"], keep=("spiece.model", "tokenizer_config.json", "special_tokens_map.json")),
+    "deberta-v3-slow-saved/spm.model": lambda root, get: helpers.saved_by_transformers(
+        root, "DebertaV2Tokenizer", helpers.plain_sentencepiece(root.parent / "plain.model"), "deberta-v2",
+        add_tokens=["<e1>", "</e1>"], do_lower_case=True),
+    "xlm-roberta-slow-saved/sentencepiece.bpe.model": lambda root, get: helpers.saved_by_transformers(
+        root, "XLMRobertaTokenizer", get("xlm-roberta-bpe/sentencepiece.bpe.model") / "sentencepiece.bpe.model",
+        "xlm-roberta", add_tokens=["<e1>"], add_special_tokens=["<ent>"]),
+    "roberta-slow-saved/vocab.json": lambda root, get: helpers.saved_by_transformers(
+        root, "RobertaTokenizer", get("roberta/vocab.json") / "vocab.json", "roberta",
+        merges_file=str(get("roberta/vocab.json") / "merges.txt"), add_tokens=["<e1>"], add_special_tokens=["<ent>"]),
+    # tokenizer_config.json options the slow tokenizers honour, on the vocabulary-only layouts
+    "bert-no-basic-tokenize/vocab.txt": _edited("bert-uncased/vocab.txt", do_basic_tokenize=False),
+    "bert-options/vocab.txt": _edited("bert-cased/vocab.txt", do_lower_case=True, strip_accents=False,
+                                      tokenize_chinese_chars=False, never_split=["[SEP]", "HUGGINGFACE"]),
+    # a vocab.txt without [CLS] and [SEP]: BertTokenizer adds them after the vocabulary
+    "bert-no-cls-sep/vocab.txt": lambda root, get: helpers.without_vocab_lines(get("bert-cased/vocab.txt"), root,
+                                                                               ["[CLS]", "[SEP]"]),
+    "roberta-added-tokens/vocab.json": lambda root, get: helpers.with_added_tokens_json(
+        get("roberta/vocab.json"), root, ["<e1>", "</e1>"]),
+    "roberta-untrimmed/vocab.json": _edited("roberta/vocab.json", add_prefix_space=True, trim_offsets=False),
+    "xlm-roberta-added-tokens/sentencepiece.bpe.model": lambda root, get: helpers.with_added_tokens_json(
+        get("xlm-roberta-bpe/sentencepiece.bpe.model"), root, ["<e1>", "</e1>"]),
 }
 NEEDS_SENTENCEPIECE = ("xlm-roberta", "albert", "deberta")
 # Layouts whose backend another layout already checks in full (same files, another class or a changed
@@ -200,6 +257,10 @@ def test_class_from_model_type_argument_and_config(layout_folder, tmp_path):
     helpers.edit_config(folder, tokenizer_class="BertTokenizerFast")  # wins over model_type, needs vocab.txt
     with pytest.raises(OSError, match="no tokenizer.json or vocab.txt for BertTokenizerFast"):
         Tokenizer.from_folder(folder, model_type="roberta")
+    (folder / "tokenizer.json").write_text("{}")
+    helpers.edit_config(folder, from_slow=True)  # convert the vocabulary files, which are not there
+    with pytest.raises(OSError, match="from_slow in tokenizer_config.json, but no vocab.txt for BertTokenizerFast"):
+        Tokenizer.from_folder(folder)
 
 
 def test_null_model_max_length_is_no_limit_as_in_transformers(layout_folder, tmp_path):
@@ -250,8 +311,13 @@ BROKEN = [  # (id, layout, change, message pattern)
      r"tokenizer_config.json: not valid JSON"),
     ("vocab-txt-latin1", "bert-cased/vocab.txt", {"write": {"vocab.txt": "[PAD]\n[UNK]\n[CLS]\n[SEP]\ncaf\xe9\n".encode("latin-1")}},
      r"vocab.txt: not UTF-8 text"),
-    ("vocab-txt-no-cls", "bert-cased/vocab.txt", {"write": {"vocab.txt": b"[PAD]\n[UNK]\n[SEP]\nword\n"}},
-     r"vocab.txt: the vocabulary has no \[CLS\] token"),
+    # (a vocabulary without [CLS] gets it as an added token, as in transformers: layout bert-no-cls-sep)
+    ("vocab-txt-no-unk", "bert-cased/vocab.txt", {"write": {"vocab.txt": b"[PAD]\n[CLS]\n[SEP]\nword\n"}},
+     r"vocab.txt: the vocabulary has no \[UNK\] token"),
+    ("added-tokens-json-text-id", "bert-added-tokens/vocab.txt", {"write": {"added_tokens.json": b'{"<e1>": "5"}'}},
+     r"added_tokens.json: expected a JSON object mapping token strings to integer ids, found '<e1>': '5'"),
+    ("added-tokens-json-list", "bert-added-tokens/vocab.txt", {"write": {"added_tokens.json": b'["<e1>"]'}},
+     r"added_tokens.json: expected a JSON object"),
     ("tokenizer-json-garbage", "bert-cased/tokenizer.json", {"write": {"tokenizer.json": b"\x00\xffgarbage"}},
      r"tokenizer.json: cannot be loaded"),
     ("tokenizer-json-truncated", "roberta/tokenizer.json", {"truncate": "tokenizer.json"},
@@ -297,7 +363,7 @@ def test_without_sentencepiece_a_one_line_error_names_the_extra(layout_folder, t
     spm_folder = layout_folder("albert/spiece.model")
     json_folder = layout_folder("albert/tokenizer.json")
     monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import sentencepiece now raises ImportError
-    with pytest.raises(ImportError, match=r"spiece.model: .*the sentencepiece extra \(pip install '\.\[sentencepiece\]'") \
+    with pytest.raises(ImportError, match=r"spiece.model: .*the sentencepiece extra \(pip install -e '\.\[sentencepiece\]'") \
             as error:
         Tokenizer.from_folder(spm_folder)
     assert "\n" not in str(error.value)
@@ -345,3 +411,70 @@ def test_one_tokenizer_from_many_threads_at_once(layout_folder):
         t.join()
     assert not errors, errors
     assert got == expected
+
+
+# --- every tokenizer_config.json option the slow tokenizers honour, on each family's vocabulary-only layout ---
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_FLAG = st.booleans()
+OPTIONS = {  # base layout -> the options its slow tokenizer reads (transformers 4.57.6), drawn together
+    "bert-uncased/vocab.txt": dict(
+        do_lower_case=_FLAG, do_basic_tokenize=_FLAG, tokenize_chinese_chars=_FLAG,
+        strip_accents=st.sampled_from([None, True, False]), split_special_tokens=_FLAG,
+        never_split=st.sampled_from([None, ["HUGGINGFACE", "[SEP]"]]),
+        tokenizer_class=st.sampled_from(["BertTokenizer", "DistilBertTokenizer", "ElectraTokenizerFast"])),
+    "bert-added-tokens/vocab.txt": dict(do_lower_case=_FLAG, strip_accents=st.sampled_from([None, True, False])),
+    "roberta/vocab.json": dict(add_prefix_space=_FLAG, trim_offsets=_FLAG, split_special_tokens=_FLAG),
+    "xlm-roberta-bpe/sentencepiece.bpe.model": dict(split_special_tokens=_FLAG, add_prefix_space=_FLAG),
+    "albert/spiece.model": dict(do_lower_case=_FLAG, keep_accents=_FLAG, remove_space=_FLAG, split_special_tokens=_FLAG,
+                                add_prefix_space=_FLAG),
+    "deberta-v3/spm.model": dict(do_lower_case=_FLAG, split_by_punct=_FLAG, split_special_tokens=_FLAG),
+    "deberta-v3-fast-saved/spm.model": dict(do_lower_case=_FLAG, split_by_punct=_FLAG, add_prefix_space=_FLAG),
+    # beside a tokenizer.json: from_slow makes transformers convert the vocabulary files instead
+    "bert-uncased/tokenizer.json": dict(from_slow=_FLAG, do_lower_case=_FLAG, do_basic_tokenize=_FLAG,
+                                        tokenize_chinese_chars=_FLAG),
+    "roberta/tokenizer.json": dict(from_slow=_FLAG, add_prefix_space=_FLAG, trim_offsets=_FLAG),
+    "albert/tokenizer.json": dict(from_slow=_FLAG, do_lower_case=_FLAG, keep_accents=_FLAG),
+    "deberta-v3/tokenizer.json": dict(from_slow=_FLAG, do_lower_case=_FLAG, split_by_punct=_FLAG),
+}
+# Text built from pieces that the options treat differently: case, accents, CJK, punctuation, runs of spaces,
+# literal special and added tokens, quotes ALBERT rewrites.
+_PIECES = st.sampled_from(["HUGGINGFACE", "Hugging", "face", "Café", "naïve", "e\u0301", "東京", "北京", "日本",
+                           "[SEP]", "[CLS]", "[MASK]", "<e1>", "</e1>", "<s>", "<mask>", "don't", "U.S.A.", "3,5",
+                           "``q''", "(x)", "!", "-", "😀", "Seattle", "John", "\t", "  ", "\n", "ß", "İ"])
+_ANY = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=6)
+_TEXT = st.lists(st.one_of(_PIECES, _ANY), min_size=1, max_size=12).map(
+    lambda parts: " ".join(parts) if len(parts) % 2 else "".join(parts))
+
+
+@pytest.mark.parametrize("base", list(OPTIONS))
+def test_config_options_as_transformers(layout_folder, tmp_path_factory, base):
+    """Each drawn combination of options written into tokenizer_config.json: npbert's windows (ids, type ids,
+    offsets, overflow windows) equal transformers' on drawn text (pieces the options treat differently mixed
+    with any characters), and where transformers refuses the window settings, npbert does too."""
+    folder = layout_folder(base)
+
+    @settings(max_examples=20)
+    @given(options=st.fixed_dictionaries(OPTIONS[base]), question=_TEXT, context=_TEXT)
+    def check(options, question, context):
+        import shutil
+
+        copy = tmp_path_factory.mktemp("options")
+        shutil.rmtree(copy)
+        shutil.copytree(folder, copy)
+        if not (copy / "tokenizer_config.json").is_file():
+            (copy / "tokenizer_config.json").write_text("{}")
+        helpers.edit_config(copy, **{k: v for k, v in options.items() if v is not None})
+        ref, tok = helpers.reference_tokenizer(copy), Tokenizer.from_folder(copy)
+        assert helpers.added_tokens(tok.backend) == helpers.added_tokens(ref.backend_tokenizer)
+        for q, c in ((question, context), (context, question), ("Who lives in Seattle?", context)):
+            for max_length, stride in ((384, 128), (16, 2)):  # (16, 2): overflow windows, or a refusal
+                expected = _refuses(ref, q, c, max_length, stride, "do_not_pad")
+                if expected is None:
+                    with pytest.raises(ValueError):
+                        tok.encode_pair(q, c, max_length, stride)
+                else:
+                    assert helpers.npbert_windows(tok, q, c, max_length, stride) == expected, (options, q, c)
+
+    check()

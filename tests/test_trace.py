@@ -71,7 +71,7 @@ def test_intermediates_mean_what_their_names_say(tiny_checkpoint, batch):
     assert t["embeddings.word"].shape == (B, S, D) and t["embeddings.position"].shape == (1, S, D)
     np.testing.assert_array_equal(t["embeddings.word"][1, 2], w.embeddings.word_embeddings.weight[ids[1, 2]])
 
-    def layer_norm(y, ln):  # written out here, independently of kernels.py
+    def layer_norm(y, ln):  # written out here, independently of ops/reference.py
         return (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + 1e-12) * ln.weight + ln.bias
 
     x = t["embeddings"]
@@ -195,6 +195,28 @@ def test_trace_command_long_context_has_one_row_per_window(tiny_checkpoint, tmp_
     assert all(row[0] == "[CLS]" for row in meta["tokens"])
     r = npbert_cli("trace", "--model", tiny_checkpoint, "--question", QUESTION, "--context", "", "--out", out)
     assert r.returncode == 2 and "context" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_trace_command_estimates_the_size_and_refuses_past_max_mb(tiny_checkpoint, tmp_path):
+    """A 3.5 KB context silently made a 603 MB file at full size: the size is now estimated before writing,
+    refused past --max-mb (saying the estimate and the flag), written when the flag allows it."""
+    import re
+
+    context = " ".join(["My name is John and I live in Seattle."] * 12)
+    out = tmp_path / "long.safetensors"
+    flags = ["trace", "--model", tiny_checkpoint, "--question", QUESTION, "--context", context, "--max-seq-len", 48,
+             "--doc-stride", 16, "--out", out]
+    r = npbert_cli(*flags, "--max-mb", "0.01")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and not out.exists(), r.stderr
+    said = re.fullmatch(r"npbert trace: error: the trace would be about ([\d.]+) MB \((\d+) window\(s\) x 48 tokens, "
+                        r"float32\), over --max-mb 0.01: pass --max-mb ([\d.]+) to write it, or a shorter context or "
+                        r"--max-seq-len\n", r.stderr)
+    assert said and int(said.group(2)) > 1, r.stderr
+    r = npbert_cli(*flags, "--max-mb", said.group(3))
+    assert r.returncode == 0, r.stderr
+    written = out.stat().st_size / 1e6  # the tensors and a small header
+    assert 0.9 * float(said.group(1)) <= written <= float(said.group(3)) + 0.01, (said.group(0), written)
+    assert npbert_cli(*flags).returncode == 0  # the default bound is far above this tiny model's trace
 
 
 def test_trace_matches_transformers_through_the_export_tool(tiny_checkpoint, tmp_path):

@@ -87,7 +87,7 @@ def test_tree_mirrors_checkpoint_keys(folder):
 
 def test_float32_weights_are_memory_mapped_views(folder):
     # The loader copies nothing; the model's load-time re-layout then copies the linear layers' matrices
-    # (weights.relayout_for_speed) and keeps the embeddings mapped.
+    # (layout.relayout_for_speed) and keeps the embeddings mapped.
     tree = npbert.weights.load(folder, npbert.Config.from_file(folder / "config.json"))
     model = load(folder).weights
     assert file_mapping(model.encoder.embeddings.word_embeddings.weight) is not None

@@ -170,6 +170,58 @@ def sentencepiece_folder(folder: Path, kind: str, vocab_size: int = 1000, model_
     return folder
 
 
+def plain_sentencepiece(path: Path, vocab_size: int = 1000) -> Path:
+    """A unigram model with sentencepiece's own defaults (<unk> <s> </s> first): no [CLS], [SEP], [PAD] or [MASK]
+    pieces, as a model trained outside transformers has (the tokenizer classes add them as added tokens)."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(training_text()), model_writer=model, vocab_size=vocab_size,
+                                   hard_vocab_limit=False, character_coverage=1.0, num_threads=1, minloglevel=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def saved_by_transformers(folder: Path, class_name: str, vocab_file: Path, model_type: str, keep=None,
+                          add_tokens=(), add_special_tokens=(), **kwargs) -> Path:
+    """The folder transformers' `save_pretrained` writes for `class_name(vocab_file, **kwargs)` (after
+    `add_tokens` / `add_special_tokens`), with config.json beside it; `keep`: the files kept (a checkpoint that
+    ships only some of them), all when None."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers", reason="transformers (the parity extra) is not installed")
+    tok = getattr(transformers, class_name)(vocab_file=str(vocab_file), **kwargs)
+    if add_tokens:
+        tok.add_tokens(list(add_tokens))
+    if add_special_tokens:
+        tok.add_special_tokens({"additional_special_tokens": list(add_special_tokens)})
+    tok.save_pretrained(str(folder))
+    if keep is not None:
+        for path in folder.iterdir():
+            if path.name not in keep:
+                path.unlink()
+    _config(folder, model_type)
+    return folder
+
+
+def with_added_tokens_json(src: Path, dst: Path, tokens: list[str]) -> Path:
+    """`src` plus an added_tokens.json numbering `tokens` after the vocabulary, as older fine-tuned checkpoints
+    ship entity markers (the ids are what transformers would give them: the base vocabulary's size onwards)."""
+    shutil.copytree(src, dst)
+    size = reference_tokenizer(src).vocab_size
+    _write_json(dst / "added_tokens.json", {token: size + i for i, token in enumerate(tokens)})
+    return dst
+
+
+def without_vocab_lines(src: Path, dst: Path, tokens: list[str]) -> Path:
+    """`src` (a vocab.txt layout) with `tokens` removed from vocab.txt."""
+    shutil.copytree(src, dst)
+    lines = (dst / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    (dst / "vocab.txt").write_text("\n".join(t for t in lines if t not in tokens) + "\n", encoding="utf-8")
+    return dst
+
+
 def with_tokenizer_json(src: Path, dst: Path) -> Path:
     """The folder transformers' `save_pretrained` writes from `src` (tokenizer.json, tokenizer_config.json with
     added_tokens_decoder, special_tokens_map.json and the vocabulary files), config.json beside it."""

@@ -7,6 +7,7 @@ import os
 import sys
 
 from ..hub import DEFAULT_MODEL
+from ..limits import DEFAULT_MAX_WINDOWS
 
 
 def add_parser(subparsers) -> None:
@@ -30,6 +31,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--handle-impossible-answer", action="store_true", help="allow the empty (no) answer (default: off)")
     p.add_argument("--no-align-to-words", dest="align_to_words", action="store_false",
                    help="report token spans instead of widening them to whole words (default: align to words)")
+    p.add_argument("--max-windows", type=int, metavar="N", default=DEFAULT_MAX_WINDOWS,
+                   help="a context making more windows of --max-seq-len tokens is refused before any is answered, "
+                        "as in npbert batch and serve (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the pipeline's result as JSON (default: human-readable)")
     p.set_defaults(run=run)
 
@@ -99,15 +103,21 @@ def format_answers(result) -> str:
 
 
 def run(args) -> int:
-    from ..pipeline import check_parameters, pipeline
+    from . import CommandError
+    from ..pipeline import WindowLimitError, check_parameters, pipeline
 
     question, context = question_and_context(args)  # bad input is refused before loading a 261 MB model
     params = dict(top_k=args.top_k, max_answer_len=args.max_answer_len, max_seq_len=args.max_seq_len,
                   doc_stride=args.doc_stride, handle_impossible_answer=args.handle_impossible_answer,
                   align_to_words=args.align_to_words)
     check_parameters(params)
+    if args.max_windows < 1:
+        raise CommandError(f"--max-windows must be a positive integer, found {args.max_windows}", 2)
     qa = pipeline("question-answering", model=args.model, revision=args.revision,
-                  local_files_only=args.local_files_only)
-    result = qa(question=question, context=context, **params)
+                  local_files_only=args.local_files_only, max_windows=args.max_windows)
+    try:
+        result = qa(question=question, context=context, **params)
+    except WindowLimitError as e:
+        raise CommandError(f"{e}, or a larger --max-windows", 2) from None
     print(json.dumps(result, ensure_ascii=False) if args.json else format_answers(result))
     return 0

@@ -12,7 +12,7 @@ def run(args) -> int:
     from . import CommandError
 
     if importlib.util.find_spec("matplotlib") is None:  # say so before loading the model and running it
-        raise CommandError("attention pictures need matplotlib (the viz extra): pip install '.[viz]' in the npbert "
+        raise CommandError("attention pictures need matplotlib (the viz extra): pip install -e '.[viz]' in the npbert "
                            "clone, or pip install matplotlib")
     model, inputs, tokens = load_and_encode(args)
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -45,7 +45,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("attention", help="draw attention heat maps labelled with the tokens (PNG)",
                               description="Heat maps of attention probabilities (rows: attending tokens, columns: "
                               "attended tokens) for one head, or a grid of every head of a layer. Needs the "
-                              "optional viz extra (matplotlib): pip install '.[viz]' in the npbert clone.")
+                              "optional viz extra (matplotlib): pip install -e '.[viz]' in the npbert clone.")
     add_question_arguments(p)
     p.add_argument("--layer", type=int, default=None, help="layer, from 0 (default: the last)")
     p.add_argument("--head", type=int, default=None, help="head, from 0 (default: every head of the layer)")

@@ -11,13 +11,14 @@ import socket
 import sys
 
 from ..hub import DEFAULT_MODEL
+from ..limits import DEFAULT_MAX_WINDOWS
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve the model over HTTP (POST /score, POST /v1/answer, GET /health)",
                               description="Serve question answering over HTTP: the model catalog's scoring schema "
                                           "at POST /score, full records at POST /v1/answer, GET /health, "
-                                          "OpenAPI at /openapi.json. Needs the serve extra: pip install '.[serve]' in a clone of npbert.")
+                                          "OpenAPI at /openapi.json. Needs the serve extra: pip install -e '.[serve]' in a clone of npbert.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub repository id (default: %(default)s)")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
@@ -31,7 +32,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-question-chars", type=_positive, default=1_000,
                    help="longer questions get 422 (default: %(default)s)")
     p.add_argument("--max-items", type=_positive, default=32, help="most questions in one request (default: %(default)s)")
-    p.add_argument("--max-windows", type=_positive, default=64,
+    p.add_argument("--max-windows", type=_positive, default=DEFAULT_MAX_WINDOWS,
                    help="most windows one question's context may make; more get 422 (default: %(default)s)")
     p.add_argument("--max-request-windows", type=_positive, default=64,
                    help="most windows all the questions of one request may make; more get 422: bounds the work "
@@ -57,8 +58,8 @@ def add_parser(subparsers) -> None:
                    help="seconds an idle keep-alive connection is kept open (uvicorn's timeout_keep_alive; "
                         "default: %(default)s)")
     p.add_argument("--limit-concurrency", type=_positive, default=128,
-                   help="most open connections (or requests in progress); a request over it gets 503 (uvicorn's "
-                        "limit_concurrency; default: %(default)s)")
+                   help="most requests in progress per worker process (bodies being read or answered; idle "
+                        "connections do not count); a request over it gets 503 (default: %(default)s)")
     p.add_argument("--graceful-timeout", type=float, default=60.0,
                    help="on SIGTERM, seconds to let in-flight requests finish; those still running then get 503 "
                         "(default: %(default)s)")
@@ -115,7 +116,7 @@ def run(args) -> int:
         from ..serve.schemas import Limits
         from ..serve.server import server_class
     except ImportError as e:
-        raise CommandError(f"needs the serve extra ({e.name} is missing): pip install '.[serve]' in a clone of npbert") from None
+        raise CommandError(f"needs the serve extra ({e.name} is missing): pip install -e '.[serve]' in a clone of npbert") from None
     if args.batch_wait_ms < 0:
         raise CommandError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}", 2)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
@@ -126,10 +127,13 @@ def run(args) -> int:
                       max_windows=args.max_windows, max_request_windows=args.max_request_windows),
         max_batch=1 if args.no_batching else args.max_batch, batch_wait_ms=args.batch_wait_ms,
         turn_tokens=args.turn_tokens,
-        request_timeout=args.request_timeout, header_timeout=args.header_timeout, body_timeout=args.body_timeout)
+        request_timeout=args.request_timeout, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+        limit_concurrency=args.limit_concurrency)
+    # No uvicorn limit_concurrency: it counts open connections, idle ones too, so silent sockets locked real
+    # clients out; the app counts the requests in progress instead (Settings.limit_concurrency).
     options = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log,
                    timeout_graceful_shutdown=args.graceful_timeout, log_config=None, http=TimedH11Protocol,
-                   timeout_keep_alive=args.keep_alive_timeout, limit_concurrency=args.limit_concurrency)
+                   timeout_keep_alive=args.keep_alive_timeout)
     log = logging.getLogger("npbert.serve")
     if args.workers == 1:
         stopped = []
@@ -159,7 +163,7 @@ def run(args) -> int:
             from ..serve import prefork
         except ImportError as e:
             log.info("without the prefork extra (%s is missing) each of the %d workers loads its own copy of "
-                     "the model: pip install '.[prefork]' to load it once and share it", e.name, args.workers)
+                     "the model: pip install -e '.[prefork]' to load it once and share it", e.name, args.workers)
             _run_uvicorn_workers(args, settings, options, log)
         else:
             _run_prefork(prefork, args, settings, options, create_app, log)

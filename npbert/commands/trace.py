@@ -49,13 +49,30 @@ def load_and_encode(args, dtype="float32"):
     return model, inputs, tokens
 
 
+# The largest trace written without --max-mb: one full-size DistilBERT window of 384 tokens is ~203 MB in
+# float32 (33 MB a layer: the [H, S, S] scores and probabilities, the [S, F] FFN activations), so the
+# default takes one window and refuses a few (a 3.5 KB context made 3 windows: 603 MB, written silently).
+DEFAULT_MAX_MB = 256
+
+
 def run(args) -> int:
     from .. import __version__
+    from . import CommandError
     from ..trace import save
 
+    if args.max_mb <= 0:
+        raise CommandError(f"--max-mb must be a positive number, found {args.max_mb:g}", 2)
     model, inputs, tokens = load_and_encode(args, args.dtype)
-    tensors = model.trace(**inputs)
     ids = inputs["input_ids"]
+    # The size before the work: trace the first window (every window is padded to the same length, and
+    # every tensor but the [1, S, E] position table grows with the window count), write nothing yet.
+    first = model.trace(**{k: v[:1] for k, v in inputs.items()})
+    estimate = sum(t.nbytes for t in first.values()) * ids.shape[0]
+    if estimate > args.max_mb * 1e6:
+        raise CommandError(f"the trace would be about {estimate / 1e6:.1f} MB ({ids.shape[0]} window(s) x "
+                           f"{ids.shape[1]} tokens, {args.dtype}), over --max-mb {args.max_mb:g}: pass --max-mb "
+                           f"{-(-estimate // 1e5) / 10:g} to write it, or a shorter context or --max-seq-len", 2)
+    tensors = first if ids.shape[0] == 1 else model.trace(**inputs)
     meta = {"producer": f"npbert {__version__}", "model": args.model, "question": args.question,
             "context": args.context, "dtype": args.dtype, "tokens": tokens}
     path = save(tensors, args.out, meta)
@@ -74,4 +91,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="float64 is the audit reference (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, metavar="MB",
+                   help="refuse, saying the size, a trace larger than this many megabytes: every window keeps "
+                        "each layer's [heads, tokens, tokens] attention (default: %(default)s)")
     p.set_defaults(run=run)

@@ -16,7 +16,11 @@ from typing import Callable, NamedTuple
 
 # threads first: it sets OpenBLAS's thread timeout, which OpenBLAS reads when numpy is first imported.
 from .. import threads  # noqa: F401, I001
-from . import numba as _numba, reference as _reference
+from .. import cache_root  # noqa: I001  before the first kernel is decorated: numba picks its cache folder then
+
+cache_root.use_for_numba()
+
+from . import numba as _numba, reference as _reference  # noqa: E402
 
 
 class Ops(NamedTuple):

@@ -4,7 +4,8 @@ Each `<name>_numba` here computes what `<name>_numpy` in ops/reference.py comput
 and tests/test_deberta.py assert that each pair agrees); `ops.select()` picks one set. Matrix products
 stay in numpy (OpenBLAS) or ops/gemm.py: the kernels do what surrounds the products (softmax, GELU,
 LayerNorm). They are serial and release the GIL; ops/parallel.py spreads them over the worker threads.
-Compiled on first use and cached on disk (`cache=True`), so later processes start fast.
+Compiled on first use and cached on disk (`cache=True`, in npbert's cache folder: cache_root.py), so later
+processes start fast.
 
 Given a `tap`, an attention kernel runs its reference twin instead: the tap asks for the scores before
 the mask, which these kernels never form whole (each head's scores are masked and shifted in place).

@@ -19,8 +19,11 @@ def split_over_threads(work, tasks, worth_splitting, uses_blas=False):
     the model call was given (threads.current()), the first on the calling thread; serially when not worth
     splitting or when OpenBLAS's thread count cannot be set (its threads would then compete with these).
     uses_blas: work calls numpy's BLAS, which is then held to one thread (each chunk's products run whole,
-    and a head's scores stay in its core's cache)."""
-    n = min(threads.current(), len(tasks)) if threads.controllable() and worth_splitting else 1
+    and a head's scores stay in its core's cache). Serially too while other model calls are running
+    (threads sharing a model): the cores are theirs as well, and holding OpenBLAS to one thread would change
+    the count under their products (threads.for_model_call)."""
+    alone = threads.calls_running() <= 1
+    n = min(threads.current(), len(tasks)) if threads.controllable() and worth_splitting and alone else 1
     if n == 1:
         return work(tasks)
     chunks = [tasks[i * len(tasks) // n:(i + 1) * len(tasks) // n] for i in range(n)]

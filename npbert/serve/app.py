@@ -13,8 +13,9 @@ take turns on one inference thread, off the event loop). Every refusal is a JSON
 `{"status", "error", "problems"}`; a 500 means a fault of the server and is logged with its traceback.
 What is not a fault is counted as what it is: a client that went away (`aborted`: mid-body, or while its
 answer was computed, whose remaining work is then dropped), a request over its deadline (503,
-`overdue`), one cut off by the shutdown's graceful timeout (503, `cut_off`), a slow head or body (408,
-`timeouts`).
+`overdue`), one cut off by the shutdown's graceful timeout (503, `cut_off`), one beyond the
+`limit_concurrency` requests in progress (503, `busy`; idle connections do not count), a slow head or body
+(408, `timeouts`).
 
 To add routes (the teaching page will live at GET /), write a function `add_<name>_routes(app, state)`
 beside `add_answer_routes` below and call it from `create_app`; `app.state.npbert` is the `State`.
@@ -44,8 +45,8 @@ from ..hub import DEFAULT_MODEL, sha256_file
 from ..pipeline import pipeline
 from .batcher import Batcher
 from .explain import add_explain_routes
-from .handling import (short_target, error_response, handled, log, read_body,
-                       request_pipeline, scheduled, server_fault)
+from .handling import (error_response, handled, log, read_body, request_pipeline, scheduled, server_fault,
+                       short_target)
 from .schemas import (AnswerRecord, BadRequest, ErrorResponse, Limits, ScoreRequest, parse_request)
 
 
@@ -69,6 +70,10 @@ class Settings:
     request_timeout: float = 120.0  # seconds from a body read to its answer; later: 503, the rest of its work dropped
     header_timeout: float = 10.0  # seconds for a request line and headers to arrive (protocol.py)
     body_timeout: float = 30.0  # seconds for a body to arrive, from the end of its headers
+    # Most requests in progress in this process (their bodies being read, or answered); more get 503 at once.
+    # Counted here, not by uvicorn's limit_concurrency, which also counts idle open connections: 500 sockets
+    # opened and left silent made every real request get 503 until the header timeout closed them.
+    limit_concurrency: int | None = 128
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -95,12 +100,14 @@ class State:
     failed: int = 0  # 500: the server's fault
     aborted: int = 0  # the client went away before its answer (mid-body, or while it was computed)
     overdue: int = 0  # 503: not answered within request_timeout
+    busy: int = 0  # 503: limit_concurrency requests were in progress
     cut_off: int = 0  # 503: still running when the shutdown's graceful timeout ended
     timeouts: dict = field(default_factory=lambda: {"headers": 0, "body": 0})
 
     def counters(self) -> str:
         return (f"{self.answered} answered, {self.refused} refused, {self.failed} failed, {self.aborted} aborted by "
-                f"their clients, {self.overdue} over the request timeout, {self.cut_off} cut off by the shutdown")
+                f"their clients, {self.overdue} over the request timeout, {self.busy} over the concurrency limit, "
+                f"{self.cut_off} cut off by the shutdown")
 
 
 def answer_questions(qa, questions: list[str], contexts: list[str], params: dict) -> list:
@@ -245,7 +252,8 @@ _REFUSALS = {status: {"model": ErrorResponse, "description": why} for status, wh
     (413, "The body is over the server's --max-body-bytes."),
     (415, "The body is declared as something other than JSON in UTF-8."),
     (422, "The JSON does not follow the schema, or a text is empty or over the server's size limits."),
-    (503, "Not answered within the server's --request-timeout, or the server is shutting down.")]}
+    (503, "Not answered within the server's --request-timeout, over its --limit-concurrency requests in progress, "
+          "or the server is shutting down.")]}
 
 
 def add_answer_routes(app: FastAPI, state: State) -> None:
@@ -304,11 +312,12 @@ def add_health_routes(app: FastAPI, state: State) -> None:
             "commit": state.qa.commit, "folder": str(state.folder), "weights_sha256": state.weights_sha256, "npbert": __version__,
             "uptime_s": round(time.time() - state.started, 3), "in_flight": state.in_flight,
             "answered": state.answered, "refused": state.refused, "failed": state.failed, "aborted": state.aborted,
-            "overdue": state.overdue, "cut_off": state.cut_off, "timeouts": dict(state.timeouts),
+            "overdue": state.overdue, "busy": state.busy, "cut_off": state.cut_off, "timeouts": dict(state.timeouts),
             "batching": {"enabled": s.max_batch > 1, "max_batch": s.max_batch, "wait_ms": s.batch_wait_ms,
                          "turn_tokens": s.turn_tokens,
                          **state.batcher.stats.as_dict()},
             "timeouts_s": {"request": s.request_timeout, "header": s.header_timeout, "body": s.body_timeout},
+            "limit_concurrency": s.limit_concurrency,
             "limits": dataclasses.asdict(s.limits),
         }
 

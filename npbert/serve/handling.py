@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from ..pipeline import QuestionAnsweringPipeline
+from ..tokenizer import TooManyWindows
 from .batcher import Abandoned, LockedTokenizer, OverDeadline, Ticket
 from .schemas import BadRequest
 
@@ -23,27 +24,29 @@ log = logging.getLogger("npbert.serve")
 def request_pipeline(qa, model, tokenizer_lock, max_request_windows: int | None = None) -> QuestionAnsweringPipeline:
     """A pipeline for one request: `qa`'s settings, its forwards on `model` (the request's ScheduledModel),
     its tokenizer's calls under `tokenizer_lock`, and at most `max_request_windows` windows in all."""
-    tokenizer = RequestTokenizer(qa.tokenizer, tokenizer_lock, qa.max_windows, max_request_windows)
+    tokenizer = RequestTokenizer(qa.tokenizer, tokenizer_lock, max_request_windows)
     return QuestionAnsweringPipeline(model, tokenizer, model_id=qa.model_id, revision=qa.revision,
                                      batch_size=qa.batch_size, max_windows=qa.max_windows)
 
 
 class RequestTokenizer(LockedTokenizer):
     """The tokenizer, refusing a request whose questions make more than `max_total` windows in all (after
-    tokenizing, before any forward; a question over its own limit is left to the pipeline's message)."""
+    tokenizing, before any forward; a question over the pipeline's own max_windows is refused by the
+    tokenizer before its windows are made, and named by the pipeline)."""
 
-    def __init__(self, tokenizer, lock, max_per_question: int | None, max_total: int | None):
+    def __init__(self, tokenizer, lock, max_total: int | None):
         super().__init__(tokenizer, lock)
-        self._max_per_question, self._max_total = max_per_question, max_total
+        self._max_total = max_total
 
     def encode_pairs(self, questions, contexts, max_seq_len, doc_stride, *args, **kwargs):
         """One question at a time (the lock is not held for a whole large request, and the count stops at
         the first question past the limit)."""
         encode, per_example, total = self.__getattr__("encode_pairs"), [], 0
         for question, context in zip(questions, contexts):
-            (windows,) = encode([question], [context], max_seq_len, doc_stride, *args, **kwargs)
-            if self._max_per_question is not None and len(windows) > self._max_per_question:
-                return per_example + [windows]  # the pipeline names this question's problem
+            try:
+                (windows,) = encode([question], [context], max_seq_len, doc_stride, *args, **kwargs)
+            except TooManyWindows as e:  # encoded one at a time: its index in the request is the pipeline's
+                raise TooManyWindows(len(per_example), e.windows, e.limit) from None
             per_example.append(windows)
             total += len(windows)
             if self._max_total is not None and total > self._max_total:
@@ -118,7 +121,14 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
 async def handled(request: Request, state, compute, to_json=lambda data: data) -> JSONResponse:
     """Run a route's `compute()` with the server's bookkeeping: in-flight and the outcome counters, a
     logged 4xx for the client's faults (BadRequest), a logged 500 for anything else, and what is neither
-    counted as what it is (see the module docstring)."""
+    counted as what it is (app.py's module docstring lists the counters)."""
+    limit = state.settings.limit_concurrency
+    if limit is not None and state.in_flight >= limit:
+        state.busy += 1
+        log.warning("%s %s: refused (503): %d requests in progress, the --limit-concurrency", request.method,
+                    short_target(request.url.path), state.in_flight)
+        return error_response(503, f"the server has {state.in_flight} requests in progress, its limit: retry shortly",
+                              headers={"Retry-After": "1"})
     state.in_flight += 1
     t0 = time.monotonic()
     where = f"{request.method} {short_target(request.url.path)}"

@@ -26,6 +26,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..limits import DEFAULT_MAX_WINDOWS
+
 
 class BadRequest(Exception):
     """A request the server refuses: `status` is the HTTP status (4xx), `message` names the problem."""
@@ -43,7 +45,7 @@ class Limits:
     max_context_chars: int = 20_000
     max_question_chars: int = 1_000
     max_items: int = 32
-    max_windows: int = 64  # per question: windows of max_seq_len tokens its context makes (docs/serving.md)
+    max_windows: int = DEFAULT_MAX_WINDOWS  # per question: windows of max_seq_len tokens its context makes (docs/serving.md)
     max_seq_len: int = 512  # the model's position table: a longer window would index past it
     max_top_k: int = 20
     max_request_windows: int = 64  # over all questions of a request: bounds one request's work (docs/serving.md)

@@ -1,7 +1,8 @@
 """npbert.pipeline vs transformers 4.57.6 `pipeline("question-answering")` for every family, each with the
 tokenizer layout its hub checkpoints ship: BERT cased and uncased (MiniLM) and ELECTRA from vocab.txt,
 RoBERTa from vocab.json + merges.txt (and from a tokenizer.json transformers saved), XLM-R, ALBERT and
-DeBERTa-v3 from SentencePiece models trained in the test. Random weights saved by transformers' `save_pretrained`,
+DeBERTa-v3 from SentencePiece models trained in the test (also without [CLS]/[SEP] pieces, the special tokens
+added as transformers adds them), BERT with added_tokens.json. Random weights saved by transformers' `save_pretrained`,
 sized to the tokenizer's vocabulary and padding id.
 
 Every answer, start and end identical; scores within 1e-4 relative: multi-window contexts, unicode, the
@@ -28,6 +29,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 TINY = dict(hidden_size=32, num_attention_heads=4, intermediate_size=48, num_hidden_layers=2,
             max_position_embeddings=512, initializer_range=0.2)
+# entity markers as relation-extraction fine-tunes add them (added_tokens.json): whole tokens where declared
+ENTITIES = "<e1>John</e1> has lived in <e2>Seattle</e2> since 2010, and <e1>Mary</e1> in <e2>Boston</e2>."
+# deberta-v3-base's attention settings (a SQuAD 2.0 model: handle_impossible_answer is what it is run with)
+DEBERTA_V3 = {"type_vocab_size": 0, "relative_attention": True, "position_buckets": 256, "pos_att_type": ["p2c", "c2p"],
+              "norm_rel_ebd": "layer_norm", "share_att_key": True, "position_biased_input": False, "layer_norm_eps": 1e-7}
 # family -> (tokenizer folder maker, model config beyond TINY)
 LAYOUTS = {
     "bert-cased-vocab.txt": ("bert", lambda d: th.wordpiece_folder(d, lowercase=False), {}),
@@ -42,11 +48,18 @@ LAYOUTS = {
                                   {"type_vocab_size": 1, "layer_norm_eps": 1e-5}),
     "albert-sentencepiece": ("albert", lambda d: th.sentencepiece_folder(d, "albert"),
                              {"embedding_size": 16, "hidden_act": "gelu_new"}),
-    # deberta-v3-base's attention settings (a SQuAD 2.0 model: handle_impossible_answer is what it is run with)
-    "deberta-v3-sentencepiece": ("deberta-v2", lambda d: th.sentencepiece_folder(d, "deberta"),
-                                 {"type_vocab_size": 0, "relative_attention": True, "position_buckets": 256,
-                                  "pos_att_type": ["p2c", "c2p"], "norm_rel_ebd": "layer_norm", "share_att_key": True,
-                                  "position_biased_input": False, "layer_norm_eps": 1e-7}),
+    "deberta-v3-sentencepiece": ("deberta-v2", lambda d: th.sentencepiece_folder(d, "deberta"), DEBERTA_V3),
+    # issue 27: what transformers loads and npbert refused: DeBERTa-v3 on a sentencepiece model without [CLS]/[SEP]
+    # (DebertaV2TokenizerFast(vocab_file=...) declares them as added tokens), an ALBERT folder with only
+    # spiece.model, and a BERT vocab.txt with added_tokens.json entity markers
+    "deberta-v3-added-specials": ("deberta-v2", lambda d: th.saved_by_transformers(
+        d, "DebertaV2TokenizerFast", th.plain_sentencepiece(d.with_name("plain.model")), "deberta-v2",
+        keep=("spm.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json")), DEBERTA_V3),
+    "albert-spiece-only": ("albert", lambda d: th.saved_by_transformers(
+        d, "AlbertTokenizer", th.plain_sentencepiece(d.with_name("plain.model")), "albert", keep=("spiece.model",)),
+        {"embedding_size": 16, "hidden_act": "gelu_new"}),
+    "bert-added-tokens-json": ("bert", lambda d: th.with_added_tokens_json(
+        th.wordpiece_folder(d.with_name("src"), lowercase=True), d, ["<e1>", "</e1>"]), {}),
 }
 
 
@@ -67,8 +80,9 @@ def family_pair(request, tmp_path_factory):
 
 def test_questions_contexts_and_windows(family_pair):
     mine, ref = family_pair
-    questions = ["Where does John live?", "Which river was renamed in 1830?"] + QUESTIONS[:len(UNICODE)]
-    contexts = [SHORT, LONG[:900]] + UNICODE
+    questions = ["Where does John live?", "Which river was renamed in 1830?", "Who lives there?"] + \
+        QUESTIONS[:len(UNICODE)]
+    contexts = [SHORT, LONG[:900], ENTITIES] + UNICODE
     assert len(mine.tokenizer.encode_pair(questions[1], contexts[1], 64, 16)) >= 3
     for kwargs in (dict(top_k=3), dict(top_k=2, batch_size=4, max_seq_len=64, doc_stride=16),
                    dict(handle_impossible_answer=True, top_k=4, max_seq_len=48, doc_stride=8),
