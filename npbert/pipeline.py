@@ -165,7 +165,7 @@ class QuestionAnsweringPipeline:
         self.revision = revision
         self.folder = Path(folder) if folder is not None else None
         self.commit = hub.snapshot_commit(self.folder) if self.folder is not None else None
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_batch_size(batch_size)
         # Most windows one question's context may make (None: no limit, as transformers). A server sets it:
         # a small max_seq_len or a doc_stride close to it makes a window per few tokens, and one request
         # would then hold the model for minutes.
@@ -205,28 +205,17 @@ class QuestionAnsweringPipeline:
         params = {k: kwargs.pop(k) for k in list(kwargs) if k in PARAMETERS}
         examples, form = _examples(args, kwargs)
         params = {**self._defaults, **check_parameters(params)}
-        batch_size = _check_batch_size(batch_size) or self.batch_size
+        batch_size = check_batch_size(batch_size) or self.batch_size
         if form == "stream":
             if null_scores is not None:
                 raise ValueError("null_scores= needs a list of inputs, not a generator or Dataset")
-            settings = self._window_settings(params)  # bad settings fail now, not at the first item
+            # bad settings fail now, not at the first item
+            settings = window_settings(self.tokenizer, params.get("max_seq_len"), params.get("doc_stride"))
             return self._stream(examples, params, batch_size, settings)
         results = self._answer(examples, params, batch_size, null_scores) if examples else []
         return results[0] if len(results) == 1 and form != "list" else results
 
     # --- the steps --------------------------------------------------------------------------------------
-
-    def _window_settings(self, params: dict) -> tuple[int, int]:
-        """max_seq_len and doc_stride as transformers' preprocess resolves them."""
-        max_seq_len = params.get("max_seq_len")
-        if max_seq_len is None:
-            max_seq_len = min(self.tokenizer.model_max_length, 384)
-        doc_stride = params.get("doc_stride")
-        if doc_stride is None:
-            doc_stride = min(max_seq_len // 2, 128)
-        if doc_stride > max_seq_len:
-            raise ValueError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
-        return max_seq_len, doc_stride
 
     def _windows(self, examples: list[tuple[str, str]], settings: tuple[int, int], params: dict,
                  names) -> list[list]:
@@ -276,7 +265,8 @@ class QuestionAnsweringPipeline:
                 null_scores: list | None = None) -> list:
         """Answers of a list of examples: all their windows batched together (their null scores appended to
         `null_scores` when given)."""
-        per_example = self._windows(examples, self._window_settings(params), params,
+        settings = window_settings(self.tokenizer, params.get("max_seq_len"), params.get("doc_stride"))
+        per_example = self._windows(examples, settings, params,
                                     lambda i: "the context" if len(examples) == 1 else f"context {i}")
         lengths = _collated_lengths([len(w) for ws in per_example for w in ws], batch_size or 1)
         return self._postprocess(examples, per_example, lengths, params, batch_size, null_scores)
@@ -464,6 +454,19 @@ def _example(item) -> tuple[str, str]:
     return item["question"], item["context"]
 
 
+def window_settings(tokenizer, max_seq_len: int | None = None, doc_stride: int | None = None) -> tuple[int, int]:
+    """max_seq_len and doc_stride as transformers' preprocess resolves them: min(model_max_length, 384) and
+    min(max_seq_len // 2, 128) when not given, and a doc_stride larger than max_seq_len refused. The one
+    place these defaults live: the pipeline, the explain route and `npbert trace` call it."""
+    if max_seq_len is None:
+        max_seq_len = min(tokenizer.model_max_length, 384)
+    if doc_stride is None:
+        doc_stride = min(max_seq_len // 2, 128)
+    if doc_stride > max_seq_len:
+        raise ValueError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
+    return max_seq_len, doc_stride
+
+
 def check_parameters(params: dict) -> dict:
     """`_sanitize_parameters`: the same names, checks and messages; unknown names are an error here."""
     unknown = sorted(set(params) - set(PARAMETERS))
@@ -497,7 +500,7 @@ def check_parameters(params: dict) -> dict:
     return out
 
 
-def _check_batch_size(batch_size):
+def check_batch_size(batch_size):
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                                    or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, found {batch_size!r}")

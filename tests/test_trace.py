@@ -197,6 +197,25 @@ def test_trace_command_long_context_has_one_row_per_window(tiny_checkpoint, tmp_
     assert r.returncode == 2 and "context" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_trace_command_takes_the_pipelines_window_settings(tiny_checkpoint, tmp_path):
+    # One window-settings function (pipeline.window_settings): the trace refuses what the pipeline refuses,
+    # with its message, and encodes the windows the pipeline encodes (doc_stride equal to max_seq_len is the
+    # pipeline's boundary case: allowed there, so allowed here).
+    context = " ".join(["My name is John and I live in Seattle."] * 12)
+    common = ["trace", "--model", tiny_checkpoint, "--question", QUESTION, "--context", context]
+    r = npbert_cli(*common, "--max-seq-len", 40, "--doc-stride", 41, "--out", tmp_path / "a.safetensors")
+    assert r.returncode == 2 and "`doc_stride` (41) is larger than `max_seq_len` (40)" in r.stderr, r.stderr
+    r = npbert_cli(*common, "--max-seq-len", 2, "--out", tmp_path / "b.safetensors")
+    assert r.returncode == 2 and "max_seq_len must leave room" in r.stderr and "Traceback" not in r.stderr
+    out = tmp_path / "c.safetensors"
+    r = npbert_cli(*common, "--max-seq-len", 48, "--out", out)
+    assert r.returncode == 0, r.stderr
+    t, _ = T.load(out)
+    tok = npbert.Tokenizer.from_folder(tiny_checkpoint)
+    max_seq_len, doc_stride = 48, min(48 // 2, 128)  # the pipeline's default stride, as transformers'
+    assert t["input_ids"].shape[0] == len(tok.encode_pair(QUESTION, context, max_seq_len, doc_stride))
+
+
 def test_trace_command_estimates_the_size_and_refuses_past_max_mb(tiny_checkpoint, tmp_path):
     """A 3.5 KB context silently made a 603 MB file at full size: the size is now estimated before writing,
     refused past --max-mb (saying the estimate and the flag), written when the flag allows it."""

@@ -29,10 +29,13 @@ def load_and_encode(args, dtype="float32"):
     from .. import hub
     from ..model import AutoModel, AutoModelForQuestionAnswering
     from ..tokenizer import Tokenizer
+    from ..pipeline import check_parameters, window_settings
     from ..trace import encode
     from ..weights import read_header
 
     args.question, args.context = question_and_context(args)
+    # The pipeline's own checks, before the model is loaded; its defaults once the tokenizer is known.
+    settings = check_parameters(dict(max_seq_len=args.max_seq_len, doc_stride=args.doc_stride))
     args.context_file = None
     folder = hub.resolve(args.model, args.revision)
     weights = folder / "model.safetensors"
@@ -41,10 +44,7 @@ def load_and_encode(args, dtype="float32"):
     cls = AutoModel if encoder_only else AutoModelForQuestionAnswering
     model = cls.from_pretrained(folder, dtype=np.dtype(dtype))
     tokenizer = Tokenizer.from_folder(folder, model.config.model_type)
-    max_seq_len = args.max_seq_len or min(tokenizer.model_max_length, 384)
-    doc_stride = args.doc_stride if args.doc_stride is not None else min(max_seq_len // 2, 128)
-    if doc_stride >= max_seq_len:
-        raise ValueError(f"--doc-stride {doc_stride} must be smaller than --max-seq-len {max_seq_len}")
+    max_seq_len, doc_stride = window_settings(tokenizer, settings.get("max_seq_len"), settings.get("doc_stride"))
     inputs, tokens = encode(tokenizer, args.question, args.context, max_seq_len, doc_stride)
     return model, inputs, tokens
 

@@ -29,7 +29,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..pipeline import QuestionAnsweringPipeline, check_parameters, model_inputs
+from ..pipeline import QuestionAnsweringPipeline, check_parameters, model_inputs, window_settings
 from ..qa import answer_probabilities, possible_tokens
 from .handling import handled, read_body, request_pipeline, scheduled
 from .schemas import BadRequest, parse_request
@@ -41,13 +41,6 @@ MAX_ATTENTION_VALUES = 4_000_000
 
 class ExplainError(ValueError):
     """A request `explain` cannot serve (a window or layer that does not exist): the client's fault."""
-
-
-def window_settings(qa, params: dict) -> tuple[int, int]:
-    """max_seq_len and doc_stride as the pipeline resolves them."""
-    max_seq_len = params.get("max_seq_len") or min(qa.tokenizer.model_max_length, 384)
-    doc_stride = params.get("doc_stride")
-    return max_seq_len, min(max_seq_len // 2, 128) if doc_stride is None else doc_stride
 
 
 def context_span(window) -> tuple[int, int]:
@@ -86,7 +79,7 @@ def explain(qa, question: str, context: str, params: dict | None = None, window:
     pipeline refuses, ExplainError for a window or layer that does not exist.
     """
     params = check_parameters(dict(params or {}))
-    max_seq_len, doc_stride = window_settings(qa, params)
+    max_seq_len, doc_stride = window_settings(qa.tokenizer, params.get("max_seq_len"), params.get("doc_stride"))
     recorder = _Recorder(qa.model)
     result = QuestionAnsweringPipeline(recorder, qa.tokenizer, batch_size=qa.batch_size,
                                        max_windows=getattr(qa, "max_windows", None))(
