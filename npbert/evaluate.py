@@ -34,14 +34,13 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from . import squad
+from .durable import Interrupted, Signals, interrupt_behind, write_atomic
 from .hub import DEFAULT_MODEL, sha256_file
 
 PARTIAL = "predictions.partial.jsonl"
@@ -81,15 +80,6 @@ class Job:
 
 class JobError(ValueError):
     """A job setting that cannot be used, naming the key and where it came from."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """The run stopped on SIGINT or SIGTERM (`signum`); the `done` of `total` questions finished are on disk
-    in `partial`."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum, self.done, self.total, self.partial = signum, 0, 0, None
 
 
 # --- the job -------------------------------------------------------------------------------------------
@@ -170,24 +160,6 @@ def read_job_file(path: str | Path) -> tuple[dict, callable]:
 
 
 # --- files ---------------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """`text` into `path` whole or not at all: written to PATH.tmp, fsync'ed, renamed. A write that fails
-    (a full disk) removes PATH.tmp and raises an OSError naming `path` (the system's own names no file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the error worth reporting is the write's
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
 
 
 def _dumps_line(obj) -> bytes:
@@ -334,56 +306,10 @@ def _holding_output_lock(run):
 # --- signals -------------------------------------------------------------------------------------------
 
 
-class _Signals:
-    """SIGINT and SIGTERM raise `Interrupted`, except inside `critical()` (writing a chunk), where they are
-    held until the block ends, so a chunk line is either written whole or not at all."""
-
-    def __init__(self):
-        self.holding, self.pending = False, None
-
-    def handler(self, signum, frame):
-        if self.holding:
-            self.pending = signum
-        else:
-            raise Interrupted(signum)
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():  # handlers work in the main thread only
-            yield self
-            return
-        previous = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-    @contextmanager
-    def critical(self):
-        self.holding = True
-        try:
-            yield
-        finally:
-            self.holding = False
-            if self.pending is not None:
-                signum, self.pending = self.pending, None
-                raise Interrupted(signum)
-
-
-def _interrupt_behind(error: SystemError):
-    """The Interrupted a native call turned into this SystemError, or None. When the signal handler raises
-    while a numba kernel's dispatcher is running, the dispatcher returns its result anyway and CPython
-    reports "returned a result with an exception set", with the Interrupted as the cause. It is still the
-    interrupt (seen about once in 40 runs of SIGTERM during an eval)."""
-    cause = error.__cause__ or error.__context__
-    return cause if isinstance(cause, Interrupted) else None
-
-
 # --- the run -------------------------------------------------------------------------------------------
 
 
-def _records(output, n: int) -> list[list[dict]]:
+def answer_records(output, n: int) -> list[list[dict]]:
     """The pipeline's answers as one list of {score, start, end, answer} per question. Like transformers, it
     returns a dict (top_k 1) or a list (top_k > 1) per question, and unwraps a batch of one."""
     per_question = [output] if n == 1 else list(output)
@@ -393,9 +319,10 @@ def _records(output, n: int) -> list[list[dict]]:
              for a in ([out] if isinstance(out, dict) else out)] for out in per_question]
 
 
-def effective_parameters(job: Job, version: str) -> dict:
-    """The pipeline parameters the run uses: v2.0 answers "no answer" unless told otherwise."""
-    params = dict(job.parameters)
+def effective_parameters(parameters: dict, version: str) -> dict:
+    """The pipeline parameters a run on a SQuAD `version` file uses (`npbert eval` and `npbert batch`): v2.0
+    answers "no answer" unless told otherwise."""
+    params = dict(parameters)
     if version == "2.0":
         params.setdefault("handle_impossible_answer", True)
     return dict(sorted(params.items()))
@@ -426,7 +353,7 @@ def run(job: Job, qa=None, resume: bool = False, progress_file=None, answer_chun
     version = job.version or data.version or "1.1"
     data = data.head(job.limit)
     examples = data.examples
-    params = effective_parameters(job, version)
+    params = effective_parameters(job.parameters, version)
     out = Path(job.output)
     if out.exists() and not out.is_dir():
         raise JobError(f"{out}: output exists and is not a folder")
@@ -443,7 +370,7 @@ def run(job: Job, qa=None, resume: bool = False, progress_file=None, answer_chun
         records, seconds, keep_bytes = read_partial(partial, fingerprint, examples, job.save_every)
     out.mkdir(parents=True, exist_ok=True)
 
-    signals = _Signals()
+    signals = Signals()
     with signals.installed(), open(partial, "ab" if keep_bytes else "wb") as f:
         if keep_bytes:
             f.truncate(keep_bytes)  # drop a half-written last line
@@ -453,12 +380,12 @@ def run(job: Job, qa=None, resume: bool = False, progress_file=None, answer_chun
             seconds = _answer_all(qa, examples, records, seconds, params, job, f, signals, progress_file,
                                   answer_chunks)
             with signals.critical():
-                metrics = _finish(out, data, version, records, seconds, identity, params)
+                metrics = write_results(out, data, version, records, seconds, identity, params)
         except (Interrupted, SystemError) as e:
-            interrupt = e if isinstance(e, Interrupted) else _interrupt_behind(e)
+            interrupt = e if isinstance(e, Interrupted) else interrupt_behind(e)
             if interrupt is None:
                 raise
-            interrupt.done, interrupt.total, interrupt.partial = len(records), len(examples), partial
+            interrupt.done, interrupt.total, interrupt.saved = len(records), len(examples), partial
             raise interrupt from None
         finally:
             if not records:  # nothing finished (e.g. a parameter the pipeline refused): nothing to resume
@@ -492,7 +419,7 @@ def _answer_all(qa, examples, records: list, seconds, params, job, f, signals, p
                     output, null_scores = next(elsewhere)
             except ValueError as e:  # a parameter, or a question the pipeline refuses: say which questions
                 raise ValueError(f"questions {start + 1}-{start + len(chunk)} (from {chunk[0].location}): {e}") from None
-            answers = _records(output, len(chunk))
+            answers = answer_records(output, len(chunk))
             elapsed = time.perf_counter() - t0
             done = [{"id": e.id, "answers": a, "null_score": n} for e, a, n in zip(chunk, answers, null_scores)]
             with signals.critical():
@@ -507,7 +434,9 @@ def _answer_all(qa, examples, records: list, seconds, params, job, f, signals, p
     return seconds
 
 
-def _finish(out: Path, data, version, records, seconds, identity, params) -> dict:
+def write_results(out: Path, data, version, records, seconds, identity, params) -> dict:
+    """A finished run's files in `out` (predictions.json, nbest/na_probs when they apply, metrics.json), each
+    written atomically; returns the metrics. `npbert batch` writes its SQuAD runs' files with it too."""
     predictions = {r["id"]: r["answers"][0]["answer"] if r["answers"] else "" for r in records}
     write_atomic(out / PREDICTIONS, json.dumps(predictions, ensure_ascii=False, indent=2) + "\n")
     if params.get("top_k", 1) > 1:

@@ -52,7 +52,7 @@ def client(tiny_checkpoint):
 
 def preload_of(model):
     """The load settings batch.answer gives its tasks for `model` with the default max_windows."""
-    return batch._load_settings(model, None, False, "float32", None, batch.DEFAULT_MAX_WINDOWS)
+    return batch.load_settings(model, None, False, "float32", None, batch.DEFAULT_MAX_WINDOWS)
 
 
 @pytest.fixture(scope="module")
@@ -449,4 +449,4 @@ def test_a_partition_failing_on_the_cluster_stops_the_run_naming_it(client):
     tasks = [{"partition": 3, "rows": [], "blas_threads": None}]
     with pytest.raises(batch.PartitionFailed, match=r"^partition 3 failed on the cluster: KeyError: 'load'; "
                        "the finished partitions are saved, --resume retries the rest$"):
-        list(batch._completed(client, tasks, ["npbert-batch-test-3"]))
+        list(batch.completed(client, tasks, ["npbert-batch-test-3"]))

@@ -118,7 +118,7 @@ def test_a_context_too_long_in_characters_is_refused_untokenized(limited, monkey
 WORKER = textwrap.dedent("""
     import json, sys
     from npbert import batch
-    load = batch._load_settings(sys.argv[1], None, False, "float32", None, batch.DEFAULT_MAX_WINDOWS)
+    load = batch.load_settings(sys.argv[1], None, False, "float32", None, batch.DEFAULT_MAX_WINDOWS)
     context = ("The quick brown fox jumps over the lazy dog near Paris. " * (int(sys.argv[2]) // 56 + 1))[:int(sys.argv[2])]
     rows = [(0, "big", "Where is the dog?", context), (1, "ok", "Where is the dog?", "Near Paris.")]
     task = {"partition": 0, "rows": rows, "load": load, "params": {}, "call_size": 32, "blas_threads": 1}

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 import npbert
-from npbert import evaluate, squad
+from npbert import durable, evaluate, squad
 from test_squad import v1_evaluate, v2_main
 
 NAMES = ["John", "Anna", "Maria", "Peter", "Paul", "Clara", "Otto", "Ida", "Hugo", "Lena"]
@@ -246,7 +246,7 @@ def test_resume_refuses_a_different_job(tmp_path, qa, tiny_checkpoint):
 
 
 def test_signals_are_held_while_a_chunk_is_written():
-    signals = evaluate._Signals()
+    signals = durable.Signals()
     with signals.installed():
         with pytest.raises(evaluate.Interrupted):
             with signals.critical():

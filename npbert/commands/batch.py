@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from .eval import _PIPELINE_FLAGS, add_pipeline_arguments
+from .eval import PIPELINE_FLAGS, add_pipeline_arguments
 
 
 def add_parser(subparsers) -> None:
@@ -54,7 +54,7 @@ def run(args) -> int:
     from . import CommandError
     from ..hub import DEFAULT_MODEL
 
-    params = {k: getattr(args, k) for k in _PIPELINE_FLAGS if getattr(args, k) is not None}
+    params = {k: getattr(args, k) for k in PIPELINE_FLAGS if getattr(args, k) is not None}
     try:
         manifest = batch.answer(args.data, args.out, model=args.model or DEFAULT_MODEL, revision=args.revision,
                                 workers=args.workers, scheduler=args.scheduler, partition_size=args.partition_size,
@@ -62,7 +62,7 @@ def run(args) -> int:
                                 progress=args.progress, **params)
     except batch.Interrupted as e:
         raise CommandError(f"interrupted by {e} after {e.done} of {e.total} partitions, which are saved in "
-                           f"{e.parts}; run the same command with --resume to continue", 128 + e.signum) from None
+                           f"{e.saved}; run the same command with --resume to continue", 128 + e.signum) from None
     except (batch.IncompleteError, batch.PartitionFailed) as e:
         raise CommandError(str(e), 1) from None
     print(f"npbert batch: {manifest['answered']} of {manifest['inputs']} inputs answered, {manifest['errors']} in "

@@ -14,7 +14,7 @@ import argparse
 # flag -> job key; pipeline parameters go under "parameters"
 _JOB_FLAGS = {"model": "model", "revision": "revision", "data": "data", "version": "version", "out": "output",
               "limit": "limit", "save_every": "save_every", "progress": "progress"}
-_PIPELINE_FLAGS = ("top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
+PIPELINE_FLAGS = ("top_k", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
                    "handle_impossible_answer", "align_to_words", "padding", "batch_size")
 
 
@@ -48,7 +48,7 @@ def add_pipeline_arguments(p, top_k_help="answers per question (default 1); K > 
                            "nbest_predictions.json",
                            impossible_help="allow the empty (no-answer) prediction (default: on for v2.0, off "
                            "for v1.1)") -> None:
-    """The pipeline parameter flags (`_PIPELINE_FLAGS`), shared with `npbert batch`."""
+    """The pipeline parameter flags (`PIPELINE_FLAGS`), shared with `npbert batch`."""
     g = p.add_argument_group("pipeline parameters (as transformers' QuestionAnsweringPipeline)")
     g.add_argument("--top-k", type=int, metavar="K", help=top_k_help)
     g.add_argument("--doc-stride", type=int, metavar="N", help="overlap between windows of a long context "
@@ -81,7 +81,7 @@ def job_from_args(args):
         if getattr(args, flag) is not None:
             settings[key] = getattr(args, flag)
             from_flags.add(key)
-    params = {k: getattr(args, k) for k in _PIPELINE_FLAGS if getattr(args, k) is not None}
+    params = {k: getattr(args, k) for k in PIPELINE_FLAGS if getattr(args, k) is not None}
     if params:
         base = settings.get("parameters")
         settings["parameters"] = {**base, **params} if isinstance(base, dict) else params
@@ -129,7 +129,7 @@ def run(args) -> int:
         if e.done == 0:
             raise CommandError(f"interrupted by {e} before any question was answered", 128 + e.signum) from None
         raise CommandError(f"interrupted by {e} after {e.done} of {e.total} questions, which are saved in "
-                           f"{e.partial}; run the same command with --resume to continue", 128 + e.signum) from None
+                           f"{e.saved}; run the same command with --resume to continue", 128 + e.signum) from None
     print(f"npbert eval: {metrics['count']} questions in {metrics['elapsed_seconds']:.1f} s "
           f"({metrics['questions_per_second']:.2f} q/s); files in {job.output}", file=sys.stderr)
     print(json.dumps(evaluate.score_of(metrics)))
