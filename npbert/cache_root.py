@@ -28,8 +28,10 @@ NUMBA_ENV = "NUMBA_CACHE_DIR"
 
 def root() -> Path:
     """$NPBERT_CACHE, else $XDG_CACHE_HOME/npbert, else ~/.cache/npbert."""
-    return Path(os.environ.get(ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "npbert"))
+    return Path(
+        os.environ.get(ENV)
+        or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "npbert")
+    )
 
 
 def use_for_numba() -> None:

@@ -35,7 +35,6 @@ import numpy as np
 from .ops.gemm import linear, qkv_projections
 
 
-
 def log_bucket_position(relative, bucket_size, max_position):  # [S, S] int64 -> [S, S] int64
     # A bucket is a row of the relative-position table. Distances shorter than mid = bucket_size / 2 get
     # a row each (exact); longer ones share rows, ever more of them per row, logarithmically, so that
@@ -47,8 +46,9 @@ def log_bucket_position(relative, bucket_size, max_position):  # [S, S] int64 ->
     abs_pos = np.where((relative < mid) & (relative > -mid), mid - 1, np.abs(relative))
     f32 = np.float32
     with np.errstate(divide="ignore", invalid="ignore"):  # log(0) where abs_pos <= mid: not selected below
-        log_pos = np.ceil(np.log(abs_pos.astype(f32) / f32(mid)) / np.log(f32((max_position - 1) / mid))
-                          * f32(mid - 1)) + f32(mid)
+        log_pos = np.ceil(
+            np.log(abs_pos.astype(f32) / f32(mid)) / np.log(f32((max_position - 1) / mid)) * f32(mid - 1)
+        ) + f32(mid)
     return np.where(abs_pos <= mid, relative.astype(f32), log_pos * sign).astype(np.int64)
 
 
@@ -89,8 +89,9 @@ def embeddings(input_ids, token_type_ids, keep, emb, config, ops, tap=None):  # 
     # (+ token types when type_vocab_size > 0), LayerNorm, then padded positions multiplied by 0.
     B, S = input_ids.shape
     x = emb.word_embeddings.weight[input_ids]  # [B, S, D]
-    types = (emb.token_type_embeddings.weight[token_type_ids] if emb.token_type_embeddings is not None
-             else np.zeros_like(x))
+    types = (
+        emb.token_type_embeddings.weight[token_type_ids] if emb.token_type_embeddings is not None else np.zeros_like(x)
+    )
     if tap is not None:
         tap["word"] = x
         if emb.token_type_embeddings is not None:
@@ -99,8 +100,9 @@ def embeddings(input_ids, token_type_ids, keep, emb, config, ops, tap=None):  # 
         if tap is not None:
             tap["position"] = emb.position_embeddings.weight[None, :S]
         x = x + emb.position_embeddings.weight[:S]
-    x = ops.residual_layernorm(x.reshape(B * S, -1), types.reshape(B * S, -1), emb.LayerNorm.weight,
-                               emb.LayerNorm.bias, config.layer_norm_eps).reshape(B, S, -1)
+    x = ops.residual_layernorm(
+        x.reshape(B * S, -1), types.reshape(B * S, -1), emb.LayerNorm.weight, emb.LayerNorm.bias, config.layer_norm_eps
+    ).reshape(B, S, -1)
     return x * keep[..., None].astype(x.dtype)
 
 
@@ -128,8 +130,9 @@ def shared_positions(seq_len, transformer, config, dtype, ops, tap=None) -> Rela
         tap["rel_embeddings"] = table
     relative = relative_positions(seq_len, config.position_buckets, config.max_relative_distance)  # [S, S]
     span = config.relative_span
-    return RelativePositions(table, c2p_index(relative, span), p2c_index(relative, span), scale,
-                             config.pos_att_type, config.share_att_key)
+    return RelativePositions(
+        table, c2p_index(relative, span), p2c_index(relative, span), scale, config.pos_att_type, config.share_att_key
+    )
 
 
 def projected_table(layer, rel: RelativePositions):  # -> pos_k [2A, D] | None, pos_q [2A, D] | None
@@ -149,8 +152,9 @@ def self_attention(x, keep, layer, rel, n_heads, ops, return_probs=False, tap=No
     # As model.self_attention, with the position terms added to the scores (ops' disentangled_attention).
     q, k, v = qkv_projections(x, layer.attention, tap)  # [B, S, D] each
     pos_k, pos_q = projected_table(layer, rel)
-    context, probs = ops.disentangled_attention(q, k, v, pos_k, pos_q, rel.c2p_pos, rel.p2c_pos, keep, n_heads,
-                                                rel.scale, return_probs, tap)  # [B, S, D], [B, H, S, S]
+    context, probs = ops.disentangled_attention(
+        q, k, v, pos_k, pos_q, rel.c2p_pos, rel.p2c_pos, keep, n_heads, rel.scale, return_probs, tap
+    )  # [B, S, D], [B, H, S, S]
     out = linear(context, layer.attention.out_lin)
     if tap is not None:
         tap["context"], tap["output"] = context, out

@@ -50,11 +50,11 @@ def relayout_for_speed(tree, weights_file: Path | None = None, panels: bool = Fa
 
     - Each layer's attention gets `qkv`, its q, k, v matrices stacked into one [3D, D] matrix, so the
       three projections are one GEMM; `q_lin`/`k_lin`/`v_lin` stay, as views into it.
-    - Every linear layer's matrix (qkv, out_lin, lin1, lin2, the embedding projection, qa_outputs) is stored transposed in memory:
-      still the [out, in] array `linear` reads (same shape, same values, `x @ W.T + b` unchanged), but
-      column-major, so `W.T` is a C-contiguous [in, out] matrix and `x @ W.T` is BLAS's plain no-transpose
-      case. OpenBLAS runs that case faster than the transposed-B one on the stored layout, most at few
-      rows (docs/performance.md, "Column-major weights").
+    - Every linear layer's matrix (qkv, out_lin, lin1, lin2, the embedding projection, qa_outputs) is stored
+      transposed in memory: still the [out, in] array `linear` reads (same shape, same values, `x @ W.T + b`
+      unchanged), but column-major, so `W.T` is a C-contiguous [in, out] matrix and `x @ W.T` is BLAS's plain
+      no-transpose case. OpenBLAS runs that case faster than the transposed-B one on the stored layout, most
+      at few rows (docs/performance.md, "Column-major weights").
     - With `panels` (float32 on a CPU with AVX-512: ops.gemm.panels_pay_off), every linear whose output
       width is a multiple of ops.gemm.PANEL_WIDTH (32) is stored instead as panels, an [out / 32, in, 32]
       array: panel p holds W.T's columns 32p..32p+31, row k of the panel their 32 weights for input k, so
@@ -64,8 +64,8 @@ def relayout_for_speed(tree, weights_file: Path | None = None, panels: bool = Fa
     With `weights_file` (the safetensors file the tree was read from) the re-laid matrices are read-only
     views of a memory-mapped cache file that every process loading the same weights shares
     (relaid_cache.py: keyed by the file's sha256, written once, atomically, checked at every load);
-    without it, or when the cache folder cannot be used, they are this process's private copies. Either way the memory-mapped
-    originals' pages are released once copied, so RSS counts the layer weights once. Embeddings stay
+    without it, or when the cache folder cannot be used, they are this process's private copies. Either way
+    the memory-mapped originals' pages are released once copied, so RSS counts the layer weights once. Embeddings stay
     mapped (a forward reads only the rows it uses). Idempotent: an already re-laid-out tree comes back
     as is."""
     if weights_file is not None:
@@ -78,6 +78,7 @@ def relayout_for_speed(tree, weights_file: Path | None = None, panels: bool = Fa
 
         _relaid_tree(tree, plan)
         if planned and len(dtypes) == 1:
+
             def produce(write):  # the private copies, each written to the cache file and dropped at once
                 def write_and_drop(linears):
                     stored = _stored_copy(linears, panels)
@@ -119,11 +120,12 @@ def _stored_copy(linears, panels: bool):  # the stored array as a private copy: 
 
 
 def _column_major_copy(linears):  # stacked along out: the [in, sum(out)] C-contiguous matrix, a private copy
-    weight_t = np.empty((linears[0].weight.shape[1], sum(lin.weight.shape[0] for lin in linears)),
-                        linears[0].weight.dtype)
+    weight_t = np.empty(
+        (linears[0].weight.shape[1], sum(lin.weight.shape[0] for lin in linears)), linears[0].weight.dtype
+    )
     col = 0
     for lin in linears:
-        weight_t[:, col:col + lin.weight.shape[0]] = lin.weight.T
+        weight_t[:, col : col + lin.weight.shape[0]] = lin.weight.T
         release_mapped_pages(lin.weight)
         col += lin.weight.shape[0]
     return weight_t
@@ -148,14 +150,15 @@ def _relaid_tree(tree, matrix):
         D = a.q_lin.weight.shape[0]
         qkv = stored(a.q_lin, a.k_lin, a.v_lin)
         step = D // PANEL_WIDTH if qkv.weight.ndim == 3 else D  # panels: D / 32 panels per projection
-        views = (Linear(qkv.weight[i * step:(i + 1) * step], qkv.bias[i * D:(i + 1) * D]) for i in range(3))
+        views = (Linear(qkv.weight[i * step : (i + 1) * step], qkv.bias[i * D : (i + 1) * D]) for i in range(3))
         return FusedAttention(*views, relaid(a.out_lin), qkv)
 
     done = {}  # id(block) -> re-laid block: a block ALBERT's layers share is re-laid (and stored) once
     for layer in encoder.transformer.layer:
         if id(layer) not in done:
-            done[id(layer)] = layer._replace(attention=fuse(layer.attention),
-                                             ffn=FFN(relaid(layer.ffn.lin1), relaid(layer.ffn.lin2)))
+            done[id(layer)] = layer._replace(
+                attention=fuse(layer.attention), ffn=FFN(relaid(layer.ffn.lin1), relaid(layer.ffn.lin2))
+            )
     layers = tuple(done[id(layer)] for layer in encoder.transformer.layer)
     embeddings = encoder.embeddings
     if embeddings.projection is not None and not is_relaid(embeddings.projection):
@@ -177,10 +180,10 @@ def with_position_tables(tree, config, ops):
     than in every forward as transformers does: two [2A, D] x [D, D] products per layer (docs/performance.md
     has their share of a forward). The forward reads them where it would compute them: the same values."""
     encoder = tree.encoder if hasattr(tree, "qa_outputs") else tree
-    rel = deberta.shared_positions(1, encoder.transformer, config, encoder.embeddings.word_embeddings.weight.dtype,
-                                   ops)
-    layers = tuple(layer._replace(pos_tables=PositionTables(*deberta.projected_table(layer._replace(pos_tables=None),
-                                                                                       rel)))
-                   for layer in encoder.transformer.layer)
+    rel = deberta.shared_positions(1, encoder.transformer, config, encoder.embeddings.word_embeddings.weight.dtype, ops)
+    layers = tuple(
+        layer._replace(pos_tables=PositionTables(*deberta.projected_table(layer._replace(pos_tables=None), rel)))
+        for layer in encoder.transformer.layer
+    )
     encoder = encoder._replace(transformer=encoder.transformer._replace(layer=layers))
     return tree._replace(encoder=encoder) if hasattr(tree, "qa_outputs") else encoder

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # threads first: it sets OpenBLAS's thread timeout, which OpenBLAS reads when numpy is first imported.
-from . import threads  # noqa: I001
+from . import threads
+
+# isort: split
 
 import numpy as np
 
@@ -98,8 +100,13 @@ def embeddings(input_ids, token_type_ids, keep, emb, config, ops, tap=None):  # 
         if tap is not None:
             tap["position"] = emb.position_embeddings.weight[None, :S]
         positions = np.broadcast_to(emb.position_embeddings.weight[:S], words.shape)
-    x = ops.residual_layernorm(words.reshape(B * S, -1), positions.reshape(B * S, -1),
-                               emb.LayerNorm.weight, emb.LayerNorm.bias, config.layer_norm_eps)
+    x = ops.residual_layernorm(
+        words.reshape(B * S, -1),
+        positions.reshape(B * S, -1),
+        emb.LayerNorm.weight,
+        emb.LayerNorm.bias,
+        config.layer_norm_eps,
+    )
     x = x.reshape(B, S, -1)
     if emb.projection is None:
         return x
@@ -140,8 +147,9 @@ def ffn(x, f, bias_activation, tap=None):  # [B, S, D] -> [B, S, D]
     return out
 
 
-def transformer_block(x, keep, layer, attention, positions, n_heads, ops, bias_activation, eps, return_probs=False,
-                      tap=None):  # [B, S, D] -> [B, S, D]; attention: self_attention or deberta.self_attention
+def transformer_block(
+    x, keep, layer, attention, positions, n_heads, ops, bias_activation, eps, return_probs=False, tap=None
+):  # [B, S, D] -> [B, S, D]; attention: self_attention or deberta.self_attention
     B, S, D = x.shape
     rows = lambda a: a.reshape(B * S, D)  # noqa: E731  the kernels see [B*S, D]
     # Post-LN: each sublayer's output is added to its input, then normalised.
@@ -158,8 +166,9 @@ def transformer_block(x, keep, layer, attention, positions, n_heads, ops, bias_a
     return x, probs
 
 
-def encoder(input_ids, token_type_ids, keep, w, config, ops, output_hidden_states=False, output_attentions=False,
-            tap=None):
+def encoder(
+    input_ids, token_type_ids, keep, w, config, ops, output_hidden_states=False, output_attentions=False, tap=None
+):
     # [B, S] -> [B, S, D], hidden states (embeddings + each layer), attentions (each block run)
     bias_activation = ops.bias_activation(ACTIVATIONS[config.activation])
     if config.disentangled_attention:  # DeBERTa: its embeddings, relative positions and attention (deberta.py)
@@ -172,13 +181,23 @@ def encoder(input_ids, token_type_ids, keep, w, config, ops, output_hidden_state
     positions = shared_positions(input_ids.shape[1], w.transformer, config, x.dtype, ops, tap)
     hidden_states, attentions = [x], []
     for i, layer in enumerate(w.transformer.layer):  # ALBERT: shared blocks, repeated in run order
-        x, probs = transformer_block(x, keep, layer, attention, positions, config.n_heads, ops, bias_activation,
-                                     config.layer_norm_eps, output_attentions, scoped(tap, f"layer.{i}"))
+        x, probs = transformer_block(
+            x,
+            keep,
+            layer,
+            attention,
+            positions,
+            config.n_heads,
+            ops,
+            bias_activation,
+            config.layer_norm_eps,
+            output_attentions,
+            scoped(tap, f"layer.{i}"),
+        )
         if (i + 1) % config.blocks_per_layer == 0:  # a hidden state per layer (ALBERT: per group of blocks)
             hidden_states.append(x)
         attentions.append(probs)
-    return (x, tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None)
+    return (x, tuple(hidden_states) if output_hidden_states else None, tuple(attentions) if output_attentions else None)
 
 
 def qa_head(x, qa_outputs, tap=None):  # [B, S, D] -> [B, S], [B, S]
@@ -220,8 +239,10 @@ def prepare_inputs(input_ids, attention_mask, config: Config, token_type_ids=Non
     if not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"input_ids must be integers, found dtype {ids.dtype}")
     if ids.shape[1] > config.max_sequence_length:
-        raise ValueError(f"sequence length {ids.shape[1]} exceeds the {config.max_sequence_length} positions of "
-                         f"the model (max_position_embeddings {config.max_position_embeddings})")
+        raise ValueError(
+            f"sequence length {ids.shape[1]} exceeds the {config.max_sequence_length} positions of "
+            f"the model (max_position_embeddings {config.max_position_embeddings})"
+        )
     if ids.min() < 0 or ids.max() >= config.vocab_size:
         bad = ids[(ids < 0) | (ids >= config.vocab_size)][0]
         raise ValueError(f"input_ids holds {bad}, outside the vocabulary [0, {config.vocab_size})")
@@ -265,8 +286,15 @@ class _Pretrained:
     _with_qa_head = True
     model_type: str | None = None  # a family-specific class loads that family only; None: any (Auto*)
 
-    def __init__(self, config: Config, weights, dtype=np.float32, kernels: str | None = None, source: str = "",
-                 weights_file: Path | None = None):
+    def __init__(
+        self,
+        config: Config,
+        weights,
+        dtype=np.float32,
+        kernels: str | None = None,
+        source: str = "",
+        weights_file: Path | None = None,
+    ):
         self.config = config
         self.dtype = np.dtype(dtype)
         self.ops = select_kernels(kernels)
@@ -275,8 +303,14 @@ class _Pretrained:
         self.source = source
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | Path = hub.DEFAULT_MODEL, revision: str | None = None,
-                        dtype=np.float32, kernels: str | None = None, local_files_only: bool = False):
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | Path = hub.DEFAULT_MODEL,
+        revision: str | None = None,
+        dtype=np.float32,
+        kernels: str | None = None,
+        local_files_only: bool = False,
+    ):
         """Load from a checkpoint folder, or a hub repository id (downloaded and cached by huggingface-hub)."""
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
@@ -287,8 +321,9 @@ class _Pretrained:
             cls = next((c for c in cls.__subclasses__() if c.model_type == config.model_type), cls)
         elif config.model_type != cls.model_type:
             auto = "AutoModelForQuestionAnswering" if cls._with_qa_head else "AutoModel"
-            raise ValueError(f"{folder}: model_type is {config.model_type!r}, not {cls.model_type!r}: load it with "
-                             f"npbert.{auto}")
+            raise ValueError(
+                f"{folder}: model_type is {config.model_type!r}, not {cls.model_type!r}: load it with npbert.{auto}"
+            )
         tree = W.load(folder, config, dtype, with_qa_head=cls._with_qa_head)
         return cls(config, tree, dtype, kernels, source=str(path_or_repo_id), weights_file=folder / "model.safetensors")
 
@@ -301,8 +336,9 @@ class _Pretrained:
     # its inputs that sets no process-wide state), and around the QA head too (it is a GEMM as well).
     def _encode(self, input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions):
         ids, keep, types = prepare_inputs(input_ids, attention_mask, self.config, token_type_ids)
-        return encoder(ids, types, keep, self.encoder_weights, self.config, self.ops, output_hidden_states,
-                       output_attentions)
+        return encoder(
+            ids, types, keep, self.encoder_weights, self.config, self.ops, output_hidden_states, output_attentions
+        )
 
     def trace(self, input_ids, attention_mask=None, token_type_ids=None) -> dict:
         """Every named intermediate of the forward, in forward order, in the model's dtype (npbert/trace.py
@@ -322,21 +358,25 @@ class AutoModel(_Pretrained):
 
     _with_qa_head = False
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,
-                 output_attentions=False):
+    def __call__(
+        self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False, output_attentions=False
+    ):
         with threads.for_model_call():
-            return BaseModelOutput(*self._encode(input_ids, attention_mask, token_type_ids, output_hidden_states,
-                                                 output_attentions))
+            return BaseModelOutput(
+                *self._encode(input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions)
+            )
 
 
 class AutoModelForQuestionAnswering(_Pretrained):
     """The encoder plus `qa_outputs`, any family: input ids -> start and end logits [B, S]."""
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,
-                 output_attentions=False):
+    def __call__(
+        self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False, output_attentions=False
+    ):
         with threads.for_model_call():
-            x, hidden_states, attentions = self._encode(input_ids, attention_mask, token_type_ids,
-                                                        output_hidden_states, output_attentions)
+            x, hidden_states, attentions = self._encode(
+                input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions
+            )
             start_logits, end_logits = qa_head(x, self.weights.qa_outputs)
         return QuestionAnsweringModelOutput(start_logits, end_logits, hidden_states, attentions)
 
@@ -372,4 +412,3 @@ class AlbertForQuestionAnswering(AutoModelForQuestionAnswering):
 
 class DebertaV2ForQuestionAnswering(AutoModelForQuestionAnswering):
     model_type = "deberta-v2"
-

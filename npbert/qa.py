@@ -51,8 +51,16 @@ def decode_spans(start, end, topk: int, max_answer_len: int, undesired_tokens):
     return starts, ends, candidates[0, starts, ends]
 
 
-def select_starts_ends(start, end, p_mask, attention_mask, min_null_score=NO_NULL_SCORE, top_k=1,
-                       handle_impossible_answer=False, max_answer_len=15):
+def select_starts_ends(
+    start,
+    end,
+    p_mask,
+    attention_mask,
+    min_null_score=NO_NULL_SCORE,
+    top_k=1,
+    handle_impossible_answer=False,
+    max_answer_len=15,
+):
     """Softmax the logits of one window over its possible answer tokens, then `decode_spans`.
 
     start, end: [1, S] float32 logits; p_mask: [1, S] bool (True = not context, [CLS] excepted);
@@ -106,15 +114,23 @@ def char_span(encoding, s: int, e: int, align_to_words: bool = True) -> tuple[in
         try:
             start_word = encoding.token_to_word(s)
             end_word = encoding.token_to_word(e)
-            return (encoding.word_to_chars(start_word, sequence_index=1)[0],
-                    encoding.word_to_chars(end_word, sequence_index=1)[1])
+            return (
+                encoding.word_to_chars(start_word, sequence_index=1)[0],
+                encoding.word_to_chars(end_word, sequence_index=1)[1],
+            )
         except Exception:  # e.g. [CLS] has no word: transformers falls back to offsets too
             pass
     return encoding.offsets[s][0], encoding.offsets[e][1]
 
 
-def answers(windows, context: str, top_k: int = 1, handle_impossible_answer: bool = False,
-            max_answer_len: int = 15, align_to_words: bool = True):
+def answers(
+    windows,
+    context: str,
+    top_k: int = 1,
+    handle_impossible_answer: bool = False,
+    max_answer_len: int = 15,
+    align_to_words: bool = True,
+):
     """The pipeline's `postprocess` for one question: windows -> a dict (one answer) or a list of dicts.
 
     windows: iterable of (start_logits [1, S], end_logits [1, S], p_mask [1, S], attention_mask [1, S],
@@ -125,7 +141,8 @@ def answers(windows, context: str, top_k: int = 1, handle_impossible_answer: boo
     pre_topk = top_k * 2 + 10 if align_to_words else top_k  # aligning may merge candidates away
     for start, end, p_mask, attention_mask, encoding in windows:
         starts, ends, scores, min_null_score = select_starts_ends(
-            start, end, p_mask, attention_mask, min_null_score, pre_topk, handle_impossible_answer, max_answer_len)
+            start, end, p_mask, attention_mask, min_null_score, pre_topk, handle_impossible_answer, max_answer_len
+        )
         for s, e, score in zip(starts, ends, scores):
             start_index, end_index = char_span(encoding, int(s), int(e), align_to_words)
             text = context[start_index:end_index]

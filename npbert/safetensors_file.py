@@ -21,8 +21,18 @@ class WeightsError(ValueError):
     """A weights file that cannot be loaded as the config says, naming the file, tensor, expected and found."""
 
 
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
-           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 # Bounds checked before any work: the safetensors library allows a 100 MB header, but a real checkpoint's
 # is tens of KB (BERT-large: ~400 tensors, 40 KB). A hostile 55 MB header of a million empty tensors took a
@@ -52,14 +62,17 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
                 "(truncated, or not a safetensors file)"
             )
         if n > _MAX_HEADER_BYTES:
-            raise WeightsError(f"{path}: bad header: {n} bytes of header, over npbert's limit of "
-                               f"{_MAX_HEADER_BYTES} (a real checkpoint's is tens of KB)")
+            raise WeightsError(
+                f"{path}: bad header: {n} bytes of header, over npbert's limit of "
+                f"{_MAX_HEADER_BYTES} (a real checkpoint's is tens of KB)"
+            )
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except RecursionError:
-        raise WeightsError(f"{path}: bad header: JSON nested too deeply to read; corrupt or not a safetensors "
-                           "file") from None
+        raise WeightsError(
+            f"{path}: bad header: JSON nested too deeply to read; corrupt or not a safetensors file"
+        ) from None
     except (UnicodeDecodeError, ValueError) as e:  # ValueError: bad JSON, or an integer over 4300 digits
         raise WeightsError(f"{path}: bad header: not valid JSON ({e}); corrupt or not a safetensors file") from None
     if not isinstance(header, dict):
@@ -98,19 +111,23 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
         if begin_b < end_a:
             raise WeightsError(f"{path}: bad header: tensors {a} and {b} overlap")
         if begin_b > end_a:
-            raise WeightsError(f"{path}: bad header: {begin_b - end_a} bytes between tensors {a} and {b} belong to "
-                               "no tensor (the safetensors format has no gaps)")
+            raise WeightsError(
+                f"{path}: bad header: {begin_b - end_a} bytes between tensors {a} and {b} belong to "
+                "no tensor (the safetensors format has no gaps)"
+            )
     covered = spans[-1][1] if spans else 0
     if covered != data_size:  # the safetensors library refuses these too ("not fully covered")
-        raise WeightsError(f"{path}: {data_size - covered} bytes after the last tensor belong to no tensor (trailing "
-                           "data: a corrupt or altered file)")
+        raise WeightsError(
+            f"{path}: {data_size - covered} bytes after the last tensor belong to no tensor (trailing "
+            "data: a corrupt or altered file)"
+        )
     return tensors, metadata, data_start
 
 
 def stored_array(mm: np.ndarray, data_start: int, info: TensorInfo) -> np.ndarray:
     """A tensor's stored values, as a view of the file's bytes `mm` in its stored dtype and shape
     (bfloat16 as uint16: numpy has no bfloat16)."""
-    return mm[data_start + info.begin: data_start + info.end].view(_DTYPES[info.dtype]).reshape(info.shape)
+    return mm[data_start + info.begin : data_start + info.end].view(_DTYPES[info.dtype]).reshape(info.shape)
 
 
 def as_float(raw: np.ndarray, source_dtype: str, dtype: np.dtype) -> np.ndarray:
@@ -136,4 +153,3 @@ def release_mapped_pages(x):
     begin, end = -(-start // page) * page, (start + x.nbytes) // page * page  # whole pages inside x
     if end > begin:
         root.base.madvise(mmap.MADV_DONTNEED, begin, end - begin)
-

@@ -49,8 +49,11 @@ def _numpy_openblas() -> threadpoolctl.ThreadpoolController:
     Accelerate or BLIS."""
     openblas = threadpoolctl.ThreadpoolController().select(internal_api="openblas")
     numpy_dir = os.path.dirname(os.path.realpath(np.__path__[0]))
-    bundled = [lib.filepath for lib in openblas.lib_controllers
-               if os.path.realpath(lib.filepath).startswith(os.path.join(numpy_dir, "numpy"))]
+    bundled = [
+        lib.filepath
+        for lib in openblas.lib_controllers
+        if os.path.realpath(lib.filepath).startswith(os.path.join(numpy_dir, "numpy"))
+    ]
     return openblas.select(filepath=bundled) if bundled else openblas
 
 
@@ -179,9 +182,9 @@ def single_blas_thread():
 # program), OpenBLAS started its threads with the spinning default, and the timeout set above comes too
 # late. Two exported OpenBLAS functions fix it: `openblas_read_env` (re-read the environment) and
 # `blas_thread_shutdown_` (stop the idle threads; the next threaded call restarts them with the timeout;
-# OpenBLAS's own fork handler uses it); docs/performance.md has what the re-read saves. Only while the importing thread is the
-# process's only Python thread: stopping OpenBLAS's threads under a product another thread is running would
-# break that product. Otherwise export OPENBLAS_THREAD_TIMEOUT=4 yourself (docs/performance.md).
+# OpenBLAS's own fork handler uses it); docs/performance.md has what the re-read saves. Only while the
+# importing thread is the process's only Python thread: stopping OpenBLAS's threads under a product another
+# thread is running would break that product. Otherwise export OPENBLAS_THREAD_TIMEOUT=4 yourself (docs/performance.md).
 
 
 def _reread_timeout() -> bool:

@@ -119,8 +119,7 @@ class _Settings:
         value = self.config.get(key, default)
         if isinstance(value, bool) or (none_ok and value is None):
             return value
-        raise ValueError(f"{self.path}: {key} must be true or false{' or null' if none_ok else ''}, "
-                         f"found {value!r}")
+        raise ValueError(f"{self.path}: {key} must be true or false{' or null' if none_ok else ''}, found {value!r}")
 
     def choice(self, key: str, default: str, allowed: tuple) -> str:
         value = self.config.get(key, default)
@@ -139,10 +138,15 @@ class _Settings:
 
     def model_input_names(self, default: tuple) -> tuple:
         value = self.config.get("model_input_names", default)
-        if (not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value)
-                or "input_ids" not in value):
-            raise ValueError(f"{self.path}: model_input_names must be a list of names including 'input_ids', "
-                             f"found {value!r}")
+        if (
+            not isinstance(value, (list, tuple))
+            or not value
+            or not all(isinstance(v, str) for v in value)
+            or "input_ids" not in value
+        ):
+            raise ValueError(
+                f"{self.path}: model_input_names must be a list of names including 'input_ids', found {value!r}"
+            )
         return tuple(value)
 
 
@@ -158,11 +162,16 @@ def _added_token(value, where: str, key: str, special: bool | None = None):
             fields["special"] = special
         content = fields.get("content")
         known = {"content", "single_word", "lstrip", "rstrip", "normalized", "special"}
-        if (isinstance(content, str) and content and set(fields) <= known
-                and all(isinstance(fields[k], bool) for k in set(fields) - {"content"})):
+        if (
+            isinstance(content, str)
+            and content
+            and set(fields) <= known
+            and all(isinstance(fields[k], bool) for k in set(fields) - {"content"})
+        ):
             return AddedToken(**fields)
-    raise ValueError(f"{where}: {key} must be a token string or an AddedToken object with a 'content' string, "
-                     f"found {value!r}")
+    raise ValueError(
+        f"{where}: {key} must be a token string or an AddedToken object with a 'content' string, found {value!r}"
+    )
 
 
 def _tokenizer_class(settings: _Settings, folder: Path, model_type: str | None) -> str:
@@ -177,15 +186,19 @@ def _tokenizer_class(settings: _Settings, folder: Path, model_type: str | None) 
             model_type = config.get("model_type") if model_type is None else model_type
             if model_type is not None:
                 if model_type not in FAMILIES:
-                    raise ValueError(f"{folder}: model_type {model_type!r} has no supported tokenizer; supported: "
-                                     f"{', '.join(FAMILIES)}")
+                    raise ValueError(
+                        f"{folder}: model_type {model_type!r} has no supported tokenizer; supported: "
+                        f"{', '.join(FAMILIES)}"
+                    )
                 return FAMILIES[model_type].tokenizer
             # Nothing names a class: what the files are (a tokenizer.json alone: DistilBERT, as before).
             return next((cls for file, cls in TOKENIZER_BY_FILE if (folder / file).is_file()), "DistilBertTokenizer")
     base = name[:-4] if isinstance(name, str) and name.endswith("Fast") else name
     if base not in TOKENIZERS:
-        raise ValueError(f"{source} {name!r} is not supported; supported: "
-                         f"{', '.join(c + 'Fast' for c in TOKENIZERS)} (and their slow names)")
+        raise ValueError(
+            f"{source} {name!r} is not supported; supported: "
+            f"{', '.join(c + 'Fast' for c in TOKENIZERS)} (and their slow names)"
+        )
     return base
 
 
@@ -198,8 +211,9 @@ def _load_backend(path: Path):
     try:
         return Backend.from_file(str(path))
     except Exception as e:  # the Rust side raises a bare Exception on a malformed file
-        raise ValueError(f"{path}: cannot be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
-            from None
+        raise ValueError(
+            f"{path}: cannot be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
 
 
 # --- the fast classes' __init__ overrides ---------------------------------------------------------------
@@ -230,8 +244,14 @@ def _apply_normalizer_flags(backend, lowercase: bool, strip_accents, chinese: bo
     win over tokenizer.json's normalizer."""
     from tokenizers import normalizers
 
-    new = _rebuilt(backend.normalizer, normalizers, set_all=True, lowercase=lowercase, strip_accents=strip_accents,
-                   handle_chinese_chars=chinese)
+    new = _rebuilt(
+        backend.normalizer,
+        normalizers,
+        set_all=True,
+        lowercase=lowercase,
+        strip_accents=strip_accents,
+        handle_chinese_chars=chinese,
+    )
     if new is not None:
         backend.normalizer = new
 
@@ -298,26 +318,35 @@ def _declared_tokens(settings: _Settings, folder: Path, values: dict) -> list:
             raise ValueError(f"{where}: added_tokens_decoder must be an object of id: AddedToken, found {decoder!r}")
         for idx, token in decoder.items():
             if not str(idx).lstrip("-").isdigit() or not isinstance(token, dict):
-                raise ValueError(f"{where}: added_tokens_decoder entry {idx!r} must map an integer id to an "
-                                 f"AddedToken object, found {token!r}")
+                raise ValueError(
+                    f"{where}: added_tokens_decoder entry {idx!r} must map an integer id to an "
+                    f"AddedToken object, found {token!r}"
+                )
             declared.append((int(idx), _added_token(token, where, f"added_tokens_decoder[{idx}]")))
         return sorted(declared, key=lambda t: t[0])
     path = folder / "added_tokens.json"
     encoder = _read_json(path)
-    named = {token_content(_added_token(v, where, k)) for k, v in values.items() if k in SPECIAL_TOKEN_KEYS and v is not None}
-    named |= {token_content(_added_token(t, where, "additional_special_tokens"))
-              for t in values.get("additional_special_tokens") or []}
+    named = {
+        token_content(_added_token(v, where, k)) for k, v in values.items() if k in SPECIAL_TOKEN_KEYS and v is not None
+    }
+    named |= {
+        token_content(_added_token(t, where, "additional_special_tokens"))
+        for t in values.get("additional_special_tokens") or []
+    }
     for text, idx in encoder.items():
         if not text or isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
-            raise ValueError(f"{path}: expected a JSON object mapping token strings to integer ids, found "
-                             f"{text!r}: {idx!r}")
-        declared.append((idx, AddedToken(text, rstrip=False, lstrip=False, normalized=text not in named,
-                                         special=text in named)))
+            raise ValueError(
+                f"{path}: expected a JSON object mapping token strings to integer ids, found {text!r}: {idx!r}"
+            )
+        declared.append(
+            (idx, AddedToken(text, rstrip=False, lstrip=False, normalized=text not in named, special=text in named))
+        )
     return sorted(dict(declared).items())  # a repeated id: the last entry wins, as in the dict transformers fills
 
 
-def _add_special_tokens(backend, settings: _Settings, family: TokenizerClass, from_tokenizer_json: bool, values: dict,
-                        declared: list):
+def _add_special_tokens(
+    backend, settings: _Settings, family: TokenizerClass, from_tokenizer_json: bool, values: dict, declared: list
+):
     """The added tokens `_from_pretrained` + `PreTrainedTokenizerFast.__init__` give the backend (`declared`:
     `_declared_tokens`).
 
@@ -391,14 +420,22 @@ class TooManyWindows(ValueError):
 class Tokenizer:
     """A `tokenizers.Tokenizer` plus what transformers reads from tokenizer_config.json."""
 
-    def __init__(self, backend, special_tokens: dict[str, str], model_max_length: int = VERY_LARGE_INTEGER,
-                 do_lower_case: bool = True, padding_side: str = "right", source: str = "",
-                 model_input_names: tuple = TOKENIZERS["DistilBertTokenizer"].model_input_names,
-                 tokenizer_class: str = "DistilBertTokenizer",
-                 truncation_side: str = "right"):
+    def __init__(
+        self,
+        backend,
+        special_tokens: dict[str, str],
+        model_max_length: int = VERY_LARGE_INTEGER,
+        do_lower_case: bool = True,
+        padding_side: str = "right",
+        source: str = "",
+        model_input_names: tuple = TOKENIZERS["DistilBertTokenizer"].model_input_names,
+        tokenizer_class: str = "DistilBertTokenizer",
+        truncation_side: str = "right",
+    ):
         if padding_side != "right":
-            raise ValueError(f"{source}: padding_side {padding_side!r} is not supported (question-first "
-                             "encoding needs 'right')")
+            raise ValueError(
+                f"{source}: padding_side {padding_side!r} is not supported (question-first encoding needs 'right')"
+            )
         # Never reconfigured after this point: every thread may use it at once (see _configured).
         self.backend = backend
         self.special_tokens = dict(special_tokens)
@@ -413,8 +450,10 @@ class Tokenizer:
         self.cls_token_id, self.sep_token_id = ids.get("cls_token"), ids.get("sep_token")
         self.pad_token_id, self.unk_token_id = ids.get("pad_token"), ids.get("unk_token")
         if self.cls_token_id is None or self.sep_token_id is None or self.pad_token_id is None:
-            raise ValueError(f"{source}: the tokenizer lacks one of {self.special_tokens.get('cls_token')}, "
-                             f"{self.special_tokens.get('sep_token')}, {self.special_tokens.get('pad_token')}")
+            raise ValueError(
+                f"{source}: the tokenizer lacks one of {self.special_tokens.get('cls_token')}, "
+                f"{self.special_tokens.get('sep_token')}, {self.special_tokens.get('pad_token')}"
+            )
         self._lock = threading.Lock()
         self._configured: OrderedDict = OrderedDict()
         self._json: str | None = None  # the backend serialised, once (_serialized)
@@ -445,33 +484,61 @@ class Tokenizer:
         else:
             missing = [f for f in family.files if not (folder / f).is_file()]
             if missing:
-                without = "from_slow in tokenizer_config.json, but no" if (folder / "tokenizer.json").is_file() \
+                without = (
+                    "from_slow in tokenizer_config.json, but no"
+                    if (folder / "tokenizer.json").is_file()
                     else "no tokenizer.json or"
+                )
                 raise OSError(f"{folder}: {without} {' + '.join(family.files)} for {name}Fast")
-            backend = convert(folder, family, settings, *_special_tokens(values, family, settings.path), declared,
-                               lowercase, strip_accents, chinese, add_prefix_space)
+            backend = convert(
+                folder,
+                family,
+                settings,
+                *_special_tokens(values, family, settings.path),
+                declared,
+                lowercase,
+                strip_accents,
+                chinese,
+                add_prefix_space,
+            )
         # A truncation or padding stored in tokenizer.json sets transformers' defaults (config values win).
         stored_padding = backend.padding
-        padding_side = settings.choice("padding_side", stored_padding["direction"] if stored_padding else "right",
-                                       ("right", "left"))
+        padding_side = settings.choice(
+            "padding_side", stored_padding["direction"] if stored_padding else "right", ("right", "left")
+        )
         stored_truncation = backend.truncation
         truncation_side = settings.choice(
-            "truncation_side", stored_truncation["direction"] if stored_truncation else "right", ("right", "left"))
+            "truncation_side", stored_truncation["direction"] if stored_truncation else "right", ("right", "left")
+        )
         special = _add_special_tokens(backend, settings, family, from_json, values, declared)
         backend.encode_special_tokens = settings.flag("split_special_tokens", False)
         _apply_prefix_space(backend, add_prefix_space, family.kind == "bpe", trim_offsets)
         # encode_pair sets its own truncation and padding, on configured copies.
         backend.no_truncation()
         backend.no_padding()
-        do_lower_case = lowercase if family.kind == "wordpiece" else settings.flag("do_lower_case",
-                                                                                   family.kind == "albert")
-        return cls(backend, special, settings.model_max_length(), do_lower_case, padding_side, source=str(folder),
-                   model_input_names=settings.model_input_names(family.model_input_names), tokenizer_class=name,
-                   truncation_side=truncation_side)
+        do_lower_case = (
+            lowercase if family.kind == "wordpiece" else settings.flag("do_lower_case", family.kind == "albert")
+        )
+        return cls(
+            backend,
+            special,
+            settings.model_max_length(),
+            do_lower_case,
+            padding_side,
+            source=str(folder),
+            model_input_names=settings.model_input_names(family.model_input_names),
+            tokenizer_class=name,
+            truncation_side=truncation_side,
+        )
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | Path, revision: str | None = None,
-                        local_files_only: bool = False, model_type: str | None = None) -> "Tokenizer":
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | Path,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        model_type: str | None = None,
+    ) -> "Tokenizer":
         from . import hub
 
         return cls.from_folder(hub.resolve(path_or_repo_id, revision, local_files_only), model_type)
@@ -491,13 +558,21 @@ class Tokenizer:
 
     # --- the question-answering encoding ----------------------------------------------------------------
 
-    def encode_pair(self, question: str, context: str, max_length: int = 384, stride: int = 128,
-                    padding: str | bool = "do_not_pad") -> list[Window]:
+    def encode_pair(
+        self, question: str, context: str, max_length: int = 384, stride: int = 128, padding: str | bool = "do_not_pad"
+    ) -> list[Window]:
         """Encode one question/context pair into windows (see the module docstring)."""
         return self.encode_pairs([question], [context], max_length, stride, padding)[0]
 
-    def encode_pairs(self, questions: list[str], contexts: list[str], max_length: int = 384, stride: int = 128,
-                     padding: str | bool = "do_not_pad", max_windows: int | None = None) -> list[list[Window]]:
+    def encode_pairs(
+        self,
+        questions: list[str],
+        contexts: list[str],
+        max_length: int = 384,
+        stride: int = 128,
+        padding: str | bool = "do_not_pad",
+        max_windows: int | None = None,
+    ) -> list[list[Window]]:
         """`encode_pair` for many pairs in one call of the (parallel) tokenizers library. With `max_windows`,
         a pair that would make more windows raises TooManyWindows before any window is made."""
         padding = _padding_strategy(padding)
@@ -536,9 +611,13 @@ class Tokenizer:
         backend.encode_special_tokens = self.backend.encode_special_tokens
         backend.enable_truncation(max_length, stride=stride, strategy="only_second", direction=self.truncation_side)
         if padding != "do_not_pad":
-            backend.enable_padding(direction="right", pad_id=self.pad_token_id,
-                                   pad_token=self.special_tokens["pad_token"], pad_type_id=0,
-                                   length=max_length if padding == "max_length" else None)
+            backend.enable_padding(
+                direction="right",
+                pad_id=self.pad_token_id,
+                pad_token=self.special_tokens["pad_token"],
+                pad_type_id=0,
+                length=max_length if padding == "max_length" else None,
+            )
         with self._lock:
             backend = self._configured.setdefault(key, backend)
             while len(self._configured) > MAX_CONFIGURED:
@@ -569,11 +648,15 @@ class Tokenizer:
                 continue
             room = max_length - n_question - (len(seq) - n_question - n_context)
             if room < 1:
-                raise ValueError(f"the question is {n_question} tokens long: with max_seq_len {max_length} no "
-                                 f"room is left for the context (question: {q[:60]!r})")
+                raise ValueError(
+                    f"the question is {n_question} tokens long: with max_seq_len {max_length} no "
+                    f"room is left for the context (question: {q[:60]!r})"
+                )
             if stride >= room:
-                raise ValueError(f"doc_stride {stride} must be smaller than the {room} context tokens that fit in "
-                                 f"max_seq_len {max_length} beside this {n_question}-token question")
+                raise ValueError(
+                    f"doc_stride {stride} must be smaller than the {room} context tokens that fit in "
+                    f"max_seq_len {max_length} beside this {n_question}-token question"
+                )
             # tokenizers' Encoding.truncate: windows of `room` context tokens starting every room - stride
             # tokens, until one reaches the end
             counts.append(1 + -(-(n_context - room) // (room - stride)))
@@ -600,9 +683,15 @@ class Tokenizer:
         # p_mask as the pipeline builds it: 1 on every non-context token, then 0 wherever the id is CLS's.
         p_mask = np.array([s != 1 for s in seq], dtype=bool)
         p_mask[ids == self.cls_token_id] = False
-        return Window(ids, np.asarray(enc.attention_mask, dtype=np.int64),
-                      np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2), seq, p_mask, enc,
-                      np.asarray(enc.type_ids, dtype=np.int64))
+        return Window(
+            ids,
+            np.asarray(enc.attention_mask, dtype=np.int64),
+            np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2),
+            seq,
+            p_mask,
+            enc,
+            np.asarray(enc.type_ids, dtype=np.int64),
+        )
 
 
 _warned: set = set()  # library warnings already shown by this process (each once)

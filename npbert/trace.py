@@ -53,20 +53,41 @@ import numpy as np
 
 from .pipeline import model_inputs
 
-LAYER_NAMES = ("attention.q", "attention.k", "attention.v", "attention.scores", "attention.probs",
-               "attention.context", "attention.output", "sa_layer_norm", "ffn.pre_activation", "ffn.activation",
-               "ffn.output", "output_layer_norm")
+LAYER_NAMES = (
+    "attention.q",
+    "attention.k",
+    "attention.v",
+    "attention.scores",
+    "attention.probs",
+    "attention.context",
+    "attention.output",
+    "sa_layer_norm",
+    "ffn.pre_activation",
+    "ffn.activation",
+    "ffn.output",
+    "output_layer_norm",
+)
 
 
-def names(n_layers: int, with_qa_head: bool = True, token_types: bool = False, projection: bool = False,
-          positions: bool = True, terms: tuple = (), rel_embeddings: bool = False) -> list[str]:
+def names(
+    n_layers: int,
+    with_qa_head: bool = True,
+    token_types: bool = False,
+    projection: bool = False,
+    positions: bool = True,
+    terms: tuple = (),
+    rel_embeddings: bool = False,
+) -> list[str]:
     """Every name a trace holds, in forward order (n_layers: block runs; positions, terms, rel_embeddings:
     DeBERTa's absolute positions, score terms ("c2c", "c2p", "p2c") and relative-position table)."""
     out = ["input_ids", "attention_mask"] + ["token_type_ids"] * token_types + ["embeddings.word"]
     out += ["embeddings.token_type"] * token_types + ["embeddings.position"] * positions
     out += ["embeddings.normalized"] * projection + ["embeddings"] + ["rel_embeddings"] * rel_embeddings
-    layer_names = [*LAYER_NAMES[:3], *(f"attention.{term}" for term in ("c2c", "c2p", "p2c") if term in terms),
-                   *LAYER_NAMES[3:]]  # q, k, v, the DeBERTa terms, then scores onwards
+    layer_names = [
+        *LAYER_NAMES[:3],
+        *(f"attention.{term}" for term in ("c2c", "c2p", "p2c") if term in terms),
+        *LAYER_NAMES[3:],
+    ]  # q, k, v, the DeBERTa terms, then scores onwards
     out += [f"layer.{i}.{n}" for i in range(n_layers) for n in layer_names]
     return out + (["logits", "start_logits", "end_logits"] if with_qa_head else [])
 
@@ -124,9 +145,20 @@ def load(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
             meta[k] = v
     # safetensors keeps names sorted; put known names back in forward order, unknown ones after.
     terms = tuple(term for term in ("c2c", "c2p", "p2c") if f"layer.0.attention.{term}" in tensors)
-    order = {n: i for i, n in enumerate(names(_count_layers(tensors), True, "token_type_ids" in tensors,
-                                              "embeddings.normalized" in tensors, "embeddings.position" in tensors,
-                                              terms, "rel_embeddings" in tensors))}
+    order = {
+        n: i
+        for i, n in enumerate(
+            names(
+                _count_layers(tensors),
+                True,
+                "token_type_ids" in tensors,
+                "embeddings.normalized" in tensors,
+                "embeddings.position" in tensors,
+                terms,
+                "rel_embeddings" in tensors,
+            )
+        )
+    }
     return dict(sorted(tensors.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))), meta
 
 
@@ -181,5 +213,6 @@ class DiffReport:
 def diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray], tol: float = 1e-4) -> DiffReport:
     """Compare two dumps tensor by tensor, in A's order (forward order for traces)."""
     common = [n for n in a if n in b]
-    return DiffReport([compare(n, a[n], b[n], tol) for n in common],
-                      [n for n in a if n not in b], [n for n in b if n not in a])
+    return DiffReport(
+        [compare(n, a[n], b[n], tol) for n in common], [n for n in a if n not in b], [n for n in b if n not in a]
+    )

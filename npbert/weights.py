@@ -23,7 +23,6 @@ from .config import Config
 from .files import regular_file_problem
 from .safetensors_file import FLOAT_DTYPES, WeightsError, as_float, read_header, release_mapped_pages, stored_array
 
-
 # --- the tree, named like DistilBERT's checkpoint keys -----------------------------------------------
 
 
@@ -133,12 +132,24 @@ def canonical_keys(config: Config, with_qa_head: bool = True) -> dict[str, str]:
         for p in ("weight", "bias"):
             out[f"transformer.rel_layer_norm.{p}"] = f"{prefix}{family.layout['transformer.rel_layer_norm']}.{p}"
     # DeBERTa without share_att_key projects the table with each layer's own pos_key_proj / pos_query_proj.
-    pos_parts = [f"pos_proj.{lin}" for lin, term in (("k_lin", "c2p"), ("q_lin", "p2c"))
-                 if relative and not config.share_att_key and term in config.pos_att_type]
+    pos_parts = [
+        f"pos_proj.{lin}"
+        for lin, term in (("k_lin", "c2p"), ("q_lin", "p2c"))
+        if relative and not config.share_att_key and term in config.pos_att_type
+    ]
     for b in range(config.n_blocks):
         g, j = divmod(b, config.inner_group_num)  # ALBERT's group and layer within it
-        for part in ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "sa_layer_norm",
-                     "ffn.lin1", "ffn.lin2", "output_layer_norm", *pos_parts):
+        for part in (
+            "attention.q_lin",
+            "attention.k_lin",
+            "attention.v_lin",
+            "attention.out_lin",
+            "sa_layer_norm",
+            "ffn.lin1",
+            "ffn.lin2",
+            "output_layer_norm",
+            *pos_parts,
+        ):
             key = family.layout["layer." + part].format(i=b, g=g, j=j)
             for p in ("weight", "bias"):
                 out[f"transformer.layer.{b}.{part}.{p}"] = f"{prefix}{key}.{p}"
@@ -149,8 +160,11 @@ def canonical_keys(config: Config, with_qa_head: bool = True) -> dict[str, str]:
 
 def _canonical_shape(name: str, config: Config) -> tuple[int, ...]:
     D, E, F = config.dim, config.embedding_width, config.hidden_dim
-    rows = {"word_embeddings": config.vocab_size, "position_embeddings": config.max_position_embeddings,
-            "token_type_embeddings": config.type_vocab_size}
+    rows = {
+        "word_embeddings": config.vocab_size,
+        "position_embeddings": config.max_position_embeddings,
+        "token_type_embeddings": config.type_vocab_size,
+    }
     parts = name.split(".")
     if parts[0] == "embeddings":
         if parts[1] in rows:
@@ -195,8 +209,9 @@ def legacy_renames(names) -> dict[str, str]:
     return out
 
 
-def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.float32,
-                 ignorable: frozenset = frozenset(), header=None) -> dict[str, np.ndarray]:
+def load_tensors(
+    path: Path, expected: dict[str, tuple[int, ...]], dtype=np.float32, ignorable: frozenset = frozenset(), header=None
+) -> dict[str, np.ndarray]:
     """Read exactly the `expected` tensors from a safetensors file, strictly: any other key not in
     `ignorable` is an error. Legacy `LayerNorm.gamma/beta` names count as `weight/bias`.
 
@@ -218,8 +233,10 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.floa
             parts.append(f"missing tensor(s) {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
         if unexpected:
             parts.append(f"unexpected tensor(s) {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
-        raise WeightsError(f"{path}: {'; '.join(parts)} (expected {len(expected)} tensors from config.json, found {len(tensors)}: "
-                           "do config.json and the weights belong to the same checkpoint?)")
+        raise WeightsError(
+            f"{path}: {'; '.join(parts)} (expected {len(expected)} tensors from config.json, found {len(tensors)}: "
+            "do config.json and the weights belong to the same checkpoint?)"
+        )
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     out = {}
     for name, shape in expected.items():
@@ -229,7 +246,9 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.floa
                 f"{path}: tensor {name}: expected shape {list(shape)} (from config.json), found {list(info.shape)}"
             )
         if info.dtype not in FLOAT_DTYPES:
-            raise WeightsError(f"{path}: tensor {name}: expected a float dtype (F32, F16, BF16, F64), found {info.dtype}")
+            raise WeightsError(
+                f"{path}: tensor {name}: expected a float dtype (F32, F16, BF16, F64), found {info.dtype}"
+            )
         raw = stored_array(mm, data_start, info)
         if not raw.flags.aligned:  # safetensors does not promise alignment; numba and BLAS want it
             raw = raw.copy()
@@ -239,8 +258,10 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...]], dtype=np.floa
         finite = np.isfinite(out[name])
         if not finite.all():
             first = np.unravel_index(int(np.argmin(finite)), finite.shape)
-            raise WeightsError(f"{path}: tensor {name} holds {int(finite.size - finite.sum())} NaN or infinite "
-                               f"value(s), the first at {list(map(int, first))}: a corrupt or diverged checkpoint")
+            raise WeightsError(
+                f"{path}: tensor {name} holds {int(finite.size - finite.sum())} NaN or infinite "
+                f"value(s), the first at {list(map(int, first))}: a corrupt or diverged checkpoint"
+            )
         # The check read every page of the tensor into this process: release them (they stay in the page
         # cache), or the whole file would count in the process's peak RSS at load. Reads fault them back.
         release_mapped_pages(out[name])
@@ -264,11 +285,18 @@ def build_tree(tensors: dict[str, np.ndarray], config: Config, with_qa_head: boo
         return linear(p) if p + ".weight" in t else None
 
     def block(p):
-        attention = MultiHeadSelfAttention(*(linear(f"{p}.attention.{n}") for n in ("q_lin", "k_lin", "v_lin", "out_lin")))
+        attention = MultiHeadSelfAttention(
+            *(linear(f"{p}.attention.{n}") for n in ("q_lin", "k_lin", "v_lin", "out_lin"))
+        )
         ffn = FFN(linear(p + ".ffn.lin1"), linear(p + ".ffn.lin2"))
         pos_proj = PositionProjections(optional_linear(p + ".pos_proj.k_lin"), optional_linear(p + ".pos_proj.q_lin"))
-        return TransformerBlock(attention, layer_norm(p + ".sa_layer_norm"), ffn, layer_norm(p + ".output_layer_norm"),
-                                pos_proj if any(lin is not None for lin in pos_proj) else None)
+        return TransformerBlock(
+            attention,
+            layer_norm(p + ".sa_layer_norm"),
+            ffn,
+            layer_norm(p + ".output_layer_norm"),
+            pos_proj if any(lin is not None for lin in pos_proj) else None,
+        )
 
     e = "embeddings"
     embeddings = Embeddings(
@@ -276,13 +304,18 @@ def build_tree(tensors: dict[str, np.ndarray], config: Config, with_qa_head: boo
         Embedding(t[e + ".position_embeddings.weight"]) if e + ".position_embeddings.weight" in t else None,
         layer_norm(e + ".LayerNorm"),
         Embedding(t[e + ".token_type_embeddings.weight"]) if e + ".token_type_embeddings.weight" in t else None,
-        linear(e + ".projection") if e + ".projection.weight" in t else None)
+        linear(e + ".projection") if e + ".projection.weight" in t else None,
+    )
     blocks = [block(f"transformer.layer.{b}") for b in range(config.n_blocks)]
     r = "transformer.rel_"
-    encoder = Encoder(embeddings, Transformer(
-        tuple(blocks[b] for b in config.block_order()),
-        Embedding(t[r + "embeddings.weight"]) if r + "embeddings.weight" in t else None,
-        layer_norm(r + "layer_norm") if r + "layer_norm.weight" in t else None))
+    encoder = Encoder(
+        embeddings,
+        Transformer(
+            tuple(blocks[b] for b in config.block_order()),
+            Embedding(t[r + "embeddings.weight"]) if r + "embeddings.weight" in t else None,
+            layer_norm(r + "layer_norm") if r + "layer_norm.weight" in t else None,
+        ),
+    )
     return ForQuestionAnswering(encoder, linear("qa_outputs")) if with_qa_head else encoder
 
 
@@ -292,16 +325,21 @@ def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = Tr
     path = folder / "model.safetensors"
     if not path.is_file():
         if (folder / "model.safetensors.index.json").is_file():
-            raise WeightsError(f"{folder}: sharded safetensors checkpoints are not supported; merge the shards "
-                               "into one model.safetensors")
-        others = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
-                  if (folder / n).is_file()]
+            raise WeightsError(
+                f"{folder}: sharded safetensors checkpoints are not supported; merge the shards "
+                "into one model.safetensors"
+            )
+        others = [
+            n
+            for n in ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+            if (folder / n).is_file()
+        ]
         if others:
             raise WeightsError(
                 f"{path}: not found; the folder holds only {', '.join(others)}, and npbert never opens pickled or "
                 "framework-specific weights (unpickling runs code). Convert once, where transformers and torch are "
-                "installed: python -c \"from transformers import AutoModelForQuestionAnswering as M; "
-                f"M.from_pretrained({str(folder)!r}).save_pretrained({str(folder)!r}, safe_serialization=True)\""
+                'installed: python -c "from transformers import AutoModelForQuestionAnswering as M; '
+                f'M.from_pretrained({str(folder)!r}).save_pretrained({str(folder)!r}, safe_serialization=True)"'
             )
         raise WeightsError(f"{path}: {regular_file_problem(path, 'weights file') or 'weights file not found'}")
     keys = canonical_keys(config, with_qa_head)
@@ -314,16 +352,21 @@ def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = Tr
     bare = keys["embeddings.word_embeddings.weight"] not in stored
     if bare and keys["embeddings.word_embeddings.weight"].removeprefix(prefix) in stored:
         if with_qa_head:
-            raise WeightsError(f"{path}: an encoder-only checkpoint (keys without {prefix!r}, no qa_outputs): "
-                               "load it with npbert.AutoModel, or use a question-answering checkpoint")
+            raise WeightsError(
+                f"{path}: an encoder-only checkpoint (keys without {prefix!r}, no qa_outputs): "
+                "load it with npbert.AutoModel, or use a question-answering checkpoint"
+            )
         keys = {name: key.removeprefix(prefix) for name, key in keys.items()}
     elif not with_qa_head:
         ignorable |= QA_HEAD_KEYS
     elif not QA_HEAD_KEYS & stored:
-        raise WeightsError(f"{path}: no question-answering head (qa_outputs.weight, qa_outputs.bias): an encoder "
-                           "checkpoint; load it with npbert.AutoModel, or use a question-answering checkpoint")
-    by_key = load_tensors(path, {key: _canonical_shape(name, config) for name, key in keys.items()}, dtype, ignorable,
-                          header)
+        raise WeightsError(
+            f"{path}: no question-answering head (qa_outputs.weight, qa_outputs.bias): an encoder "
+            "checkpoint; load it with npbert.AutoModel, or use a question-answering checkpoint"
+        )
+    by_key = load_tensors(
+        path, {key: _canonical_shape(name, config) for name, key in keys.items()}, dtype, ignorable, header
+    )
     return build_tree({name: by_key[key] for name, key in keys.items()}, config, with_qa_head)
 
 
@@ -333,5 +376,3 @@ def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
     j = np.arange(dim)
     angle = pos / np.power(10000, 2 * (j // 2) / dim)
     return np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
-
-

@@ -33,18 +33,20 @@ import platform
 import threading
 import time
 
-from . import cache_root  # noqa: I001  before the first kernel is decorated: numba picks its cache folder then
+# cache_root before the first kernel is decorated: numba picks its cache folder then.
+from . import cache_root
 
 cache_root.use_for_numba()
 
-import numba
-import numba.extending
-import numpy as np
-from numba import types
-from numba.core import cgutils
+import numba  # noqa: E402
+import numba.extending  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
 
 # How long a worker (and a caller waiting for the workers) spins before it sleeps. Longer than the gaps
-# between split products in a forward (bias adds, a serial attention or LayerNorm at short S), short enough that a worker idle between requests gives its core back at once.
+# between split products in a forward (bias adds, a serial attention or LayerNorm at short S), short enough
+# that a worker idle between requests gives its core back at once.
 SPIN_SECONDS = 300e-6
 
 _POSTED, _DONE, _WORKER_SLEEPS, _CALLER_SLEEPS = 0, 1, 2, 3  # the slots of a worker's flags
@@ -57,8 +59,9 @@ def _pause_instruction(builder):
     machine = platform.machine().lower()
     name = {"x86_64": "llvm.x86.sse2.pause", "amd64": "llvm.x86.sse2.pause"}.get(machine)
     if name is None and machine in ("aarch64", "arm64"):
-        hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(32)]),
-                                              "llvm.aarch64.hint")
+        hint = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(32)]), "llvm.aarch64.hint"
+        )
         builder.call(hint, [ir.Constant(ir.IntType(32), 1)])  # YIELD
         return
     if name is not None:
@@ -122,8 +125,9 @@ def _yield_core(typingctx):
         from llvmlite import ir
 
         if _CAN_YIELD:
-            builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
-                                                        _YIELD_SYMBOL), [])
+            builder.call(
+                cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), _YIELD_SYMBOL), []
+            )
         else:
             _pause_instruction(builder)
         return context.get_dummy_value()

@@ -46,8 +46,10 @@ def test_the_forward_runs_on_the_loaders_plain_tree(family, dtype, rtol):
     config = Config.from_file(folder / "config.json")
     plain = W.load(folder, config, np.dtype(dtype))
     assert not any(layout.is_relaid(lin) for lin in linears(plain) if lin.weight.shape[0] > 1)
-    assert all(getattr(layer.attention, "qkv", None) is None and layer.pos_tables is None
-               for layer in plain.encoder.transformer.layer)
+    assert all(
+        getattr(layer.attention, "qkv", None) is None and layer.pos_tables is None
+        for layer in plain.encoder.transformer.layer
+    )
     model = npbert.AutoModelForQuestionAnswering.from_pretrained(folder, dtype=dtype)  # re-laid, numba kernels
     ids, mask = inputs(config)
     expected = model(ids, mask, output_hidden_states=True)
@@ -55,7 +57,11 @@ def test_the_forward_runs_on_the_loaders_plain_tree(family, dtype, rtol):
     for chosen in (ops.NUMPY, ops.NUMBA):
         x, hidden, _ = M.encoder(ids, types, keep, plain.encoder, config, chosen, output_hidden_states=True)
         start, end = M.qa_head(x, plain.qa_outputs)
-        for got, want in [(start, expected.start_logits), (end, expected.end_logits), *zip(hidden, expected.hidden_states)]:
+        for got, want in [
+            (start, expected.start_logits),
+            (end, expected.end_logits),
+            *zip(hidden, expected.hidden_states),
+        ]:
             scale = np.abs(want).max()
             assert np.abs(got - want).max() <= rtol * scale, (family, chosen.name)
 
@@ -78,9 +84,15 @@ def test_the_tap_keeps_trace_names_and_changes_nothing(family):
     t = model.trace(ids, mask)
     terms = tuple(term for term in ("c2c", "c2p", "p2c") if f"layer.0.attention.{term}" in t)
     disentangled = config.disentangled_attention
-    assert list(t) == T.names(n_layers, True, types is not None, model.encoder_weights.embeddings.projection is not None,
-                              not disentangled or config.position_biased_input, terms,
-                              disentangled and config.relative_attention)
+    assert list(t) == T.names(
+        n_layers,
+        True,
+        types is not None,
+        model.encoder_weights.embeddings.projection is not None,
+        not disentangled or config.position_biased_input,
+        terms,
+        disentangled and config.relative_attention,
+    )
     assert t["layer.0.attention.probs"].shape == (2, config.n_heads, 13, 13)
     # A layer's scope reads back what the layer wrote.
     assert tap.scope("layer.0").scope("attention")["probs"] is tap["layer.0.attention.probs"]
@@ -113,7 +125,8 @@ from npbert.config import Config
 folder = Path({str(FIXTURES / "deberta-v2")!r})
 tree = W.load(folder, Config.from_file(folder / "config.json"))
 assert tree.qa_outputs.weight.shape[0] == 2
-print(sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "llvmlite") or m in ("npbert.layout", "npbert.ops")))
+speed = ("npbert.layout", "npbert.ops")
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "llvmlite") or m in speed))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -1,6 +1,6 @@
-"""The numba kernels against their plain-numpy references (npbert/ops/reference.py, npbert/ops/numba.py, npbert/ops/gemm.py), the float32 erf against
-float64 `math.erf`, the kernel switch (`select`, NPBERT_KERNELS, `kernels=`), and the load-time re-layout
-(`layout.relayout_for_speed`).
+"""The numba kernels against their plain-numpy references (npbert/ops/reference.py against npbert/ops/numba.py
+and npbert/ops/gemm.py), the float32 erf against float64 `math.erf`, the kernel switch (`select`,
+NPBERT_KERNELS, `kernels=`), and the load-time re-layout (`layout.relayout_for_speed`).
 
 Tolerance: max |kernel - reference| <= 1e-6 in float32 on values of order 1; on larger outputs the bound
 is relative (1e-6 x |reference|), since float32 itself resolves only ~6e-8 x |value|. float64 (audit mode)
@@ -20,8 +20,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import checkpoints
 import npbert
@@ -66,14 +65,20 @@ def run_attention(q, k, v, keep, H):
     return probs
 
 
-@given(B=st.integers(1, 3), S=st.integers(1, 33), H=st.sampled_from([1, 2, 4]), Dh=st.sampled_from([1, 4, 16, 64]),
-       scale=st.sampled_from([0.1, 1.0, 4.0]), seed=st.integers(0, 2**32 - 1))
+@given(
+    B=st.integers(1, 3),
+    S=st.integers(1, 33),
+    H=st.sampled_from([1, 2, 4]),
+    Dh=st.sampled_from([1, 4, 16, 64]),
+    scale=st.sampled_from([0.1, 1.0, 4.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_attention_matches_reference(B, S, H, Dh, scale, seed):
     rng = np.random.default_rng(seed)
     # q, k, v as the model passes them: column slices of one fused [B, S, 3D] projection (strided views).
     qkv = (scale * rng.standard_normal((B, S, 3 * H * Dh))).astype(np.float32)
     D = H * Dh
-    q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
+    q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
     keep = random_keep(rng, B, S)
     probs = run_attention(q, k, v, keep, H)
     for b in range(B):
@@ -128,7 +133,9 @@ def exact_gelu(x64):
     return 0.5 * x64 * (1.0 + np.array([math.erf(t / math.sqrt(2.0)) for t in x64.ravel()]).reshape(x64.shape))
 
 
-@given(N=st.integers(1, 9), F=st.integers(1, 70), scale=st.sampled_from([0.5, 3.0, 30.0]), seed=st.integers(0, 2**32 - 1))
+@given(
+    N=st.integers(1, 9), F=st.integers(1, 70), scale=st.sampled_from([0.5, 3.0, 30.0]), seed=st.integers(0, 2**32 - 1)
+)
 def test_bias_gelu_matches_reference(N, F, scale, seed):
     rng = np.random.default_rng(seed)
     h = (scale * rng.standard_normal((N, F))).astype(np.float32)
@@ -142,8 +149,9 @@ def test_bias_gelu_matches_reference(N, F, scale, seed):
 
 
 def test_bias_gelu_extreme_values():
-    x = np.array([[-1e30, -1e4, -40, -6, -5.7, -5.6, -4, -1e-3, -1e-30, 0, 1e-30, 1e-3, 4, 5.7, 40, 1e4, 1e30]],
-                 dtype=np.float32)
+    x = np.array(
+        [[-1e30, -1e4, -40, -6, -5.7, -5.6, -4, -1e-3, -1e-30, 0, 1e-30, 1e-3, 4, 5.7, 40, 1e4, 1e30]], dtype=np.float32
+    )
     bias = np.zeros(x.shape[1], dtype=np.float32)
     out = kernels.bias_gelu_numba(x.copy(), bias)
     assert_close(out, reference.bias_gelu_numpy(x, bias))
@@ -165,7 +173,9 @@ def test_bias_gelu_overwrites_its_input_and_float64_is_exact():
 # --- residual + LayerNorm ------------------------------------------------------------------------------
 
 
-@given(N=st.integers(1, 9), D=st.integers(1, 80), scale=st.sampled_from([1e-3, 1.0, 1e3]), seed=st.integers(0, 2**32 - 1))
+@given(
+    N=st.integers(1, 9), D=st.integers(1, 80), scale=st.sampled_from([1e-3, 1.0, 1e3]), seed=st.integers(0, 2**32 - 1)
+)
 def test_residual_layernorm_matches_reference(N, D, scale, seed):
     rng = np.random.default_rng(seed)
     x = (scale * rng.standard_normal((N, D))).astype(np.float32)
@@ -191,8 +201,12 @@ def test_residual_layernorm_constant_rows_and_float64():
     rng = np.random.default_rng(3)
     x64, r64 = rng.standard_normal((4, 30)), rng.standard_normal((4, 30))
     w64, b64 = rng.standard_normal(30), rng.standard_normal(30)
-    np.testing.assert_allclose(kernels.residual_layernorm_numba(x64, r64, w64, b64, 1e-12),
-                               reference.residual_layernorm_numpy(x64, r64, w64, b64, 1e-12), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        kernels.residual_layernorm_numba(x64, r64, w64, b64, 1e-12),
+        reference.residual_layernorm_numpy(x64, r64, w64, b64, 1e-12),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def as_in_a_model_call(monkeypatch, threads):
@@ -223,8 +237,13 @@ def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
     blas_calls = as_in_a_model_call(monkeypatch, threads)
     for name in ("_scale_mask_shift_numba", "_bias_gelu_f32_numba", "_residual_layernorm_numba"):
         kernel = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, kernel=kernel, name=name: (
-            used.setdefault(name, []).append(threading.get_ident()), kernel(*a))[1])
+        monkeypatch.setattr(
+            kernels,
+            name,
+            lambda *a, kernel=kernel, name=name: (used.setdefault(name, []).append(threading.get_ident()), kernel(*a))[
+                1
+            ],
+        )
     rng = np.random.default_rng(6)
     qkv = rng.standard_normal((2, 80, 3 * 64)).astype(np.float32)
     keep = random_keep(rng, 2, 80)
@@ -237,8 +256,10 @@ def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
     h = (3 * rng.standard_normal((700, 800))).astype(np.float32)
     w, b = (1 + 0.1 * rng.standard_normal(800)).astype(np.float32), rng.standard_normal(800).astype(np.float32)
     assert h.size >= kernels._LAYERNORM_SERIAL_BELOW
-    assert_close(kernels.residual_layernorm_numba(h, h[::-1].copy(), w, b, 1e-12),
-                 reference.residual_layernorm_numpy(h, h[::-1].copy(), w, b, 1e-12))
+    assert_close(
+        kernels.residual_layernorm_numba(h, h[::-1].copy(), w, b, 1e-12),
+        reference.residual_layernorm_numpy(h, h[::-1].copy(), w, b, 1e-12),
+    )
     # One call per chunk (attention: per head), on more than one thread (a free worker may take two chunks).
     assert len(used) == 3 and len(used["_scale_mask_shift_numba"]) == 2 * 2 * 8  # run_attention runs it twice
     assert len(used["_bias_gelu_f32_numba"]) == len(used["_residual_layernorm_numba"]) == threads
@@ -275,17 +296,25 @@ def test_both_kernel_paths_give_the_same_model_outputs(tiny_checkpoint, monkeypa
     assert npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint, kernels="numpy").ops is ops.NUMPY
     ref = ref_model(ids, mask, output_hidden_states=True, output_attentions=True)
     out = model(ids, mask, output_hidden_states=True, output_attentions=True)
-    for a, b in zip((out.start_logits, out.end_logits, *out.hidden_states, *out.attentions),
-                    (ref.start_logits, ref.end_logits, *ref.hidden_states, *ref.attentions)):
+    for a, b in zip(
+        (out.start_logits, out.end_logits, *out.hidden_states, *out.attentions),
+        (ref.start_logits, ref.end_logits, *ref.hidden_states, *ref.attentions),
+    ):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
 def test_environment_variable_selects_in_a_new_process(tiny_checkpoint):
-    code = ("import npbert; m = npbert.DistilBertForQuestionAnswering.from_pretrained(%r); print(m.ops.name)"
-            % str(tiny_checkpoint))
+    code = "import npbert; m = npbert.DistilBertForQuestionAnswering.from_pretrained(%r); print(m.ops.name)" % str(
+        tiny_checkpoint
+    )
     for value in ("numpy", "numba"):
-        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "NPBERT_KERNELS": value},
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "NPBERT_KERNELS": value},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert out.stdout.strip() == value
 
 
@@ -293,8 +322,18 @@ def test_environment_variable_selects_in_a_new_process(tiny_checkpoint):
 
 
 def test_relayout_fuses_qkv_and_stores_linears_column_major(tmp_path):
-    folder = checkpoints.write_checkpoint(tmp_path / "c", seed=5, vocab=[], tokenizer=False, vocab_size=30,
-                                          dim=64, n_layers=2, n_heads=2, hidden_dim=1024, max_position_embeddings=16)
+    folder = checkpoints.write_checkpoint(
+        tmp_path / "c",
+        seed=5,
+        vocab=[],
+        tokenizer=False,
+        vocab_size=30,
+        dim=64,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=1024,
+        max_position_embeddings=16,
+    )
     config = npbert.Config.from_file(folder / "config.json")
     # float32: the matrices ([64, 64] and [1024, 64]: whole pages) are views of the file mapping whose
     # pages the re-layout releases (they must read back intact); float64: owned copies, left alone.
@@ -316,8 +355,13 @@ def assert_same_linear(new, old):  # same [out, in] values, stored so that W.T i
 def assert_relaid(tree, fast):
     for old, new in zip(tree.encoder.transformer.layer, fast.encoder.transformer.layer):
         a, f = old.attention, new.attention
-        assert_same_linear(f.qkv, W.Linear(np.concatenate([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]),
-                                           np.concatenate([a.q_lin.bias, a.k_lin.bias, a.v_lin.bias])))
+        assert_same_linear(
+            f.qkv,
+            W.Linear(
+                np.concatenate([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]),
+                np.concatenate([a.q_lin.bias, a.k_lin.bias, a.v_lin.bias]),
+            ),
+        )
         for name in ("q_lin", "k_lin", "v_lin"):  # the old names are views into qkv, equal to the loaded ones
             lin = getattr(f, name)
             assert np.shares_memory(lin.weight, f.qkv.weight) and np.shares_memory(lin.bias, f.qkv.bias)
@@ -372,7 +416,10 @@ def test_a_failing_chunk_raises_after_every_chunk_has_finished(monkeypatch):
 
     with pytest.raises(RuntimeError, match="bad chunk"):
         parallel.split_over_threads(work, list(range(4)), True, uses_blas=True)
-    assert finished == [[2, 3]] and blas_calls == ["one thread", "restored"]  # the worker's share done, OpenBLAS restored
+    assert finished == [[2, 3]] and blas_calls == [
+        "one thread",
+        "restored",
+    ]  # the worker's share done, OpenBLAS restored
 
 
 # --- matrix products over panels -----------------------------------------------------------------------
@@ -394,8 +441,13 @@ def assert_product_close(got, x, w):
     assert excess.max(initial=0.0) <= 0, f"max |diff| beyond the rounding bound: {excess.max()}"
 
 
-@given(M=st.integers(1, 40), d_in=st.integers(1, 600), n_panels=st.integers(1, 4), scale=st.sampled_from([0.01, 1.0, 30.0]),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    M=st.integers(1, 40),
+    d_in=st.integers(1, 600),
+    n_panels=st.integers(1, 4),
+    scale=st.sampled_from([0.01, 1.0, 30.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_matmul_panels_matches_reference(M, d_in, n_panels, scale, seed):
     rng = np.random.default_rng(seed)
     x = (scale * rng.standard_normal((M, d_in))).astype(np.float32)
@@ -414,8 +466,9 @@ def test_matmul_panels_matches_reference(M, d_in, n_panels, scale, seed):
 def test_matmul_panels_at_the_forward_sizes_and_split_over_threads(monkeypatch):
     used = []
     real = gemm._matmul_panels_numba
-    monkeypatch.setattr(gemm, "_matmul_panels_numba", lambda *a: (used.append((threading.get_ident(), a[3], a[4])),
-                                                               real(*a))[1])
+    monkeypatch.setattr(
+        gemm, "_matmul_panels_numba", lambda *a: (used.append((threading.get_ident(), a[3], a[4])), real(*a))[1]
+    )
     as_in_a_model_call(monkeypatch, 2)
     rng = np.random.default_rng(8)
     for M, d_in, d_out in ((16, 768, 2304), (384, 768, 768), (13, 3072, 768)):
@@ -455,8 +508,18 @@ def test_panels_pay_off(monkeypatch):
 
 
 def test_relayout_in_panels(tmp_path):
-    folder = checkpoints.write_checkpoint(tmp_path / "c", seed=5, vocab=[], tokenizer=False, vocab_size=30,
-                                          dim=64, n_layers=2, n_heads=2, hidden_dim=96, max_position_embeddings=16)
+    folder = checkpoints.write_checkpoint(
+        tmp_path / "c",
+        seed=5,
+        vocab=[],
+        tokenizer=False,
+        vocab_size=30,
+        dim=64,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=96,
+        max_position_embeddings=16,
+    )
     config = npbert.Config.from_file(folder / "config.json")
     tree = W.load(folder, config, np.float32)
     fast = layout.relayout_for_speed(tree, panels=True)
@@ -485,17 +548,29 @@ def test_relayout_in_panels(tmp_path):
 @pytest.mark.parametrize("choice", ["panels", "blas"], ids=["panels", "blas"])
 def test_both_gemms_give_the_reference_outputs(tmp_path, monkeypatch, choice):
     # The model with panels (forced, whatever this CPU has) and with numpy's BLAS against the numpy kernels.
-    folder = checkpoints.write_checkpoint(tmp_path / "c", seed=9, vocab=[], tokenizer=False, vocab_size=50,
-                                          dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=40)
+    folder = checkpoints.write_checkpoint(
+        tmp_path / "c",
+        seed=9,
+        vocab=[],
+        tokenizer=False,
+        vocab_size=50,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=128,
+        max_position_embeddings=40,
+    )
     ids = np.random.default_rng(2).integers(0, 50, (3, 37))
     mask = np.ones_like(ids)
     mask[1, 20:] = 0
-    ref = npbert.DistilBertForQuestionAnswering.from_pretrained(folder, kernels="numpy")(ids, mask,
-                                                                                          output_hidden_states=True)
+    ref = npbert.DistilBertForQuestionAnswering.from_pretrained(folder, kernels="numpy")(
+        ids, mask, output_hidden_states=True
+    )
     monkeypatch.setenv(gemm.GEMM_ENV, choice)
     model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
     assert (model.weights.encoder.transformer.layer[0].ffn.lin1.weight.ndim == 3) == (choice == "panels")
     out = model(ids, mask, output_hidden_states=True)
-    for a, b in zip((out.start_logits, out.end_logits, *out.hidden_states),
-                    (ref.start_logits, ref.end_logits, *ref.hidden_states)):
+    for a, b in zip(
+        (out.start_logits, out.end_logits, *out.hidden_states), (ref.start_logits, ref.end_logits, *ref.hidden_states)
+    ):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)

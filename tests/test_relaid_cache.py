@@ -23,11 +23,11 @@ import pytest
 
 import checkpoints
 import npbert
-from npbert import relaid_cache
-from npbert import layout, weights as W
+from npbert import layout, relaid_cache, weights as W
 
-SMALL = dict(vocab=[], tokenizer=False, vocab_size=40, dim=64, n_layers=2, n_heads=2, hidden_dim=256,
-             max_position_embeddings=32)
+SMALL = dict(
+    vocab=[], tokenizer=False, vocab_size=40, dim=64, n_layers=2, n_heads=2, hidden_dim=256, max_position_embeddings=32
+)
 IDS = np.array([[1, 5, 9, 13, 2, 7, 30, 3], [4, 4, 8, 15, 16, 23, 0, 0]])
 MASK = (IDS != 0).astype(np.int64)
 
@@ -145,11 +145,15 @@ def test_keyed_by_the_weights_bytes_and_the_layout_version(small, cache, monkeyp
     model = npbert.AutoModelForQuestionAnswering.from_pretrained(small)
     names = cache_files(cache)
     assert len(names) == 2 and old in names  # a new key, the old file untouched
-    np.testing.assert_array_equal(model.weights.encoder.transformer.layer[1].ffn.lin1.weight,
-                                  private_model(small).weights.encoder.transformer.layer[1].ffn.lin1.weight)
+    np.testing.assert_array_equal(
+        model.weights.encoder.transformer.layer[1].ffn.lin1.weight,
+        private_model(small).weights.encoder.transformer.layer[1].ffn.lin1.weight,
+    )
     monkeypatch.setattr(relaid_cache, "LAYOUT_VERSION", relaid_cache.LAYOUT_VERSION + 1)
     npbert.AutoModelForQuestionAnswering.from_pretrained(small)
-    assert len(cache_files(cache)) == 3 and sum(f"-v{relaid_cache.LAYOUT_VERSION}-" in n for n in cache_files(cache)) == 1
+    assert (
+        len(cache_files(cache)) == 3 and sum(f"-v{relaid_cache.LAYOUT_VERSION}-" in n for n in cache_files(cache)) == 1
+    )
 
 
 def test_the_remembered_sha256_is_dropped_when_the_file_changes(small, cache, monkeypatch):
@@ -239,8 +243,16 @@ print(json.dumps({"wrote": bool(copies), "logits": model(ids).start_logits.tolis
 
 def test_two_processes_starting_together_share_one_whole_file(small, cache):
     start = time.time() + 6  # both interpreters are up and waiting by then
-    procs = [subprocess.Popen([sys.executable, "-c", LOAD_AT, str(small), str(start)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=dict(os.environ)) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOAD_AT, str(small), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for _ in range(2)
+    ]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -362,8 +374,9 @@ def test_a_memo_naming_other_weights_does_not_pick_their_entry(small, other, cac
 
 
 @pytest.mark.parametrize("form", ["bare", "in a memo of this file"])
-def test_a_memo_holding_a_path_writes_nothing_outside_the_cache_folder(small, cache, caplog, monkeypatch, tmp_path,
-                                                                        form):
+def test_a_memo_holding_a_path_writes_nothing_outside_the_cache_folder(
+    small, cache, caplog, monkeypatch, tmp_path, form
+):
     monkeypatch.setattr(relaid_cache, "_RACY_SECONDS", -1.0)
     load_logits(small, caplog)
     [memo] = memo_files(cache)

@@ -24,7 +24,9 @@ QUESTION, CONTEXT = "What's my name?", "My name is John and I live in Seattle"
 
 
 def npbert_cli(*args):
-    return subprocess.run([sys.executable, "-m", "npbert", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "npbert", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def test_intermediates_mean_what_their_names_say(tiny_checkpoint, batch):
         q, k, v = (t[p + f"attention.{n}"] for n in "qkv")
         np.testing.assert_allclose(q, x @ layer.attention.q_lin.weight.T + layer.attention.q_lin.bias)
         b, h, qi, kj = 1, H - 1, 2, 5  # one head, one query, one key, by hand
-        by_hand = q[b, qi, h * Dh:(h + 1) * Dh] @ k[b, kj, h * Dh:(h + 1) * Dh] / math.sqrt(Dh)
+        by_hand = q[b, qi, h * Dh : (h + 1) * Dh] @ k[b, kj, h * Dh : (h + 1) * Dh] / math.sqrt(Dh)
         assert t[p + "attention.scores"].shape == (B, H, S, S)
         assert t[p + "attention.scores"][b, h, qi, kj] == pytest.approx(by_hand, rel=1e-12)
         probs = t[p + "attention.probs"]
@@ -89,10 +91,15 @@ def test_intermediates_mean_what_their_names_say(tiny_checkpoint, batch):
         np.testing.assert_allclose(probs[b, h, qi, :kept], e / e.sum(), rtol=1e-12)
         assert (probs[1, :, :, kept:] == 0).all() and probs[0].min() > 0
         context = t[p + "attention.context"]
-        np.testing.assert_allclose(context[b, qi, h * Dh:(h + 1) * Dh], probs[b, h, qi] @ v[b, :, h * Dh:(h + 1) * Dh])
-        np.testing.assert_allclose(t[p + "attention.output"], context @ layer.attention.out_lin.weight.T
-                                   + layer.attention.out_lin.bias)
-        np.testing.assert_allclose(t[p + "sa_layer_norm"], layer_norm(t[p + "attention.output"] + x, layer.sa_layer_norm))
+        np.testing.assert_allclose(
+            context[b, qi, h * Dh : (h + 1) * Dh], probs[b, h, qi] @ v[b, :, h * Dh : (h + 1) * Dh]
+        )
+        np.testing.assert_allclose(
+            t[p + "attention.output"], context @ layer.attention.out_lin.weight.T + layer.attention.out_lin.bias
+        )
+        np.testing.assert_allclose(
+            t[p + "sa_layer_norm"], layer_norm(t[p + "attention.output"] + x, layer.sa_layer_norm)
+        )
         pre = t[p + "ffn.pre_activation"]
         assert pre.shape == (B, S, F)
         gelu = 0.5 * pre * (1 + np.vectorize(math.erf)(pre / math.sqrt(2)))
@@ -136,8 +143,12 @@ def test_save_load_round_trip_in_forward_order(tiny_checkpoint, batch, tmp_path)
 
 def test_diff_finds_the_first_divergence():
     rng = np.random.default_rng(0)
-    a = {"input_ids": np.arange(4), "x": rng.standard_normal((3, 4)).astype(np.float32),
-         "y": rng.standard_normal(5) * 100, "z": np.ones(2)}
+    a = {
+        "input_ids": np.arange(4),
+        "x": rng.standard_normal((3, 4)).astype(np.float32),
+        "y": rng.standard_normal(5) * 100,
+        "z": np.ones(2),
+    }
     assert T.diff(a, dict(a)).first_divergence is None
     b = {**a, "y": a["y"] * (1 + 1e-6)}  # relative error 1e-6: within 1e-4
     r = T.diff(a, b)
@@ -186,8 +197,23 @@ def test_trace_and_diff_commands(tiny_checkpoint, tmp_path):
 def test_trace_command_long_context_has_one_row_per_window(tiny_checkpoint, tmp_path):
     context = " ".join(["My name is John and I live in Seattle."] * 12)
     out = tmp_path / "long.safetensors"
-    r = npbert_cli("trace", "--model", tiny_checkpoint, "--question", QUESTION, "--context", context,
-                   "--max-seq-len", 48, "--doc-stride", 16, "--dtype", "float64", "--out", out)
+    r = npbert_cli(
+        "trace",
+        "--model",
+        tiny_checkpoint,
+        "--question",
+        QUESTION,
+        "--context",
+        context,
+        "--max-seq-len",
+        48,
+        "--doc-stride",
+        16,
+        "--dtype",
+        "float64",
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     t, meta = T.load(out)
     assert t["input_ids"].shape[0] == len(meta["tokens"]) > 1 and t["input_ids"].shape[1] == 48
@@ -223,13 +249,29 @@ def test_trace_command_estimates_the_size_and_refuses_past_max_mb(tiny_checkpoin
 
     context = " ".join(["My name is John and I live in Seattle."] * 12)
     out = tmp_path / "long.safetensors"
-    flags = ["trace", "--model", tiny_checkpoint, "--question", QUESTION, "--context", context, "--max-seq-len", 48,
-             "--doc-stride", 16, "--out", out]
+    flags = [
+        "trace",
+        "--model",
+        tiny_checkpoint,
+        "--question",
+        QUESTION,
+        "--context",
+        context,
+        "--max-seq-len",
+        48,
+        "--doc-stride",
+        16,
+        "--out",
+        out,
+    ]
     r = npbert_cli(*flags, "--max-mb", "0.01")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and not out.exists(), r.stderr
-    said = re.fullmatch(r"npbert trace: error: the trace would be about ([\d.]+) MB \((\d+) window\(s\) x 48 tokens, "
-                        r"float32\), over --max-mb 0.01: pass --max-mb ([\d.]+) to write it, or a shorter context or "
-                        r"--max-seq-len\n", r.stderr)
+    said = re.fullmatch(
+        r"npbert trace: error: the trace would be about ([\d.]+) MB \((\d+) window\(s\) x 48 tokens, "
+        r"float32\), over --max-mb 0.01: pass --max-mb ([\d.]+) to write it, or a shorter context or "
+        r"--max-seq-len\n",
+        r.stderr,
+    )
     assert said and int(said.group(2)) > 1, r.stderr
     r = npbert_cli(*flags, "--max-mb", said.group(3))
     assert r.returncode == 0, r.stderr
@@ -279,13 +321,16 @@ def test_trace_command_on_an_encoder_only_checkpoint(tiny_checkpoint, tmp_path):
     folder = tmp_path / "encoder"
     shutil.copytree(tiny_checkpoint, folder)
     tensors = load_file(str(folder / "model.safetensors"))
-    save_file({k.removeprefix("distilbert."): v for k, v in tensors.items() if not k.startswith("qa_outputs")},
-              str(folder / "model.safetensors"))
+    save_file(
+        {k.removeprefix("distilbert."): v for k, v in tensors.items() if not k.startswith("qa_outputs")},
+        str(folder / "model.safetensors"),
+    )
     out = tmp_path / "encoder.safetensors"
     r = npbert_cli("trace", "--model", folder, "--question", QUESTION, "--context", CONTEXT, "--out", out)
     assert r.returncode == 0, r.stderr
     t, _ = T.load(out)
     assert list(t) == T.names(2, with_qa_head=False)
     encoder = npbert.DistilBertModel.from_pretrained(folder)
-    np.testing.assert_allclose(t["layer.1.output_layer_norm"], encoder(t["input_ids"]).last_hidden_state,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        t["layer.1.output_layer_norm"], encoder(t["input_ids"]).last_hidden_state, rtol=1e-5, atol=1e-6
+    )

@@ -41,15 +41,58 @@ below are the package's API.
 from ..durable import Interrupted
 from ..limits import DEFAULT_MAX_WINDOWS
 from .cluster import answer_chunks, completed, connect, eval_load_settings, load_settings, local_cluster
-from .common import (DEFAULT_CALL_SIZE, DEFAULT_PARTITION_SIZE, ERRORS, FORMAT, MANIFEST, PART_RUN_FIELDS, PARTS,
-                     PREDICTIONS, PRELOAD_VARIABLE, PROGRESS_TOPIC, RUN_FIELDS, SETTINGS, SLOWDOWN_VARIABLE, BatchError,
-                     IncompleteError, PartitionFailed)
+from .common import (
+    DEFAULT_CALL_SIZE,
+    DEFAULT_PARTITION_SIZE,
+    ERRORS,
+    FORMAT,
+    MANIFEST,
+    PART_RUN_FIELDS,
+    PARTS,
+    PREDICTIONS,
+    PRELOAD_VARIABLE,
+    PROGRESS_TOPIC,
+    RUN_FIELDS,
+    SETTINGS,
+    SLOWDOWN_VARIABLE,
+    BatchError,
+    IncompleteError,
+    PartitionFailed,
+)
 from .inputs import Inputs, read_inputs
 from .run import answer
 from .worker import answer_partition, preload, probe, worker_state
 
-__all__ = ["DEFAULT_CALL_SIZE", "DEFAULT_MAX_WINDOWS", "DEFAULT_PARTITION_SIZE", "ERRORS", "FORMAT", "MANIFEST",
-           "PARTS", "PART_RUN_FIELDS", "PREDICTIONS", "PRELOAD_VARIABLE", "PROGRESS_TOPIC", "RUN_FIELDS", "SETTINGS",
-           "SLOWDOWN_VARIABLE", "BatchError", "IncompleteError", "Inputs", "Interrupted", "PartitionFailed", "answer",
-           "answer_chunks", "answer_partition", "completed", "connect", "eval_load_settings", "load_settings",
-           "local_cluster", "preload", "probe", "read_inputs", "worker_state"]
+__all__ = [
+    "DEFAULT_CALL_SIZE",
+    "DEFAULT_MAX_WINDOWS",
+    "DEFAULT_PARTITION_SIZE",
+    "ERRORS",
+    "FORMAT",
+    "MANIFEST",
+    "PARTS",
+    "PART_RUN_FIELDS",
+    "PREDICTIONS",
+    "PRELOAD_VARIABLE",
+    "PROGRESS_TOPIC",
+    "RUN_FIELDS",
+    "SETTINGS",
+    "SLOWDOWN_VARIABLE",
+    "BatchError",
+    "IncompleteError",
+    "Inputs",
+    "Interrupted",
+    "PartitionFailed",
+    "answer",
+    "answer_chunks",
+    "answer_partition",
+    "completed",
+    "connect",
+    "eval_load_settings",
+    "load_settings",
+    "local_cluster",
+    "preload",
+    "probe",
+    "read_inputs",
+    "worker_state",
+]

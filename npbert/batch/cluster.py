@@ -14,8 +14,6 @@ from ..hub import DEFAULT_MODEL
 from .common import PRELOAD_VARIABLE, BatchError, PartitionFailed
 from .worker import answer_partition, with_environment
 
-
-
 # --- the cluster ---------------------------------------------------------------------------------------
 
 
@@ -27,8 +25,9 @@ def connect(workers: int | None = None, scheduler: str | None = None, preload: d
     try:
         from dask.distributed import Client
     except ImportError:
-        raise BatchError("npbert batch needs Dask distributed: pip install -e '.[distributed]' in an npbert "
-                         "checkout") from None
+        raise BatchError(
+            "npbert batch needs Dask distributed: pip install -e '.[distributed]' in an npbert checkout"
+        ) from None
     if scheduler is not None and workers is not None:
         raise BatchError("give --workers N (a local cluster) or --scheduler ADDRESS (a running one), not both")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -43,9 +42,15 @@ def connect(workers: int | None = None, scheduler: str | None = None, preload: d
         return
     import logging
 
-    with local_cluster(workers or os.cpu_count() or 1, preload, silence_logs=logging.ERROR,
-                       env={"NPBERT_BLAS_THREADS": os.environ.get("NPBERT_BLAS_THREADS", "1")}) as cluster, \
-            Client(cluster) as client:
+    with (
+        local_cluster(
+            workers or os.cpu_count() or 1,
+            preload,
+            silence_logs=logging.ERROR,
+            env={"NPBERT_BLAS_THREADS": os.environ.get("NPBERT_BLAS_THREADS", "1")},
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -68,8 +73,9 @@ def local_cluster(workers: int, preload: dict | None = None, **kwargs):
             warnings.filterwarnings("ignore", r"Port \d+ is already in use", UserWarning)
             # One thread per process: the pipeline runs Python between BLAS calls, which threads would
             # serialise on.
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   **kwargs)
+            cluster = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, **kwargs
+            )
         yield stack.enter_context(cluster)
 
 
@@ -136,8 +142,10 @@ def completed(client, tasks, keys):
                 result = future.result()
             except Exception as e:  # KilledWorker after Dask's retries, or the task's own exception
                 partition = future.key.rsplit("-", 1)[1]
-                raise PartitionFailed(f"partition {partition} failed on the cluster: {type(e).__name__}: {e}; the "
-                                      "finished partitions are saved, --resume retries the rest") from e
+                raise PartitionFailed(
+                    f"partition {partition} failed on the cluster: {type(e).__name__}: {e}; the "
+                    "finished partitions are saved, --resume retries the rest"
+                ) from e
             future.release()
             top_up()
             yield result
@@ -152,8 +160,14 @@ def load_settings(model, revision, local_files_only, dtype, kernels, max_windows
     where = str(path.resolve()) if path.is_dir() else str(model)
     import numpy as np
 
-    return {"model": where, "revision": revision, "local_files_only": bool(local_files_only),
-            "dtype": np.dtype(dtype).name, "kernels": kernels, "max_windows": max_windows}
+    return {
+        "model": where,
+        "revision": revision,
+        "local_files_only": bool(local_files_only),
+        "dtype": np.dtype(dtype).name,
+        "kernels": kernels,
+        "max_windows": max_windows,
+    }
 
 
 def eval_load_settings(model, revision) -> dict:
@@ -161,16 +175,30 @@ def eval_load_settings(model, revision) -> dict:
     return load_settings(model, revision, False, "float32", None, None)
 
 
-def answer_chunks(client, chunks: list, params: dict, model: str = DEFAULT_MODEL, revision: str | None = None,
-                  blas_threads: int | None = None):
+def answer_chunks(
+    client,
+    chunks: list,
+    params: dict,
+    model: str = DEFAULT_MODEL,
+    revision: str | None = None,
+    blas_threads: int | None = None,
+):
     """`npbert eval --workers`: the pipeline's output for each chunk of squad.Example and the chunk's null
     scores (qa.null_score, for na_probs.json), in chunk order, each
     chunk one task on the cluster (npbert eval's pipeline call); a question the pipeline refuses raises
     its ValueError, as the single-process call would."""
     load = eval_load_settings(model, revision)
-    tasks = ({"partition": i, "rows": [(j, e.id, e.question, e.context) for j, e in enumerate(chunk)],
-              "load": load, "params": params, "call_size": len(chunk), "blas_threads": blas_threads}
-             for i, chunk in enumerate(chunks))
+    tasks = (
+        {
+            "partition": i,
+            "rows": [(j, e.id, e.question, e.context) for j, e in enumerate(chunk)],
+            "load": load,
+            "params": params,
+            "call_size": len(chunk),
+            "blas_threads": blas_threads,
+        }
+        for i, chunk in enumerate(chunks)
+    )
     from dask.base import tokenize
 
     token = tokenize(load, params, [e.id for c in chunks for e in c])

@@ -1,11 +1,6 @@
-"""The names every part of a batch run shares: the output's file names, the defaults, the errors.
-"""
+"""The names every part of a batch run shares: the output's file names, the defaults, the errors."""
 
 from __future__ import annotations
-
-
-
-
 
 FORMAT = "npbert-batch/1"
 PARTS = "parts"
@@ -42,8 +37,6 @@ class IncompleteError(RuntimeError):
 class PartitionFailed(RuntimeError):
     """A task failed on the cluster for another reason than its rows (a worker killed on every attempt, a
     bug): the run stops, the finished partitions stay saved (exit status 1)."""
-
-
 
 
 def first_line(e: Exception) -> str:

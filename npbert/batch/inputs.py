@@ -1,5 +1,4 @@
-"""Reading a batch's data (JSON Lines, SQuAD JSON or Parquet) into checked rows; a bad row is an error record.
-"""
+"""Reading a batch's data (JSON Lines, SQuAD JSON or Parquet) into checked rows; a bad row is an error record."""
 
 from __future__ import annotations
 
@@ -10,8 +9,6 @@ from pathlib import Path
 
 from .. import squad
 from .common import BatchError, first_line
-
-
 
 # --- reading the data ----------------------------------------------------------------------------------
 
@@ -44,8 +41,11 @@ def _check_row(record, index: int, where: str, seen: dict, rows: list, errors: l
         first, first_where = seen[key]
         if first == qid:
             return refuse(f"duplicate id {qid!r} (first at {first_where})", qid)
-        return refuse(f"duplicate id {qid!r}: the same as {first!r} (first at {first_where}) once Unicode-normalised "
-                      "(NFC) and stripped of surrounding spaces", qid)
+        return refuse(
+            f"duplicate id {qid!r}: the same as {first!r} (first at {first_where}) once Unicode-normalised "
+            "(NFC) and stripped of surrounding spaces",
+            qid,
+        )
     seen[key] = (qid, where)
     for key in ("question", "context"):
         value = record.get(key)
@@ -83,8 +83,14 @@ def read_inputs(path: str | Path) -> Inputs:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                errors.append({"index": index, "id": None, "where": f"{path}:{n}",
-                               "reason": f"malformed JSON at column {e.colno}: {e.msg}"})
+                errors.append(
+                    {
+                        "index": index,
+                        "id": None,
+                        "where": f"{path}:{n}",
+                        "reason": f"malformed JSON at column {e.colno}: {e.msg}",
+                    }
+                )
             else:
                 _check_row(record, index, f"{path}:{n}", seen, rows, errors)
             index += 1
@@ -109,8 +115,9 @@ def read_inputs(path: str | Path) -> Inputs:
             raise BatchError(f"{path}: unreadable Parquet file ({first_line(e)})") from None
         columns = [table.column(c).to_pylist() for c in ("id", "question", "context")]
         for index, (qid, question, context) in enumerate(zip(*columns)):
-            _check_row({"id": qid, "question": question, "context": context}, index, f"{path}: row {index}",
-                       seen, rows, errors)
+            _check_row(
+                {"id": qid, "question": question, "context": context}, index, f"{path}: row {index}", seen, rows, errors
+            )
         return Inputs(path, table.num_rows, rows, errors, None)
     try:
         dataset = squad.read_dataset(path)

@@ -18,12 +18,22 @@ from ..evaluate import effective_parameters, score_of, write_results
 from ..hub import DEFAULT_MODEL, sha256_file
 from ..limits import DEFAULT_MAX_WINDOWS  # a context making more windows is an error row
 from .cluster import completed, connect, load_settings
-from .common import (DEFAULT_CALL_SIZE, DEFAULT_PARTITION_SIZE, ERRORS, FORMAT, MANIFEST, PARTS, PREDICTIONS,
-                     PROGRESS_TOPIC, SETTINGS, BatchError, IncompleteError, PartitionFailed)
+from .common import (
+    DEFAULT_CALL_SIZE,
+    DEFAULT_PARTITION_SIZE,
+    ERRORS,
+    FORMAT,
+    MANIFEST,
+    PARTS,
+    PREDICTIONS,
+    PROGRESS_TOPIC,
+    SETTINGS,
+    BatchError,
+    IncompleteError,
+    PartitionFailed,
+)
 from .inputs import read_inputs
 from .worker import probe
-
-
 
 # --- the run -------------------------------------------------------------------------------------------
 
@@ -39,12 +49,18 @@ def _read_part(path: Path, partition: int, first: int, stop: int) -> dict | None
         return None
     try:
         part = json.loads(path.read_text(encoding="utf-8"))
-        ok = part.get("format") == FORMAT and (part["partition"], part["first"], part["stop"]) == (partition, first, stop)
+        ok = part.get("format") == FORMAT and (part["partition"], part["first"], part["stop"]) == (
+            partition,
+            first,
+            stop,
+        )
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
-        raise BatchError(f"{path}: not this run's part {partition} (inputs {first}-{stop - 1}); delete the output "
-                         "folder to start over")
+        raise BatchError(
+            f"{path}: not this run's part {partition} (inputs {first}-{stop - 1}); delete the output "
+            "folder to start over"
+        )
     return part
 
 
@@ -60,10 +76,12 @@ def _check_settings(out: Path, settings: dict, resume: bool, keys=None, ignore=(
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BatchError(f"{path}: unreadable; delete the output folder to start over") from None
     flat_before, flat_now = _flatten(before), _flatten(settings)
-    for name in (keys or sorted((set(flat_before) | set(flat_now)) - set(ignore))):
+    for name in keys or sorted((set(flat_before) | set(flat_now)) - set(ignore)):
         if flat_before.get(name) != flat_now.get(name):
-            raise BatchError(f"{path}: cannot resume: {name} was {flat_before.get(name)!r}, now {flat_now.get(name)!r}; "
-                             "rerun with the first run's settings, or choose another --out")
+            raise BatchError(
+                f"{path}: cannot resume: {name} was {flat_before.get(name)!r}, now {flat_now.get(name)!r}; "
+                "rerun with the first run's settings, or choose another --out"
+            )
 
 
 def _flatten(settings: dict) -> dict:
@@ -85,16 +103,36 @@ def _prediction_line(record: dict, top_k: int) -> dict:
     if top_k > 1:
         return {"id": record["id"], "answers": answers}
     best = answers[0] if answers else {"answer": None, "score": None, "start": None, "end": None}
-    return {"id": record["id"], "answer": best["answer"], "score": best["score"], "start": best["start"],
-            "end": best["end"]}
+    return {
+        "id": record["id"],
+        "answer": best["answer"],
+        "score": best["score"],
+        "start": best["start"],
+        "end": best["end"],
+    }
 
 
-def answer(data: str | Path, out: str | Path, model: str | Path = DEFAULT_MODEL, revision: str | None = None,
-           client=None, *, workers: int | None = None, scheduler: str | None = None,
-           partition_size: int = DEFAULT_PARTITION_SIZE, call_size: int = DEFAULT_CALL_SIZE, resume: bool = False,
-           max_windows: int | None = DEFAULT_MAX_WINDOWS, blas_threads: int | None = None,
-           local_files_only: bool = False, dtype="float32", kernels: str | None = None, progress: bool = True,
-           progress_file=None, **parameters) -> dict:
+def answer(
+    data: str | Path,
+    out: str | Path,
+    model: str | Path = DEFAULT_MODEL,
+    revision: str | None = None,
+    client=None,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    partition_size: int = DEFAULT_PARTITION_SIZE,
+    call_size: int = DEFAULT_CALL_SIZE,
+    resume: bool = False,
+    max_windows: int | None = DEFAULT_MAX_WINDOWS,
+    blas_threads: int | None = None,
+    local_files_only: bool = False,
+    dtype="float32",
+    kernels: str | None = None,
+    progress: bool = True,
+    progress_file=None,
+    **parameters,
+) -> dict:
     """Answer every row of `data` on a Dask cluster into the folder `out`; returns the manifest.
 
     `client`: a dask.distributed.Client; without one, `scheduler` (an address) or a local cluster of
@@ -105,13 +143,20 @@ def answer(data: str | Path, out: str | Path, model: str | Path = DEFAULT_MODEL,
     PartitionFailed if a task fails on the cluster for another reason than its rows."""
     from ..pipeline import check_batch_size, check_parameters
 
-    for name, value, least in (("partition_size", partition_size, 1), ("call_size", call_size, 1),
-                               ("max_windows", max_windows, 1), ("blas_threads", blas_threads, 1)):
+    for name, value, least in (
+        ("partition_size", partition_size, 1),
+        ("call_size", call_size, 1),
+        ("max_windows", max_windows, 1),
+        ("blas_threads", blas_threads, 1),
+    ):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise BatchError(f"{name} must be a positive integer, found {value!r}")
     batch_size = parameters.pop("batch_size", None)
     try:
-        params = {**check_parameters(parameters), **({"batch_size": check_batch_size(batch_size)} if batch_size else {})}
+        params = {
+            **check_parameters(parameters),
+            **({"batch_size": check_batch_size(batch_size)} if batch_size else {}),
+        }
     except ValueError as e:
         raise BatchError(str(e)) from None
     inputs = read_inputs(data)
@@ -126,10 +171,20 @@ def answer(data: str | Path, out: str | Path, model: str | Path = DEFAULT_MODEL,
     if out.exists() and not out.is_dir():
         raise BatchError(f"{out}: output exists and is not a folder")
     load = load_settings(model, revision, local_files_only, dtype, kernels, max_windows)
-    settings = {"format": FORMAT, "data": str(inputs.path), "data_sha256": sha256_file(inputs.path),
-                "inputs": inputs.count, "model": str(model), "revision": revision, "dtype": load["dtype"],
-                "kernels": kernels, "max_windows": max_windows, "partition_size": partition_size,
-                "call_size": call_size, "parameters": params}
+    settings = {
+        "format": FORMAT,
+        "data": str(inputs.path),
+        "data_sha256": sha256_file(inputs.path),
+        "inputs": inputs.count,
+        "model": str(model),
+        "revision": revision,
+        "dtype": load["dtype"],
+        "kernels": kernels,
+        "max_windows": max_windows,
+        "partition_size": partition_size,
+        "call_size": call_size,
+        "parameters": params,
+    }
     # before starting a cluster, so a refusal is immediate; the weights' sha256 comes from the probe
     _check_settings(out, settings, resume, ignore=["weights_sha256"])
     total = -(-inputs.count // partition_size)
@@ -146,8 +201,19 @@ def answer(data: str | Path, out: str | Path, model: str | Path = DEFAULT_MODEL,
                 (out / PARTS).mkdir(parents=True, exist_ok=True)
                 if not (out / SETTINGS).exists():
                     write_atomic(out / SETTINGS, json.dumps(settings, indent=2) + "\n")
-                return _run(client, out, inputs, load, params, settings, identity, version, blas_threads, progress,
-                            progress_file)
+                return _run(
+                    client,
+                    out,
+                    inputs,
+                    load,
+                    params,
+                    settings,
+                    identity,
+                    version,
+                    blas_threads,
+                    progress,
+                    progress_file,
+                )
         except KeyboardInterrupt as e:
             stop = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT)
             # counted on disk: the signal may have come between a part's rename and any count kept here
@@ -179,13 +245,30 @@ def _run(client, out, inputs, load, params, settings, identity, version, blas_th
     for row in inputs.rows:
         rows_of[row[0] // size].append(row)
     token = tokenize(settings)
-    tasks = ({"partition": p, "rows": rows_of[p], "load": load, "params": params,
-              "call_size": settings["call_size"], "blas_threads": blas_threads} for p, _, _ in todo)
+    tasks = (
+        {
+            "partition": p,
+            "rows": rows_of[p],
+            "load": load,
+            "params": params,
+            "call_size": settings["call_size"],
+            "blas_threads": blas_threads,
+        }
+        for p, _, _ in todo
+    )
     keys = (f"npbert-batch-{token}-{p}" for p, _, _ in todo)
     first_stop = {p: (first, stop) for p, first, stop in bounds}
     sizes = {p: stop - first for p, first, stop in todo}
-    bar = tqdm(total=inputs.count, initial=inputs.count - sum(sizes.values()), unit="input", desc="batch",
-               disable=not progress, file=progress_file or sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=inputs.count,
+        initial=inputs.count - sum(sizes.values()),
+        unit="input",
+        desc="batch",
+        disable=not progress,
+        file=progress_file or sys.stderr,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
     shown = _Progress(bar, sizes)
     if progress:
         client.subscribe_topic(PROGRESS_TOPIC, shown.event)
@@ -194,12 +277,21 @@ def _run(client, out, inputs, load, params, settings, identity, version, blas_th
         for result in completed(client, tasks, keys):
             p = result["partition"]
             if result["weights_sha256"] != identity["weights_sha256"]:
-                raise BatchError(f"worker {result['worker']} loaded other weights for {load['model']} (sha256 "
-                                 f"{result['weights_sha256']}, the probe's {identity['weights_sha256']}): every "
-                                 "worker must read the same checkpoint")
-            part = {"format": FORMAT, "partition": p, "first": first_stop[p][0], "stop": first_stop[p][1],
-                    "seconds": result["seconds"], "worker": result["worker"],
-                    "predictions": result["predictions"], "errors": result["errors"]}
+                raise BatchError(
+                    f"worker {result['worker']} loaded other weights for {load['model']} (sha256 "
+                    f"{result['weights_sha256']}, the probe's {identity['weights_sha256']}): every "
+                    "worker must read the same checkpoint"
+                )
+            part = {
+                "format": FORMAT,
+                "partition": p,
+                "first": first_stop[p][0],
+                "stop": first_stop[p][1],
+                "seconds": result["seconds"],
+                "worker": result["worker"],
+                "predictions": result["predictions"],
+                "errors": result["errors"],
+            }
             write_atomic(_part_path(out, p), json.dumps(part, ensure_ascii=False) + "\n")
             questions += len(rows_of[p])
             shown.saved(p)
@@ -208,8 +300,9 @@ def _run(client, out, inputs, load, params, settings, identity, version, blas_th
             client.unsubscribe_topic(PROGRESS_TOPIC)
         bar.close()
     seconds = time.perf_counter() - t0
-    return _finish_run(out, inputs, bounds, params, settings, identity, version, seconds, questions,
-                       len(client.nthreads()))
+    return _finish_run(
+        out, inputs, bounds, params, settings, identity, version, seconds, questions, len(client.nthreads())
+    )
 
 
 def _finish_run(out, inputs, bounds, params, settings, identity, version, seconds, questions, workers) -> dict:
@@ -246,8 +339,16 @@ def _finish_run(out, inputs, bounds, params, settings, identity, version, second
                     if inputs.squad is not None:
                         records.append({"id": r["id"], "answers": r["answers"], "null_score": r["null_score"]})
                 else:
-                    fe.write(_line({"id": r["id"], "index": r["index"], "reason": r["reason"],
-                                    **({"where": r["where"]} if "where" in r else {})}))
+                    fe.write(
+                        _line(
+                            {
+                                "id": r["id"],
+                                "index": r["index"],
+                                "reason": r["reason"],
+                                **({"where": r["where"]} if "where" in r else {}),
+                            }
+                        )
+                    )
                     errors += 1
             misplaced = sorted(set(by_index) - set(range(first, stop)))  # a part holding another's inputs
             duplicates += [by_index[i][1]["id"] for i in misplaced]
@@ -259,19 +360,38 @@ def _finish_run(out, inputs, bounds, params, settings, identity, version, second
     if missing or duplicates:
         id_of = {r[0]: r[1] for r in inputs.rows}
         ids = [id_of.get(i, f"input {i}") for i in missing[:5]]
-        raise IncompleteError(f"{out}: the outputs do not account for every input once: "
-                              f"{len(missing)} missing{' (' + ', '.join(map(str, ids)) + ')' if ids else ''}, "
-                              f"{len(duplicates)} duplicated{' (' + ', '.join(map(str, duplicates[:5])) + ')' if duplicates else ''}")
-    manifest = {"inputs": inputs.count, "answered": answered, "errors": errors, "partitions": len(bounds),
-                "seconds": seconds, "questions_per_second": questions / seconds if seconds else None,
-                "compute_seconds": compute_seconds, "workers": workers,
-                "model": settings["model"], "revision": settings["revision"], "commit": identity["commit"],
-                "weights_sha256": identity["weights_sha256"], "data": settings["data"],
-                "data_sha256": settings["data_sha256"], "partition_size": settings["partition_size"],
-                "call_size": settings["call_size"], "max_windows": settings["max_windows"], "parameters": params}
+        raise IncompleteError(
+            f"{out}: the outputs do not account for every input once: "
+            f"{len(missing)} missing{' (' + ', '.join(map(str, ids)) + ')' if ids else ''}, "
+            f"{len(duplicates)} duplicated{' (' + ', '.join(map(str, duplicates[:5])) + ')' if duplicates else ''}"
+        )
+    manifest = {
+        "inputs": inputs.count,
+        "answered": answered,
+        "errors": errors,
+        "partitions": len(bounds),
+        "seconds": seconds,
+        "questions_per_second": questions / seconds if seconds else None,
+        "compute_seconds": compute_seconds,
+        "workers": workers,
+        "model": settings["model"],
+        "revision": settings["revision"],
+        "commit": identity["commit"],
+        "weights_sha256": identity["weights_sha256"],
+        "data": settings["data"],
+        "data_sha256": settings["data_sha256"],
+        "partition_size": settings["partition_size"],
+        "call_size": settings["call_size"],
+        "max_windows": settings["max_windows"],
+        "parameters": params,
+    }
     if inputs.squad is not None:
-        run_identity = {"model": settings["model"], "revision": settings["revision"], "commit": identity["commit"],
-                        "weights_sha256": identity["weights_sha256"]}
+        run_identity = {
+            "model": settings["model"],
+            "revision": settings["revision"],
+            "commit": identity["commit"],
+            "weights_sha256": identity["weights_sha256"],
+        }
         metrics = write_results(out, inputs.squad, version, records, seconds, run_identity, params)
         manifest["score"] = score_of(metrics)
     write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")

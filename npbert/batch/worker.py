@@ -16,8 +16,6 @@ from ..evaluate import answer_records
 from ..hub import sha256_file
 from .common import PROGRESS_TOPIC, SLOWDOWN_VARIABLE
 
-
-
 # --- on the workers ------------------------------------------------------------------------------------
 
 _pipelines: dict = {}  # load settings -> (pipeline, identity), one entry per model this process has loaded
@@ -35,9 +33,15 @@ def _cached_pipeline(load: dict):
 
             from ..pipeline import pipeline
 
-            qa = pipeline("question-answering", model=load["model"], revision=load["revision"],
-                          local_files_only=load["local_files_only"], dtype=np.dtype(load["dtype"]).type,
-                          kernels=load["kernels"], max_windows=load["max_windows"])
+            qa = pipeline(
+                "question-answering",
+                model=load["model"],
+                revision=load["revision"],
+                local_files_only=load["local_files_only"],
+                dtype=np.dtype(load["dtype"]).type,
+                kernels=load["kernels"],
+                max_windows=load["max_windows"],
+            )
             identity = {"commit": qa.commit, "weights_sha256": sha256_file(Path(qa.folder) / "model.safetensors")}
             _pipelines[key] = (qa, identity)
             _loads += 1
@@ -97,9 +101,14 @@ def worker_state() -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
     except ImportError:  # Windows
         peak = None
-    return {"pid": os.getpid(), "loads": _loads, "preloaded": _preloaded,
-            "models": [dict(k)["model"] for k in _pipelines],
-            "blas_threads": os.environ.get("NPBERT_BLAS_THREADS"), "peak_rss_mib": peak}
+    return {
+        "pid": os.getpid(),
+        "loads": _loads,
+        "preloaded": _preloaded,
+        "models": [dict(k)["model"] for k in _pipelines],
+        "blas_threads": os.environ.get("NPBERT_BLAS_THREADS"),
+        "peak_rss_mib": peak,
+    }
 
 
 def probe(load: dict, params: dict, blas_threads: int | None) -> dict:
@@ -151,7 +160,7 @@ def answer_partition(task: dict) -> dict:
     for start in range(0, len(rows), task["call_size"]):
         if slowdown:
             time.sleep(slowdown)
-        call = rows[start:start + task["call_size"]]
+        call = rows[start : start + task["call_size"]]
         for (index, qid, _, _), answered in zip(call, _answer_call(qa, call, task["params"])):
             if isinstance(answered, ValueError):
                 errors.append({"index": index, "id": qid, "reason": str(answered)})
@@ -159,9 +168,14 @@ def answer_partition(task: dict) -> dict:
                 answers, null_score = answered
                 predictions.append({"index": index, "id": qid, "answers": answers, "null_score": null_score})
         _report_progress(task["partition"], start + len(call))
-    return {"partition": task["partition"], "predictions": predictions, "errors": errors,
-            "seconds": time.perf_counter() - t0, "worker": f"{socket.gethostname()}:{os.getpid()}",
-            "weights_sha256": identity["weights_sha256"]}
+    return {
+        "partition": task["partition"],
+        "predictions": predictions,
+        "errors": errors,
+        "seconds": time.perf_counter() - t0,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "weights_sha256": identity["weights_sha256"],
+    }
 
 
 def _report_progress(partition: int, done: int) -> None:

@@ -15,8 +15,11 @@ import os
 from typing import Callable, NamedTuple
 
 # threads first: it sets OpenBLAS's thread timeout, which OpenBLAS reads when numpy is first imported.
-from .. import threads  # noqa: F401, I001
-from .. import cache_root  # noqa: I001  before the first kernel is decorated: numba picks its cache folder then
+from .. import threads  # noqa: F401
+
+# isort: split
+# cache_root before the first kernel is decorated: numba picks its cache folder then.
+from .. import cache_root
 
 cache_root.use_for_numba()
 
@@ -37,10 +40,24 @@ class Ops(NamedTuple):
         return getattr(self, "bias_" + name)
 
 
-NUMPY = Ops("numpy", _reference.attention_numpy, _reference.bias_gelu_numpy, _reference.residual_layernorm_numpy,
-            _reference.bias_gelu_tanh_numpy, _reference.bias_relu_numpy, _reference.disentangled_attention_numpy)
-NUMBA = Ops("numba", _numba.attention_numba, _numba.bias_gelu_numba, _numba.residual_layernorm_numba,
-            _numba.bias_gelu_tanh_numba, _numba.bias_relu_numba, _numba.disentangled_attention_numba)
+NUMPY = Ops(
+    "numpy",
+    _reference.attention_numpy,
+    _reference.bias_gelu_numpy,
+    _reference.residual_layernorm_numpy,
+    _reference.bias_gelu_tanh_numpy,
+    _reference.bias_relu_numpy,
+    _reference.disentangled_attention_numpy,
+)
+NUMBA = Ops(
+    "numba",
+    _numba.attention_numba,
+    _numba.bias_gelu_numba,
+    _numba.residual_layernorm_numba,
+    _numba.bias_gelu_tanh_numba,
+    _numba.bias_relu_numba,
+    _numba.disentangled_attention_numba,
+)
 CHOICES = {"numpy": NUMPY, "numba": NUMBA}
 
 

@@ -84,8 +84,10 @@ def _panel_tile(typingctx, x, x_at, x_row_stride, panels, panel_at, out, out_at,
         k = builder.phi(i64)
         acc = [[builder.phi(vec) for _ in range(vectors)] for _ in range(_TILE_ROWS)]
         row = builder.gep(panel_ptr, [builder.mul(k, const(PANEL_WIDTH))])
-        w = [builder.load(builder.bitcast(builder.gep(row, [const(16 * j)]), vec.as_pointer()), align=4)
-             for j in range(vectors)]
+        w = [
+            builder.load(builder.bitcast(builder.gep(row, [const(16 * j)]), vec.as_pointer()), align=4)
+            for j in range(vectors)
+        ]
         summed = []
         for i in range(_TILE_ROWS):
             xi = builder.load(builder.gep(x_rows[i], [k]))
@@ -109,8 +111,10 @@ def _panel_tile(typingctx, x, x_at, x_row_stride, panels, panel_at, out, out_at,
         add = builder.icmp_unsigned("!=", accumulate, ir.Constant(accumulate.type, 0))
         for i in range(_TILE_ROWS):
             for j in range(vectors):
-                at = builder.bitcast(builder.gep(out_ptr, [builder.add(builder.mul(const(i), out_row_stride),
-                                                                        const(16 * j))]), vec.as_pointer())
+                at = builder.bitcast(
+                    builder.gep(out_ptr, [builder.add(builder.mul(const(i), out_row_stride), const(16 * j))]),
+                    vec.as_pointer(),
+                )
                 before = builder.select(add, builder.load(at, align=4), zero)
                 builder.store(builder.fadd(before, final[i][j]), at, align=4)
         return context.get_dummy_value()
@@ -179,14 +183,18 @@ def _llvm_cpu_features() -> str:
 def matmul_panels_numba(x, panels):  # [M, in] x [out/32, in, 32] -> [M, out]
     n_panels, K, width = panels.shape
     if width != PANEL_WIDTH or x.dtype != np.float32 or panels.dtype != np.float32 or x.ndim != 2 or x.shape[1] != K:
-        raise ValueError(f"matmul_panels: x {x.dtype}{list(x.shape)} and panels {panels.dtype}{list(panels.shape)} "
-                         f"do not fit (float32, [M, in] and [out/{PANEL_WIDTH}, in, {PANEL_WIDTH}])")
+        raise ValueError(
+            f"matmul_panels: x {x.dtype}{list(x.shape)} and panels {panels.dtype}{list(panels.shape)} "
+            f"do not fit (float32, [M, in] and [out/{PANEL_WIDTH}, in, {PANEL_WIDTH}])"
+        )
     x, panels = np.ascontiguousarray(x), np.ascontiguousarray(panels)  # no copies for the re-laid weights
     out = np.empty((x.shape[0], n_panels * width), np.float32)
-    split_over_threads(lambda chunk: _matmul_panels_numba(x, panels, out, chunk.start, chunk.stop), range(n_panels),
-                        x.shape[0] * K * n_panels * width >= _MATMUL_SERIAL_BELOW)
+    split_over_threads(
+        lambda chunk: _matmul_panels_numba(x, panels, out, chunk.start, chunk.stop),
+        range(n_panels),
+        x.shape[0] * K * n_panels * width >= _MATMUL_SERIAL_BELOW,
+    )
     return out
-
 
 
 def qkv_projections(x, attention, tap=None):  # [B, S, D] -> q, k, v [B, S, D]
@@ -195,7 +203,7 @@ def qkv_projections(x, attention, tap=None):  # [B, S, D] -> q, k, v [B, S, D]
     if getattr(attention, "qkv", None) is not None:
         D = x.shape[-1]
         qkv = linear(x, attention.qkv)  # [B, S, 3D]
-        q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
+        q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
     else:
         q, k, v = linear(x, attention.q_lin), linear(x, attention.k_lin), linear(x, attention.v_lin)
     if tap is not None:

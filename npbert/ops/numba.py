@@ -39,6 +39,7 @@ FAST = {"reassoc", "contract"}
 # --- attention -------------------------------------------------------------------------------------------
 # As ops/reference.py: q, k, v [B, S, D] (views of the fused qkv output are fine), keep [B, S] bool.
 
+
 @numba.njit(**JIT, fastmath=FAST)
 def _scale_mask_shift_numba(scores, keep, scale):  # in place on one head's [S, S]; keep: [S]
     # Scaling the scores instead of q is bit-identical when scale is a power of two (Dh = 64: 1/8),
@@ -96,8 +97,12 @@ def attention_numba(q, k, v, keep, n_heads, return_probs=False, tap=None):
             _normalise_rows_numba(p)
             np.matmul(p, v[b, :, cols], out=context[b, :, cols])  # straight into head h's columns
 
-    split_over_threads(heads, [(b, h) for b in range(B) for h in range(n_heads)],
-                        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW, uses_blas=True)
+    split_over_threads(
+        heads,
+        [(b, h) for b in range(B) for h in range(n_heads)],
+        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW,
+        uses_blas=True,
+    )
     return context, probs
 
 
@@ -152,11 +157,13 @@ def _disentangled_mask_shift_numba(scores, c2p_full, p2c_term, c2p_pos, keep, sc
     return scores
 
 
-def disentangled_attention_numba(q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, n_heads, scale, return_probs=False,
-                                 tap=None):
+def disentangled_attention_numba(
+    q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, n_heads, scale, return_probs=False, tap=None
+):
     if tap is not None:
-        return disentangled_attention_numpy(q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, n_heads, scale, return_probs,
-                                            tap)
+        return disentangled_attention_numpy(
+            q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, n_heads, scale, return_probs, tap
+        )
     B, S, D = q.shape
     Dh = D // n_heads
     keep = np.ascontiguousarray(keep, dtype=np.bool_)
@@ -182,14 +189,19 @@ def disentangled_attention_numba(q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, 
             if pos_q is not None:
                 np.matmul(k[b, :, cols], pos_q[:, cols].T, out=p2c_full)  # [S, 2A]: every key against every row
                 _gather_p2c_numba(p2c_full, p2c_pos_t, scale, p2c_term)
-            _disentangled_mask_shift_numba(p, c2p_full, p2c_term, c2p_pos, keep[b], scale, pos_k is not None,
-                                           pos_q is not None)
+            _disentangled_mask_shift_numba(
+                p, c2p_full, p2c_term, c2p_pos, keep[b], scale, pos_k is not None, pos_q is not None
+            )
             np.exp(p, out=p)
             _normalise_rows_numba(p)
             np.matmul(p, v[b, :, cols], out=context[b, :, cols])
 
-    split_over_threads(heads, [(b, h) for b in range(B) for h in range(n_heads)],
-                        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW, uses_blas=True)
+    split_over_threads(
+        heads,
+        [(b, h) for b in range(B) for h in range(n_heads)],
+        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW,
+        uses_blas=True,
+    )
     return context, probs
 
 
@@ -199,10 +211,22 @@ def disentangled_attention_numba(q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, 
 # (tests/test_kernels.py checks the bound against float64 math.erf on a dense grid), below float32's
 # resolution near 1 (6e-8); evaluated in float32 it would lose ~7 ulp. Unlike math.erf (a libm call per
 # element) it vectorises (docs/performance.md has the GELU's time either way).
-_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
-_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
-          -1.42647390514189e-02)
+_ERF_P = (
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+)
+_ERF_Q = (
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+)
 
 
 @numba.njit(**JIT, fastmath=FAST, inline="always")
@@ -239,7 +263,9 @@ def _bias_gelu_f64_numba(h, bias):  # in place; float64 (audit mode) keeps libm'
 
 
 def _over_rows(kernel, h, bias):  # an in-place bias + activation kernel, h's rows split over the threads
-    split_over_threads(lambda rows: kernel(h[rows.start:rows.stop], bias), range(h.shape[0]), h.size >= _GELU_SERIAL_BELOW)
+    split_over_threads(
+        lambda rows: kernel(h[rows.start : rows.stop], bias), range(h.shape[0]), h.size >= _GELU_SERIAL_BELOW
+    )
     return h
 
 
@@ -309,8 +335,11 @@ def _residual_layernorm_numba(x, residual, weight, bias, eps, out):
 
 def residual_layernorm_numba(x, residual, weight, bias, eps):
     out = np.empty_like(x)
-    split_over_threads(lambda rows: _residual_layernorm_numba(x[rows.start:rows.stop], residual[rows.start:rows.stop],
-                                                               weight, bias, eps, out[rows.start:rows.stop]),
-                        range(x.shape[0]), x.size >= _LAYERNORM_SERIAL_BELOW)
+    split_over_threads(
+        lambda rows: _residual_layernorm_numba(
+            x[rows.start : rows.stop], residual[rows.start : rows.stop], weight, bias, eps, out[rows.start : rows.stop]
+        ),
+        range(x.shape[0]),
+        x.size >= _LAYERNORM_SERIAL_BELOW,
+    )
     return out
-

@@ -26,6 +26,6 @@ def split_over_threads(work, tasks, worth_splitting, uses_blas=False):
     n = min(threads.current(), len(tasks)) if threads.controllable() and worth_splitting and alone else 1
     if n == 1:
         return work(tasks)
-    chunks = [tasks[i * len(tasks) // n:(i + 1) * len(tasks) // n] for i in range(n)]
+    chunks = [tasks[i * len(tasks) // n : (i + 1) * len(tasks) // n] for i in range(n)]
     with threads.single_blas_thread() if uses_blas else contextlib.nullcontext():
         workers.run(work, chunks)

@@ -80,8 +80,11 @@ def p2c(k, pos_q, index, scale):  # [..., S, Dh], [..., 2A, Dh], [S, S] -> [...,
 def score_terms(q, k, pos_k, pos_q, c2p_pos, p2c_pos, scale):
     """The three terms of one layer's attention scores, each already scaled: (c2c, c2p, p2c), every one
     [..., S, S]; c2p (p2c) is None when pos_k (pos_q) is None, i.e. when pos_att_type leaves it out."""
-    return (c2c(q, k, scale), None if pos_k is None else c2p(q, pos_k, c2p_pos, scale),
-            None if pos_q is None else p2c(k, pos_q, p2c_pos, scale))
+    return (
+        c2c(q, k, scale),
+        None if pos_k is None else c2p(q, pos_k, c2p_pos, scale),
+        None if pos_q is None else p2c(k, pos_q, p2c_pos, scale),
+    )
 
 
 def combined_scores(c2c_term, c2p_term, p2c_term):  # each [..., S, S] (or None) -> [..., S, S]
@@ -111,8 +114,9 @@ def head_rows(table, n_heads):  # [2A, D] -> [H, 2A, Dh]: a projected table, spl
     return table.reshape(R, n_heads, D // n_heads).transpose(1, 0, 2)
 
 
-def disentangled_attention_numpy(q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, n_heads, scale, return_probs=False,
-                                 tap=None):
+def disentangled_attention_numpy(
+    q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, n_heads, scale, return_probs=False, tap=None
+):
     B, S, D = q.shape
     rows = lambda t: None if t is None else head_rows(t, n_heads)  # noqa: E731  [H, 2A, Dh]
     terms = score_terms(heads(q, n_heads), heads(k, n_heads), rows(pos_k), rows(pos_q), c2p_pos, p2c_pos, scale)
@@ -149,7 +153,7 @@ _TANH_SCALE = math.sqrt(2.0 / math.pi)
 
 def bias_gelu_tanh_numpy(h, bias):
     x = h + bias
-    return (0.5 * x * (1.0 + np.tanh(_TANH_SCALE * (x + 0.044715 * x ** 3)))).astype(h.dtype)
+    return (0.5 * x * (1.0 + np.tanh(_TANH_SCALE * (x + 0.044715 * x**3)))).astype(h.dtype)
 
 
 def bias_relu_numpy(h, bias):

@@ -45,10 +45,8 @@ from ..hub import DEFAULT_MODEL, sha256_file
 from ..pipeline import pipeline
 from .batcher import Batcher
 from .explain import add_explain_routes
-from .handling import (error_response, handled, log, read_body, request_pipeline, scheduled, server_fault,
-                       short_target)
-from .schemas import (AnswerRecord, BadRequest, ErrorResponse, Limits, ScoreRequest, parse_request)
-
+from .handling import error_response, handled, log, read_body, request_pipeline, scheduled, server_fault, short_target
+from .schemas import AnswerRecord, BadRequest, ErrorResponse, Limits, ScoreRequest, parse_request
 
 SAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
 SETTINGS_ENV = "NPBERT_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
@@ -105,9 +103,11 @@ class State:
     timeouts: dict = field(default_factory=lambda: {"headers": 0, "body": 0})
 
     def counters(self) -> str:
-        return (f"{self.answered} answered, {self.refused} refused, {self.failed} failed, {self.aborted} aborted by "
-                f"their clients, {self.overdue} over the request timeout, {self.busy} over the concurrency limit, "
-                f"{self.cut_off} cut off by the shutdown")
+        return (
+            f"{self.answered} answered, {self.refused} refused, {self.failed} failed, {self.aborted} aborted by "
+            f"their clients, {self.overdue} over the request timeout, {self.busy} over the concurrency limit, "
+            f"{self.cut_off} cut off by the shutdown"
+        )
 
 
 def answer_questions(qa, questions: list[str], contexts: list[str], params: dict) -> list:
@@ -125,8 +125,12 @@ def _plain(result):
     """A pipeline result with numpy scalars turned into JSON numbers."""
     if isinstance(result, list):
         return [_plain(r) for r in result]
-    return {"answer": str(result["answer"]), "score": float(result["score"]),
-            "start": int(result["start"]), "end": int(result["end"])}
+    return {
+        "answer": str(result["answer"]),
+        "score": float(result["score"]),
+        "start": int(result["start"]),
+        "end": int(result["end"]),
+    }
 
 
 # --- the app ---------------------------------------------------------------------------------------------
@@ -140,8 +144,14 @@ def create_app(settings: Settings | None = None, qa=None) -> FastAPI:
         qa = pipeline("question-answering", model=settings.model, revision=settings.revision)
     folder = Path(qa.folder)
     digest = sha256_file(folder / "model.safetensors")
-    log.info("loaded %s (revision %s) from %s in %.1f s, weights sha256 %s", qa.model_id, qa.revision, folder,
-             time.perf_counter() - t0, digest)
+    log.info(
+        "loaded %s (revision %s) from %s in %.1f s, weights sha256 %s",
+        qa.model_id,
+        qa.revision,
+        folder,
+        time.perf_counter() - t0,
+        digest,
+    )
     # A window longer than the position table cannot run: refuse such a max_seq_len as bad input.
     longest = min(qa.model.config.max_position_embeddings, qa.tokenizer.model_max_length)
     settings = dataclasses.replace(settings, limits=dataclasses.replace(settings.limits, max_seq_len=longest))
@@ -150,8 +160,13 @@ def create_app(settings: Settings | None = None, qa=None) -> FastAPI:
         t0 = time.perf_counter()
         answer_questions(qa, [SAMPLE["question"]], [SAMPLE["context"]], {})
         log.info("warm-up answer in %.2f s", time.perf_counter() - t0)
-    batcher = Batcher(qa.model, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000,
-                      turn_tokens=settings.turn_tokens, pad_token_id=qa.tokenizer.pad_token_id)
+    batcher = Batcher(
+        qa.model,
+        max_batch=settings.max_batch,
+        wait_s=settings.batch_wait_ms / 1000,
+        turn_tokens=settings.turn_tokens,
+        pad_token_id=qa.tokenizer.pad_token_id,
+    )
     state = State(settings, qa, folder, digest, batcher)
     _shorten_access_log_targets()
 
@@ -170,9 +185,13 @@ def create_app(settings: Settings | None = None, qa=None) -> FastAPI:
             await batcher.stop()
             log.info("stopped: %s", state.counters())
 
-    app = FastAPI(title="npbert", version=__version__, lifespan=lifespan,
-                  description="Extractive question answering with DistilBERT in numpy: the model catalog's "
-                              "scoring schema (`POST /score`) and the pipeline's full records (`POST /v1/answer`).")
+    app = FastAPI(
+        title="npbert",
+        version=__version__,
+        lifespan=lifespan,
+        description="Extractive question answering with DistilBERT in numpy: the model catalog's "
+        "scoring schema (`POST /score`) and the pipeline's full records (`POST /v1/answer`).",
+    )
     app.state.npbert = state
     app.add_middleware(HeadLimits, state=state)
     add_error_handlers(app, state)
@@ -207,7 +226,10 @@ class HeadLimits:
             if target > limits.max_target_bytes:
                 problem = 414, f"request target is {target} bytes, over the server's limit of {limits.max_target_bytes}"
             elif headers > limits.max_header_bytes:
-                problem = 431, f"request headers are {headers} bytes, over the server's limit of {limits.max_header_bytes}"
+                problem = (
+                    431,
+                    f"request headers are {headers} bytes, over the server's limit of {limits.max_header_bytes}",
+                )
             if problem is not None:
                 self.state.refused += 1
                 log.info("%s %s refused (%d): %s", scope["method"], short_target(scope["path"]), *problem)
@@ -246,19 +268,30 @@ def _texts(result) -> str | list[str]:
     return [r["answer"] for r in result] if isinstance(result, list) else result["answer"]
 
 
-_REFUSALS = {status: {"model": ErrorResponse, "description": why} for status, why in [
-    (400, "The body is empty, not UTF-8, not JSON, nested too deeply or holds a huge integer."),
-    (408, "The body did not arrive within the server's --body-timeout."),
-    (413, "The body is over the server's --max-body-bytes."),
-    (415, "The body is declared as something other than JSON in UTF-8."),
-    (422, "The JSON does not follow the schema, or a text is empty or over the server's size limits."),
-    (503, "Not answered within the server's --request-timeout, over its --limit-concurrency requests in progress, "
-          "or the server is shutting down.")]}
+_REFUSALS = {
+    status: {"model": ErrorResponse, "description": why}
+    for status, why in [
+        (400, "The body is empty, not UTF-8, not JSON, nested too deeply or holds a huge integer."),
+        (408, "The body did not arrive within the server's --body-timeout."),
+        (413, "The body is over the server's --max-body-bytes."),
+        (415, "The body is declared as something other than JSON in UTF-8."),
+        (422, "The JSON does not follow the schema, or a text is empty or over the server's size limits."),
+        (
+            503,
+            "Not answered within the server's --request-timeout, over its --limit-concurrency requests in progress, "
+            "or the server is shutting down.",
+        ),
+    ]
+}
 
 
 def add_answer_routes(app: FastAPI, state: State) -> None:
-    schema_body = {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/ScoreRequest"}}}}}
+    schema_body = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}},
+        }
+    }
 
     async def answer(request: Request) -> list:
         """Parse, check, and answer through the batcher; BadRequest for the client's faults."""
@@ -280,23 +313,43 @@ def add_answer_routes(app: FastAPI, state: State) -> None:
     async def respond(request: Request, shape) -> JSONResponse:
         return await handled(request, state, lambda: answer(request), lambda results: [shape(r) for r in results])
 
-    @app.post("/score", openapi_extra=schema_body, summary="Answer questions (the model catalog's scoring schema)",
-              responses={200: {"description": "One answer text per question, in order (a list of texts per "
-                                              "question when top_k > 1).",
-                               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreResponse"},
-                                                                 "example": ["John"]}}}, **_REFUSALS})
+    @app.post(
+        "/score",
+        openapi_extra=schema_body,
+        summary="Answer questions (the model catalog's scoring schema)",
+        responses={
+            200: {
+                "description": "One answer text per question, in order (a list of texts per question when top_k > 1).",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ScoreResponse"}, "example": ["John"]}
+                },
+            },
+            **_REFUSALS,
+        },
+    )
     async def score(request: Request):
         """`{"input_data": {"question": ..., "context": ...}, "parameters": {...}}` -> `["John"]`.
         `question` and `context` are strings or equal-length lists of strings."""
         return await respond(request, _texts)
 
-    @app.post("/v1/answer", openapi_extra=schema_body, summary="Answer questions with the pipeline's full records",
-              responses={200: {"description": "One record per question, in order (a list of records per question "
-                                              "when top_k > 1), as the question-answering pipeline returns them.",
-                               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AnswerResponse"},
-                                                                 "example": [{"answer": "John", "score": 0.98,
-                                                                              "start": 11, "end": 15}]}}},
-                         **_REFUSALS})
+    @app.post(
+        "/v1/answer",
+        openapi_extra=schema_body,
+        summary="Answer questions with the pipeline's full records",
+        responses={
+            200: {
+                "description": "One record per question, in order (a list of records per question "
+                "when top_k > 1), as the question-answering pipeline returns them.",
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/AnswerResponse"},
+                        "example": [{"answer": "John", "score": 0.98, "start": 11, "end": 15}],
+                    }
+                },
+            },
+            **_REFUSALS,
+        },
+    )
     async def answer_records(request: Request):
         """The same body as /score; each answer is `{"answer", "score", "start", "end"}` with `start`/`end`
         character offsets into the context."""
@@ -308,14 +361,31 @@ def add_health_routes(app: FastAPI, state: State) -> None:
     async def health():
         s = state.settings
         return {
-            "status": "ok", "pid": os.getpid(), "model": state.qa.model_id, "revision": state.qa.revision,
-            "commit": state.qa.commit, "folder": str(state.folder), "weights_sha256": state.weights_sha256, "npbert": __version__,
-            "uptime_s": round(time.time() - state.started, 3), "in_flight": state.in_flight,
-            "answered": state.answered, "refused": state.refused, "failed": state.failed, "aborted": state.aborted,
-            "overdue": state.overdue, "busy": state.busy, "cut_off": state.cut_off, "timeouts": dict(state.timeouts),
-            "batching": {"enabled": s.max_batch > 1, "max_batch": s.max_batch, "wait_ms": s.batch_wait_ms,
-                         "turn_tokens": s.turn_tokens,
-                         **state.batcher.stats.as_dict()},
+            "status": "ok",
+            "pid": os.getpid(),
+            "model": state.qa.model_id,
+            "revision": state.qa.revision,
+            "commit": state.qa.commit,
+            "folder": str(state.folder),
+            "weights_sha256": state.weights_sha256,
+            "npbert": __version__,
+            "uptime_s": round(time.time() - state.started, 3),
+            "in_flight": state.in_flight,
+            "answered": state.answered,
+            "refused": state.refused,
+            "failed": state.failed,
+            "aborted": state.aborted,
+            "overdue": state.overdue,
+            "busy": state.busy,
+            "cut_off": state.cut_off,
+            "timeouts": dict(state.timeouts),
+            "batching": {
+                "enabled": s.max_batch > 1,
+                "max_batch": s.max_batch,
+                "wait_ms": s.batch_wait_ms,
+                "turn_tokens": s.turn_tokens,
+                **state.batcher.stats.as_dict(),
+            },
             "timeouts_s": {"request": s.request_timeout, "header": s.header_timeout, "body": s.body_timeout},
             "limit_concurrency": s.limit_concurrency,
             "limits": dataclasses.asdict(s.limits),
@@ -330,9 +400,13 @@ def _openapi(app: FastAPI) -> dict:
         from .schemas import AnswerResponse, ScoreResponse
 
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        models = [(ScoreRequest, "validation"), (type("ScoreResponse", (RootModel[ScoreResponse],), {}), "serialization"),
-                  (type("AnswerResponse", (RootModel[AnswerResponse],), {}), "serialization"),
-                  (AnswerRecord, "serialization"), (ErrorResponse, "serialization")]
+        models = [
+            (ScoreRequest, "validation"),
+            (type("ScoreResponse", (RootModel[ScoreResponse],), {}), "serialization"),
+            (type("AnswerResponse", (RootModel[AnswerResponse],), {}), "serialization"),
+            (AnswerRecord, "serialization"),
+            (ErrorResponse, "serialization"),
+        ]
         _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
         doc.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
         app.openapi_schema = doc

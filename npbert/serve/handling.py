@@ -25,8 +25,14 @@ def request_pipeline(qa, model, tokenizer_lock, max_request_windows: int | None 
     """A pipeline for one request: `qa`'s settings, its forwards on `model` (the request's ScheduledModel),
     its tokenizer's calls under `tokenizer_lock`, and at most `max_request_windows` windows in all."""
     tokenizer = RequestTokenizer(qa.tokenizer, tokenizer_lock, max_request_windows)
-    return QuestionAnsweringPipeline(model, tokenizer, model_id=qa.model_id, revision=qa.revision,
-                                     batch_size=qa.batch_size, max_windows=qa.max_windows)
+    return QuestionAnsweringPipeline(
+        model,
+        tokenizer,
+        model_id=qa.model_id,
+        revision=qa.revision,
+        batch_size=qa.batch_size,
+        max_windows=qa.max_windows,
+    )
 
 
 class RequestTokenizer(LockedTokenizer):
@@ -50,17 +56,21 @@ class RequestTokenizer(LockedTokenizer):
             per_example.append(windows)
             total += len(windows)
             if self._max_total is not None and total > self._max_total:
-                raise ValueError(f"the request's first {len(per_example)} of {len(questions)} contexts make {total} "
-                                 f"windows of max_seq_len {max_seq_len} with doc_stride {doc_stride}, over the "
-                                 f"server's limit of {self._max_total} per request: send fewer questions or shorter "
-                                 "contexts per request")
+                raise ValueError(
+                    f"the request's first {len(per_example)} of {len(questions)} contexts make {total} "
+                    f"windows of max_seq_len {max_seq_len} with doc_stride {doc_stride}, over the "
+                    f"server's limit of {self._max_total} per request: send fewer questions or shorter "
+                    "contexts per request"
+                )
         return per_example
 
 
-def error_response(status: int, message: str, problems: list[str] | None = None,
-                   headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"status": status, "error": message, "problems": problems or [message]}, status_code=status,
-                        headers=headers)
+def error_response(
+    status: int, message: str, problems: list[str] | None = None, headers: dict | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"status": status, "error": message, "problems": problems or [message]}, status_code=status, headers=headers
+    )
 
 
 ACCESS_LOG_TARGET_CHARS = 200
@@ -88,11 +98,15 @@ def check_content_type(request: Request) -> None:
     kind, _, params = declared.partition(";")
     kind = kind.strip().lower()
     if kind not in JSON_TYPES and not (kind.startswith("application/") and kind.endswith("+json")):
-        raise BadRequest(415, f"Content-Type {short_target(declared.strip(), 100)!r} is not JSON: send application/json")
+        raise BadRequest(
+            415, f"Content-Type {short_target(declared.strip(), 100)!r} is not JSON: send application/json"
+        )
     for param in params.split(";"):
         name, _, value = param.partition("=")
         if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise BadRequest(415, f"charset {short_target(value.strip(), 40)!r} is not supported: JSON is sent in UTF-8")
+            raise BadRequest(
+                415, f"charset {short_target(value.strip(), 40)!r} is not supported: JSON is sent in UTF-8"
+            )
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
@@ -113,8 +127,9 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         request.app.state.npbert.timeouts["body"] += 1
-        raise BadRequest(408, f"request body not received within {timeout:g} s ({size} bytes came)",
-                         headers={"Connection": "close"}) from None
+        raise BadRequest(
+            408, f"request body not received within {timeout:g} s ({size} bytes came)", headers={"Connection": "close"}
+        ) from None
     return b"".join(chunks)
 
 
@@ -125,10 +140,17 @@ async def handled(request: Request, state, compute, to_json=lambda data: data) -
     limit = state.settings.limit_concurrency
     if limit is not None and state.in_flight >= limit:
         state.busy += 1
-        log.warning("%s %s: refused (503): %d requests in progress, the --limit-concurrency", request.method,
-                    short_target(request.url.path), state.in_flight)
-        return error_response(503, f"the server has {state.in_flight} requests in progress, its limit: retry shortly",
-                              headers={"Retry-After": "1"})
+        log.warning(
+            "%s %s: refused (503): %d requests in progress, the --limit-concurrency",
+            request.method,
+            short_target(request.url.path),
+            state.in_flight,
+        )
+        return error_response(
+            503,
+            f"the server has {state.in_flight} requests in progress, its limit: retry shortly",
+            headers={"Retry-After": "1"},
+        )
     state.in_flight += 1
     t0 = time.monotonic()
     where = f"{request.method} {short_target(request.url.path)}"
@@ -140,8 +162,11 @@ async def handled(request: Request, state, compute, to_json=lambda data: data) -
         return error_response(e.status, e.message, e.problems, e.headers)
     except (ClientDisconnect, Abandoned):
         state.aborted += 1
-        log.info("%s: the client went away after %.1f s, before its answer; its remaining work was dropped", where,
-                 time.monotonic() - t0)
+        log.info(
+            "%s: the client went away after %.1f s, before its answer; its remaining work was dropped",
+            where,
+            time.monotonic() - t0,
+        )
         return error_response(499, "the client closed the connection")  # sent to no one
     except OverDeadline as e:
         state.overdue += 1
@@ -149,10 +174,16 @@ async def handled(request: Request, state, compute, to_json=lambda data: data) -
         return error_response(503, str(e), headers={"Retry-After": "10"})
     except asyncio.CancelledError:  # uvicorn cancels what still runs when the graceful timeout ends
         state.cut_off += 1
-        log.warning("%s: cut off by the shutdown after %.1f s (--graceful-timeout ended): answered 503", where,
-                    time.monotonic() - t0)
-        return error_response(503, "the server is shutting down; the request was not finished: retry",
-                              headers={"Connection": "close", "Retry-After": "10"})
+        log.warning(
+            "%s: cut off by the shutdown after %.1f s (--graceful-timeout ended): answered 503",
+            where,
+            time.monotonic() - t0,
+        )
+        return error_response(
+            503,
+            "the server is shutting down; the request was not finished: retry",
+            headers={"Connection": "close", "Retry-After": "10"},
+        )
     except Exception as e:
         return server_fault(request, e)
     finally:

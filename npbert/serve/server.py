@@ -28,8 +28,12 @@ def server_class():
         def handle_exit(self, sig, frame):
             if not self.should_exit:
                 n = self.state.in_flight
-                logging.getLogger("npbert.serve").info("%s: draining %d in-flight request%s, then exiting",
-                                                       signal.Signals(sig).name, n, "" if n == 1 else "s")
+                logging.getLogger("npbert.serve").info(
+                    "%s: draining %d in-flight request%s, then exiting",
+                    signal.Signals(sig).name,
+                    n,
+                    "" if n == 1 else "s",
+                )
             super().handle_exit(sig, frame)
 
     return Server
