@@ -14,8 +14,11 @@ if getattr(sys.modules.get(__package__ or "npbert"), "__file__", None) is None:
     try:
         from npbert.cli import main
     except ImportError:
-        print(f"npbert: {os.path.join(here, 'npbert')} is not the npbert package and npbert is not installed: "
-              "run `pip install -e ./npbert` first, or run from inside the clone", file=sys.stderr)
+        print(
+            f"npbert: {os.path.join(here, 'npbert')} is not the npbert package and npbert is not installed: "
+            "run `pip install -e ./npbert` first, or run from inside the clone",
+            file=sys.stderr,
+        )
         raise SystemExit(2) from None
 else:
     from .cli import main

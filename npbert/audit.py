@@ -30,8 +30,11 @@ POSITION_TABLE_TOL = 1e-6  # the float32 rounding of sin/cos values is below 6e-
 
 
 def _files(folder: Path) -> list[dict]:
-    return [{"name": p.name, "bytes": p.stat().st_size, "sha256": hub.sha256_file(p)}
-            for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    return [
+        {"name": p.name, "bytes": p.stat().st_size, "sha256": hub.sha256_file(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    ]
 
 
 def _tensors(path: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
@@ -40,15 +43,22 @@ def _tensors(path: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     rows, values = [], {}
     for name, info in sorted(header.items(), key=lambda kv: kv[1].begin):
-        raw = mm[data_start + info.begin: data_start + info.end]
+        raw = mm[data_start + info.begin : data_start + info.end]
         x = W.stored_array(mm, data_start, info)
         x = W.as_float(x, info.dtype, np.dtype(np.float64)) if info.dtype in W.FLOAT_DTYPES else x.astype(np.float64)
         if name.endswith("position_embeddings.weight"):
             values[name] = x
         stats = dict(mean=float(x.mean()), std=float(x.std()), min=float(x.min()), max=float(x.max())) if x.size else {}
-        rows.append({"name": name, "shape": list(info.shape), "dtype": info.dtype,
-                     "sha256": hashlib.sha256(raw).hexdigest(), **stats,
-                     "finite": bool(np.isfinite(x).all())})
+        rows.append(
+            {
+                "name": name,
+                "shape": list(info.shape),
+                "dtype": info.dtype,
+                "sha256": hashlib.sha256(raw).hexdigest(),
+                **stats,
+                "finite": bool(np.isfinite(x).all()),
+            }
+        )
     return rows, values
 
 
@@ -71,19 +81,33 @@ def _checks(folder: Path, config: Config, rows: list[dict], values: dict) -> tup
     unexpected = [n for n in modern if n not in known]
     ignored = [modern[n] for n in modern if n in unused]
     pooler = [n for n in ignored if ".pooler." in "." + n]
-    checks = [_check("key set complete", not missing and not unexpected,
-                     f"{len(expected)} tensors expected ({config.model_type}, "
-                     f"{'question answering' if with_qa_head else 'encoder only'})"
-                     + (f"; missing {missing}" if missing else "") + (f"; unexpected {unexpected}" if unexpected else "")
-                     + (f"; ignored {ignored}" if ignored else "")
-                     + ("; the pooler is unused: question-answering models are built without it" if pooler else "")
-                     + (f"; legacy names read as weight/bias: {sorted(renames)}" if renames else ""))]
-    wrong = [f"{n}: {stored[modern[key(n)]]['shape']} (config says {list(s)})"
-             for n, s in expected.items() if key(n) in modern and tuple(stored[modern[key(n)]]["shape"]) != s]
+    checks = [
+        _check(
+            "key set complete",
+            not missing and not unexpected,
+            f"{len(expected)} tensors expected ({config.model_type}, "
+            f"{'question answering' if with_qa_head else 'encoder only'})"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unexpected {unexpected}" if unexpected else "")
+            + (f"; ignored {ignored}" if ignored else "")
+            + ("; the pooler is unused: question-answering models are built without it" if pooler else "")
+            + (f"; legacy names read as weight/bias: {sorted(renames)}" if renames else ""),
+        )
+    ]
+    wrong = [
+        f"{n}: {stored[modern[key(n)]]['shape']} (config says {list(s)})"
+        for n, s in expected.items()
+        if key(n) in modern and tuple(stored[modern[key(n)]]["shape"]) != s
+    ]
     checks.append(_check("shapes consistent with config", not wrong, "; ".join(wrong) or "every shape matches"))
     not_float = [r["name"] for r in rows if r["name"] not in unused and r["dtype"] not in W.FLOAT_DTYPES]
-    checks.append(_check("float dtypes", not not_float, ", ".join(not_float) or
-                         ", ".join(sorted({r["dtype"] for r in rows if r["name"] not in unused}))))
+    checks.append(
+        _check(
+            "float dtypes",
+            not not_float,
+            ", ".join(not_float) or ", ".join(sorted({r["dtype"] for r in rows if r["name"] not in unused})),
+        )
+    )
     bad = [r["name"] for r in rows if not r["finite"]]
     checks.append(_check("finite values", not bad, ", ".join(bad) or "no NaN or infinity"))
     pos = values.get(key(prefix + "embeddings.position_embeddings.weight"))
@@ -93,8 +117,13 @@ def _checks(folder: Path, config: Config, rows: list[dict], values: dict) -> tup
         checks.append(_check("position table is sinusoidal", False, "no position table of the configured shape"))
     else:
         err = float(np.abs(pos - W.sinusoidal_table(*pos.shape)).max())
-        checks.append(_check("position table is sinusoidal", err <= POSITION_TABLE_TOL,
-                             f"max |stored - formula| = {err:.3g} (tolerance {POSITION_TABLE_TOL:g})"))
+        checks.append(
+            _check(
+                "position table is sinusoidal",
+                err <= POSITION_TABLE_TOL,
+                f"max |stored - formula| = {err:.3g} (tolerance {POSITION_TABLE_TOL:g})",
+            )
+        )
     checks.append(_tokenizer_check(folder, config))
     loadable = all(c["status"] != "fail" for c in checks[:3])
     return checks, loadable, "qa" if with_qa_head else "encoder"
@@ -141,8 +170,12 @@ def drift(folder: Path, kind: str, inputs: dict) -> dict:
     o32 = m32(**inputs, output_hidden_states=True)
     o64 = m64(**inputs, output_hidden_states=True)
     hidden = max(float(np.abs(a - b).max()) for a, b in zip(o32.hidden_states, o64.hidden_states))
-    out = {"float32_kernels": m32.ops.name, "float64_kernels": m64.ops.name, "tokens": int(inputs["input_ids"].shape[1]),
-           "max_abs_hidden_states": hidden}
+    out = {
+        "float32_kernels": m32.ops.name,
+        "float64_kernels": m64.ops.name,
+        "tokens": int(inputs["input_ids"].shape[1]),
+        "max_abs_hidden_states": hidden,
+    }
     if kind == "qa":
         for side in ("start", "end"):
             a, b = getattr(o32, side + "_logits"), getattr(o64, side + "_logits")
@@ -173,19 +206,33 @@ def weights_source(folder: Path, kind: str) -> dict:
     entries = sorted({str(e) for a in got if (e := relaid_cache.entry_of(a)) is not None})
     differ = len(got) != len(want) or sum(
         a.shape != b.shape or a.dtype != b.dtype or not np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
-        for a, b in zip(got, want))
-    return {"served_from_cache": bool(entries), "cache_entries": entries, "arrays": len(got),
-            "arrays_differing_from_model_safetensors": int(differ)}
+        for a, b in zip(got, want)
+    )
+    return {
+        "served_from_cache": bool(entries),
+        "cache_entries": entries,
+        "arrays": len(got),
+        "arrays_differing_from_model_safetensors": int(differ),
+    }
 
 
 def _weights_source_check(source: dict) -> dict:
-    where = (f"served from the shared re-laid weights cache entry {', '.join(source['cache_entries'])}"
-             if source["served_from_cache"] else "not from the re-laid weights cache (a private copy)")
+    where = (
+        f"served from the shared re-laid weights cache entry {', '.join(source['cache_entries'])}"
+        if source["served_from_cache"]
+        else "not from the re-laid weights cache (a private copy)"
+    )
     differ = source["arrays_differing_from_model_safetensors"]
-    return _check("loaded weights equal model.safetensors", not differ,
-                  f"{where}; " + (f"{differ} of {source['arrays']} arrays differ from a re-layout of model.safetensors"
-                                  if differ else f"all {source['arrays']} arrays equal a re-layout of "
-                                                 "model.safetensors made without the cache"))
+    return _check(
+        "loaded weights equal model.safetensors",
+        not differ,
+        f"{where}; "
+        + (
+            f"{differ} of {source['arrays']} arrays differ from a re-layout of model.safetensors"
+            if differ
+            else f"all {source['arrays']} arrays equal a re-layout of model.safetensors made without the cache"
+        ),
+    )
 
 
 def audit(path_or_repo_id: str | Path, revision: str | None = None) -> dict:
@@ -201,9 +248,14 @@ def audit(path_or_repo_id: str | Path, revision: str | None = None) -> dict:
     # A folder whose config.json names a question-answering class must hold its head: `npbert ask` needs it.
     architectures = _architectures(config_path)
     if any(a.endswith("ForQuestionAnswering") for a in architectures):
-        checks.append(_check("question-answering head present", kind == "qa",
-                                f"config.json names {', '.join(architectures)}; qa_outputs "
-                                + ("found" if kind == "qa" else "is missing: npbert ask and the pipeline refuse it")))
+        checks.append(
+            _check(
+                "question-answering head present",
+                kind == "qa",
+                f"config.json names {', '.join(architectures)}; qa_outputs "
+                + ("found" if kind == "qa" else "is missing: npbert ask and the pipeline refuse it"),
+            )
+        )
     stored = {r["name"]: r for r in rows}
     used = [n for n in stored if n not in W.unused_keys(config)]
     report = {
@@ -212,8 +264,9 @@ def audit(path_or_repo_id: str | Path, revision: str | None = None) -> dict:
         "folder": str(folder),
         "kind": "question answering" if kind == "qa" else "encoder",
         # The npbert classes that load the folder (the pipeline, `ask`, `eval`, `serve` need a QA one).
-        "loads_as": (["AutoModelForQuestionAnswering", _family_class(config), "AutoModel"] if kind == "qa"
-                     else ["AutoModel"]),
+        "loads_as": (
+            ["AutoModelForQuestionAnswering", _family_class(config), "AutoModel"] if kind == "qa" else ["AutoModel"]
+        ),
         "files": _files(folder),
         "config": asdict(config),
         "tensors": rows,
@@ -250,24 +303,41 @@ def _family_class(config: Config) -> str:
 
 def format_text(report: dict) -> str:
     """A terminal rendering of `audit`'s report (the JSON has every field)."""
-    lines = [f"npbert {report['npbert_version']} audit of {report['model']} ({report['kind']})",
-             f"folder: {report['folder']}", f"loads as: {', '.join(report['loads_as'])}" if report["ok"] else
-             "loads as: nothing until the failed checks below are fixed", "", "files:"]
+    lines = [
+        f"npbert {report['npbert_version']} audit of {report['model']} ({report['kind']})",
+        f"folder: {report['folder']}",
+        f"loads as: {', '.join(report['loads_as'])}"
+        if report["ok"]
+        else "loads as: nothing until the failed checks below are fixed",
+        "",
+        "files:",
+    ]
     lines += [f"  {f['sha256']}  {f['bytes']:>12,d}  {f['name']}" for f in report["files"]]
     lines += ["", "config:"] + [f"  {k} = {v}" for k, v in report["config"].items()]
     w = max((len(t["name"]) for t in report["tensors"]), default=4)
-    lines += ["", f"tensors ({len(report['tensors'])}; sha256 shortened here, full in --json):",
-              f"  {'name':<{w}} {'shape':<11} {'dtype':<5} {'mean':>10} {'std':>10} {'min':>10} {'max':>10}  sha256"]
+    lines += [
+        "",
+        f"tensors ({len(report['tensors'])}; sha256 shortened here, full in --json):",
+        f"  {'name':<{w}} {'shape':<11} {'dtype':<5} {'mean':>10} {'std':>10} {'min':>10} {'max':>10}  sha256",
+    ]
     for t in report["tensors"]:
         stats = " ".join(f"{t.get(k, float('nan')):>10.4g}" for k in ("mean", "std", "min", "max"))
-        lines.append(f"  {t['name']:<{w}} {'x'.join(map(str, t['shape'])):<11} {t['dtype']:<5} {stats}  {t['sha256'][:16]}")
+        lines.append(
+            f"  {t['name']:<{w}} {'x'.join(map(str, t['shape'])):<11} {t['dtype']:<5} {stats}  {t['sha256'][:16]}"
+        )
     lines += ["", f"parameters: {report['parameters']:,d}", "", "checks:"]
     lines += [f"  [{c['status']:^7}] {c['name']}: {c['detail']}" for c in report["checks"]]
     if "drift" in report:
         d = report["drift"]
-        lines += ["", f"float32 ({d['float32_kernels']} kernels) vs float64 ({d['float64_kernels']} reference) on "
-                      f"{d['tokens']} tokens, {d['input']}:"]
-        lines += [f"  {k}: {v:.3g}" if isinstance(v, float) else f"  {k}: {v}"
-                  for k, v in d.items() if k.startswith(("max_abs", "same"))]
+        lines += [
+            "",
+            f"float32 ({d['float32_kernels']} kernels) vs float64 ({d['float64_kernels']} reference) on "
+            f"{d['tokens']} tokens, {d['input']}:",
+        ]
+        lines += [
+            f"  {k}: {v:.3g}" if isinstance(v, float) else f"  {k}: {v}"
+            for k, v in d.items()
+            if k.startswith(("max_abs", "same"))
+        ]
     lines += ["", "result: " + ("all checks passed" if report["ok"] else "FAILED checks above")]
     return "\n".join(lines)

@@ -3,7 +3,7 @@ place numba's compiled kernels are cached.
 
 The root is $NPBERT_CACHE, else $XDG_CACHE_HOME/npbert, else ~/.cache/npbert (the XDG base-directory rule,
 as pip and huggingface-hub place theirs). relaid_cache.py keeps its re-laid weights under `relaid/`;
-numba caches the kernels of kernels.py and workers.py under `numba/`.
+numba caches the kernels of ops/ and workers.py under `numba/`.
 
 Why not numba's default: with `cache=True` numba writes its cache beside the source, into the installed
 package's `__pycache__`. A later `pip install -e .` (or any uninstall) removes the files pip installed and
@@ -11,7 +11,7 @@ leaves numba's, so the leftover `site-packages/npbert/` folder imports as an emp
 shadows the new install (`cannot import name '__version__' from 'npbert' (unknown location)`); a read-only
 system install cannot hold them at all. numba picks a cache folder when a kernel is decorated (its
 `_UserProvidedCacheLocator.from_function` reads `numba.config.CACHE_DIR`, which numba read from
-$NUMBA_CACHE_DIR at import), so `use_for_numba()` runs before the first decorator, in kernels.py and
+$NUMBA_CACHE_DIR at import), so `use_for_numba()` runs before the first decorator, in ops/__init__.py and
 workers.py. A user's own $NUMBA_CACHE_DIR (or `cache_dir` in .numba_config.yaml) is kept. When the folder
 cannot be made, numba falls back to its own locators (the package's `__pycache__` if writable, else
 ~/.cache, else no cache), as it did before.
@@ -28,8 +28,10 @@ NUMBA_ENV = "NUMBA_CACHE_DIR"
 
 def root() -> Path:
     """$NPBERT_CACHE, else $XDG_CACHE_HOME/npbert, else ~/.cache/npbert."""
-    return Path(os.environ.get(ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "npbert"))
+    return Path(
+        os.environ.get(ENV)
+        or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "npbert")
+    )
 
 
 def use_for_numba() -> None:

@@ -15,14 +15,7 @@ import re
 import sys
 
 from . import __version__, commands
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 2 (bad input) or 1 (anything else)."""
-
-    def __init__(self, message: str, status: int = 1):
-        super().__init__(message)
-        self.status = status
+from .commands import CommandError
 
 
 class Parser(argparse.ArgumentParser):
@@ -58,9 +51,15 @@ def _subcommand(parser: argparse.ArgumentParser) -> argparse.ArgumentParser | No
 def _unknown_flags(parser: argparse.ArgumentParser) -> list[str]:
     """The command line's words after the sub-command that look like flags `parser` does not know."""
     name = parser.prog.split()[-1]
-    words = Parser.argv[Parser.argv.index(name) + 1:] if name in Parser.argv else []
-    return [w for w in words if w.startswith("-") and len(w) > 1 and not w.lstrip("-").replace(".", "").isdigit()
-            and w.split("=")[0] not in parser._option_string_actions]
+    words = Parser.argv[Parser.argv.index(name) + 1 :] if name in Parser.argv else []
+    return [
+        w
+        for w in words
+        if w.startswith("-")
+        and len(w) > 1
+        and not w.lstrip("-").replace(".", "").isdigit()
+        and w.split("=")[0] not in parser._option_string_actions
+    ]
 
 
 def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:

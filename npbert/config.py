@@ -118,14 +118,20 @@ class Config:
             raise ConfigError(f"{source}: expected a JSON object, found {type(d).__name__}")
         model_type = d.get("model_type", "distilbert")
         if model_type not in FAMILIES:
-            raise ConfigError(f"{source}: model_type {model_type!r} is not supported; npbert runs "
-                              f"{', '.join(FAMILIES)}")
+            raise ConfigError(
+                f"{source}: model_type {model_type!r} is not supported; npbert runs {', '.join(FAMILIES)}"
+            )
         family = FAMILIES[model_type]
         if d.get("position_embedding_type", "absolute") != "absolute":
-            raise ConfigError(f"{source}: position_embedding_type {d['position_embedding_type']!r} is not supported "
-                              "(only 'absolute')")
-        flags = {"model_type": model_type, "positions_after_padding": family.positions_after_padding,
-                 "shares_blocks": family.shares_blocks, "disentangled_attention": family.disentangled}
+            raise ConfigError(
+                f"{source}: position_embedding_type {d['position_embedding_type']!r} is not supported (only 'absolute')"
+            )
+        flags = {
+            "model_type": model_type,
+            "positions_after_padding": family.positions_after_padding,
+            "shares_blocks": family.shares_blocks,
+            "disentangled_attention": family.disentangled,
+        }
         kwargs = {**flags, **family.defaults}
         for name, default in cls.__dataclass_fields__.items():
             key = family.config_names.get(name, name)
@@ -161,8 +167,16 @@ class Config:
 
     def _check(self, source: str) -> None:
         names = self.family.config_names
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim", "max_position_embeddings",
-                     "num_hidden_groups", "inner_group_num"):
+        for name in (
+            "vocab_size",
+            "dim",
+            "n_layers",
+            "n_heads",
+            "hidden_dim",
+            "max_position_embeddings",
+            "num_hidden_groups",
+            "inner_group_num",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{source}: {names.get(name, name)} must be positive, found {getattr(self, name)}")
         for name in ("type_vocab_size", "embedding_size"):
@@ -173,35 +187,60 @@ class Config:
         elif self.model_type != "distilbert" and self.type_vocab_size < 1:
             raise ConfigError(f"{source}: type_vocab_size must be positive, found {self.type_vocab_size}")
         if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ConfigError(f"{source}: pad_token_id {self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
+            raise ConfigError(
+                f"{source}: pad_token_id {self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})"
+            )
         if self.max_sequence_length < 1:
-            raise ConfigError(f"{source}: max_position_embeddings {self.max_position_embeddings} leaves no position "
-                              f"after the padding id {self.pad_token_id}")
+            raise ConfigError(
+                f"{source}: max_position_embeddings {self.max_position_embeddings} leaves no position "
+                f"after the padding id {self.pad_token_id}"
+            )
         if self.dim % self.n_heads:
-            raise ConfigError(f"{source}: {names.get('dim', 'dim')} {self.dim} is not divisible by "
-                              f"{names.get('n_heads', 'n_heads')} {self.n_heads}")
+            raise ConfigError(
+                f"{source}: {names.get('dim', 'dim')} {self.dim} is not divisible by "
+                f"{names.get('n_heads', 'n_heads')} {self.n_heads}"
+            )
         if self.num_hidden_groups > self.n_layers:
-            raise ConfigError(f"{source}: num_hidden_groups {self.num_hidden_groups} exceeds num_hidden_layers "
-                              f"{self.n_layers}")
+            raise ConfigError(
+                f"{source}: num_hidden_groups {self.num_hidden_groups} exceeds num_hidden_layers {self.n_layers}"
+            )
         if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"{source}: {names.get('activation', 'activation')} {self.activation!r} is not supported "
-                              f"(supported: {', '.join(ACTIVATIONS)})")
+            raise ConfigError(
+                f"{source}: {names.get('activation', 'activation')} {self.activation!r} is not supported "
+                f"(supported: {', '.join(ACTIVATIONS)})"
+            )
 
     def _check_deberta(self, source: str) -> None:
         if self.conv_kernel_size > 0:
-            raise ConfigError(f"{source}: conv_kernel_size {self.conv_kernel_size} (the ConvLayer of DeBERTa-v2 "
-                              "xlarge/xxlarge) is not supported")
+            raise ConfigError(
+                f"{source}: conv_kernel_size {self.conv_kernel_size} (the ConvLayer of DeBERTa-v2 "
+                "xlarge/xxlarge) is not supported"
+            )
         if self.embedding_width != self.dim:
-            raise ConfigError(f"{source}: embedding_size {self.embedding_size} != hidden_size {self.dim} "
-                              "(DeBERTa's bias-free embed_proj) is not supported")
+            raise ConfigError(
+                f"{source}: embedding_size {self.embedding_size} != hidden_size {self.dim} "
+                "(DeBERTa's bias-free embed_proj) is not supported"
+            )
         if self.relative_attention and self.relative_span < 1:
-            raise ConfigError(f"{source}: relative_attention needs position_buckets or max_relative_positions "
-                              "or max_position_embeddings to be positive")
+            raise ConfigError(
+                f"{source}: relative_attention needs position_buckets or max_relative_positions "
+                "or max_position_embeddings to be positive"
+            )
 
 
 # The DeBERTa keys: read from config.json only for the deberta-v2 family.
-DEBERTA_FIELDS = frozenset({"relative_attention", "pos_att_type", "position_buckets", "max_relative_positions",
-                            "share_att_key", "norm_rel_ebd", "position_biased_input", "conv_kernel_size"})
+DEBERTA_FIELDS = frozenset(
+    {
+        "relative_attention",
+        "pos_att_type",
+        "position_buckets",
+        "max_relative_positions",
+        "share_att_key",
+        "norm_rel_ebd",
+        "position_biased_input",
+        "conv_kernel_size",
+    }
+)
 
 
 class _HugeInteger:
@@ -226,8 +265,13 @@ def _huge_integer(value, key: str = "") -> tuple[str, int] | None:
     """(the key, e.g. "a.b[2]", and digits) of the first _HugeInteger in a parsed JSON value, or None."""
     if isinstance(value, _HugeInteger):
         return key or "the file", value.digits
-    items = (value.items() if isinstance(value, dict) else
-             ((f"[{i}]", v) for i, v in enumerate(value)) if isinstance(value, list) else ())
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else ((f"[{i}]", v) for i, v in enumerate(value))
+        if isinstance(value, list)
+        else ()
+    )
     for name, v in items:
         found = _huge_integer(v, f"{key}{name}" if name.startswith("[") else f"{key}.{name}" if key else name)
         if found is not None:

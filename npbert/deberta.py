@@ -1,10 +1,12 @@
-"""DeBERTa-v2/v3's disentangled attention, one term at a time, in plain numpy.
+"""DeBERTa-v2/v3, everything that differs from the other families: embeddings, relative positions, attention.
 
 Follows transformers 4.57.6 `models/deberta_v2/modeling_deberta_v2.py`: `make_log_bucket_position`,
 `build_relative_position`, `DisentangledSelfAttention` (`forward`, `disentangled_attention_bias`) and
-`DebertaV2Encoder.get_attention_mask`. These are the pieces a reader needs to understand the attention;
-model.py calls them (through kernels.py's `disentangled_attention`) where `config.disentangled_attention`
-says, trace.py keeps each term, and docs/deberta.md works one head through by hand.
+`DebertaV2Encoder.get_attention_mask`, `DebertaV2Embeddings`. model.py's encoder picks this module's
+`embeddings` and `self_attention` where `config.disentangled_attention` says (the one place it asks);
+the score terms themselves are plain-numpy operations in ops/reference.py (`c2c`, `c2p`, `p2c`,
+`disentangled_attention_numpy`) beside their numba kernel, and docs/deberta.md works one head through by
+hand.
 
 BERT adds a position embedding to every token before the first layer, so content and position are mixed
 in one vector. DeBERTa keeps them apart: the input is content only (`position_biased_input` false in v3),
@@ -26,7 +28,11 @@ Dimensions: B batch, H heads, S sequence, Dh head width, A the span (2A table ro
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+from .ops.gemm import linear, qkv_projections
 
 
 def log_bucket_position(relative, bucket_size, max_position):  # [S, S] int64 -> [S, S] int64
@@ -40,8 +46,9 @@ def log_bucket_position(relative, bucket_size, max_position):  # [S, S] int64 ->
     abs_pos = np.where((relative < mid) & (relative > -mid), mid - 1, np.abs(relative))
     f32 = np.float32
     with np.errstate(divide="ignore", invalid="ignore"):  # log(0) where abs_pos <= mid: not selected below
-        log_pos = np.ceil(np.log(abs_pos.astype(f32) / f32(mid)) / np.log(f32((max_position - 1) / mid))
-                          * f32(mid - 1)) + f32(mid)
+        log_pos = np.ceil(
+            np.log(abs_pos.astype(f32) / f32(mid)) / np.log(f32((max_position - 1) / mid)) * f32(mid - 1)
+        ) + f32(mid)
     return np.where(abs_pos <= mid, relative.astype(f32), log_pos * sign).astype(np.int64)
 
 
@@ -74,56 +81,81 @@ def attention_scale(head_dim, pos_att_type, dtype):
     return np.dtype(dtype).type(np.sqrt(np.float32(head_dim * factor)))
 
 
-def c2c(q, k, scale):  # [..., S, Dh], [..., S, Dh] -> [..., S, S]
-    # transformers divides k (not the product) by the scale: the same up to rounding, kept for parity.
-    return q @ (np.swapaxes(k, -1, -2) / scale)
+# --- the layers ------------------------------------------------------------------------------------------
 
 
-def c2p(q, pos_k, index, scale):  # [..., S, Dh], [..., 2A, Dh], [S, S] -> [..., S, S]
-    # Every query against every table row ([..., S, 2A], one product), then for each key j the row
-    # delta(i, j): a gather along the relative-position axis.
-    full = q @ np.swapaxes(pos_k, -1, -2)  # [..., S, 2A]
-    return np.take_along_axis(full, np.broadcast_to(index, full.shape[:-1] + index.shape[-1:]), axis=-1) / scale
+def embeddings(input_ids, token_type_ids, keep, emb, config, ops, tap=None):  # [B, S] -> [B, S, D]
+    # DebertaV2Embeddings: words (+ absolute positions only when position_biased_input; v3 has none)
+    # (+ token types when type_vocab_size > 0), LayerNorm, then padded positions multiplied by 0.
+    B, S = input_ids.shape
+    x = emb.word_embeddings.weight[input_ids]  # [B, S, D]
+    types = (
+        emb.token_type_embeddings.weight[token_type_ids] if emb.token_type_embeddings is not None else np.zeros_like(x)
+    )
+    if tap is not None:
+        tap["word"] = x
+        if emb.token_type_embeddings is not None:
+            tap["token_type"] = types
+    if emb.position_embeddings is not None:
+        if tap is not None:
+            tap["position"] = emb.position_embeddings.weight[None, :S]
+        x = x + emb.position_embeddings.weight[:S]
+    x = ops.residual_layernorm(
+        x.reshape(B * S, -1), types.reshape(B * S, -1), emb.LayerNorm.weight, emb.LayerNorm.bias, config.layer_norm_eps
+    ).reshape(B, S, -1)
+    return x * keep[..., None].astype(x.dtype)
 
 
-def p2c(k, pos_q, index, scale):  # [..., S, Dh], [..., 2A, Dh], [S, S] -> [..., S, S]
-    # The same with the roles swapped: every key against every row, gathered at delta(j, i), then
-    # transposed so that entry [i, j] belongs to query i and key j.
-    full = k @ np.swapaxes(pos_q, -1, -2)  # [..., S, 2A]
-    gathered = np.take_along_axis(full, np.broadcast_to(index, full.shape[:-1] + index.shape[-1:]), axis=-1)
-    return np.swapaxes(gathered, -1, -2) / scale
+class RelativePositions(NamedTuple):
+    """What every layer's attention shares in one forward (DebertaV2Encoder.get_rel_embedding, get_rel_pos)."""
+
+    table: np.ndarray | None  # [2A, D] rel_embeddings, normalised (norm_rel_ebd); None: no relative_attention
+    c2p_pos: np.ndarray | None  # [S, S] table row of delta(i, j) (c2p_index)
+    p2c_pos: np.ndarray | None  # [S, S] table row of delta(j, i) (p2c_index)
+    scale: float  # attention_scale
+    pos_att_type: tuple
+    share_att_key: bool
 
 
-def score_terms(q, k, pos_k, pos_q, c2p_pos, p2c_pos, scale):
-    """The three terms of one layer's attention scores, each already scaled: (c2c, c2p, p2c), every one
-    [..., S, S]; c2p (p2c) is None when pos_k (pos_q) is None, i.e. when pos_att_type leaves it out."""
-    return (c2c(q, k, scale), None if pos_k is None else c2p(q, pos_k, c2p_pos, scale),
-            None if pos_q is None else p2c(k, pos_q, p2c_pos, scale))
+def shared_positions(seq_len, transformer, config, dtype, ops, tap=None) -> RelativePositions:
+    """The relative positions of a seq_len-long input and the normalised table, for every layer."""
+    scale = attention_scale(config.head_dim, config.pos_att_type, dtype)
+    if not config.relative_attention:  # content only, but scaled as if the position terms were there
+        return RelativePositions(None, None, None, scale, config.pos_att_type, config.share_att_key)
+    table = transformer.rel_embeddings.weight
+    if transformer.rel_layer_norm is not None:
+        ln = transformer.rel_layer_norm
+        table = ops.residual_layernorm(table, np.zeros_like(table), ln.weight, ln.bias, config.layer_norm_eps)
+    if tap is not None:
+        tap["rel_embeddings"] = table
+    relative = relative_positions(seq_len, config.position_buckets, config.max_relative_distance)  # [S, S]
+    span = config.relative_span
+    return RelativePositions(
+        table, c2p_index(relative, span), p2c_index(relative, span), scale, config.pos_att_type, config.share_att_key
+    )
 
 
-def combined_scores(c2c_term, c2p_term, p2c_term):  # each [..., S, S] (or None) -> [..., S, S]
-    # In transformers' order: the position terms summed first (disentangled_attention_bias), then added.
-    position = [t for t in (c2p_term, p2c_term) if t is not None]
-    if not position:
-        return c2c_term
-    return c2c_term + (position[0] if len(position) == 1 else position[0] + position[1])
+def projected_table(layer, rel: RelativePositions):  # -> pos_k [2A, D] | None, pos_q [2A, D] | None
+    # The table projected like the keys (c2p) and like the queries (p2c): with the layer's own q/k
+    # projections when share_att_key, else with its pos_key_proj / pos_query_proj.
+    if rel.table is None:
+        return None, None
+    if layer.pos_tables is not None:  # computed once at load (layout.with_position_tables)
+        return layer.pos_tables
+    own = layer.attention if rel.share_att_key else layer.pos_proj
+    pos_k = linear(rel.table, own.k_lin) if "c2p" in rel.pos_att_type else None
+    pos_q = linear(rel.table, own.q_lin) if "p2c" in rel.pos_att_type else None
+    return pos_k, pos_q
 
 
-def pair_mask(keep):  # [B, S] bool -> [B, 1, S, S] bool
-    # get_attention_mask: the outer product of the padding mask with itself. Query i may look at key j
-    # only when both are tokens: a padded query row is masked everywhere, softmaxes to a uniform row
-    # (finfo.min in every place), exactly as in transformers.
-    return keep[:, None, :, None] & keep[:, None, None, :]
-
-
-def masked_softmax(scores, keep):  # [B, H, S, S], [B, S] -> [B, H, S, S]
-    # masked_fill(~mask, finfo.min), then softmax over keys (DisentangledSelfAttention.forward).
-    scores = np.where(pair_mask(keep), scores, np.finfo(scores.dtype).min)
-    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def head_rows(table, n_heads):  # [2A, D] -> [H, 2A, Dh]: a projected table, split into heads
-    R, D = table.shape
-    return table.reshape(R, n_heads, D // n_heads).transpose(1, 0, 2)
-
+def self_attention(x, keep, layer, rel, n_heads, ops, return_probs=False, tap=None):  # [B, S, D] -> [B, S, D]
+    # As model.self_attention, with the position terms added to the scores (ops' disentangled_attention).
+    q, k, v = qkv_projections(x, layer.attention, tap)  # [B, S, D] each
+    pos_k, pos_q = projected_table(layer, rel)
+    context, probs = ops.disentangled_attention(
+        q, k, v, pos_k, pos_q, rel.c2p_pos, rel.p2c_pos, keep, n_heads, rel.scale, return_probs, tap
+    )  # [B, S, D], [B, H, S, S]
+    out = linear(context, layer.attention.out_lin)
+    if tap is not None:
+        tap["context"], tap["output"] = context, out
+    return out, probs

@@ -34,14 +34,13 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from . import squad
+from .durable import Interrupted, Signals, interrupt_behind, write_atomic
 from .hub import DEFAULT_MODEL, sha256_file
 
 PARTIAL = "predictions.partial.jsonl"
@@ -53,16 +52,43 @@ METRICS = "metrics.json"
 FORMAT = "npbert-eval-partial/2"  # /2: every line carries the sha256 of its content (/1 had none)
 
 # The pipeline parameters a job may set (transformers 4.57.6 QuestionAnsweringPipeline's), with their types.
-PIPELINE_PARAMETERS = {"top_k": int, "doc_stride": int, "max_answer_len": int, "max_seq_len": int,
-                       "max_question_len": int, "handle_impossible_answer": bool, "align_to_words": bool,
-                       "padding": str, "batch_size": int}
-JOB_KEYS = {"model": str, "revision": str, "data": str, "version": str, "output": str, "limit": int,
-            "save_every": int, "progress": bool, "parameters": dict}
+PIPELINE_PARAMETERS = {
+    "top_k": int,
+    "doc_stride": int,
+    "max_answer_len": int,
+    "max_seq_len": int,
+    "max_question_len": int,
+    "handle_impossible_answer": bool,
+    "align_to_words": bool,
+    "padding": str,
+    "batch_size": int,
+}
+JOB_KEYS = {
+    "model": str,
+    "revision": str,
+    "data": str,
+    "version": str,
+    "output": str,
+    "limit": int,
+    "save_every": int,
+    "progress": bool,
+    "parameters": dict,
+}
 DEFAULT_OUTPUT = "npbert-eval"
 # metrics.json = the official score's keys + these; elapsed_seconds and questions_per_second are the only
 # ones that differ between an uninterrupted and a resumed run
-RUN_FIELDS = {"version", "count", "elapsed_seconds", "questions_per_second", "model", "revision", "commit",
-              "weights_sha256", "data", "parameters"}
+RUN_FIELDS = {
+    "version",
+    "count",
+    "elapsed_seconds",
+    "questions_per_second",
+    "model",
+    "revision",
+    "commit",
+    "weights_sha256",
+    "data",
+    "parameters",
+}
 log = logging.getLogger("npbert.evaluate")
 
 
@@ -81,15 +107,6 @@ class Job:
 
 class JobError(ValueError):
     """A job setting that cannot be used, naming the key and where it came from."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """The run stopped on SIGINT or SIGTERM (`signum`); the `done` of `total` questions finished are on disk
-    in `partial`."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum, self.done, self.total, self.partial = signum, 0, 0, None
 
 
 # --- the job -------------------------------------------------------------------------------------------
@@ -158,8 +175,10 @@ def read_job_file(path: str | Path) -> tuple[dict, callable]:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise JobError(f"{path}{at}: unreadable YAML: {problem}") from None
     if not isinstance(settings, dict):
-        raise JobError(f"{path}: a job file is a mapping (model:, data:, version:, parameters:, output:, ...), "
-                       f"found {type(settings).__name__}")
+        raise JobError(
+            f"{path}: a job file is a mapping (model:, data:, version:, parameters:, output:, ...), "
+            f"found {type(settings).__name__}"
+        )
     lines = {}
     for key_node, value_node in root.value:
         lines[str(key_node.value)] = key_node.start_mark.line + 1
@@ -170,24 +189,6 @@ def read_job_file(path: str | Path) -> tuple[dict, callable]:
 
 
 # --- files ---------------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """`text` into `path` whole or not at all: written to PATH.tmp, fsync'ed, renamed. A write that fails
-    (a full disk) removes PATH.tmp and raises an OSError naming `path` (the system's own names no file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the error worth reporting is the write's
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
 
 
 def _dumps_line(obj) -> bytes:
@@ -233,22 +234,30 @@ def read_partial(path: Path, fingerprint: dict, examples: list, save_every: int)
     if old != FORMAT:
         if isinstance(old, str) and old.startswith("npbert-eval-partial/"):
             raise JobError(f"{path}:1: written by another npbert version ({old}); delete it to start over")
-        raise JobError(f"{path}:1: not an npbert eval partial file, or its header is damaged; delete it or choose "
-                       "another output folder")
+        raise JobError(
+            f"{path}:1: not an npbert eval partial file, or its header is damaged; delete it or choose "
+            "another output folder"
+        )
     before = header.get("job", {})
     changed = [k for k in fingerprint if before.get(k) != fingerprint[k]]
     if changed:
         k = changed[0]
-        raise JobError(f"{path}: cannot resume: {k} was {before.get(k)!r}, now {fingerprint[k]!r}; rerun with the "
-                       "same settings, or delete the partial file to start over")
+        raise JobError(
+            f"{path}: cannot resume: {k} was {before.get(k)!r}, now {fingerprint[k]!r}; rerun with the "
+            "same settings, or delete the partial file to start over"
+        )
     records, seconds, kept = [], 0.0, len(lines[0]) + 1
     for n, line in enumerate(lines[1:], 2):
         chunk = _unsealed(line)
-        want = [e.id for e in examples[len(records): len(records) + save_every]]
+        want = [e.id for e in examples[len(records) : len(records) + save_every]]
         if not _is_chunk(chunk, want):
-            log.warning("%s:%d: damaged line (%s): keeping the %d questions saved before it, answering the rest "
-                        "again", path, n, "checksum mismatch" if chunk is None else "not the questions expected there",
-                        len(records))
+            log.warning(
+                "%s:%d: damaged line (%s): keeping the %d questions saved before it, answering the rest again",
+                path,
+                n,
+                "checksum mismatch" if chunk is None else "not the questions expected there",
+                len(records),
+            )
             break
         records.extend(chunk["predictions"])
         seconds += chunk["seconds"]
@@ -299,8 +308,10 @@ def output_lock(out: Path):
         except OSError:  # BlockingIOError: held
             pid = _read_owner(fd).get("pid", "unknown")
             os.close(fd)
-            raise JobError(f"{out}: another npbert eval (pid {pid}) is writing to this folder; wait for it to finish "
-                           "or choose another output folder") from None
+            raise JobError(
+                f"{out}: another npbert eval (pid {pid}) is writing to this folder; wait for it to finish "
+                "or choose another output folder"
+            ) from None
         try:  # the file we locked must still be the one at `path`: a finishing owner unlinks it, then unlocks
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break
@@ -324,78 +335,40 @@ def output_lock(out: Path):
 
 def _holding_output_lock(run):
     """`run`, holding the lock of its job's output folder throughout."""
+
     @functools.wraps(run)
     def locked(job, *args, **kwargs):
         with output_lock(Path(job.output)):
             return run(job, *args, **kwargs)
+
     return locked
 
 
 # --- signals -------------------------------------------------------------------------------------------
 
 
-class _Signals:
-    """SIGINT and SIGTERM raise `Interrupted`, except inside `critical()` (writing a chunk), where they are
-    held until the block ends, so a chunk line is either written whole or not at all."""
-
-    def __init__(self):
-        self.holding, self.pending = False, None
-
-    def handler(self, signum, frame):
-        if self.holding:
-            self.pending = signum
-        else:
-            raise Interrupted(signum)
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():  # handlers work in the main thread only
-            yield self
-            return
-        previous = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-    @contextmanager
-    def critical(self):
-        self.holding = True
-        try:
-            yield
-        finally:
-            self.holding = False
-            if self.pending is not None:
-                signum, self.pending = self.pending, None
-                raise Interrupted(signum)
-
-
-def _interrupt_behind(error: SystemError):
-    """The Interrupted a native call turned into this SystemError, or None. When the signal handler raises
-    while a numba kernel's dispatcher is running, the dispatcher returns its result anyway and CPython
-    reports "returned a result with an exception set", with the Interrupted as the cause. It is still the
-    interrupt (seen about once in 40 runs of SIGTERM during an eval)."""
-    cause = error.__cause__ or error.__context__
-    return cause if isinstance(cause, Interrupted) else None
-
-
 # --- the run -------------------------------------------------------------------------------------------
 
 
-def _records(output, n: int) -> list[list[dict]]:
+def answer_records(output, n: int) -> list[list[dict]]:
     """The pipeline's answers as one list of {score, start, end, answer} per question. Like transformers, it
     returns a dict (top_k 1) or a list (top_k > 1) per question, and unwraps a batch of one."""
     per_question = [output] if n == 1 else list(output)
     if len(per_question) != n:
         raise RuntimeError(f"the pipeline answered {len(per_question)} of {n} questions")
-    return [[{"score": float(a["score"]), "start": int(a["start"]), "end": int(a["end"]), "answer": a["answer"]}
-             for a in ([out] if isinstance(out, dict) else out)] for out in per_question]
+    return [
+        [
+            {"score": float(a["score"]), "start": int(a["start"]), "end": int(a["end"]), "answer": a["answer"]}
+            for a in ([out] if isinstance(out, dict) else out)
+        ]
+        for out in per_question
+    ]
 
 
-def effective_parameters(job: Job, version: str) -> dict:
-    """The pipeline parameters the run uses: v2.0 answers "no answer" unless told otherwise."""
-    params = dict(job.parameters)
+def effective_parameters(parameters: dict, version: str) -> dict:
+    """The pipeline parameters a run on a SQuAD `version` file uses (`npbert eval` and `npbert batch`): v2.0
+    answers "no answer" unless told otherwise."""
+    params = dict(parameters)
     if version == "2.0":
         params.setdefault("handle_impossible_answer", True)
     return dict(sorted(params.items()))
@@ -404,8 +377,12 @@ def effective_parameters(job: Job, version: str) -> dict:
 def model_identity(qa) -> dict:
     """Model id, revision (as asked, and the hub commit it resolved to) and weights sha256 of the pipeline's
     checkpoint."""
-    return {"model": qa.model_id, "revision": qa.revision, "commit": qa.commit,
-            "weights_sha256": sha256_file(Path(qa.folder) / "model.safetensors")}
+    return {
+        "model": qa.model_id,
+        "revision": qa.revision,
+        "commit": qa.commit,
+        "weights_sha256": sha256_file(Path(qa.folder) / "model.safetensors"),
+    }
 
 
 def load_pipeline(job: Job):
@@ -426,7 +403,7 @@ def run(job: Job, qa=None, resume: bool = False, progress_file=None, answer_chun
     version = job.version or data.version or "1.1"
     data = data.head(job.limit)
     examples = data.examples
-    params = effective_parameters(job, version)
+    params = effective_parameters(job.parameters, version)
     out = Path(job.output)
     if out.exists() and not out.is_dir():
         raise JobError(f"{out}: output exists and is not a folder")
@@ -436,29 +413,34 @@ def run(job: Job, qa=None, resume: bool = False, progress_file=None, answer_chun
 
     qa = qa if qa is not None else load_pipeline(job)
     identity = model_identity(qa)
-    fingerprint = {**identity, "data_sha256": sha256_file(data.path), "version": version,
-                   "questions": len(examples), "save_every": job.save_every, "parameters": params}
+    fingerprint = {
+        **identity,
+        "data_sha256": sha256_file(data.path),
+        "version": version,
+        "questions": len(examples),
+        "save_every": job.save_every,
+        "parameters": params,
+    }
     records, seconds, keep_bytes = [], 0.0, 0
     if resume and partial.exists():
         records, seconds, keep_bytes = read_partial(partial, fingerprint, examples, job.save_every)
     out.mkdir(parents=True, exist_ok=True)
 
-    signals = _Signals()
+    signals = Signals()
     with signals.installed(), open(partial, "ab" if keep_bytes else "wb") as f:
         if keep_bytes:
             f.truncate(keep_bytes)  # drop a half-written last line
         else:
             f.write(_sealed_line({"format": FORMAT, "job": fingerprint}))
         try:
-            seconds = _answer_all(qa, examples, records, seconds, params, job, f, signals, progress_file,
-                                  answer_chunks)
+            seconds = _answer_all(qa, examples, records, seconds, params, job, f, signals, progress_file, answer_chunks)
             with signals.critical():
-                metrics = _finish(out, data, version, records, seconds, identity, params)
+                metrics = write_results(out, data, version, records, seconds, identity, params)
         except (Interrupted, SystemError) as e:
-            interrupt = e if isinstance(e, Interrupted) else _interrupt_behind(e)
+            interrupt = e if isinstance(e, Interrupted) else interrupt_behind(e)
             if interrupt is None:
                 raise
-            interrupt.done, interrupt.total, interrupt.partial = len(records), len(examples), partial
+            interrupt.done, interrupt.total, interrupt.saved = len(records), len(examples), partial
             raise interrupt from None
         finally:
             if not records:  # nothing finished (e.g. a parameter the pipeline refused): nothing to resume
@@ -468,31 +450,46 @@ def run(job: Job, qa=None, resume: bool = False, progress_file=None, answer_chun
     return metrics
 
 
-def _answer_all(qa, examples, records: list, seconds, params, job, f, signals, progress_file,
-                answer_chunks=None) -> float:
+def _answer_all(
+    qa, examples, records: list, seconds, params, job, f, signals, progress_file, answer_chunks=None
+) -> float:
     """Answer the questions after `records` chunk by chunk, appending each chunk to the partial file `f`
     and to `records`; returns the seconds spent answering, in all sessions."""
     from tqdm import tqdm
 
     starts = range(len(records), len(examples), job.save_every)
-    elsewhere = answer_chunks([examples[s: s + job.save_every] for s in starts], params) if answer_chunks else None
+    elsewhere = answer_chunks([examples[s : s + job.save_every] for s in starts], params) if answer_chunks else None
 
-    bar = tqdm(total=len(examples), initial=len(records), unit="q", desc="eval", disable=not job.progress,
-               file=progress_file or sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=len(examples),
+        initial=len(records),
+        unit="q",
+        desc="eval",
+        disable=not job.progress,
+        file=progress_file or sys.stderr,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
     try:
         for start in starts:
-            chunk = examples[start: start + job.save_every]
+            chunk = examples[start : start + job.save_every]
             t0 = time.perf_counter()
             try:
                 null_scores = []  # each question's no-answer probability, for na_probs.json
                 if elsewhere is None:
-                    output = qa(question=[e.question for e in chunk], context=[e.context for e in chunk], **params,
-                                null_scores=null_scores)
+                    output = qa(
+                        question=[e.question for e in chunk],
+                        context=[e.context for e in chunk],
+                        **params,
+                        null_scores=null_scores,
+                    )
                 else:
                     output, null_scores = next(elsewhere)
             except ValueError as e:  # a parameter, or a question the pipeline refuses: say which questions
-                raise ValueError(f"questions {start + 1}-{start + len(chunk)} (from {chunk[0].location}): {e}") from None
-            answers = _records(output, len(chunk))
+                raise ValueError(
+                    f"questions {start + 1}-{start + len(chunk)} (from {chunk[0].location}): {e}"
+                ) from None
+            answers = answer_records(output, len(chunk))
             elapsed = time.perf_counter() - t0
             done = [{"id": e.id, "answers": a, "null_score": n} for e, a, n in zip(chunk, answers, null_scores)]
             with signals.critical():
@@ -507,7 +504,9 @@ def _answer_all(qa, examples, records: list, seconds, params, job, f, signals, p
     return seconds
 
 
-def _finish(out: Path, data, version, records, seconds, identity, params) -> dict:
+def write_results(out: Path, data, version, records, seconds, identity, params) -> dict:
+    """A finished run's files in `out` (predictions.json, nbest/na_probs when they apply, metrics.json), each
+    written atomically; returns the metrics. `npbert batch` writes its SQuAD runs' files with it too."""
     predictions = {r["id"]: r["answers"][0]["answer"] if r["answers"] else "" for r in records}
     write_atomic(out / PREDICTIONS, json.dumps(predictions, ensure_ascii=False, indent=2) + "\n")
     if params.get("top_k", 1) > 1:
@@ -515,15 +514,22 @@ def _finish(out: Path, data, version, records, seconds, identity, params) -> dic
         write_atomic(out / NBEST, json.dumps(nbest, ensure_ascii=False, indent=2) + "\n")
     elif (out / NBEST).exists():
         (out / NBEST).unlink()  # an earlier run's, which this one's predictions would contradict
-    run_fields = {"version": version, "count": len(records), "elapsed_seconds": seconds,
-                  "questions_per_second": len(records) / seconds if seconds else None,
-                  **identity, "data": str(data.path), "parameters": params}
+    run_fields = {
+        "version": version,
+        "count": len(records),
+        "elapsed_seconds": seconds,
+        "questions_per_second": len(records) / seconds if seconds else None,
+        **identity,
+        "data": str(data.path),
+        "parameters": params,
+    }
     assert set(run_fields) <= RUN_FIELDS
     na_probs = None
     if version == "2.0":  # the official script's --na-prob-file: the pipeline's null score per question
         if any("null_score" not in r for r in records):
-            raise JobError(f"{out / PARTIAL}: written by an npbert without no-answer probabilities; delete it and "
-                           "run again")
+            raise JobError(
+                f"{out / PARTIAL}: written by an npbert without no-answer probabilities; delete it and run again"
+            )
         na_probs = {r["id"]: r["null_score"] for r in records}
         write_atomic(out / NA_PROBS, json.dumps(na_probs, indent=2) + "\n")
     elif (out / NA_PROBS).exists():

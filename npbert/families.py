@@ -18,12 +18,14 @@ network, each followed by a residual LayerNorm, then `qa_outputs`). What differs
 
 MiniLM checkpoints are `bert`; DeBERTa-v3 checkpoints are `deberta-v2`. The forward pass (model.py) never
 asks which family it runs: it reads the flags these tables set on the Config (`type_vocab_size`,
-`position_offset`, `embedding_size`, `num_hidden_groups`, ...), and the loader (weights.py) reads the tensor names from `layout`.
+`position_offset`, `embedding_size`, `num_hidden_groups`, ...), and the loader (weights.py) reads the tensor
+names from `layout`.
 
 Canonical tensor names are DistilBERT's (`transformer.layer.{i}.attention.q_lin`, `ffn.lin1`, ...),
 grouped by tensor below with each family's checkpoint key beside it, as llama.cpp's tensor_mapping.py
 does: a reader goes from any checkpoint key to the canonical tensor, and from that to the line of
-model.py that uses it.
+model.py that uses it. Each family also names its tokenizer class; TOKENIZERS, at the end, says what
+every class brings (files, special-token defaults, model inputs): tokenizer.py reads nothing else.
 """
 
 from __future__ import annotations
@@ -102,11 +104,26 @@ _DEBERTA = {
 }
 
 # config.json key of each Config field, where the family spells it differently from DistilBERT.
-_BERT_CONFIG_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
-                      "hidden_dim": "intermediate_size", "activation": "hidden_act"}
+_BERT_CONFIG_NAMES = {
+    "dim": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "hidden_dim": "intermediate_size",
+    "activation": "hidden_act",
+}
 # Each family's configuration class defaults (configuration_*.py), for keys a config.json leaves out.
-_BERT_DEFAULTS = dict(vocab_size=30522, dim=768, n_layers=12, n_heads=12, hidden_dim=3072, activation="gelu",
-                      max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0)
+_BERT_DEFAULTS = dict(
+    vocab_size=30522,
+    dim=768,
+    n_layers=12,
+    n_heads=12,
+    hidden_dim=3072,
+    activation="gelu",
+    max_position_embeddings=512,
+    type_vocab_size=2,
+    layer_norm_eps=1e-12,
+    pad_token_id=0,
+)
 
 
 @dataclass(frozen=True)
@@ -125,38 +142,120 @@ class Family:
     shares_blocks: bool = False
     # Keys a checkpoint may hold that a QA model does not use (transformers drops them too): the pooler,
     # which QA models are built without, and buffers older versions saved.
-    unused: tuple = ("embeddings.position_ids", "embeddings.token_type_ids", "pooler.dense.weight",
-                     "pooler.dense.bias", "pooler.weight", "pooler.bias")  # pooler.weight: ALBERT's
+    unused: tuple = (
+        "embeddings.position_ids",
+        "embeddings.token_type_ids",
+        "pooler.dense.weight",
+        "pooler.dense.bias",
+        "pooler.weight",
+        "pooler.bias",
+    )  # pooler.weight: ALBERT's
     # DeBERTa: self-attention with relative-position terms (deberta.py), the 2-D padding mask, padded
     # positions zeroed after the embedding LayerNorm.
     disentangled: bool = False
+    # The transformers tokenizer class (without "Fast") for this model_type: TOKENIZERS below says what it
+    # brings (models/auto/tokenization_auto.py TOKENIZER_MAPPING_NAMES).
+    tokenizer: str = "BertTokenizer"
 
 
-FAMILIES = {f.model_type: f for f in (
-    Family("distilbert", "models/distilbert/modeling_distilbert.py", "distilbert", _DISTILBERT,
-           defaults=dict(vocab_size=30522, dim=768, n_layers=6, n_heads=12, hidden_dim=3072, activation="gelu",
-                         max_position_embeddings=512, type_vocab_size=0, layer_norm_eps=1e-12, pad_token_id=0)),
-    Family("bert", "models/bert/modeling_bert.py", "bert", _BERT, _BERT_CONFIG_NAMES, _BERT_DEFAULTS),
-    Family("roberta", "models/roberta/modeling_roberta.py", "roberta", _BERT, _BERT_CONFIG_NAMES,
-           {**_BERT_DEFAULTS, "vocab_size": 50265, "pad_token_id": 1}, positions_after_padding=True),
-    Family("xlm-roberta", "models/xlm_roberta/modeling_xlm_roberta.py", "roberta", _BERT, _BERT_CONFIG_NAMES,
-           {**_BERT_DEFAULTS, "pad_token_id": 1}, positions_after_padding=True),
-    Family("electra", "models/electra/modeling_electra.py", "electra", _BERT, _BERT_CONFIG_NAMES,
-           {**_BERT_DEFAULTS, "dim": 256, "n_heads": 4, "hidden_dim": 1024, "embedding_size": 128}),
-    Family("albert", "models/albert/modeling_albert.py", "albert", _ALBERT, _BERT_CONFIG_NAMES,
-           {**_BERT_DEFAULTS, "vocab_size": 30000, "dim": 4096, "n_heads": 64, "hidden_dim": 16384,
-            "activation": "gelu_new", "embedding_size": 128, "num_hidden_groups": 1, "inner_group_num": 1},
-           shares_blocks=True),
-    # configuration_deberta_v2.py's defaults are DeBERTa-v2-xlarge's; relative_attention and the rest of
-    # the disentangled attention are config keys (Config's DeBERTa fields), read only for this family.
-    Family("deberta-v2", "models/deberta_v2/modeling_deberta_v2.py", "deberta", _DEBERTA, _BERT_CONFIG_NAMES,
-           {**_BERT_DEFAULTS, "vocab_size": 128100, "dim": 1536, "n_layers": 24, "n_heads": 24, "hidden_dim": 6144,
-            "type_vocab_size": 0, "layer_norm_eps": 1e-7},
-           # DebertaV2PreTrainedModel._keys_to_ignore_on_load_unexpected: a position table that
-           # position_biased_input false leaves unused
-           unused=Family.unused + ("embeddings.position_embeddings.weight",),
-           disentangled=True),
-)}
+FAMILIES = {
+    f.model_type: f
+    for f in (
+        Family(
+            "distilbert",
+            "models/distilbert/modeling_distilbert.py",
+            "distilbert",
+            _DISTILBERT,
+            defaults=dict(
+                vocab_size=30522,
+                dim=768,
+                n_layers=6,
+                n_heads=12,
+                hidden_dim=3072,
+                activation="gelu",
+                max_position_embeddings=512,
+                type_vocab_size=0,
+                layer_norm_eps=1e-12,
+                pad_token_id=0,
+            ),
+            tokenizer="DistilBertTokenizer",
+        ),
+        Family("bert", "models/bert/modeling_bert.py", "bert", _BERT, _BERT_CONFIG_NAMES, _BERT_DEFAULTS),
+        Family(
+            "roberta",
+            "models/roberta/modeling_roberta.py",
+            "roberta",
+            _BERT,
+            _BERT_CONFIG_NAMES,
+            {**_BERT_DEFAULTS, "vocab_size": 50265, "pad_token_id": 1},
+            positions_after_padding=True,
+            tokenizer="RobertaTokenizer",
+        ),
+        Family(
+            "xlm-roberta",
+            "models/xlm_roberta/modeling_xlm_roberta.py",
+            "roberta",
+            _BERT,
+            _BERT_CONFIG_NAMES,
+            {**_BERT_DEFAULTS, "pad_token_id": 1},
+            positions_after_padding=True,
+            tokenizer="XLMRobertaTokenizer",
+        ),
+        Family(
+            "electra",
+            "models/electra/modeling_electra.py",
+            "electra",
+            _BERT,
+            _BERT_CONFIG_NAMES,
+            {**_BERT_DEFAULTS, "dim": 256, "n_heads": 4, "hidden_dim": 1024, "embedding_size": 128},
+            tokenizer="ElectraTokenizer",
+        ),
+        Family(
+            "albert",
+            "models/albert/modeling_albert.py",
+            "albert",
+            _ALBERT,
+            _BERT_CONFIG_NAMES,
+            {
+                **_BERT_DEFAULTS,
+                "vocab_size": 30000,
+                "dim": 4096,
+                "n_heads": 64,
+                "hidden_dim": 16384,
+                "activation": "gelu_new",
+                "embedding_size": 128,
+                "num_hidden_groups": 1,
+                "inner_group_num": 1,
+            },
+            shares_blocks=True,
+            tokenizer="AlbertTokenizer",
+        ),
+        # configuration_deberta_v2.py's defaults are DeBERTa-v2-xlarge's; relative_attention and the rest of
+        # the disentangled attention are config keys (Config's DeBERTa fields), read only for this family.
+        Family(
+            "deberta-v2",
+            "models/deberta_v2/modeling_deberta_v2.py",
+            "deberta",
+            _DEBERTA,
+            _BERT_CONFIG_NAMES,
+            {
+                **_BERT_DEFAULTS,
+                "vocab_size": 128100,
+                "dim": 1536,
+                "n_layers": 24,
+                "n_heads": 24,
+                "hidden_dim": 6144,
+                "type_vocab_size": 0,
+                "layer_norm_eps": 1e-7,
+            },
+            # DebertaV2PreTrainedModel._keys_to_ignore_on_load_unexpected: a position table that
+            # position_biased_input false leaves unused
+            unused=Family.unused + ("embeddings.position_embeddings.weight",),
+            disentangled=True,
+            tokenizer="DebertaV2Tokenizer",
+        ),
+    )
+}
 
 # hidden_act / activation values and the function each names (transformers' ACT2CLS): the FFN's
 # nonlinearity is looked up here once, at load time.
@@ -168,8 +267,95 @@ ACTIVATIONS = {
 }
 
 
-def family(model_type: str, source: str = "config") -> Family:
-    if model_type not in FAMILIES:
-        raise ValueError(f"{source}: model_type {model_type!r} is not supported; npbert runs "
-                         f"{', '.join(FAMILIES)}")
-    return FAMILIES[model_type]
+# --- tokenizers: what each transformers tokenizer class brings (read by tokenizer.py) ------------------------
+
+
+@dataclass(frozen=True)
+class TokenizerClass:
+    """What one transformers fast tokenizer class brings: its files, defaults and `__init__` overrides."""
+
+    kind: str  # "wordpiece", "bpe", "xlmr", "albert" or "deberta": how the backend is built without tokenizer.json
+    model_input_names: tuple
+    defaults: dict  # the class's special-token defaults
+    files: tuple  # the slow tokenizer's vocabulary files (read when tokenizer.json is absent)
+    mask_fast: dict | None = None  # the fast class wraps a plain mask_token in AddedToken(**mask_fast)
+    slow_tokens: dict | None = None  # the slow class's own wrapping (kwargs.update(slow.init_kwargs) wins)
+
+
+_BERT_TOKENS = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+_ROBERTA_TOKENS = dict(
+    bos_token="<s>",
+    eos_token="</s>",
+    sep_token="</s>",
+    cls_token="<s>",
+    unk_token="<unk>",
+    pad_token="<pad>",
+    mask_token="<mask>",
+)
+_THREE = ("input_ids", "token_type_ids", "attention_mask")  # PreTrainedTokenizerBase.model_input_names
+_TWO = ("input_ids", "attention_mask")
+_MASK = dict(lstrip=True, rstrip=False, normalized=False)
+_WORDPIECE = dict(kind="wordpiece", defaults=_BERT_TOKENS, files=("vocab.txt",))
+
+TOKENIZERS = {  # transformers class name (without "Fast") -> TokenizerClass
+    "DistilBertTokenizer": TokenizerClass(model_input_names=_TWO, **_WORDPIECE),
+    "BertTokenizer": TokenizerClass(model_input_names=_THREE, **_WORDPIECE),
+    "ElectraTokenizer": TokenizerClass(model_input_names=_THREE, **_WORDPIECE),
+    "RobertaTokenizer": TokenizerClass(
+        "bpe",
+        _TWO,
+        _ROBERTA_TOKENS,
+        ("vocab.json", "merges.txt"),
+        mask_fast=_MASK,
+        slow_tokens={**{k: dict(lstrip=False, rstrip=False) for k in _ROBERTA_TOKENS}, "mask_token": _MASK},
+    ),
+    "XLMRobertaTokenizer": TokenizerClass(
+        "xlmr",
+        _TWO,
+        _ROBERTA_TOKENS,
+        ("sentencepiece.bpe.model",),
+        mask_fast=dict(lstrip=True, rstrip=False),
+        slow_tokens={"mask_token": dict(lstrip=True, special=True)},
+    ),
+    "AlbertTokenizer": TokenizerClass(
+        "albert",
+        _THREE,
+        dict(
+            bos_token="[CLS]",
+            eos_token="[SEP]",
+            unk_token="<unk>",
+            sep_token="[SEP]",
+            pad_token="<pad>",
+            cls_token="[CLS]",
+            mask_token="[MASK]",
+        ),
+        ("spiece.model",),
+        mask_fast=_MASK,
+        slow_tokens={"mask_token": _MASK},
+    ),
+    # DebertaV2Tokenizer.__init__ wraps a plain unk_token in AddedToken(normalized=True, special=True); the
+    # fast class wraps nothing. model_input_names: the base class's three (DeBERTa-v3's model ignores the types).
+    "DebertaV2Tokenizer": TokenizerClass(
+        "deberta",
+        _THREE,
+        dict(
+            bos_token="[CLS]",
+            eos_token="[SEP]",
+            unk_token="[UNK]",
+            sep_token="[SEP]",
+            pad_token="[PAD]",
+            cls_token="[CLS]",
+            mask_token="[MASK]",
+        ),
+        ("spm.model",),
+        slow_tokens={"unk_token": dict(normalized=True, special=True)},
+    ),
+}
+# What a folder's files say when neither tokenizer_config.json nor config.json names a class.
+TOKENIZER_BY_FILE = (
+    ("vocab.txt", "DistilBertTokenizer"),
+    ("vocab.json", "RobertaTokenizer"),
+    ("sentencepiece.bpe.model", "XLMRobertaTokenizer"),
+    ("spiece.model", "AlbertTokenizer"),
+    ("spm.model", "DebertaV2Tokenizer"),
+)

@@ -48,8 +48,7 @@ def resolve(path_or_repo_id: str | Path, revision: str | None = None, local_file
 
 
 def _snapshot_download(repo_id: str, revision: str | None, local_files_only: bool) -> str:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub import constants
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
         LocalEntryNotFoundError,

@@ -40,8 +40,9 @@ from . import hub
 from .pipeline import pipeline
 
 COLUMNS = ("question", "context")
-SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", name) for name in COLUMNS]),
-                           outputs=Schema([ColSpec("string")]))
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", name) for name in COLUMNS]), outputs=Schema([ColSpec("string")])
+)
 # The model catalog's sample request for its question-answering models.
 INPUT_EXAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
 # Files a checkpoint's tokenizer needs the sentencepiece extra for (when it has no tokenizer.json).
@@ -69,17 +70,22 @@ def _rows(model_input) -> tuple[list, list]:
     """(questions, contexts) from a DataFrame with question and context columns (what MLflow passes after
     applying the signature), or a dict / list of dicts of them."""
     if isinstance(model_input, dict):
-        model_input = pd.DataFrame([model_input] if all(not isinstance(v, list) for v in model_input.values())
-                                   else model_input)
+        model_input = pd.DataFrame(
+            [model_input] if all(not isinstance(v, list) for v in model_input.values()) else model_input
+        )
     elif isinstance(model_input, list):
         model_input = pd.DataFrame(model_input)
     if not isinstance(model_input, pd.DataFrame):
-        raise MlflowException(f"expected a DataFrame or a dict with columns {COLUMNS}, found "
-                              f"{type(model_input).__name__}", error_code=INVALID_PARAMETER_VALUE)
+        raise MlflowException(
+            f"expected a DataFrame or a dict with columns {COLUMNS}, found {type(model_input).__name__}",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
     missing = [c for c in COLUMNS if c not in model_input.columns]
     if missing:
-        raise MlflowException(f"the input has no {' or '.join(missing)} column (expected columns {COLUMNS})",
-                              error_code=INVALID_PARAMETER_VALUE)
+        raise MlflowException(
+            f"the input has no {' or '.join(missing)} column (expected columns {COLUMNS})",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
     return model_input["question"].tolist(), model_input["context"].tolist()
 
 
@@ -89,11 +95,17 @@ def _model_arguments(checkpoint, revision, local_files_only, work: Path) -> dict
     folder = Path(hub.resolve(checkpoint, revision, local_files_only))
     pipeline(model=folder, local_files_only=True)  # a checkpoint that does not load fails here, not when deployed
     code = work / "npbert"
-    shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi",
-                                                                               "*.nbc"))
-    return dict(python_model=QuestionAnsweringModel(), artifacts={"checkpoint": str(folder)},
-                code_paths=[str(code)], pip_requirements=_requirements(folder), signature=SIGNATURE,
-                input_example=INPUT_EXAMPLE)
+    shutil.copytree(
+        Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc")
+    )
+    return dict(
+        python_model=QuestionAnsweringModel(),
+        artifacts={"checkpoint": str(folder)},
+        code_paths=[str(code)],
+        pip_requirements=_requirements(folder),
+        signature=SIGNATURE,
+        input_example=INPUT_EXAMPLE,
+    )
 
 
 def _requirements(folder: Path) -> list[str]:
@@ -101,27 +113,32 @@ def _requirements(folder: Path) -> list[str]:
     it, pandas and MLflow itself (the version saving the model)."""
     requires = metadata.requires("npbert") or []
     needs_sentencepiece = not (folder / "tokenizer.json").is_file() and any(
-        (folder / f).is_file() for f in _SENTENCEPIECE_FILES)
+        (folder / f).is_file() for f in _SENTENCEPIECE_FILES
+    )
     wanted = [r for r in requires if "extra ==" not in r]
     if needs_sentencepiece:
         wanted += [r.split(";")[0].strip() for r in requires if 'extra == "sentencepiece"' in r]
     return [*wanted, f"pandas=={pd.__version__}", f"mlflow-skinny=={mlflow.__version__}"]
 
 
-def save_model(checkpoint: str | Path, path: str | Path, revision: str | None = None,
-               local_files_only: bool = False, **kwargs) -> None:
+def save_model(
+    checkpoint: str | Path, path: str | Path, revision: str | None = None, local_files_only: bool = False, **kwargs
+) -> None:
     """Save `checkpoint` (a folder or hub repository id) as an MLflow model in the new folder `path`.
     `kwargs` go to `mlflow.pyfunc.save_model` (e.g. `metadata`)."""
     with tempfile.TemporaryDirectory() as work:
-        mlflow.pyfunc.save_model(str(path), **_model_arguments(checkpoint, revision, local_files_only, Path(work)),
-                                 **kwargs)
+        mlflow.pyfunc.save_model(
+            str(path), **_model_arguments(checkpoint, revision, local_files_only, Path(work)), **kwargs
+        )
 
 
-def log_model(checkpoint: str | Path, name: str = "model", revision: str | None = None,
-              local_files_only: bool = False, **kwargs):
+def log_model(
+    checkpoint: str | Path, name: str = "model", revision: str | None = None, local_files_only: bool = False, **kwargs
+):
     """Log `checkpoint` as an MLflow model named `name` in the active run (one is started when none is);
     returns MLflow's ModelInfo (its `model_uri` loads it). `kwargs` go to `mlflow.pyfunc.log_model` (e.g.
     `registered_model_name`)."""
     with tempfile.TemporaryDirectory() as work:
-        return mlflow.pyfunc.log_model(name=name, **_model_arguments(checkpoint, revision, local_files_only,
-                                                                      Path(work)), **kwargs)
+        return mlflow.pyfunc.log_model(
+            name=name, **_model_arguments(checkpoint, revision, local_files_only, Path(work)), **kwargs
+        )

@@ -42,13 +42,31 @@ DEFAULT_FORWARD_BATCH = 8
 # and minutes before its window count was known). English runs 4 to 6 characters a token; only runs of
 # spaces, or words the vocabulary maps whole to one unknown token, average more than 32.
 MAX_CHARS_PER_TOKEN = 32
-PARAMETERS = ("top_k", "topk", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
-              "handle_impossible_answer", "align_to_words", "padding")
+PARAMETERS = (
+    "top_k",
+    "topk",
+    "doc_stride",
+    "max_answer_len",
+    "max_seq_len",
+    "max_question_len",
+    "handle_impossible_answer",
+    "align_to_words",
+    "padding",
+)
 
 
-def pipeline(task: str = TASK, model: str | Path = hub.DEFAULT_MODEL, revision: str | None = None, *,
-             tokenizer: Tokenizer | str | Path | None = None, local_files_only: bool = False, dtype=np.float32,
-             kernels: str | None = None, batch_size: int | None = None, **params) -> "QuestionAnsweringPipeline":
+def pipeline(
+    task: str = TASK,
+    model: str | Path = hub.DEFAULT_MODEL,
+    revision: str | None = None,
+    *,
+    tokenizer: Tokenizer | str | Path | None = None,
+    local_files_only: bool = False,
+    dtype=np.float32,
+    kernels: str | None = None,
+    batch_size: int | None = None,
+    **params,
+) -> "QuestionAnsweringPipeline":
     """Load a question-answering pipeline from a checkpoint folder or a hub repository id.
 
     `params` (top_k, doc_stride, max_answer_len, max_seq_len, ...) become the defaults of every call,
@@ -65,19 +83,30 @@ def pipeline(task: str = TASK, model: str | Path = hub.DEFAULT_MODEL, revision: 
         tokenizer = Tokenizer.from_pretrained(tokenizer, local_files_only=local_files_only)
     tokens, rows = tokenizer.backend.get_vocab_size(with_added_tokens=True), qa_model.config.vocab_size
     if tokens > rows:  # else the first token id past the table fails a call, long after loading
-        raise ValueError(f"{folder}: the tokenizer has {tokens} tokens but the model's embedding table has {rows} "
-                         "rows (vocab_size in config.json): the tokenizer and the config do not belong together")
-    return QuestionAnsweringPipeline(qa_model, tokenizer, model_id=str(model), revision=revision, folder=folder,
-                                     batch_size=batch_size, **params)
+        raise ValueError(
+            f"{folder}: the tokenizer has {tokens} tokens but the model's embedding table has {rows} "
+            "rows (vocab_size in config.json): the tokenizer and the config do not belong together"
+        )
+    return QuestionAnsweringPipeline(
+        qa_model, tokenizer, model_id=str(model), revision=revision, folder=folder, batch_size=batch_size, **params
+    )
 
 
 # transformers' pipeline(...) keywords about where and how the model runs, which npbert takes too (see
 # _construction_options); they are not call parameters.
-CONSTRUCTION_KEYWORDS = ("device", "framework", "torch_dtype", "use_fast", "token", "model_kwargs",
-                         "trust_remote_code")
-_DTYPES = {"float32": np.float32, "float": np.float32, "fp32": np.float32, "torch.float32": np.float32,
-           "torch.float": np.float32, "float64": np.float64, "double": np.float64, "fp64": np.float64,
-           "torch.float64": np.float64, "torch.double": np.float64}
+CONSTRUCTION_KEYWORDS = ("device", "framework", "torch_dtype", "use_fast", "token", "model_kwargs", "trust_remote_code")
+_DTYPES = {
+    "float32": np.float32,
+    "float": np.float32,
+    "fp32": np.float32,
+    "torch.float32": np.float32,
+    "torch.float": np.float32,
+    "float64": np.float64,
+    "double": np.float64,
+    "fp64": np.float64,
+    "torch.float64": np.float64,
+    "torch.double": np.float64,
+}
 # model_kwargs entries with a meaning on npbert; npbert's forward is transformers' eager attention, which
 # sdpa equals to float32 rounding, and it always memory-maps (low_cpu_mem_usage).
 _MODEL_KWARGS = ("dtype", "torch_dtype", "revision", "local_files_only", "attn_implementation", "low_cpu_mem_usage")
@@ -102,14 +131,20 @@ def _construction_options(dtype, local_files_only: bool, revision, params: dict)
     if device is not None and not (str(device) == "cpu" or (isinstance(device, int) and device == -1)):
         raise ValueError(f"device={device!r}: npbert runs on the CPU only (pass device='cpu', -1 or nothing)")
     if options.get("framework") not in (None, "pt"):
-        raise ValueError(f"framework={options['framework']!r}: npbert gives the PyTorch pipeline's answers "
-                         "(framework='pt'); it has no TensorFlow or Flax variant")
+        raise ValueError(
+            f"framework={options['framework']!r}: npbert gives the PyTorch pipeline's answers "
+            "(framework='pt'); it has no TensorFlow or Flax variant"
+        )
     if options.get("use_fast") not in (None, True):
-        raise ValueError("use_fast=False: npbert has only the fast tokenizer (tokenizer.json, as "
-                         "DistilBertTokenizerFast); pass use_fast=True or nothing")
+        raise ValueError(
+            "use_fast=False: npbert has only the fast tokenizer (tokenizer.json, as "
+            "DistilBertTokenizerFast); pass use_fast=True or nothing"
+        )
     if options.get("token") not in (None, True):
-        raise ValueError("token=: npbert downloads with huggingface-hub's own token (HF_TOKEN or `hf auth login`); "
-                         "set one of those instead of passing token=")
+        raise ValueError(
+            "token=: npbert downloads with huggingface-hub's own token (HF_TOKEN or `hf auth login`); "
+            "set one of those instead of passing token="
+        )
     model_kwargs = options.get("model_kwargs") or {}
     if not isinstance(model_kwargs, dict):
         raise ValueError(f"model_kwargs must be a dict, found {type(model_kwargs).__name__}")
@@ -117,12 +152,19 @@ def _construction_options(dtype, local_files_only: bool, revision, params: dict)
     if unknown:
         raise ValueError(f"model_kwargs {unknown} have no meaning on npbert (accepted: {', '.join(_MODEL_KWARGS)})")
     if model_kwargs.get("attn_implementation") not in (None, "eager", "sdpa"):
-        raise ValueError(f"attn_implementation={model_kwargs['attn_implementation']!r}: npbert computes eager "
-                         "attention (accepted: 'eager', 'sdpa')")
-    asked = [(name, value) for name, value in (("torch_dtype", options.get("torch_dtype")),
-                                               ("model_kwargs['dtype']", model_kwargs.get("dtype")),
-                                               ("model_kwargs['torch_dtype']", model_kwargs.get("torch_dtype")))
-             if value is not None]
+        raise ValueError(
+            f"attn_implementation={model_kwargs['attn_implementation']!r}: npbert computes eager "
+            "attention (accepted: 'eager', 'sdpa')"
+        )
+    asked = [
+        (name, value)
+        for name, value in (
+            ("torch_dtype", options.get("torch_dtype")),
+            ("model_kwargs['dtype']", model_kwargs.get("dtype")),
+            ("model_kwargs['torch_dtype']", model_kwargs.get("torch_dtype")),
+        )
+        if value is not None
+    ]
     if dtype is not np.float32:  # given as dtype=
         asked.insert(0, ("dtype", dtype))
     if len({str(v) for _, v in asked}) > 1:
@@ -131,8 +173,9 @@ def _construction_options(dtype, local_files_only: bool, revision, params: dict)
         dtype = _numpy_dtype(*asked[0])
     for name, value in (("revision", revision), ("local_files_only", local_files_only)):
         if name in model_kwargs and value not in (None, False) and model_kwargs[name] != value:
-            raise ValueError(f"{name} is given twice, differently: {value!r} and model_kwargs[{name!r}]="
-                             f"{model_kwargs[name]!r}")
+            raise ValueError(
+                f"{name} is given twice, differently: {value!r} and model_kwargs[{name!r}]={model_kwargs[name]!r}"
+            )
     revision = model_kwargs.get("revision", revision)
     local_files_only = bool(model_kwargs.get("local_files_only", local_files_only))
     return dtype, local_files_only, revision, params
@@ -146,8 +189,10 @@ def _numpy_dtype(name: str, value):
     else:
         key = str(value)
     if key not in _DTYPES:
-        raise ValueError(f"{name}={value!r}: npbert computes in float32 or float64 (float16 and bfloat16 weights "
-                         "are widened to float32): pass 'float32', 'float64' or 'auto'")
+        raise ValueError(
+            f"{name}={value!r}: npbert computes in float32 or float64 (float16 and bfloat16 weights "
+            "are widened to float32): pass 'float32', 'float64' or 'auto'"
+        )
     return _DTYPES[key]
 
 
@@ -156,31 +201,48 @@ class QuestionAnsweringPipeline:
 
     task = TASK
 
-    def __init__(self, model: AutoModelForQuestionAnswering, tokenizer: Tokenizer, model_id: str | None = None,
-                 revision: str | None = None, folder: str | Path | None = None, batch_size: int | None = None,
-                 max_windows: int | None = None, **params):
+    def __init__(
+        self,
+        model: AutoModelForQuestionAnswering,
+        tokenizer: Tokenizer,
+        model_id: str | None = None,
+        revision: str | None = None,
+        folder: str | Path | None = None,
+        batch_size: int | None = None,
+        max_windows: int | None = None,
+        **params,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.revision = revision
         self.folder = Path(folder) if folder is not None else None
         self.commit = hub.snapshot_commit(self.folder) if self.folder is not None else None
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_batch_size(batch_size)
         # Most windows one question's context may make (None: no limit, as transformers). A server sets it:
         # a small max_seq_len or a doc_stride close to it makes a window per few tokens, and one request
         # would then hold the model for minutes.
-        if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
-                                        or max_windows < 1):
+        if max_windows is not None and (
+            isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1
+        ):
             raise ValueError(f"max_windows must be a positive integer or None, found {max_windows!r}")
         self.max_windows = max_windows
         self._defaults = check_parameters(params)
 
     def __repr__(self) -> str:
-        return (f"QuestionAnsweringPipeline(model_id={self.model_id!r}, revision={self.revision!r}, "
-                f"folder={str(self.folder)!r})")
+        return (
+            f"QuestionAnsweringPipeline(model_id={self.model_id!r}, revision={self.revision!r}, "
+            f"folder={str(self.folder)!r})"
+        )
 
-    def __call__(self, *args, batch_size: int | None = None, num_workers: int | None = None,
-                 null_scores: list | None = None, **kwargs):
+    def __call__(
+        self,
+        *args,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        null_scores: list | None = None,
+        **kwargs,
+    ):
         """Answer one question (a dict, or a list of dicts when top_k > 1) or many (a list per question).
 
         Inputs as transformers takes them: question=..., context=... (strings, or equal-length lists, or a
@@ -205,31 +267,19 @@ class QuestionAnsweringPipeline:
         params = {k: kwargs.pop(k) for k in list(kwargs) if k in PARAMETERS}
         examples, form = _examples(args, kwargs)
         params = {**self._defaults, **check_parameters(params)}
-        batch_size = _check_batch_size(batch_size) or self.batch_size
+        batch_size = check_batch_size(batch_size) or self.batch_size
         if form == "stream":
             if null_scores is not None:
                 raise ValueError("null_scores= needs a list of inputs, not a generator or Dataset")
-            settings = self._window_settings(params)  # bad settings fail now, not at the first item
+            # bad settings fail now, not at the first item
+            settings = window_settings(self.tokenizer, params.get("max_seq_len"), params.get("doc_stride"))
             return self._stream(examples, params, batch_size, settings)
         results = self._answer(examples, params, batch_size, null_scores) if examples else []
         return results[0] if len(results) == 1 and form != "list" else results
 
     # --- the steps --------------------------------------------------------------------------------------
 
-    def _window_settings(self, params: dict) -> tuple[int, int]:
-        """max_seq_len and doc_stride as transformers' preprocess resolves them."""
-        max_seq_len = params.get("max_seq_len")
-        if max_seq_len is None:
-            max_seq_len = min(self.tokenizer.model_max_length, 384)
-        doc_stride = params.get("doc_stride")
-        if doc_stride is None:
-            doc_stride = min(max_seq_len // 2, 128)
-        if doc_stride > max_seq_len:
-            raise ValueError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
-        return max_seq_len, doc_stride
-
-    def _windows(self, examples: list[tuple[str, str]], settings: tuple[int, int], params: dict,
-                 names) -> list[list]:
+    def _windows(self, examples: list[tuple[str, str]], settings: tuple[int, int], params: dict, names) -> list[list]:
         """Every example's windows, checked against the position table and `max_windows`. `names(i)` says
         which context example i is, for messages."""
         max_seq_len, doc_stride = settings
@@ -237,12 +287,20 @@ class QuestionAnsweringPipeline:
         if self.max_windows is not None:
             self._check_lengths(questions, contexts, max_seq_len, names)
         try:
-            per_example = self.tokenizer.encode_pairs(list(questions), list(contexts), max_seq_len, doc_stride,
-                                                      params.get("padding", "do_not_pad"), max_windows=self.max_windows)
+            per_example = self.tokenizer.encode_pairs(
+                list(questions),
+                list(contexts),
+                max_seq_len,
+                doc_stride,
+                params.get("padding", "do_not_pad"),
+                max_windows=self.max_windows,
+            )
         except TooManyWindows as e:
-            raise WindowLimitError(f"{names(e.index)} makes {e.windows} windows of max_seq_len {max_seq_len} with "
-                                   f"doc_stride {doc_stride}, over this pipeline's limit of {self.max_windows}: use a "
-                                   "larger max_seq_len, a smaller doc_stride (the overlap) or a shorter context") from None
+            raise WindowLimitError(
+                f"{names(e.index)} makes {e.windows} windows of max_seq_len {max_seq_len} with "
+                f"doc_stride {doc_stride}, over this pipeline's limit of {self.max_windows}: use a "
+                "larger max_seq_len, a smaller doc_stride (the overlap) or a shorter context"
+            ) from None
         config = self.model.config
         positions = config.max_sequence_length  # RoBERTa: max_position_embeddings less the padding offset
         for i, ws in enumerate(per_example):
@@ -251,9 +309,11 @@ class QuestionAnsweringPipeline:
             for j, w in enumerate(ws):
                 if len(w) > positions:
                     where = f"window {j} of {names(i)}" if len(ws) > 1 else names(i)
-                    raise ValueError(f"{where} is {len(w)} tokens long, over the model's {positions} positions "
-                                     f"(max_position_embeddings {config.max_position_embeddings}) at max_seq_len "
-                                     f"{max_seq_len}: use max_seq_len <= {positions}")
+                    raise ValueError(
+                        f"{where} is {len(w)} tokens long, over the model's {positions} positions "
+                        f"(max_position_embeddings {config.max_position_embeddings}) at max_seq_len "
+                        f"{max_seq_len}: use max_seq_len <= {positions}"
+                    )
         return per_example
 
     def _check_lengths(self, questions, contexts, max_seq_len: int, names) -> None:
@@ -263,21 +323,28 @@ class QuestionAnsweringPipeline:
         most_context = self.max_windows * most_question
         for i, (question, context) in enumerate(zip(questions, contexts)):
             if isinstance(question, str) and len(question) > most_question:
-                raise ValueError(f"the question is {len(question)} characters long, over the {most_question} that "
-                                 f"fit in max_seq_len {max_seq_len} at most ({MAX_CHARS_PER_TOKEN} characters a "
-                                 "token): use a shorter question")
+                raise ValueError(
+                    f"the question is {len(question)} characters long, over the {most_question} that "
+                    f"fit in max_seq_len {max_seq_len} at most ({MAX_CHARS_PER_TOKEN} characters a "
+                    "token): use a shorter question"
+                )
             if isinstance(context, str) and len(context) > most_context:
-                raise WindowLimitError(f"{names(i)} is {len(context)} characters long, over the {most_context} that "
-                                       f"this pipeline's limit of {self.max_windows} windows of max_seq_len "
-                                       f"{max_seq_len} can hold at most ({MAX_CHARS_PER_TOKEN} characters a token): "
-                                       "use a shorter context")
+                raise WindowLimitError(
+                    f"{names(i)} is {len(context)} characters long, over the {most_context} that "
+                    f"this pipeline's limit of {self.max_windows} windows of max_seq_len "
+                    f"{max_seq_len} can hold at most ({MAX_CHARS_PER_TOKEN} characters a token): "
+                    "use a shorter context"
+                )
 
-    def _answer(self, examples: list[tuple[str, str]], params: dict, batch_size: int | None,
-                null_scores: list | None = None) -> list:
+    def _answer(
+        self, examples: list[tuple[str, str]], params: dict, batch_size: int | None, null_scores: list | None = None
+    ) -> list:
         """Answers of a list of examples: all their windows batched together (their null scores appended to
         `null_scores` when given)."""
-        per_example = self._windows(examples, self._window_settings(params), params,
-                                    lambda i: "the context" if len(examples) == 1 else f"context {i}")
+        settings = window_settings(self.tokenizer, params.get("max_seq_len"), params.get("doc_stride"))
+        per_example = self._windows(
+            examples, settings, params, lambda i: "the context" if len(examples) == 1 else f"context {i}"
+        )
         lengths = _collated_lengths([len(w) for ws in per_example for w in ws], batch_size or 1)
         return self._postprocess(examples, per_example, lengths, params, batch_size, null_scores)
 
@@ -295,8 +362,9 @@ class QuestionAnsweringPipeline:
             pending.append((example, ws))
             lengths += [len(w) for w in ws]
             if len(lengths) - offset >= chunk:
-                pending, lengths, offset = yield from self._answer_ready(pending, lengths, offset, group, params,
-                                                                         batch_size, final=False)
+                pending, lengths, offset = yield from self._answer_ready(
+                    pending, lengths, offset, group, params, batch_size, final=False
+                )
         if pending:
             yield from self._answer_ready(pending, lengths, offset, group, params, batch_size, final=True)
 
@@ -309,18 +377,29 @@ class QuestionAnsweringPipeline:
             k += 1
         if k:
             ready = pending[:k]
-            yield from self._postprocess([e for e, _ in ready], [ws for _, ws in ready], padded[offset:end], params,
-                                         batch_size)
+            yield from self._postprocess(
+                [e for e, _ in ready], [ws for _, ws in ready], padded[offset:end], params, batch_size
+            )
         cut = end - end % group
         return pending[k:], lengths[cut:], end - cut
 
-    def _postprocess(self, examples, per_example, lengths: list[int], params: dict, batch_size: int | None,
-                     null_scores: list | None = None) -> list:
+    def _postprocess(
+        self,
+        examples,
+        per_example,
+        lengths: list[int],
+        params: dict,
+        batch_size: int | None,
+        null_scores: list | None = None,
+    ) -> list:
         """Forward every window, then qa.answers per example; `lengths`: each window's collated length."""
         windows = [w for ws in per_example for w in ws]
         logits = self._forward(windows, batch_size or DEFAULT_FORWARD_BATCH)
-        post = {k: params[k] for k in ("top_k", "handle_impossible_answer", "max_answer_len", "align_to_words")
-                if k in params}
+        post = {
+            k: params[k]
+            for k in ("top_k", "handle_impossible_answer", "max_answer_len", "align_to_words")
+            if k in params
+        }
         results, i = [], 0
         for (_, context), ws in zip(examples, per_example):
             inputs = [_postprocess_inputs(w, *logits[i + j], lengths[i + j]) for j, w in enumerate(ws)]
@@ -335,7 +414,7 @@ class QuestionAnsweringPipeline:
         out = [None] * len(windows)
         order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
         for b in range(0, len(order), batch_size):
-            chunk = order[b:b + batch_size]
+            chunk = order[b : b + batch_size]
             inputs = model_inputs([windows[i] for i in chunk], self.tokenizer)
             result = self.model(inputs.pop("input_ids"), **inputs)
             for row, i in enumerate(chunk):
@@ -354,13 +433,15 @@ def model_inputs(windows: list, tokenizer: Tokenizer) -> dict[str, np.ndarray]:
     name (input_ids and attention_mask; token_type_ids too where the model takes them: BERT, ELECTRA,
     ALBERT, as transformers passes them), each [B, S]."""
     S = max(len(w) for w in windows)
-    out = {"input_ids": np.full((len(windows), S), tokenizer.pad_token_id, dtype=np.int64),
-           "attention_mask": np.zeros((len(windows), S), dtype=np.int64)}
+    out = {
+        "input_ids": np.full((len(windows), S), tokenizer.pad_token_id, dtype=np.int64),
+        "attention_mask": np.zeros((len(windows), S), dtype=np.int64),
+    }
     if "token_type_ids" in tokenizer.model_input_names:
         out["token_type_ids"] = np.zeros((len(windows), S), dtype=np.int64)  # the pad type id is 0
     for row, w in enumerate(windows):
         for name, batch in out.items():
-            batch[row, :len(w)] = getattr(w, name)
+            batch[row, : len(w)] = getattr(w, name)
     return out
 
 
@@ -380,8 +461,11 @@ def _examples(args: tuple, kwargs: dict) -> tuple:
         _ignored(kwargs, ("question", "context", "X", "data"))  # positional inputs win, as in transformers
     elif "X" in kwargs or "data" in kwargs:
         name = "X" if "X" in kwargs else "data"  # transformers' deprecated spellings, X first
-        warnings.warn(f"Passing the `{name}` argument to the pipeline is deprecated; pass question= and "
-                      "context= instead", FutureWarning, stacklevel=4)
+        warnings.warn(
+            f"Passing the `{name}` argument to the pipeline is deprecated; pass question= and context= instead",
+            FutureWarning,
+            stacklevel=4,
+        )
         inputs = kwargs.pop(name)
         _ignored(kwargs, ("question", "context", "X", "data"))
     elif "question" in kwargs and "context" in kwargs:
@@ -391,14 +475,18 @@ def _examples(args: tuple, kwargs: dict) -> tuple:
             inputs = [{"question": q, "context": context} for q in question]
         elif isinstance(question, list) and isinstance(context, list):
             if len(question) != len(context):
-                raise ValueError(f"Questions and contexts don't have the same lengths ({len(question)} questions, "
-                                 f"{len(context)} contexts)")
+                raise ValueError(
+                    f"Questions and contexts don't have the same lengths ({len(question)} questions, "
+                    f"{len(context)} contexts)"
+                )
             inputs = [{"question": q, "context": c} for q, c in zip(question, context)]
         elif isinstance(question, str) and isinstance(context, str):
             inputs = [{"question": question, "context": context}]
         else:
-            raise ValueError(f"question and context must be strings or lists of strings, found "
-                             f"{type(question).__name__} and {type(context).__name__}")
+            raise ValueError(
+                f"question and context must be strings or lists of strings, found "
+                f"{type(question).__name__} and {type(context).__name__}"
+            )
     else:
         raise ValueError(f"give question= and context= (found arguments {sorted(kwargs)})")
     if isinstance(inputs, types.GeneratorType):
@@ -441,9 +529,11 @@ def _dict_of_lists(item: dict) -> list[tuple[str, str]]:
     """{"question": [q1, q2], "context": [c1, c2]}: transformers' create_sample pairs them up."""
     question, context = item["question"], item.get("context")
     if not isinstance(context, list) or len(context) != len(question):
-        raise ValueError("a dict of lists needs a list of contexts as long as its list of questions, found "
-                         f"{len(question)} questions and "
-                         + (f"{len(context)} contexts" if isinstance(context, list) else type(context).__name__))
+        raise ValueError(
+            "a dict of lists needs a list of contexts as long as its list of questions, found "
+            f"{len(question)} questions and "
+            + (f"{len(context)} contexts" if isinstance(context, list) else type(context).__name__)
+        )
     return [_example({"question": q, "context": c}) for q, c in zip(question, context)]
 
 
@@ -462,6 +552,19 @@ def _example(item) -> tuple[str, str]:
         if not item[k]:
             raise ValueError(f"`{k}` cannot be empty")
     return item["question"], item["context"]
+
+
+def window_settings(tokenizer, max_seq_len: int | None = None, doc_stride: int | None = None) -> tuple[int, int]:
+    """max_seq_len and doc_stride as transformers' preprocess resolves them: min(model_max_length, 384) and
+    min(max_seq_len // 2, 128) when not given, and a doc_stride larger than max_seq_len refused. The one
+    place these defaults live: the pipeline, the explain route and `npbert trace` call it."""
+    if max_seq_len is None:
+        max_seq_len = min(tokenizer.model_max_length, 384)
+    if doc_stride is None:
+        doc_stride = min(max_seq_len // 2, 128)
+    if doc_stride > max_seq_len:
+        raise ValueError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` ({max_seq_len})")
+    return max_seq_len, doc_stride
 
 
 def check_parameters(params: dict) -> dict:
@@ -483,23 +586,27 @@ def check_parameters(params: dict) -> dict:
     if "max_answer_len" in out and out["max_answer_len"] < 1:
         raise ValueError(f"max_answer_len parameter should be >= 1 (got {out['max_answer_len']})")
     if "max_seq_len" in out and out["max_seq_len"] < 4:
-        raise ValueError(f"max_seq_len must leave room for [CLS] question [SEP] context [SEP] "
-                         f"(got {out['max_seq_len']})")
+        raise ValueError(
+            f"max_seq_len must leave room for [CLS] question [SEP] context [SEP] (got {out['max_seq_len']})"
+        )
     if "doc_stride" in out and out["doc_stride"] < 0:
         raise ValueError(f"doc_stride must be >= 0 (got {out['doc_stride']})")
     for name in ("handle_impossible_answer", "align_to_words"):
         # transformers uses their truthiness; 0 and 1 (ints, as JSON and YAML users write them) are accepted
-        if name in out and (isinstance(out[name], (bool, np.bool_)) or
-                            (isinstance(out[name], (int, np.integer)) and out[name] in (0, 1))):
+        if name in out and (
+            isinstance(out[name], (bool, np.bool_))
+            or (isinstance(out[name], (int, np.integer)) and out[name] in (0, 1))
+        ):
             out[name] = bool(out[name])
         elif name in out:
             raise ValueError(f"{name} must be True or False (or 1 or 0), found {out[name]!r}")
     return out
 
 
-def _check_batch_size(batch_size):
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                   or batch_size < 1):
+def check_batch_size(batch_size):
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be a positive integer, found {batch_size!r}")
     return batch_size
 
@@ -512,7 +619,7 @@ def _collated_lengths(lengths: list[int], batch_size: int) -> list[int]:
     each group padded to its longest (pad_collate_fn); batch_size 1 pads nothing (no_collate_fn)."""
     out = []
     for b in range(0, len(lengths), batch_size):
-        group = lengths[b:b + batch_size]
+        group = lengths[b : b + batch_size]
         out += [max(group)] * len(group)
     return out
 
@@ -521,6 +628,10 @@ def _postprocess_inputs(window, start: np.ndarray, end: np.ndarray, length: int)
     """One window as transformers' postprocess receives it: [1, length], collation padding with p_mask 1 and
     attention 0 (those logits are masked to -10000 whatever they hold)."""
     pad = length - len(window)
-    return (np.pad(start, (0, pad))[None], np.pad(end, (0, pad))[None],
-            np.pad(window.p_mask, (0, pad), constant_values=True)[None],
-            np.pad(window.attention_mask, (0, pad))[None], window.encoding)
+    return (
+        np.pad(start, (0, pad))[None],
+        np.pad(end, (0, pad))[None],
+        np.pad(window.p_mask, (0, pad), constant_values=True)[None],
+        np.pad(window.attention_mask, (0, pad))[None],
+        window.encoding,
+    )

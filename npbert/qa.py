@@ -51,8 +51,16 @@ def decode_spans(start, end, topk: int, max_answer_len: int, undesired_tokens):
     return starts, ends, candidates[0, starts, ends]
 
 
-def select_starts_ends(start, end, p_mask, attention_mask, min_null_score=NO_NULL_SCORE, top_k=1,
-                       handle_impossible_answer=False, max_answer_len=15):
+def select_starts_ends(
+    start,
+    end,
+    p_mask,
+    attention_mask,
+    min_null_score=NO_NULL_SCORE,
+    top_k=1,
+    handle_impossible_answer=False,
+    max_answer_len=15,
+):
     """Softmax the logits of one window over its possible answer tokens, then `decode_spans`.
 
     start, end: [1, S] float32 logits; p_mask: [1, S] bool (True = not context, [CLS] excepted);
@@ -66,20 +74,26 @@ def select_starts_ends(start, end, p_mask, attention_mask, min_null_score=NO_NUL
     return starts, ends, scores, min_null_score
 
 
+def possible_tokens(p_mask, attention_mask):  # [1, S] or [S] -> 1 where a token may be in an answer
+    """1 for [CLS] and the window's context tokens, 0 for the question, special tokens and padding
+    (transformers calls it `undesired_tokens`, though it is 1 where a token is desired)."""
+    possible = np.abs(np.array(p_mask) - 1)
+    return possible if attention_mask is None else possible & attention_mask
+
+
+def answer_probabilities(logits, possible):  # one window's [1, S] or [S] logits -> probabilities, same shape
+    """The softmax of start (or end) logits over the tokens that may be in an answer, the others set to
+    MASKED_LOGIT first, in the logits' dtype (float32, as transformers): `select_starts_ends` before it
+    zeroes [CLS], and what the explain route shows."""
+    masked = np.where(possible == 0.0, MASKED_LOGIT, logits)
+    e = np.exp(masked - masked.max(axis=-1, keepdims=True))
+    return e / e.sum()
+
+
 def _probabilities(start, end, p_mask, attention_mask):
-    """The softmax of start and end logits over [CLS] and the window's context tokens (the others masked to
-    MASKED_LOGIT), float32 as transformers; and the mask of tokens that may be in an answer."""
-    undesired_tokens = np.abs(np.array(p_mask) - 1)  # 1 where the token may be in an answer
-    if attention_mask is not None:
-        undesired_tokens = undesired_tokens & attention_mask
-    undesired_tokens_mask = undesired_tokens == 0.0
-    start = np.where(undesired_tokens_mask, MASKED_LOGIT, start)
-    end = np.where(undesired_tokens_mask, MASKED_LOGIT, end)
-    start = np.exp(start - start.max(axis=-1, keepdims=True))
-    start = start / start.sum()
-    end = np.exp(end - end.max(axis=-1, keepdims=True))
-    end = end / end.sum()
-    return start, end, undesired_tokens
+    """The answer probabilities of start and end, and the mask of tokens that may be in an answer."""
+    possible = possible_tokens(p_mask, attention_mask)
+    return answer_probabilities(start, possible), answer_probabilities(end, possible), possible
 
 
 def null_score(windows) -> float:
@@ -100,15 +114,23 @@ def char_span(encoding, s: int, e: int, align_to_words: bool = True) -> tuple[in
         try:
             start_word = encoding.token_to_word(s)
             end_word = encoding.token_to_word(e)
-            return (encoding.word_to_chars(start_word, sequence_index=1)[0],
-                    encoding.word_to_chars(end_word, sequence_index=1)[1])
+            return (
+                encoding.word_to_chars(start_word, sequence_index=1)[0],
+                encoding.word_to_chars(end_word, sequence_index=1)[1],
+            )
         except Exception:  # e.g. [CLS] has no word: transformers falls back to offsets too
             pass
     return encoding.offsets[s][0], encoding.offsets[e][1]
 
 
-def answers(windows, context: str, top_k: int = 1, handle_impossible_answer: bool = False,
-            max_answer_len: int = 15, align_to_words: bool = True):
+def answers(
+    windows,
+    context: str,
+    top_k: int = 1,
+    handle_impossible_answer: bool = False,
+    max_answer_len: int = 15,
+    align_to_words: bool = True,
+):
     """The pipeline's `postprocess` for one question: windows -> a dict (one answer) or a list of dicts.
 
     windows: iterable of (start_logits [1, S], end_logits [1, S], p_mask [1, S], attention_mask [1, S],
@@ -119,7 +141,8 @@ def answers(windows, context: str, top_k: int = 1, handle_impossible_answer: boo
     pre_topk = top_k * 2 + 10 if align_to_words else top_k  # aligning may merge candidates away
     for start, end, p_mask, attention_mask, encoding in windows:
         starts, ends, scores, min_null_score = select_starts_ends(
-            start, end, p_mask, attention_mask, min_null_score, pre_topk, handle_impossible_answer, max_answer_len)
+            start, end, p_mask, attention_mask, min_null_score, pre_topk, handle_impossible_answer, max_answer_len
+        )
         for s, e, score in zip(starts, ends, scores):
             start_index, end_index = char_span(encoding, int(s), int(e), align_to_words)
             text = context[start_index:end_index]

@@ -2,7 +2,7 @@
 process loading the same weights maps, so N workers share the same pages instead of holding N private
 copies (~170 MB each at DistilBERT's size).
 
-`weights.relayout_for_speed(tree, weights_file)` asks `shared_matrices` for its matrices. An entry is
+`layout.relayout_for_speed(tree, weights_file)` asks `shared_matrices` for its matrices. An entry is
 
     $NPBERT_CACHE/relaid/<weights sha256>-v<LAYOUT_VERSION>-<dtype>-<digest of the matrices' shapes>.bin
 
@@ -105,8 +105,12 @@ def remembered_sha256(path: Path, folder: Path) -> str | None:
         memo = json.loads(text)
     except ValueError:
         memo = None
-    if (not isinstance(memo, dict) or memo.get("identity") != identity or not isinstance(memo.get("sha256"), str)
-            or not _SHA256.fullmatch(memo["sha256"])):
+    if (
+        not isinstance(memo, dict)
+        or memo.get("identity") != identity
+        or not isinstance(memo.get("sha256"), str)
+        or not _SHA256.fullmatch(memo["sha256"])
+    ):
         raise Mismatch(f"its sha256 memo {memo_path} does not hold a sha256 for this file")
     return memo["sha256"]
 
@@ -214,7 +218,7 @@ def _open(path: Path, header: dict, dtype: np.dtype, total: int) -> np.ndarray |
         st = os.fstat(f.fileno())
         head = f.read(HEADER_BYTES)
         try:
-            found = json.loads(head[len(_MAGIC):]) if head.startswith(_MAGIC) else None
+            found = json.loads(head[len(_MAGIC) :]) if head.startswith(_MAGIC) else None
         except ValueError:
             raise Mismatch("its header is damaged") from None
         if not isinstance(found, dict):
@@ -258,8 +262,10 @@ def changed_mappings() -> list[str]:
     for mapping in list(_mappings):
         st = os.fstat(mapping.fd)
         if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != mapping.identity:
-            lines.append(f"the re-laid weights cache file {mapping.path} changed after it was checked and mapped "
-                         f"(now {st.st_size} bytes, checked at {mapping.identity[2]})")
+            lines.append(
+                f"the re-laid weights cache file {mapping.path} changed after it was checked and mapped "
+                f"(now {st.st_size} bytes, checked at {mapping.identity[2]})"
+            )
     return lines
 
 
@@ -277,8 +283,13 @@ def shared_matrices(weights_file: Path, dtype, shapes, produce) -> list[np.ndarr
         sample = sample_digest(weights_file)
 
         def expected(digest):  # an entry's header for these weights, in the order _open checks it
-            return {"layout_version": LAYOUT_VERSION, "dtype": dtype.name, "shapes_sha256": _shapes_sha256(shapes),
-                    "weights_sha256": digest, "weights_sample": sample}
+            return {
+                "layout_version": LAYOUT_VERSION,
+                "dtype": dtype.name,
+                "shapes_sha256": _shapes_sha256(shapes),
+                "weights_sha256": digest,
+                "weights_sample": sample,
+            }
 
         flat = remembered = None
         try:
@@ -296,8 +307,10 @@ def shared_matrices(weights_file: Path, dtype, shapes, produce) -> list[np.ndarr
             header = expected(digest)
             path = entry_path(folder, digest, dtype, shapes)
             if remembered is not None and remembered != digest:
-                problems.append(f"its sha256 memo said {_short(remembered)}, the file's is {_short(digest)}"
-                                + (f" (that entry: {memo_entry_problem})" if memo_entry_problem else ""))
+                problems.append(
+                    f"its sha256 memo said {_short(remembered)}, the file's is {_short(digest)}"
+                    + (f" (that entry: {memo_entry_problem})" if memo_entry_problem else "")
+                )
             elif memo_entry_problem is not None:
                 problems.append(f"the cache entry {path} was not used: {memo_entry_problem}")
             if remembered != digest or memo_entry_problem is None:  # not opened yet under this name
@@ -321,13 +334,18 @@ def shared_matrices(weights_file: Path, dtype, shapes, produce) -> list[np.ndarr
                     except Mismatch as e:
                         raise OSError(f"{path} did not read back as written: {e}") from None
     except OSError as e:
-        log.warning("npbert: the shared re-laid weights cache is unusable (%s: %s)%s; this process keeps a "
-                    "private copy (set %s to a writable folder)", type(e).__name__, e,
-                    "".join(f"; {p}" for p in problems), CACHE_ENV)
+        log.warning(
+            "npbert: the shared re-laid weights cache is unusable (%s: %s)%s; this process keeps a "
+            "private copy (set %s to a writable folder)",
+            type(e).__name__,
+            e,
+            "".join(f"; {p}" for p in problems),
+            CACHE_ENV,
+        )
         return None
     if problems:
         log.warning("npbert: re-laid weights for %s: %s", weights_file, "; ".join(problems))
-    return [flat[o:o + rows * cols].reshape(rows, cols) for (rows, cols), o in zip(shapes, offsets)]
+    return [flat[o : o + rows * cols].reshape(rows, cols) for (rows, cols), o in zip(shapes, offsets)]
 
 
 def _write_entry(f, header, dtype, shapes, offsets, total, produce):
@@ -342,7 +360,7 @@ def _write_entry(f, header, dtype, shapes, offsets, total, produce):
     def write(matrix):
         k = len(written)
         if k >= len(shapes) or matrix.shape != tuple(shapes[k]) or matrix.dtype != dtype:
-            raise ValueError(f"re-laid matrix {k}: {matrix.shape} {matrix.dtype}, planned {shapes[k:k + 1]} {dtype}")
+            raise ValueError(f"re-laid matrix {k}: {matrix.shape} {matrix.dtype}, planned {shapes[k : k + 1]} {dtype}")
         end = offsets[k - 1] + shapes[k - 1][0] * shapes[k - 1][1] if k else 0
         put(bytes((offsets[k] - end) * dtype.itemsize))
         put(memoryview(np.ascontiguousarray(matrix)).cast("B"))

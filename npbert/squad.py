@@ -82,8 +82,10 @@ def evaluate_v1(articles: list, predictions: dict) -> dict:
             continue
         golds = [answer["text"] for answer in qa["answers"]]
         if not golds:
-            raise ValueError(f"question {qa['id']!r} has no gold answer: SQuAD v1.1 needs at least one "
-                             "(unanswerable questions are SQuAD v2.0)")
+            raise ValueError(
+                f"question {qa['id']!r} has no gold answer: SQuAD v1.1 needs at least one "
+                "(unanswerable questions are SQuAD v2.0)"
+            )
         prediction = predictions[qa["id"]]
         exact_match += max(exact_match_v1(prediction, gold) for gold in golds)
         f1 += max(f1_v1(prediction, gold) for gold in golds)
@@ -94,9 +96,11 @@ def evaluate_v1(articles: list, predictions: dict) -> dict:
 
 def _percentages(exact: dict, f1: dict, qids: list) -> dict:
     total = len(qids)
-    return {"exact": 100.0 * sum(exact.get(k, 0) for k in qids) / total,
-            "f1": 100.0 * sum(f1.get(k, 0) for k in qids) / total,
-            "total": total}
+    return {
+        "exact": 100.0 * sum(exact.get(k, 0) for k in qids) / total,
+        "f1": 100.0 * sum(f1.get(k, 0) for k in qids) / total,
+        "total": total,
+    }
 
 
 def _best_threshold(predictions: dict, scores: dict, na_probs: dict, has_answer: dict) -> tuple[float, float]:
@@ -132,8 +136,10 @@ def evaluate_v2(articles: list, predictions: dict, na_probs: dict | None = None,
     probs = na_probs if na_probs is not None else {k: 0.0 for k in predictions}
     missing = [k for k in exact_raw if k not in probs]
     if missing:
-        raise ValueError(f"no-answer probabilities: question {missing[0]!r} has a prediction but no probability "
-                         f"({len(missing)} such questions)")
+        raise ValueError(
+            f"no-answer probabilities: question {missing[0]!r} has a prediction but no probability "
+            f"({len(missing)} such questions)"
+        )
 
     def thresholded(scores):
         return {k: float(not has_answer[k]) if probs[k] > na_prob_thresh else s for k, s in scores.items()}
@@ -150,8 +156,9 @@ def evaluate_v2(articles: list, predictions: dict, na_probs: dict | None = None,
     return out
 
 
-def evaluate(dataset, predictions: dict, version: str | None = None, na_probs: dict | None = None,
-             na_prob_thresh: float = 1.0) -> dict:
+def evaluate(
+    dataset, predictions: dict, version: str | None = None, na_probs: dict | None = None, na_prob_thresh: float = 1.0
+) -> dict:
     """Score `predictions` ({question id: answer text}) against `dataset`: a SQuAD JSON object, its `data`
     list, or a `Dataset` from `read_dataset`. The version defaults to the dataset's own, else 1.1."""
     if isinstance(dataset, Dataset):
@@ -203,8 +210,10 @@ class Dataset:
         if n is None or n >= len(self.examples):
             return self
         keep = {e.id for e in self.examples[:n]}
-        articles = [{**a, "paragraphs": [{**p, "qas": [qa for qa in p["qas"] if qa["id"] in keep]}
-                                         for p in a["paragraphs"]]} for a in self.articles]
+        articles = [
+            {**a, "paragraphs": [{**p, "qas": [qa for qa in p["qas"] if qa["id"] in keep]} for p in a["paragraphs"]]}
+            for a in self.articles
+        ]
         return Dataset(self.path, self.version, articles, self.examples[:n])
 
 
@@ -247,15 +256,21 @@ def _answer_texts(answers, where: str) -> list[dict]:
     if isinstance(answers, dict) and "text" in answers:
         texts = _expect(answers["text"], list, f"{where}.text", "answers.text")
         starts = answers.get("answer_start", [-1] * len(texts))
-        return [{"text": _expect(t, str, f"{where}.text[{i}]", "an answer"), "answer_start": s}
-                for i, (t, s) in enumerate(zip(texts, starts))]
+        return [
+            {"text": _expect(t, str, f"{where}.text[{i}]", "an answer"), "answer_start": s}
+            for i, (t, s) in enumerate(zip(texts, starts))
+        ]
     out = []
     for i, a in enumerate(_expect(answers, list, where, "answers")):
         if isinstance(a, str):
             out.append({"text": a, "answer_start": -1})
         else:
-            out.append({"text": _field(_expect(a, dict, f"{where}[{i}]", "an answer"), "text", str, f"{where}[{i}]"),
-                        "answer_start": a.get("answer_start", -1)})
+            out.append(
+                {
+                    "text": _field(_expect(a, dict, f"{where}[{i}]", "an answer"), "text", str, f"{where}[{i}]"),
+                    "answer_start": a.get("answer_start", -1),
+                }
+            )
     return out
 
 
@@ -263,7 +278,9 @@ def _check_articles(data, path: Path) -> list[Example]:
     examples = []
     for i, article in enumerate(_expect(data, list, f"{path}: data", "data")):
         where_a = f"{path}: data[{i}]"
-        for j, paragraph in enumerate(_field(_expect(article, dict, where_a, "an article"), "paragraphs", list, where_a)):
+        for j, paragraph in enumerate(
+            _field(_expect(article, dict, where_a, "an article"), "paragraphs", list, where_a)
+        ):
             where_p = f"{where_a}.paragraphs[{j}]"
             context = _field(_expect(paragraph, dict, where_p, "a paragraph"), "context", str, where_p)
             for k, qa in enumerate(_field(paragraph, "qas", list, where_p)):
@@ -271,10 +288,21 @@ def _check_articles(data, path: Path) -> list[Example]:
                 _expect(qa, dict, where, "a question")
                 answers = _field(qa, "answers", list, where)
                 for m, answer in enumerate(answers):
-                    _field(_expect(answer, dict, f"{where}.answers[{m}]", "an answer"), "text", str,
-                           f"{where}.answers[{m}]")
-                examples.append(Example(_field(qa, "id", str, where), _field(qa, "question", str, where), context,
-                                        tuple(a["text"] for a in answers), where))
+                    _field(
+                        _expect(answer, dict, f"{where}.answers[{m}]", "an answer"),
+                        "text",
+                        str,
+                        f"{where}.answers[{m}]",
+                    )
+                examples.append(
+                    Example(
+                        _field(qa, "id", str, where),
+                        _field(qa, "question", str, where),
+                        context,
+                        tuple(a["text"] for a in answers),
+                        where,
+                    )
+                )
     return examples
 
 
@@ -297,8 +325,11 @@ def _read_json_lines(path: Path) -> tuple[list, list[Example]]:
         answers = _answer_texts(record.get("answers", None), f"{where}: answers") if "answers" in record else None
         if answers is None:
             raise DataError(f"{where}: missing key 'answers'")
-        qa = {"id": _field(record, "id", str, where), "question": _field(record, "question", str, where),
-              "answers": answers}
+        qa = {
+            "id": _field(record, "id", str, where),
+            "question": _field(record, "question", str, where),
+            "answers": answers,
+        }
         context = _field(record, "context", str, where)
         articles.append({"title": record.get("title", ""), "paragraphs": [{"context": context, "qas": [qa]}]})
         examples.append(Example(qa["id"], qa["question"], context, tuple(a["text"] for a in answers), where))
@@ -317,8 +348,10 @@ def read_dataset(path: str | Path, version: str | None = None) -> Dataset:
     else:
         obj = _expect(_load_json(path, "data"), dict, f"{path}: top level", "the top level")
         if "data" not in obj:
-            raise DataError(f"{path}: missing key 'data' (a SQuAD file is {{\"version\", \"data\": [articles]}}; "
-                            "for one question per line use a .jsonl file)")
+            raise DataError(
+                f'{path}: missing key \'data\' (a SQuAD file is {{"version", "data": [articles]}}; '
+                "for one question per line use a .jsonl file)"
+            )
         file_version = obj.get("version")
         articles, examples = obj["data"], _check_articles(obj["data"], path)
     if version is None and file_version is not None:
@@ -333,8 +366,10 @@ def read_dataset(path: str | Path, version: str | None = None) -> Dataset:
             raise DataError(f"{e.location}: question id {e.id!r} repeats the one at {seen[e.id]}")
         seen[e.id] = e.location
         if effective == "1.1" and not e.answers:
-            raise DataError(f"{e.location}: question {e.id!r} has no gold answer, which SQuAD v1.1 requires "
-                            "(unanswerable questions need version 2.0)")
+            raise DataError(
+                f"{e.location}: question {e.id!r} has no gold answer, which SQuAD v1.1 requires "
+                "(unanswerable questions need version 2.0)"
+            )
     if not examples:
         raise DataError(f"{path}: no questions")
     return Dataset(path, None if file_version is None else check_version(file_version), articles, examples)

@@ -10,7 +10,7 @@ One policy and one override:
 overlap on several threads share one scope), scoped and restored: the forward itself (`model.encoder`)
 sets no process-wide state, and a caller's own `threadpoolctl.threadpool_limits` outside a call is back
 in force after it. The kernels' worker threads
-(`kernels._split_over_threads`) take their count from the same call (`current()`), and run with
+(`ops.parallel.split_over_threads`) take their count from the same call (`current()`), and run with
 OpenBLAS on one thread meanwhile (`single_blas_thread()`).
 
 Finding OpenBLAS and setting its thread count is threadpoolctl's job (the library scikit-learn uses for
@@ -28,9 +28,9 @@ import sys
 import threading
 
 # OpenBLAS's idle workers spin-wait for ~2^28 cycles after each product by default, stealing the core the
-# kernels' threads are about to use (they alternate every few milliseconds): on 2 cores attention right
-# after a GEMM took 9.3 ms a layer against 4.5 ms. With a timeout idle workers sleep at once, and a switch
-# costs a futex wake-up (~50 us) instead. setdefault: a user's own setting wins. OpenBLAS reads the
+# kernels' threads are about to use (they alternate every few milliseconds; docs/performance.md, "Figures
+# that lived in code comments", has the cost). With a timeout idle workers sleep at once, and a switch
+# costs a futex wake-up instead. setdefault: a user's own setting wins. OpenBLAS reads the
 # variable when numpy is first imported, so this module runs before npbert imports numpy.
 _timeout_was_set = "OPENBLAS_THREAD_TIMEOUT" in os.environ
 _numpy_came_first = "numpy" in sys.modules
@@ -49,8 +49,11 @@ def _numpy_openblas() -> threadpoolctl.ThreadpoolController:
     Accelerate or BLIS."""
     openblas = threadpoolctl.ThreadpoolController().select(internal_api="openblas")
     numpy_dir = os.path.dirname(os.path.realpath(np.__path__[0]))
-    bundled = [lib.filepath for lib in openblas.lib_controllers
-               if os.path.realpath(lib.filepath).startswith(os.path.join(numpy_dir, "numpy"))]
+    bundled = [
+        lib.filepath
+        for lib in openblas.lib_controllers
+        if os.path.realpath(lib.filepath).startswith(os.path.join(numpy_dir, "numpy"))
+    ]
     return openblas.select(filepath=bundled) if bundled else openblas
 
 
@@ -77,9 +80,8 @@ def _override() -> int | None:
 
 def machine_is_busy() -> bool:
     """The 1-minute load average exceeds one runnable thread per core: other processes already want the
-    cores, and a second OpenBLAS thread waits for a time slice at every hand-off. Measured on 2 cores:
-    B=1 S=384 took 5.3 s on 2 threads and 1.8 s on one at load ~12; S=128 1256 vs 172 ms even at load ~3
-    (docs/performance.md, change 7)."""
+    cores, and a second OpenBLAS thread waits for a time slice at every hand-off: several times slower than
+    one thread (docs/performance.md, change 7)."""
     try:
         return os.getloadavg()[0] > (os.cpu_count() or 1)
     except OSError:  # no load average on this platform
@@ -162,8 +164,8 @@ def for_model_call():
 @contextlib.contextmanager
 def single_blas_thread():
     """OpenBLAS on one thread inside the block (the kernels' own threads each run whole products), restored
-    after: threadpoolctl's limit (~20 us to enter and leave, measured here). Only for a model call running
-    alone (kernels._split_over_threads checks calls_running()): with others running it would change the
+    after: threadpoolctl's limit (cheap to enter and leave: tens of microseconds). Only for a model call
+    running alone (ops.parallel.split_over_threads checks calls_running()): with others running it would change the
     count under their products."""
     with _scope_lock:
         limits = _limit(1) if controllable() else None
@@ -180,10 +182,9 @@ def single_blas_thread():
 # program), OpenBLAS started its threads with the spinning default, and the timeout set above comes too
 # late. Two exported OpenBLAS functions fix it: `openblas_read_env` (re-read the environment) and
 # `blas_thread_shutdown_` (stop the idle threads; the next threaded call restarts them with the timeout;
-# OpenBLAS's own fork handler uses it). Measured on 2 cores, numpy imported first: attention right after a
-# GEMM took 9.3 ms a layer without the re-read and 5.1 ms with it. Only while the importing thread is the
-# process's only Python thread: stopping OpenBLAS's threads under a product another thread is running would
-# break that product. Otherwise export OPENBLAS_THREAD_TIMEOUT=4 yourself (docs/performance.md).
+# OpenBLAS's own fork handler uses it); docs/performance.md has what the re-read saves. Only while the
+# importing thread is the process's only Python thread: stopping OpenBLAS's threads under a product another
+# thread is running would break that product. Otherwise export OPENBLAS_THREAD_TIMEOUT=4 yourself (docs/performance.md).
 
 
 def _reread_timeout() -> bool:

@@ -12,14 +12,12 @@ ALBERT and DeBERTa-v2/v3 (SentencePiece). Follows transformers 4.57.6:
 - the classes' `__init__` overrides: `models/{bert,distilbert,electra}/tokenization_*_fast.py` (normalizer
   flags), `models/roberta/tokenization_roberta_fast.py` (post-processor add_prefix_space/trim_offsets), the
   RoBERTa/XLM-R/ALBERT mask token;
-- without tokenizer.json, `convert_slow_tokenizer.py`: `BertConverter` (vocab.txt), `RobertaConverter`
-  (vocab.json + merges.txt), `XLMRobertaConverter` (sentencepiece.bpe.model), `AlbertConverter`
-  (spiece.model) and `DebertaV2Converter` (spm.model), reading the files as the slow tokenizers do.
+- without tokenizer.json, `convert_slow_tokenizer.py`'s converters, in tokenizer_files.py (its own job:
+  reading the slow tokenizers' vocabulary files).
 
 The `tokenizers` library does the actual work, configured exactly as transformers configures it, so ids,
 type ids, offsets and overflow windows are the same by construction (tests/test_tokenizer.py and
-tests/test_tokenizer_families.py check it). SentencePiece models are read with the `sentencepiece` package's
-protobuf schema (the `sentencepiece` extra).
+tests/test_tokenizer_families.py check it).
 
 API
 ---
@@ -62,6 +60,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .families import FAMILIES, TOKENIZER_BY_FILE, TOKENIZERS, TokenizerClass
+from .tokenizer_files import convert, token_content
+
 # transformers' stand-in for "no limit" when tokenizer_config.json gives no model_max_length.
 VERY_LARGE_INTEGER = int(1e30)
 # Characters of question/context pairs encoded at once to count their tokens before making windows.
@@ -69,62 +70,9 @@ CHECK_CHARS = 1 << 20
 # tokenization_utils_base.SpecialTokensMixin.SPECIAL_TOKENS_ATTRIBUTES, in its order (the order tokens are added).
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 PADDING = ("do_not_pad", "longest", "max_length")
-SENTENCEPIECE_EXTRA = "pip install -e '.[sentencepiece]'"
 # Configured backend copies kept per Tokenizer (a server may see many max_seq_len/doc_stride settings).
 # A copy of a 250k-piece XLM-R backend holds tens of MB: few settings are kept.
 MAX_CONFIGURED = 8
-
-
-@dataclass(frozen=True)
-class Family:
-    """What one transformers fast tokenizer class brings: its files, defaults and `__init__` overrides."""
-
-    kind: str  # "wordpiece", "bpe", "xlmr", "albert" or "deberta": how the backend is built without tokenizer.json
-    model_input_names: tuple
-    defaults: dict  # the class's special-token defaults
-    files: tuple  # the slow tokenizer's vocabulary files (read when tokenizer.json is absent)
-    mask_fast: dict | None = None  # the fast class wraps a plain mask_token in AddedToken(**mask_fast)
-    slow_tokens: dict | None = None  # the slow class's own wrapping (kwargs.update(slow.init_kwargs) wins)
-
-
-_BERT_TOKENS = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
-_ROBERTA_TOKENS = dict(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>",
-                       pad_token="<pad>", mask_token="<mask>")
-_THREE = ("input_ids", "token_type_ids", "attention_mask")  # PreTrainedTokenizerBase.model_input_names
-_TWO = ("input_ids", "attention_mask")
-_MASK = dict(lstrip=True, rstrip=False, normalized=False)
-_WORDPIECE = dict(kind="wordpiece", defaults=_BERT_TOKENS, files=("vocab.txt",))
-
-FAMILIES = {  # transformers class name (without "Fast") -> Family
-    "DistilBertTokenizer": Family(model_input_names=_TWO, **_WORDPIECE),
-    "BertTokenizer": Family(model_input_names=_THREE, **_WORDPIECE),
-    "ElectraTokenizer": Family(model_input_names=_THREE, **_WORDPIECE),
-    "RobertaTokenizer": Family(
-        "bpe", _TWO, _ROBERTA_TOKENS, ("vocab.json", "merges.txt"), mask_fast=_MASK,
-        slow_tokens={**{k: dict(lstrip=False, rstrip=False) for k in _ROBERTA_TOKENS}, "mask_token": _MASK}),
-    "XLMRobertaTokenizer": Family(
-        "xlmr", _TWO, _ROBERTA_TOKENS, ("sentencepiece.bpe.model",), mask_fast=dict(lstrip=True, rstrip=False),
-        slow_tokens={"mask_token": dict(lstrip=True, special=True)}),
-    "AlbertTokenizer": Family(
-        "albert", _THREE, dict(bos_token="[CLS]", eos_token="[SEP]", unk_token="<unk>", sep_token="[SEP]",
-                               pad_token="<pad>", cls_token="[CLS]", mask_token="[MASK]"),
-        ("spiece.model",), mask_fast=_MASK, slow_tokens={"mask_token": _MASK}),
-    # DebertaV2Tokenizer.__init__ wraps a plain unk_token in AddedToken(normalized=True, special=True); the
-    # fast class wraps nothing. model_input_names: the base class's three (DeBERTa-v3's model ignores the types).
-    "DebertaV2Tokenizer": Family(
-        "deberta", _THREE, dict(bos_token="[CLS]", eos_token="[SEP]", unk_token="[UNK]", sep_token="[SEP]",
-                                pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]"),
-        ("spm.model",), slow_tokens={"unk_token": dict(normalized=True, special=True)}),
-}
-MODEL_TYPES = {  # config.json model_type -> class (models/auto/tokenization_auto.py TOKENIZER_MAPPING_NAMES)
-    "distilbert": "DistilBertTokenizer", "bert": "BertTokenizer", "electra": "ElectraTokenizer",
-    "roberta": "RobertaTokenizer", "xlm-roberta": "XLMRobertaTokenizer", "albert": "AlbertTokenizer",
-    "deberta-v2": "DebertaV2Tokenizer",
-}
-# What a folder's files say when neither tokenizer_config.json nor config.json names a class.
-_BY_FILE = (("vocab.txt", "DistilBertTokenizer"), ("vocab.json", "RobertaTokenizer"),
-            ("sentencepiece.bpe.model", "XLMRobertaTokenizer"), ("spiece.model", "AlbertTokenizer"),
-            ("spm.model", "DebertaV2Tokenizer"))
 
 
 @dataclass(frozen=True)
@@ -171,8 +119,7 @@ class _Settings:
         value = self.config.get(key, default)
         if isinstance(value, bool) or (none_ok and value is None):
             return value
-        raise ValueError(f"{self.path}: {key} must be true or false{' or null' if none_ok else ''}, "
-                         f"found {value!r}")
+        raise ValueError(f"{self.path}: {key} must be true or false{' or null' if none_ok else ''}, found {value!r}")
 
     def choice(self, key: str, default: str, allowed: tuple) -> str:
         value = self.config.get(key, default)
@@ -191,10 +138,15 @@ class _Settings:
 
     def model_input_names(self, default: tuple) -> tuple:
         value = self.config.get("model_input_names", default)
-        if (not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value)
-                or "input_ids" not in value):
-            raise ValueError(f"{self.path}: model_input_names must be a list of names including 'input_ids', "
-                             f"found {value!r}")
+        if (
+            not isinstance(value, (list, tuple))
+            or not value
+            or not all(isinstance(v, str) for v in value)
+            or "input_ids" not in value
+        ):
+            raise ValueError(
+                f"{self.path}: model_input_names must be a list of names including 'input_ids', found {value!r}"
+            )
         return tuple(value)
 
 
@@ -210,15 +162,16 @@ def _added_token(value, where: str, key: str, special: bool | None = None):
             fields["special"] = special
         content = fields.get("content")
         known = {"content", "single_word", "lstrip", "rstrip", "normalized", "special"}
-        if (isinstance(content, str) and content and set(fields) <= known
-                and all(isinstance(fields[k], bool) for k in set(fields) - {"content"})):
+        if (
+            isinstance(content, str)
+            and content
+            and set(fields) <= known
+            and all(isinstance(fields[k], bool) for k in set(fields) - {"content"})
+        ):
             return AddedToken(**fields)
-    raise ValueError(f"{where}: {key} must be a token string or an AddedToken object with a 'content' string, "
-                     f"found {value!r}")
-
-
-def _content(token) -> str:
-    return token if isinstance(token, str) else token.content
+    raise ValueError(
+        f"{where}: {key} must be a token string or an AddedToken object with a 'content' string, found {value!r}"
+    )
 
 
 def _tokenizer_class(settings: _Settings, folder: Path, model_type: str | None) -> str:
@@ -232,20 +185,24 @@ def _tokenizer_class(settings: _Settings, folder: Path, model_type: str | None) 
         if name is None:
             model_type = config.get("model_type") if model_type is None else model_type
             if model_type is not None:
-                if model_type not in MODEL_TYPES:
-                    raise ValueError(f"{folder}: model_type {model_type!r} has no supported tokenizer; supported: "
-                                     f"{', '.join(MODEL_TYPES)}")
-                return MODEL_TYPES[model_type]
+                if model_type not in FAMILIES:
+                    raise ValueError(
+                        f"{folder}: model_type {model_type!r} has no supported tokenizer; supported: "
+                        f"{', '.join(FAMILIES)}"
+                    )
+                return FAMILIES[model_type].tokenizer
             # Nothing names a class: what the files are (a tokenizer.json alone: DistilBERT, as before).
-            return next((cls for file, cls in _BY_FILE if (folder / file).is_file()), "DistilBertTokenizer")
+            return next((cls for file, cls in TOKENIZER_BY_FILE if (folder / file).is_file()), "DistilBertTokenizer")
     base = name[:-4] if isinstance(name, str) and name.endswith("Fast") else name
-    if base not in FAMILIES:
-        raise ValueError(f"{source} {name!r} is not supported; supported: "
-                         f"{', '.join(c + 'Fast' for c in FAMILIES)} (and their slow names)")
+    if base not in TOKENIZERS:
+        raise ValueError(
+            f"{source} {name!r} is not supported; supported: "
+            f"{', '.join(c + 'Fast' for c in TOKENIZERS)} (and their slow names)"
+        )
     return base
 
 
-# --- building the backend without tokenizer.json (convert_slow_tokenizer.py) ---------------------------
+# --- the backend from tokenizer.json (without it: tokenizer_files.py converts the slow files) ------------
 
 
 def _load_backend(path: Path):
@@ -254,213 +211,9 @@ def _load_backend(path: Path):
     try:
         return Backend.from_file(str(path))
     except Exception as e:  # the Rust side raises a bare Exception on a malformed file
-        raise ValueError(f"{path}: cannot be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
-            from None
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.readlines()  # universal newlines, as the slow tokenizers read their files
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
-def _require(vocab, tokens, path: Path) -> None:
-    for token in tokens:
-        if token not in vocab:
-            raise ValueError(f"{path}: the vocabulary has no {token} token")
-
-
-class _SlowIds:
-    """The slow tokenizer's `convert_tokens_to_ids`, which the converters ask for the ids the post-processor puts
-    around the text: a declared added token's id (added_tokens_decoder / added_tokens.json) first, then the
-    vocabulary's, then the id `PreTrainedTokenizer.__init__` gives a special token the vocabulary lacks (the next
-    free one, `len(get_vocab())` onwards, in `all_special_tokens_extended` order), else the unknown token's."""
-
-    def __init__(self, vocab: dict, declared: list, specials: list, unk: str):
-        self.ids = dict(vocab)
-        self.ids.update({token.content: idx for idx, token in declared})
-        next_id = len(self.ids)
-        for content in specials:
-            if content not in self.ids:
-                self.ids[content], next_id = next_id, next_id + 1
-        self.unk = unk
-
-    def __call__(self, token: str) -> int:
-        return self.ids.get(token, self.ids.get(self.unk))
-
-
-def _bert_backend(vocab_file: Path, lowercase: bool, strip_accents, chinese: bool, unk: str, cls: str, sep: str,
-                  declared: list, specials: list):
-    """BertConverter: WordPiece from vocab.txt, BERT normalizer and pre-tokenizer, [CLS] A [SEP] B [SEP]."""
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordPiece
-
-    # BertTokenizer.load_vocab: readlines() (universal newlines), ids in file order, a repeated line's
-    # last id wins.
-    vocab = {line.rstrip("\n"): i for i, line in enumerate(_read_lines(vocab_file))}
-    _require(vocab, (unk,), vocab_file)  # WordPiece cannot encode an unknown word without it
-    ids = _SlowIds(vocab, declared, specials, unk)
-    backend = Tokenizer(WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
-    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=chinese,
-                                                    strip_accents=strip_accents, lowercase=lowercase)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, ids(cls)), (sep, ids(sep))])
-    backend.decoder = decoders.WordPiece(prefix="##")
-    return backend
-
-
-def _roberta_backend(vocab_file: Path, merges_file: Path, add_prefix_space: bool, cls: str, sep: str,
-                     unk: str, declared: list, specials: list):
-    """RobertaConverter: byte-level BPE from vocab.json + merges.txt, `<s> A </s></s> B </s>`."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
-    from tokenizers.models import BPE
-
-    try:
-        vocab = json.loads("".join(_read_lines(vocab_file)))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{vocab_file}: not valid JSON ({e})") from None
-    if not isinstance(vocab, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in vocab.values()):
-        raise ValueError(f"{vocab_file}: expected a JSON object mapping tokens to integer ids")
-    # RobertaTokenizer: read().split("\n")[1:-1] (the first line is the "#version" header, the last the
-    # empty string after the final newline); a merge seen twice keeps its first place.
-    with open(merges_file, encoding="utf-8", newline=None) as f:
-        try:
-            lines = f.read().split("\n")[1:-1]
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{merges_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    merges = list(dict.fromkeys(tuple(line.split()) for line in lines))
-    for merge in merges:
-        if len(merge) != 2:
-            raise ValueError(f"{merges_file}: a merge must be two tokens separated by a space, found {' '.join(merge)!r}")
-    ids = _SlowIds(vocab, declared, specials, unk)
-    try:
-        backend = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
-                                end_of_word_suffix="", fuse_unk=False))
-    except Exception as e:  # e.g. a merge whose tokens are not in the vocabulary
-        raise ValueError(f"{merges_file}: does not fit {vocab_file.name} ({e})") from None
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.RobertaProcessing(sep=(sep, ids(sep)), cls=(cls, ids(cls)),
-                                                          add_prefix_space=add_prefix_space, trim_offsets=True)
-    return backend
-
-
-def _sentencepiece_proto(path: Path):
-    try:
-        from sentencepiece import sentencepiece_model_pb2
-    except ImportError:
-        raise ImportError(f"{path}: reading a SentencePiece model needs the sentencepiece extra "
-                          f"({SENTENCEPIECE_EXTRA} from a clone)") from None
-    except Exception as e:  # e.g. protobuf's VersionError: the schema was generated for a newer protobuf
-        raise ImportError(f"{path}: sentencepiece's model schema does not load with this protobuf "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); reinstall the "
-                          f"sentencepiece extra ({SENTENCEPIECE_EXTRA} from a clone)") from None
-    from google.protobuf.message import DecodeError
-
-    proto = sentencepiece_model_pb2.ModelProto()
-    try:
-        proto.ParseFromString(path.read_bytes())
-    except DecodeError as e:
-        raise ValueError(f"{path}: not a SentencePiece model ({e})") from None
-    if not proto.pieces:
-        raise ValueError(f"{path}: not a SentencePiece model (no pieces)")
-    return proto
-
-
-def _generate_merges(vocab: dict, vocab_scores: list) -> list:
-    """convert_slow_tokenizer.generate_merges with scores: every split of a piece into two known pieces,
-    ordered by the piece's score (then the parts' lengths), best first."""
-    merges = []
-    for merge, score in dict(vocab_scores).items():
-        local = [(merge[:i], merge[i:], score) for i in range(1, len(merge)) if merge[:i] in vocab and merge[i:] in vocab]
-        merges.extend(sorted(local, key=lambda x: (vocab[x[0]], vocab[x[1]])))
-    merges = sorted(merges, key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
-    return [(m[0], m[1]) for m in merges]
-
-
-def _spm_backend(path: Path, kind: str, do_lower_case: bool, keep_accents: bool, split_by_punct: bool,
-                 unk: str, declared: list, specials: list):
-    """SpmConverter as XLMRobertaConverter / AlbertConverter / DebertaV2Converter specialise it."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import BPE, Unigram
-
-    proto = _sentencepiece_proto(path)
-    pieces = proto.pieces
-    if kind == "xlmr":  # the fairseq ids: <s> <pad> </s> <unk>, then the pieces after the first three, <mask>
-        vocab_scores = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-        vocab_scores += [(p.piece, p.score) for p in pieces[3:]] + [("<mask>", 0.0)]
-        unk_id = 3
-    elif kind == "albert":  # a piece ending in "<digit>," is pushed back (check_number_comma)
-        vocab_scores = [(p.piece, p.score if len(p.piece) < 2 or p.piece[-1] != "," or not p.piece[-2].isdigit()
-                         else p.score - 100) for p in pieces]
-        unk_id = proto.trainer_spec.unk_id
-    else:  # DeBERTa: SpmConverter's own vocabulary, the pieces as they are
-        vocab_scores = [(p.piece, p.score) for p in pieces]
-        unk_id = proto.trainer_spec.unk_id
-    model_type = proto.trainer_spec.model_type
-    try:
-        if model_type == 1:
-            backend = Tokenizer(Unigram(vocab_scores, unk_id=unk_id, byte_fallback=False))
-        elif model_type == 2:
-            spm_vocab = {p.piece: i for i, p in enumerate(pieces)}  # SentencePieceExtractor's vocabulary
-            backend = Tokenizer(BPE({w: i for i, (w, _) in enumerate(vocab_scores)},
-                                    _generate_merges(spm_vocab, vocab_scores), unk_token=proto.trainer_spec.unk_piece,
-                                    fuse_unk=True, byte_fallback=False, dropout=None))
-        else:
-            raise ValueError(f"{path}: SentencePiece model type {model_type} is not unigram or BPE "
-                             "(transformers converts only those)")
-    except ValueError:
-        raise
-    except Exception as e:
-        raise ValueError(f"{path}: cannot be converted ({e})") from None
-    # control (3) and user-defined (4) pieces become added tokens; control pieces are special
-    backend.add_tokens([AddedToken(p.piece, normalized=False, special=p.type == 3)
-                        for p in pieces if p.type in (3, 4)])
-    charsmap = proto.normalizer_spec.precompiled_charsmap
-    if kind == "xlmr":
-        steps = [normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), "▁")]
-        if charsmap:
-            steps.insert(0, normalizers.Precompiled(charsmap))
-    elif kind == "deberta":  # lower-cased only when asked (do_lower_case defaults to false), stripped both sides
-        steps = [normalizers.Lowercase()] if do_lower_case else []
-        steps.append(normalizers.Strip())
-        if charsmap:
-            steps.append(normalizers.Precompiled(charsmap))
-        steps.append(normalizers.Replace(Regex(" {2,}"), " "))
-    else:
-        steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"')]
-        if not keep_accents:
-            steps += [normalizers.NFKD(), normalizers.StripAccents()]
-        if do_lower_case:
-            steps.append(normalizers.Lowercase())
-        if charsmap:
-            steps.append(normalizers.Precompiled(charsmap))
-        steps.append(normalizers.Replace(Regex(" {2,}"), " "))
-    backend.normalizer = normalizers.Sequence(steps)
-    # The slow XLM-R, ALBERT and DeBERTa tokenizers have no add_prefix_space (nor legacy) attribute: the
-    # converter's default True, prepend_scheme "always".
-    metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    if kind == "deberta":  # punctuation split off first when split_by_punct
-        punctuation = [pre_tokenizers.Punctuation(behavior="isolated")] if split_by_punct else []
-        backend.pre_tokenizer = pre_tokenizers.Sequence([*punctuation, metaspace])
-    else:
-        backend.pre_tokenizer = metaspace
-    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    if kind == "xlmr":
-        backend.post_processor = processors.TemplateProcessing(
-            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    else:  # ALBERT and DeBERTa: [CLS] A [SEP] B [SEP], type ids 0 then 1
-        # the literal [CLS]/[SEP] whatever cls_token says, as AlbertConverter / DebertaV2Converter write them; a
-        # model without those pieces (a plain sentencepiece model) gets them as added tokens
-        ids = _SlowIds({p.piece: i for i, p in enumerate(pieces)}, declared, specials, unk)
-        backend.post_processor = processors.TemplateProcessing(
-            single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", ids("[CLS]")), ("[SEP]", ids("[SEP]"))])
-    return backend
+        raise ValueError(
+            f"{path}: cannot be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
 
 
 # --- the fast classes' __init__ overrides ---------------------------------------------------------------
@@ -491,8 +244,14 @@ def _apply_normalizer_flags(backend, lowercase: bool, strip_accents, chinese: bo
     win over tokenizer.json's normalizer."""
     from tokenizers import normalizers
 
-    new = _rebuilt(backend.normalizer, normalizers, set_all=True, lowercase=lowercase, strip_accents=strip_accents,
-                   handle_chinese_chars=chinese)
+    new = _rebuilt(
+        backend.normalizer,
+        normalizers,
+        set_all=True,
+        lowercase=lowercase,
+        strip_accents=strip_accents,
+        handle_chinese_chars=chinese,
+    )
     if new is not None:
         backend.normalizer = new
 
@@ -531,7 +290,7 @@ def _special_values(settings: _Settings) -> dict:
     return values
 
 
-def _special_tokens(values: dict, family: Family, where: Path) -> tuple[dict, list]:
+def _special_tokens(values: dict, family: TokenizerClass, where: Path) -> tuple[dict, list]:
     """The special tokens the class gets: {attribute: token} (the configured values over the class defaults) and
     the additional special tokens."""
     special = {}
@@ -559,26 +318,35 @@ def _declared_tokens(settings: _Settings, folder: Path, values: dict) -> list:
             raise ValueError(f"{where}: added_tokens_decoder must be an object of id: AddedToken, found {decoder!r}")
         for idx, token in decoder.items():
             if not str(idx).lstrip("-").isdigit() or not isinstance(token, dict):
-                raise ValueError(f"{where}: added_tokens_decoder entry {idx!r} must map an integer id to an "
-                                 f"AddedToken object, found {token!r}")
+                raise ValueError(
+                    f"{where}: added_tokens_decoder entry {idx!r} must map an integer id to an "
+                    f"AddedToken object, found {token!r}"
+                )
             declared.append((int(idx), _added_token(token, where, f"added_tokens_decoder[{idx}]")))
         return sorted(declared, key=lambda t: t[0])
     path = folder / "added_tokens.json"
     encoder = _read_json(path)
-    named = {_content(_added_token(v, where, k)) for k, v in values.items() if k in SPECIAL_TOKEN_KEYS and v is not None}
-    named |= {_content(_added_token(t, where, "additional_special_tokens"))
-              for t in values.get("additional_special_tokens") or []}
+    named = {
+        token_content(_added_token(v, where, k)) for k, v in values.items() if k in SPECIAL_TOKEN_KEYS and v is not None
+    }
+    named |= {
+        token_content(_added_token(t, where, "additional_special_tokens"))
+        for t in values.get("additional_special_tokens") or []
+    }
     for text, idx in encoder.items():
         if not text or isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
-            raise ValueError(f"{path}: expected a JSON object mapping token strings to integer ids, found "
-                             f"{text!r}: {idx!r}")
-        declared.append((idx, AddedToken(text, rstrip=False, lstrip=False, normalized=text not in named,
-                                         special=text in named)))
+            raise ValueError(
+                f"{path}: expected a JSON object mapping token strings to integer ids, found {text!r}: {idx!r}"
+            )
+        declared.append(
+            (idx, AddedToken(text, rstrip=False, lstrip=False, normalized=text not in named, special=text in named))
+        )
     return sorted(dict(declared).items())  # a repeated id: the last entry wins, as in the dict transformers fills
 
 
-def _add_special_tokens(backend, settings: _Settings, family: Family, from_tokenizer_json: bool, values: dict,
-                        declared: list):
+def _add_special_tokens(
+    backend, settings: _Settings, family: TokenizerClass, from_tokenizer_json: bool, values: dict, declared: list
+):
     """The added tokens `_from_pretrained` + `PreTrainedTokenizerFast.__init__` give the backend (`declared`:
     `_declared_tokens`).
 
@@ -604,7 +372,7 @@ def _add_special_tokens(backend, settings: _Settings, family: Family, from_token
         value = special_values.get(key)
         if value is None:
             continue
-        value = added_map.get(_content(value), value)
+        value = added_map.get(token_content(value), value)
         # the class __init__ wraps a plain-string mask token (the slow class's wrapping wins without tokenizer.json)
         slow = not from_tokenizer_json
         wrap = (family.slow_tokens if slow else {"mask_token": family.mask_fast} if family.mask_fast else None) or {}
@@ -614,13 +382,13 @@ def _add_special_tokens(backend, settings: _Settings, family: Family, from_token
                 fields = {"normalized": not fields.get("special", False), **fields, "special": True}
             value = AddedToken(value, **fields)
         special[key] = value
-    extra = [added_map.get(_content(t), t) for t in extra]
+    extra = [added_map.get(token_content(t), t) for t in extra]
     # PreTrainedTokenizerFast.__init__: every added_tokens_decoder entry, then each special token the backend
     # does not yet have (a plain string only when no added token has its text; an AddedToken always, which
     # updates an existing entry's properties), all marked special.
     known = {t.content for t in backend.get_added_tokens_decoder().values()} | {t.content for _, t in from_config}
     to_add = [tok for _, tok in from_config]
-    special_contents = {_content(t) for t in [*special.values(), *extra]}
+    special_contents = {token_content(t) for t in [*special.values(), *extra]}
     for token in [*special.values(), *extra]:
         if isinstance(token, str):
             if token in known:
@@ -635,7 +403,7 @@ def _add_special_tokens(backend, settings: _Settings, family: Family, from_token
             token.special = True
     if to_add:
         backend.add_tokens(to_add)
-    return {key: _content(value) for key, value in special.items()}
+    return {key: token_content(value) for key, value in special.items()}
 
 
 class TooManyWindows(ValueError):
@@ -652,13 +420,22 @@ class TooManyWindows(ValueError):
 class Tokenizer:
     """A `tokenizers.Tokenizer` plus what transformers reads from tokenizer_config.json."""
 
-    def __init__(self, backend, special_tokens: dict[str, str], model_max_length: int = VERY_LARGE_INTEGER,
-                 do_lower_case: bool = True, padding_side: str = "right", source: str = "",
-                 model_input_names: tuple = _TWO, tokenizer_class: str = "DistilBertTokenizer",
-                 truncation_side: str = "right"):
+    def __init__(
+        self,
+        backend,
+        special_tokens: dict[str, str],
+        model_max_length: int = VERY_LARGE_INTEGER,
+        do_lower_case: bool = True,
+        padding_side: str = "right",
+        source: str = "",
+        model_input_names: tuple = TOKENIZERS["DistilBertTokenizer"].model_input_names,
+        tokenizer_class: str = "DistilBertTokenizer",
+        truncation_side: str = "right",
+    ):
         if padding_side != "right":
-            raise ValueError(f"{source}: padding_side {padding_side!r} is not supported (question-first "
-                             "encoding needs 'right')")
+            raise ValueError(
+                f"{source}: padding_side {padding_side!r} is not supported (question-first encoding needs 'right')"
+            )
         # Never reconfigured after this point: every thread may use it at once (see _configured).
         self.backend = backend
         self.special_tokens = dict(special_tokens)
@@ -673,8 +450,10 @@ class Tokenizer:
         self.cls_token_id, self.sep_token_id = ids.get("cls_token"), ids.get("sep_token")
         self.pad_token_id, self.unk_token_id = ids.get("pad_token"), ids.get("unk_token")
         if self.cls_token_id is None or self.sep_token_id is None or self.pad_token_id is None:
-            raise ValueError(f"{source}: the tokenizer lacks one of {self.special_tokens.get('cls_token')}, "
-                             f"{self.special_tokens.get('sep_token')}, {self.special_tokens.get('pad_token')}")
+            raise ValueError(
+                f"{source}: the tokenizer lacks one of {self.special_tokens.get('cls_token')}, "
+                f"{self.special_tokens.get('sep_token')}, {self.special_tokens.get('pad_token')}"
+            )
         self._lock = threading.Lock()
         self._configured: OrderedDict = OrderedDict()
         self._json: str | None = None  # the backend serialised, once (_serialized)
@@ -686,7 +465,7 @@ class Tokenizer:
         folder = Path(folder)
         settings = _Settings(folder)
         name = _tokenizer_class(settings, folder, model_type)
-        family = FAMILIES[name]
+        family = TOKENIZERS[name]
         # from_slow: true makes PreTrainedTokenizerFast.__init__ convert the vocabulary files, tokenizer.json or not
         from_json = (folder / "tokenizer.json").is_file() and not settings.flag("from_slow", False)
         lowercase = strip_accents = chinese = None
@@ -705,33 +484,61 @@ class Tokenizer:
         else:
             missing = [f for f in family.files if not (folder / f).is_file()]
             if missing:
-                without = "from_slow in tokenizer_config.json, but no" if (folder / "tokenizer.json").is_file() \
+                without = (
+                    "from_slow in tokenizer_config.json, but no"
+                    if (folder / "tokenizer.json").is_file()
                     else "no tokenizer.json or"
+                )
                 raise OSError(f"{folder}: {without} {' + '.join(family.files)} for {name}Fast")
-            backend = _convert(folder, family, settings, *_special_tokens(values, family, settings.path), declared,
-                               lowercase, strip_accents, chinese, add_prefix_space)
+            backend = convert(
+                folder,
+                family,
+                settings,
+                *_special_tokens(values, family, settings.path),
+                declared,
+                lowercase,
+                strip_accents,
+                chinese,
+                add_prefix_space,
+            )
         # A truncation or padding stored in tokenizer.json sets transformers' defaults (config values win).
         stored_padding = backend.padding
-        padding_side = settings.choice("padding_side", stored_padding["direction"] if stored_padding else "right",
-                                       ("right", "left"))
+        padding_side = settings.choice(
+            "padding_side", stored_padding["direction"] if stored_padding else "right", ("right", "left")
+        )
         stored_truncation = backend.truncation
         truncation_side = settings.choice(
-            "truncation_side", stored_truncation["direction"] if stored_truncation else "right", ("right", "left"))
+            "truncation_side", stored_truncation["direction"] if stored_truncation else "right", ("right", "left")
+        )
         special = _add_special_tokens(backend, settings, family, from_json, values, declared)
         backend.encode_special_tokens = settings.flag("split_special_tokens", False)
         _apply_prefix_space(backend, add_prefix_space, family.kind == "bpe", trim_offsets)
         # encode_pair sets its own truncation and padding, on configured copies.
         backend.no_truncation()
         backend.no_padding()
-        do_lower_case = lowercase if family.kind == "wordpiece" else settings.flag("do_lower_case",
-                                                                                   family.kind == "albert")
-        return cls(backend, special, settings.model_max_length(), do_lower_case, padding_side, source=str(folder),
-                   model_input_names=settings.model_input_names(family.model_input_names), tokenizer_class=name,
-                   truncation_side=truncation_side)
+        do_lower_case = (
+            lowercase if family.kind == "wordpiece" else settings.flag("do_lower_case", family.kind == "albert")
+        )
+        return cls(
+            backend,
+            special,
+            settings.model_max_length(),
+            do_lower_case,
+            padding_side,
+            source=str(folder),
+            model_input_names=settings.model_input_names(family.model_input_names),
+            tokenizer_class=name,
+            truncation_side=truncation_side,
+        )
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | Path, revision: str | None = None,
-                        local_files_only: bool = False, model_type: str | None = None) -> "Tokenizer":
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | Path,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        model_type: str | None = None,
+    ) -> "Tokenizer":
         from . import hub
 
         return cls.from_folder(hub.resolve(path_or_repo_id, revision, local_files_only), model_type)
@@ -751,13 +558,21 @@ class Tokenizer:
 
     # --- the question-answering encoding ----------------------------------------------------------------
 
-    def encode_pair(self, question: str, context: str, max_length: int = 384, stride: int = 128,
-                    padding: str | bool = "do_not_pad") -> list[Window]:
+    def encode_pair(
+        self, question: str, context: str, max_length: int = 384, stride: int = 128, padding: str | bool = "do_not_pad"
+    ) -> list[Window]:
         """Encode one question/context pair into windows (see the module docstring)."""
         return self.encode_pairs([question], [context], max_length, stride, padding)[0]
 
-    def encode_pairs(self, questions: list[str], contexts: list[str], max_length: int = 384, stride: int = 128,
-                     padding: str | bool = "do_not_pad", max_windows: int | None = None) -> list[list[Window]]:
+    def encode_pairs(
+        self,
+        questions: list[str],
+        contexts: list[str],
+        max_length: int = 384,
+        stride: int = 128,
+        padding: str | bool = "do_not_pad",
+        max_windows: int | None = None,
+    ) -> list[list[Window]]:
         """`encode_pair` for many pairs in one call of the (parallel) tokenizers library. With `max_windows`,
         a pair that would make more windows raises TooManyWindows before any window is made."""
         padding = _padding_strategy(padding)
@@ -796,9 +611,13 @@ class Tokenizer:
         backend.encode_special_tokens = self.backend.encode_special_tokens
         backend.enable_truncation(max_length, stride=stride, strategy="only_second", direction=self.truncation_side)
         if padding != "do_not_pad":
-            backend.enable_padding(direction="right", pad_id=self.pad_token_id,
-                                   pad_token=self.special_tokens["pad_token"], pad_type_id=0,
-                                   length=max_length if padding == "max_length" else None)
+            backend.enable_padding(
+                direction="right",
+                pad_id=self.pad_token_id,
+                pad_token=self.special_tokens["pad_token"],
+                pad_type_id=0,
+                length=max_length if padding == "max_length" else None,
+            )
         with self._lock:
             backend = self._configured.setdefault(key, backend)
             while len(self._configured) > MAX_CONFIGURED:
@@ -829,11 +648,15 @@ class Tokenizer:
                 continue
             room = max_length - n_question - (len(seq) - n_question - n_context)
             if room < 1:
-                raise ValueError(f"the question is {n_question} tokens long: with max_seq_len {max_length} no "
-                                 f"room is left for the context (question: {q[:60]!r})")
+                raise ValueError(
+                    f"the question is {n_question} tokens long: with max_seq_len {max_length} no "
+                    f"room is left for the context (question: {q[:60]!r})"
+                )
             if stride >= room:
-                raise ValueError(f"doc_stride {stride} must be smaller than the {room} context tokens that fit in "
-                                 f"max_seq_len {max_length} beside this {n_question}-token question")
+                raise ValueError(
+                    f"doc_stride {stride} must be smaller than the {room} context tokens that fit in "
+                    f"max_seq_len {max_length} beside this {n_question}-token question"
+                )
             # tokenizers' Encoding.truncate: windows of `room` context tokens starting every room - stride
             # tokens, until one reaches the end
             counts.append(1 + -(-(n_context - room) // (room - stride)))
@@ -860,29 +683,15 @@ class Tokenizer:
         # p_mask as the pipeline builds it: 1 on every non-context token, then 0 wherever the id is CLS's.
         p_mask = np.array([s != 1 for s in seq], dtype=bool)
         p_mask[ids == self.cls_token_id] = False
-        return Window(ids, np.asarray(enc.attention_mask, dtype=np.int64),
-                      np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2), seq, p_mask, enc,
-                      np.asarray(enc.type_ids, dtype=np.int64))
-
-
-def _convert(folder: Path, family: Family, settings: _Settings, special: dict, extra: list, declared: list,
-             lowercase, strip_accents, chinese, add_prefix_space: bool):
-    """The backend transformers converts from the slow tokenizer's files (no tokenizer.json). `special`,
-    `extra`: the special tokens (`_special_tokens`); `declared`: the added tokens (`_declared_tokens`)."""
-    contents = list(dict.fromkeys(_content(t) for t in [*special.values(), *extra]))  # all_special_tokens_extended
-    unk, cls, sep = (_content(special[k]) for k in ("unk_token", "cls_token", "sep_token"))
-    if family.kind == "wordpiece":
-        # do_basic_tokenize: false builds BertConverter's normalizer with every flag off, but
-        # BertTokenizerFast.__init__ then sets do_lower_case, strip_accents and tokenize_chinese_chars on it
-        # (_apply_normalizer_flags), so the flags below are what the fast tokenizer ends with either way.
-        return _bert_backend(folder / "vocab.txt", lowercase, strip_accents, chinese, unk, cls, sep, declared, contents)
-    if family.kind == "bpe":
-        return _roberta_backend(folder / "vocab.json", folder / "merges.txt", add_prefix_space, cls, sep, unk,
-                                declared, contents)
-    deberta = family.kind == "deberta"
-    return _spm_backend(folder / family.files[0], family.kind, settings.flag("do_lower_case", not deberta),
-                        settings.flag("keep_accents", False), settings.flag("split_by_punct", False), unk, declared,
-                        contents)
+        return Window(
+            ids,
+            np.asarray(enc.attention_mask, dtype=np.int64),
+            np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2),
+            seq,
+            p_mask,
+            enc,
+            np.asarray(enc.type_ids, dtype=np.int64),
+        )
 
 
 _warned: set = set()  # library warnings already shown by this process (each once)

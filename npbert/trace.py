@@ -1,8 +1,8 @@
 """The forward pass with every intermediate kept and named: trace, save, load and diff.
 
-`trace(model, input_ids, attention_mask, token_type_ids)` walks the model's weight tree exactly as
-model.py's `encoder` and `qa_head` do, for every family, with the plain-numpy reference kernels (kernels.NUMPY), but spells out
-attention step by step so the scores, the probabilities and the context of every layer can be kept.
+`trace(model, input_ids, attention_mask, token_type_ids)` is model.py's forward itself, run with the
+plain-numpy reference kernels (ops/reference.py) and a tap (model.Tap) that keeps every named
+intermediate: this module holds no layer math, only the names, the files and the comparison.
 tests/test_trace.py checks that its hidden states, attentions and logits equal the real forward's.
 
 Names (B batch, S sequence, D width, H heads, F FFN width, E embedding width), in forward order:
@@ -51,25 +51,43 @@ from pathlib import Path
 
 import numpy as np
 
-from .families import ACTIVATIONS
-from .kernels import NUMPY
-from . import deberta
-from .model import linear, matmul_t, position_ids_after_padding, prepare_inputs, projected_table, relative_positions
+from .pipeline import model_inputs
 
-LAYER_NAMES = ("attention.q", "attention.k", "attention.v", "attention.scores", "attention.probs",
-               "attention.context", "attention.output", "sa_layer_norm", "ffn.pre_activation", "ffn.activation",
-               "ffn.output", "output_layer_norm")
+LAYER_NAMES = (
+    "attention.q",
+    "attention.k",
+    "attention.v",
+    "attention.scores",
+    "attention.probs",
+    "attention.context",
+    "attention.output",
+    "sa_layer_norm",
+    "ffn.pre_activation",
+    "ffn.activation",
+    "ffn.output",
+    "output_layer_norm",
+)
 
 
-def names(n_layers: int, with_qa_head: bool = True, token_types: bool = False, projection: bool = False,
-          positions: bool = True, terms: tuple = (), rel_embeddings: bool = False) -> list[str]:
+def names(
+    n_layers: int,
+    with_qa_head: bool = True,
+    token_types: bool = False,
+    projection: bool = False,
+    positions: bool = True,
+    terms: tuple = (),
+    rel_embeddings: bool = False,
+) -> list[str]:
     """Every name a trace holds, in forward order (n_layers: block runs; positions, terms, rel_embeddings:
     DeBERTa's absolute positions, score terms ("c2c", "c2p", "p2c") and relative-position table)."""
     out = ["input_ids", "attention_mask"] + ["token_type_ids"] * token_types + ["embeddings.word"]
     out += ["embeddings.token_type"] * token_types + ["embeddings.position"] * positions
     out += ["embeddings.normalized"] * projection + ["embeddings"] + ["rel_embeddings"] * rel_embeddings
-    layer_names = [*LAYER_NAMES[:3], *(f"attention.{term}" for term in ("c2c", "c2p", "p2c") if term in terms),
-                   *LAYER_NAMES[3:]]  # q, k, v, the DeBERTa terms, then scores onwards
+    layer_names = [
+        *LAYER_NAMES[:3],
+        *(f"attention.{term}" for term in ("c2c", "c2p", "p2c") if term in terms),
+        *LAYER_NAMES[3:],
+    ]  # q, k, v, the DeBERTa terms, then scores onwards
     out += [f"layer.{i}.{n}" for i in range(n_layers) for n in layer_names]
     return out + (["logits", "start_logits", "end_logits"] if with_qa_head else [])
 
@@ -77,126 +95,17 @@ def names(n_layers: int, with_qa_head: bool = True, token_types: bool = False, p
 # --- the traced forward ------------------------------------------------------------------------------
 
 
-def _attention(x, keep, attn, n_heads, t, p):  # [B, S, D] -> [B, S, D], recording into t under prefix p
-    B, S, D = x.shape
-    Dh = D // n_heads
-    heads = lambda a: a.reshape(B, S, n_heads, Dh).transpose(0, 2, 1, 3)  # noqa: E731  [B, H, S, Dh]
-    q, k, v = t[p + "q"], t[p + "k"], t[p + "v"] = linear(x, attn.q_lin), linear(x, attn.k_lin), linear(x, attn.v_lin)
-    scores = t[p + "scores"] = (heads(q) / q.dtype.type(math.sqrt(Dh))) @ heads(k).transpose(0, 1, 3, 2)
-    # Padded keys get the dtype's most negative finite value (as transformers): exp underflows to 0.
-    masked = np.where(keep[:, None, None, :], scores, np.finfo(scores.dtype).min)
-    e = np.exp(masked - masked.max(axis=-1, keepdims=True))
-    probs = t[p + "probs"] = e / e.sum(axis=-1, keepdims=True)
-    context = t[p + "context"] = (probs @ heads(v)).transpose(0, 2, 1, 3).reshape(B, S, D)
-    t[p + "output"] = linear(context, attn.out_lin)
-    return t[p + "output"]
-
-
-def _disentangled_attention(x, keep, layer, rel, n_heads, t, p):  # [B, S, D] -> [B, S, D], as _attention
-    # DeBERTa: the three score terms of npbert/deberta.py, kept one by one.
-    B, S, D = x.shape
-    heads = lambda a: a.reshape(B, S, n_heads, D // n_heads).transpose(0, 2, 1, 3)  # noqa: E731  [B, H, S, Dh]
-    attn = layer.attention
-    q, k, v = t[p + "q"], t[p + "k"], t[p + "v"] = linear(x, attn.q_lin), linear(x, attn.k_lin), linear(x, attn.v_lin)
-    pos_k, pos_q = (None if a is None else deberta.head_rows(a, n_heads) for a in projected_table(layer, rel))
-    terms = deberta.score_terms(heads(q), heads(k), pos_k, pos_q, rel.c2p_pos, rel.p2c_pos, rel.scale)
-    for name, term in zip(("c2c", "c2p", "p2c"), terms):
-        if term is not None:
-            t[p + name] = term
-    scores = t[p + "scores"] = deberta.combined_scores(*terms)
-    probs = t[p + "probs"] = deberta.masked_softmax(scores, keep)
-    context = t[p + "context"] = (probs @ heads(v)).transpose(0, 2, 1, 3).reshape(B, S, D)
-    t[p + "output"] = linear(context, attn.out_lin)
-    return t[p + "output"]
-
-
-def _block(x, keep, layer, n_heads, eps, bias_activation, t, p, rel=None):  # [B, S, D] -> [B, S, D]
-    if rel is not None:  # DeBERTa
-        a = _disentangled_attention(x, keep, layer, rel, n_heads, t, p + "attention.")
-    else:
-        a = _attention(x, keep, layer.attention, n_heads, t, p + "attention.")
-    ln = layer.sa_layer_norm
-    x = t[p + "sa_layer_norm"] = NUMPY.residual_layernorm(a, x, ln.weight, ln.bias, eps)
-    lin1 = layer.ffn.lin1
-    h = matmul_t(x, lin1.weight)  # the bias is added inside the activation kernel, as model.ffn does
-    t[p + "ffn.pre_activation"] = h + lin1.bias
-    h = t[p + "ffn.activation"] = bias_activation(h, lin1.bias)
-    f = t[p + "ffn.output"] = linear(h, layer.ffn.lin2)
-    ln = layer.output_layer_norm
-    t[p + "output_layer_norm"] = NUMPY.residual_layernorm(f, x, ln.weight, ln.bias, eps)
-    return t[p + "output_layer_norm"]
-
-
 def trace(model, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, np.ndarray]:
     """Run `model` (any npbert model: a question-answering one or an encoder) and return every named
-    intermediate (see the module docstring), in forward order, in the model's dtype."""
-    config = model.config
-    ids, keep, types = prepare_inputs(input_ids, attention_mask, config, token_type_ids)
-    with_qa_head = hasattr(model.weights, "qa_outputs")
-    w = model.weights.encoder if with_qa_head else model.weights
-    t = {"input_ids": ids, "attention_mask": keep.astype(np.int64)}
-    emb = w.embeddings
-    x = t["embeddings.word"] = emb.word_embeddings.weight[ids]
-    if config.disentangled_attention:
-        return _deberta_trace(model, config, w, ids, keep, types, t, with_qa_head)
-    if types is not None:
-        t["token_type_ids"] = types
-        t["embeddings.token_type"] = emb.token_type_embeddings.weight[types]
-        x = x + t["embeddings.token_type"]
-    if config.positions_after_padding:
-        positions = t["embeddings.position"] = emb.position_embeddings.weight[
-            position_ids_after_padding(ids, config.pad_token_id)]
-    else:
-        positions = t["embeddings.position"] = emb.position_embeddings.weight[None, : ids.shape[1]]
-    x = NUMPY.residual_layernorm(x, np.broadcast_to(positions, x.shape), emb.LayerNorm.weight, emb.LayerNorm.bias,
-                                 config.layer_norm_eps)
-    if emb.projection is not None:
-        t["embeddings.normalized"] = x
-        x = linear(x, emb.projection)
-    t["embeddings"] = x
-    bias_activation = NUMPY.bias_activation(ACTIVATIONS[config.activation])
-    for i, layer in enumerate(w.transformer.layer):
-        x = _block(x, keep, layer, config.n_heads, config.layer_norm_eps, bias_activation, t, f"layer.{i}.")
-    if with_qa_head:
-        logits = t["logits"] = linear(x, model.weights.qa_outputs)
-        t["start_logits"], t["end_logits"] = logits[..., 0], logits[..., 1]
-    order = names(len(w.transformer.layer), with_qa_head, types is not None, emb.projection is not None)
-    return {name: np.ascontiguousarray(t[name]) for name in order}
-
-
-def _deberta_trace(model, config, w, ids, keep, types, t, with_qa_head):
-    # model.deberta_embeddings and model.encoder's DeBERTa branch, step by step.
-    emb, x = w.embeddings, t["embeddings.word"]
-    if emb.position_embeddings is not None:
-        t["embeddings.position"] = emb.position_embeddings.weight[None, : ids.shape[1]]
-        x = x + t["embeddings.position"]
-    if types is not None:
-        t["token_type_ids"] = types
-        t["embeddings.token_type"] = emb.token_type_embeddings.weight[types]
-    residual = t["embeddings.token_type"] if types is not None else np.zeros_like(x)
-    x = NUMPY.residual_layernorm(x, residual, emb.LayerNorm.weight, emb.LayerNorm.bias, config.layer_norm_eps)
-    x = t["embeddings"] = x * keep[..., None].astype(x.dtype)
-    rel = relative_positions(ids.shape[1], w.transformer, config, x.dtype, NUMPY)
-    if rel.table is not None:
-        t["rel_embeddings"] = rel.table
-    bias_activation = NUMPY.bias_activation(ACTIVATIONS[config.activation])
-    for i, layer in enumerate(w.transformer.layer):
-        x = _block(x, keep, layer, config.n_heads, config.layer_norm_eps, bias_activation, t, f"layer.{i}.", rel)
-    if with_qa_head:
-        logits = t["logits"] = linear(x, model.weights.qa_outputs)
-        t["start_logits"], t["end_logits"] = logits[..., 0], logits[..., 1]
-    terms = tuple(term for term in ("c2c", "c2p", "p2c") if f"layer.0.attention.{term}" in t)
-    order = names(len(w.transformer.layer), with_qa_head, types is not None, False, emb.position_embeddings is not None,
-                  terms, rel.table is not None)
-    return {name: np.ascontiguousarray(t[name]) for name in order}
+    intermediate (see the module docstring), in forward order, in the model's dtype: model.py's forward
+    with the reference kernels and a tap (`model.trace`)."""
+    return model.trace(input_ids, attention_mask, token_type_ids)
 
 
 def encode(tokenizer, question: str, context: str, max_seq_len: int = 384, doc_stride: int = 128):
     """The question-answering pipeline's encoding (question first, context cut into overlapping windows),
     every window right-padded to the longest: (model inputs {input_ids, attention_mask[, token_type_ids]}
     each [B, S], tokens per window)."""
-    from .pipeline import model_inputs
-
     inputs = model_inputs(tokenizer.encode_pair(question, context, max_seq_len, doc_stride), tokenizer)
     return inputs, [tokenizer.convert_ids_to_tokens(row) for row in inputs["input_ids"]]
 
@@ -236,9 +145,20 @@ def load(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
             meta[k] = v
     # safetensors keeps names sorted; put known names back in forward order, unknown ones after.
     terms = tuple(term for term in ("c2c", "c2p", "p2c") if f"layer.0.attention.{term}" in tensors)
-    order = {n: i for i, n in enumerate(names(_count_layers(tensors), True, "token_type_ids" in tensors,
-                                              "embeddings.normalized" in tensors, "embeddings.position" in tensors,
-                                              terms, "rel_embeddings" in tensors))}
+    order = {
+        n: i
+        for i, n in enumerate(
+            names(
+                _count_layers(tensors),
+                True,
+                "token_type_ids" in tensors,
+                "embeddings.normalized" in tensors,
+                "embeddings.position" in tensors,
+                terms,
+                "rel_embeddings" in tensors,
+            )
+        )
+    }
     return dict(sorted(tensors.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))), meta
 
 
@@ -293,5 +213,6 @@ class DiffReport:
 def diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray], tol: float = 1e-4) -> DiffReport:
     """Compare two dumps tensor by tensor, in A's order (forward order for traces)."""
     common = [n for n in a if n in b]
-    return DiffReport([compare(n, a[n], b[n], tol) for n in common],
-                      [n for n in a if n not in b], [n for n in b if n not in a])
+    return DiffReport(
+        [compare(n, a[n], b[n], tol) for n in common], [n for n in a if n not in b], [n for n in b if n not in a]
+    )

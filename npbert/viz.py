@@ -55,7 +55,9 @@ def attention_figure(probs: np.ndarray, tokens: list[str], title: str = "", head
     if probs.ndim == 2:
         probs = probs[None]
     if probs.ndim != 3 or probs.shape[1] != probs.shape[2] or probs.shape[1] != len(tokens):
-        raise ValueError(f"expected attention [S, S] or [H, S, S] with S = {len(tokens)} tokens, found {list(probs.shape)}")
+        raise ValueError(
+            f"expected attention [S, S] or [H, S, S] with S = {len(tokens)} tokens, found {list(probs.shape)}"
+        )
     n_heads, S = probs.shape[0], probs.shape[1]
     heads = list(range(n_heads)) if heads is None else heads
     rows, cols = grid_shape(n_heads)

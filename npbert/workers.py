@@ -1,18 +1,18 @@
 """npbert's own worker threads: the other cores' shares of a kernel or a product, handed over in microseconds.
 
 `run(work, chunks)` runs work(chunks[0]) on the calling thread and each other chunk on a worker thread, and
-returns once every chunk has finished (raising the first chunk's exception, if any, only then). kernels.py
+returns once every chunk has finished (raising the first chunk's exception, if any, only then). ops/parallel.py
 splits its products and kernels with it, over as many threads as the model call was given
 (threads.current()).
 
 Why not concurrent.futures: a worker that sleeps on a lock or a condition variable is woken through the
-kernel, and on a virtual machine a sleeping vCPU is halted and woken by an interrupt from the host. On the
-2-core KVM machine here that hand-off took 55-110 us (submit + wait of an empty task), against 15-60 us of
-work per chunk in a B=1 S=16 forward's 24 products: a tenth of that forward went into hand-offs. So, as
+kernel, and on a virtual machine a sleeping vCPU is halted and woken by an interrupt from the host: a
+hand-off can cost more than the chunk of work it hands over in a short input's forward (docs/performance.md,
+"Figures that lived in code comments"). So, as
 OpenMP runtimes, ONNX Runtime's and OpenBLAS's own thread pools do, a worker that finishes a chunk *spins*
 for up to SPIN_SECONDS (a pause loop in numba that yields its core now and then, the GIL released) before
 it goes to sleep on a semaphore, and so does the caller waiting for the workers: back-to-back products
-then hand over through two shared integers, in ~10-40 us (the GIL's own hand-off is most of that). A
+then hand over through two shared integers (the GIL's own hand-off is most of that time). A
 worker idle for longer than SPIN_SECONDS sleeps and costs nothing.
 
 The flags are int64 slots read and written with LLVM atomics (numba has no atomics of its own): a plain
@@ -33,19 +33,20 @@ import platform
 import threading
 import time
 
-from . import cache_root  # noqa: I001  before the first kernel is decorated: numba picks its cache folder then
+# cache_root before the first kernel is decorated: numba picks its cache folder then.
+from . import cache_root
 
 cache_root.use_for_numba()
 
-import numba
-import numba.extending
-import numpy as np
-from numba import types
-from numba.core import cgutils
+import numba  # noqa: E402
+import numba.extending  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
 
 # How long a worker (and a caller waiting for the workers) spins before it sleeps. Longer than the gaps
-# between split products in a forward (bias adds, a serial attention or LayerNorm at short S: 20-150 us
-# measured at B=1 S=16), short enough that a worker idle between requests gives its core back at once.
+# between split products in a forward (bias adds, a serial attention or LayerNorm at short S), short enough
+# that a worker idle between requests gives its core back at once.
 SPIN_SECONDS = 300e-6
 
 _POSTED, _DONE, _WORKER_SLEEPS, _CALLER_SLEEPS = 0, 1, 2, 3  # the slots of a worker's flags
@@ -58,8 +59,9 @@ def _pause_instruction(builder):
     machine = platform.machine().lower()
     name = {"x86_64": "llvm.x86.sse2.pause", "amd64": "llvm.x86.sse2.pause"}.get(machine)
     if name is None and machine in ("aarch64", "arm64"):
-        hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(32)]),
-                                              "llvm.aarch64.hint")
+        hint = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(32)]), "llvm.aarch64.hint"
+        )
         builder.call(hint, [ir.Constant(ir.IntType(32), 1)])  # YIELD
         return
     if name is not None:
@@ -91,9 +93,8 @@ def _atomic_store(typingctx, flags, slot, value):
 
 # The scheduler may wake a sleeping worker on the caller's own core (seen on the KVM machine here: Linux
 # counts a halted vCPU as busy), and a caller that then spins keeps its woken worker off the core until the
-# spin ends. Measured, an empty split after 2 ms idle: 700-800 us with pause-only spins, 117 us with a
-# sched_yield every YIELD_EVERY pauses (157 us with the two threads pinned to different cores); back-to-back
-# splits 39 us -> 12 us. sched_yield returns at once when nothing else wants the core. It is reached through
+# spin ends; a sched_yield every YIELD_EVERY pauses lets it run (docs/performance.md has the figures).
+# sched_yield returns at once when nothing else wants the core. It is reached through
 # a symbol registered with LLVM by address, so the compiled loops can be cached; where libc has none
 # (Windows), the loops only pause.
 YIELD_EVERY = 16
@@ -124,8 +125,9 @@ def _yield_core(typingctx):
         from llvmlite import ir
 
         if _CAN_YIELD:
-            builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
-                                                        _YIELD_SYMBOL), [])
+            builder.call(
+                cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), _YIELD_SYMBOL), []
+            )
         else:
             _pause_instruction(builder)
         return context.get_dummy_value()

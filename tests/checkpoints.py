@@ -30,9 +30,11 @@ def generated_vocab(size: int = 1000) -> list[str]:
     """A small cased WordPiece vocabulary: specials at the real ids (PAD 0, UNK 100, CLS 101, SEP 102),
     ASCII characters, continuation pieces, and common words; used when ../shared is absent."""
     chars = [chr(c) for c in range(33, 127)]
-    words = ("the The a an of and to in is was for on as with by at from his her it be are name John live "
-             "Seattle What's my I who where when which city river year first new one two three Paris Rome "
-             "question answer context model token word play played playing team game won").split()
+    words = (
+        "the The a an of and to in is was for on as with by at from his her it be are name John live "
+        "Seattle What's my I who where when which city river year first new one two three Paris Rome "
+        "question answer context model token word play played playing team game won"
+    ).split()
     vocab = SPECIALS + chars + ["##" + c for c in chars if c.isalnum()]
     for w in words:
         if w not in vocab:
@@ -57,34 +59,73 @@ def write_tokenizer(folder: Path, vocab: list[str], lowercase: bool = False, mod
 
     ids = {tok: i for i, tok in enumerate(vocab)}
     tok = Tokenizer(WordPiece(ids, unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=None, lowercase=lowercase)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     cls, sep = ids["[CLS]"], ids["[SEP]"]
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
     tok.decoder = decoders.WordPiece(prefix="##")
     for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"):
         tok.add_special_tokens([special])
     tok.save(str(folder / "tokenizer.json"))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "do_lower_case": lowercase, "model_max_length": model_max_length, "tokenizer_class": "DistilBertTokenizer",
-        "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]", "mask_token": "[MASK]",
-    }, indent=2))
-    (folder / "special_tokens_map.json").write_text(json.dumps({
-        "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]", "mask_token": "[MASK]",
-    }, indent=2))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "do_lower_case": lowercase,
+                "model_max_length": model_max_length,
+                "tokenizer_class": "DistilBertTokenizer",
+                "cls_token": "[CLS]",
+                "sep_token": "[SEP]",
+                "pad_token": "[PAD]",
+                "unk_token": "[UNK]",
+                "mask_token": "[MASK]",
+            },
+            indent=2,
+        )
+    )
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "cls_token": "[CLS]",
+                "sep_token": "[SEP]",
+                "pad_token": "[PAD]",
+                "unk_token": "[UNK]",
+                "mask_token": "[MASK]",
+            },
+            indent=2,
+        )
+    )
 
 
 def config_dict(**kw) -> dict:
     """A config.json as transformers 4.57.6 writes it for DistilBertForQuestionAnswering."""
-    d = dict(activation="gelu", architectures=["DistilBertForQuestionAnswering"], attention_dropout=0.1,
-             dim=768, dropout=0.1, hidden_dim=3072, initializer_range=0.02, max_position_embeddings=512,
-             model_type="distilbert", n_heads=12, n_layers=6, pad_token_id=0, qa_dropout=0.1,
-             seq_classif_dropout=0.2, sinusoidal_pos_embds=False, tie_weights_=True,
-             torch_dtype="float32", transformers_version="4.57.6", vocab_size=28996)
+    d = dict(
+        activation="gelu",
+        architectures=["DistilBertForQuestionAnswering"],
+        attention_dropout=0.1,
+        dim=768,
+        dropout=0.1,
+        hidden_dim=3072,
+        initializer_range=0.02,
+        max_position_embeddings=512,
+        model_type="distilbert",
+        n_heads=12,
+        n_layers=6,
+        pad_token_id=0,
+        qa_dropout=0.1,
+        seq_classif_dropout=0.2,
+        sinusoidal_pos_embds=False,
+        tie_weights_=True,
+        torch_dtype="float32",
+        transformers_version="4.57.6",
+        vocab_size=28996,
+    )
     d.update(kw)
     return d
 
@@ -108,14 +149,21 @@ def random_tensors(cfg: dict, seed: int = 0, qa_scale: float = 1.0) -> dict[str,
         out[name] = t.astype(np.float32)
     if config.sinusoidal_pos_embds:
         out["distilbert.embeddings.position_embeddings.weight"] = sinusoidal_table(
-            config.max_position_embeddings, config.dim).astype(np.float32)
+            config.max_position_embeddings, config.dim
+        ).astype(np.float32)
     out["distilbert.embeddings.word_embeddings.weight"][config.pad_token_id] = 0.0
     out["qa_outputs.weight"] *= np.float32(qa_scale)
     return out
 
 
-def write_checkpoint(folder: Path, seed: int = 0, qa_scale: float = 1.0, vocab: list[str] | None = None,
-                     tokenizer: bool = True, **config_kw) -> Path:
+def write_checkpoint(
+    folder: Path,
+    seed: int = 0,
+    qa_scale: float = 1.0,
+    vocab: list[str] | None = None,
+    tokenizer: bool = True,
+    **config_kw,
+) -> Path:
     """A complete checkpoint folder with random weights. Returns the folder."""
     from safetensors.numpy import save_file
 

@@ -18,13 +18,21 @@ import checkpoints  # noqa: E402
 # draw finds is a real bug, fixed and then pinned with @example. Neither profile keeps the .hypothesis/
 # example database, so a clone's later runs are not steered by examples an older checkout saved: each
 # run is a fresh search. HYPOTHESIS_PROFILE=explore searches longer and keeps failures in .hypothesis/.
-settings.register_profile("ci", derandomize=True, max_examples=40, deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", derandomize=True, max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 # Every setting explicit: a profile registered after another is loaded starts from the loaded one.
-settings.register_profile("dev", derandomize=False, max_examples=60, deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("explore", derandomize=False, max_examples=400, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "dev",
+    derandomize=False,
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "explore", derandomize=False, max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
@@ -50,8 +58,14 @@ def full_checkpoint(tmp_path_factory) -> Path:
     vocab = checkpoints.real_or_generated_vocab()
     if len(vocab) != checkpoints.FULL_SIZE["vocab_size"]:
         vocab = vocab + [f"[extra{i}]" for i in range(checkpoints.FULL_SIZE["vocab_size"] - len(vocab))]
-    return checkpoints.write_checkpoint(tmp_path_factory.mktemp("full"), seed=2, qa_scale=12.0, vocab=vocab,
-                                        sinusoidal_pos_embds=True, **checkpoints.FULL_SIZE)
+    return checkpoints.write_checkpoint(
+        tmp_path_factory.mktemp("full"),
+        seed=2,
+        qa_scale=12.0,
+        vocab=vocab,
+        sinusoidal_pos_embds=True,
+        **checkpoints.FULL_SIZE,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,9 @@ def start_and_wait(cmd, ready, env=None, timeout: float = 300) -> subprocess.Pop
     while not ready():
         if proc.poll() is not None or time.monotonic() >= deadline:
             proc.kill()
-            raise AssertionError(f"the command ended or took over {timeout} s before it was ready: "
-                                 f"{proc.communicate()}")
+            raise AssertionError(
+                f"the command ended or took over {timeout} s before it was ready: {proc.communicate()}"
+            )
         time.sleep(0.01)
     return proc
 

@@ -18,12 +18,32 @@ LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
 
 class Server:
-    def __init__(self, model: Path, log: Path, *flags: str, timeout: float = 180.0, ready: re.Pattern = READY,
-                 access_log: bool = False, env: dict | None = None):
+    def __init__(
+        self,
+        model: Path,
+        log: Path,
+        *flags: str,
+        timeout: float = 180.0,
+        ready: re.Pattern = READY,
+        access_log: bool = False,
+        env: dict | None = None,
+    ):
         self.log = log
         self._log_file = open(log, "wb")
-        cmd = [sys.executable, "-m", "npbert", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", "0",
-               *([] if access_log else ["--no-access-log"]), *flags]
+        cmd = [
+            sys.executable,
+            "-m",
+            "npbert",
+            "serve",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *([] if access_log else ["--no-access-log"]),
+            *flags,
+        ]
         self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while not (m := ready.search(self.output())):
@@ -36,8 +56,9 @@ class Server:
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-                timeout: float = 120.0) -> tuple[int, object]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 120.0
+    ) -> tuple[int, object]:
         """(status, decoded JSON body) over a fresh connection."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:

@@ -33,8 +33,15 @@ def from_v1(articles: list, seed: int = 0, every: int = 1) -> dict:
             other = rng.choice([i for i in range(len(articles)) if i != a])
             source = rng.choice(articles[other]["paragraphs"])
             asked = rng.choice(source["qas"])
-            paragraph["qas"].append({"id": f"{asked['id']}_impossible_{a}_{p}", "question": asked["question"], "answers": [],
-                                     "is_impossible": True, "plausible_answers": copy.deepcopy(asked["answers"])})
+            paragraph["qas"].append(
+                {
+                    "id": f"{asked['id']}_impossible_{a}_{p}",
+                    "question": asked["question"],
+                    "answers": [],
+                    "is_impossible": True,
+                    "plausible_answers": copy.deepcopy(asked["answers"]),
+                }
+            )
     for article in out:
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
@@ -55,7 +62,7 @@ def main() -> None:
     parser.add_argument("--articles", type=int, default=None, help="only the first N articles")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    articles = json.loads(Path(args.v1).read_text(encoding="utf-8"))["data"][:args.articles]
+    articles = json.loads(Path(args.v1).read_text(encoding="utf-8"))["data"][: args.articles]
     dataset = from_v1(articles, args.seed)
     Path(args.out).write_text(json.dumps(dataset, ensure_ascii=False), encoding="utf-8")
     print("answerable %d, unanswerable %d" % counts(dataset))

@@ -21,7 +21,9 @@ from npbert.audit import audit, format_text
 
 
 def npbert_cli(*args):
-    return subprocess.run([sys.executable, "-m", "npbert", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "npbert", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def copy_checkpoint(src, dst, edit=None, config_edit=None):
@@ -62,17 +64,26 @@ def test_report_facts_match_independent_computation(tiny_checkpoint):
     assert report["parameters"] == sum(x.size for x in stored.values())
     assert report["config"]["dim"] == 32 and report["config"]["n_layers"] == 2
     assert {c["name"]: c["status"] for c in report["checks"]} == {
-        "key set complete": "ok", "question-answering head present": "ok", "shapes consistent with config": "ok",
-        "float dtypes": "ok", "finite values": "ok", "position table is sinusoidal": "skipped",
-        "tokenizer fits the embedding table": "ok", "strict loader accepts the checkpoint": "ok",
-        "loaded weights equal model.safetensors": "ok"}
+        "key set complete": "ok",
+        "question-answering head present": "ok",
+        "shapes consistent with config": "ok",
+        "float dtypes": "ok",
+        "finite values": "ok",
+        "position table is sinusoidal": "skipped",
+        "tokenizer fits the embedding table": "ok",
+        "strict loader accepts the checkpoint": "ok",
+        "loaded weights equal model.safetensors": "ok",
+    }
     assert report["ok"] is True
     assert report["loads_as"] == ["AutoModelForQuestionAnswering", "DistilBertForQuestionAnswering", "AutoModel"]
     d = report["drift"]
     from tokenizers import Tokenizer
 
-    n = len(Tokenizer.from_file(str(tiny_checkpoint / "tokenizer.json")).encode("What's my name?",
-                                                                                 "My name is John and I live in Seattle"))
+    n = len(
+        Tokenizer.from_file(str(tiny_checkpoint / "tokenizer.json")).encode(
+            "What's my name?", "My name is John and I live in Seattle"
+        )
+    )
     assert d["tokens"] == n and d["float64_kernels"] == "numpy"
     assert 0 < d["max_abs_start_logits"] < 1e-4 and 0 < d["max_abs_end_logits"] < 1e-4
     assert 0 < d["max_abs_hidden_states"] < 1e-4 and d["same_start_argmax"] and d["same_end_argmax"]
@@ -97,8 +108,9 @@ def test_sinusoidal_position_table_checked(tmp_path):
 
 
 def test_broken_checkpoints_fail_the_right_checks(tiny_checkpoint, tmp_path):
-    missing = copy_checkpoint(tiny_checkpoint, tmp_path / "missing",
-                              edit=lambda t: t.pop("distilbert.transformer.layer.1.ffn.lin2.bias"))
+    missing = copy_checkpoint(
+        tiny_checkpoint, tmp_path / "missing", edit=lambda t: t.pop("distilbert.transformer.layer.1.ffn.lin2.bias")
+    )
     report = audit(missing)
     assert status(report, "key set complete") == "fail"
     assert "distilbert.transformer.layer.1.ffn.lin2.bias" in report["checks"][0]["detail"]
@@ -128,8 +140,10 @@ def test_encoder_checkpoint_without_tokenizer(tiny_checkpoint, tmp_path):
     folder.mkdir()
     shutil.copy(tiny_checkpoint / "config.json", folder)
     tensors = load_file(str(tiny_checkpoint / "model.safetensors"))
-    save_file({k.removeprefix("distilbert."): v for k, v in tensors.items() if not k.startswith("qa_outputs")},
-              str(folder / "model.safetensors"))
+    save_file(
+        {k.removeprefix("distilbert."): v for k, v in tensors.items() if not k.startswith("qa_outputs")},
+        str(folder / "model.safetensors"),
+    )
     report = audit(folder)
     assert report["kind"] == "encoder" and status(report, "key set complete") == "ok"
     assert status(report, "tokenizer fits the embedding table") == "fail"

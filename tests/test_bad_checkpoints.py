@@ -10,7 +10,6 @@ import os
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +35,7 @@ def _edit_tensor(name, value):
         t = _weights(folder)
         t[name].flat[3] = value
         save_file(t, str(folder / "model.safetensors"))
+
     return edit
 
 
@@ -44,6 +44,7 @@ def _edit_json(file, **changes):
         d = json.loads((folder / file).read_text())
         d.update(changes)
         (folder / file).write_text(json.dumps(d))
+
     return edit
 
 
@@ -51,6 +52,7 @@ def _replace_weights(make):
     def edit(folder):
         (folder / "model.safetensors").unlink()
         make(folder / "model.safetensors")
+
     return edit
 
 
@@ -61,6 +63,7 @@ def _append(data: bytes = b"", sparse_to: int | None = None):
             f.write(data)
         if sparse_to:
             os.truncate(path, sparse_to)  # a hole: no disk used
+
     return edit
 
 
@@ -68,6 +71,7 @@ def _many_tensors(n, name_len):
     def edit(folder):
         header = {f"t{i:0{name_len}d}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(n)}
         _raw_file(folder, json.dumps(header).encode())
+
     return edit
 
 
@@ -92,31 +96,52 @@ def _shrink_vocab(folder):  # config and weights agree with each other, not with
 
 CASES = {  # name: (how to break a good folder, what the error must say)
     "header nested 200,000 levels": (lambda f: _raw_file(f, b'{"a": ' + _deep(200_000) + b"}"), "nested too deeply"),
-    "config nested 200,000 levels": (lambda f: (f / "config.json").write_bytes(_deep(200_000)),
-                                     "config.json: not valid JSON (nested too deeply"),
-    "shape [2**64]": (lambda f: _raw_file(f, json.dumps({"x": {"dtype": "F32", "shape": [2**64],
-                                                               "data_offsets": [0, 4]}}).encode(), b"\0" * 4),
-                      "needs 73786976294838206464 bytes"),
-    "shape overflowing when multiplied": (lambda f: _raw_file(f, json.dumps({"x": {"dtype": "F32", "shape": [2**40, 2**40],
-                                                                                   "data_offsets": [0, 4]}}).encode(),
-                                                              b"\0" * 4), "its offsets span 4"),
-    "5000-digit integer in the header": (lambda f: _raw_file(f, b'{"x": {"dtype": "F32", "shape": [' + b"9" * 5000
-                                                             + b'], "data_offsets": [0, 4]}}', b"\0" * 4),
-                                         "not valid JSON"),
-    "5000-digit integer in config.json": (lambda f: (f / "config.json").write_text('{"dim": ' + "7" * 5000 + "}"),
-                                          "config.json: dim is an integer of 5000 digits, too large for any setting"),
-    "symlink loop as weights": (_replace_weights(lambda p: (os.symlink(p.name + ".b", p), os.symlink(p.name, str(p) + ".b"))),
-                                "weights file cannot be read"),
-    "dangling symlink as weights": (_replace_weights(lambda p: os.symlink("/nonexistent/model", p)),
-                                    "a symbolic link to a missing file"),
+    "config nested 200,000 levels": (
+        lambda f: (f / "config.json").write_bytes(_deep(200_000)),
+        "config.json: not valid JSON (nested too deeply",
+    ),
+    "shape [2**64]": (
+        lambda f: _raw_file(
+            f, json.dumps({"x": {"dtype": "F32", "shape": [2**64], "data_offsets": [0, 4]}}).encode(), b"\0" * 4
+        ),
+        "needs 73786976294838206464 bytes",
+    ),
+    "shape overflowing when multiplied": (
+        lambda f: _raw_file(
+            f, json.dumps({"x": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 4]}}).encode(), b"\0" * 4
+        ),
+        "its offsets span 4",
+    ),
+    "5000-digit integer in the header": (
+        lambda f: _raw_file(
+            f, b'{"x": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 4]}}', b"\0" * 4
+        ),
+        "not valid JSON",
+    ),
+    "5000-digit integer in config.json": (
+        lambda f: (f / "config.json").write_text('{"dim": ' + "7" * 5000 + "}"),
+        "config.json: dim is an integer of 5000 digits, too large for any setting",
+    ),
+    "symlink loop as weights": (
+        _replace_weights(lambda p: (os.symlink(p.name + ".b", p), os.symlink(p.name, str(p) + ".b"))),
+        "weights file cannot be read",
+    ),
+    "dangling symlink as weights": (
+        _replace_weights(lambda p: os.symlink("/nonexistent/model", p)),
+        "a symbolic link to a missing file",
+    ),
     "directory as weights": (_replace_weights(lambda p: p.mkdir()), "weights file is a directory"),
     "FIFO as weights": (_replace_weights(lambda p: os.mkfifo(p)), "not a regular file"),
     "/dev/zero as weights": (_replace_weights(lambda p: os.symlink("/dev/zero", p)), "not a regular file"),
-    "directory as config.json": (lambda f: ((f / "config.json").unlink(), (f / "config.json").mkdir()),
-                                 "config.json is a directory"),
+    "directory as config.json": (
+        lambda f: ((f / "config.json").unlink(), (f / "config.json").mkdir()),
+        "config.json is a directory",
+    ),
     "NaN in the QA head": (_edit_tensor("qa_outputs.weight", np.nan), "tensor qa_outputs.weight holds 1 NaN"),
-    "Inf in the word embeddings": (_edit_tensor("distilbert.embeddings.word_embeddings.weight", np.inf),
-                                   "word_embeddings.weight holds 1 NaN or infinite"),
+    "Inf in the word embeddings": (
+        _edit_tensor("distilbert.embeddings.word_embeddings.weight", np.inf),
+        "word_embeddings.weight holds 1 NaN or infinite",
+    ),
     "4 KB of trailing garbage": (_append(os.urandom(4096)), "4096 bytes after the last tensor"),
     "sparse 16 GB tail": (_append(sparse_to=16 * 2**30), "bytes after the last tensor"),
     "1M empty tensors (55 MB header)": (_many_tensors(1_000_000, 7), "over npbert's limit of 16777216"),
@@ -133,8 +158,9 @@ CASES = {  # name: (how to break a good folder, what the error must say)
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
-    return checkpoints.write_checkpoint(tmp_path_factory.mktemp("good"), seed=5, vocab=checkpoints.generated_vocab(),
-                                        **SMALL)
+    return checkpoints.write_checkpoint(
+        tmp_path_factory.mktemp("good"), seed=5, vocab=checkpoints.generated_vocab(), **SMALL
+    )
 
 
 @pytest.fixture(params=list(CASES))
@@ -171,16 +197,27 @@ def test_audit_never_passes_a_broken_folder(broken):
     assert not report["ok"], f"{name}: audit passed {[(c['name'], c['status']) for c in report['checks']]}"
 
 
-@pytest.mark.parametrize("case", ["header nested 200,000 levels", "shape [2**64]", "FIFO as weights",
-                                  "NaN in the QA head", "sparse 16 GB tail", "question-answering folder without its head"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "header nested 200,000 levels",
+        "shape [2**64]",
+        "FIFO as weights",
+        "NaN in the QA head",
+        "sparse 16 GB tail",
+        "question-answering folder without its head",
+    ],
+)
 def test_cli_ask_and_audit_say_it_in_one_line(good, tmp_path, case):
     folder = tmp_path / "broken"
     folder.mkdir()
     for f in good.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     CASES[case][0](folder)
-    for command in (["ask", "--model", str(folder), "-q", "Who?", "-c", "John lives here."],
-                    ["audit", "--model", str(folder)]):
+    for command in (
+        ["ask", "--model", str(folder), "-q", "Who?", "-c", "John lives here."],
+        ["audit", "--model", str(folder)],
+    ):
         proc = subprocess.run([sys.executable, "-m", "npbert", *command], capture_output=True, text=True, timeout=120)
         assert "Traceback" not in proc.stderr, proc.stderr
         if command[0] == "ask" or proc.stdout == "":

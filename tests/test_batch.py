@@ -36,8 +36,15 @@ from test_squad import v1_evaluate  # noqa: E402
 N = 96  # questions
 SLOWDOWN = "0.2"
 TIMING = ("elapsed_seconds", "questions_per_second")  # metrics.json's fields that differ between runs
-OUTPUTS = ("predictions.jsonl", "errors.jsonl", "manifest.json", "settings.json", "predictions.json",
-           "metrics.json", "nbest_predictions.json")
+OUTPUTS = (
+    "predictions.jsonl",
+    "errors.jsonl",
+    "manifest.json",
+    "settings.json",
+    "predictions.json",
+    "metrics.json",
+    "nbest_predictions.json",
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +52,18 @@ def client(tiny_checkpoint):
     from dask.distributed import Client
 
     # as `npbert batch --workers 2` starts its cluster: the workers forked with the tiny model loaded
-    with batch.local_cluster(2, preload=preload_of(tiny_checkpoint), silence_logs=logging.ERROR,
-                             env={batch.SLOWDOWN_VARIABLE: SLOWDOWN}) as cluster, Client(cluster) as c:
+    with (
+        batch.local_cluster(
+            2, preload=preload_of(tiny_checkpoint), silence_logs=logging.ERROR, env={batch.SLOWDOWN_VARIABLE: SLOWDOWN}
+        ) as cluster,
+        Client(cluster) as c,
+    ):
         yield c
 
 
 def preload_of(model):
     """The load settings batch.answer gives its tasks for `model` with the default max_windows."""
-    return batch._load_settings(model, None, False, "float32", None, batch.DEFAULT_MAX_WINDOWS)
+    return batch.load_settings(model, None, False, "float32", None, batch.DEFAULT_MAX_WINDOWS)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +86,12 @@ def squad_file(tmp_path_factory):
 
 def squad_rows(path):
     data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    return [{"id": qa["id"], "question": qa["question"], "context": p["context"]}
-            for a in data for p in a["paragraphs"] for qa in p["qas"]]
+    return [
+        {"id": qa["id"], "question": qa["question"], "context": p["context"]}
+        for a in data
+        for p in a["paragraphs"]
+        for qa in p["qas"]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +120,7 @@ def expected_lines(qa, rows, partition_size, call_size=batch.DEFAULT_CALL_SIZE, 
     for first in range(0, max(r[0] for r in rows) + 1, partition_size):
         part = [r for r in rows if first <= r[0] < first + partition_size]
         for s in range(0, len(part), call_size):
-            call = part[s:s + call_size]
+            call = part[s : s + call_size]
             try:
                 out = qa(question=[r[2] for r in call], context=[r[3] for r in call], **params)
                 outs = [out] if len(call) == 1 else out
@@ -136,8 +151,9 @@ def outputs(folder):
         if name in found:
             found[name] = {k: v for k, v in json.loads(found[name]).items() if k not in fields}
     for part in sorted((folder / "parts").iterdir()):
-        found[f"parts/{part.name}"] = {k: v for k, v in json.loads(part.read_text()).items()
-                                       if k not in batch.PART_RUN_FIELDS}
+        found[f"parts/{part.name}"] = {
+            k: v for k, v in json.loads(part.read_text()).items() if k not in batch.PART_RUN_FIELDS
+        }
     return found
 
 
@@ -150,15 +166,22 @@ def run(data, out, client, model, **kw):
 
 
 def npbert_cli(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "npbert", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **(env or {})}, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "npbert", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
 
 
 # --- the answers ----------------------------------------------------------------------------------------
 
 
-def test_same_answers_as_the_pipeline_for_jsonl_squad_and_parquet(client, qa, tiny_checkpoint, tmp_path, squad_file,
-                                                                 jsonl_file, parquet_file):
+def test_same_answers_as_the_pipeline_for_jsonl_squad_and_parquet(
+    client, qa, tiny_checkpoint, tmp_path, squad_file, jsonl_file, parquet_file
+):
     rows = [(i, r["id"], r["question"], r["context"]) for i, r in enumerate(squad_rows(squad_file))]
     expected = expected_lines(qa, rows, 32)
     results = {}
@@ -166,9 +189,16 @@ def test_same_answers_as_the_pipeline_for_jsonl_squad_and_parquet(client, qa, ti
         manifest = run(data, tmp_path / name, client, tiny_checkpoint, partition_size=32)
         assert read_lines(tmp_path / name / "predictions.jsonl") == expected, name
         assert (tmp_path / name / "errors.jsonl").read_text() == ""
-        assert sorted(p.name for p in (tmp_path / name / "parts").iterdir()) == [f"part-00000{i}.json" for i in range(3)]
-        assert {k: manifest[k] for k in ("inputs", "answered", "errors", "partitions", "workers")} == \
-            {"inputs": N, "answered": N, "errors": 0, "partitions": 3, "workers": 2}
+        assert sorted(p.name for p in (tmp_path / name / "parts").iterdir()) == [
+            f"part-00000{i}.json" for i in range(3)
+        ]
+        assert {k: manifest[k] for k in ("inputs", "answered", "errors", "partitions", "workers")} == {
+            "inputs": N,
+            "answered": N,
+            "errors": 0,
+            "partitions": 3,
+            "workers": 2,
+        }
         assert json.loads((tmp_path / name / "manifest.json").read_text()) == manifest
         results[name] = (tmp_path / name / "predictions.jsonl").read_bytes()
     assert results["jsonl"] == results["squad"] == results["parquet"]
@@ -179,11 +209,14 @@ def test_same_answers_as_the_pipeline_for_jsonl_squad_and_parquet(client, qa, ti
     squad_out = tmp_path / "squad"
     assert (squad_out / "predictions.json").read_bytes() == (tmp_path / "eval" / "predictions.json").read_bytes()
     batch_metrics = json.loads((squad_out / "metrics.json").read_text())
-    assert {k: v for k, v in batch_metrics.items() if k not in TIMING} == \
-        {k: v for k, v in eval_metrics.items() if k not in TIMING}
+    assert {k: v for k, v in batch_metrics.items() if k not in TIMING} == {
+        k: v for k, v in eval_metrics.items() if k not in TIMING
+    }
     predictions = json.loads((squad_out / "predictions.json").read_text())
     official = v1_evaluate(json.loads(squad_file.read_text())["data"], predictions)
-    assert evaluate.score_of(batch_metrics) == official == json.loads((squad_out / "manifest.json").read_text())["score"]
+    assert (
+        evaluate.score_of(batch_metrics) == official == json.loads((squad_out / "manifest.json").read_text())["score"]
+    )
 
 
 def test_full_size_checkpoint_same_answers(client, full_checkpoint, squad_file, tmp_path):
@@ -192,8 +225,9 @@ def test_full_size_checkpoint_same_answers(client, full_checkpoint, squad_file, 
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     run(data, tmp_path / "out", client, full_checkpoint, partition_size=4, call_size=2, top_k=2)
     qa = npbert.pipeline("question-answering", model=full_checkpoint)
-    expected = expected_lines(qa, [(i, r["id"], r["question"], r["context"]) for i, r in enumerate(rows)], 4,
-                              call_size=2, top_k=2)
+    expected = expected_lines(
+        qa, [(i, r["id"], r["question"], r["context"]) for i, r in enumerate(rows)], 4, call_size=2, top_k=2
+    )
     assert read_lines(tmp_path / "out" / "predictions.jsonl") == expected
 
 
@@ -287,25 +321,45 @@ def interrupt_reference(client, tiny_checkpoint, squad_file, tmp_path_factory):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_then_resume_gives_the_same_files(interrupt_reference, tiny_checkpoint, squad_file, tmp_path, signum):
     out = tmp_path / "out"
-    args = ["batch", "--data", squad_file, "--out", out, "--model", tiny_checkpoint, "--workers", 2,
-            "--partition-size", 8, "--top-k", 2]
+    args = [
+        "batch",
+        "--data",
+        squad_file,
+        "--out",
+        out,
+        "--model",
+        tiny_checkpoint,
+        "--workers",
+        2,
+        "--partition-size",
+        8,
+        "--top-k",
+        2,
+    ]
     env = {**os.environ, batch.SLOWDOWN_VARIABLE: SLOWDOWN}
-    proc, stdout, stderr = interrupt_when_ready([sys.executable, "-m", "npbert", *map(str, args)],
-                                                lambda: saved_parts(out) >= 2, signum, env)
+    proc, stdout, stderr = interrupt_when_ready(
+        [sys.executable, "-m", "npbert", *map(str, args)], lambda: saved_parts(out) >= 2, signum, env
+    )
     saved = saved_parts(out)
     assert proc.returncode == 128 + signum, stderr
     last = stderr.strip().splitlines()[-1]
-    assert last == (f"npbert batch: error: interrupted by {signal.Signals(signum).name} after {saved} of 12 "
-                    f"partitions, which are saved in {out / 'parts'}; run the same command with --resume to continue")
+    assert last == (
+        f"npbert batch: error: interrupted by {signal.Signals(signum).name} after {saved} of 12 "
+        f"partitions, which are saved in {out / 'parts'}; run the same command with --resume to continue"
+    )
     assert 2 <= saved < 12 and not (out / "predictions.jsonl").exists() and stdout == ""
 
     r = npbert_cli(*args)
-    assert r.returncode == 2 and r.stderr == (f"npbert batch: error: {out / 'settings.json'}: a run is here already; "
-                                              "pass --resume to continue it, or choose another --out\n")
+    assert r.returncode == 2 and r.stderr == (
+        f"npbert batch: error: {out / 'settings.json'}: a run is here already; "
+        "pass --resume to continue it, or choose another --out\n"
+    )
     r = npbert_cli(*args[:-1], 3, "--resume")
-    assert r.returncode == 2 and r.stderr == (f"npbert batch: error: {out / 'settings.json'}: cannot resume: "
-                                              "parameters.top_k was 2, now 3; rerun with the first run's settings, "
-                                              "or choose another --out\n")
+    assert r.returncode == 2 and r.stderr == (
+        f"npbert batch: error: {out / 'settings.json'}: cannot resume: "
+        "parameters.top_k was 2, now 3; rerun with the first run's settings, "
+        "or choose another --out\n"
+    )
     r = npbert_cli(*args, "--resume", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert outputs(out) == outputs(interrupt_reference)
@@ -315,33 +369,63 @@ def test_interrupt_then_resume_gives_the_same_files(interrupt_reference, tiny_ch
 
 
 def test_bad_rows_land_in_errors_with_their_reasons(qa, tiny_checkpoint, tmp_path):
-    good = [{"id": f"g{i}", "question": f"Where was person {i} born?", "context": f"Person {i} was born in Paris in 19{i}0."}
-            for i in range(6)]
+    good = [
+        {
+            "id": f"g{i}",
+            "question": f"Where was person {i} born?",
+            "context": f"Person {i} was born in Paris in 19{i}0.",
+        }
+        for i in range(6)
+    ]
     long_context = " ".join(f"Person {i} was born in Rome." for i in range(60))
     lines = [
         json.dumps(good[0]),
-        json.dumps({"question": "Who?", "context": "Someone."}),                                    # 1 missing id
-        json.dumps({**good[1], "id": "g0"}),                                                        # 2 duplicate id
+        json.dumps({"question": "Who?", "context": "Someone."}),  # 1 missing id
+        json.dumps({**good[1], "id": "g0"}),  # 2 duplicate id
         json.dumps(good[2]),
-        json.dumps({"id": "n", "question": 123, "context": "Numbers."}),                            # 4 not a string
-        json.dumps({"id": "e", "question": "Who?", "context": ""}),                                 # 5 empty context
-        json.dumps({"id": "long-q", "question": "why " * 60, "context": "Because."}),               # 6 over-long question
+        json.dumps({"id": "n", "question": 123, "context": "Numbers."}),  # 4 not a string
+        json.dumps({"id": "e", "question": "Who?", "context": ""}),  # 5 empty context
+        json.dumps({"id": "long-q", "question": "why " * 60, "context": "Because."}),  # 6 over-long question
         json.dumps(good[3]),
-        json.dumps({"id": "windows", "question": "Who was born in Rome?", "context": long_context}),  # 8 too many windows
-        "{not json",                                                                                # 9 malformed
+        json.dumps(
+            {"id": "windows", "question": "Who was born in Rome?", "context": long_context}
+        ),  # 8 too many windows
+        "{not json",  # 9 malformed
         json.dumps(good[4]),
-        json.dumps({"id": "c", "question": "Who?"}),                                               # 11 missing context
+        json.dumps({"id": "c", "question": "Who?"}),  # 11 missing context
         json.dumps(good[5]),
     ]
     data = tmp_path / "bad.jsonl"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    r = npbert_cli("batch", "--data", data, "--out", out, "--model", tiny_checkpoint, "--workers", 2,
-                   "--partition-size", 4, "--max-seq-len", 48, "--doc-stride", 16, "--max-windows", 3, "--no-progress")
+    r = npbert_cli(
+        "batch",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--model",
+        tiny_checkpoint,
+        "--workers",
+        2,
+        "--partition-size",
+        4,
+        "--max-seq-len",
+        48,
+        "--doc-stride",
+        16,
+        "--max-windows",
+        3,
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.splitlines()[-1])
-    assert {k: summary[k] for k in ("inputs", "answered", "errors", "partitions")} == \
-        {"inputs": 13, "answered": 5, "errors": 8, "partitions": 4}
+    assert {k: summary[k] for k in ("inputs", "answered", "errors", "partitions")} == {
+        "inputs": 13,
+        "answered": 5,
+        "errors": 8,
+        "partitions": 4,
+    }
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     reasons = {e["index"]: (e["id"], e["reason"]) for e in errors}
     assert sorted(reasons) == [1, 2, 4, 5, 6, 8, 9, 11]  # input order
@@ -351,16 +435,30 @@ def test_bad_rows_land_in_errors_with_their_reasons(qa, tiny_checkpoint, tmp_pat
     assert reasons[5] == ("e", "context is empty")
     assert reasons[6][0] == "long-q" and reasons[6][1].startswith("the question is ")
     assert "tokens long: with max_seq_len 48 no room is left for the context" in reasons[6][1]
-    assert reasons[8][0] == "windows" and "windows of max_seq_len 48 with doc_stride 16, over this pipeline's limit of 3" in reasons[8][1]
+    assert (
+        reasons[8][0] == "windows"
+        and "windows of max_seq_len 48 with doc_stride 16, over this pipeline's limit of 3" in reasons[8][1]
+    )
     assert reasons[9][0] is None and reasons[9][1].startswith("malformed JSON at column 2")
     assert reasons[11] == ("c", "missing context")
     assert all(e["where"] == f"{data}:{e['index'] + 1}" for e in errors if "where" in e)
     # every other row answered, as the single-process pipeline answers it (the good rows that shared a call
     # with the over-long question and the long context one by one)
-    rows = [(i, r["id"], r["question"], r["context"]) for i, r in
-            zip((0, 3, 6, 7, 8, 10, 12), (good[0], good[2], {"id": "long-q", "question": "why " * 60, "context": "Because."},
-                                         good[3], {"id": "windows", "question": "Who was born in Rome?", "context": long_context},
-                                         good[4], good[5]))]
+    rows = [
+        (i, r["id"], r["question"], r["context"])
+        for i, r in zip(
+            (0, 3, 6, 7, 8, 10, 12),
+            (
+                good[0],
+                good[2],
+                {"id": "long-q", "question": "why " * 60, "context": "Because."},
+                good[3],
+                {"id": "windows", "question": "Who was born in Rome?", "context": long_context},
+                good[4],
+                good[5],
+            ),
+        )
+    ]
     wq = npbert.pipeline("question-answering", model=tiny_checkpoint, max_windows=3)
     expected = expected_lines(wq, rows, 4, max_seq_len=48, doc_stride=16)
     assert read_lines(out / "predictions.jsonl") == expected and len(expected) == 5
@@ -404,10 +502,13 @@ def test_an_unloadable_model_is_one_line_without_dasks_traceback(tiny_checkpoint
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_bytes((tiny_checkpoint / "config.json").read_bytes())
-    r = npbert_cli("batch", "--data", jsonl_file, "--out", tmp_path / "c", "--model", broken, "--workers", 1,
-                   "--no-progress")
-    assert (r.returncode, r.stderr) == (2, f"npbert batch: error: {broken / 'model.safetensors'}: weights file not "
-                                           "found\n"), r.stderr
+    r = npbert_cli(
+        "batch", "--data", jsonl_file, "--out", tmp_path / "c", "--model", broken, "--workers", 1, "--no-progress"
+    )
+    assert (r.returncode, r.stderr) == (
+        2,
+        f"npbert batch: error: {broken / 'model.safetensors'}: weights file not found\n",
+    ), r.stderr
     assert r.stdout == ""
 
 
@@ -418,8 +519,15 @@ def test_progress_counts_inputs_as_calls_finish(client, tiny_checkpoint, jsonl_f
     import io
 
     bar = io.StringIO()
-    batch.answer(jsonl_file, tmp_path / "p", model=tiny_checkpoint, client=client, partition_size=N, call_size=8,
-                 progress_file=bar)
+    batch.answer(
+        jsonl_file,
+        tmp_path / "p",
+        model=tiny_checkpoint,
+        client=client,
+        partition_size=N,
+        call_size=8,
+        progress_file=bar,
+    )
     counts = [int(m) for m in re.findall(rf"(\d+)/{N} \[", bar.getvalue())]
     assert counts[0] == 0 and counts[-1] == N and counts == sorted(counts), bar.getvalue()
     assert any(0 < c < N and c % 8 == 0 for c in counts), bar.getvalue()
@@ -430,11 +538,28 @@ def test_progress_counts_inputs_as_calls_finish(client, tiny_checkpoint, jsonl_f
 
 
 def test_eval_with_workers_gives_the_same_files(qa, tiny_checkpoint, squad_file, tmp_path):
-    job = evaluate.Job(data=str(squad_file), model=str(tiny_checkpoint), output=str(tmp_path / "here"), progress=False,
-                       parameters={"top_k": 2})
+    job = evaluate.Job(
+        data=str(squad_file),
+        model=str(tiny_checkpoint),
+        output=str(tmp_path / "here"),
+        progress=False,
+        parameters={"top_k": 2},
+    )
     here = evaluate.run(job, qa=qa)
-    r = npbert_cli("eval", "--data", squad_file, "--model", tiny_checkpoint, "--top-k", 2, "--workers", 2,
-                   "--out", tmp_path / "there", "--no-progress")
+    r = npbert_cli(
+        "eval",
+        "--data",
+        squad_file,
+        "--model",
+        tiny_checkpoint,
+        "--top-k",
+        2,
+        "--workers",
+        2,
+        "--out",
+        tmp_path / "there",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     for name in ("predictions.json", "nbest_predictions.json"):
         assert (tmp_path / "there" / name).read_bytes() == (tmp_path / "here" / name).read_bytes()
@@ -447,6 +572,9 @@ def test_a_partition_failing_on_the_cluster_stops_the_run_naming_it(client):
     # a task that fails for another reason than its rows (here a task missing its settings; in life a
     # worker killed on every attempt, KilledWorker): one line naming the partition, not a traceback
     tasks = [{"partition": 3, "rows": [], "blas_threads": None}]
-    with pytest.raises(batch.PartitionFailed, match=r"^partition 3 failed on the cluster: KeyError: 'load'; "
-                       "the finished partitions are saved, --resume retries the rest$"):
-        list(batch._completed(client, tasks, ["npbert-batch-test-3"]))
+    with pytest.raises(
+        batch.PartitionFailed,
+        match=r"^partition 3 failed on the cluster: KeyError: 'load'; "
+        "the finished partitions are saved, --resume retries the rest$",
+    ):
+        list(batch.completed(client, tasks, ["npbert-batch-test-3"]))

@@ -52,8 +52,11 @@ def test_human_output(tiny_checkpoint, expected):
 def test_context_from_file_and_stdin(tiny_checkpoint, expected, tmp_path):
     f = tmp_path / "context.txt"
     f.write_text(CONTEXT, encoding="utf-8")
-    for args, stdin in ((["--context-file", str(f)], None), (["--context-file", "-"], CONTEXT),
-                        (["--context", "-"], CONTEXT)):
+    for args, stdin in (
+        (["--context-file", str(f)], None),
+        (["--context-file", "-"], CONTEXT),
+        (["--context", "-"], CONTEXT),
+    ):
         r = run("--model", str(tiny_checkpoint), "-q", QUESTION, *args, "--json", "--top-k", "3", stdin=stdin)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout) == expected[3]
@@ -61,11 +64,35 @@ def test_context_from_file_and_stdin(tiny_checkpoint, expected, tmp_path):
 
 def test_parameters_reach_the_pipeline(tiny_checkpoint):
     qa = npbert.pipeline("question-answering", model=tiny_checkpoint)
-    want = qa(question=QUESTION, context=CONTEXT, top_k=4, max_answer_len=2, max_seq_len=24, doc_stride=4,
-              handle_impossible_answer=True, align_to_words=False)
-    r = run("--model", str(tiny_checkpoint), "-q", QUESTION, "-c", CONTEXT, "--json", "--top-k", "4",
-            "--max-answer-len", "2", "--max-seq-len", "24", "--doc-stride", "4", "--handle-impossible-answer",
-            "--no-align-to-words")
+    want = qa(
+        question=QUESTION,
+        context=CONTEXT,
+        top_k=4,
+        max_answer_len=2,
+        max_seq_len=24,
+        doc_stride=4,
+        handle_impossible_answer=True,
+        align_to_words=False,
+    )
+    r = run(
+        "--model",
+        str(tiny_checkpoint),
+        "-q",
+        QUESTION,
+        "-c",
+        CONTEXT,
+        "--json",
+        "--top-k",
+        "4",
+        "--max-answer-len",
+        "2",
+        "--max-seq-len",
+        "24",
+        "--doc-stride",
+        "4",
+        "--handle-impossible-answer",
+        "--no-align-to-words",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == want
 
@@ -74,25 +101,46 @@ def test_help_lists_every_flag_with_its_default():
     r = run("--help")
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
-    for flag in ("--question", "--context", "--context-file", "--model", "--revision", "--local-files-only",
-                 "--top-k", "--max-answer-len", "--max-seq-len", "--doc-stride", "--handle-impossible-answer",
-                 "--no-align-to-words", "--json"):
+    for flag in (
+        "--question",
+        "--context",
+        "--context-file",
+        "--model",
+        "--revision",
+        "--local-files-only",
+        "--top-k",
+        "--max-answer-len",
+        "--max-seq-len",
+        "--doc-stride",
+        "--handle-impossible-answer",
+        "--no-align-to-words",
+        "--json",
+    ):
         assert flag in text
-    for default in ("default: distilbert/distilbert-base-cased-distilled-squad", "default: 1)", "default: 15)",
-                    "default: min(model_max_length, 384)", "default: min(max_seq_len // 2, 128)", "default: main"):
+    for default in (
+        "default: distilbert/distilbert-base-cased-distilled-squad",
+        "default: 1)",
+        "default: 15)",
+        "default: min(model_max_length, 384)",
+        "default: min(max_seq_len // 2, 128)",
+        "default: main",
+    ):
         assert default in text
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-q", "", "-c", CONTEXT], "--question is empty"),
-    (["-q", QUESTION, "-c", ""], "the context is empty"),
-    (["-q", "  \t ", "-c", CONTEXT], "--question is empty or blank"),  # as the server's 422
-    (["-q", QUESTION, "-c", "\n  "], "the context is empty or blank"),
-    (["-q", QUESTION, "-c", CONTEXT, "--top-k", "0"], r"top_k parameter should be >= 1 \(got 0\)"),
-    (["-q", QUESTION, "-c", CONTEXT, "--doc-stride", "300", "--max-seq-len", "100"], r"`doc_stride` \(300\)"),
-    (["-q", QUESTION, "--context-file", "/no/such/file.txt"], "No such file or directory"),
-    (["-q", QUESTION, "-c", CONTEXT, "--revision", "v2"], "applies only to hub repositories"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-q", "", "-c", CONTEXT], "--question is empty"),
+        (["-q", QUESTION, "-c", ""], "the context is empty"),
+        (["-q", "  \t ", "-c", CONTEXT], "--question is empty or blank"),  # as the server's 422
+        (["-q", QUESTION, "-c", "\n  "], "the context is empty or blank"),
+        (["-q", QUESTION, "-c", CONTEXT, "--top-k", "0"], r"top_k parameter should be >= 1 \(got 0\)"),
+        (["-q", QUESTION, "-c", CONTEXT, "--doc-stride", "300", "--max-seq-len", "100"], r"`doc_stride` \(300\)"),
+        (["-q", QUESTION, "--context-file", "/no/such/file.txt"], "No such file or directory"),
+        (["-q", QUESTION, "-c", CONTEXT, "--revision", "v2"], "applies only to hub repositories"),
+    ],
+)
 def test_bad_input_is_one_line_and_non_zero(tiny_checkpoint, args, message):
     r = run("--model", str(tiny_checkpoint), *args)
     assert r.returncode == 2, r.stderr
@@ -126,10 +174,12 @@ def run_bytes(*args, stdin=b"", cwd=None, env=None):
 def test_non_utf8_input_is_one_line(tiny_checkpoint, tmp_path, command):
     out = ["--out", str(tmp_path / "t.safetensors")] if command == "trace" else []
     model = ["--model", str(tiny_checkpoint)]
-    for args, stdin, where in (([b"-q", b"Who\xff?", b"-c", b"a b"], b"", "--question"),
-                               ([b"-q", b"Who?", b"-c", b"a \xe9 b"], b"", "--context"),
-                               ([b"-q", b"Who?", b"-c", b"-"], b"a \xff b", "stdin"),
-                               ([b"-q", b"Who?", b"--context-file", b"-"], b"\xc3(", "stdin")):
+    for args, stdin, where in (
+        ([b"-q", b"Who\xff?", b"-c", b"a b"], b"", "--question"),
+        ([b"-q", b"Who?", b"-c", b"a \xe9 b"], b"", "--context"),
+        ([b"-q", b"Who?", b"-c", b"-"], b"a \xff b", "stdin"),
+        ([b"-q", b"Who?", b"--context-file", b"-"], b"\xc3(", "stdin"),
+    ):
         r = run_bytes(command, *model, *args, *out, stdin=stdin)
         err = r.stderr.decode()
         assert r.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, err
@@ -147,8 +197,9 @@ def test_top_k_as_large_as_the_window_answers(tiny_checkpoint):
     for flags in cases:
         r = run("--model", str(tiny_checkpoint), "-q", "Who", "-c", "a b", *flags, "--json")
         assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout) == qa(question="Who", context="a b", top_k=int(flags[1]),
-                                          align_to_words=len(flags) == 2)
+        assert json.loads(r.stdout) == qa(
+            question="Who", context="a b", top_k=int(flags[1]), align_to_words=len(flags) == 2
+        )
 
 
 def test_mistyped_flags_and_commands_get_did_you_mean(tiny_checkpoint):
@@ -166,19 +217,41 @@ def test_a_context_making_too_many_windows_is_one_line_and_the_bound_can_be_rais
     from npbert.limits import DEFAULT_MAX_WINDOWS
 
     long = " ".join(f"In {1900 + i} the river {i} was renamed." for i in range(40))
-    flags = ["--model", str(tiny_checkpoint), "-q", "Which river was renamed in 1903?", "-c", long, "--max-seq-len", "32",
-             "--doc-stride", "8"]
-    windows = len(npbert.pipeline("question-answering", model=tiny_checkpoint).tokenizer.encode_pairs(
-        ["Which river was renamed in 1903?"], [long], 32, 8)[0])
+    flags = [
+        "--model",
+        str(tiny_checkpoint),
+        "-q",
+        "Which river was renamed in 1903?",
+        "-c",
+        long,
+        "--max-seq-len",
+        "32",
+        "--doc-stride",
+        "8",
+    ]
+    windows = len(
+        npbert.pipeline("question-answering", model=tiny_checkpoint).tokenizer.encode_pairs(
+            ["Which river was renamed in 1903?"], [long], 32, 8
+        )[0]
+    )
     assert 2 < windows < DEFAULT_MAX_WINDOWS
     r = run(*flags, "--max-windows", "2")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert r.stderr.startswith(f"npbert ask: error: the context makes {windows} windows of max_seq_len 32 with "
-                               "doc_stride 8, over this pipeline's limit of 2") and "--max-windows" in r.stderr
+    assert (
+        r.stderr.startswith(
+            f"npbert ask: error: the context makes {windows} windows of max_seq_len 32 with "
+            "doc_stride 8, over this pipeline's limit of 2"
+        )
+        and "--max-windows" in r.stderr
+    )
     r = run(*flags, "--max-windows", str(windows), "--json")
     assert r.returncode == 0 and json.loads(r.stdout) == npbert.pipeline("question-answering", model=tiny_checkpoint)(
-        question="Which river was renamed in 1903?", context=long, max_seq_len=32, doc_stride=8)
-    assert run(*flags, "--max-windows", "0").stderr == "npbert ask: error: --max-windows must be a positive integer, found 0\n"
+        question="Which river was renamed in 1903?", context=long, max_seq_len=32, doc_stride=8
+    )
+    assert (
+        run(*flags, "--max-windows", "0").stderr
+        == "npbert ask: error: --max-windows must be a positive integer, found 0\n"
+    )
     assert f"(default: {DEFAULT_MAX_WINDOWS})" in " ".join(run("--help").stdout.split())
 
 
@@ -211,12 +284,15 @@ def test_a_mistyped_ask_flag_names_it_and_the_flag_meant(capsys):
         main(["ask", "-q", "Who?", "-c", "a b", "--top_k", "3"])
     err = capsys.readouterr().err
     assert err.startswith("usage: npbert ask ")
-    assert err.splitlines()[-1] == "npbert ask: error: unrecognized arguments: --top_k 3 (--top_k: did you mean --top-k?)"
+    assert (
+        err.splitlines()[-1] == "npbert ask: error: unrecognized arguments: --top_k 3 (--top_k: did you mean --top-k?)"
+    )
     with pytest.raises(SystemExit):
         main(["ask", "-q", "Who?", "--contxt", "a b"])  # the required context seems missing: say why
     assert capsys.readouterr().err.splitlines()[-1] == (
         "npbert ask: error: one of the arguments --context/-c --context-file is required; unrecognized arguments: "
-        "--contxt (--contxt: did you mean --context?)")
+        "--contxt (--contxt: did you mean --context?)"
+    )
 
 
 def test_trace_and_attention_take_the_same_inputs_as_ask(tiny_checkpoint, tmp_path):
@@ -225,26 +301,71 @@ def test_trace_and_attention_take_the_same_inputs_as_ask(tiny_checkpoint, tmp_pa
     from safetensors import safe_open
 
     outs = []
-    for i, args in enumerate((["--question", QUESTION, "--context", CONTEXT], ["-q", QUESTION, "-c", CONTEXT],
-                              ["-q", QUESTION, "--context-file", str(context)])):
+    for i, args in enumerate(
+        (
+            ["--question", QUESTION, "--context", CONTEXT],
+            ["-q", QUESTION, "-c", CONTEXT],
+            ["-q", QUESTION, "--context-file", str(context)],
+        )
+    ):
         out = tmp_path / f"t{i}.safetensors"
-        r = subprocess.run([sys.executable, "-m", "npbert", "trace", "--model", str(tiny_checkpoint), *args, "--out",
-                            str(out)], capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "npbert", "trace", "--model", str(tiny_checkpoint), *args, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
         with safe_open(str(out), "np") as f:
             meta = {k: json.loads(v) for k, v in f.metadata().items() if k != "format"}
             outs.append((meta["question"], meta["context"], f.get_tensor("start_logits").tolist()))
     assert outs[0] == outs[1] == outs[2] and outs[0][:2] == (QUESTION, CONTEXT)
-    r = subprocess.run([sys.executable, "-m", "npbert", "trace", "--model", str(tiny_checkpoint), "-q", " ", "-c",
-                        CONTEXT, "--out", str(tmp_path / "x.safetensors")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "npbert",
+            "trace",
+            "--model",
+            str(tiny_checkpoint),
+            "-q",
+            " ",
+            "-c",
+            CONTEXT,
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "--question is empty or blank" in r.stderr
 
 
 def test_attention_without_matplotlib_says_so_before_loading_the_model(tmp_path):
-    code = ("import sys; sys.modules['matplotlib'] = None; from npbert.cli import main; "
-            "raise SystemExit(main(sys.argv[1:]))")
-    r = subprocess.run([sys.executable, "-c", code, "attention", "--model", str(tmp_path / "no-model"), "-q", "Who?",
-                        "-c", "a b", "--out", str(tmp_path / "a.png")], capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from npbert.cli import main; "
+        "raise SystemExit(main(sys.argv[1:]))"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "attention",
+            "--model",
+            str(tmp_path / "no-model"),
+            "-q",
+            "Who?",
+            "-c",
+            "a b",
+            "--out",
+            str(tmp_path / "a.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "attention pictures need matplotlib (the viz extra): pip install -e '.[viz]'" in r.stderr  # not "no-model"
 
@@ -255,8 +376,14 @@ def test_python_m_npbert_from_the_folder_holding_the_clone(tmp_path):
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    where = subprocess.run([sys.executable, "-c", "import npbert; print(npbert.__file__)"], capture_output=True,
-                           text=True, cwd=tmp_path, env=env, timeout=300).stdout.strip()
+    where = subprocess.run(
+        [sys.executable, "-c", "import npbert; print(npbert.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    ).stdout.strip()
     if Path(where).resolve().parent != Path(npbert.__file__).resolve().parent:
         pytest.skip(f"the installed npbert is another tree's ({where or 'none'}), not this one")
     (tmp_path / "npbert").mkdir()

@@ -21,8 +21,9 @@ TIMING = ("elapsed_seconds", "questions_per_second")
 
 
 def npbert(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "npbert", *map(str, args)], capture_output=True, text=True,
-                          timeout=900, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "npbert", *map(str, args)], capture_output=True, text=True, timeout=900, cwd=cwd
+    )
 
 
 def files(folder):
@@ -42,8 +43,20 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def flags(data, tiny_checkpoint):
-    return ["--model", tiny_checkpoint, "--data", data, "--save-every", 2, "--top-k", 2, "--max-seq-len", 96,
-            "--doc-stride", 32]
+    return [
+        "--model",
+        tiny_checkpoint,
+        "--data",
+        data,
+        "--save-every",
+        2,
+        "--top-k",
+        2,
+        "--max-seq-len",
+        96,
+        "--doc-stride",
+        32,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +106,21 @@ parameters:
     assert json.loads((tmp_path / "yaml" / "predictions.json").read_text()) == dict(list(ref.items())[:20])
     assert "q/s" in r.stderr
 
-    examples = [(qa["id"], qa["question"], p["context"], [a["text"] for a in qa["answers"]])
-                for p in json.loads(data.read_text())["data"][0]["paragraphs"] for qa in p["qas"]]
+    examples = [
+        (qa["id"], qa["question"], p["context"], [a["text"] for a in qa["answers"]])
+        for p in json.loads(data.read_text())["data"][0]["paragraphs"]
+        for qa in p["qas"]
+    ]
     lines = tmp_path / "made-up.jsonl"
-    lines.write_text("".join(json.dumps({"id": i, "question": q, "context": c, "answers": a}) + "\n"
-                             for i, q, c, a in examples[:20]))
+    lines.write_text(
+        "".join(json.dumps({"id": i, "question": q, "context": c, "answers": a}) + "\n" for i, q, c, a in examples[:20])
+    )
     # flags beside a job file override it
     r = npbert("eval", "--config", job, "--data", lines, "--out", tmp_path / "jsonl", "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "jsonl" / "predictions.json").read_bytes() == (tmp_path / "yaml" / "predictions.json").read_bytes()
+    assert (tmp_path / "jsonl" / "predictions.json").read_bytes() == (
+        tmp_path / "yaml" / "predictions.json"
+    ).read_bytes()
     assert "q/s]" not in r.stderr
 
 
@@ -111,8 +130,9 @@ def test_interrupt_then_resume_gives_the_same_files(tmp_path, reference, flags, 
     partial = out / "predictions.partial.jsonl"
     cmd = [sys.executable, "-m", "npbert", "eval", *map(str, flags), "--out", str(out)]
     # header + 2 chunks on disk, 56 pipeline calls still to go
-    proc, stdout, stderr = interrupt_when_ready(cmd, lambda: partial.exists() and partial.read_bytes().count(b"\n") >= 3,
-                                                signum)
+    proc, stdout, stderr = interrupt_when_ready(
+        cmd, lambda: partial.exists() and partial.read_bytes().count(b"\n") >= 3, signum
+    )
     assert proc.returncode == 128 + signum
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"npbert eval: error: interrupted by {signal.Signals(signum).name} after ")
@@ -144,14 +164,18 @@ def test_bad_input_gets_one_located_line(tmp_path, data, tiny_checkpoint):
         (["--data", tmp_path / "nope.json"], "nope.json: data file not found"),
         (["--data", bad_json], "bad.json:3:1: malformed JSON"),
         (["--data", data, "--version", "3"], "--version: unknown SQuAD version '3'"),
-        (["--config", job], "job.yml:4: parameters.max_answer_length: unknown key 'max_answer_length' "
-                            "(did you mean 'max_answer_len'?)"),
+        (
+            ["--config", job],
+            "job.yml:4: parameters.max_answer_length: unknown key 'max_answer_length' (did you mean 'max_answer_len'?)",
+        ),
         (["--config", bad_yaml], "bad.yml:2:"),
         (["--config", tmp_path / "none.yml"], "none.yml: job file not found"),
         (["--data", data, "--limit", "0"], "--limit: limit must be >= 1, found 0"),
         (["--model", tmp_path / "no-model", "--data", data], "no-model"),
-        (["--model", tiny_checkpoint, "--data", data, "--max-seq-len", 8],
-         "questions 1-32 (from " + str(data) + ": data[0].paragraphs[0].qas[0]): the question is"),
+        (
+            ["--model", tiny_checkpoint, "--data", data, "--max-seq-len", 8],
+            "questions 1-32 (from " + str(data) + ": data[0].paragraphs[0].qas[0]): the question is",
+        ),
     ]
     for args, message in cases:
         r = npbert("eval", *args, "--out", tmp_path / "o", "--no-progress")
@@ -162,7 +186,9 @@ def test_bad_input_gets_one_located_line(tmp_path, data, tiny_checkpoint):
 
 
 def test_eval_on_squad_dev(tmp_path, squad_dev, tiny_checkpoint):
-    r = npbert("eval", "--model", tiny_checkpoint, "--data", squad_dev, "--limit", 10, "--out", tmp_path, "--no-progress")
+    r = npbert(
+        "eval", "--model", tiny_checkpoint, "--data", squad_dev, "--limit", 10, "--out", tmp_path, "--no-progress"
+    )
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["count"] == 10 and metrics["version"] == "1.1"
@@ -186,7 +212,9 @@ def check_v2_run(out, r, dataset, data_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert json.dumps({k: metrics[k] for k in official}) == json.dumps(official)
     assert metrics["parameters"]["handle_impossible_answer"] is True and metrics["version"] == "2.0"
-    scored = npbert("score", data_path, out / "predictions.json", "--version", "2.0", "--na-prob", out / "na_probs.json")
+    scored = npbert(
+        "score", data_path, out / "predictions.json", "--version", "2.0", "--na-prob", out / "na_probs.json"
+    )
     assert scored.returncode == 0 and scored.stdout.splitlines()[-1] == json.dumps(official)
     return predictions, na_probs, official
 
@@ -205,12 +233,15 @@ def test_eval_v2_writes_na_probs_and_the_official_metrics(tmp_path, tiny_checkpo
     examples = [(q["id"], q["question"], p["context"]) for p in dataset["data"][0]["paragraphs"] for q in p["qas"]]
     for qid, question, context in examples[:6]:
         answers = qa(question=question, context=context, handle_impossible_answer=True, top_k=1000)
-        assert na_probs[qid] == pytest.approx(max(a["score"] for a in answers if (a["start"], a["end"]) == (0, 0)),
-                                              rel=1e-5)
+        assert na_probs[qid] == pytest.approx(
+            max(a["score"] for a in answers if (a["start"], a["end"]) == (0, 0)), rel=1e-5
+        )
     # the same job as a YAML file (the catalog's job layout): the same files
     job = tmp_path / "job.yml"
-    job.write_text(f"model: {tiny_checkpoint}\ndata: {data}\nversion: 2.0\noutput: {tmp_path / 'yaml'}\n"
-                   "save_every: 8\nprogress: false\nparameters:\n  handle_impossible_answer: true\n")
+    job.write_text(
+        f"model: {tiny_checkpoint}\ndata: {data}\nversion: 2.0\noutput: {tmp_path / 'yaml'}\n"
+        "save_every: 8\nprogress: false\nparameters:\n  handle_impossible_answer: true\n"
+    )
     r = npbert("eval", "--config", job)
     check_v2_run(tmp_path / "yaml", r, dataset, data)
     for name in ("predictions.json", "na_probs.json"):
@@ -222,12 +253,24 @@ def test_eval_v2_on_a_set_built_from_squad_dev(tmp_path, squad_dev, tiny_checkpo
 
     articles = json.loads(squad_dev.read_text(encoding="utf-8"))["data"][:2]
     dataset = from_v1(articles, seed=0)
-    assert counts(dataset) == (sum(len(p["qas"]) for a in articles for p in a["paragraphs"]),
-                               sum(len(a["paragraphs"]) for a in articles))  # one unanswerable per paragraph
+    assert counts(dataset) == (
+        sum(len(p["qas"]) for a in articles for p in a["paragraphs"]),
+        sum(len(a["paragraphs"]) for a in articles),
+    )  # one unanswerable per paragraph
     data = tmp_path / "dev-v2-built.json"
     data.write_text(json.dumps(dataset), encoding="utf-8")
-    r = npbert("eval", "--model", tiny_checkpoint, "--data", data, "--out", tmp_path / "out", "--no-progress",
-               "--max-seq-len", 256)
+    r = npbert(
+        "eval",
+        "--model",
+        tiny_checkpoint,
+        "--data",
+        data,
+        "--out",
+        tmp_path / "out",
+        "--no-progress",
+        "--max-seq-len",
+        256,
+    )
     _, _, official = check_v2_run(tmp_path / "out", r, dataset, data)
     assert official["NoAns_total"] == counts(dataset)[1] and official["HasAns_total"] == counts(dataset)[0]
 
@@ -239,8 +282,9 @@ def test_resume_with_nothing_to_resume_and_missing_parents_are_refused(tmp_path,
     r = npbert("eval", "--model", tiny_checkpoint, "--data", data, "--out", tmp_path / "fresh", "--resume")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--resume: nothing to resume in" in r.stderr
     assert not (tmp_path / "fresh").exists()
-    r = npbert("eval", "--model", tiny_checkpoint, "--data", data, "--limit", 4, "--out", tmp_path / "done",
-               "--no-progress")
+    r = npbert(
+        "eval", "--model", tiny_checkpoint, "--data", data, "--limit", 4, "--out", tmp_path / "done", "--no-progress"
+    )
     assert r.returncode == 0, r.stderr
     r = npbert("eval", "--model", tiny_checkpoint, "--data", data, "--limit", 4, "--out", tmp_path / "done", "--resume")
     assert r.returncode == 2 and "(it holds a finished run)" in r.stderr

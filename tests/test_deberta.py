@@ -11,11 +11,11 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from npbert import deberta, kernels as K
+from npbert import deberta
 from npbert.config import Config, ConfigError
+from npbert.ops import numba as kernels, reference
 from test_kernels import as_in_a_model_call, assert_close, random_keep
 from test_walkthrough import ROOT, blocks
 
@@ -26,32 +26,49 @@ def random_inputs(rng, B, S, H, Dh, span, terms, dtype=np.float32, scale=1.0):
     table = (scale * rng.standard_normal((2 * span, 2 * D))).astype(dtype)
     pos_k = table[:, :D] if "c2p" in terms else None
     pos_q = table[:, D:] if "p2c" in terms else None
-    return qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:], pos_k, pos_q
+    return qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :], pos_k, pos_q
 
 
 def run_both(q, k, v, pos_k, pos_q, relative, span, keep, H, scale, tol=1e-6):
     c2p_pos, p2c_pos = deberta.c2p_index(relative, span), deberta.p2c_index(relative, span)
     args = (q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, H, scale)
-    ref_ctx, ref_probs = K.disentangled_attention_numpy(*args, return_probs=True)
-    ctx, probs = K.disentangled_attention_numba(*args, return_probs=True)
+    ref_ctx, ref_probs = reference.disentangled_attention_numpy(*args, return_probs=True)
+    ctx, probs = kernels.disentangled_attention_numba(*args, return_probs=True)
     assert_close(probs, ref_probs, tol)
     assert_close(ctx, ref_ctx, tol)
-    assert K.disentangled_attention_numba(*args)[1] is None
+    assert kernels.disentangled_attention_numba(*args)[1] is None
     return probs
 
 
-@given(B=st.integers(1, 3), S=st.integers(1, 30), H=st.sampled_from([1, 2, 4]), Dh=st.sampled_from([1, 4, 16]),
-       buckets=st.sampled_from([-1, 4, 8, 16]), max_position=st.sampled_from([-1, 12, 40]),
-       terms=st.sampled_from([("c2p", "p2c"), ("c2p",), ("p2c",), ()]), scale=st.sampled_from([0.3, 1.0, 3.0]),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    B=st.integers(1, 3),
+    S=st.integers(1, 30),
+    H=st.sampled_from([1, 2, 4]),
+    Dh=st.sampled_from([1, 4, 16]),
+    buckets=st.sampled_from([-1, 4, 8, 16]),
+    max_position=st.sampled_from([-1, 12, 40]),
+    terms=st.sampled_from([("c2p", "p2c"), ("c2p",), ("p2c",), ()]),
+    scale=st.sampled_from([0.3, 1.0, 3.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_disentangled_attention_matches_reference(B, S, H, Dh, buckets, max_position, terms, scale, seed):
     rng = np.random.default_rng(seed)
     max_position = max_position if max_position > 0 else 64
     span = buckets if buckets > 0 else max_position
     q, k, v, pos_k, pos_q = random_inputs(rng, B, S, H, Dh, span, terms, scale=scale)
     keep = random_keep(rng, B, S)
-    probs = run_both(q, k, v, pos_k, pos_q, deberta.relative_positions(S, buckets, max_position), span, keep, H,
-                     deberta.attention_scale(Dh, terms, np.float32))
+    probs = run_both(
+        q,
+        k,
+        v,
+        pos_k,
+        pos_q,
+        deberta.relative_positions(S, buckets, max_position),
+        span,
+        keep,
+        H,
+        deberta.attention_scale(Dh, terms, np.float32),
+    )
     for b in range(B):
         # The 2-D mask: a padded query's row is uniform over all S keys; a kept one is 0 at padded keys.
         np.testing.assert_array_equal(probs[b][:, ~keep[b]], np.float32(1.0 / S) * np.ones((H, (~keep[b]).sum(), S)))
@@ -62,12 +79,25 @@ def test_disentangled_attention_float64_and_no_relative_terms():
     rng = np.random.default_rng(1)
     q, k, v, pos_k, pos_q = random_inputs(rng, 2, 17, 2, 8, 8, ("c2p", "p2c"), np.float64)
     keep = random_keep(rng, 2, 17)
-    run_both(q, k, v, pos_k, pos_q, deberta.relative_positions(17, 8, 32), 8, keep, 2,
-             deberta.attention_scale(8, ("c2p", "p2c"), np.float64), tol=1e-12)
+    run_both(
+        q,
+        k,
+        v,
+        pos_k,
+        pos_q,
+        deberta.relative_positions(17, 8, 32),
+        8,
+        keep,
+        2,
+        deberta.attention_scale(8, ("c2p", "p2c"), np.float64),
+        tol=1e-12,
+    )
     # relative_attention false: no table, no indices; content only, still scaled by sqrt(Dh * 3).
     scale = deberta.attention_scale(8, ("c2p", "p2c"), np.float64)
-    ctx, probs = K.disentangled_attention_numba(q, k, v, None, None, None, None, keep, 2, scale, return_probs=True)
-    ref_ctx, ref_probs = K.disentangled_attention_numpy(q, k, v, None, None, None, None, keep, 2, scale, True)
+    ctx, probs = kernels.disentangled_attention_numba(
+        q, k, v, None, None, None, None, keep, 2, scale, return_probs=True
+    )
+    ref_ctx, ref_probs = reference.disentangled_attention_numpy(q, k, v, None, None, None, None, keep, 2, scale, True)
     assert_close(probs, ref_probs, 1e-12)
     assert_close(ctx, ref_ctx, 1e-12)
 
@@ -75,14 +105,25 @@ def test_disentangled_attention_float64_and_no_relative_terms():
 def test_large_disentangled_attention_is_split_over_threads_and_agrees(monkeypatch):
     used = []
     blas_calls = as_in_a_model_call(monkeypatch, 2)
-    kernel = K._disentangled_mask_shift_numba
-    monkeypatch.setattr(K, "_disentangled_mask_shift_numba",
-                        lambda *a: (used.append(threading.get_ident()), kernel(*a))[1])
+    kernel = kernels._disentangled_mask_shift_numba
+    monkeypatch.setattr(
+        kernels, "_disentangled_mask_shift_numba", lambda *a: (used.append(threading.get_ident()), kernel(*a))[1]
+    )
     rng = np.random.default_rng(6)
     q, k, v, pos_k, pos_q = random_inputs(rng, 2, 80, 8, 8, 16, ("c2p", "p2c"))
-    assert 2 * 8 * 80 * 80 >= K._ATTENTION_SERIAL_BELOW
-    run_both(q, k, v, pos_k, pos_q, deberta.relative_positions(80, 16, 64), 16, random_keep(rng, 2, 80), 8,
-             deberta.attention_scale(8, ("c2p", "p2c"), np.float32))
+    assert 2 * 8 * 80 * 80 >= kernels._ATTENTION_SERIAL_BELOW
+    run_both(
+        q,
+        k,
+        v,
+        pos_k,
+        pos_q,
+        deberta.relative_positions(80, 16, 64),
+        16,
+        random_keep(rng, 2, 80),
+        8,
+        deberta.attention_scale(8, ("c2p", "p2c"), np.float32),
+    )
     assert blas_calls[:2] == ["one thread", "restored"]
     assert len(used) == 2 * 2 * 8 and len(set(used)) >= 2  # every (row, head) once per call, on both threads
 
@@ -126,13 +167,13 @@ def test_score_terms_are_one_dot_product_each():
     c2p_pos, p2c_pos = deberta.c2p_index(rel, span), deberta.p2c_index(rel, span)
     scale = deberta.attention_scale(Dh, ("c2p", "p2c"), np.float64)
     assert scale == np.float32(math.sqrt(12))  # sqrt(Dh x 3), rounded to float32 as transformers
-    c2c, c2p, p2c = deberta.score_terms(q, k, pos_k, pos_q, c2p_pos, p2c_pos, scale)
+    c2c, c2p, p2c = reference.score_terms(q, k, pos_k, pos_q, c2p_pos, p2c_pos, scale)
     for i in range(S):
         for j in range(S):
             assert c2c[i, j] == pytest.approx(q[i] @ k[j] / scale, abs=1e-14)
             assert c2p[i, j] == pytest.approx(q[i] @ pos_k[c2p_pos[i, j]] / scale, abs=1e-14)
             assert p2c[i, j] == pytest.approx(k[j] @ pos_q[p2c_pos[j, i]] / scale, abs=1e-14)
-    assert deberta.score_terms(q, k, None, pos_q, c2p_pos, p2c_pos, scale)[1] is None
+    assert reference.score_terms(q, k, None, pos_q, c2p_pos, p2c_pos, scale)[1] is None
 
 
 def test_token_types_are_ignored_without_a_token_type_table():
@@ -140,7 +181,9 @@ def test_token_types_are_ignored_without_a_token_type_table():
     # type_vocab_size is 0 (DeBERTa-v3).
     import npbert
 
-    model = npbert.AutoModelForQuestionAnswering.from_pretrained(ROOT / "tests" / "fixtures" / "reference" / "deberta-v2")
+    model = npbert.AutoModelForQuestionAnswering.from_pretrained(
+        ROOT / "tests" / "fixtures" / "reference" / "deberta-v2"
+    )
     assert model.config.type_vocab_size == 0
     ids = np.array([[1, 12, 7, 2, 9, 30, 2]])
     types = np.array([[0, 0, 0, 0, 1, 1, 1]])
@@ -165,11 +208,14 @@ def test_deberta_config_keys():
     assert Config.from_dict({"model_type": "bert", "position_biased_input": False}).position_biased_input
 
 
-@pytest.mark.parametrize("d, message", [
-    (dict(conv_kernel_size=3), "conv_kernel_size 3 .*ConvLayer of DeBERTa-v2 xlarge/xxlarge.* not supported"),
-    (dict(embedding_size=8), "embedding_size 8 != hidden_size 16"),
-    (dict(pos_att_type=[1]), "pos_att_type must be a list of strings"),
-])
+@pytest.mark.parametrize(
+    "d, message",
+    [
+        (dict(conv_kernel_size=3), "conv_kernel_size 3 .*ConvLayer of DeBERTa-v2 xlarge/xxlarge.* not supported"),
+        (dict(embedding_size=8), "embedding_size 8 != hidden_size 16"),
+        (dict(pos_att_type=[1]), "pos_att_type must be a list of strings"),
+    ],
+)
 def test_deberta_configs_refused_in_one_line(d, message):
     with pytest.raises(ConfigError, match=message) as e:
         _config(**d)

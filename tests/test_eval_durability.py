@@ -16,8 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import npbert
 from npbert import evaluate
@@ -38,8 +37,13 @@ def runs(tmp_path_factory, qa, tiny_checkpoint):
     """(settings, the files of an uninterrupted run, the partial file of a run interrupted after 3 chunks)."""
     root = tmp_path_factory.mktemp("durability")
     data = write_json(root / "d.json", make_squad(N))
-    settings = {"data": str(data), "save_every": SAVE_EVERY, "progress": False, "model": str(tiny_checkpoint),
-                "parameters": {"top_k": 2}}
+    settings = {
+        "data": str(data),
+        "save_every": SAVE_EVERY,
+        "progress": False,
+        "model": str(tiny_checkpoint),
+        "parameters": {"top_k": 2},
+    }
     evaluate.run(evaluate.make_job({**settings, "output": str(root / "whole")}), qa)
     with pytest.raises(evaluate.Interrupted):
         evaluate.run(evaluate.make_job({**settings, "output": str(root / "cut")}), SignalOnCall(qa, 4, signal.SIGINT))
@@ -49,8 +53,10 @@ def runs(tmp_path_factory, qa, tiny_checkpoint):
 
 
 def strip_timing(files: dict) -> dict:
-    return {name: {k: v for k, v in json.loads(data).items() if k not in TIMING} if name == "metrics.json" else data
-            for name, data in files.items()}
+    return {
+        name: {k: v for k, v in json.loads(data).items() if k not in TIMING} if name == "metrics.json" else data
+        for name, data in files.items()
+    }
 
 
 class Recording:
@@ -106,13 +112,15 @@ def test_a_damaged_line_is_recomputed_and_the_lines_before_it_kept(tmp_path, run
     lines = partial.split(b"\n")
     # "tradition" -> "tradipion": a changed letter inside an answer of the third line keeps it valid JSON
     i = lines[3].index(b'"answer":"') + len(b'"answer":"')
-    lines[3] = lines[3][:i] + bytes([lines[3][i] ^ 0x04]) + lines[3][i + 1:]
+    lines[3] = lines[3][:i] + bytes([lines[3][i] ^ 0x04]) + lines[3][i + 1 :]
     with caplog.at_level(logging.WARNING, logger="npbert.evaluate"):
         files, asked = resume_from(tmp_path, runs, qa, b"\n".join(lines))
     assert strip_timing(files) == strip_timing(whole)
-    assert asked == questions(settings)[SAVE_EVERY * 2:]  # lines 2 and 3 (chunks 1 and 2) kept
-    assert any(f"{evaluate.PARTIAL}:4: damaged line (checksum mismatch): keeping the 8 questions" in r.getMessage()
-               for r in caplog.records)
+    assert asked == questions(settings)[SAVE_EVERY * 2 :]  # lines 2 and 3 (chunks 1 and 2) kept
+    assert any(
+        f"{evaluate.PARTIAL}:4: damaged line (checksum mismatch): keeping the 8 questions" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 @given(st.data())
@@ -122,7 +130,7 @@ def test_any_changed_byte_is_found(tmp_path_factory, runs, qa, data):
     settings, whole, partial = runs
     at = data.draw(st.integers(0, len(partial) - 1), label="offset")
     flip = data.draw(st.integers(1, 255), label="xor")
-    damaged = partial[:at] + bytes([partial[at] ^ flip]) + partial[at + 1:]
+    damaged = partial[:at] + bytes([partial[at] ^ flip]) + partial[at + 1 :]
     header_end = partial.index(b"\n")
     tmp_path = tmp_path_factory.mktemp("flip")
     if at <= header_end:  # the header line, or its newline (the header then runs into the next line)
@@ -131,14 +139,14 @@ def test_any_changed_byte_is_found(tmp_path_factory, runs, qa, data):
         return
     files, asked = resume_from(tmp_path, runs, qa, damaged)
     assert strip_timing(files) == strip_timing(whole)
-    assert asked == questions(settings)[len(questions(settings)) - len(asked):]  # a suffix: the prefix kept
+    assert asked == questions(settings)[len(questions(settings)) - len(asked) :]  # a suffix: the prefix kept
 
 
 def test_a_changed_format_digit_in_a_sealed_header_is_damage_not_another_version(tmp_path, runs, qa):
     # found by a random draw of test_any_changed_byte_is_found: the header's own checksum says it changed
     _, _, partial = runs
     at = partial.index(evaluate.FORMAT.encode()) + len(evaluate.FORMAT) - 1
-    damaged = partial[:at] + bytes([partial[at] ^ 1]) + partial[at + 1:]
+    damaged = partial[:at] + bytes([partial[at] ^ 1]) + partial[at + 1 :]
     with pytest.raises(evaluate.JobError, match=r":1: not an npbert eval partial file, or its header is damaged"):
         resume_from(tmp_path, runs, qa, damaged)
 
@@ -156,8 +164,11 @@ def test_a_folder_in_use_is_refused_naming_its_owner(tmp_path, runs, qa):
     settings, _, _ = runs
     out = tmp_path / "out"
     with evaluate.output_lock(out):
-        with pytest.raises(evaluate.JobError, match=rf"{out}: another npbert eval \(pid {os.getpid()}\) is writing "
-                                                    "to this folder; wait for it to finish or choose another"):
+        with pytest.raises(
+            evaluate.JobError,
+            match=rf"{out}: another npbert eval \(pid {os.getpid()}\) is writing "
+            "to this folder; wait for it to finish or choose another",
+        ):
             evaluate.run(evaluate.make_job({**settings, "output": str(out)}), qa)
         assert os.listdir(out) == [evaluate.LOCK]
     assert not out.exists()  # made for the lock, left empty: removed
@@ -191,8 +202,19 @@ def npbert_eval(*args):
 def cli(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("cli")
     data = write_json(root / "made-up.json", make_squad(CLI_N))
-    flags = ["--model", tiny_checkpoint, "--data", data, "--save-every", 2, "--max-seq-len", 96, "--doc-stride", 32,
-             "--no-progress"]
+    flags = [
+        "--model",
+        tiny_checkpoint,
+        "--data",
+        data,
+        "--save-every",
+        2,
+        "--max-seq-len",
+        96,
+        "--doc-stride",
+        32,
+        "--no-progress",
+    ]
     reference = root / "reference"
     r = subprocess.run(npbert_eval(*flags, "--out", reference), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
@@ -212,8 +234,10 @@ def test_two_evals_into_one_folder_the_second_is_refused(tmp_path, cli):
         for extra in (["--top-k", 3], ["--resume"]):  # other settings; and a resume of the running job
             r = subprocess.run(npbert_eval(*flags, *extra, "--out", out), capture_output=True, text=True, timeout=900)
             assert r.returncode == 2, r.stderr
-            assert r.stderr.strip() == (f"npbert eval: error: {out}: another npbert eval (pid {first.pid}) is writing "
-                                        "to this folder; wait for it to finish or choose another output folder")
+            assert r.stderr.strip() == (
+                f"npbert eval: error: {out}: another npbert eval (pid {first.pid}) is writing "
+                "to this folder; wait for it to finish or choose another output folder"
+            )
         first.send_signal(signal.SIGCONT)
         stdout, stderr = first.communicate(timeout=900)
     finally:
@@ -245,8 +269,10 @@ def test_a_full_disk_names_the_file_and_leaves_no_tmp_then_resume_finishes(tmp_p
     out.mkdir()
     (out / "predictions.json.tmp").symlink_to("/dev/full")
     r = subprocess.run(npbert_eval(*flags, "--out", out), capture_output=True, text=True, timeout=900)
-    assert (r.returncode, r.stderr) == (2, f"npbert eval: error: [Errno 28] cannot write {out / 'predictions.json'}: "
-                                           "No space left on device\n")
+    assert (r.returncode, r.stderr) == (
+        2,
+        f"npbert eval: error: [Errno 28] cannot write {out / 'predictions.json'}: No space left on device\n",
+    )
     assert [p.name for p in out.iterdir()] == [evaluate.PARTIAL]  # the lock is released too
     r = subprocess.run(npbert_eval(*flags, "--out", out, "--resume"), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr

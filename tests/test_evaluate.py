@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 import npbert
-from npbert import evaluate, squad
+from npbert import durable, evaluate, squad
 from test_squad import v1_evaluate, v2_main
 
 NAMES = ["John", "Anna", "Maria", "Peter", "Paul", "Clara", "Otto", "Ida", "Hugo", "Lena"]
@@ -27,8 +27,10 @@ def make_squad(n_questions: int, version: str = "1.1", seed: int = 0) -> dict:
     paragraphs, qid = [], 0
     while qid < n_questions:
         n_facts = 40 if len(paragraphs) % 4 == 3 else rng.randint(2, 6)
-        facts = [(rng.choice(NAMES) + f" {chr(65 + i % 26)}.", rng.choice(CITIES), str(rng.randint(1800, 2000)))
-                 for i in range(n_facts)]
+        facts = [
+            (rng.choice(NAMES) + f" {chr(65 + i % 26)}.", rng.choice(CITIES), str(rng.randint(1800, 2000)))
+            for i in range(n_facts)
+        ]
         context = " ".join(f"{name} was born in {city} in {year}." for name, city, year in facts)
         qas = []
         for name, city, year in rng.sample(facts, min(3, len(facts))):
@@ -38,8 +40,16 @@ def make_squad(n_questions: int, version: str = "1.1", seed: int = 0) -> dict:
                 qas.append({"id": f"q{qid}", "question": "Where was Zed born?", "answers": [], "is_impossible": True})
             else:
                 start = context.index(f"{name} was born in {city}") + len(f"{name} was born in ")
-                qas.append({"id": f"q{qid}", "question": f"Where was {name} born?",
-                            "answers": [{"text": city, "answer_start": start}, {"text": f"in {city}", "answer_start": start - 3}]})
+                qas.append(
+                    {
+                        "id": f"q{qid}",
+                        "question": f"Where was {name} born?",
+                        "answers": [
+                            {"text": city, "answer_start": start},
+                            {"text": f"in {city}", "answer_start": start - 3},
+                        ],
+                    }
+                )
             qid += 1
         paragraphs.append({"context": context, "qas": qas})
     return {"version": "v2.0" if version == "2.0" else "1.1", "data": [{"title": "Made up", "paragraphs": paragraphs}]}
@@ -68,17 +78,20 @@ def test_make_job_defaults_and_types():
     assert job.model == "distilbert/distilbert-base-cased-distilled-squad" and job.save_every == 32
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"data": "d", "modle": "m"}, r"modle: unknown key 'modle' \(did you mean 'model'\?\)"),
-    ({"data": "d", "parameters": {"topk": 3}}, r"parameters.topk: unknown key 'topk' \(did you mean 'top_k'\?\)"),
-    ({"data": "d", "parameters": {"zzz": 3}}, r"unknown key 'zzz' \(known: align_to_words, batch_size"),
-    ({"data": "d", "limit": "ten"}, "limit: limit must be an integer, found 'ten'"),
-    ({"data": "d", "limit": 0}, "limit must be >= 1, found 0"),
-    ({"data": "d", "parameters": {"handle_impossible_answer": "yes"}}, "must be true or false, found 'yes'"),
-    ({"data": "d", "parameters": [1]}, "parameters must be a mapping"),
-    ({"data": "d", "version": "3"}, "version: unknown SQuAD version '3'"),
-    ({"model": "m"}, "no data file"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"data": "d", "modle": "m"}, r"modle: unknown key 'modle' \(did you mean 'model'\?\)"),
+        ({"data": "d", "parameters": {"topk": 3}}, r"parameters.topk: unknown key 'topk' \(did you mean 'top_k'\?\)"),
+        ({"data": "d", "parameters": {"zzz": 3}}, r"unknown key 'zzz' \(known: align_to_words, batch_size"),
+        ({"data": "d", "limit": "ten"}, "limit: limit must be an integer, found 'ten'"),
+        ({"data": "d", "limit": 0}, "limit must be >= 1, found 0"),
+        ({"data": "d", "parameters": {"handle_impossible_answer": "yes"}}, "must be true or false, found 'yes'"),
+        ({"data": "d", "parameters": [1]}, "parameters must be a mapping"),
+        ({"data": "d", "version": "3"}, "version: unknown SQuAD version '3'"),
+        ({"model": "m"}, "no data file"),
+    ],
+)
 def test_make_job_errors_name_the_key(settings, message):
     with pytest.raises(evaluate.JobError, match=message):
         evaluate.make_job(settings)
@@ -88,8 +101,11 @@ def test_job_file_errors_name_file_line_and_key(tmp_path):
     job = tmp_path / "job.yml"
     job.write_text("model: m\ndata: d.json\nparameters:\n  top_k: 2\n  max_answr_len: 30\n")
     settings, where = evaluate.read_job_file(job)
-    with pytest.raises(evaluate.JobError, match=r"job.yml:5: parameters.max_answr_len: unknown key 'max_answr_len' "
-                                                r"\(did you mean 'max_answer_len'\?\)"):
+    with pytest.raises(
+        evaluate.JobError,
+        match=r"job.yml:5: parameters.max_answr_len: unknown key 'max_answr_len' "
+        r"\(did you mean 'max_answer_len'\?\)",
+    ):
         evaluate.make_job(settings, where)
     job.write_text("model: m\ndata: [d.json\n")
     with pytest.raises(evaluate.JobError, match=r"job.yml:3:1: unreadable YAML"):
@@ -107,8 +123,16 @@ def test_job_file_errors_name_file_line_and_key(tmp_path):
 def test_run_answers_like_the_pipeline_and_scores_officially(tmp_path, qa, tiny_checkpoint):
     dataset = make_squad(23)
     data = write_json(tmp_path / "d.json", dataset)
-    job = evaluate.make_job({"data": str(data), "output": str(tmp_path / "out"), "save_every": 5, "progress": False,
-                             "model": str(tiny_checkpoint), "parameters": {"top_k": 3, "max_seq_len": 128}})
+    job = evaluate.make_job(
+        {
+            "data": str(data),
+            "output": str(tmp_path / "out"),
+            "save_every": 5,
+            "progress": False,
+            "model": str(tiny_checkpoint),
+            "parameters": {"top_k": 3, "max_seq_len": 128},
+        }
+    )
     metrics = evaluate.run(job, qa)
     predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
     nbest = json.loads((tmp_path / "out" / "nbest_predictions.json").read_text())
@@ -116,8 +140,9 @@ def test_run_answers_like_the_pipeline_and_scores_officially(tmp_path, qa, tiny_
     assert list(predictions) == list(nbest) == [e.id for e in examples]
     for e in examples:  # each question alone: the same answers; scores to float32 rounding (other GEMM shapes)
         alone = qa(question=e.question, context=e.context, top_k=3, max_seq_len=128)
-        assert [(a["answer"], a["start"], a["end"]) for a in nbest[e.id]] == \
-               [(a["answer"], a["start"], a["end"]) for a in alone]
+        assert [(a["answer"], a["start"], a["end"]) for a in nbest[e.id]] == [
+            (a["answer"], a["start"], a["end"]) for a in alone
+        ]
         assert [a["score"] for a in nbest[e.id]] == pytest.approx([a["score"] for a in alone], rel=1e-5)
         assert predictions[e.id] == alone[0]["answer"]
     assert evaluate.score_of(metrics) == v1_evaluate(dataset["data"], predictions)
@@ -131,22 +156,45 @@ def test_run_answers_like_the_pipeline_and_scores_officially(tmp_path, qa, tiny_
 
 def test_v2_json_lines_limit_and_no_answer_default(tmp_path, qa, tiny_checkpoint):
     dataset = make_squad(30, "2.0")
-    lines = [{"id": qa_["id"], "question": qa_["question"], "context": p["context"],
-              "answers": [a["text"] for a in qa_["answers"]]}
-             for p in dataset["data"][0]["paragraphs"] for qa_ in p["qas"]]
+    lines = [
+        {
+            "id": qa_["id"],
+            "question": qa_["question"],
+            "context": p["context"],
+            "answers": [a["text"] for a in qa_["answers"]],
+        }
+        for p in dataset["data"][0]["paragraphs"]
+        for qa_ in p["qas"]
+    ]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    job = evaluate.make_job({"data": str(data), "version": "2.0", "limit": 12, "output": str(tmp_path / "out"),
-                             "progress": False, "model": str(tiny_checkpoint)})
+    job = evaluate.make_job(
+        {
+            "data": str(data),
+            "version": "2.0",
+            "limit": 12,
+            "output": str(tmp_path / "out"),
+            "progress": False,
+            "model": str(tiny_checkpoint),
+        }
+    )
     metrics = evaluate.run(job, qa)
     predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert list(predictions) == [r["id"] for r in lines[:12]]
     for r in lines[:12]:
-        assert predictions[r["id"]] == qa(question=r["question"], context=r["context"],
-                                          handle_impossible_answer=True)["answer"]
+        assert (
+            predictions[r["id"]]
+            == qa(question=r["question"], context=r["context"], handle_impossible_answer=True)["answer"]
+        )
     assert metrics["parameters"] == {"handle_impossible_answer": True}
-    subset = [{"paragraphs": [{"context": r["context"], "qas": [{"id": r["id"], "answers": [
-        {"text": t} for t in r["answers"]]}]}]} for r in lines[:12]]
+    subset = [
+        {
+            "paragraphs": [
+                {"context": r["context"], "qas": [{"id": r["id"], "answers": [{"text": t} for t in r["answers"]]}]}
+            ]
+        }
+        for r in lines[:12]
+    ]
     na_probs = json.loads((tmp_path / "out" / "na_probs.json").read_text())
     assert list(na_probs) == list(predictions)
     assert evaluate.score_of(metrics) == v2_main(subset, predictions, na_probs)  # with the na-prob figures
@@ -172,8 +220,13 @@ class SignalOnCall:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_keeps_finished_chunks_and_resume_gives_the_same_files(tmp_path, qa, tiny_checkpoint, signum):
     data = write_json(tmp_path / "d.json", make_squad(17))
-    settings = {"data": str(data), "save_every": 4, "progress": False, "model": str(tiny_checkpoint),
-                "parameters": {"top_k": 2}}
+    settings = {
+        "data": str(data),
+        "save_every": 4,
+        "progress": False,
+        "model": str(tiny_checkpoint),
+        "parameters": {"top_k": 2},
+    }
     whole = evaluate.make_job({**settings, "output": str(tmp_path / "whole")})
     evaluate.run(whole, qa)
 
@@ -217,8 +270,9 @@ def test_an_interrupt_wrapped_by_a_native_call_is_still_an_interrupt(tmp_path, q
         evaluate.run(job, InterruptInsideNativeCall(qa, 2, signal.SIGTERM))
     assert (info.value.signum, info.value.done, info.value.total) == (signal.SIGTERM, 4, 9)
     with pytest.raises(SystemError, match="something else"):  # any other SystemError stays what it is
-        evaluate.run(evaluate.make_job({"data": str(data), "progress": False, "output": str(tmp_path / "p")}),
-                     FailingCall(qa))
+        evaluate.run(
+            evaluate.make_job({"data": str(data), "progress": False, "output": str(tmp_path / "p")}), FailingCall(qa)
+        )
 
 
 class FailingCall:
@@ -246,7 +300,7 @@ def test_resume_refuses_a_different_job(tmp_path, qa, tiny_checkpoint):
 
 
 def test_signals_are_held_while_a_chunk_is_written():
-    signals = evaluate._Signals()
+    signals = durable.Signals()
     with signals.installed():
         with pytest.raises(evaluate.Interrupted):
             with signals.critical():

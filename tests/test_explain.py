@@ -20,15 +20,18 @@ import pytest
 pytest.importorskip("fastapi", reason="npbert serve needs the serve extra (fastapi, uvicorn)")
 pytest.importorskip("uvicorn", reason="npbert serve needs the serve extra (fastapi, uvicorn)")
 
-from serve_helpers import Server  # noqa: E402
-
 import npbert  # noqa: E402
 from npbert.serve.explain import STATIC, ExplainError, decode_attention, explain  # noqa: E402
+from serve_helpers import Server  # noqa: E402
 
 SAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
-LONG = {"question": "Who won the game in the end?",
-        "context": " ".join(f"In round {i} the home team played well and the visitors scored {i} points." for i in range(12))
-        + " The visitors won the game by two points."}
+LONG = {
+    "question": "Who won the game in the end?",
+    "context": " ".join(
+        f"In round {i} the home team played well and the visitors scored {i} points." for i in range(12)
+    )
+    + " The visitors won the game by two points.",
+}
 SMALL_WINDOWS = {"max_seq_len": 48, "doc_stride": 16}
 
 
@@ -69,12 +72,14 @@ def assert_explains(data, qa, question, context, params=None, window=None):
 
     result = qa(question=question, context=context, **params)
     want = result if isinstance(result, list) else [result]
-    assert [(a["answer"], a["start"], a["end"]) for a in data["answers"]] == [(a["answer"], a["start"], a["end"]) for a in want]
+    assert [(a["answer"], a["start"], a["end"]) for a in data["answers"]] == [
+        (a["answer"], a["start"], a["end"]) for a in want
+    ]
     assert [a["score"] for a in data["answers"]] == pytest.approx([a["score"] for a in want], rel=1e-6)
     for a in data["answers"]:  # each answer's window holds its characters
         c0, c1 = data["windows"][a["window"]]["context_span"]
         assert c0 <= a["start"] <= a["end"] <= c1
-        assert context[a["start"]:a["end"]] == a["answer"]
+        assert context[a["start"] : a["end"]] == a["answer"]
     k = data["answers"][0]["window"] if window is None else window
     assert data["window"] == k
 
@@ -82,7 +87,9 @@ def assert_explains(data, qa, question, context, params=None, window=None):
     out = qa.model(w.input_ids[None], attention_mask=w.attention_mask[None], output_attentions=True)
     np.testing.assert_array_equal(np.float32(data["start_logits"]), out.start_logits[0])
     np.testing.assert_array_equal(np.float32(data["end_logits"]), out.end_logits[0])
-    np.testing.assert_allclose(data["start_probs"], reference_probabilities(out.start_logits[0], w), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        data["start_probs"], reference_probabilities(out.start_logits[0], w), rtol=1e-5, atol=1e-9
+    )
     np.testing.assert_allclose(data["end_probs"], reference_probabilities(out.end_logits[0], w), rtol=1e-5, atol=1e-9)
     attention = decode_attention(data["attention"])
     layers = data["attention_layers"]
@@ -105,7 +112,9 @@ def test_sample_equals_model_tokenizer_and_pipeline(qa, tiny_checkpoint):
     assert data["attention_layers"] == list(range(qa.model.config.n_layers)) and data["attention_note"] == ""
     assert attention.shape[0] == qa.model.config.n_layers
     # The tokens also equal the checkpoint's tokenizer.json run by the tokenizers library, not only npbert's.
-    expected = Tokenizer.from_file(str(tiny_checkpoint / "tokenizer.json")).encode(SAMPLE["question"], SAMPLE["context"])
+    expected = Tokenizer.from_file(str(tiny_checkpoint / "tokenizer.json")).encode(
+        SAMPLE["question"], SAMPLE["context"]
+    )
     assert data["windows"][0]["tokens"] == expected.tokens
     assert expected.tokens[0] == "[CLS]" and expected.tokens[-1] == "[SEP]"
     assert len(data["answers"]) == 3
@@ -134,7 +143,9 @@ def test_attention_size_limit(qa):
     first = explain(qa, q, c, max_attention_values=L * H * S * S - 1)
     assert first["attention_layers"] == [0] and f"{L * H * S * S:,} values" in first["attention_note"]
     none = explain(qa, q, c, max_attention_values=H * S * S - 1)
-    assert none["attention"] is None and none["attention_layers"] == [] and "no attention sent" in none["attention_note"]
+    assert (
+        none["attention"] is None and none["attention_layers"] == [] and "no attention sent" in none["attention_note"]
+    )
 
 
 def test_refusals_name_the_problem(qa):
@@ -162,17 +173,29 @@ def test_route_equals_model_and_pipeline(server, qa):
     assert_explains(data, qa, LONG["question"], LONG["context"], SMALL_WINDOWS, window=2)
 
 
-@pytest.mark.parametrize("query, body, status, message", [
-    ("?window=9", {"input_data": SAMPLE}, 422, "window 9 does not exist"),
-    ("?layer=two", {"input_data": SAMPLE}, 422, "query parameter layer must be an integer, got 'two'"),
-    ("?layer=2", {"input_data": SAMPLE}, 422, "layer 2 does not exist: the model has 2 layers (0 to 1)"),
-    ("", {"input_data": {"question": ["a"], "context": ["b"]}}, 422, "takes one question and one context"),
-    ("", {"input_data": {"question": "a", "context": "   "}}, 422, "input_data.context: must not be empty or blank"),
-    ("", {"input_data": {"question": "a", "context": "x" * 2001}}, 422, "over the server's limit of 2000"),
-    ("", {"input_data": {"question": "why " * 40, "context": "b"}, "parameters": {"max_seq_len": 16}}, 422,
-     "no room is left for the context"),
-    ("", {"question": "a", "context": "b"}, 422, "input_data"),
-])
+@pytest.mark.parametrize(
+    "query, body, status, message",
+    [
+        ("?window=9", {"input_data": SAMPLE}, 422, "window 9 does not exist"),
+        ("?layer=two", {"input_data": SAMPLE}, 422, "query parameter layer must be an integer, got 'two'"),
+        ("?layer=2", {"input_data": SAMPLE}, 422, "layer 2 does not exist: the model has 2 layers (0 to 1)"),
+        ("", {"input_data": {"question": ["a"], "context": ["b"]}}, 422, "takes one question and one context"),
+        (
+            "",
+            {"input_data": {"question": "a", "context": "   "}},
+            422,
+            "input_data.context: must not be empty or blank",
+        ),
+        ("", {"input_data": {"question": "a", "context": "x" * 2001}}, 422, "over the server's limit of 2000"),
+        (
+            "",
+            {"input_data": {"question": "why " * 40, "context": "b"}, "parameters": {"max_seq_len": 16}},
+            422,
+            "no room is left for the context",
+        ),
+        ("", {"question": "a", "context": "b"}, 422, "input_data"),
+    ],
+)
 def test_route_refusals(server, query, body, status, message):
     got, data = server.post("/v1/explain" + query, body)
     assert got == status and data["status"] == status
@@ -227,8 +250,22 @@ def test_wheel_ships_the_page(tmp_path):
     shutil.copytree(root / "npbert", src / "npbert", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(root / name, src / name)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                           str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     (wheel,) = (tmp_path / "dist").glob("npbert-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -22,8 +22,15 @@ from npbert.weights import WeightsError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference"
 FAMILIES = sorted(p.name for p in FIXTURES.iterdir())
-PREFIX = {"distilbert": "distilbert.", "bert": "bert.", "roberta": "roberta.", "xlm-roberta": "roberta.",
-          "electra": "electra.", "albert": "albert.", "deberta-v2": "deberta."}  # transformers' base_model_prefix, read off the saved keys
+PREFIX = {
+    "distilbert": "distilbert.",
+    "bert": "bert.",
+    "roberta": "roberta.",
+    "xlm-roberta": "roberta.",
+    "electra": "electra.",
+    "albert": "albert.",
+    "deberta-v2": "deberta.",
+}  # transformers' base_model_prefix, read off the saved keys
 
 
 @pytest.fixture(params=FAMILIES)
@@ -85,8 +92,7 @@ def test_wrong_shape_names_tensor_expected_and_found(family_folder):
     arrays["qa_outputs.weight"] = np.zeros((3, arrays["qa_outputs.weight"].shape[1]), np.float32)
     save_file(arrays, str(folder / "model.safetensors"))
     D = arrays["qa_outputs.weight"].shape[1]
-    assert (f"tensor qa_outputs.weight: expected shape [2, {D}] (from config.json), found [3, {D}]"
-            in load_error(folder))
+    assert f"tensor qa_outputs.weight: expected shape [2, {D}] (from config.json), found [3, {D}]" in load_error(folder)
 
 
 def test_pickles_only_is_refused_with_the_conversion(family_folder):
@@ -124,8 +130,10 @@ def test_legacy_gamma_beta_names_load_as_weight_and_bias(family_folder):
     model_type, folder = family_folder
     before = outputs(folder)
     arrays = weights(folder)
-    renamed = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-               for k, v in arrays.items()}
+    renamed = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in arrays.items()
+    }
     if renamed.keys() == arrays.keys():
         pytest.skip(f"{model_type} has no tensors named LayerNorm.*")
     save_file(renamed, str(folder / "model.safetensors"))
@@ -138,15 +146,21 @@ def test_unsupported_model_type_is_one_line_naming_it(tmp_path, model_type):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": model_type}))
     message = load_error(folder)
-    assert message == (f"{folder / 'config.json'}: model_type {model_type!r} is not supported; npbert runs "
-                       f"{', '.join(npbert.SUPPORTED_MODEL_TYPES)}")
+    assert message == (
+        f"{folder / 'config.json'}: model_type {model_type!r} is not supported; npbert runs "
+        f"{', '.join(npbert.SUPPORTED_MODEL_TYPES)}"
+    )
 
 
 def test_cli_reports_an_unsupported_model_type_in_one_line(tmp_path):
     folder = Path(shutil.copytree(FIXTURES / "bert", tmp_path / "m"))
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "funnel"}))
-    proc = subprocess.run([sys.executable, "-m", "npbert", "ask", "--model", str(folder), "-q", "Who?", "-c", "Me."],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "npbert", "ask", "--model", str(folder), "-q", "Who?", "-c", "Me."],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "model_type 'funnel' is not supported" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -36,8 +36,13 @@ COMMIT_MAIN = "a" * 8 + "1" * 32
 COMMIT_V2 = "b" * 8 + "2" * 32
 LFS = {"model.safetensors", "pytorch_model.bin", "tf_model.h5", "onnx/model.onnx"}
 # Files the real repository carries that npbert must never download.
-UNWANTED = {"pytorch_model.bin": b"\x80pickle", "tf_model.h5": b"HDF5", "onnx/model.onnx": b"onnx",
-            "README.md": b"# card", ".gitattributes": b"*.bin filter=lfs"}
+UNWANTED = {
+    "pytorch_model.bin": b"\x80pickle",
+    "tf_model.h5": b"HDF5",
+    "onnx/model.onnx": b"onnx",
+    "README.md": b"# card",
+    ".gitattributes": b"*.bin filter=lfs",
+}
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -93,10 +98,10 @@ class HubStandIn:
                     data = stand_in.blobs.get(path[5:])
                     return self._send(200 if data else 404, {}, data or b"", body)
                 if path.startswith("/api/models/") and "/tree/" in path:
-                    repo, _, rev = path[len("/api/models/"):].partition("/tree/")
+                    repo, _, rev = path[len("/api/models/") :].partition("/tree/")
                     return self._tree(repo, rev, body)
                 if path.startswith("/api/models/"):
-                    repo, _, rev = path[len("/api/models/"):].partition("/revision/")
+                    repo, _, rev = path[len("/api/models/") :].partition("/revision/")
                     return self._info(repo, rev, body)
                 repo, sep, rest = path[1:].partition("/resolve/")
                 if not sep:
@@ -106,28 +111,45 @@ class HubStandIn:
 
             def _commit(self, repo, rev):
                 if repo != REPO:
-                    self._send(401, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"},
-                               b'{"error": "Repository not found"}')
+                    self._send(
+                        401,
+                        {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"},
+                        b'{"error": "Repository not found"}',
+                    )
                     return None
                 commit = stand_in.refs.get(rev, rev if rev in stand_in.files else None)
                 if commit is None:
-                    self._send(404, {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"},
-                               b'{"error": "Invalid rev id"}')
+                    self._send(
+                        404,
+                        {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"},
+                        b'{"error": "Invalid rev id"}',
+                    )
                 return commit
 
             def _info(self, repo, rev, body):
                 commit = self._commit(repo, rev)
                 if commit:
-                    info = {"id": repo, "sha": commit, "private": False,
-                            "siblings": [{"rfilename": n} for n in sorted(stand_in.files[commit])]}
+                    info = {
+                        "id": repo,
+                        "sha": commit,
+                        "private": False,
+                        "siblings": [{"rfilename": n} for n in sorted(stand_in.files[commit])],
+                    }
                     self._send(200, {"Content-Type": "application/json"}, json.dumps(info).encode(), body)
 
             def _tree(self, repo, rev, body):  # huggingface-hub >= 1 lists files with the tree API
                 commit = self._commit(repo, rev)
                 if commit:
-                    tree = [{"type": "file", "path": n, "size": len(d), "oid": git_blob_sha1(d),
-                             **({"lfs": {"oid": etag(n, d), "size": len(d), "pointerSize": 134}} if n in LFS else {})}
-                            for n, d in sorted(stand_in.files[commit].items())]
+                    tree = [
+                        {
+                            "type": "file",
+                            "path": n,
+                            "size": len(d),
+                            "oid": git_blob_sha1(d),
+                            **({"lfs": {"oid": etag(n, d), "size": len(d), "pointerSize": 134}} if n in LFS else {}),
+                        }
+                        for n, d in sorted(stand_in.files[commit].items())
+                    ]
                     self._send(200, {"Content-Type": "application/json"}, json.dumps(tree).encode(), body)
 
             def _file(self, repo, rev, name, body):
@@ -140,9 +162,18 @@ class HubStandIn:
                 tag = etag(name, data)
                 if name in LFS:  # LFS: redirect to the CDN, the real size and hash in X-Linked-*
                     stand_in.blobs[tag] = data
-                    return self._send(302, {"Location": f"{stand_in.cdn_url}/cdn/{tag}", "X-Repo-Commit": commit,
-                                            "X-Linked-Etag": f'"{tag}"', "X-Linked-Size": str(len(data)),
-                                            "ETag": '"redirect"'}, b"", body)
+                    return self._send(
+                        302,
+                        {
+                            "Location": f"{stand_in.cdn_url}/cdn/{tag}",
+                            "X-Repo-Commit": commit,
+                            "X-Linked-Etag": f'"{tag}"',
+                            "X-Linked-Size": str(len(data)),
+                            "ETag": '"redirect"',
+                        },
+                        b"",
+                        body,
+                    )
                 self._send(200, {"X-Repo-Commit": commit, "ETag": f'"{tag}"'}, data, body)
 
         self.blobs = {}
@@ -176,9 +207,15 @@ def closed_port_url() -> str:
 
 def hub_env(tmp_path, endpoint, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1",
-               HF_HUB_DISABLE_IMPLICIT_TOKEN="1", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_ETAG_TIMEOUT="5",
-               HF_HUB_DOWNLOAD_TIMEOUT="5")
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_IMPLICIT_TOKEN="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_ETAG_TIMEOUT="5",
+        HF_HUB_DOWNLOAD_TIMEOUT="5",
+    )
     env.update(extra)
     return env
 
@@ -204,8 +241,13 @@ except Exception as e:
 
 
 def resolve(env, repo=REPO, revision=None, local_files_only=False) -> dict:
-    r = subprocess.run([HUB_PYTHON, "-c", RESOLVE, repo, revision or "", "1" if local_files_only else "0",
-                        npbert.hub.__file__], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [HUB_PYTHON, "-c", RESOLVE, repo, revision or "", "1" if local_files_only else "0", npbert.hub.__file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -256,11 +298,13 @@ def test_download_fetches_only_the_checkpoint_files(hub, tmp_path, repo_files, t
     assert any(path.startswith("/cdn/") for _, path in hub.requests)  # the LFS redirect was followed
     # huggingface-hub's own layout equals the hand-made one the offline tests use
     expected = tmp_path / "expected"
-    make_cache(expected, REPO, COMMIT_MAIN, {n: repo_files[COMMIT_MAIN][n] for n in got["files"]},
-               {"main": COMMIT_MAIN})
+    make_cache(
+        expected, REPO, COMMIT_MAIN, {n: repo_files[COMMIT_MAIN][n] for n in got["files"]}, {"main": COMMIT_MAIN}
+    )
     # (blobs, snapshots and refs; huggingface-hub >= 2 also keeps file listings in trees/)
-    assert {k: v for k, v in layout(storage).items() if k.startswith(("blobs", "snapshots", "refs"))} == \
-        layout(expected / "models--org--tiny-qa")
+    assert {k: v for k, v in layout(storage).items() if k.startswith(("blobs", "snapshots", "refs"))} == layout(
+        expected / "models--org--tiny-qa"
+    )
     # a second resolution is served from the cache: metadata only, no file body downloaded again
     hub.requests.clear()
     assert resolve(env)["folder"] == got["folder"]
@@ -270,9 +314,25 @@ def test_download_fetches_only_the_checkpoint_files(hub, tmp_path, repo_files, t
 def test_cli_answers_with_a_hub_model(hub, tmp_path, tiny_checkpoint):
     """`npbert ask --model org/name` end to end: download, load, answer; equal to the local folder's answer."""
     question, context = "Where do I live?", "My name is John and I live in Seattle."
-    r = subprocess.run([sys.executable, "-m", "npbert", "ask", "--model", REPO, "--question", question,
-                        "--context", context, "--json"], env=hub_env(tmp_path, hub.url), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "npbert",
+            "ask",
+            "--model",
+            REPO,
+            "--question",
+            question,
+            "--context",
+            context,
+            "--json",
+        ],
+        env=hub_env(tmp_path, hub.url),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     local = npbert.pipeline("question-answering", model=tiny_checkpoint)(question=question, context=context)
     assert json.loads(r.stdout) == local
@@ -288,8 +348,10 @@ def test_revision_is_honoured(hub, tmp_path):
     storage = tmp_path / "hf_home" / "hub" / "models--org--tiny-qa"
     assert (storage / "refs" / "v2").read_text() == COMMIT_V2
     by_commit = resolve(env, revision=COMMIT_MAIN)
-    assert Path(by_commit["folder"]).name == COMMIT_MAIN and "_revision" not in (
-        Path(by_commit["folder"]) / "config.json").read_text()
+    assert (
+        Path(by_commit["folder"]).name == COMMIT_MAIN
+        and "_revision" not in (Path(by_commit["folder"]) / "config.json").read_text()
+    )
     assert snapshot_commit(by_commit["folder"]) == COMMIT_MAIN
 
 
@@ -299,8 +361,9 @@ def test_hub_errors_are_clear(hub, tmp_path):
     assert missing["error"] == "CheckpointNotFound" and "revision 'no-such-branch' not found" in missing["message"]
     unknown = resolve(env, repo="org/unknown")
     assert unknown["error"] == "CheckpointNotFound" and "no such repository" in unknown["message"]
-    assert resolve(env, repo="./not/a/folder")["message"].endswith("not a checkpoint folder and not a hub "
-                                                                  "repository id")
+    assert resolve(env, repo="./not/a/folder")["message"].endswith(
+        "not a checkpoint folder and not a hub repository id"
+    )
 
 
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "local_files_only", "unreachable"])
@@ -308,14 +371,20 @@ def test_offline_uses_a_cache_laid_out_as_huggingface_hub_does(tmp_path, repo_fi
     files = {n: repo_files[COMMIT_MAIN][n] for n in CHECKPOINT_FILES if n in repo_files[COMMIT_MAIN]}
     cache = tmp_path / "elsewhere"  # HF_HUB_CACHE is honoured, not only HF_HOME
     snapshot = make_cache(cache, REPO, COMMIT_MAIN, files, {"main": COMMIT_MAIN})
-    env = hub_env(tmp_path, closed_port_url(), HF_HUB_CACHE=str(cache),
-                  **({"HF_HUB_OFFLINE": "1"} if how == "HF_HUB_OFFLINE" else {}))
+    env = hub_env(
+        tmp_path,
+        closed_port_url(),
+        HF_HUB_CACHE=str(cache),
+        **({"HF_HUB_OFFLINE": "1"} if how == "HF_HUB_OFFLINE" else {}),
+    )
     got = resolve(env, local_files_only=how == "local_files_only")
     assert got.get("folder") == str(snapshot), got
     assert got["files"] == sorted(files)
     # the same cache through the model loader: the weights load from the blobs
-    code = ("import sys, npbert; m = npbert.DistilBertForQuestionAnswering.from_pretrained(sys.argv[1], "
-            "local_files_only=True); print(m.config.dim)")
+    code = (
+        "import sys, npbert; m = npbert.DistilBertForQuestionAnswering.from_pretrained(sys.argv[1], "
+        "local_files_only=True); print(m.config.dim)"
+    )
     r = subprocess.run([sys.executable, "-c", code, REPO], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "32", r.stderr
 
@@ -336,8 +405,11 @@ def test_offline_and_not_cached_says_what_to_do(tmp_path, how):
     assert got["error"] == "CheckpointNotFound"
     message = got["message"]
     assert REPO in message and "not in the cache" in message and str(tmp_path / "hf_home" / "hub") in message
-    reason = {"HF_HUB_OFFLINE": "HF_HUB_OFFLINE is set", "local_files_only": "local_files_only=True",
-              "unreachable": f"the hub at {endpoint} could not be reached"}[how]
+    reason = {
+        "HF_HUB_OFFLINE": "HF_HUB_OFFLINE is set",
+        "local_files_only": "local_files_only=True",
+        "unreachable": f"the hub at {endpoint} could not be reached",
+    }[how]
     assert reason in message  # names the reason
     assert "Run once with network access" in message and "local checkpoint folder" in message
     # cached under another revision only: still not found, naming the revision
@@ -348,8 +420,13 @@ def test_offline_and_not_cached_says_what_to_do(tmp_path, how):
 
 def test_cli_offline_error_is_one_line(tmp_path):
     env = hub_env(tmp_path, closed_port_url(), HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "npbert", "ask", "--model", REPO, "-q", "Who?", "-c", "John"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "npbert", "ask", "--model", REPO, "-q", "Who?", "-c", "John"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith("npbert ask: error: org/tiny-qa (revision main) is not in the cache")
@@ -366,8 +443,11 @@ def test_hub_module_is_the_only_network_code():
     """No other npbert module imports huggingface_hub or opens connections."""
     package = Path(npbert.__file__).parent
     network = ("huggingface_hub", "urllib.request", "requests.")
-    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
-                 if p.name != "hub.py" and any(s in p.read_text(encoding="utf-8") for s in network)]
+    offenders = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name != "hub.py" and any(s in p.read_text(encoding="utf-8") for s in network)
+    ]
     assert offenders == []
 
 
@@ -375,12 +455,15 @@ def test_cache_layout_matches_huggingface_hub_scan(tmp_path, repo_files):
     """huggingface-hub's own cache scanner accepts the hand-made cache (same layout, same revision)."""
     files = {n: repo_files[COMMIT_MAIN][n] for n in ("config.json", "vocab.txt")}
     make_cache(tmp_path / "cache", REPO, COMMIT_MAIN, files, {"main": COMMIT_MAIN})
-    code = ("import sys; from huggingface_hub import scan_cache_dir; info = scan_cache_dir(sys.argv[1]); "
-            "(repo,) = info.repos; (rev,) = repo.revisions; "
-            "print(repo.repo_id, rev.commit_hash, sorted(rev.refs), sorted(f.file_name for f in rev.files), "
-            "len(info.warnings))")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], capture_output=True, text=True,
-                       timeout=120)
+    code = (
+        "import sys; from huggingface_hub import scan_cache_dir; info = scan_cache_dir(sys.argv[1]); "
+        "(repo,) = info.repos; (rev,) = repo.revisions; "
+        "print(repo.repo_id, rev.commit_hash, sorted(rev.refs), sorted(f.file_name for f in rev.files), "
+        "len(info.warnings))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "cache")], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split(" ", 2)[:2] == [REPO, COMMIT_MAIN]
     assert r.stdout.strip().endswith("['main'] ['config.json', 'vocab.txt'] 0")

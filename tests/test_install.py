@@ -39,8 +39,14 @@ def fresh_venv(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     deps = tmp_path / "deps"
     deps.mkdir()
     for folder in dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")):
@@ -49,8 +55,13 @@ def fresh_venv(tmp_path):
                 (deps / entry.name).symlink_to(entry)
     (site / "zz-test-deps.pth").write_text(f"{deps}\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NUMBA_CACHE_DIR", "VIRTUAL_ENV")}
-    env.update(NPBERT_CACHE=str(tmp_path / "cache"), XDG_CACHE_HOME=str(tmp_path / "xdg"), PIP_NO_INDEX="1",
-               PIP_DISABLE_PIP_VERSION_CHECK="1", PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
+    env.update(
+        NPBERT_CACHE=str(tmp_path / "cache"),
+        XDG_CACHE_HOME=str(tmp_path / "xdg"),
+        PIP_NO_INDEX="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+    )
     return venv, site, env
 
 
@@ -99,7 +110,7 @@ def test_install_run_then_editable_install_keeps_the_command_working(fresh_venv,
 
 def test_a_users_own_numba_cache_dir_is_kept(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    code = "import npbert.kernels, numba.core.config as c, os; print(c.CACHE_DIR); print(os.environ['NUMBA_CACHE_DIR'])"
+    code = "import npbert.ops, numba.core.config as c, os; print(c.CACHE_DIR); print(os.environ['NUMBA_CACHE_DIR'])"
     default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert default.stdout.split() == [str(Path(env["NPBERT_CACHE"]) / "numba")] * 2, default.stderr
     env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")
@@ -113,15 +124,26 @@ def test_one_install_style_everywhere():
     import re
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    setup = readme[readme.index("## Set-up"):readme.index("\n## ", readme.index("## Set-up") + 1)]
+    setup = readme[readme.index("## Set-up") : readme.index("\n## ", readme.index("## Set-up") + 1)]
     commands = re.findall(r"```bash\n(.*?)\n```", setup, re.S)
-    assert commands[:2] == ['pip install -e . && npbert ask --question "What\'s my name?" --context "My name is John '
-                            'and I live in Seattle"', "pip install -e '.[test]' && python -m pytest"]
+    assert commands[:2] == [
+        'pip install -e . && npbert ask --question "What\'s my name?" --context "My name is John '
+        'and I live in Seattle"',
+        "pip install -e '.[test]' && python -m pytest",
+    ]
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert f"\n{commands[1]}\n" in ci
-    texts = [REPO / "README.md", REPO / "pyproject.toml", *(REPO / "docs").rglob("*.md"),
-             *(REPO / "docs" / "notebooks").glob("*.ipynb"), *(REPO / "npbert").rglob("*.py")]
-    plain = [f"{p.relative_to(REPO)}: {m.group(0)}" for p in texts
-             for m in re.finditer(r"pip install (?!-e )[^`\n]{0,30}", p.read_text(encoding="utf-8"))
-             if "npbert" in m.group(0) or m.group(0).startswith(("pip install .", "pip install '."))]
+    texts = [
+        REPO / "README.md",
+        REPO / "pyproject.toml",
+        *(REPO / "docs").rglob("*.md"),
+        *(REPO / "docs" / "notebooks").glob("*.ipynb"),
+        *(REPO / "npbert").rglob("*.py"),
+    ]
+    plain = [
+        f"{p.relative_to(REPO)}: {m.group(0)}"
+        for p in texts
+        for m in re.finditer(r"pip install (?!-e )[^`\n]{0,30}", p.read_text(encoding="utf-8"))
+        if "npbert" in m.group(0) or m.group(0).startswith(("pip install .", "pip install '."))
+    ]
     assert plain == [], plain

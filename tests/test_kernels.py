@@ -1,6 +1,6 @@
-"""The numba kernels against their plain-numpy references (npbert/kernels.py), the float32 erf against
-float64 `math.erf`, the kernel switch (`select`, NPBERT_KERNELS, `kernels=`), and the load-time re-layout
-(`weights.relayout_for_speed`).
+"""The numba kernels against their plain-numpy references (npbert/ops/reference.py against npbert/ops/numba.py
+and npbert/ops/gemm.py), the float32 erf against float64 `math.erf`, the kernel switch (`select`,
+NPBERT_KERNELS, `kernels=`), and the load-time re-layout (`layout.relayout_for_speed`).
 
 Tolerance: max |kernel - reference| <= 1e-6 in float32 on values of order 1; on larger outputs the bound
 is relative (1e-6 x |reference|), since float32 itself resolves only ~6e-8 x |value|. float64 (audit mode)
@@ -20,13 +20,12 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import checkpoints
 import npbert
-from npbert import kernels as K
-from npbert import weights as W
+from npbert import layout, ops, threads as npbert_threads, weights as W, workers
+from npbert.ops import gemm, numba as kernels, parallel, reference
 from process_helpers import in_forked_child
 
 TOL32 = 1e-6
@@ -58,22 +57,28 @@ def random_keep(rng, B, S):
 
 
 def run_attention(q, k, v, keep, H):
-    ref_ctx, ref_probs = K.attention_numpy(q, k, v, keep, H, return_probs=True)
-    ctx, probs = K.attention_numba(q, k, v, keep, H, return_probs=True)
+    ref_ctx, ref_probs = reference.attention_numpy(q, k, v, keep, H, return_probs=True)
+    ctx, probs = kernels.attention_numba(q, k, v, keep, H, return_probs=True)
     assert_close(probs, ref_probs)
     assert_close(ctx, ref_ctx)
-    assert K.attention_numba(q, k, v, keep, H)[1] is None
+    assert kernels.attention_numba(q, k, v, keep, H)[1] is None
     return probs
 
 
-@given(B=st.integers(1, 3), S=st.integers(1, 33), H=st.sampled_from([1, 2, 4]), Dh=st.sampled_from([1, 4, 16, 64]),
-       scale=st.sampled_from([0.1, 1.0, 4.0]), seed=st.integers(0, 2**32 - 1))
+@given(
+    B=st.integers(1, 3),
+    S=st.integers(1, 33),
+    H=st.sampled_from([1, 2, 4]),
+    Dh=st.sampled_from([1, 4, 16, 64]),
+    scale=st.sampled_from([0.1, 1.0, 4.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_attention_matches_reference(B, S, H, Dh, scale, seed):
     rng = np.random.default_rng(seed)
     # q, k, v as the model passes them: column slices of one fused [B, S, 3D] projection (strided views).
     qkv = (scale * rng.standard_normal((B, S, 3 * H * Dh))).astype(np.float32)
     D = H * Dh
-    q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
+    q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
     keep = random_keep(rng, B, S)
     probs = run_attention(q, k, v, keep, H)
     for b in range(B):
@@ -103,8 +108,8 @@ def test_attention_float64():
     rng = np.random.default_rng(1)
     q, k, v = (rng.standard_normal((2, 9, 12)) for _ in range(3))
     keep = random_keep(rng, 2, 9)
-    ref_ctx, ref_probs = K.attention_numpy(q, k, v, keep, 3, True)
-    ctx, probs = K.attention_numba(q, k, v, keep, 3, True)
+    ref_ctx, ref_probs = reference.attention_numpy(q, k, v, keep, 3, True)
+    ctx, probs = kernels.attention_numba(q, k, v, keep, 3, True)
     assert ctx.dtype == np.float64
     np.testing.assert_allclose(ctx, ref_ctx, rtol=0, atol=1e-12)
     np.testing.assert_allclose(probs, ref_probs, rtol=0, atol=1e-12)
@@ -118,7 +123,7 @@ def test_erf_rational_error_bound_against_float64_erf():
     # whole range where erf is not yet +-1 in float64, plus the tails), and never beyond +-1.
     x = np.concatenate([np.linspace(-7, 7, 200_001), [-1e30, -40.0, -4.0, 0.0, 4.0, 40.0, 1e30, 1e-30]])
     exact = np.array([math.erf(t) for t in x])
-    approx = np.array([K.erf_rational(t) for t in x])
+    approx = np.array([kernels.erf_rational(t) for t in x])
     assert np.abs(approx - exact).max() < 6.5e-8
     assert np.abs(approx).max() <= 1.0
     assert np.array_equal(np.sign(approx), np.sign(exact))  # odd, exact 0 at 0
@@ -128,13 +133,15 @@ def exact_gelu(x64):
     return 0.5 * x64 * (1.0 + np.array([math.erf(t / math.sqrt(2.0)) for t in x64.ravel()]).reshape(x64.shape))
 
 
-@given(N=st.integers(1, 9), F=st.integers(1, 70), scale=st.sampled_from([0.5, 3.0, 30.0]), seed=st.integers(0, 2**32 - 1))
+@given(
+    N=st.integers(1, 9), F=st.integers(1, 70), scale=st.sampled_from([0.5, 3.0, 30.0]), seed=st.integers(0, 2**32 - 1)
+)
 def test_bias_gelu_matches_reference(N, F, scale, seed):
     rng = np.random.default_rng(seed)
     h = (scale * rng.standard_normal((N, F))).astype(np.float32)
     bias = rng.standard_normal(F).astype(np.float32)
-    ref = K.bias_gelu_numpy(h, bias)
-    out = K.bias_gelu_numba(h.copy(), bias)
+    ref = reference.bias_gelu_numpy(h, bias)
+    out = kernels.bias_gelu_numba(h.copy(), bias)
     assert_close(out, ref)
     # Against the exact GELU in float64 the kernel errs by at most 0.5 |x| 6.5e-8 plus float32 rounding.
     x64 = (h + bias).astype(np.float64)
@@ -142,11 +149,12 @@ def test_bias_gelu_matches_reference(N, F, scale, seed):
 
 
 def test_bias_gelu_extreme_values():
-    x = np.array([[-1e30, -1e4, -40, -6, -5.7, -5.6, -4, -1e-3, -1e-30, 0, 1e-30, 1e-3, 4, 5.7, 40, 1e4, 1e30]],
-                 dtype=np.float32)
+    x = np.array(
+        [[-1e30, -1e4, -40, -6, -5.7, -5.6, -4, -1e-3, -1e-30, 0, 1e-30, 1e-3, 4, 5.7, 40, 1e4, 1e30]], dtype=np.float32
+    )
     bias = np.zeros(x.shape[1], dtype=np.float32)
-    out = K.bias_gelu_numba(x.copy(), bias)
-    assert_close(out, K.bias_gelu_numpy(x, bias))
+    out = kernels.bias_gelu_numba(x.copy(), bias)
+    assert_close(out, reference.bias_gelu_numpy(x, bias))
     assert (out[x <= -6] == 0).all() and (out[x >= 6] == x[x >= 6]).all()  # the tails are exact
     assert np.isfinite(out).all()
 
@@ -155,9 +163,9 @@ def test_bias_gelu_overwrites_its_input_and_float64_is_exact():
     rng = np.random.default_rng(2)
     h = rng.standard_normal((5, 40)) * 4
     bias = rng.standard_normal(40)
-    ref = K.bias_gelu_numpy(h, bias)
+    ref = reference.bias_gelu_numpy(h, bias)
     scratch = h.copy()
-    out = K.bias_gelu_numba(scratch, bias)
+    out = kernels.bias_gelu_numba(scratch, bias)
     assert out is scratch and out.dtype == np.float64
     np.testing.assert_allclose(out, ref, rtol=1e-15, atol=1e-300)  # math.erf in both: no approximation
 
@@ -165,7 +173,9 @@ def test_bias_gelu_overwrites_its_input_and_float64_is_exact():
 # --- residual + LayerNorm ------------------------------------------------------------------------------
 
 
-@given(N=st.integers(1, 9), D=st.integers(1, 80), scale=st.sampled_from([1e-3, 1.0, 1e3]), seed=st.integers(0, 2**32 - 1))
+@given(
+    N=st.integers(1, 9), D=st.integers(1, 80), scale=st.sampled_from([1e-3, 1.0, 1e3]), seed=st.integers(0, 2**32 - 1)
+)
 def test_residual_layernorm_matches_reference(N, D, scale, seed):
     rng = np.random.default_rng(seed)
     x = (scale * rng.standard_normal((N, D))).astype(np.float32)
@@ -176,8 +186,8 @@ def test_residual_layernorm_matches_reference(N, D, scale, seed):
     # model does): the float32 reference itself loses up to ~3e-6 to cancellation on short rows of large
     # values (D = 2 at scale 1e3), which the kernel's float64 statistics do not.
     y, zero = (x + r).astype(np.float64), np.zeros((N, D))
-    exact = K.residual_layernorm_numpy(y, zero, weight.astype(np.float64), bias.astype(np.float64), 1e-12)
-    assert_close(K.residual_layernorm_numba(x, r, weight, bias, 1e-12), exact.astype(np.float32))
+    exact = reference.residual_layernorm_numpy(y, zero, weight.astype(np.float64), bias.astype(np.float64), 1e-12)
+    assert_close(kernels.residual_layernorm_numba(x, r, weight, bias, 1e-12), exact.astype(np.float32))
 
 
 def test_residual_layernorm_constant_rows_and_float64():
@@ -185,14 +195,18 @@ def test_residual_layernorm_constant_rows_and_float64():
     x = np.full((3, 16), 0.5, dtype=np.float32)
     r = np.full((3, 16), 2.0, dtype=np.float32)
     weight, bias = np.full(16, 2.0, np.float32), np.arange(16, dtype=np.float32)
-    out = K.residual_layernorm_numba(x, r, weight, bias, 1e-12)
-    np.testing.assert_array_equal(out, K.residual_layernorm_numpy(x, r, weight, bias, 1e-12))
+    out = kernels.residual_layernorm_numba(x, r, weight, bias, 1e-12)
+    np.testing.assert_array_equal(out, reference.residual_layernorm_numpy(x, r, weight, bias, 1e-12))
     np.testing.assert_array_equal(out, np.broadcast_to(bias, out.shape))
     rng = np.random.default_rng(3)
     x64, r64 = rng.standard_normal((4, 30)), rng.standard_normal((4, 30))
     w64, b64 = rng.standard_normal(30), rng.standard_normal(30)
-    np.testing.assert_allclose(K.residual_layernorm_numba(x64, r64, w64, b64, 1e-12),
-                               K.residual_layernorm_numpy(x64, r64, w64, b64, 1e-12), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        kernels.residual_layernorm_numba(x64, r64, w64, b64, 1e-12),
+        reference.residual_layernorm_numpy(x64, r64, w64, b64, 1e-12),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def as_in_a_model_call(monkeypatch, threads):
@@ -208,9 +222,9 @@ def as_in_a_model_call(monkeypatch, threads):
         finally:
             blas_calls.append("restored")
 
-    monkeypatch.setattr(K.threads, "_current", threads)
-    monkeypatch.setattr(K.threads, "controllable", lambda: True)  # as with numpy's OpenBLAS found
-    monkeypatch.setattr(K.threads, "single_blas_thread", single_blas_thread)
+    monkeypatch.setattr(npbert_threads, "_current", threads)
+    monkeypatch.setattr(npbert_threads, "controllable", lambda: True)  # as with numpy's OpenBLAS found
+    monkeypatch.setattr(npbert_threads, "single_blas_thread", single_blas_thread)
     return blas_calls
 
 
@@ -222,23 +236,30 @@ def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
     used = {}
     blas_calls = as_in_a_model_call(monkeypatch, threads)
     for name in ("_scale_mask_shift_numba", "_bias_gelu_f32_numba", "_residual_layernorm_numba"):
-        kernel = getattr(K, name)
-        monkeypatch.setattr(K, name, lambda *a, kernel=kernel, name=name: (
-            used.setdefault(name, []).append(threading.get_ident()), kernel(*a))[1])
+        kernel = getattr(kernels, name)
+        monkeypatch.setattr(
+            kernels,
+            name,
+            lambda *a, kernel=kernel, name=name: (used.setdefault(name, []).append(threading.get_ident()), kernel(*a))[
+                1
+            ],
+        )
     rng = np.random.default_rng(6)
     qkv = rng.standard_normal((2, 80, 3 * 64)).astype(np.float32)
     keep = random_keep(rng, 2, 80)
-    assert 2 * 8 * 80 * 80 >= K._ATTENTION_SERIAL_BELOW
+    assert 2 * 8 * 80 * 80 >= kernels._ATTENTION_SERIAL_BELOW
     run_attention(qkv[..., :64], qkv[..., 64:128], qkv[..., 128:], keep, 8)
     assert blas_calls[:2] == ["one thread", "restored"]
     h, bias = (3 * rng.standard_normal((300, 1000))).astype(np.float32), rng.standard_normal(1000).astype(np.float32)
-    assert h.size >= K._GELU_SERIAL_BELOW
-    assert_close(K.bias_gelu_numba(h.copy(), bias), K.bias_gelu_numpy(h, bias))
+    assert h.size >= kernels._GELU_SERIAL_BELOW
+    assert_close(kernels.bias_gelu_numba(h.copy(), bias), reference.bias_gelu_numpy(h, bias))
     h = (3 * rng.standard_normal((700, 800))).astype(np.float32)
     w, b = (1 + 0.1 * rng.standard_normal(800)).astype(np.float32), rng.standard_normal(800).astype(np.float32)
-    assert h.size >= K._LAYERNORM_SERIAL_BELOW
-    assert_close(K.residual_layernorm_numba(h, h[::-1].copy(), w, b, 1e-12),
-                 K.residual_layernorm_numpy(h, h[::-1].copy(), w, b, 1e-12))
+    assert h.size >= kernels._LAYERNORM_SERIAL_BELOW
+    assert_close(
+        kernels.residual_layernorm_numba(h, h[::-1].copy(), w, b, 1e-12),
+        reference.residual_layernorm_numpy(h, h[::-1].copy(), w, b, 1e-12),
+    )
     # One call per chunk (attention: per head), on more than one thread (a free worker may take two chunks).
     assert len(used) == 3 and len(used["_scale_mask_shift_numba"]) == 2 * 2 * 8  # run_attention runs it twice
     assert len(used["_bias_gelu_f32_numba"]) == len(used["_residual_layernorm_numba"]) == threads
@@ -250,15 +271,15 @@ def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
 
 def test_select(monkeypatch):
     monkeypatch.delenv("NPBERT_KERNELS", raising=False)
-    assert K.select() is K.NUMBA
-    assert K.select("numpy") is K.NUMPY and K.select("numba") is K.NUMBA
+    assert ops.select() is ops.NUMBA
+    assert ops.select("numpy") is ops.NUMPY and ops.select("numba") is ops.NUMBA
     monkeypatch.setenv("NPBERT_KERNELS", "numpy")
-    assert K.select() is K.NUMPY
-    assert K.select("numba") is K.NUMBA  # the argument wins over the environment
+    assert ops.select() is ops.NUMPY
+    assert ops.select("numba") is ops.NUMBA  # the argument wins over the environment
     with pytest.raises(ValueError, match="unknown kernels 'fortran'.*numpy, numba"):
-        K.select("fortran")
-    for ops in (K.NUMPY, K.NUMBA):  # each Ops holds its own variant of every op
-        assert all(getattr(ops, f).__name__.endswith("_" + ops.name) for f in K.Ops._fields[1:])
+        ops.select("fortran")
+    for chosen in (ops.NUMPY, ops.NUMBA):  # each Ops holds its own variant of every op
+        assert all(getattr(chosen, f).__name__.endswith("_" + chosen.name) for f in ops.Ops._fields[1:])
 
 
 def test_both_kernel_paths_give_the_same_model_outputs(tiny_checkpoint, monkeypatch):
@@ -271,21 +292,29 @@ def test_both_kernel_paths_give_the_same_model_outputs(tiny_checkpoint, monkeypa
     ref_model = npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint)
     monkeypatch.delenv("NPBERT_KERNELS")
     model = npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint)
-    assert ref_model.ops is K.NUMPY and model.ops is K.NUMBA
-    assert npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint, kernels="numpy").ops is K.NUMPY
+    assert ref_model.ops is ops.NUMPY and model.ops is ops.NUMBA
+    assert npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint, kernels="numpy").ops is ops.NUMPY
     ref = ref_model(ids, mask, output_hidden_states=True, output_attentions=True)
     out = model(ids, mask, output_hidden_states=True, output_attentions=True)
-    for a, b in zip((out.start_logits, out.end_logits, *out.hidden_states, *out.attentions),
-                    (ref.start_logits, ref.end_logits, *ref.hidden_states, *ref.attentions)):
+    for a, b in zip(
+        (out.start_logits, out.end_logits, *out.hidden_states, *out.attentions),
+        (ref.start_logits, ref.end_logits, *ref.hidden_states, *ref.attentions),
+    ):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
 def test_environment_variable_selects_in_a_new_process(tiny_checkpoint):
-    code = ("import npbert; m = npbert.DistilBertForQuestionAnswering.from_pretrained(%r); print(m.ops.name)"
-            % str(tiny_checkpoint))
+    code = "import npbert; m = npbert.DistilBertForQuestionAnswering.from_pretrained(%r); print(m.ops.name)" % str(
+        tiny_checkpoint
+    )
     for value in ("numpy", "numba"):
-        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "NPBERT_KERNELS": value},
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "NPBERT_KERNELS": value},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert out.stdout.strip() == value
 
 
@@ -293,22 +322,32 @@ def test_environment_variable_selects_in_a_new_process(tiny_checkpoint):
 
 
 def test_relayout_fuses_qkv_and_stores_linears_column_major(tmp_path):
-    folder = checkpoints.write_checkpoint(tmp_path / "c", seed=5, vocab=[], tokenizer=False, vocab_size=30,
-                                          dim=64, n_layers=2, n_heads=2, hidden_dim=1024, max_position_embeddings=16)
+    folder = checkpoints.write_checkpoint(
+        tmp_path / "c",
+        seed=5,
+        vocab=[],
+        tokenizer=False,
+        vocab_size=30,
+        dim=64,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=1024,
+        max_position_embeddings=16,
+    )
     config = npbert.Config.from_file(folder / "config.json")
     # float32: the matrices ([64, 64] and [1024, 64]: whole pages) are views of the file mapping whose
     # pages the re-layout releases (they must read back intact); float64: owned copies, left alone.
     for dtype in (np.float64, np.float32):
         tree = W.load(folder, config, dtype)
-        fast = W.relayout_for_speed(tree)
+        fast = layout.relayout_for_speed(tree)
         assert_relaid(tree, fast)
-    encoder = W.relayout_for_speed(tree.encoder)
-    assert isinstance(encoder.transformer.layer[0].attention, W.FusedAttention)
-    assert W.is_relaid(encoder.transformer.layer[1].ffn.lin2)
+    encoder = layout.relayout_for_speed(tree.encoder)
+    assert isinstance(encoder.transformer.layer[0].attention, layout.FusedAttention)
+    assert layout.is_relaid(encoder.transformer.layer[1].ffn.lin2)
 
 
 def assert_same_linear(new, old):  # same [out, in] values, stored so that W.T is C-contiguous
-    assert new.weight.shape == old.weight.shape and W.is_relaid(new) and not W.is_relaid(old)
+    assert new.weight.shape == old.weight.shape and layout.is_relaid(new) and not layout.is_relaid(old)
     np.testing.assert_array_equal(new.weight, old.weight)
     np.testing.assert_array_equal(new.bias, old.bias)
 
@@ -316,8 +355,13 @@ def assert_same_linear(new, old):  # same [out, in] values, stored so that W.T i
 def assert_relaid(tree, fast):
     for old, new in zip(tree.encoder.transformer.layer, fast.encoder.transformer.layer):
         a, f = old.attention, new.attention
-        assert_same_linear(f.qkv, W.Linear(np.concatenate([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]),
-                                           np.concatenate([a.q_lin.bias, a.k_lin.bias, a.v_lin.bias])))
+        assert_same_linear(
+            f.qkv,
+            W.Linear(
+                np.concatenate([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]),
+                np.concatenate([a.q_lin.bias, a.k_lin.bias, a.v_lin.bias]),
+            ),
+        )
         for name in ("q_lin", "k_lin", "v_lin"):  # the old names are views into qkv, equal to the loaded ones
             lin = getattr(f, name)
             assert np.shares_memory(lin.weight, f.qkv.weight) and np.shares_memory(lin.bias, f.qkv.bias)
@@ -327,7 +371,7 @@ def assert_relaid(tree, fast):
         assert new.sa_layer_norm is old.sa_layer_norm and new.output_layer_norm is old.output_layer_norm
     assert_same_linear(fast.qa_outputs, tree.qa_outputs)
     assert fast.encoder.embeddings is tree.encoder.embeddings  # embeddings stay mapped
-    again = W.relayout_for_speed(fast)  # idempotent: no second copy
+    again = layout.relayout_for_speed(fast)  # idempotent: no second copy
     assert again.encoder.transformer.layer[0].attention is fast.encoder.transformer.layer[0].attention
     assert again.encoder.transformer.layer[1].ffn.lin1 is fast.encoder.transformer.layer[1].ffn.lin1
     assert again.qa_outputs is fast.qa_outputs
@@ -338,10 +382,10 @@ def test_a_forked_child_still_splits_its_kernels(monkeypatch):
     # The worker threads do not survive fork(); a child must start its own instead of waiting for them.
     as_in_a_model_call(monkeypatch, 2)
     h, bias = np.ones((300, 1000), np.float32), np.zeros(1000, np.float32)
-    expected = K.bias_gelu_numpy(h, bias)
-    K.bias_gelu_numba(h.copy(), bias)
-    assert K.workers._workers  # the parent's worker threads exist
-    in_forked_child(lambda: np.allclose(K.bias_gelu_numba(h.copy(), bias), expected, rtol=0, atol=1e-6))
+    expected = reference.bias_gelu_numpy(h, bias)
+    kernels.bias_gelu_numba(h.copy(), bias)
+    assert workers._workers  # the parent's worker threads exist
+    in_forked_child(lambda: np.allclose(kernels.bias_gelu_numba(h.copy(), bias), expected, rtol=0, atol=1e-6))
 
 
 def test_one_model_called_from_several_threads_at_once(tiny_checkpoint, monkeypatch):
@@ -351,7 +395,7 @@ def test_one_model_called_from_several_threads_at_once(tiny_checkpoint, monkeypa
     model = npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint)
     rng = np.random.default_rng(8)
     inputs = [rng.integers(0, 1000, (3, 160)) for _ in range(4)]
-    assert 3 * model.config.n_heads * 160 * 160 >= K._ATTENTION_SERIAL_BELOW  # attention splits its heads
+    assert 3 * model.config.n_heads * 160 * 160 >= kernels._ATTENTION_SERIAL_BELOW  # attention splits its heads
     expected = [model(ids).start_logits for ids in inputs]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         for _ in range(3):
@@ -371,16 +415,19 @@ def test_a_failing_chunk_raises_after_every_chunk_has_finished(monkeypatch):
         finished.append(list(chunk))
 
     with pytest.raises(RuntimeError, match="bad chunk"):
-        K._split_over_threads(work, list(range(4)), True, uses_blas=True)
-    assert finished == [[2, 3]] and blas_calls == ["one thread", "restored"]  # the worker's share done, OpenBLAS restored
+        parallel.split_over_threads(work, list(range(4)), True, uses_blas=True)
+    assert finished == [[2, 3]] and blas_calls == [
+        "one thread",
+        "restored",
+    ]  # the worker's share done, OpenBLAS restored
 
 
 # --- matrix products over panels -----------------------------------------------------------------------
 
 
-def pack_panels(w):  # [out, in] -> [out / 32, in, 32], as weights.relayout_for_speed stores it
+def pack_panels(w):  # [out, in] -> [out / 32, in, 32], as layout.relayout_for_speed stores it
     out, d_in = w.shape
-    return np.ascontiguousarray(w.T.reshape(d_in, out // K.PANEL_WIDTH, K.PANEL_WIDTH).transpose(1, 0, 2))
+    return np.ascontiguousarray(w.T.reshape(d_in, out // gemm.PANEL_WIDTH, gemm.PANEL_WIDTH).transpose(1, 0, 2))
 
 
 def assert_product_close(got, x, w):
@@ -388,78 +435,94 @@ def assert_product_close(got, x, w):
     # in blocks of 256, so its bound is (256 + k / 256 + 2) * eps * (|x| @ |w|.T), as tight as BLAS's.
     exact = x.astype(np.float64) @ w.T.astype(np.float64)
     k = x.shape[1]
-    bound = (min(k, K._K_BLOCK) + k / K._K_BLOCK + 2) * np.finfo(np.float32).eps * (np.abs(x) @ np.abs(w).T)
+    bound = (min(k, gemm._K_BLOCK) + k / gemm._K_BLOCK + 2) * np.finfo(np.float32).eps * (np.abs(x) @ np.abs(w).T)
     assert got.shape == exact.shape and got.dtype == np.float32
     excess = np.abs(got - exact) - bound
     assert excess.max(initial=0.0) <= 0, f"max |diff| beyond the rounding bound: {excess.max()}"
 
 
-@given(M=st.integers(1, 40), d_in=st.integers(1, 600), n_panels=st.integers(1, 4), scale=st.sampled_from([0.01, 1.0, 30.0]),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    M=st.integers(1, 40),
+    d_in=st.integers(1, 600),
+    n_panels=st.integers(1, 4),
+    scale=st.sampled_from([0.01, 1.0, 30.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_matmul_panels_matches_reference(M, d_in, n_panels, scale, seed):
     rng = np.random.default_rng(seed)
     x = (scale * rng.standard_normal((M, d_in))).astype(np.float32)
-    w = rng.standard_normal((n_panels * K.PANEL_WIDTH, d_in)).astype(np.float32)
+    w = rng.standard_normal((n_panels * gemm.PANEL_WIDTH, d_in)).astype(np.float32)
     panels = pack_panels(w)
-    got = K.matmul_panels_numba(x, panels)
+    got = gemm.matmul_panels_numba(x, panels)
     assert_product_close(got, x, w)
-    assert_product_close(K.matmul_panels_numpy(x, panels), x, w)  # the reference is x @ W.T itself
+    assert_product_close(reference.matmul_panels_numpy(x, panels), x, w)  # the reference is x @ W.T itself
     # Rows that are not a multiple of the tile (8), a strided x and strided panels give the same values.
-    np.testing.assert_array_equal(K.matmul_panels_numba(np.asfortranarray(x), panels), got)
-    wider = np.zeros((n_panels, d_in, 2 * K.PANEL_WIDTH), np.float32)
+    np.testing.assert_array_equal(gemm.matmul_panels_numba(np.asfortranarray(x), panels), got)
+    wider = np.zeros((n_panels, d_in, 2 * gemm.PANEL_WIDTH), np.float32)
     wider[..., 1::2] = panels
-    np.testing.assert_array_equal(K.matmul_panels_numba(x, wider[..., 1::2]), got)
+    np.testing.assert_array_equal(gemm.matmul_panels_numba(x, wider[..., 1::2]), got)
 
 
 def test_matmul_panels_at_the_forward_sizes_and_split_over_threads(monkeypatch):
     used = []
-    real = K._matmul_panels_numba
-    monkeypatch.setattr(K, "_matmul_panels_numba", lambda *a: (used.append((threading.get_ident(), a[3], a[4])),
-                                                               real(*a))[1])
+    real = gemm._matmul_panels_numba
+    monkeypatch.setattr(
+        gemm, "_matmul_panels_numba", lambda *a: (used.append((threading.get_ident(), a[3], a[4])), real(*a))[1]
+    )
     as_in_a_model_call(monkeypatch, 2)
     rng = np.random.default_rng(8)
     for M, d_in, d_out in ((16, 768, 2304), (384, 768, 768), (13, 3072, 768)):
         used.clear()
         x = rng.standard_normal((M, d_in)).astype(np.float32)
         w = (0.05 * rng.standard_normal((d_out, d_in))).astype(np.float32)
-        assert M * d_in * d_out >= K._MATMUL_SERIAL_BELOW
-        assert_product_close(K.matmul_panels_numba(x, pack_panels(w)), x, w)
+        assert M * d_in * d_out >= gemm._MATMUL_SERIAL_BELOW
+        assert_product_close(gemm.matmul_panels_numba(x, pack_panels(w)), x, w)
         # two chunks of panels, together all of them, on two threads
         assert sorted((a, b) for _, a, b in used) == [(0, d_out // 64), (d_out // 64, d_out // 32)]
         assert len({ident for ident, _, _ in used}) == 2
 
 
 def test_matmul_panels_refuses_what_does_not_fit():
-    panels = np.zeros((2, 8, K.PANEL_WIDTH), np.float32)
+    panels = np.zeros((2, 8, gemm.PANEL_WIDTH), np.float32)
     for x, wrong in ((np.zeros((3, 9), np.float32), "9"), (np.zeros((3, 8), np.float64), "float64")):
         with pytest.raises(ValueError, match=f"matmul_panels: x .*{wrong}.* do not fit"):
-            K.matmul_panels_numba(x, panels)
+            gemm.matmul_panels_numba(x, panels)
     with pytest.raises(ValueError, match="do not fit"):
-        K.matmul_panels_numba(np.zeros((3, 8), np.float32), np.zeros((2, 8, 16), np.float32))
+        gemm.matmul_panels_numba(np.zeros((3, 8), np.float32), np.zeros((2, 8, 16), np.float32))
 
 
 def test_panels_pay_off(monkeypatch):
-    monkeypatch.delenv(K.GEMM_ENV, raising=False)
-    monkeypatch.setattr(K, "_llvm_cpu_features", lambda: "+avx2,+fma,+avx512f,+avx512bw")
-    assert K.panels_pay_off(np.float32) and not K.panels_pay_off(np.float64)
-    monkeypatch.setattr(K, "_llvm_cpu_features", lambda: "+avx2,+fma,-avx512f")
-    assert not K.panels_pay_off(np.float32)
-    monkeypatch.setenv(K.GEMM_ENV, "panels")
-    assert K.panels_pay_off(np.float32) and not K.panels_pay_off(np.float64)
-    monkeypatch.setenv(K.GEMM_ENV, "blas")
-    monkeypatch.setattr(K, "_llvm_cpu_features", lambda: "+avx512f")
-    assert not K.panels_pay_off(np.float32)
-    monkeypatch.setenv(K.GEMM_ENV, "mkl")
+    monkeypatch.delenv(gemm.GEMM_ENV, raising=False)
+    monkeypatch.setattr(gemm, "_llvm_cpu_features", lambda: "+avx2,+fma,+avx512f,+avx512bw")
+    assert gemm.panels_pay_off(np.float32) and not gemm.panels_pay_off(np.float64)
+    monkeypatch.setattr(gemm, "_llvm_cpu_features", lambda: "+avx2,+fma,-avx512f")
+    assert not gemm.panels_pay_off(np.float32)
+    monkeypatch.setenv(gemm.GEMM_ENV, "panels")
+    assert gemm.panels_pay_off(np.float32) and not gemm.panels_pay_off(np.float64)
+    monkeypatch.setenv(gemm.GEMM_ENV, "blas")
+    monkeypatch.setattr(gemm, "_llvm_cpu_features", lambda: "+avx512f")
+    assert not gemm.panels_pay_off(np.float32)
+    monkeypatch.setenv(gemm.GEMM_ENV, "mkl")
     with pytest.raises(ValueError, match="NPBERT_GEMM must be panels, blas or unset .auto., found 'mkl'"):
-        K.panels_pay_off(np.float32)
+        gemm.panels_pay_off(np.float32)
 
 
 def test_relayout_in_panels(tmp_path):
-    folder = checkpoints.write_checkpoint(tmp_path / "c", seed=5, vocab=[], tokenizer=False, vocab_size=30,
-                                          dim=64, n_layers=2, n_heads=2, hidden_dim=96, max_position_embeddings=16)
+    folder = checkpoints.write_checkpoint(
+        tmp_path / "c",
+        seed=5,
+        vocab=[],
+        tokenizer=False,
+        vocab_size=30,
+        dim=64,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=96,
+        max_position_embeddings=16,
+    )
     config = npbert.Config.from_file(folder / "config.json")
     tree = W.load(folder, config, np.float32)
-    fast = W.relayout_for_speed(tree, panels=True)
+    fast = layout.relayout_for_speed(tree, panels=True)
 
     def unpacked(lin):
         return lin.weight.transpose(1, 0, 2).reshape(lin.weight.shape[1], -1).T
@@ -470,32 +533,44 @@ def test_relayout_in_panels(tmp_path):
         np.testing.assert_array_equal(unpacked(f.qkv), np.concatenate([a.q_lin.weight, a.k_lin.weight, a.v_lin.weight]))
         for name in ("q_lin", "k_lin", "v_lin"):  # panel ranges of qkv's panels
             lin = getattr(f, name)
-            assert np.shares_memory(lin.weight, f.qkv.weight) and W.is_relaid(lin)
+            assert np.shares_memory(lin.weight, f.qkv.weight) and layout.is_relaid(lin)
             np.testing.assert_array_equal(unpacked(lin), getattr(a, name).weight)
             np.testing.assert_array_equal(lin.bias, getattr(a, name).bias)
         for new_lin, old_lin in ((f.out_lin, a.out_lin), (new.ffn.lin1, old.ffn.lin1), (new.ffn.lin2, old.ffn.lin2)):
             assert new_lin.weight.ndim == 3
             np.testing.assert_array_equal(unpacked(new_lin), old_lin.weight)
     assert_same_linear(fast.qa_outputs, tree.qa_outputs)  # 2 outputs: not a multiple of 32, column-major
-    again = W.relayout_for_speed(fast, panels=True)
+    again = layout.relayout_for_speed(fast, panels=True)
     assert again.encoder.transformer.layer[0].attention is fast.encoder.transformer.layer[0].attention
     assert again.encoder.transformer.layer[1].ffn.lin1 is fast.encoder.transformer.layer[1].ffn.lin1
 
 
-@pytest.mark.parametrize("gemm", ["panels", "blas"])
-def test_both_gemms_give_the_reference_outputs(tmp_path, monkeypatch, gemm):
+@pytest.mark.parametrize("choice", ["panels", "blas"], ids=["panels", "blas"])
+def test_both_gemms_give_the_reference_outputs(tmp_path, monkeypatch, choice):
     # The model with panels (forced, whatever this CPU has) and with numpy's BLAS against the numpy kernels.
-    folder = checkpoints.write_checkpoint(tmp_path / "c", seed=9, vocab=[], tokenizer=False, vocab_size=50,
-                                          dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=40)
+    folder = checkpoints.write_checkpoint(
+        tmp_path / "c",
+        seed=9,
+        vocab=[],
+        tokenizer=False,
+        vocab_size=50,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=128,
+        max_position_embeddings=40,
+    )
     ids = np.random.default_rng(2).integers(0, 50, (3, 37))
     mask = np.ones_like(ids)
     mask[1, 20:] = 0
-    ref = npbert.DistilBertForQuestionAnswering.from_pretrained(folder, kernels="numpy")(ids, mask,
-                                                                                          output_hidden_states=True)
-    monkeypatch.setenv(K.GEMM_ENV, gemm)
+    ref = npbert.DistilBertForQuestionAnswering.from_pretrained(folder, kernels="numpy")(
+        ids, mask, output_hidden_states=True
+    )
+    monkeypatch.setenv(gemm.GEMM_ENV, choice)
     model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
-    assert (model.weights.encoder.transformer.layer[0].ffn.lin1.weight.ndim == 3) == (gemm == "panels")
+    assert (model.weights.encoder.transformer.layer[0].ffn.lin1.weight.ndim == 3) == (choice == "panels")
     out = model(ids, mask, output_hidden_states=True)
-    for a, b in zip((out.start_logits, out.end_logits, *out.hidden_states),
-                    (ref.start_logits, ref.end_logits, *ref.hidden_states)):
+    for a, b in zip(
+        (out.start_logits, out.end_logits, *out.hidden_states), (ref.start_logits, ref.end_logits, *ref.hidden_states)
+    ):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)

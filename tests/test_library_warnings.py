@@ -40,15 +40,32 @@ def test_ask_json_prints_only_json_and_the_warning_once_on_stderr(holes_checkpoi
     qa = npbert.pipeline("question-answering", model=holes_checkpoint)
     expected = qa(question=QUESTION, context=CONTEXT)
     capfd.readouterr()
-    r = subprocess.run([sys.executable, "-m", "npbert", "ask", "--model", str(holes_checkpoint), "--question",
-                        QUESTION, "--context", CONTEXT, "--json"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "npbert",
+            "ask",
+            "--model",
+            str(holes_checkpoint),
+            "--question",
+            QUESTION,
+            "--context",
+            CONTEXT,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == pytest.approx({k: expected[k] for k in ("score", "start", "end", "answer")})
     assert r.stdout.count("\n") == 1 and "OrderedVocab" not in r.stdout
     warnings = [line for line in r.stderr.splitlines() if "OrderedVocab" in line]
-    assert warnings == [f"warning from the tokenizers library ({holes_checkpoint}): The OrderedVocab you are "
-                        "attempting to save contains holes for indices [200, 201, 202, ... 1198, 1199: 1000 in all], "
-                        "your vocabulary could be corrupted!"]
+    assert warnings == [
+        f"warning from the tokenizers library ({holes_checkpoint}): The OrderedVocab you are "
+        "attempting to save contains holes for indices [200, 201, 202, ... 1198, 1199: 1000 in all], "
+        "your vocabulary could be corrupted!"
+    ]
 
 
 def test_in_process_the_warning_goes_to_stderr_once(tiny_checkpoint, tmp_path, capfd):
@@ -61,6 +78,8 @@ def test_in_process_the_warning_goes_to_stderr_once(tiny_checkpoint, tmp_path, c
     out, err = capfd.readouterr()
     assert [json.loads(line) for line in out.splitlines()] == [qa(question=QUESTION, context=CONTEXT)["answer"]] * 4
     assert err.count("OrderedVocab") == 1
-    assert (f"warning from the tokenizers library ({folder}): The OrderedVocab you are attempting to save contains "
-            "holes for indices [300, 301, 302, 303, 304], your vocabulary could be "
-            "corrupted!\n") in err
+    assert (
+        f"warning from the tokenizers library ({folder}): The OrderedVocab you are attempting to save contains "
+        "holes for indices [300, 301, 302, 303, 304], your vocabulary could be "
+        "corrupted!\n"
+    ) in err

@@ -23,8 +23,11 @@ import npbert  # noqa: E402
 import npbert.mlflow as npbert_mlflow  # noqa: E402
 
 SAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}  # the catalog's
-MORE = [SAMPLE, {"question": "Where do I live?", "context": SAMPLE["context"]},
-        {"question": "Who won?", "context": "The Denver Broncos defeated the Carolina Panthers 24 to 10."}]
+MORE = [
+    SAMPLE,
+    {"question": "Where do I live?", "context": SAMPLE["context"]},
+    {"question": "Who won?", "context": "The Denver Broncos defeated the Carolina Panthers 24 to 10."},
+]
 SERVER_START_S = 180  # the server loads the model (numba's kernels come from the cache) before answering /ping
 
 
@@ -44,8 +47,10 @@ def expected(tiny_checkpoint):
 
 def test_saved_model_has_signature_input_example_and_requirements(saved):
     info = mlflow.models.get_model_info(str(saved))
-    assert [(c["name"], c["type"]) for c in json.loads(info.signature.inputs.to_json())] == \
-        [("question", "string"), ("context", "string")]
+    assert [(c["name"], c["type"]) for c in json.loads(info.signature.inputs.to_json())] == [
+        ("question", "string"),
+        ("context", "string"),
+    ]
     assert json.loads((saved / "input_example.json").read_text()) == SAMPLE
     requirements = (saved / "requirements.txt").read_text().split()
     assert any(r.startswith("numba") for r in requirements) and any(r.startswith("pandas") for r in requirements)
@@ -58,7 +63,9 @@ def test_load_model_predicts_as_the_pipeline(saved, expected):
     assert model.predict(SAMPLE) == expected[:1]
     assert model.predict(pd.DataFrame(MORE)) == expected
     assert model.predict(pd.DataFrame(MORE[1:2])) == expected[1:2]
-    assert model.predict({"question": [m["question"] for m in MORE], "context": [m["context"] for m in MORE]}) == expected
+    assert (
+        model.predict({"question": [m["question"] for m in MORE], "context": [m["context"] for m in MORE]}) == expected
+    )
     assert model.predict(MORE) == expected  # a list of records
     with pytest.raises(mlflow.exceptions.MlflowException, match="context"):
         model.predict({"question": "Where?"})
@@ -79,8 +86,10 @@ def test_log_model_into_a_run_and_load_it_back(tiny_checkpoint, tmp_path, expect
         mlflow.set_tracking_uri(previous)
 
 
-@pytest.mark.parametrize("name, data, message", [("tokenizer.json", b"{oops", "tokenizer.json: cannot be loaded"),
-                                                  ("config.json", b"{oops", "config.json")])
+@pytest.mark.parametrize(
+    "name, data, message",
+    [("tokenizer.json", b"{oops", "tokenizer.json: cannot be loaded"), ("config.json", b"{oops", "config.json")],
+)
 def test_a_checkpoint_that_does_not_load_is_refused_when_saved(tiny_checkpoint, tmp_path, name, data, message):
     import shutil
 
@@ -117,9 +126,26 @@ def test_mlflow_models_serve_answers_the_catalog_sample(saved, expected, tmp_pat
     port = _free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(saved), "--env-manager",
-                                 "local", "--host", "127.0.0.1", "--port", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                str(saved),
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + SERVER_START_S
         while True:
@@ -132,8 +158,12 @@ def test_mlflow_models_serve_answers_the_catalog_sample(saved, expected, tmp_pat
                 time.sleep(0.2)
         assert _request(port, "POST", "/invocations", {"inputs": SAMPLE}) == (200, {"predictions": expected[:1]})
         assert _request(port, "POST", "/invocations", {"inputs": MORE}) == (200, {"predictions": expected})
-        split = {"dataframe_split": {"columns": ["question", "context"],
-                                     "data": [[item["question"], item["context"]] for item in MORE]}}
+        split = {
+            "dataframe_split": {
+                "columns": ["question", "context"],
+                "data": [[item["question"], item["context"]] for item in MORE],
+            }
+        }
         assert _request(port, "POST", "/invocations", split) == (200, {"predictions": expected})
         status, body = _request(port, "POST", "/invocations", {"inputs": {"question": "Where?"}})
         assert status == 400 and "context" in body["message"]

@@ -23,7 +23,8 @@ for kernels in ("numba", "numpy"):
         model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder, dtype=dtype, kernels=kernels)
         out = model([[3, 5, 6, 9, 0]], attention_mask=[[1, 1, 1, 1, 0]], output_hidden_states=True,
                     output_attentions=True)
-        ran.append([kernels, np.dtype(dtype).name, list(out.start_logits.shape), bool(np.isfinite(out.end_logits).all())])
+        finite = bool(np.isfinite(out.end_logits).all())
+        ran.append([kernels, np.dtype(dtype).name, list(out.start_logits.shape), finite])
 encoder = npbert.DistilBertModel.from_pretrained(folder)
 ran.append(["encoder", list(encoder([3, 5, 6]).last_hidden_state.shape)])
 
@@ -48,7 +49,13 @@ def test_loading_and_running_never_imports_torch_or_transformers():
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(FIXTURE)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["banned"] == [], f"npbert imported {report['banned']} (unavailable optional modules: {report['unavailable']})"
-    assert report["ran"] == [["numba", "float32", [1, 5], True], ["numba", "float64", [1, 5], True],
-                             ["numpy", "float32", [1, 5], True], ["numpy", "float64", [1, 5], True],
-                             ["encoder", [1, 3, 16]]]
+    assert report["banned"] == [], (
+        f"npbert imported {report['banned']} (unavailable optional modules: {report['unavailable']})"
+    )
+    assert report["ran"] == [
+        ["numba", "float32", [1, 5], True],
+        ["numba", "float64", [1, 5], True],
+        ["numpy", "float32", [1, 5], True],
+        ["numpy", "float64", [1, 5], True],
+        ["encoder", [1, 3, 16]],
+    ]

@@ -19,8 +19,11 @@ pytest.importorskip("ipykernel", reason="the notebook tests need ipykernel (the 
 from test_evaluate import make_squad  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "docs" / "notebooks"
-EVALUATE, SDK, ENDPOINT = ("evaluate-model-question-answering.ipynb", "sdk-example.ipynb",
-                           "question-answering-online-endpoint.ipynb")
+EVALUATE, SDK, ENDPOINT = (
+    "evaluate-model-question-answering.ipynb",
+    "sdk-example.ipynb",
+    "question-answering-online-endpoint.ipynb",
+)
 KERNEL = "npbert-tests"
 
 
@@ -44,13 +47,21 @@ def jupyter_path(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("jupyter")
     spec = root / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "npbert tests", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "npbert tests",
+                "language": "python",
+            }
+        )
+    )
     return root
 
 
-def execute(name: str, folder: Path, jupyter_path: Path, monkeypatch, env: dict, before: dict | None = None) -> list[str]:
+def execute(
+    name: str, folder: Path, jupyter_path: Path, monkeypatch, env: dict, before: dict | None = None
+) -> list[str]:
     """Run the notebook in `folder`; returns each code cell's outputs as text (images as 'image/png').
     `before`: {cell index: code} run in the same kernel just before that cell (not part of the notebook);
     a cell's error raises nbclient's CellExecutionError, as in "Run All"."""
@@ -73,8 +84,11 @@ def execute(name: str, folder: Path, jupyter_path: Path, monkeypatch, env: dict,
             if out.output_type == "stream":
                 parts.append(out.text)
             elif out.output_type in ("execute_result", "display_data"):
-                parts.append("image/png" if "image/png" in out.data else out.data.get("text/markdown",
-                                                                                      out.data.get("text/plain", "")))
+                parts.append(
+                    "image/png"
+                    if "image/png" in out.data
+                    else out.data.get("text/markdown", out.data.get("text/plain", ""))
+                )
         texts.append("\n".join(parts))
     return texts
 
@@ -84,9 +98,19 @@ def test_evaluate_notebook(tiny_checkpoint, tmp_path, jupyter_path, monkeypatch)
     v2, v1 = tmp_path / "v2.json", tmp_path / "v1.json"
     v2.write_text(json.dumps(make_squad(30, "2.0", seed=1)), encoding="utf-8")
     v1.write_text(json.dumps(make_squad(30, "1.1", seed=2)), encoding="utf-8")
-    out = execute(EVALUATE, tmp_path, jupyter_path, monkeypatch, {
-        "NPBERT_MODEL": tiny_checkpoint, "NPBERT_SQUAD": v2, "NPBERT_SQUAD_V1": v1, "NPBERT_LIMIT": 24,
-        "NPBERT_OUT": tmp_path / "eval"})
+    out = execute(
+        EVALUATE,
+        tmp_path,
+        jupyter_path,
+        monkeypatch,
+        {
+            "NPBERT_MODEL": tiny_checkpoint,
+            "NPBERT_SQUAD": v2,
+            "NPBERT_SQUAD_V1": v1,
+            "NPBERT_LIMIT": 24,
+            "NPBERT_OUT": tmp_path / "eval",
+        },
+    )
     text = "\n".join(out)
     assert "| HasAns |" in text and "| NoAns |" in text and "best F1" in text
     assert "| question | gold | prediction | F1 | no-answer prob. |" in text and "image/png" in text
@@ -125,8 +149,9 @@ def v2_results(out: Path) -> dict:
     return files
 
 
-def test_evaluate_notebook_reruns_after_an_interrupt_as_an_uninterrupted_run(tiny_checkpoint, tmp_path, jupyter_path,
-                                                                           monkeypatch):
+def test_evaluate_notebook_reruns_after_an_interrupt_as_an_uninterrupted_run(
+    tiny_checkpoint, tmp_path, jupyter_path, monkeypatch
+):
     """Re-running the cells after an interrupt used to stop at "an unfinished run is here; pass --resume" (a
     notebook has no flag): now the rerun resumes, a run after a complete one starts over, and both end with
     the uninterrupted run's results. Also: the notebook says how many questions before answering them."""
@@ -157,16 +182,22 @@ def test_evaluate_notebook_without_network_stops_in_one_line(tmp_path, jupyter_p
     """The default data (the official dev files) cannot be downloaded: one line saying what to set, not a
     URLError traceback. No network is simulated by a proxy that refuses every connection."""
     monkeypatch.delenv("NPBERT_SQUAD", raising=False)
-    env = {"NPBERT_SQUAD_V1": tmp_path / "v1.json", "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-           "no_proxy": "", "NO_PROXY": ""}
+    env = {
+        "NPBERT_SQUAD_V1": tmp_path / "v1.json",
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "no_proxy": "",
+        "NO_PROXY": "",
+    }
     with pytest.raises(nbclient.exceptions.CellExecutionError) as e:
         execute(EVALUATE, tmp_path, jupyter_path, monkeypatch, env)
     assert e.value.ename == "Stop" and not (tmp_path / "dev-v2.0.json").exists()
     # what the notebook shows under the cell: nbclient's message is the cell, a rule, then that
     shown = re.sub(r"\x1b\[[0-9;]*m", "", str(e.value)).rsplit("------------------", 1)[1].strip()
     assert len(shown.splitlines()) == 1, shown
-    assert shown.startswith("Stopped: cannot download https://rajpurkar.github.io/SQuAD-explorer/dataset/dev-v2.0.json ("
-                            ) and shown.endswith("put the file beside the notebook, or set NPBERT_SQUAD to its path"), shown
+    assert shown.startswith(
+        "Stopped: cannot download https://rajpurkar.github.io/SQuAD-explorer/dataset/dev-v2.0.json ("
+    ) and shown.endswith("put the file beside the notebook, or set NPBERT_SQUAD to its path"), shown
 
 
 def test_sdk_notebook(tiny_checkpoint, tmp_path, jupyter_path, monkeypatch):

@@ -23,8 +23,11 @@ pytest.importorskip("selenium", reason="the browser test needs selenium (the bro
 CHROMIUM = Path(os.environ.get("NPBERT_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("NPBERT_CHROMEDRIVER", "/usr/bin/chromedriver"))
 if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-    pytest.skip(f"no browser: {CHROMIUM} or {CHROMEDRIVER} is missing (Debian: apt-get install chromium "
-                "chromium-driver; .ci/run does it where it can)", allow_module_level=True)
+    pytest.skip(
+        f"no browser: {CHROMIUM} or {CHROMEDRIVER} is missing (Debian: apt-get install chromium "
+        "chromium-driver; .ci/run does it where it can)",
+        allow_module_level=True,
+    )
 
 from selenium import webdriver  # noqa: E402
 from selenium.common.exceptions import WebDriverException  # noqa: E402
@@ -32,15 +35,24 @@ from selenium.webdriver import ActionChains  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-from serve_helpers import Server  # noqa: E402
 
 import npbert  # noqa: E402
 from npbert.serve.explain import explain  # noqa: E402
+from serve_helpers import Server  # noqa: E402
 
 SAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
 LONG = " ".join(f"In round {i} the home team played well and the visitors scored {i} points." for i in range(12))
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1200,1000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,1000",
+]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +102,11 @@ def ask(driver, question: str, context: str, **settings):
         "document.getElementById('context').value = arguments[1];"
         "document.getElementById('max-seq-len').value = arguments[2];"
         "document.getElementById('doc-stride').value = arguments[3];",
-        question, context, str(settings.get("max_seq_len", "")), str(settings.get("doc_stride", "")))
+        question,
+        context,
+        str(settings.get("max_seq_len", "")),
+        str(settings.get("doc_stride", "")),
+    )
     driver.find_element(By.ID, "ask").click()
     return wait(driver, lambda d: status(d)[0] in ("ok", "error") and status(d))
 
@@ -102,9 +118,14 @@ def chips(driver, box: str):
 def save_screenshot(driver, path: Path) -> Path:
     """The whole page, not just the window (Chrome DevTools' capture beyond the viewport)."""
     width, height = driver.execute_script("const e = document.documentElement; return [e.scrollWidth, e.scrollHeight];")
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
-                                                             "clip": {"x": 0, "y": 0, "width": width, "height": height,
-                                                                      "scale": 1}})
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+        },
+    )
     path.write_bytes(base64.b64decode(shot["data"]))
     return path
 
@@ -119,8 +140,10 @@ def publish(*paths: Path) -> None:
 
 def test_sample_answer_tokens_probabilities_and_attention(browser, server, qa, tmp_path):
     browser.get(f"http://127.0.0.1:{server.port}/")
-    timing = browser.execute_script("const t = performance.getEntriesByType('navigation')[0];"
-                                    "return {dom_content_loaded_ms: t.domContentLoadedEventEnd, load_ms: t.loadEventEnd};")
+    timing = browser.execute_script(
+        "const t = performance.getEntriesByType('navigation')[0];"
+        "return {dom_content_loaded_ms: t.domContentLoadedEventEnd, load_ms: t.loadEventEnd};"
+    )
     assert browser.find_element(By.ID, "question").get_attribute("value") == SAMPLE["question"]
     assert browser.find_element(By.ID, "context").get_attribute("value") == SAMPLE["context"]
     wait(browser, lambda d: "Model:" in d.find_element(By.ID, "model-info").text)
@@ -186,16 +209,25 @@ def test_long_context_windows(browser, server, qa):
     browser.find_elements(By.CSS_SELECTOR, "#window-ruler .span")[other].click()
     wait(browser, lambda d: f"window {other + 1} of {n}" in d.find_element(By.ID, "window-picker").text)
     assert [c.text for c in chips(browser, "tokens")] == data["windows"][other]["tokens"]
-    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#answers .answer-text")] == \
-        [a["answer"] for a in data["answers"]]
+    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#answers .answer-text")] == [
+        a["answer"] for a in data["answers"]
+    ]
 
 
-@pytest.mark.parametrize("question, context, settings, message", [
-    ("Who?", "x" * 2001, {}, "The server refused this input (HTTP 422): input_data.context: has 2001 characters, "
-                             "over the server's limit of 2000"),
-    ("Who?", "   ", {}, "input_data.context: must not be empty or blank"),
-    ("why " * 40, "My name is John", {"max_seq_len": 16}, "no room is left for the context"),
-])
+@pytest.mark.parametrize(
+    "question, context, settings, message",
+    [
+        (
+            "Who?",
+            "x" * 2001,
+            {},
+            "The server refused this input (HTTP 422): input_data.context: has 2001 characters, "
+            "over the server's limit of 2000",
+        ),
+        ("Who?", "   ", {}, "input_data.context: must not be empty or blank"),
+        ("why " * 40, "My name is John", {"max_seq_len": 16}, "no room is left for the context"),
+    ],
+)
 def test_refusals_are_shown(browser, server, question, context, settings, message):
     browser.get(f"http://127.0.0.1:{server.port}/")
     kind, text = ask(browser, question, context, **settings)

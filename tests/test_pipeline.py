@@ -78,8 +78,10 @@ def test_answer_is_the_best_span_of_the_model_logits(qa_pipe):
     words = w.encoding
 
     def chars(a, b):  # the span widened to whole words (align_to_words)
-        return (words.word_to_chars(words.token_to_word(a), sequence_index=1)[0],
-                words.word_to_chars(words.token_to_word(b), sequence_index=1)[1])
+        return (
+            words.word_to_chars(words.token_to_word(a), sequence_index=1)[0],
+            words.word_to_chars(words.token_to_word(b), sequence_index=1)[1],
+        )
 
     # The pipeline ranks its 12 best token spans (top_k * 2 + 10) and adds up the scores of spans that
     # widen to the same text: a word split into several word pieces is several spans, one answer.
@@ -87,7 +89,7 @@ def test_answer_is_the_best_span_of_the_model_logits(qa_pipe):
     merged = {}
     for score, a, b in spans:
         span = chars(a, b)
-        key = next((k for k in merged if SHORT[k[0]:k[1]].lower() == SHORT[span[0]:span[1]].lower()), span)
+        key = next((k for k in merged if SHORT[k[0] : k[1]].lower() == SHORT[span[0] : span[1]].lower()), span)
         merged[key] = merged.get(key, 0.0) + score
     (start, end), score = max(merged.items(), key=lambda kv: kv[1])
     got = qa_pipe(question=question, context=SHORT)
@@ -137,7 +139,7 @@ def test_batching_never_changes_answers_and_pads_to_the_longest(tiny_checkpoint)
         pipe.model.shapes.clear()
         assert_same_answers(pipe(question=questions, context=contexts, top_k=2, batch_size=batch_size), singles)
         # all questions' windows in ceil(W / batch_size) forwards, each as long as its longest window
-        chunks = [lengths[i:i + batch_size] for i in range(0, len(lengths), batch_size)]
+        chunks = [lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
         assert pipe.model.shapes == [(len(c), max(c)) for c in chunks]
     pipe.model.shapes.clear()
     pipe(question="Who?", context=SHORT)
@@ -148,11 +150,13 @@ def test_parameters(qa_pipe):
     base = qa_pipe(question="Which river flows through city 7?", context=LONG, top_k=5)
     short = qa_pipe(question="Which river flows through city 7?", context=LONG, top_k=5, max_answer_len=1)
     assert all(len(a["answer"].split()) == 1 for a in short)  # one token, widened to its (one) word
-    raw = qa_pipe(question="Which river flows through city 7?", context=LONG, top_k=5, align_to_words=False,
-                  max_answer_len=1)
+    raw = qa_pipe(
+        question="Which river flows through city 7?", context=LONG, top_k=5, align_to_words=False, max_answer_len=1
+    )
     assert all(len(qa_pipe.tokenizer.tokenize(a["answer"])) == 1 for a in raw)
-    windows = qa_pipe(question="Which river flows through city 7?", context=LONG, top_k=5, max_seq_len=64,
-                      doc_stride=16)
+    windows = qa_pipe(
+        question="Which river flows through city 7?", context=LONG, top_k=5, max_seq_len=64, doc_stride=16
+    )
     assert windows != base and len(windows) == 5
     defaults = npbert.pipeline("question-answering", model=qa_pipe.folder, top_k=5)  # pipeline(...) defaults
     assert defaults(question="Which river flows through city 7?", context=LONG) == base
@@ -160,25 +164,30 @@ def test_parameters(qa_pipe):
     assert qa_pipe(question="Who?", context=SHORT, padding="max_length")["answer"]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(question="", context=SHORT), "`question` cannot be empty"),
-    (dict(question="Who?", context=""), "`context` cannot be empty"),
-    (dict(question=None, context=SHORT), "question and context must be strings"),
-    (dict(question=3, context=SHORT), "question and context must be strings"),
-    (dict(question=["Who?", 3], context=SHORT), "`question` must be a string"),
-    (dict(question=["a", "b"], context=["c"]), "don't have the same lengths"),
-    (dict(question="Who?"), "give question= and context="),
-    (dict(question="Who?", context=SHORT, top_k=0), r"top_k parameter should be >= 1 \(got 0\)"),
-    (dict(question="Who?", context=SHORT, top_k=1.5), "top_k must be an integer"),
-    (dict(question="Who?", context=SHORT, max_answer_len=0), "max_answer_len parameter should be >= 1"),
-    (dict(question="Who?", context=SHORT, doc_stride=200, max_seq_len=100), r"`doc_stride` \(200\) is larger"),
-    (dict(question="Who?", context=LONG, max_seq_len=600),
-     "window 0 of the context is 600 tokens long, over the model's 512 positions"),
-    (dict(question="word " * 80, context=LONG, max_seq_len=64), "no room is left for the context"),
-    (dict(question="Who?", context=SHORT, handle_impossible_answer="yes"), "must be True or False"),
-    (dict(question="Who?", context=SHORT, top_kk=2), "unknown parameters"),
-    (dict(question="Who?", context=SHORT, batch_size=0), "batch_size must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(question="", context=SHORT), "`question` cannot be empty"),
+        (dict(question="Who?", context=""), "`context` cannot be empty"),
+        (dict(question=None, context=SHORT), "question and context must be strings"),
+        (dict(question=3, context=SHORT), "question and context must be strings"),
+        (dict(question=["Who?", 3], context=SHORT), "`question` must be a string"),
+        (dict(question=["a", "b"], context=["c"]), "don't have the same lengths"),
+        (dict(question="Who?"), "give question= and context="),
+        (dict(question="Who?", context=SHORT, top_k=0), r"top_k parameter should be >= 1 \(got 0\)"),
+        (dict(question="Who?", context=SHORT, top_k=1.5), "top_k must be an integer"),
+        (dict(question="Who?", context=SHORT, max_answer_len=0), "max_answer_len parameter should be >= 1"),
+        (dict(question="Who?", context=SHORT, doc_stride=200, max_seq_len=100), r"`doc_stride` \(200\) is larger"),
+        (
+            dict(question="Who?", context=LONG, max_seq_len=600),
+            "window 0 of the context is 600 tokens long, over the model's 512 positions",
+        ),
+        (dict(question="word " * 80, context=LONG, max_seq_len=64), "no room is left for the context"),
+        (dict(question="Who?", context=SHORT, handle_impossible_answer="yes"), "must be True or False"),
+        (dict(question="Who?", context=SHORT, top_kk=2), "unknown parameters"),
+        (dict(question="Who?", context=SHORT, batch_size=0), "batch_size must be a positive integer"),
+    ],
+)
 def test_bad_input_is_a_clear_value_error(qa_pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
         qa_pipe(**kwargs)
@@ -188,8 +197,11 @@ def test_max_windows_refuses_a_context_that_makes_too_many(tiny_checkpoint):
     capped = npbert.pipeline("question-answering", model=str(tiny_checkpoint), max_windows=3)
     n = len(capped.tokenizer.encode_pair("Who?", LONG, 64, 32))
     assert n > 3
-    with pytest.raises(ValueError, match=f"the context makes {n} windows of max_seq_len 64 with doc_stride 32, "
-                                         "over this pipeline's limit of 3: use a larger max_seq_len"):
+    with pytest.raises(
+        ValueError,
+        match=f"the context makes {n} windows of max_seq_len 64 with doc_stride 32, "
+        "over this pipeline's limit of 3: use a larger max_seq_len",
+    ):
         capped(question="Who?", context=LONG, max_seq_len=64, doc_stride=32)
     with pytest.raises(ValueError, match=f"context 1 makes {n} windows"):  # names which one, in a list
         capped(question=["Who?", "Who?"], context=[SHORT, LONG], max_seq_len=64, doc_stride=32)
@@ -215,17 +227,19 @@ def test_forward_batch_reuses_qa_module(qa_pipe):
     """The pipeline's answers are qa.answers over its windows (the same function the teaching tools show)."""
     (w,) = qa_pipe.tokenizer.encode_pair("Who?", SHORT)
     out = qa_pipe.model(w.input_ids[None], attention_mask=w.attention_mask[None])
-    direct = qa.answers([(out.start_logits, out.end_logits, w.p_mask[None], w.attention_mask[None], w.encoding)],
-                        SHORT, top_k=3)
+    direct = qa.answers(
+        [(out.start_logits, out.end_logits, w.p_mask[None], w.attention_mask[None], w.encoding)], SHORT, top_k=3
+    )
     assert direct == qa_pipe(question="Who?", context=SHORT, top_k=3)
 
 
 def test_never_imports_torch_or_transformers(tiny_checkpoint):
-    code = ("import sys, npbert; p = npbert.pipeline('question-answering', model=sys.argv[1]); "
-            "print(p(question='Who?', context='John lives here')['answer']); "
-            "assert not {'torch', 'transformers'} & set(sys.modules), 'imported torch/transformers'")
-    r = subprocess.run([sys.executable, "-c", code, str(tiny_checkpoint)], capture_output=True, text=True,
-                       timeout=300)
+    code = (
+        "import sys, npbert; p = npbert.pipeline('question-answering', model=sys.argv[1]); "
+        "print(p(question='Who?', context='John lives here')['answer']); "
+        "assert not {'torch', 'transformers'} & set(sys.modules), 'imported torch/transformers'"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tiny_checkpoint)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip()
 
@@ -236,8 +250,9 @@ def test_never_imports_torch_or_transformers(tiny_checkpoint):
 def test_bool_parameters_take_0_and_1(qa_pipe):
     for name in ("handle_impossible_answer", "align_to_words"):
         for number, flag in ((0, False), (1, True), (np.int64(1), True)):
-            assert qa_pipe(question="Who?", context=SHORT, top_k=3, **{name: number}) == \
-                qa_pipe(question="Who?", context=SHORT, top_k=3, **{name: flag})
+            assert qa_pipe(question="Who?", context=SHORT, top_k=3, **{name: number}) == qa_pipe(
+                question="Who?", context=SHORT, top_k=3, **{name: flag}
+            )
         with pytest.raises(ValueError, match=f"{name} must be True or False \\(or 1 or 0\\), found 2"):
             qa_pipe(question="Who?", context=SHORT, **{name: 2})
 
@@ -259,8 +274,9 @@ def test_a_generator_is_answered_lazily_and_equals_the_list(qa_pipe):
         first = next(answers)
         assert 0 < len(read) < 40  # answered a few batches in, not after reading everything
         # the same answers (scores to float32 rounding: the forwards group windows differently)
-        assert_same_answers([first, *answers], qa_pipe(question=questions, context=contexts, top_k=2,
-                                                       batch_size=batch_size))
+        assert_same_answers(
+            [first, *answers], qa_pipe(question=questions, context=contexts, top_k=2, batch_size=batch_size)
+        )
         assert len(read) == 40
 
 
@@ -293,8 +309,15 @@ def test_more_input_forms(qa_pipe):
     # precedence: positional, then X=, then data=, then question=/context=
     assert qa_pipe({"question": "Who?", "context": SHORT}, question="Where?", context=LONG) == one
     with pytest.warns(FutureWarning):
-        assert qa_pipe(X={"question": "Who?", "context": SHORT}, data={"question": "Where?", "context": LONG},
-                       question="Where?", context=LONG) == one
+        assert (
+            qa_pipe(
+                X={"question": "Who?", "context": SHORT},
+                data={"question": "Where?", "context": LONG},
+                question="Where?",
+                context=LONG,
+            )
+            == one
+        )
     with pytest.warns(FutureWarning):
         assert qa_pipe(data={"question": "Who?", "context": SHORT}, question="Where?", context=LONG) == one
     assert qa_pipe(iter([{"question": "Who?", "context": SHORT}])) == one  # an iterator is read as a list
@@ -304,30 +327,47 @@ def test_more_input_forms(qa_pipe):
 
 def test_construction_keywords(tiny_checkpoint, qa_pipe):
     want = qa_pipe(question="Who?", context=SHORT, top_k=2)
-    for kwargs in (dict(device="cpu"), dict(device=-1), dict(framework="pt"), dict(torch_dtype="auto"),
-                   dict(dtype="auto"), dict(dtype="float32"), dict(torch_dtype=np.float32), dict(use_fast=True),
-                   dict(token=None), dict(trust_remote_code=False), dict(trust_remote_code=True),
-                   dict(model_kwargs={"attn_implementation": "eager", "low_cpu_mem_usage": True,
-                                      "torch_dtype": "float32", "local_files_only": True})):
+    for kwargs in (
+        dict(device="cpu"),
+        dict(device=-1),
+        dict(framework="pt"),
+        dict(torch_dtype="auto"),
+        dict(dtype="auto"),
+        dict(dtype="float32"),
+        dict(torch_dtype=np.float32),
+        dict(use_fast=True),
+        dict(token=None),
+        dict(trust_remote_code=False),
+        dict(trust_remote_code=True),
+        dict(
+            model_kwargs={
+                "attn_implementation": "eager",
+                "low_cpu_mem_usage": True,
+                "torch_dtype": "float32",
+                "local_files_only": True,
+            }
+        ),
+    ):
         pipe = npbert.pipeline("question-answering", model=tiny_checkpoint, **kwargs)
         assert pipe.model.dtype == np.float32, kwargs
         assert pipe(question="Who?", context=SHORT, top_k=2) == want, kwargs
     for kwargs in (dict(dtype="float64"), dict(torch_dtype="double"), dict(model_kwargs={"dtype": "torch.float64"})):
         assert npbert.pipeline("question-answering", model=tiny_checkpoint, **kwargs).model.dtype == np.float64
     for kwargs, message in (
-            (dict(device=0), r"device=0: npbert runs on the CPU only"),
-            (dict(device="cuda:0"), r"device='cuda:0': npbert runs on the CPU only"),
-            (dict(device="mps"), r"device='mps'"),
-            (dict(framework="tf"), r"framework='tf'"),
-            (dict(torch_dtype="float16"), r"torch_dtype='float16': npbert computes in float32 or float64"),
-            (dict(dtype="bfloat16"), r"dtype='bfloat16'"),
-            (dict(dtype="float64", torch_dtype="float32"), "the dtype is given twice, differently"),
-            (dict(use_fast=False), "use_fast=False: npbert has only the fast tokenizer"),
-            (dict(token="hf_abc"), "token=: npbert downloads with huggingface-hub's own token"),
-            (dict(model_kwargs={"cache_dir": "x"}), r"model_kwargs \['cache_dir'\] have no meaning on npbert"),
-            (dict(model_kwargs={"attn_implementation": "flash_attention_2"}), "attn_implementation="),
-            (dict(model_kwargs={"revision": "v1"}, revision="v2"), "revision is given twice"),
-            (dict(max_seq_length=64), r"unknown parameters \['max_seq_length'\]")):
+        (dict(device=0), r"device=0: npbert runs on the CPU only"),
+        (dict(device="cuda:0"), r"device='cuda:0': npbert runs on the CPU only"),
+        (dict(device="mps"), r"device='mps'"),
+        (dict(framework="tf"), r"framework='tf'"),
+        (dict(torch_dtype="float16"), r"torch_dtype='float16': npbert computes in float32 or float64"),
+        (dict(dtype="bfloat16"), r"dtype='bfloat16'"),
+        (dict(dtype="float64", torch_dtype="float32"), "the dtype is given twice, differently"),
+        (dict(use_fast=False), "use_fast=False: npbert has only the fast tokenizer"),
+        (dict(token="hf_abc"), "token=: npbert downloads with huggingface-hub's own token"),
+        (dict(model_kwargs={"cache_dir": "x"}), r"model_kwargs \['cache_dir'\] have no meaning on npbert"),
+        (dict(model_kwargs={"attn_implementation": "flash_attention_2"}), "attn_implementation="),
+        (dict(model_kwargs={"revision": "v1"}, revision="v2"), "revision is given twice"),
+        (dict(max_seq_length=64), r"unknown parameters \['max_seq_length'\]"),
+    ):
         with pytest.raises(ValueError, match=message):
             npbert.pipeline("question-answering", model=tiny_checkpoint, **kwargs)
 
@@ -347,16 +387,27 @@ def test_max_seq_len_beyond_the_position_table(short_positions):
     assert pipe(question="Who?", context=SHORT, max_seq_len=600) == pipe(question="Who?", context=SHORT)
     assert pipe(question="Who?", context=LONG, max_seq_len=256)["answer"]
     n = len(pipe.tokenizer.encode_pair("Who?", LONG, 384, 128)[0])
-    with pytest.raises(ValueError, match=f"window 0 of the context is {n} tokens long, over the model's 256 "
-                                         "positions .* at max_seq_len 384: use max_seq_len <= 256"):
+    with pytest.raises(
+        ValueError,
+        match=f"window 0 of the context is {n} tokens long, over the model's 256 "
+        "positions .* at max_seq_len 384: use max_seq_len <= 256",
+    ):
         pipe(question="Who?", context=LONG)
     with pytest.raises(ValueError, match="window 0 of context 1 is"):
         pipe(question=["Who?", "Who?"], context=[SHORT, LONG])
 
 
 THREADED_CONTEXT = " ".join(f"In {1900 + i} the river {i} was renamed by the council of city {i}." for i in range(40))
-THREADED_CALLS = [dict(question=f"Which river was renamed in {1900 + t}?", context=THREADED_CONTEXT, top_k=1 + t % 3,
-                       max_seq_len=48 + 8 * (t % 4), doc_stride=16) for t in range(8)]
+THREADED_CALLS = [
+    dict(
+        question=f"Which river was renamed in {1900 + t}?",
+        context=THREADED_CONTEXT,
+        top_k=1 + t % 3,
+        max_seq_len=48 + 8 * (t % 4),
+        doc_stride=16,
+    )
+    for t in range(8)
+]
 
 
 def answered_by_threads(call, calls: list[dict], repeats: int = 6) -> list[list]:
@@ -394,8 +445,9 @@ def test_one_pipeline_shared_by_threads_answers_as_serial_calls(qa_pipe):
         for got in runs:
             want = serial[t] if isinstance(serial[t], list) else [serial[t]]
             got = got if isinstance(got, list) else [got]
-            assert [(a["answer"], a["start"], a["end"]) for a in got] == [(a["answer"], a["start"], a["end"])
-                                                                         for a in want]
+            assert [(a["answer"], a["start"], a["end"]) for a in got] == [
+                (a["answer"], a["start"], a["end"]) for a in want
+            ]
             assert [a["score"] for a in got] == pytest.approx([a["score"] for a in want], rel=1e-5, abs=1e-9)
 
 

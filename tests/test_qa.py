@@ -19,10 +19,10 @@ def window_arrays(seed, S, n_question, n_pad, spread=8.0, ties=False):
     if ties:  # few distinct values: equal span scores everywhere
         start, end = np.round(start / spread), np.round(end / spread)
     p_mask = np.ones((1, S), dtype=bool)
-    p_mask[0, n_question + 2:S - n_pad - 1] = False  # the context
+    p_mask[0, n_question + 2 : S - n_pad - 1] = False  # the context
     p_mask[0, 0] = False  # [CLS]
     attention = np.ones((1, S), dtype=np.int64)
-    attention[0, S - n_pad:] = 0
+    attention[0, S - n_pad :] = 0
     return start.astype(np.float32), end.astype(np.float32), p_mask, attention
 
 
@@ -32,20 +32,21 @@ def fit(S, n_question, n_pad):
     return n_question, max(min(n_pad, S - n_question - 4), 0)
 
 
-window_params = st.tuples(st.integers(0, 2**32 - 1), st.integers(6, 60), st.integers(1, 5), st.integers(0, 5),
-                          st.booleans())
+window_params = st.tuples(
+    st.integers(0, 2**32 - 1), st.integers(6, 60), st.integers(1, 5), st.integers(0, 5), st.booleans()
+)
 
 
-@given(params=window_params, top_k=st.integers(1, 40), max_answer_len=st.integers(1, 20),
-       impossible=st.booleans())
+@given(params=window_params, top_k=st.integers(1, 40), max_answer_len=st.integers(1, 20), impossible=st.booleans())
 @example(params=(0, 6, 1, 0, False), top_k=36, max_answer_len=15, impossible=False)  # top_k == S * S
 @example(params=(1, 6, 1, 1, True), top_k=36, max_answer_len=3, impossible=True)
 def test_select_starts_ends_equals_transformers(params, top_k, max_answer_len, impossible):
     """Equal to transformers wherever it answers. With top_k == S * S transformers' decode_spans calls
     np.argpartition out of bounds and raises; npbert then answers as transformers does with one more
     (its sort-everything branch)."""
-    ref = pytest.importorskip("transformers.pipelines.question_answering",
-                              reason="transformers (the parity extra) is not installed")
+    ref = pytest.importorskip(
+        "transformers.pipelines.question_answering", reason="transformers (the parity extra) is not installed"
+    )
     seed, S, n_q, n_pad, ties = params
     n_q, n_pad = fit(S, n_q, n_pad)
     start, end, p_mask, attention = window_arrays(seed, S, n_q, n_pad, ties=ties)
@@ -67,15 +68,23 @@ def test_best_span_is_the_brute_force_best(params, max_answer_len):
     seed, S, n_q, n_pad, _ = params
     n_q, n_pad = fit(S, n_q, n_pad)
     start, end, p_mask, attention = window_arrays(seed, S, n_q, n_pad)
-    starts, ends, scores, _ = qa.select_starts_ends(start, end, p_mask, attention, top_k=1,
-                                                    max_answer_len=max_answer_len)
+    starts, ends, scores, _ = qa.select_starts_ends(
+        start, end, p_mask, attention, top_k=1, max_answer_len=max_answer_len
+    )
     context = [i for i in range(S) if not p_mask[0, i] and attention[0, i] and i > 0]
     ps = np.exp(np.float64(start[0, context]) - start[0, context].max())
     ps /= ps.sum() + np.exp(np.float64(start[0, 0]) - start[0, context].max())
     pe = np.exp(np.float64(end[0, context]) - end[0, context].max())
     pe /= pe.sum() + np.exp(np.float64(end[0, 0]) - end[0, context].max())
-    best = max(((ps[a] * pe[b], context[a], context[b]) for a in range(len(context)) for b in range(len(context))
-                if 0 <= b - a < max_answer_len), key=lambda t: t[0])
+    best = max(
+        (
+            (ps[a] * pe[b], context[a], context[b])
+            for a in range(len(context))
+            for b in range(len(context))
+            if 0 <= b - a < max_answer_len
+        ),
+        key=lambda t: t[0],
+    )
     assert (starts[0], ends[0]) == best[1:]
     assert scores[0] == pytest.approx(best[0], rel=1e-4)
 
@@ -85,8 +94,9 @@ def test_cls_quirk_and_null_score():
     start = np.array([[5.0, -1, -1, 0.0, 1.0, 2.0, -1]], dtype=np.float32)  # [CLS] q [SEP] c c c [SEP]
     end = np.array([[5.0, -1, -1, 2.0, 1.0, 0.0, -1]], dtype=np.float32)
     p_mask = np.array([[0, 1, 1, 0, 0, 0, 1]], dtype=bool)
-    starts, ends, scores, null = qa.select_starts_ends(start, end, p_mask, None, top_k=40,
-                                                       handle_impossible_answer=True)
+    starts, ends, scores, null = qa.select_starts_ends(
+        start, end, p_mask, None, top_k=40, handle_impossible_answer=True
+    )
     ps = np.exp(start[0, [0, 3, 4, 5]] - 5.0)
     pe = np.exp(end[0, [0, 3, 4, 5]] - 5.0)
     assert null == pytest.approx((ps[0] / ps.sum()) * (pe[0] / pe.sum()), rel=1e-6)
@@ -119,8 +129,12 @@ def test_answers_merge_equal_text(tiny_checkpoint):
     assert top[1]["score"] == pytest.approx(p_start * p_end1, rel=1e-5)
     assert top[2]["score"] == 0.0  # only 3 real spans: transformers' [CLS] quirk fills the rest with score 0
     with_null = qa.answers(window, context, top_k=10, handle_impossible_answer=True)
-    assert with_null[2] == {"score": pytest.approx(p_start * np.exp(-8.0) * p_end0 * np.exp(-8.0), rel=1e-4),
-                            "start": 0, "end": 0, "answer": ""}
+    assert with_null[2] == {
+        "score": pytest.approx(p_start * np.exp(-8.0) * p_end0 * np.exp(-8.0), rel=1e-4),
+        "start": 0,
+        "end": 0,
+        "answer": "",
+    }
 
 
 def test_answers_align_to_words(tiny_checkpoint):

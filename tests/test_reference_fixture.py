@@ -28,16 +28,21 @@ _spec = importlib.util.spec_from_file_location("make_reference", ROOT / "tools" 
 make_reference = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_reference)
 
-TOLERANCES = {"float32": {"embeddings": 1e-5, "hidden": 1e-5, "attention": 1e-6, "logits": 1e-5},
-              "float64": {"embeddings": 1e-12, "hidden": 1e-12, "attention": 1e-12, "logits": 1e-12}}
+TOLERANCES = {
+    "float32": {"embeddings": 1e-5, "hidden": 1e-5, "attention": 1e-6, "logits": 1e-5},
+    "float64": {"embeddings": 1e-12, "hidden": 1e-12, "attention": 1e-12, "logits": 1e-12},
+}
 
 
 def reference_outputs(arrays, dtype) -> dict:
     """transformers' outputs for one dtype, under the names parity_helpers.compare expects."""
     count = lambda field: sum(name.startswith(f"{dtype}.{field}.") for name in arrays)  # noqa: E731
-    return {"hidden_states": [arrays[f"{dtype}.hidden_states.{i}"] for i in range(count("hidden_states"))],
-            "attentions": [arrays[f"{dtype}.attentions.{i}"] for i in range(count("attentions"))],
-            "start_logits": arrays[f"{dtype}.start_logits"], "end_logits": arrays[f"{dtype}.end_logits"]}
+    return {
+        "hidden_states": [arrays[f"{dtype}.hidden_states.{i}"] for i in range(count("hidden_states"))],
+        "attentions": [arrays[f"{dtype}.attentions.{i}"] for i in range(count("attentions"))],
+        "start_logits": arrays[f"{dtype}.start_logits"],
+        "end_logits": arrays[f"{dtype}.end_logits"],
+    }
 
 
 def test_every_family_has_a_fixture():
@@ -55,12 +60,19 @@ def test_npbert_matches_stored_transformers_outputs(model_type, kernels, dtype):
     assert model.config.model_type == meta["model_type"] == model_type
     ids, mask = arrays["input_ids"], arrays["attention_mask"]
     assert mask.sum(axis=1).tolist() == meta["lengths"] and (mask[:, 0] == 1).all()  # right-padded, as written
-    ours = model(ids, attention_mask=mask, token_type_ids=arrays.get("token_type_ids"), output_hidden_states=True,
-                 output_attentions=True)
+    ours = model(
+        ids,
+        attention_mask=mask,
+        token_type_ids=arrays.get("token_type_ids"),
+        output_hidden_states=True,
+        output_attentions=True,
+    )
     theirs = reference_outputs(arrays, dtype)
     assert len(ours.hidden_states) == len(theirs["hidden_states"]) and len(ours.attentions) == len(theirs["attentions"])
-    title = (f"stored {model_type} reference (transformers {meta['transformers_version']}, torch "
-             f"{meta['torch_version']}) kernels={kernels} dtype={dtype}")
+    title = (
+        f"stored {model_type} reference (transformers {meta['transformers_version']}, torch "
+        f"{meta['torch_version']}) kernels={kernels} dtype={dtype}"
+    )
     assert_close(compare(ours, theirs, mask.astype(bool)), TOLERANCES[dtype], title)
 
 
@@ -88,7 +100,9 @@ def stale_message(folder) -> str:
 def test_other_format_version(copy_of_fixture):
     meta = json.loads((copy_of_fixture / "reference.json").read_text())
     (copy_of_fixture / "reference.json").write_text(json.dumps({**meta, "format_version": 0}))
-    assert f"format version 0, this test reads version {make_reference.FORMAT_VERSION}" in stale_message(copy_of_fixture)
+    assert f"format version 0, this test reads version {make_reference.FORMAT_VERSION}" in stale_message(
+        copy_of_fixture
+    )
 
 
 def test_missing_file(copy_of_fixture):

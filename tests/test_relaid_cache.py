@@ -1,7 +1,7 @@
-"""The shared re-laid weights cache (npbert/relaid_cache.py, weights.relayout_for_speed with the weights
+"""The shared re-laid weights cache (npbert/relaid_cache.py, layout.relayout_for_speed with the weights
 file): created once and reused, atomic when two processes start together, keyed by the weights' bytes and
 the layout version (never stale), a private copy with one warning line when the cache folder is unusable,
-and the same values and outputs as the private-copy path (weights.relayout_for_speed without a file).
+and the same values and outputs as the private-copy path (layout.relayout_for_speed without a file).
 Nothing in the cache folder is trusted: a damaged entry (bit flips, truncation), another checkpoint's entry
 under this one's name, a memo naming other weights or holding a path each end in the true weights' logits
 (against a private re-layout of model.safetensors) after one warning line, never in the cached ones."""
@@ -23,11 +23,11 @@ import pytest
 
 import checkpoints
 import npbert
-from npbert import relaid_cache
-from npbert import weights as W
+from npbert import layout, relaid_cache, weights as W
 
-SMALL = dict(vocab=[], tokenizer=False, vocab_size=40, dim=64, n_layers=2, n_heads=2, hidden_dim=256,
-             max_position_embeddings=32)
+SMALL = dict(
+    vocab=[], tokenizer=False, vocab_size=40, dim=64, n_layers=2, n_heads=2, hidden_dim=256, max_position_embeddings=32
+)
 IDS = np.array([[1, 5, 9, 13, 2, 7, 30, 3], [4, 4, 8, 15, 16, 23, 0, 0]])
 MASK = (IDS != 0).astype(np.int64)
 
@@ -75,8 +75,8 @@ def is_mapped(array) -> bool:
 
 def test_created_once_reused_and_identical_to_private_copies(small, cache, monkeypatch):
     copies = []
-    real_copy = W._column_major_copy
-    monkeypatch.setattr(W, "_column_major_copy", lambda linears: copies.append(1) or real_copy(linears))
+    real_copy = layout._column_major_copy
+    monkeypatch.setattr(layout, "_column_major_copy", lambda linears: copies.append(1) or real_copy(linears))
     first = npbert.AutoModelForQuestionAnswering.from_pretrained(small)
     [name] = cache_files(cache)
     assert len(copies) == 2 * 4 + 1  # each layer's qkv, out_lin, lin1, lin2 and qa_outputs, copied once to write
@@ -85,11 +85,11 @@ def test_created_once_reused_and_identical_to_private_copies(small, cache, monke
     second = npbert.AutoModelForQuestionAnswering.from_pretrained(small)
     assert copies == [] and cache_files(cache) == [name] and (cache / name).stat().st_ino == inode  # reused
     assert leftovers(cache) == []
-    monkeypatch.setattr(W, "_column_major_copy", real_copy)
+    monkeypatch.setattr(layout, "_column_major_copy", real_copy)
     reference = private_model(small)
     for model in (first, second):
         for lin, ref in zip(linears(model.weights), linears(reference.weights)):
-            assert W.is_relaid(lin) and not lin.weight.flags.writeable  # column-major, read-only mapped pages
+            assert layout.is_relaid(lin) and not lin.weight.flags.writeable  # column-major, read-only mapped pages
             np.testing.assert_array_equal(lin.weight, ref.weight)
             np.testing.assert_array_equal(lin.bias, ref.bias)
         a = model.weights.encoder.transformer.layer[0].attention
@@ -109,11 +109,11 @@ def test_float64_and_an_encoder_only_model_get_their_own_files(small, cache):
     assert len(names) == 3 and sum("-float64-" in n for n in names) == 1
     ref64 = private_model(small, np.float64)
     np.testing.assert_array_equal(m64(IDS, MASK).start_logits, ref64(IDS, MASK).start_logits)
-    assert W.is_relaid(encoder.weights.transformer.layer[0].ffn.lin2)
+    assert layout.is_relaid(encoder.weights.transformer.layer[0].ffn.lin2)
 
 
 def test_panels_and_column_major_get_their_own_files(small, cache, monkeypatch):
-    # The two layouts of the same weights (NPBERT_GEMM: kernels.matmul_panels' panels, numpy's BLAS's column-
+    # The two layouts of the same weights (NPBERT_GEMM: ops.gemm.matmul_panels_numba's panels, numpy's BLAS's column-
     # major matrices) live side by side in the cache, each reused by the next process wanting that layout.
     models = {}
     for gemm in ("panels", "blas", "panels", "blas"):
@@ -145,11 +145,15 @@ def test_keyed_by_the_weights_bytes_and_the_layout_version(small, cache, monkeyp
     model = npbert.AutoModelForQuestionAnswering.from_pretrained(small)
     names = cache_files(cache)
     assert len(names) == 2 and old in names  # a new key, the old file untouched
-    np.testing.assert_array_equal(model.weights.encoder.transformer.layer[1].ffn.lin1.weight,
-                                  private_model(small).weights.encoder.transformer.layer[1].ffn.lin1.weight)
+    np.testing.assert_array_equal(
+        model.weights.encoder.transformer.layer[1].ffn.lin1.weight,
+        private_model(small).weights.encoder.transformer.layer[1].ffn.lin1.weight,
+    )
     monkeypatch.setattr(relaid_cache, "LAYOUT_VERSION", relaid_cache.LAYOUT_VERSION + 1)
     npbert.AutoModelForQuestionAnswering.from_pretrained(small)
-    assert len(cache_files(cache)) == 3 and sum(f"-v{relaid_cache.LAYOUT_VERSION}-" in n for n in cache_files(cache)) == 1
+    assert (
+        len(cache_files(cache)) == 3 and sum(f"-v{relaid_cache.LAYOUT_VERSION}-" in n for n in cache_files(cache)) == 1
+    )
 
 
 def test_the_remembered_sha256_is_dropped_when_the_file_changes(small, cache, monkeypatch):
@@ -185,7 +189,7 @@ def unusable_cache_falls_back(small, caplog):
         model = npbert.AutoModelForQuestionAnswering.from_pretrained(small)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "\n" not in warnings[0] and "private copy" in warnings[0], warnings
-    assert all(W.is_relaid(lin) and not is_mapped(lin.weight) for lin in linears(model.weights))  # private copies
+    assert all(layout.is_relaid(lin) and not is_mapped(lin.weight) for lin in linears(model.weights))  # private copies
     np.testing.assert_array_equal(model(IDS, MASK).start_logits, reference)
     return warnings[0]
 
@@ -226,10 +230,10 @@ def test_a_full_disk_falls_back_and_leaves_no_partial_file(small, cache, monkeyp
 LOAD_AT = r"""
 import json, sys, time, numpy as np
 import npbert
-from npbert import weights as W
+from npbert import layout, weights as W
 copies = []
-real = W._column_major_copy
-W._column_major_copy = lambda linears: copies.append(1) or real(linears)
+real = layout._column_major_copy
+layout._column_major_copy = lambda linears: copies.append(1) or real(linears)
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 model = npbert.AutoModelForQuestionAnswering.from_pretrained(sys.argv[1])
 ids = np.array([[1, 5, 9, 13, 2, 7, 30, 3]])
@@ -239,8 +243,16 @@ print(json.dumps({"wrote": bool(copies), "logits": model(ids).start_logits.tolis
 
 def test_two_processes_starting_together_share_one_whole_file(small, cache):
     start = time.time() + 6  # both interpreters are up and waiting by then
-    procs = [subprocess.Popen([sys.executable, "-c", LOAD_AT, str(small), str(start)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=dict(os.environ)) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOAD_AT, str(small), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for _ in range(2)
+    ]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -362,8 +374,9 @@ def test_a_memo_naming_other_weights_does_not_pick_their_entry(small, other, cac
 
 
 @pytest.mark.parametrize("form", ["bare", "in a memo of this file"])
-def test_a_memo_holding_a_path_writes_nothing_outside_the_cache_folder(small, cache, caplog, monkeypatch, tmp_path,
-                                                                        form):
+def test_a_memo_holding_a_path_writes_nothing_outside_the_cache_folder(
+    small, cache, caplog, monkeypatch, tmp_path, form
+):
     monkeypatch.setattr(relaid_cache, "_RACY_SECONDS", -1.0)
     load_logits(small, caplog)
     [memo] = memo_files(cache)

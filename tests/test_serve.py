@@ -18,7 +18,6 @@ import threading
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
-
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,11 @@ import pytest
 pytest.importorskip("fastapi", reason="npbert serve needs the serve extra (fastapi, uvicorn)")
 pytest.importorskip("uvicorn", reason="npbert serve needs the serve extra (fastapi, uvicorn)")
 
-from serve_helpers import LISTENING, Server  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 import npbert  # noqa: E402
 from npbert.serve.batcher import Abandoned, Batcher, OverDeadline, Ticket  # noqa: E402
+from serve_helpers import LISTENING, Server  # noqa: E402
 
 SAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
 PAIRS = [
@@ -40,7 +38,16 @@ PAIRS = [
     ("Who won the game?", "The home team played well, but the visitors won the game by two points in the first half."),
     ("When was the bridge opened?", "Construction began in 1933 and the bridge was opened to traffic in 1937."),
 ]
-LIMITS = ["--max-body-bytes", "4096", "--max-context-chars", "2000", "--max-question-chars", "200", "--max-windows", "10"]
+LIMITS = [
+    "--max-body-bytes",
+    "4096",
+    "--max-context-chars",
+    "2000",
+    "--max-question-chars",
+    "200",
+    "--max-windows",
+    "10",
+]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +64,12 @@ def server(tiny_checkpoint, tmp_path_factory):
 
 def records(result) -> list[dict]:
     """A pipeline result for one question as plain JSON records (a list when top_k > 1)."""
-    plain = lambda r: {"answer": r["answer"], "score": float(r["score"]), "start": int(r["start"]), "end": int(r["end"])}
+    plain = lambda r: {  # noqa: E731
+        "answer": r["answer"],
+        "score": float(r["score"]),
+        "start": int(r["start"]),
+        "end": int(r["end"]),
+    }
     return [plain(r) for r in result] if isinstance(result, list) else plain(result)
 
 
@@ -93,21 +105,26 @@ def test_list_form_answered_in_order(server, qa):
         assert_same_records(got, w)
 
 
-@pytest.mark.parametrize("parameters", [
-    {"top_k": 3},
-    {"top_k": 2, "max_answer_len": 2, "align_to_words": False},
-    {"handle_impossible_answer": True, "top_k": 2},
-    {"max_seq_len": 24, "doc_stride": 8},
-])
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"top_k": 3},
+        {"top_k": 2, "max_answer_len": 2, "align_to_words": False},
+        {"handle_impossible_answer": True, "top_k": 2},
+        {"max_seq_len": 24, "doc_stride": 8},
+    ],
+)
 def test_parameters_reach_the_pipeline(server, qa, parameters):
     question, context = PAIRS[2]
     want = records(qa(question=question, context=context, **parameters))
-    status, body = server.post("/v1/answer", {"input_data": {"question": question, "context": context},
-                                              "parameters": parameters})
+    status, body = server.post(
+        "/v1/answer", {"input_data": {"question": question, "context": context}, "parameters": parameters}
+    )
     assert status == 200, body
     assert_same_records(body[0], want)
-    status, body = server.post("/score", {"input_data": {"question": [question], "context": [context]},
-                                          "parameters": parameters})
+    status, body = server.post(
+        "/score", {"input_data": {"question": [question], "context": [context]}, "parameters": parameters}
+    )
     assert status == 200
     assert body == [[w["answer"] for w in want] if isinstance(want, list) else want["answer"]]
 
@@ -157,19 +174,42 @@ BAD = [  # (what, body, status, a fragment of the error message)
     ("mismatched lists", _ask(["a", "b"], ["x"]), 422, "question has 2 items but context has 1"),
     ("string and list", _ask("a", ["x"]), 422, "must both be strings or both be lists"),
     ("unpaired surrogate", b'{"input_data": {"question": "\\ud800?", "context": "x"}}', 422, "unpaired surrogate"),
-    ("unknown key", _json({"input_data": {"question": "a", "context": "x", "contxt": "y"}}), 422,
-     "input_data.contxt: Extra inputs are not permitted"),
-    ("context over the limit", _ask("a", "x" * 2001), 422, "input_data.context: has 2001 characters, over the server's limit of 2000"),
-    ("question over the limit", _ask("a" * 201, "x"), 422, "input_data.question: has 201 characters, over the server's limit of 200"),
+    (
+        "unknown key",
+        _json({"input_data": {"question": "a", "context": "x", "contxt": "y"}}),
+        422,
+        "input_data.contxt: Extra inputs are not permitted",
+    ),
+    (
+        "context over the limit",
+        _ask("a", "x" * 2001),
+        422,
+        "input_data.context: has 2001 characters, over the server's limit of 2000",
+    ),
+    (
+        "question over the limit",
+        _ask("a" * 201, "x"),
+        422,
+        "input_data.question: has 201 characters, over the server's limit of 200",
+    ),
     ("body over the limit", _ask("a", "word " * 900), 413, "over the server's limit of 4096 bytes"),
     ("top_k a string", _ask("a", "x", top_k="3"), 422, "parameters.top_k: Input should be a valid integer"),
     ("top_k zero", _ask("a", "x", top_k=0), 422, "parameters.top_k: Input should be greater than or equal to 1"),
     ("unknown parameter", _ask("a", "x", batch_size=4), 422, "parameters.batch_size: Extra inputs are not permitted"),
     ("doc_stride too large", _ask("a", "x", max_seq_len=32, doc_stride=40), 422, "doc_stride (40) must be smaller"),
-    ("max_seq_len past the model", _ask("a", "x", max_seq_len=4096), 422, "max_seq_len is 4096, over the model's limit"),
+    (
+        "max_seq_len past the model",
+        _ask("a", "x", max_seq_len=4096),
+        422,
+        "max_seq_len is 4096, over the model's limit",
+    ),
     ("question leaves no room", _ask("why " * 40, "x", max_seq_len=32), 422, "question"),
-    ("too many windows", _ask("a", "word " * 390, max_seq_len=32, doc_stride=26), 422,
-     "windows of max_seq_len 32 with doc_stride 26, over this pipeline's limit of 10"),
+    (
+        "too many windows",
+        _ask("a", "word " * 390, max_seq_len=32, doc_stride=26),
+        422,
+        "windows of max_seq_len 32 with doc_stride 26, over this pipeline's limit of 10",
+    ),
 ]
 
 
@@ -184,8 +224,13 @@ def test_bad_input_is_refused_with_a_json_error_naming_it(server, what, body, st
 def test_chunked_body_over_the_limit_is_refused_without_reading_it_all(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     try:
-        conn.request("POST", "/score", body=iter([b"{" + b" " * 1000] * 8 + [b"}"]), encode_chunked=True,
-                     headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/score",
+            body=iter([b"{" + b" " * 1000] * 8 + [b"}"]),
+            encode_chunked=True,
+            headers={"Content-Type": "application/json"},
+        )
         resp = conn.getresponse()
         assert resp.status == 413
         assert "over the server's limit of 4096 bytes" in json.loads(resp.read())["error"]
@@ -227,11 +272,15 @@ def test_openapi_describes_both_answering_routes(server):
     schemas = doc["components"]["schemas"]
     for path in ("/score", "/v1/answer"):
         op = doc["paths"][path]["post"]
-        assert op["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ScoreRequest"}
+        assert op["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ScoreRequest"
+        }
         assert {"200", "400", "413", "422"} <= set(op["responses"])
     assert set(schemas["ScoreRequest"]["properties"]) == {"input_data", "parameters"}
     assert set(schemas["InputData"]["properties"]) == {"question", "context"}
-    assert {"top_k", "max_answer_len", "doc_stride", "handle_impossible_answer"} <= set(schemas["Parameters"]["properties"])
+    assert {"top_k", "max_answer_len", "doc_stride", "handle_impossible_answer"} <= set(
+        schemas["Parameters"]["properties"]
+    )
     assert set(schemas["AnswerRecord"]["properties"]) == {"answer", "score", "start", "end"}
     # every reference in the document resolves
     refs = {v for v in _walk(doc) if isinstance(v, str) and v.startswith("#/components/schemas/")}
@@ -276,13 +325,22 @@ def test_readme_python_client_runs_as_written(server, qa, capsys):
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 @pytest.mark.parametrize("doc, n", [(DOC, 4), (README, 2)], ids=["serving.md", "README.md"])
 def test_docs_curl_calls_run_as_written(server, doc, n):
-    calls = [c for b in _blocks("bash", doc) for c in re.split(r"\n(?=curl )", b)
-             if c.startswith("curl -s http://127.0.0.1:8000")]
+    calls = [
+        c
+        for b in _blocks("bash", doc)
+        for c in re.split(r"\n(?=curl )", b)
+        if c.startswith("curl -s http://127.0.0.1:8000")
+    ]
     assert len(calls) == n
     for call in calls:
         command = "\n".join(line for line in call.splitlines() if not line.startswith("#"))
-        out = subprocess.run(["bash", "-c", command.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+        out = subprocess.run(
+            ["bash", "-c", command.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         body = json.loads(out)
         assert isinstance(body, dict) and body["status"] == "ok" if "/health" in call else isinstance(body, list), out
 
@@ -291,8 +349,12 @@ def test_docs_curl_calls_run_as_written(server, doc, n):
 
 
 def test_an_unloadable_model_is_a_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "npbert", "serve", "--model", str(tmp_path / "missing"), "--port", "0"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "npbert", "serve", "--model", str(tmp_path / "missing"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("npbert serve: error:") and "missing" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -303,13 +365,22 @@ def test_sigterm_drains_the_requests_in_flight_and_exits_cleanly(tiny_checkpoint
     context = " ".join(f"In {1900 + i % 100} the team from city {i} played a game and won." for i in range(600))
     questions, parameters = ["Who won the game?", "When was the game played?"], {"max_seq_len": 48, "doc_stride": 24}
     # Hundreds of windows: over the default --max-windows, which exists to refuse requests this slow.
-    server = Server(tiny_checkpoint, tmp_path / "server.log", "--max-context-chars", str(len(context)),
-                    "--max-windows", "10000", "--max-request-windows", "100000")
+    server = Server(
+        tiny_checkpoint,
+        tmp_path / "server.log",
+        "--max-context-chars",
+        str(len(context)),
+        "--max-windows",
+        "10000",
+        "--max-request-windows",
+        "100000",
+    )
     results = {}
 
     def ask(question):
-        results[question] = server.post("/v1/answer", {"input_data": {"question": question, "context": context},
-                                                       "parameters": parameters})
+        results[question] = server.post(
+            "/v1/answer", {"input_data": {"question": question, "context": context}, "parameters": parameters}
+        )
 
     try:
         clients = [threading.Thread(target=ask, args=(q,)) for q in questions]
@@ -341,8 +412,15 @@ def test_workers_without_the_prefork_extra_each_load_the_model_and_stop_on_sigte
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('no gunicorn here', name='gunicorn')\n")
     path = os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")]))
-    server = Server(tiny_checkpoint, tmp_path / "server.log", "--workers", "2", "--no-batching", ready=LISTENING,
-                    env={**os.environ, "PYTHONPATH": path})
+    server = Server(
+        tiny_checkpoint,
+        tmp_path / "server.log",
+        "--workers",
+        "2",
+        "--no-batching",
+        ready=LISTENING,
+        env={**os.environ, "PYTHONPATH": path},
+    )
     try:
         for _ in range(600):  # the parent listens at once; the workers answer once they have loaded the model
             try:
@@ -377,24 +455,29 @@ class RecordingModel:
         if self.fail_on is not None and self.fail_on in input_ids[:, 0]:
             raise RuntimeError(f"bad row {self.fail_on}")
         ids = np.asarray(input_ids, dtype=np.float32)
-        return types.SimpleNamespace(start_logits=ids * (attention_mask if attention_mask is not None else 1), end_logits=-ids)
+        return types.SimpleNamespace(
+            start_logits=ids * (attention_mask if attention_mask is not None else 1), end_logits=-ids
+        )
 
 
 def forwards(first_ids: list[int], width: int = 3):
     """A request's work: one forward per id in `first_ids` (a row [id, id+1, ..., id+width-1] each),
     returning the start logits it got back for each."""
+
     def work(model):
         out = []
         for i in first_ids:
             result = model(np.arange(i, i + width)[None], attention_mask=np.ones((1, width), dtype=np.int64))
             out.append(result.start_logits[0].tolist())
         return out
+
     return work
 
 
 def _run(model: "RecordingModel", works, max_batch=4):
     """Run `works` (request work functions) on one batcher, all queued while an opening request's forward
     (row 0) holds the model: their forwards then meet in the queue. Their results, in order."""
+
     async def main():
         batcher = Batcher(model, max_batch=max_batch, wait_s=0)
         await batcher.start()
@@ -435,6 +518,7 @@ def test_a_short_forward_is_not_padded_to_a_long_ones_width():
 def _large_then_small(model: "RecordingModel", large, **batcher_settings):
     """Run request work `large` and then a small request (one 3-token forward), the small one arriving while
     the large one's first forward is held in the model by `model.gate`; (large's result, small's)."""
+
     async def main():
         batcher = Batcher(model, wait_s=0, **batcher_settings)
         await batcher.start()
@@ -467,8 +551,9 @@ def test_a_long_forward_is_run_in_turns_of_turn_tokens():
     a small request's forward between the first two; the rows come back whole and in order."""
     model = RecordingModel(threading.Event())
     ids = np.arange(6)[:, None] * 1000 + np.arange(300)[None]
-    big, small = _large_then_small(model, lambda m: m(ids, attention_mask=np.ones_like(ids)).start_logits,
-                                   max_batch=8, turn_tokens=600)
+    big, small = _large_then_small(
+        model, lambda m: m(ids, attention_mask=np.ones_like(ids)).start_logits, max_batch=8, turn_tokens=600
+    )
     assert np.array_equal(big, ids.astype(np.float32)) and small == [[7, 8, 9]]
     assert model.calls == [[0, 1000], [7], [2000, 3000], [4000, 5000]]
 
@@ -560,9 +645,25 @@ LOADTEST = Path(__file__).resolve().parents[1] / "tools" / "loadtest.py"
 
 def test_loadtest_stops_by_itself_and_reports(server, tmp_path):
     out = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, str(LOADTEST), "--url", f"http://127.0.0.1:{server.port}",
-                           "--pid", str(server.proc.pid), "--concurrency", "3", "--duration", "1", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(LOADTEST),
+            "--url",
+            f"http://127.0.0.1:{server.port}",
+            "--pid",
+            str(server.proc.pid),
+            "--concurrency",
+            "3",
+            "--duration",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert report["errors"] == 0 and report["requests"] > 0 and report["concurrency"] == 3
@@ -572,16 +673,40 @@ def test_loadtest_stops_by_itself_and_reports(server, tmp_path):
 
 
 def test_loadtest_refuses_addresses_off_this_machine():
-    proc = subprocess.run([sys.executable, str(LOADTEST), "--url", "http://10.1.2.3:8000", "--duration", "1"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(LOADTEST), "--url", "http://10.1.2.3:8000", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "only loopback addresses" in proc.stderr
 
 
 def test_loadtest_sends_large_requests_beside_the_measured_ones(server, tmp_path):
     out = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, str(LOADTEST), "--url", f"http://127.0.0.1:{server.port}", "--concurrency", "2",
-                           "--duration", "1", "--large-concurrency", "1", "--large-questions", "2",
-                           "--large-context-chars", "300", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(LOADTEST),
+            "--url",
+            f"http://127.0.0.1:{server.port}",
+            "--concurrency",
+            "2",
+            "--duration",
+            "1",
+            "--large-concurrency",
+            "1",
+            "--large-questions",
+            "2",
+            "--large-context-chars",
+            "300",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert report["errors"] == 0 and report["requests"] > 0

@@ -23,9 +23,8 @@ import pytest
 pytest.importorskip("fastapi", reason="npbert serve needs the serve extra (fastapi, uvicorn)")
 pytest.importorskip("uvicorn", reason="npbert serve needs the serve extra (fastapi, uvicorn)")
 
-from serve_helpers import Server  # noqa: E402
-
 import npbert  # noqa: E402
+from serve_helpers import Server  # noqa: E402
 
 SAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
 ROUTES = ["/score", "/v1/answer", "/v1/explain"]
@@ -66,44 +65,99 @@ class Case:
 
 CASES = [
     # --- bodies the JSON decoder must not be left alone with
-    Case("1,000 nested arrays in question (2 KB)", f'{{"input_data": {{"question": {nested(1000)}, "context": "x"}}}}'.encode(),
-         400, "nests arrays and objects 1002 levels deep, over the server's limit of 32"),
-    Case("1,000 nested objects in parameters", ('{"input_data": {"question": "a", "context": "b"}, "parameters": '
-                                                 + '{"a": ' * 1000 + "1" + "}" * 1001).encode(), 400, "levels deep"),
+    Case(
+        "1,000 nested arrays in question (2 KB)",
+        f'{{"input_data": {{"question": {nested(1000)}, "context": "x"}}}}'.encode(),
+        400,
+        "nests arrays and objects 1002 levels deep, over the server's limit of 32",
+    ),
+    Case(
+        "1,000 nested objects in parameters",
+        (
+            '{"input_data": {"question": "a", "context": "b"}, "parameters": ' + '{"a": ' * 1000 + "1" + "}" * 1001
+        ).encode(),
+        400,
+        "levels deep",
+    ),
     Case("60,000 opening brackets", b"[" * 60_000, 400, "nests arrays and objects 60000 levels deep"),
     Case("33 levels", nested(33).encode(), 400, "33 levels deep, over the server's limit of 32"),
     Case("32 levels: decoded, then the schema", nested(32).encode(), 422, "must be a JSON object"),
     Case("brackets inside strings do not count", ask("[" * 100 + "?", "{" * 5000), 200),
     Case("escaped quotes and brackets inside strings", ask('a \\" [[[ ?', 'b \\\\" ]]] {{{'), 200),
-    Case("a 4301-digit top_k", b'{"input_data": {"question": "a", "context": "b"}, "parameters": {"top_k": '
-         + b"9" * 4301 + b"}}", 400, "an integer of 4301 digits, over the server's limit of 100"),
-    Case("a 5000-digit negative integer", b'{"input_data": {"question": -' + b"1" * 5000 + b', "context": "b"}}', 400,
-         "integer of 5000 digits"),
+    Case(
+        "a 4301-digit top_k",
+        b'{"input_data": {"question": "a", "context": "b"}, "parameters": {"top_k": ' + b"9" * 4301 + b"}}",
+        400,
+        "an integer of 4301 digits, over the server's limit of 100",
+    ),
+    Case(
+        "a 5000-digit negative integer",
+        b'{"input_data": {"question": -' + b"1" * 5000 + b', "context": "b"}}',
+        400,
+        "integer of 5000 digits",
+    ),
     Case("a 101-digit integer", b'{"x": ' + b"7" * 101 + b"}", 400, "integer of 101 digits"),
-    Case("a 100-digit top_k: decoded, over the limit", b'{"input_data": {"question": "a", "context": "b"}, "parameters": '
-         b'{"top_k": ' + b"9" * 100 + b"}}", 422, "top_k is 9999"),
-    Case("a float of 400 digits", b'{"input_data": {"question": "a", "context": "b"}, "parameters": {"top_k": '
-         + b"9" * 400 + b'.5}}', 422, "parameters.top_k"),
-    Case("1e999 (infinity as a literal)", ask(top_k=1).replace(b'"top_k": 1', b'"top_k": 1e999'), 422, "parameters.top_k"),
-    Case("NaN", b'{"input_data": {"question": "a", "context": "b"}, "parameters": {"top_k": NaN}}', 400,
-         "NaN is not a JSON number"),
-    Case("Infinity", b'{"input_data": {"question": "a", "context": "b"}, "parameters": {"top_k": Infinity}}', 400,
-         "Infinity is not a JSON number"),
-    Case("-Infinity", b'{"input_data": {"question": "a", "context": "b"}, "parameters": {"top_k": -Infinity}}', 400,
-         "-Infinity is not a JSON number"),
+    Case(
+        "a 100-digit top_k: decoded, over the limit",
+        b'{"input_data": {"question": "a", "context": "b"}, "parameters": {"top_k": ' + b"9" * 100 + b"}}",
+        422,
+        "top_k is 9999",
+    ),
+    Case(
+        "a float of 400 digits",
+        b'{"input_data": {"question": "a", "context": "b"}, "parameters": {"top_k": ' + b"9" * 400 + b".5}}",
+        422,
+        "parameters.top_k",
+    ),
+    Case(
+        "1e999 (infinity as a literal)", ask(top_k=1).replace(b'"top_k": 1', b'"top_k": 1e999'), 422, "parameters.top_k"
+    ),
+    Case(
+        "NaN",
+        b'{"input_data": {"question": "a", "context": "b"}, "parameters": {"top_k": NaN}}',
+        400,
+        "NaN is not a JSON number",
+    ),
+    Case(
+        "Infinity",
+        b'{"input_data": {"question": "a", "context": "b"}, "parameters": {"top_k": Infinity}}',
+        400,
+        "Infinity is not a JSON number",
+    ),
+    Case(
+        "-Infinity",
+        b'{"input_data": {"question": "a", "context": "b"}, "parameters": {"top_k": -Infinity}}',
+        400,
+        "-Infinity is not a JSON number",
+    ),
     Case("a UTF-8 byte-order mark", b"\xef\xbb\xbf" + ask(), 400, "not valid JSON"),
     Case("UTF-16", ask().decode().encode("utf-16"), 400, "not valid UTF-8"),
     Case("trailing garbage", ask() + b" x", 400, "Extra data"),
     Case("two objects", ask() + ask(), 400, "Extra data"),
-    Case("a lone surrogate escaped", b'{"input_data": {"question": "\\udfff", "context": "b"}}', 422, "unpaired surrogate"),
-    Case("a surrogate pair escaped (an emoji)", b'{"input_data": {"question": "\\ud83d\\ude00?", "context": "b c"}}', 200),
-    Case("an overlong UTF-8 encoding", b'{"input_data": {"question": "\xc0\xaf", "context": "b"}}', 400, "not valid UTF-8"),
+    Case(
+        "a lone surrogate escaped",
+        b'{"input_data": {"question": "\\udfff", "context": "b"}}',
+        422,
+        "unpaired surrogate",
+    ),
+    Case(
+        "a surrogate pair escaped (an emoji)", b'{"input_data": {"question": "\\ud83d\\ude00?", "context": "b c"}}', 200
+    ),
+    Case(
+        "an overlong UTF-8 encoding",
+        b'{"input_data": {"question": "\xc0\xaf", "context": "b"}}',
+        400,
+        "not valid UTF-8",
+    ),
     Case("only whitespace", b" \n\t " * 100, 400, "request body is empty"),
     Case("null", b"null", 422, "must be a JSON object"),
     Case("a string", b'"What?"', 422, "got string"),
     Case("a number", b"42", 422, "got integer"),
-    Case("duplicate keys: the last one counts", b'{"input_data": {"question": "", "context": "b"}, '
-         b'"input_data": {"question": "a", "context": "b"}}', 200),
+    Case(
+        "duplicate keys: the last one counts",
+        b'{"input_data": {"question": "", "context": "b"}, "input_data": {"question": "a", "context": "b"}}',
+        200,
+    ),
     # --- the schema
     Case("parameters null", dumps({"input_data": SAMPLE, "parameters": None}), 422, "parameters: must be an object"),
     Case("parameters a list", dumps({"input_data": SAMPLE, "parameters": [1]}), 422, "parameters: must be an object"),
@@ -125,8 +179,18 @@ CASES = [
     Case("padding (the server's business)", ask(padding="longest"), 422, "parameters.padding: Extra inputs"),
     Case("batch_size (the server's business)", ask(batch_size=1), 422, "parameters.batch_size: Extra inputs"),
     Case("topk (the deprecated spelling)", ask(topk=2), 422, "parameters.topk: Extra inputs"),
-    Case("the largest parameters", ask(top_k=20, max_answer_len=512, max_seq_len=512, max_question_len=512,
-                                       handle_impossible_answer=True, align_to_words=False), 200),
+    Case(
+        "the largest parameters",
+        ask(
+            top_k=20,
+            max_answer_len=512,
+            max_seq_len=512,
+            max_question_len=512,
+            handle_impossible_answer=True,
+            align_to_words=False,
+        ),
+        200,
+    ),
     # --- texts
     Case("a context of NUL characters", ask(context="\x00\x00\x00"), {200, 422}),
     Case("a context of control characters", ask(context="\x01\x02\x1b[31m"), {200, 422}),
@@ -134,35 +198,89 @@ CASES = [
     Case("a context of combining accents", ask(context="\u0301\u0301\u0301"), {200, 422}),
     Case("a question of a zero-width joiner", ask(question="\u200d"), {200, 422}),
     Case("a context of one 20,000-character word", ask(context="a" * 20_000), 200),
-    Case("a context of 2,000 emoji", ask(context="\U0001F600 " * 2_000), {200, 422}),
+    Case("a context of 2,000 emoji", ask(context="\U0001f600 " * 2_000), {200, 422}),
     Case("a context of right-to-left text", ask(context="שמי ג'ון ואני גר בסיאטל"), 200),
     Case("a question over max_seq_len", ask(question="why " * 100, max_seq_len=32), 422, "question"),
-    Case("a context making too many windows for one question", ask(question="Who?", context="word " * 3000, max_seq_len=40, doc_stride=30),
-         422, "over this pipeline's limit of 64"),
-    Case("the second of two contexts making too many windows", dumps({"input_data": {
-        "question": ["Who?"] * 2, "context": ["John.", "word " * 3000]}, "parameters": {"max_seq_len": 40, "doc_stride": 30}}),
-        422, "context 1 makes 594 windows of max_seq_len 40 with doc_stride 30, over this pipeline's limit of 64",
-        routes=["/score", "/v1/answer"]),
-    Case("32 short questions", dumps({"input_data": {"question": ["Who?"] * 32, "context": ["John is here."] * 32}}), 200,
-         routes=["/score", "/v1/answer"]),
-    Case("33 questions", dumps({"input_data": {"question": ["Who?"] * 33, "context": ["John."] * 33}}), 422,
-         "the list has 33 items, over the server's limit of 32", routes=["/score", "/v1/answer"]),
-    Case("questions making more windows than a request may", dumps({"input_data": {
-        "question": ["Who?"] * 4, "context": ["John lived in Rome. " * 300] * 4}, "parameters": {"max_seq_len": 128}}),
-        422, "windows of max_seq_len 128 with doc_stride 64, over the server's limit of 40 per request",
-        routes=["/score", "/v1/answer"]),
-    Case("lists to /v1/explain", dumps({"input_data": {"question": ["a"], "context": ["b"]}}), 422,
-         "takes one question and one context", routes=["/v1/explain"]),
+    Case(
+        "a context making too many windows for one question",
+        ask(question="Who?", context="word " * 3000, max_seq_len=40, doc_stride=30),
+        422,
+        "over this pipeline's limit of 64",
+    ),
+    Case(
+        "the second of two contexts making too many windows",
+        dumps(
+            {
+                "input_data": {"question": ["Who?"] * 2, "context": ["John.", "word " * 3000]},
+                "parameters": {"max_seq_len": 40, "doc_stride": 30},
+            }
+        ),
+        422,
+        "context 1 makes 594 windows of max_seq_len 40 with doc_stride 30, over this pipeline's limit of 64",
+        routes=["/score", "/v1/answer"],
+    ),
+    Case(
+        "32 short questions",
+        dumps({"input_data": {"question": ["Who?"] * 32, "context": ["John is here."] * 32}}),
+        200,
+        routes=["/score", "/v1/answer"],
+    ),
+    Case(
+        "33 questions",
+        dumps({"input_data": {"question": ["Who?"] * 33, "context": ["John."] * 33}}),
+        422,
+        "the list has 33 items, over the server's limit of 32",
+        routes=["/score", "/v1/answer"],
+    ),
+    Case(
+        "questions making more windows than a request may",
+        dumps(
+            {
+                "input_data": {"question": ["Who?"] * 4, "context": ["John lived in Rome. " * 300] * 4},
+                "parameters": {"max_seq_len": 128},
+            }
+        ),
+        422,
+        "windows of max_seq_len 128 with doc_stride 64, over the server's limit of 40 per request",
+        routes=["/score", "/v1/answer"],
+    ),
+    Case(
+        "lists to /v1/explain",
+        dumps({"input_data": {"question": ["a"], "context": ["b"]}}),
+        422,
+        "takes one question and one context",
+        routes=["/v1/explain"],
+    ),
     # --- content types
-    Case("Content-Type text/plain", ask(), 415, "Content-Type 'text/plain' is not JSON: send application/json",
-         headers={"Content-Type": "text/plain"}),
-    Case("a form (curl -d without -H)", ask(), 415, "'application/x-www-form-urlencoded' is not JSON",
-         headers={"Content-Type": "application/x-www-form-urlencoded"}),
+    Case(
+        "Content-Type text/plain",
+        ask(),
+        415,
+        "Content-Type 'text/plain' is not JSON: send application/json",
+        headers={"Content-Type": "text/plain"},
+    ),
+    Case(
+        "a form (curl -d without -H)",
+        ask(),
+        415,
+        "'application/x-www-form-urlencoded' is not JSON",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ),
     Case("multipart", ask(), 415, "is not JSON", headers={"Content-Type": "multipart/form-data; boundary=x"}),
-    Case("charset latin-1", ask(), 415, "charset 'latin-1' is not supported",
-         headers={"Content-Type": "application/json; charset=latin-1"}),
-    Case("charset utf-16 (quoted)", ask(), 415, "charset '\"utf-16\"' is not supported",
-         headers={"Content-Type": 'application/json; charset="utf-16"'}),
+    Case(
+        "charset latin-1",
+        ask(),
+        415,
+        "charset 'latin-1' is not supported",
+        headers={"Content-Type": "application/json; charset=latin-1"},
+    ),
+    Case(
+        "charset utf-16 (quoted)",
+        ask(),
+        415,
+        "charset '\"utf-16\"' is not supported",
+        headers={"Content-Type": 'application/json; charset="utf-16"'},
+    ),
     Case("a 5 KB Content-Type", ask(), 415, "...", headers={"Content-Type": "text/" + "x" * 5000}),
     Case("charset utf-8", ask(), 200, headers={"Content-Type": "application/json; charset=UTF-8"}),
     Case("application/problem+json", ask(), 200, headers={"Content-Type": "application/problem+json"}),
@@ -170,20 +288,43 @@ CASES = [
     Case("no Content-Type (read as JSON)", ask(), 200, headers={}),
     # --- sizes, methods, paths, query strings
     Case("a body over the limit", ask(context="word " * 14_000), 413, "over the server's limit of 65536 bytes"),
-    Case("Content-Length over the limit (no body sent)", b"", 413, "request body is 99999999 bytes",
-         headers={**JSON, "Content-Length": "99999999"}),
-    Case("a 100 KB request target", None, {400, 414}, "request target is 100", method="GET",
-         path="/health?" + "a" * 100_000, uvicorn_may_refuse=True),
+    Case(
+        "Content-Length over the limit (no body sent)",
+        b"",
+        413,
+        "request body is 99999999 bytes",
+        headers={**JSON, "Content-Length": "99999999"},
+    ),
+    Case(
+        "a 100 KB request target",
+        None,
+        {400, 414},
+        "request target is 100",
+        method="GET",
+        path="/health?" + "a" * 100_000,
+        uvicorn_may_refuse=True,
+    ),
     Case("a 9 KB query on /score", ask(), 414, "over the server's limit of 8192", query="?" + "q" * 9000),
     Case("a query on /score (ignored)", ask(), 200, query="?debug=1", routes=["/score", "/v1/answer"]),
     Case("window out of range", ask(), 422, "window 99 does not exist", query="?window=99", routes=["/v1/explain"]),
     Case("window negative", ask(), 422, "window -1 does not exist", query="?window=-1", routes=["/v1/explain"]),
-    Case("layer a 4301-digit number", ask(), 422, "query parameter layer has 4301 characters",
-         query="?layer=" + "9" * 4301, routes=["/v1/explain"]),
+    Case(
+        "layer a 4301-digit number",
+        ask(),
+        422,
+        "query parameter layer has 4301 characters",
+        query="?layer=" + "9" * 4301,
+        routes=["/v1/explain"],
+    ),
     Case("layer not a number", ask(), 422, "must be an integer", query="?layer=x", routes=["/v1/explain"]),
-    Case("headers of 20 KB", ask(), {400, 431}, "request headers are", headers={**JSON, **{f"X-Pad-{i}": "p" * 200
-                                                                                     for i in range(100)}},
-         uvicorn_may_refuse=True),
+    Case(
+        "headers of 20 KB",
+        ask(),
+        {400, 431},
+        "request headers are",
+        headers={**JSON, **{f"X-Pad-{i}": "p" * 200 for i in range(100)}},
+        uvicorn_may_refuse=True,
+    ),
     Case("GET /score", None, 405, "GET /score: Method Not Allowed", method="GET", path="/score"),
     Case("PUT /v1/answer", ask(), 405, "Method Not Allowed", method="PUT", path="/v1/answer"),
     Case("DELETE /v1/explain", None, 405, "Method Not Allowed", method="DELETE", path="/v1/explain"),
@@ -279,8 +420,16 @@ def read_all(sock: socket.socket) -> bytes:
 @pytest.fixture(scope="module")
 def quick(tiny_checkpoint, tmp_path_factory):
     """A server with short timeouts, for slow clients."""
-    s = Server(tiny_checkpoint, tmp_path_factory.mktemp("quick") / "server.log", "--header-timeout", "1",
-               "--body-timeout", "1", "--keep-alive-timeout", "1")
+    s = Server(
+        tiny_checkpoint,
+        tmp_path_factory.mktemp("quick") / "server.log",
+        "--header-timeout",
+        "1",
+        "--body-timeout",
+        "1",
+        "--keep-alive-timeout",
+        "1",
+    )
     yield s
     assert s.stop() == 0, s.output()
 
@@ -351,8 +500,10 @@ def test_idle_sockets_do_not_lock_real_clients_out(tiny_checkpoint, tmp_path):
         body = ask()
         slow = [raw(s.port) for _ in range(4)]
         for sock in slow:
-            sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
+            sock.sendall(
+                b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body[:5]
+            )
         while s.request("GET", "/health")[1]["in_flight"] < 4:
             time.sleep(0.01)
         status, headers, data = send(s.port, "POST", "/score", body, JSON)
@@ -409,8 +560,10 @@ def test_idle_sockets_reopened_as_they_close_do_not_lock_real_clients_out(tiny_c
 def test_a_slow_body_gets_408(quick):
     sock = raw(quick.port)
     body = ask()
-    sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                 % len(body) + body[:5])
+    sock.sendall(
+        b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body[:5]
+    )
     reply = read_all(sock)
     assert reply.startswith(b"HTTP/1.1 408 ") and b"request body not received within 1 s (5 bytes came)" in reply
     sock.close()
@@ -422,8 +575,10 @@ def test_a_client_gone_mid_body_is_an_abort_not_a_fault(server):
     _, before = server.request("GET", "/health")
     for _ in range(5):
         sock = raw(server.port)
-        sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-                     b'{"input_data": ')
+        sock.sendall(
+            b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            b'{"input_data": '
+        )
         time.sleep(0.05)
         sock.close()
     deadline = time.monotonic() + 60
@@ -437,10 +592,20 @@ def test_a_client_gone_mid_body_is_an_abort_not_a_fault(server):
 # --- the work of one request -----------------------------------------------------------------------------
 
 LONG = " ".join(f"In {1900 + i % 100} the team from city {i} played a game and won." for i in range(1500))
-LONG_BODY = {"input_data": {"question": ["Who won the game?"] * 2, "context": [LONG] * 2},
-             "parameters": {"max_seq_len": 32, "doc_stride": 8}}
-ROOMY = ["--max-context-chars", str(len(LONG)), "--max-windows", "100000", "--max-request-windows", "1000000",
-         "--max-body-bytes", str(1 << 22)]
+LONG_BODY = {
+    "input_data": {"question": ["Who won the game?"] * 2, "context": [LONG] * 2},
+    "parameters": {"max_seq_len": 32, "doc_stride": 8},
+}
+ROOMY = [
+    "--max-context-chars",
+    str(len(LONG)),
+    "--max-windows",
+    "100000",
+    "--max-request-windows",
+    "1000000",
+    "--max-body-bytes",
+    str(1 << 22),
+]
 
 
 @pytest.fixture(scope="module")
@@ -453,8 +618,10 @@ def roomy(tiny_checkpoint, tmp_path_factory):
 
 def windows_of(qa, body) -> int:
     p = body["parameters"]
-    return sum(len(qa.tokenizer.encode_pair(q, c, p["max_seq_len"], p["doc_stride"]))
-               for q, c in zip(body["input_data"]["question"], body["input_data"]["context"]))
+    return sum(
+        len(qa.tokenizer.encode_pair(q, c, p["max_seq_len"], p["doc_stride"]))
+        for q, c in zip(body["input_data"]["question"], body["input_data"]["context"])
+    )
 
 
 def test_a_small_request_is_answered_while_a_large_one_runs(roomy, qa):
@@ -509,8 +676,12 @@ def test_a_busy_port_is_one_line_before_the_model_loads(tiny_checkpoint):
         busy.listen()
         port = busy.getsockname()[1]
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "npbert", "serve", "--model", str(tiny_checkpoint),
-                               "--port", str(port)], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "npbert", "serve", "--model", str(tiny_checkpoint), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 2
     assert proc.stderr == f"npbert serve: error: cannot listen on 127.0.0.1:{port}: in use by another process\n"
     assert time.monotonic() - t0 < 120
@@ -528,20 +699,27 @@ def test_sigterm_with_a_slow_client_reports_it(tiny_checkpoint, tmp_path):
     log = s.output()
     assert code == 0
     assert reply.startswith(b"HTTP/1.1 503 ") and b"the server is shutting down" in reply
-    assert re.search(r"POST /score: cut off by the shutdown after [\d.]+ s \(--graceful-timeout ended\): answered 503", log)
+    assert re.search(
+        r"POST /score: cut off by the shutdown after [\d.]+ s \(--graceful-timeout ended\): answered 503", log
+    )
     assert "1 cut off by the shutdown" in log
     assert "exited on SIGTERM after the 1 s graceful timeout: 1 request cut off unfinished (answered 503)" in log
     assert "exited cleanly" not in log and "Traceback" not in log
 
 
-@pytest.mark.parametrize("variable, value", [("NPBERT_GEMM", "mkl"), ("NPBERT_KERNELS", "fortran"),
-                                             ("NPBERT_BLAS_THREADS", "two")])
+@pytest.mark.parametrize(
+    "variable, value", [("NPBERT_GEMM", "mkl"), ("NPBERT_KERNELS", "fortran"), ("NPBERT_BLAS_THREADS", "two")]
+)
 def test_a_bad_setting_with_workers_is_one_line_before_they_start(tiny_checkpoint, variable, value):
     # With --workers the model loads in each worker; the parent reads the same settings first, so a bad one
     # is one line and exit status 2 (it was a traceback in every worker, respawned until interrupted).
-    proc = subprocess.run([sys.executable, "-m", "npbert", "serve", "--model", str(tiny_checkpoint), "--port", "0",
-                           "--workers", "2"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, variable: value})
+    proc = subprocess.run(
+        [sys.executable, "-m", "npbert", "serve", "--model", str(tiny_checkpoint), "--port", "0", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, variable: value},
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("npbert serve: error:") and proc.stderr.count("\n") == 1 and variable in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -20,11 +20,10 @@ pytest.importorskip("fastapi", reason="npbert serve needs the serve extra (fasta
 pytest.importorskip("gunicorn", reason="the prefork extra (gunicorn, uvicorn-worker) is not installed")
 pytest.importorskip("uvicorn_worker", reason="the prefork extra (gunicorn, uvicorn-worker) is not installed")
 
-from process_helpers import shared_dirty_mb  # noqa: E402
-from serve_helpers import Server  # noqa: E402
-
 import npbert  # noqa: E402
 from npbert import relaid_cache  # noqa: E402
+from process_helpers import shared_dirty_mb  # noqa: E402
+from serve_helpers import Server  # noqa: E402
 
 PAIRS = [
     ("What's my name?", "My name is John and I live in Seattle"),
@@ -83,8 +82,9 @@ def test_each_stop_signal_drains_the_request_in_flight(tiny_checkpoint, tmp_path
     result = {}
 
     def ask():
-        result["reply"] = server.post("/v1/answer", {"input_data": {"question": question, "context": LONG},
-                                                     "parameters": parameters})
+        result["reply"] = server.post(
+            "/v1/answer", {"input_data": {"question": question, "context": LONG}, "parameters": parameters}
+        )
 
     client = threading.Thread(target=ask)
     try:
@@ -113,8 +113,9 @@ def test_each_stop_signal_drains_the_request_in_flight(tiny_checkpoint, tmp_path
 
 def test_a_cache_file_truncated_under_the_workers_stops_the_server_with_one_line(tiny_checkpoint, tmp_path, qa):
     cache = tmp_path / "cache"  # this server's own cache folder: the entry it truncates is no one else's
-    server = Server(tiny_checkpoint, tmp_path / "server.log", "--workers", "2",
-                    env=dict(os.environ, NPBERT_CACHE=str(cache)))
+    server = Server(
+        tiny_checkpoint, tmp_path / "server.log", "--workers", "2", env=dict(os.environ, NPBERT_CACHE=str(cache))
+    )
     question, context = PAIRS[0]
     try:
         for _ in range(600):

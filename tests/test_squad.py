@@ -24,14 +24,14 @@ from npbert import squad
 
 def v1_normalize_answer(s):
     def remove_articles(text):
-        return re.sub(r'\b(a|an|the)\b', ' ', text)
+        return re.sub(r"\b(a|an|the)\b", " ", text)
 
     def white_space_fix(text):
-        return ' '.join(text.split())
+        return " ".join(text.split())
 
     def remove_punc(text):
         exclude = set(string.punctuation)
-        return ''.join(ch for ch in text if ch not in exclude)
+        return "".join(ch for ch in text if ch not in exclude)
 
     def lower(text):
         return text.lower()
@@ -53,7 +53,7 @@ def v1_f1_score(prediction, ground_truth):
 
 
 def v1_exact_match_score(prediction, ground_truth):
-    return (v1_normalize_answer(prediction) == v1_normalize_answer(ground_truth))
+    return v1_normalize_answer(prediction) == v1_normalize_answer(ground_truth)
 
 
 def v1_metric_max_over_ground_truths(metric_fn, prediction, ground_truths):
@@ -67,18 +67,18 @@ def v1_metric_max_over_ground_truths(metric_fn, prediction, ground_truths):
 def v1_evaluate(dataset, predictions):
     f1 = exact_match = total = 0
     for article in dataset:
-        for paragraph in article['paragraphs']:
-            for qa in paragraph['qas']:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
                 total += 1
-                if qa['id'] not in predictions:
+                if qa["id"] not in predictions:
                     continue
-                ground_truths = list(map(lambda x: x['text'], qa['answers']))
-                prediction = predictions[qa['id']]
+                ground_truths = list(map(lambda x: x["text"], qa["answers"]))
+                prediction = predictions[qa["id"]]
                 exact_match += v1_metric_max_over_ground_truths(v1_exact_match_score, prediction, ground_truths)
                 f1 += v1_metric_max_over_ground_truths(v1_f1_score, prediction, ground_truths)
     exact_match = 100.0 * exact_match / total
     f1 = 100.0 * f1 / total
-    return {'exact_match': exact_match, 'f1': f1}
+    return {"exact_match": exact_match, "f1": f1}
 
 
 # --- evaluate-v2.0.py ---------------------------------------------------------------------------------
@@ -87,23 +87,23 @@ def v1_evaluate(dataset, predictions):
 def v2_make_qid_to_has_ans(dataset):
     qid_to_has_ans = {}
     for article in dataset:
-        for p in article['paragraphs']:
-            for qa in p['qas']:
-                qid_to_has_ans[qa['id']] = bool(qa['answers'])
+        for p in article["paragraphs"]:
+            for qa in p["qas"]:
+                qid_to_has_ans[qa["id"]] = bool(qa["answers"])
     return qid_to_has_ans
 
 
 def v2_normalize_answer(s):
     def remove_articles(text):
-        regex = re.compile(r'\b(a|an|the)\b', re.UNICODE)
-        return re.sub(regex, ' ', text)
+        regex = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+        return re.sub(regex, " ", text)
 
     def white_space_fix(text):
-        return ' '.join(text.split())
+        return " ".join(text.split())
 
     def remove_punc(text):
         exclude = set(string.punctuation)
-        return ''.join(ch for ch in text if ch not in exclude)
+        return "".join(ch for ch in text if ch not in exclude)
 
     def lower(text):
         return text.lower()
@@ -140,12 +140,12 @@ def v2_get_raw_scores(dataset, preds):
     exact_scores = {}
     f1_scores = {}
     for article in dataset:
-        for p in article['paragraphs']:
-            for qa in p['qas']:
-                qid = qa['id']
-                gold_answers = [a['text'] for a in qa['answers'] if v2_normalize_answer(a['text'])]
+        for p in article["paragraphs"]:
+            for qa in p["qas"]:
+                qid = qa["id"]
+                gold_answers = [a["text"] for a in qa["answers"] if v2_normalize_answer(a["text"])]
                 if not gold_answers:
-                    gold_answers = ['']
+                    gold_answers = [""]
                 if qid not in preds:
                     continue
                 a_pred = preds[qid]
@@ -168,23 +168,27 @@ def v2_apply_no_ans_threshold(scores, na_probs, qid_to_has_ans, na_prob_thresh):
 def v2_make_eval_dict(exact_scores, f1_scores, qid_list=None):
     if not qid_list:
         total = len(exact_scores)
-        return collections.OrderedDict([
-            ('exact', 100.0 * sum(exact_scores.values()) / total),
-            ('f1', 100.0 * sum(f1_scores.values()) / total),
-            ('total', total),
-        ])
+        return collections.OrderedDict(
+            [
+                ("exact", 100.0 * sum(exact_scores.values()) / total),
+                ("f1", 100.0 * sum(f1_scores.values()) / total),
+                ("total", total),
+            ]
+        )
     else:
         total = len(qid_list)
-        return collections.OrderedDict([
-            ('exact', 100.0 * sum(exact_scores[k] for k in qid_list) / total),
-            ('f1', 100.0 * sum(f1_scores[k] for k in qid_list) / total),
-            ('total', total),
-        ])
+        return collections.OrderedDict(
+            [
+                ("exact", 100.0 * sum(exact_scores[k] for k in qid_list) / total),
+                ("f1", 100.0 * sum(f1_scores[k] for k in qid_list) / total),
+                ("total", total),
+            ]
+        )
 
 
 def v2_merge_eval(main_eval, new_eval, prefix):
     for k in new_eval:
-        main_eval['%s_%s' % (prefix, k)] = new_eval[k]
+        main_eval["%s_%s" % (prefix, k)] = new_eval[k]
 
 
 def v2_find_best_thresh(preds, scores, na_probs, qid_to_has_ans):
@@ -213,10 +217,10 @@ def v2_find_best_thresh(preds, scores, na_probs, qid_to_has_ans):
 def v2_find_all_best_thresh(main_eval, preds, exact_raw, f1_raw, na_probs, qid_to_has_ans):
     best_exact, exact_thresh = v2_find_best_thresh(preds, exact_raw, na_probs, qid_to_has_ans)
     best_f1, f1_thresh = v2_find_best_thresh(preds, f1_raw, na_probs, qid_to_has_ans)
-    main_eval['best_exact'] = best_exact
-    main_eval['best_exact_thresh'] = exact_thresh
-    main_eval['best_f1'] = best_f1
-    main_eval['best_f1_thresh'] = f1_thresh
+    main_eval["best_exact"] = best_exact
+    main_eval["best_exact_thresh"] = exact_thresh
+    main_eval["best_f1"] = best_f1
+    main_eval["best_f1_thresh"] = f1_thresh
 
 
 def v2_main(dataset, preds, na_prob_file=None, na_prob_thresh=1.0):
@@ -233,10 +237,10 @@ def v2_main(dataset, preds, na_prob_file=None, na_prob_thresh=1.0):
     out_eval = v2_make_eval_dict(exact_thresh, f1_thresh)
     if has_ans_qids:
         has_ans_eval = v2_make_eval_dict(exact_thresh, f1_thresh, qid_list=has_ans_qids)
-        v2_merge_eval(out_eval, has_ans_eval, 'HasAns')
+        v2_merge_eval(out_eval, has_ans_eval, "HasAns")
     if no_ans_qids:
         no_ans_eval = v2_make_eval_dict(exact_thresh, f1_thresh, qid_list=no_ans_qids)
-        v2_merge_eval(out_eval, no_ans_eval, 'NoAns')
+        v2_merge_eval(out_eval, no_ans_eval, "NoAns")
     if na_prob_file is not None:
         v2_find_all_best_thresh(out_eval, preds, exact_raw, f1_raw, na_probs, qid_to_has_ans)
     return out_eval
@@ -247,10 +251,63 @@ def v2_main(dataset, preds, na_prob_file=None, na_prob_thresh=1.0):
 # Articles in every case and glued to punctuation, punctuation that joins or splits words, Unicode whose
 # lower() changes length (İ), non-ASCII punctuation the official scripts keep (« — ’), Unicode spaces that
 # str.split() collapses, digits in other scripts, and the empty string.
-PIECES = ["a", "an", "the", "The", "A", "AN", "THE", "tHe", "an.", "a-", "the,", "(the)", "th", "e", "theory",
-          "banana", "Anna", "Paris", "paris", "1", "1.0", "10,000", "٣", "İ", "ß", "straße", "é", "É", "ﬁ",
-          "«", "»", "—", "’", "'s", "$", "%", "!", "?", ".", ",", "-", "_", "@", "~", "", " ", "  ",
-          "\t", "\n", "\u00a0", "\u3000", "\u2009", "日本", "ǅ", "Ⅻ"]
+PIECES = [
+    "a",
+    "an",
+    "the",
+    "The",
+    "A",
+    "AN",
+    "THE",
+    "tHe",
+    "an.",
+    "a-",
+    "the,",
+    "(the)",
+    "th",
+    "e",
+    "theory",
+    "banana",
+    "Anna",
+    "Paris",
+    "paris",
+    "1",
+    "1.0",
+    "10,000",
+    "٣",
+    "İ",
+    "ß",
+    "straße",
+    "é",
+    "É",
+    "ﬁ",
+    "«",
+    "»",
+    "—",
+    "’",
+    "'s",
+    "$",
+    "%",
+    "!",
+    "?",
+    ".",
+    ",",
+    "-",
+    "_",
+    "@",
+    "~",
+    "",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\u00a0",
+    "\u3000",
+    "\u2009",
+    "日本",
+    "ǅ",
+    "Ⅻ",
+]
 SEPARATORS = ["", " ", "  ", "\t", "\u00a0", "-", "."]
 
 
@@ -273,11 +330,14 @@ def squad_case(draw, version):
             for _ in range(n):
                 min_answers = 0 if version == "2.0" else 1
                 golds = draw(st.lists(answer_text(), min_size=min_answers, max_size=3))
-                qas.append({"id": f"q{qid}", "question": "?",
-                            "answers": [{"text": g, "answer_start": 0} for g in golds]})
+                qas.append(
+                    {"id": f"q{qid}", "question": "?", "answers": [{"text": g, "answer_start": 0} for g in golds]}
+                )
                 choice = draw(st.sampled_from(["gold", "random", "random", "empty", "missing"]))
                 if choice == "gold" and golds:
-                    predictions[f"q{qid}"] = draw(st.sampled_from(golds)) + draw(st.sampled_from(["", " ", ".", " the"]))
+                    predictions[f"q{qid}"] = draw(st.sampled_from(golds)) + draw(
+                        st.sampled_from(["", " ", ".", " the"])
+                    )
                 elif choice == "empty":
                     predictions[f"q{qid}"] = ""
                 elif choice != "missing" or version == "2.0":  # v2.0's script needs every prediction
@@ -314,10 +374,14 @@ def test_v1_evaluate_equals_official(case):
 @given(squad_case("2.0"), st.sampled_from([1.0, 0.5, 0.0]))
 def test_v2_evaluate_equals_official(case, thresh):
     articles, predictions, na_probs = case
-    same(squad.evaluate(articles, predictions, "2.0", na_prob_thresh=thresh),
-         v2_main(articles, predictions, None, thresh))
-    same(squad.evaluate({"version": "v2.0", "data": articles}, predictions, na_probs=na_probs, na_prob_thresh=thresh),
-         v2_main(articles, predictions, na_probs, thresh))
+    same(
+        squad.evaluate(articles, predictions, "2.0", na_prob_thresh=thresh),
+        v2_main(articles, predictions, None, thresh),
+    )
+    same(
+        squad.evaluate({"version": "v2.0", "data": articles}, predictions, na_probs=na_probs, na_prob_thresh=thresh),
+        v2_main(articles, predictions, na_probs, thresh),
+    )
 
 
 def test_hypothesis_keeps_no_example_database():
@@ -338,11 +402,21 @@ def test_v2_threshold_search_and_empty_gold_by_hand():
     """evaluate-v2.0.py's best thresholds on a case worked out by hand: gold "the" normalises to nothing, so
     that question counts as unanswerable's "" gold; predictions sorted by na_prob: a (0.1, right), b (0.4,
     wrong), c (0.6, unanswerable, answered), d (0.8, unanswerable, "")."""
-    articles = [{"paragraphs": [{"context": "c", "qas": [
-        {"id": "a", "question": "?", "answers": [{"text": "Paris", "answer_start": 0}]},
-        {"id": "b", "question": "?", "answers": [{"text": "Rome", "answer_start": 0}]},
-        {"id": "c", "question": "?", "answers": []},
-        {"id": "d", "question": "?", "answers": [{"text": "the", "answer_start": 0}]}]}]}]
+    articles = [
+        {
+            "paragraphs": [
+                {
+                    "context": "c",
+                    "qas": [
+                        {"id": "a", "question": "?", "answers": [{"text": "Paris", "answer_start": 0}]},
+                        {"id": "b", "question": "?", "answers": [{"text": "Rome", "answer_start": 0}]},
+                        {"id": "c", "question": "?", "answers": []},
+                        {"id": "d", "question": "?", "answers": [{"text": "the", "answer_start": 0}]},
+                    ],
+                }
+            ]
+        }
+    ]
     predictions = {"a": "Paris", "b": "Oslo", "c": "Oslo", "d": ""}
     na_probs = {"a": 0.1, "b": 0.4, "c": 0.6, "d": 0.8}
     result = squad.evaluate(articles, predictions, "2.0", na_probs)
@@ -368,13 +442,32 @@ def test_hand_checked_values():
 
 def test_v2_missing_predictions_score_zero_and_count():
     # The official v2.0 script raises KeyError here; npbert scores them 0, as v1.1 does.
-    articles = [{"paragraphs": [{"context": "c", "qas": [
-        {"id": "a", "question": "?", "answers": [{"text": "Paris", "answer_start": 0}]},
-        {"id": "b", "question": "?", "answers": []},
-        {"id": "c", "question": "?", "answers": [{"text": "Rome", "answer_start": 0}]}]}]}]
+    articles = [
+        {
+            "paragraphs": [
+                {
+                    "context": "c",
+                    "qas": [
+                        {"id": "a", "question": "?", "answers": [{"text": "Paris", "answer_start": 0}]},
+                        {"id": "b", "question": "?", "answers": []},
+                        {"id": "c", "question": "?", "answers": [{"text": "Rome", "answer_start": 0}]},
+                    ],
+                }
+            ]
+        }
+    ]
     result = squad.evaluate(articles, {"a": "Paris"}, "2.0")
-    assert result == {"exact": 100 / 3, "f1": 100 / 3, "total": 3, "HasAns_exact": 50.0, "HasAns_f1": 50.0,
-                      "HasAns_total": 2, "NoAns_exact": 0.0, "NoAns_f1": 0.0, "NoAns_total": 1}
+    assert result == {
+        "exact": 100 / 3,
+        "f1": 100 / 3,
+        "total": 3,
+        "HasAns_exact": 50.0,
+        "HasAns_f1": 50.0,
+        "HasAns_total": 2,
+        "NoAns_exact": 0.0,
+        "NoAns_f1": 0.0,
+        "NoAns_total": 1,
+    }
     with pytest.raises(ValueError, match="'a' has a prediction but no probability"):
         squad.evaluate(articles, {"a": "Paris"}, "2.0", na_probs={"b": 0.3})
 
@@ -387,50 +480,113 @@ def write(path, obj):
     return path
 
 
-SMALL = {"version": "1.1", "data": [{"title": "T", "paragraphs": [
-    {"context": "My name is John and I live in Seattle.", "qas": [
-        {"id": "q1", "question": "What's my name?", "answers": [{"text": "John", "answer_start": 11}]},
-        {"id": "q2", "question": "Where do I live?", "answers": [{"text": "Seattle", "answer_start": 30},
-                                                                  {"text": "in Seattle", "answer_start": 27}]}]}]}]}
+SMALL = {
+    "version": "1.1",
+    "data": [
+        {
+            "title": "T",
+            "paragraphs": [
+                {
+                    "context": "My name is John and I live in Seattle.",
+                    "qas": [
+                        {"id": "q1", "question": "What's my name?", "answers": [{"text": "John", "answer_start": 11}]},
+                        {
+                            "id": "q2",
+                            "question": "Where do I live?",
+                            "answers": [
+                                {"text": "Seattle", "answer_start": 30},
+                                {"text": "in Seattle", "answer_start": 27},
+                            ],
+                        },
+                    ],
+                }
+            ],
+        }
+    ],
+}
 
 
 def test_read_squad_json_and_json_lines_agree(tmp_path):
     from_json = squad.read_dataset(write(tmp_path / "d.json", SMALL))
-    lines = [{"id": "q1", "question": "What's my name?", "context": SMALL["data"][0]["paragraphs"][0]["context"],
-              "answers": ["John"]},
-             {"id": "q2", "question": "Where do I live?", "context": SMALL["data"][0]["paragraphs"][0]["context"],
-              "answers": {"text": ["Seattle", "in Seattle"], "answer_start": [30, 27]}}]
+    lines = [
+        {
+            "id": "q1",
+            "question": "What's my name?",
+            "context": SMALL["data"][0]["paragraphs"][0]["context"],
+            "answers": ["John"],
+        },
+        {
+            "id": "q2",
+            "question": "Where do I live?",
+            "context": SMALL["data"][0]["paragraphs"][0]["context"],
+            "answers": {"text": ["Seattle", "in Seattle"], "answer_start": [30, 27]},
+        },
+    ]
     from_lines = squad.read_dataset(write(tmp_path / "d.jsonl", "\n".join(map(json.dumps, lines)) + "\n\n"))
     assert from_json.version == "1.1" and from_lines.version is None
-    assert [(e.id, e.question, e.context, e.answers) for e in from_json.examples] == \
-           [(e.id, e.question, e.context, e.answers) for e in from_lines.examples]
+    assert [(e.id, e.question, e.context, e.answers) for e in from_json.examples] == [
+        (e.id, e.question, e.context, e.answers) for e in from_lines.examples
+    ]
     preds = {"q1": "john", "q2": "the Seattle"}
     assert squad.evaluate(from_lines, preds) == squad.evaluate(from_json, preds) == {"exact_match": 100.0, "f1": 100.0}
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("missing.json", None, "missing.json: data file not found"),
-    ("bad.json", '{"version": "1.1",\n "data": [}', "bad.json:2:11: malformed JSON"),
-    ("lines.json", '{"id": "a"}\n{"id": "b"}', "JSON Lines files must be named"),
-    ("nodata.json", {"version": "1.1"}, "missing key 'data'"),
-    ("ctx.json", {"data": [{"paragraphs": [{"qas": []}]}]}, r"data\[0\].paragraphs\[0\]: missing key 'context'"),
-    ("id.json", {"data": [{"paragraphs": [{"context": "c", "qas": [{"id": 3, "question": "q", "answers": []}]}]}]},
-     r"data\[0\].paragraphs\[0\].qas\[0\].id: id must be a string, found int"),
-    ("noans.json", {"version": "1.1", "data": [{"paragraphs": [{"context": "c", "qas": [
-        {"id": "x", "question": "q", "answers": []}]}]}]}, "'x' has no gold answer, which SQuAD v1.1 requires"),
-    ("ans.json", {"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "x", "question": "q", "answers": ["a"]}]}]}]},
-     r"qas\[0\].answers\[0\]: an answer must be an object, found str"),
-    ("dup.json", {"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "x", "question": "q", "answers": [
-        {"text": "a"}]}]}, {"context": "d", "qas": [{"id": "x", "question": "q", "answers": [{"text": "a"}]}]}]}]},
-     r"paragraphs\[1\].qas\[0\]: question id 'x' repeats the one at .*paragraphs\[0\].qas\[0\]"),
-    ("ver.json", {"version": "3.0", "data": []}, "version '3.0' is not 1.1 or 2.0"),
-    ("empty.json", {"version": "1.1", "data": []}, "no questions"),
-    ("l.jsonl", '{"id": "a", "question": "q", "context": "c", "answers": ["x"]}\n{"id": "b", "question": "q"',
-     r"l.jsonl:2:\d+: malformed JSON"),
-    ("m.jsonl", '{"id": "a", "question": "q", "answers": ["x"]}\n', "m.jsonl:1: missing key 'context'"),
-    ("r.jsonl", '{"id": "a", "question": "q", "context": "c", "answers": ["x"]}\n'
-                '{"id": "a", "question": "q", "context": "c", "answers": ["x"]}\n', "r.jsonl:2: question id 'a' repeats"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.json", None, "missing.json: data file not found"),
+        ("bad.json", '{"version": "1.1",\n "data": [}', "bad.json:2:11: malformed JSON"),
+        ("lines.json", '{"id": "a"}\n{"id": "b"}', "JSON Lines files must be named"),
+        ("nodata.json", {"version": "1.1"}, "missing key 'data'"),
+        ("ctx.json", {"data": [{"paragraphs": [{"qas": []}]}]}, r"data\[0\].paragraphs\[0\]: missing key 'context'"),
+        (
+            "id.json",
+            {"data": [{"paragraphs": [{"context": "c", "qas": [{"id": 3, "question": "q", "answers": []}]}]}]},
+            r"data\[0\].paragraphs\[0\].qas\[0\].id: id must be a string, found int",
+        ),
+        (
+            "noans.json",
+            {
+                "version": "1.1",
+                "data": [{"paragraphs": [{"context": "c", "qas": [{"id": "x", "question": "q", "answers": []}]}]}],
+            },
+            "'x' has no gold answer, which SQuAD v1.1 requires",
+        ),
+        (
+            "ans.json",
+            {"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "x", "question": "q", "answers": ["a"]}]}]}]},
+            r"qas\[0\].answers\[0\]: an answer must be an object, found str",
+        ),
+        (
+            "dup.json",
+            {
+                "data": [
+                    {
+                        "paragraphs": [
+                            {"context": "c", "qas": [{"id": "x", "question": "q", "answers": [{"text": "a"}]}]},
+                            {"context": "d", "qas": [{"id": "x", "question": "q", "answers": [{"text": "a"}]}]},
+                        ]
+                    }
+                ]
+            },
+            r"paragraphs\[1\].qas\[0\]: question id 'x' repeats the one at .*paragraphs\[0\].qas\[0\]",
+        ),
+        ("ver.json", {"version": "3.0", "data": []}, "version '3.0' is not 1.1 or 2.0"),
+        ("empty.json", {"version": "1.1", "data": []}, "no questions"),
+        (
+            "l.jsonl",
+            '{"id": "a", "question": "q", "context": "c", "answers": ["x"]}\n{"id": "b", "question": "q"',
+            r"l.jsonl:2:\d+: malformed JSON",
+        ),
+        ("m.jsonl", '{"id": "a", "question": "q", "answers": ["x"]}\n', "m.jsonl:1: missing key 'context'"),
+        (
+            "r.jsonl",
+            '{"id": "a", "question": "q", "context": "c", "answers": ["x"]}\n'
+            '{"id": "a", "question": "q", "context": "c", "answers": ["x"]}\n',
+            "r.jsonl:2: question id 'a' repeats",
+        ),
+    ],
+)
 def test_bad_data_names_the_problem_and_place(tmp_path, name, content, message):
     path = tmp_path / name
     if content is not None:
@@ -464,12 +620,20 @@ def test_score_command_prints_the_official_json(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == json.dumps(v1_evaluate(SMALL["data"], preds))
 
-    v2 = {"version": "v2.0", "data": SMALL["data"] + [{"paragraphs": [{"context": "c", "qas": [
-        {"id": "q3", "question": "?", "answers": []}]}]}]}
+    v2 = {
+        "version": "v2.0",
+        "data": SMALL["data"]
+        + [{"paragraphs": [{"context": "c", "qas": [{"id": "q3", "question": "?", "answers": []}]}]}],
+    }
     preds["q3"] = ""
     na = {"q1": 0.2, "q2": 0.7, "q3": 0.4}
-    r = npbert("score", str(write(tmp_path / "v2.json", v2)), str(write(tmp_path / "p2.json", preds)),
-               "--na-prob", str(write(tmp_path / "na.json", na)))
+    r = npbert(
+        "score",
+        str(write(tmp_path / "v2.json", v2)),
+        str(write(tmp_path / "p2.json", preds)),
+        "--na-prob",
+        str(write(tmp_path / "na.json", na)),
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == json.dumps(v2_main(v2["data"], preds, na))
 
@@ -480,7 +644,11 @@ def test_score_command_reports_missing_predictions_and_bad_input(tmp_path):
     assert r.returncode == 0 and "1 of 2 questions have no prediction" in r.stderr
     assert json.loads(r.stdout.splitlines()[-1]) == v1_evaluate(SMALL["data"], {"q1": "John"})
     r = npbert("score", str(data), str(write(tmp_path / "bad.json", {"q1": 3})))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.json: ['q1']: each prediction must be a string" in r.stderr
+    assert (
+        r.returncode == 2
+        and r.stderr.count("\n") == 1
+        and "bad.json: ['q1']: each prediction must be a string" in r.stderr
+    )
     r = npbert("score", str(data), str(tmp_path / "p.json"), "--version", "3")
     assert r.returncode == 2 and "unknown SQuAD version '3'" in r.stderr
 

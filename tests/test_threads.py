@@ -50,14 +50,14 @@ import numpy as np, threadpoolctl
 load = float(sys.argv[2])
 os.getloadavg = lambda: (load, load, load)
 import npbert
-from npbert import kernels, threads
+from npbert import ops, threads
 
 def blas():  # numpy's OpenBLAS: scipy's own (numba imports scipy for some kernels) may be loaded too
     libs = [i for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"]
     return ([i for i in libs if "numpy" in i["filepath"]] or libs)[0]["num_threads"]
 
 seen = {"before": blas()}
-real_attention = kernels.NUMBA.attention
+real_attention = ops.NUMBA.attention
 def attention(*a, **k):
     seen["in_call"], seen["current"] = blas(), threads.current()
     with threads.single_blas_thread():
@@ -76,8 +76,12 @@ print(json.dumps(seen))
 
 def run_call(tiny_checkpoint, load, **env):
     environ = {k: v for k, v in os.environ.items() if k not in ("NPBERT_BLAS_THREADS", "OPENBLAS_NUM_THREADS")}
-    out = subprocess.run([sys.executable, "-c", CALL, str(tiny_checkpoint), str(load)],
-                         env={**environ, "OPENBLAS_NUM_THREADS": "2", **env}, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CALL, str(tiny_checkpoint), str(load)],
+        env={**environ, "OPENBLAS_NUM_THREADS": "2", **env},
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -85,8 +89,15 @@ def run_call(tiny_checkpoint, load, **env):
 @needs_openblas
 def test_a_model_call_applies_the_policy_scoped_and_restores_it(tiny_checkpoint):
     quiet = run_call(tiny_checkpoint, 0.0)
-    assert quiet == {"before": 2, "in_call": 2, "current": 2, "single": 1, "after": 2, "current_after": 1,
-                     "caller_limit_after": 1}
+    assert quiet == {
+        "before": 2,
+        "in_call": 2,
+        "current": 2,
+        "single": 1,
+        "after": 2,
+        "current_after": 1,
+        "caller_limit_after": 1,
+    }
     busy = run_call(tiny_checkpoint, 50.0)  # far above one runnable thread per core on any machine
     assert busy["before"] == 2 and busy["in_call"] == 1 and busy["current"] == 1 and busy["after"] == 2
     fixed = run_call(tiny_checkpoint, 50.0, NPBERT_BLAS_THREADS="2")  # the override wins over the busy rule
@@ -97,7 +108,9 @@ def test_a_model_call_applies_the_policy_scoped_and_restores_it(tiny_checkpoint)
 # The same seen from a model call on another thread, after the main thread has made one (as a server's
 # threads or a thread pool do); then two calls on two threads that overlap, the first ending while the
 # second still runs: OpenBLAS's count inside the second after the first has returned, and after both.
-CALL_IN_THREADS = CALL.replace('print(json.dumps(seen))', """
+CALL_IN_THREADS = CALL.replace(
+    "print(json.dumps(seen))",
+    """
 import threading
 model(np.arange(1, 9))  # on the main thread, as a server's start-up call (the limits above released it)
 seen.clear()
@@ -124,7 +137,8 @@ pair = [threading.Thread(target=call, args=(name,), name=name) for name in "AB"]
 [t.start() for t in pair]; [t.join() for t in pair]
 seen["late"], seen["after_all"] = late["B"], blas()
 print(json.dumps(seen))
-""")
+""",
+)
 
 
 @needs_openblas
@@ -134,9 +148,12 @@ def test_a_model_call_on_another_thread_and_overlapping_calls_keep_their_count(t
     restore its own: the first call's exit restored all cores under the second, whose exit then restored
     the one thread it found on entry, for good (and threadpoolctl >= 3.8 ignores a limit set by any thread
     but the one that set the last, which npbert now releases after each change)."""
-    out = subprocess.run([sys.executable, "-c", CALL_IN_THREADS, str(tiny_checkpoint), "50.0"],
-                         env={**{k: v for k, v in os.environ.items() if k != "NPBERT_BLAS_THREADS"},
-                              "OPENBLAS_NUM_THREADS": "2"}, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CALL_IN_THREADS, str(tiny_checkpoint), "50.0"],
+        env={**{k: v for k, v in os.environ.items() if k != "NPBERT_BLAS_THREADS"}, "OPENBLAS_NUM_THREADS": "2"},
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout)
     assert seen["thread"]["in_call"] == seen["thread"]["current"] == 1 and seen["thread"]["after"] == 2, seen
@@ -144,16 +161,23 @@ def test_a_model_call_on_another_thread_and_overlapping_calls_keep_their_count(t
 
 
 @needs_openblas
-@pytest.mark.parametrize("setup, expected", [
-    ("import numpy", "True"),  # numpy first, one thread: OpenBLAS restarts its threads with the timeout
-    ("import numpy, threading, time; threading.Thread(target=time.sleep, args=(2,), daemon=True).start()",
-     "False"),  # another thread might be inside a product: left alone
-    ("", "False"),  # npbert first: OpenBLAS reads the timeout when numpy loads, nothing to redo
-    ("import os; os.environ['OPENBLAS_THREAD_TIMEOUT'] = '7'\nimport numpy", "False"),  # the user's own: kept
-])
+@pytest.mark.parametrize(
+    "setup, expected",
+    [
+        ("import numpy", "True"),  # numpy first, one thread: OpenBLAS restarts its threads with the timeout
+        (
+            "import numpy, threading, time; threading.Thread(target=time.sleep, args=(2,), daemon=True).start()",
+            "False",
+        ),  # another thread might be inside a product: left alone
+        ("", "False"),  # npbert first: OpenBLAS reads the timeout when numpy loads, nothing to redo
+        ("import os; os.environ['OPENBLAS_THREAD_TIMEOUT'] = '7'\nimport numpy", "False"),  # the user's own: kept
+    ],
+)
 def test_openblas_timeout_is_reread_only_when_it_is_safe(setup, expected):
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    code = f"{setup}\nimport npbert.kernels, numpy as np\nfrom npbert import threads\nprint(threads.timeout_reread)\n" \
-           "x = np.ones((256, 256), np.float32); print(float((x @ x)[0, 0]))"  # BLAS still works after
+    code = (
+        f"{setup}\nimport npbert.ops, numpy as np\nfrom npbert import threads\nprint(threads.timeout_reread)\n"
+        "x = np.ones((256, 256), np.float32); print(float((x @ x)[0, 0]))"
+    )  # BLAS still works after
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [expected, "256.0"]

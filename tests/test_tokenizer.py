@@ -47,8 +47,9 @@ def test_padding_and_p_mask_equal_transformers(tiny_checkpoint):
     ref, tok = transformers_tokenizer(tiny_checkpoint), Tokenizer.from_folder(tiny_checkpoint)
     context = " ".join(UNICODE_CONTEXTS)
     for padding in ("longest", "max_length", True):
-        assert npbert_windows(tok, "Who?", context, 64, 16, padding) == \
-            transformers_windows(ref, "Who?", context, 64, 16, padding)
+        assert npbert_windows(tok, "Who?", context, 64, 16, padding) == transformers_windows(
+            ref, "Who?", context, 64, 16, padding
+        )
     for w in tok.encode_pair("Who is it?", context, 64, 16, "max_length"):
         expected = [s != 1 for s in w.sequence_ids]  # the pipeline's p_mask, [CLS] then unmasked
         expected[0] = False
@@ -70,8 +71,9 @@ def folder_copy(src, dst, drop=(), config=None):
 @pytest.mark.parametrize("lower", [False, True])
 def test_vocab_txt_fallback_equals_transformers(tiny_checkpoint, tmp_path, lower):
     """Without tokenizer.json both build the BERT WordPiece tokenizer from vocab.txt (do_lower_case honoured)."""
-    folder = folder_copy(tiny_checkpoint, tmp_path / "vocab_only", drop=("tokenizer.json",),
-                         config={"do_lower_case": lower})
+    folder = folder_copy(
+        tiny_checkpoint, tmp_path / "vocab_only", drop=("tokenizer.json",), config={"do_lower_case": lower}
+    )
     tok = Tokenizer.from_folder(folder)
     assert tok.do_lower_case is lower
     assert_same_as_transformers(folder, [(QUESTIONS[0], c) for c in UNICODE_CONTEXTS[:10]], settings=((384, 128),))

@@ -24,7 +24,9 @@ QUESTION, CONTEXT = "What's my name?", "My name is John and I live in Seattle"
 
 
 def npbert_cli(*args):
-    return subprocess.run([sys.executable, "-m", "npbert", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "npbert", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def test_intermediates_mean_what_their_names_say(tiny_checkpoint, batch):
     assert t["embeddings.word"].shape == (B, S, D) and t["embeddings.position"].shape == (1, S, D)
     np.testing.assert_array_equal(t["embeddings.word"][1, 2], w.embeddings.word_embeddings.weight[ids[1, 2]])
 
-    def layer_norm(y, ln):  # written out here, independently of kernels.py
+    def layer_norm(y, ln):  # written out here, independently of ops/reference.py
         return (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + 1e-12) * ln.weight + ln.bias
 
     x = t["embeddings"]
@@ -81,7 +83,7 @@ def test_intermediates_mean_what_their_names_say(tiny_checkpoint, batch):
         q, k, v = (t[p + f"attention.{n}"] for n in "qkv")
         np.testing.assert_allclose(q, x @ layer.attention.q_lin.weight.T + layer.attention.q_lin.bias)
         b, h, qi, kj = 1, H - 1, 2, 5  # one head, one query, one key, by hand
-        by_hand = q[b, qi, h * Dh:(h + 1) * Dh] @ k[b, kj, h * Dh:(h + 1) * Dh] / math.sqrt(Dh)
+        by_hand = q[b, qi, h * Dh : (h + 1) * Dh] @ k[b, kj, h * Dh : (h + 1) * Dh] / math.sqrt(Dh)
         assert t[p + "attention.scores"].shape == (B, H, S, S)
         assert t[p + "attention.scores"][b, h, qi, kj] == pytest.approx(by_hand, rel=1e-12)
         probs = t[p + "attention.probs"]
@@ -89,10 +91,15 @@ def test_intermediates_mean_what_their_names_say(tiny_checkpoint, batch):
         np.testing.assert_allclose(probs[b, h, qi, :kept], e / e.sum(), rtol=1e-12)
         assert (probs[1, :, :, kept:] == 0).all() and probs[0].min() > 0
         context = t[p + "attention.context"]
-        np.testing.assert_allclose(context[b, qi, h * Dh:(h + 1) * Dh], probs[b, h, qi] @ v[b, :, h * Dh:(h + 1) * Dh])
-        np.testing.assert_allclose(t[p + "attention.output"], context @ layer.attention.out_lin.weight.T
-                                   + layer.attention.out_lin.bias)
-        np.testing.assert_allclose(t[p + "sa_layer_norm"], layer_norm(t[p + "attention.output"] + x, layer.sa_layer_norm))
+        np.testing.assert_allclose(
+            context[b, qi, h * Dh : (h + 1) * Dh], probs[b, h, qi] @ v[b, :, h * Dh : (h + 1) * Dh]
+        )
+        np.testing.assert_allclose(
+            t[p + "attention.output"], context @ layer.attention.out_lin.weight.T + layer.attention.out_lin.bias
+        )
+        np.testing.assert_allclose(
+            t[p + "sa_layer_norm"], layer_norm(t[p + "attention.output"] + x, layer.sa_layer_norm)
+        )
         pre = t[p + "ffn.pre_activation"]
         assert pre.shape == (B, S, F)
         gelu = 0.5 * pre * (1 + np.vectorize(math.erf)(pre / math.sqrt(2)))
@@ -136,8 +143,12 @@ def test_save_load_round_trip_in_forward_order(tiny_checkpoint, batch, tmp_path)
 
 def test_diff_finds_the_first_divergence():
     rng = np.random.default_rng(0)
-    a = {"input_ids": np.arange(4), "x": rng.standard_normal((3, 4)).astype(np.float32),
-         "y": rng.standard_normal(5) * 100, "z": np.ones(2)}
+    a = {
+        "input_ids": np.arange(4),
+        "x": rng.standard_normal((3, 4)).astype(np.float32),
+        "y": rng.standard_normal(5) * 100,
+        "z": np.ones(2),
+    }
     assert T.diff(a, dict(a)).first_divergence is None
     b = {**a, "y": a["y"] * (1 + 1e-6)}  # relative error 1e-6: within 1e-4
     r = T.diff(a, b)
@@ -186,8 +197,23 @@ def test_trace_and_diff_commands(tiny_checkpoint, tmp_path):
 def test_trace_command_long_context_has_one_row_per_window(tiny_checkpoint, tmp_path):
     context = " ".join(["My name is John and I live in Seattle."] * 12)
     out = tmp_path / "long.safetensors"
-    r = npbert_cli("trace", "--model", tiny_checkpoint, "--question", QUESTION, "--context", context,
-                   "--max-seq-len", 48, "--doc-stride", 16, "--dtype", "float64", "--out", out)
+    r = npbert_cli(
+        "trace",
+        "--model",
+        tiny_checkpoint,
+        "--question",
+        QUESTION,
+        "--context",
+        context,
+        "--max-seq-len",
+        48,
+        "--doc-stride",
+        16,
+        "--dtype",
+        "float64",
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     t, meta = T.load(out)
     assert t["input_ids"].shape[0] == len(meta["tokens"]) > 1 and t["input_ids"].shape[1] == 48
@@ -197,6 +223,25 @@ def test_trace_command_long_context_has_one_row_per_window(tiny_checkpoint, tmp_
     assert r.returncode == 2 and "context" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_trace_command_takes_the_pipelines_window_settings(tiny_checkpoint, tmp_path):
+    # One window-settings function (pipeline.window_settings): the trace refuses what the pipeline refuses,
+    # with its message, and encodes the windows the pipeline encodes (doc_stride equal to max_seq_len is the
+    # pipeline's boundary case: allowed there, so allowed here).
+    context = " ".join(["My name is John and I live in Seattle."] * 12)
+    common = ["trace", "--model", tiny_checkpoint, "--question", QUESTION, "--context", context]
+    r = npbert_cli(*common, "--max-seq-len", 40, "--doc-stride", 41, "--out", tmp_path / "a.safetensors")
+    assert r.returncode == 2 and "`doc_stride` (41) is larger than `max_seq_len` (40)" in r.stderr, r.stderr
+    r = npbert_cli(*common, "--max-seq-len", 2, "--out", tmp_path / "b.safetensors")
+    assert r.returncode == 2 and "max_seq_len must leave room" in r.stderr and "Traceback" not in r.stderr
+    out = tmp_path / "c.safetensors"
+    r = npbert_cli(*common, "--max-seq-len", 48, "--out", out)
+    assert r.returncode == 0, r.stderr
+    t, _ = T.load(out)
+    tok = npbert.Tokenizer.from_folder(tiny_checkpoint)
+    max_seq_len, doc_stride = 48, min(48 // 2, 128)  # the pipeline's default stride, as transformers'
+    assert t["input_ids"].shape[0] == len(tok.encode_pair(QUESTION, context, max_seq_len, doc_stride))
+
+
 def test_trace_command_estimates_the_size_and_refuses_past_max_mb(tiny_checkpoint, tmp_path):
     """A 3.5 KB context silently made a 603 MB file at full size: the size is now estimated before writing,
     refused past --max-mb (saying the estimate and the flag), written when the flag allows it."""
@@ -204,13 +249,29 @@ def test_trace_command_estimates_the_size_and_refuses_past_max_mb(tiny_checkpoin
 
     context = " ".join(["My name is John and I live in Seattle."] * 12)
     out = tmp_path / "long.safetensors"
-    flags = ["trace", "--model", tiny_checkpoint, "--question", QUESTION, "--context", context, "--max-seq-len", 48,
-             "--doc-stride", 16, "--out", out]
+    flags = [
+        "trace",
+        "--model",
+        tiny_checkpoint,
+        "--question",
+        QUESTION,
+        "--context",
+        context,
+        "--max-seq-len",
+        48,
+        "--doc-stride",
+        16,
+        "--out",
+        out,
+    ]
     r = npbert_cli(*flags, "--max-mb", "0.01")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and not out.exists(), r.stderr
-    said = re.fullmatch(r"npbert trace: error: the trace would be about ([\d.]+) MB \((\d+) window\(s\) x 48 tokens, "
-                        r"float32\), over --max-mb 0.01: pass --max-mb ([\d.]+) to write it, or a shorter context or "
-                        r"--max-seq-len\n", r.stderr)
+    said = re.fullmatch(
+        r"npbert trace: error: the trace would be about ([\d.]+) MB \((\d+) window\(s\) x 48 tokens, "
+        r"float32\), over --max-mb 0.01: pass --max-mb ([\d.]+) to write it, or a shorter context or "
+        r"--max-seq-len\n",
+        r.stderr,
+    )
     assert said and int(said.group(2)) > 1, r.stderr
     r = npbert_cli(*flags, "--max-mb", said.group(3))
     assert r.returncode == 0, r.stderr
@@ -260,13 +321,16 @@ def test_trace_command_on_an_encoder_only_checkpoint(tiny_checkpoint, tmp_path):
     folder = tmp_path / "encoder"
     shutil.copytree(tiny_checkpoint, folder)
     tensors = load_file(str(folder / "model.safetensors"))
-    save_file({k.removeprefix("distilbert."): v for k, v in tensors.items() if not k.startswith("qa_outputs")},
-              str(folder / "model.safetensors"))
+    save_file(
+        {k.removeprefix("distilbert."): v for k, v in tensors.items() if not k.startswith("qa_outputs")},
+        str(folder / "model.safetensors"),
+    )
     out = tmp_path / "encoder.safetensors"
     r = npbert_cli("trace", "--model", folder, "--question", QUESTION, "--context", CONTEXT, "--out", out)
     assert r.returncode == 0, r.stderr
     t, _ = T.load(out)
     assert list(t) == T.names(2, with_qa_head=False)
     encoder = npbert.DistilBertModel.from_pretrained(folder)
-    np.testing.assert_allclose(t["layer.1.output_layer_norm"], encoder(t["input_ids"]).last_hidden_state,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        t["layer.1.output_layer_norm"], encoder(t["input_ids"]).last_hidden_state, rtol=1e-5, atol=1e-6
+    )

@@ -19,7 +19,9 @@ QUESTION, CONTEXT = "What's my name?", "My name is John and I live in Seattle"
 
 
 def npbert_cli(*args):
-    return subprocess.run([sys.executable, "-m", "npbert", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "npbert", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def heat_maps(fig):
@@ -96,8 +98,17 @@ def test_attention_command(tiny_checkpoint, tmp_path):
 
 
 def test_attention_command_rejects_bad_choices(tiny_checkpoint, tmp_path):
-    base = ["attention", "--model", tiny_checkpoint, "--question", QUESTION, "--context", CONTEXT,
-            "--out", tmp_path / "x.png"]
+    base = [
+        "attention",
+        "--model",
+        tiny_checkpoint,
+        "--question",
+        QUESTION,
+        "--context",
+        CONTEXT,
+        "--out",
+        tmp_path / "x.png",
+    ]
     r = npbert_cli(*base, "--layer", 2)
     assert r.returncode == 2 and "--layer 2 is out of range: there are 2 layers in the model (0 to 1)" in r.stderr
     r = npbert_cli(*base, "--head", -1)

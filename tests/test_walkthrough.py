@@ -23,14 +23,14 @@ def blocks(page: str, language: str) -> list[str]:
 
 
 def localise(code: str, checkpoint: Path) -> str:
-    return (code.replace(REAL_MODEL, str(checkpoint))
-            .replace("python tools/", f"{sys.executable} {ROOT / 'tools'}/"))
+    return code.replace(REAL_MODEL, str(checkpoint)).replace("python tools/", f"{sys.executable} {ROOT / 'tools'}/")
 
 
 def run_bash(code: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,9 @@ def sinusoidal_checkpoint(tmp_path_factory):
     # Sinusoidal positions, as the real checkpoint, so the audit page's position check runs (not skipped).
     import checkpoints
 
-    return checkpoints.write_checkpoint(tmp_path_factory.mktemp("sin"), seed=4, qa_scale=40.0,
-                                        sinusoidal_pos_embds=True, **checkpoints.TINY)
+    return checkpoints.write_checkpoint(
+        tmp_path_factory.mktemp("sin"), seed=4, qa_scale=40.0, sinusoidal_pos_embds=True, **checkpoints.TINY
+    )
 
 
 def test_walkthrough_python_examples_run(tiny_checkpoint, capsys):
@@ -48,8 +49,10 @@ def test_walkthrough_python_examples_run(tiny_checkpoint, capsys):
     namespace = {"__name__": "walkthrough"}
     for i, block in enumerate(code):
         try:
-            exec(compile(localise(block, tiny_checkpoint), f"docs/walkthrough.md python block {i + 1}", "exec"),
-                 namespace)
+            exec(
+                compile(localise(block, tiny_checkpoint), f"docs/walkthrough.md python block {i + 1}", "exec"),
+                namespace,
+            )
         except Exception as e:
             raise AssertionError(f"docs/walkthrough.md python block {i + 1} failed: {e!r}\n{block}") from e
     printed = capsys.readouterr().out

@@ -23,8 +23,12 @@ from npbert import weights as W
 from npbert.weights import WeightsError
 
 SMALL = dict(vocab_size=50, dim=8, n_layers=2, n_heads=2, hidden_dim=12, max_position_embeddings=16)
-_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
-          np.dtype(np.int64): "I64"}
+_NAMES = {
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.float64): "F64",
+    np.dtype(np.int64): "I64",
+}
 
 
 @pytest.fixture
@@ -87,14 +91,17 @@ def test_tree_mirrors_checkpoint_keys(folder):
 
 def test_float32_weights_are_memory_mapped_views(folder):
     # The loader copies nothing; the model's load-time re-layout then copies the linear layers' matrices
-    # (weights.relayout_for_speed) and keeps the embeddings mapped.
+    # (layout.relayout_for_speed) and keeps the embeddings mapped.
     tree = npbert.weights.load(folder, npbert.Config.from_file(folder / "config.json"))
     model = load(folder).weights
     assert file_mapping(model.encoder.embeddings.word_embeddings.weight) is not None
     assert file_mapping(model.encoder.transformer.layer[1].ffn.lin2.weight) is None
     path = str(folder / "model.safetensors")
-    arrays = [tree.qa_outputs.weight, tree.encoder.embeddings.word_embeddings.weight,
-              tree.encoder.transformer.layer[1].ffn.lin2.weight]
+    arrays = [
+        tree.qa_outputs.weight,
+        tree.encoder.embeddings.word_embeddings.weight,
+        tree.encoder.transformer.layer[1].ffn.lin2.weight,
+    ]
     for a in arrays:
         assert file_mapping(a) is not None, "float32 weight was copied, not mapped"
         assert isinstance(a, np.memmap) and str(a.filename) == str(path) and not a.flags.writeable
@@ -144,11 +151,15 @@ def test_float64_mode_runs_everything_in_float64(folder):
     model32, model64 = load(folder), load(folder, dtype=np.float64)
     leaves = [a for a in _leaves(model64.weights)]
     assert all(a.dtype == np.float64 for a in leaves)
-    np.testing.assert_array_equal(model64.weights.qa_outputs.weight, model32.weights.qa_outputs.weight.astype(np.float64))
+    np.testing.assert_array_equal(
+        model64.weights.qa_outputs.weight, model32.weights.qa_outputs.weight.astype(np.float64)
+    )
     ids = np.array([[1, 5, 7, 9, 2, 0]])
     out = model64(ids, attention_mask=[[1, 1, 1, 1, 1, 0]], output_hidden_states=True)
     assert out.start_logits.dtype == np.float64 and all(h.dtype == np.float64 for h in out.hidden_states)
-    np.testing.assert_allclose(out.start_logits, model32(ids, attention_mask=[[1, 1, 1, 1, 1, 0]]).start_logits, atol=1e-5)
+    np.testing.assert_allclose(
+        out.start_logits, model32(ids, attention_mask=[[1, 1, 1, 1, 1, 0]]).start_logits, atol=1e-5
+    )
 
 
 def test_float64_file_in_float64_mode_is_mapped(folder):
@@ -220,7 +231,9 @@ def test_sharded_safetensors_folder(folder):
 
 def test_file_too_short_for_a_header(folder):
     (folder / "model.safetensors").write_bytes(b"\x10\x00")
-    assert load_error(folder) == f"{folder / 'model.safetensors'}: truncated: 2 bytes, too short for a safetensors header"
+    assert (
+        load_error(folder) == f"{folder / 'model.safetensors'}: truncated: 2 bytes, too short for a safetensors header"
+    )
 
 
 def test_truncated_data(folder):
@@ -235,7 +248,9 @@ def test_truncated_data(folder):
 def test_truncated_inside_header(folder):
     path = folder / "model.safetensors"
     path.write_bytes(path.read_bytes()[:50])
-    assert "bad header: header length" in load_error(folder) and "(truncated, or not a safetensors file)" in load_error(folder)
+    assert "bad header: header length" in load_error(folder) and "(truncated, or not a safetensors file)" in load_error(
+        folder
+    )
 
 
 def test_not_a_safetensors_file(folder):
@@ -252,21 +267,31 @@ def test_corrupt_header_json(folder):
     assert load_error(folder).startswith(f"{path}: bad header: not valid JSON")
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"dtype": "F32", "shape": [2]}, "entry for tensor 'qa_outputs.bias' is malformed"),
-    ({"dtype": "F32", "shape": 2, "data_offsets": [0, 8]}, "entry for tensor 'qa_outputs.bias' is malformed"),
-    ({"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}, "tensor qa_outputs.bias: unknown dtype 'Q4'"),
-    ({"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}, "tensor qa_outputs.bias: unknown dtype ['F32']"),
-    ({"dtype": "F32", "shape": [2], "data_offsets": ["0", 8]}, "tensor qa_outputs.bias has shape [2], offsets ['0', 8]"),
-    ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}, "tensor qa_outputs.bias has shape [-2]"),
-    ({"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}, "tensor qa_outputs.bias has shape [True]"),
-    ({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, "qa_outputs.bias (F32 [3]) needs 12 bytes, its offsets span 8"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"dtype": "F32", "shape": [2]}, "entry for tensor 'qa_outputs.bias' is malformed"),
+        ({"dtype": "F32", "shape": 2, "data_offsets": [0, 8]}, "entry for tensor 'qa_outputs.bias' is malformed"),
+        ({"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}, "tensor qa_outputs.bias: unknown dtype 'Q4'"),
+        ({"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}, "tensor qa_outputs.bias: unknown dtype ['F32']"),
+        (
+            {"dtype": "F32", "shape": [2], "data_offsets": ["0", 8]},
+            "tensor qa_outputs.bias has shape [2], offsets ['0', 8]",
+        ),
+        ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}, "tensor qa_outputs.bias has shape [-2]"),
+        ({"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}, "tensor qa_outputs.bias has shape [True]"),
+        (
+            {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]},
+            "qa_outputs.bias (F32 [3]) needs 12 bytes, its offsets span 8",
+        ),
+    ],
+)
 def test_bad_header_entries(folder, entry, message):
     arrays = tensors_of(folder)
     path = folder / "model.safetensors"
-    write_arrays(path, {k: v for k, v in arrays.items() if k != "qa_outputs.bias"},
-                 extra_header={"qa_outputs.bias": entry})
+    write_arrays(
+        path, {k: v for k, v in arrays.items() if k != "qa_outputs.bias"}, extra_header={"qa_outputs.bias": entry}
+    )
     got = load_error(folder)
     assert got.startswith(f"{path}: bad header") and message in got, got
 
@@ -283,10 +308,10 @@ def test_overlapping_tensors(folder):
     arrays = tensors_of(folder)
     write_arrays(path, arrays)
     header_len = struct.unpack("<Q", path.read_bytes()[:8])[0]
-    header = json.loads(path.read_bytes()[8:8 + header_len])
+    header = json.loads(path.read_bytes()[8 : 8 + header_len])
     header["qa_outputs.bias"]["data_offsets"] = [0, 8]  # on top of the first tensor
     text = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(text)) + text + path.read_bytes()[8 + header_len:])
+    path.write_bytes(struct.pack("<Q", len(text)) + text + path.read_bytes()[8 + header_len :])
     message = load_error(folder)
     assert "bad header: tensors" in message and "qa_outputs.bias" in message and "overlap" in message
 
@@ -297,38 +322,57 @@ def test_missing_tensor(folder):
     save_file(arrays, str(folder / "model.safetensors"))
     assert load_error(folder) == (
         f"{folder / 'model.safetensors'}: missing tensor(s) distilbert.transformer.layer.1.ffn.lin2.bias "
-        "(expected 38 tensors from config.json, found 37: do config.json and the weights belong to the same checkpoint?)")
+        "(expected 38 tensors from config.json, found 37: do config.json and the weights belong to the same checkpoint?)"  # noqa: E501
+    )
 
 
 def test_extra_tensor(folder):
     arrays = tensors_of(folder)
     arrays["classifier.weight"] = np.zeros((3, 8), np.float32)
     save_file(arrays, str(folder / "model.safetensors"))
-    assert "unexpected tensor(s) classifier.weight (expected 38 tensors from config.json, found 39" in load_error(folder)
+    assert "unexpected tensor(s) classifier.weight (expected 38 tensors from config.json, found 39" in load_error(
+        folder
+    )
 
 
 def test_wrong_shape_names_tensor_expected_and_found(folder):
     arrays = tensors_of(folder)
     arrays["distilbert.transformer.layer.0.attention.k_lin.weight"] = np.zeros((8, 9), np.float32)
     save_file(arrays, str(folder / "model.safetensors"))
-    assert load_error(folder) == (f"{folder / 'model.safetensors'}: tensor distilbert.transformer.layer.0.attention."
-                                  "k_lin.weight: expected shape [8, 8] (from config.json), found [8, 9]")
+    assert load_error(folder) == (
+        f"{folder / 'model.safetensors'}: tensor distilbert.transformer.layer.0.attention."
+        "k_lin.weight: expected shape [8, 8] (from config.json), found [8, 9]"
+    )
 
 
 def test_integer_tensor_where_a_float_is_expected(folder):
     arrays = tensors_of(folder)
     arrays["qa_outputs.bias"] = np.array([1, 2], np.int64)
     save_file(arrays, str(folder / "model.safetensors"))
-    assert load_error(folder).endswith("tensor qa_outputs.bias: expected a float dtype (F32, F16, BF16, F64), found I64")
+    assert load_error(folder).endswith(
+        "tensor qa_outputs.bias: expected a float dtype (F32, F16, BF16, F64), found I64"
+    )
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(n_layers=3), "missing tensor(s) distilbert.transformer.layer.2.attention.k_lin.bias"),
-    (dict(n_layers=1), "unexpected tensor(s) distilbert.transformer.layer.1.attention.k_lin.bias"),
-    (dict(vocab_size=51), "tensor distilbert.embeddings.word_embeddings.weight: expected shape [51, 8] (from config.json), found [50, 8]"),
-    (dict(hidden_dim=16), "tensor distilbert.transformer.layer.0.ffn.lin1.weight: expected shape [16, 8] (from config.json), found [12, 8]"),
-    (dict(max_position_embeddings=512), "tensor distilbert.embeddings.position_embeddings.weight: expected shape [512, 8]"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(n_layers=3), "missing tensor(s) distilbert.transformer.layer.2.attention.k_lin.bias"),
+        (dict(n_layers=1), "unexpected tensor(s) distilbert.transformer.layer.1.attention.k_lin.bias"),
+        (
+            dict(vocab_size=51),
+            "tensor distilbert.embeddings.word_embeddings.weight: expected shape [51, 8] (from config.json), found [50, 8]",  # noqa: E501
+        ),
+        (
+            dict(hidden_dim=16),
+            "tensor distilbert.transformer.layer.0.ffn.lin1.weight: expected shape [16, 8] (from config.json), found [12, 8]",  # noqa: E501
+        ),
+        (
+            dict(max_position_embeddings=512),
+            "tensor distilbert.embeddings.position_embeddings.weight: expected shape [512, 8]",
+        ),
+    ],
+)
 def test_config_that_does_not_match_the_weights(folder, changes, message):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, **changes}))
@@ -347,13 +391,20 @@ def test_bad_config_json_stops_before_the_weights(folder):
 @pytest.mark.parametrize("n_pos, dim", [(512, 768), (9, 5)])
 def test_sinusoidal_table_is_the_formula(n_pos, dim):
     # The formula of transformers' `create_sinusoidal_embeddings`, written out element by element.
-    expected = [[math.sin(p / 10000 ** (2 * (j // 2) / dim)) if j % 2 == 0 else math.cos(p / 10000 ** (2 * (j // 2) / dim))
-                 for j in range(dim)] for p in range(n_pos)]
+    expected = [
+        [
+            math.sin(p / 10000 ** (2 * (j // 2) / dim)) if j % 2 == 0 else math.cos(p / 10000 ** (2 * (j // 2) / dim))
+            for j in range(dim)
+        ]
+        for p in range(n_pos)
+    ]
     np.testing.assert_allclose(W.sinusoidal_table(n_pos, dim), np.array(expected), rtol=0, atol=1e-12)
 
 
 def test_loader_uses_the_stored_position_table_even_when_sinusoidal(tmp_path):
-    folder = checkpoints.write_checkpoint(tmp_path, seed=4, vocab=[], tokenizer=False, sinusoidal_pos_embds=True, **SMALL)
+    folder = checkpoints.write_checkpoint(
+        tmp_path, seed=4, vocab=[], tokenizer=False, sinusoidal_pos_embds=True, **SMALL
+    )
     arrays = tensors_of(folder)
     key = "distilbert.embeddings.position_embeddings.weight"
     np.testing.assert_array_equal(arrays[key], W.sinusoidal_table(16, 8).astype(np.float32))  # made by the formula
@@ -383,8 +434,18 @@ def test_loading_leaves_the_weights_file_out_of_the_process_memory(tmp_path, mon
     # peak RSS does not count the whole checkpoint on top of the re-laid weights.
     monkeypatch.setenv("NPBERT_CACHE", str(tmp_path / "cache") if cache == "shared" else str(tmp_path / "not-a-dir"))
     (tmp_path / "not-a-dir").write_text("")  # as a cache folder: unusable, so private copies
-    folder = checkpoints.write_checkpoint(tmp_path / "c", seed=3, vocab=[], tokenizer=False, vocab_size=4000,
-                                          dim=256, n_layers=2, n_heads=4, hidden_dim=1024, max_position_embeddings=64)
+    folder = checkpoints.write_checkpoint(
+        tmp_path / "c",
+        seed=3,
+        vocab=[],
+        tokenizer=False,
+        vocab_size=4000,
+        dim=256,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=1024,
+        max_position_embeddings=64,
+    )
     weights_file = (folder / "model.safetensors").resolve()
     model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
     model(np.arange(1, 17)[None])

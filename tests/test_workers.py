@@ -30,8 +30,9 @@ def run_and_record(chunks, pause=0.0):
 
 
 @settings(max_examples=30, deadline=None)
-@given(n_chunks=st.integers(1, 4), idle=st.sampled_from([0.0, 2 * workers.SPIN_SECONDS, 0.02]),
-       rounds=st.integers(1, 6))
+@given(
+    n_chunks=st.integers(1, 4), idle=st.sampled_from([0.0, 2 * workers.SPIN_SECONDS, 0.02]), rounds=st.integers(1, 6)
+)
 def test_every_chunk_runs_once_whether_workers_spin_or_sleep(n_chunks, idle, rounds):
     # idle 0: back-to-back calls find the workers spinning; longer gaps find them asleep on their semaphore.
     for r in range(rounds):

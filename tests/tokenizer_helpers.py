@@ -64,8 +64,14 @@ Café, naïve, résumé, façade and Ångström keep their accents; 東京 and �
 """
 
 
-BUILTIN_QUESTIONS = ["Who were the Normans?", "What is the capital?", "When was the game played?",
-                     "How many people live there?", "Which team won?", "What does the theory classify?"]
+BUILTIN_QUESTIONS = [
+    "Who were the Normans?",
+    "What is the capital?",
+    "When was the game played?",
+    "How many people live there?",
+    "Which team won?",
+    "What does the theory classify?",
+]
 
 
 def squad_dev() -> list[dict]:
@@ -79,16 +85,17 @@ def squad_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     pairs = [(qa["question"], p["context"]) for a in squad_dev() for p in a["paragraphs"] for qa in p["qas"]]
     if not pairs:
         lines = [line for line in BUILTIN_CORPUS.splitlines() if line]
-        contexts = [" ".join(lines[i:i + 3]) for i in range(0, len(lines), 2)]
+        contexts = [" ".join(lines[i : i + 3]) for i in range(0, len(lines), 2)]
         pairs = [(q, c) for c in contexts for q in BUILTIN_QUESTIONS]
     return random.Random(seed).sample(pairs, min(n, len(pairs)))
 
 
 def long_contexts(n: int) -> list[str]:
     """Contexts several hundred tokens long (several paragraphs joined): many windows each."""
-    paragraphs = [p["context"] for a in squad_dev()[:20] for p in a["paragraphs"][:3]] or \
-        [BUILTIN_CORPUS.replace("\n", " ")] * 6
-    return [" ".join(paragraphs[i:i + 3]) + " " + UNICODE_CONTEXTS[i % len(UNICODE_CONTEXTS)] for i in range(n)]
+    paragraphs = [p["context"] for a in squad_dev()[:20] for p in a["paragraphs"][:3]] or [
+        BUILTIN_CORPUS.replace("\n", " ")
+    ] * 6
+    return [" ".join(paragraphs[i : i + 3]) + " " + UNICODE_CONTEXTS[i % len(UNICODE_CONTEXTS)] for i in range(n)]
 
 
 def training_text(limit: int = 3000) -> list[str]:
@@ -124,8 +131,13 @@ def roberta_folder(folder: Path, add_prefix_space: bool | None = None, vocab_siz
 
     folder.mkdir(parents=True)
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(training_text(), vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.train_from_iterator(
+        training_text(),
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    )
     bpe.save_model(str(folder))  # vocab.json, merges.txt ("#version: 0.2" header)
     config = {"model_max_length": 512, "tokenizer_class": "RobertaTokenizer"}
     if add_prefix_space is not None:
@@ -139,33 +151,62 @@ def sentencepiece_folder(folder: Path, kind: str, vocab_size: int = 1000, model_
     """A SentencePiece model trained here: kind "xlmr" is a BPE model saved as XLM-R's sentencepiece.bpe.model
     (<unk> <s> </s> first, as fairseq's); "albert" a unigram model saved as ALBERT's spiece.model (<pad> <unk>
     [CLS] [SEP] [MASK] first); "deberta" a unigram model saved as DeBERTa-v3's spm.model ([PAD] [CLS] [SEP]
-    [UNK] first, [MASK] not a piece: transformers adds it after them, as deberta-v3-base's 128000). `model_type` ("bpe", "unigram") overrides the algorithm (the real XLM-R
-    sentencepiece.bpe.model is a unigram model despite its name)."""
+    [UNK] first, [MASK] not a piece: transformers adds it after them, as deberta-v3-base's 128000).
+    `model_type` ("bpe", "unigram") overrides the algorithm (the real XLM-R sentencepiece.bpe.model is a
+    unigram model despite its name)."""
     import sentencepiece as spm
 
     folder.mkdir(parents=True)
     model = io.BytesIO()
-    common = dict(sentence_iterator=iter(training_text()), model_writer=model, vocab_size=vocab_size,
-                  hard_vocab_limit=False, character_coverage=1.0, num_threads=1, minloglevel=2)
+    common = dict(
+        sentence_iterator=iter(training_text()),
+        model_writer=model,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
     if kind == "xlmr":
-        spm.SentencePieceTrainer.train(model_type=model_type or "bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, **common)
+        spm.SentencePieceTrainer.train(
+            model_type=model_type or "bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, **common
+        )
         (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
         _write_json(folder / "tokenizer_config.json", {"model_max_length": 512})
         _config(folder, "xlm-roberta")
     elif kind == "deberta":
-        spm.SentencePieceTrainer.train(model_type=model_type or "unigram", pad_id=0, pad_piece="[PAD]", bos_id=1,
-                                       bos_piece="[CLS]", eos_id=2, eos_piece="[SEP]", unk_id=3, unk_piece="[UNK]",
-                                       **common)
+        spm.SentencePieceTrainer.train(
+            model_type=model_type or "unigram",
+            pad_id=0,
+            pad_piece="[PAD]",
+            bos_id=1,
+            bos_piece="[CLS]",
+            eos_id=2,
+            eos_piece="[SEP]",
+            unk_id=3,
+            unk_piece="[UNK]",
+            **common,
+        )
         (folder / "spm.model").write_bytes(model.getvalue())
-        _write_json(folder / "tokenizer_config.json", {"do_lower_case": False, "vocab_type": "spm",
-                                                       "model_max_length": 512})
+        _write_json(
+            folder / "tokenizer_config.json", {"do_lower_case": False, "vocab_type": "spm", "model_max_length": 512}
+        )
         _config(folder, "deberta-v2")
     else:
-        spm.SentencePieceTrainer.train(model_type=model_type or "unigram", pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
-                                       control_symbols=["[CLS]", "[SEP]", "[MASK]"], **common)
+        spm.SentencePieceTrainer.train(
+            model_type=model_type or "unigram",
+            pad_id=0,
+            unk_id=1,
+            bos_id=-1,
+            eos_id=-1,
+            control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+            **common,
+        )
         (folder / "spiece.model").write_bytes(model.getvalue())
-        _write_json(folder / "tokenizer_config.json",
-                    {"do_lower_case": True, "keep_accents": False, "remove_space": True, "model_max_length": 512})
+        _write_json(
+            folder / "tokenizer_config.json",
+            {"do_lower_case": True, "keep_accents": False, "remove_space": True, "model_max_length": 512},
+        )
         _config(folder, "albert")
     return folder
 
@@ -176,15 +217,30 @@ def plain_sentencepiece(path: Path, vocab_size: int = 1000) -> Path:
     import sentencepiece as spm
 
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(training_text()), model_writer=model, vocab_size=vocab_size,
-                                   hard_vocab_limit=False, character_coverage=1.0, num_threads=1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(training_text()),
+        model_writer=model,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.getvalue())
     return path
 
 
-def saved_by_transformers(folder: Path, class_name: str, vocab_file: Path, model_type: str, keep=None,
-                          add_tokens=(), add_special_tokens=(), **kwargs) -> Path:
+def saved_by_transformers(
+    folder: Path,
+    class_name: str,
+    vocab_file: Path,
+    model_type: str,
+    keep=None,
+    add_tokens=(),
+    add_special_tokens=(),
+    **kwargs,
+) -> Path:
     """The folder transformers' `save_pretrained` writes for `class_name(vocab_file, **kwargs)` (after
     `add_tokens` / `add_special_tokens`), with config.json beside it; `keep`: the files kept (a checkpoint that
     ships only some of them), all when None."""
@@ -251,28 +307,53 @@ def reference_windows(tok, question: str, context: str, max_length: int, stride:
     id is not 1, then 0 at every position holding cls_token_id."""
     import numpy as np
 
-    enc = tok(text=question, text_pair=context, padding=padding, truncation="only_second", max_length=max_length,
-              stride=stride, return_token_type_ids=True, return_overflowing_tokens=True,
-              return_offsets_mapping=True, return_special_tokens_mask=True)
+    enc = tok(
+        text=question,
+        text_pair=context,
+        padding=padding,
+        truncation="only_second",
+        max_length=max_length,
+        stride=stride,
+        return_token_type_ids=True,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
     out = []
     for i in range(len(enc["input_ids"])):
         p_mask = [tok_id != 1 for tok_id in enc.sequence_ids(i)]
         for cls_index in np.nonzero(np.array(enc["input_ids"][i]) == tok.cls_token_id)[0]:
             p_mask[cls_index] = 0
-        out.append(dict(input_ids=enc["input_ids"][i], token_type_ids=enc["token_type_ids"][i],
-                        attention_mask=enc["attention_mask"][i], offsets=[list(o) for o in enc["offset_mapping"][i]],
-                        sequence_ids=enc.sequence_ids(i), p_mask=[bool(m) for m in p_mask]))
+        out.append(
+            dict(
+                input_ids=enc["input_ids"][i],
+                token_type_ids=enc["token_type_ids"][i],
+                attention_mask=enc["attention_mask"][i],
+                offsets=[list(o) for o in enc["offset_mapping"][i]],
+                sequence_ids=enc.sequence_ids(i),
+                p_mask=[bool(m) for m in p_mask],
+            )
+        )
     return out
 
 
 def npbert_windows(tok, question: str, context: str, max_length: int, stride: int, padding="do_not_pad"):
-    return [dict(input_ids=w.input_ids.tolist(), token_type_ids=w.token_type_ids.tolist(),
-                 attention_mask=w.attention_mask.tolist(), offsets=w.offsets.tolist(),
-                 sequence_ids=list(w.sequence_ids), p_mask=w.p_mask.tolist())
-            for w in tok.encode_pair(question, context, max_length, stride, padding)]
+    return [
+        dict(
+            input_ids=w.input_ids.tolist(),
+            token_type_ids=w.token_type_ids.tolist(),
+            attention_mask=w.attention_mask.tolist(),
+            offsets=w.offsets.tolist(),
+            sequence_ids=list(w.sequence_ids),
+            p_mask=w.p_mask.tolist(),
+        )
+        for w in tok.encode_pair(question, context, max_length, stride, padding)
+    ]
 
 
 def added_tokens(backend) -> dict:
     """A backend's added tokens with every property: what a literal special token in the text becomes."""
-    return {i: (t.content, t.lstrip, t.rstrip, t.single_word, t.normalized, t.special)
-            for i, t in backend.get_added_tokens_decoder().items()}
+    return {
+        i: (t.content, t.lstrip, t.rstrip, t.single_word, t.normalized, t.special)
+        for i, t in backend.get_added_tokens_decoder().items()
+    }

@@ -41,8 +41,11 @@ CONTEXT = "My name is Wolfgang and I live in Berlin, where I work as a baker."
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, help="a full-size checkpoint folder (default: a seeded random one "
-                   "written to a temp dir)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a full-size checkpoint folder (default: a seeded random one written to a temp dir)",
+    )
     p.add_argument("--rows", default="forward,gflops,pipeline,cold", help="comma-separated subset of rows")
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per forward shape")
     p.add_argument("--threads", type=int, default=2, help="threads per engine")
@@ -62,8 +65,7 @@ def make_checkpoint(folder: Path) -> Path:
 
     vocab = checkpoints.real_or_generated_vocab()
     vocab = vocab + [f"[extra{i}]" for i in range(checkpoints.FULL_SIZE["vocab_size"] - len(vocab))]
-    return checkpoints.write_checkpoint(folder, seed=0, vocab=vocab, sinusoidal_pos_embds=True,
-                                        **checkpoints.FULL_SIZE)
+    return checkpoints.write_checkpoint(folder, seed=0, vocab=vocab, sinusoidal_pos_embds=True, **checkpoints.FULL_SIZE)
 
 
 def load_engines(folder: Path, threads: int, tmp: Path) -> dict:
@@ -81,8 +83,16 @@ def load_engines(folder: Path, threads: int, tmp: Path) -> dict:
     ids = torch.ones((1, 16), dtype=torch.long)
     names = ["input_ids", "attention_mask", "start_logits", "end_logits"]
     # dynamo=False: the TorchScript exporter, which takes dynamic_axes as the issue asks.
-    torch.onnx.export(tm, (ids, torch.ones_like(ids)), str(onnx_path), input_names=names[:2], output_names=names[2:],
-                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        tm,
+        (ids, torch.ones_like(ids)),
+        str(onnx_path),
+        input_names=names[:2],
+        output_names=names[2:],
+        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
+        opset_version=17,
+        dynamo=False,
+    )
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
@@ -121,7 +131,7 @@ def interleaved(fns: dict, args: tuple, repeats: int, warmup: int = 2) -> dict[s
             fns[n](*args)
     times = {n: [] for n in names}
     for r in range(repeats):
-        for n in names[r % len(names):] + names[:r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             fns[n](*args)
             times[n].append(timed(fns[n], *args))
     return {n: statistics.median(t) for n, t in times.items()}
@@ -148,15 +158,22 @@ def forward_rows(engines: dict, repeats: int) -> list[dict]:
         ids[:, 0] = 101
         mask = np.ones((B, S), dtype=np.int64)
         if B > 1:  # a realistic batch: some rows padded
-            mask[B // 2:, S * 3 // 4:] = 0
+            mask[B // 2 :, S * 3 // 4 :] = 0
         outs = {n: engines[n](ids, mask) for n in ENGINES}
         keep = mask.astype(bool)
         diff = {n: float(max(np.abs(outs[n][i] - outs["pytorch"][i])[keep].max() for i in (0, 1))) for n in ENGINES}
         med = interleaved({n: engines[n] for n in ENGINES}, (ids, mask), repeats)
-        rows.append({"B": B, "S": S, "seconds": med, "max_abs_diff_vs_pytorch": diff,
-                     "ratio_vs_pytorch": med["npbert"] / med["pytorch"],
-                     "ratio_vs_onnxruntime": med["npbert"] / med["onnxruntime"],
-                     "sequences_per_s": {n: B / t for n, t in med.items()}})
+        rows.append(
+            {
+                "B": B,
+                "S": S,
+                "seconds": med,
+                "max_abs_diff_vs_pytorch": diff,
+                "ratio_vs_pytorch": med["npbert"] / med["pytorch"],
+                "ratio_vs_onnxruntime": med["npbert"] / med["onnxruntime"],
+                "sequences_per_s": {n: B / t for n, t in med.items()},
+            }
+        )
         print(f"  B={B} S={S}: " + ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in med.items()), flush=True)
     return rows
 
@@ -170,8 +187,10 @@ def gflops_row(engines: dict, forward: list[dict], repeats: int) -> dict:
     S, D, F = 384, 768, 3072
     rng = np.random.default_rng(1)
     x, h = rng.standard_normal((S, D), dtype=np.float32), rng.standard_normal((S, F), dtype=np.float32)
-    w = {n: rng.standard_normal(s, dtype=np.float32) for n, s in
-         {"qkv": (3 * D, D), "out": (D, D), "lin1": (F, D), "lin2": (D, F)}.items()}
+    w = {
+        n: rng.standard_normal(s, dtype=np.float32)
+        for n, s in {"qkv": (3 * D, D), "out": (D, D), "lin1": (F, D), "lin2": (D, F)}.items()
+    }
 
     wt = {n: np.ascontiguousarray(a.T) for n, a in w.items()}
 
@@ -181,15 +200,17 @@ def gflops_row(engines: dict, forward: list[dict], repeats: int) -> dict:
     def layer_gemms_in_out():
         x @ wt["qkv"], x @ wt["out"], x @ wt["lin1"], h @ wt["lin2"]
 
-    from npbert import kernels, threads
+    from npbert import threads
+    from npbert.ops import gemm
 
-    panels = {n: np.ascontiguousarray(a.reshape(a.shape[0], -1, kernels.PANEL_WIDTH).transpose(1, 0, 2))
-              for n, a in wt.items()}
+    panels = {
+        n: np.ascontiguousarray(a.reshape(a.shape[0], -1, gemm.PANEL_WIDTH).transpose(1, 0, 2)) for n, a in wt.items()
+    }
 
-    def layer_gemms_panels():  # npbert's own GEMM (kernels.matmul_panels), as inside a model call
+    def layer_gemms_panels():  # npbert's own GEMM (ops.gemm.matmul_panels_numba), as inside a model call
         with threads.for_model_call():
             for n, a in panels.items():
-                kernels.matmul_panels_numba(h if n == "lin2" else x, a)
+                gemm.matmul_panels_numba(h if n == "lin2" else x, a)
 
     gemm_flops = 2 * S * (4 * D * D + 2 * D * F)
     t = min(interleaved({"out_in": layer_gemms, "in_out": layer_gemms_in_out}, (), repeats * 3).values())
@@ -198,10 +219,19 @@ def gflops_row(engines: dict, forward: list[dict], repeats: int) -> dict:
     seconds = next(r["seconds"] for r in forward if (r["B"], r["S"]) == (1, S))
     flops = forward_flops(1, S)
     achieved = {n: flops / s / 1e9 for n, s in seconds.items()}
-    print(f"  GEMM roofline {roofline:.0f} GFLOP/s (numpy's BLAS; npbert's panel GEMM {panels_gflops:.0f}); forward: " +
-          ", ".join(f"{n} {g:.0f} GFLOP/s ({g / roofline:.0%})" for n, g in achieved.items()), flush=True)
-    return {"S": S, "forward_gflop": flops / 1e9, "gemm_roofline_gflops": roofline, "panels_gemm_gflops": panels_gflops,
-            "achieved_gflops": achieved, "fraction_of_roofline": {n: g / roofline for n, g in achieved.items()}}
+    print(
+        f"  GEMM roofline {roofline:.0f} GFLOP/s (numpy's BLAS; npbert's panel GEMM {panels_gflops:.0f}); forward: "
+        + ", ".join(f"{n} {g:.0f} GFLOP/s ({g / roofline:.0%})" for n, g in achieved.items()),
+        flush=True,
+    )
+    return {
+        "S": S,
+        "forward_gflop": flops / 1e9,
+        "gemm_roofline_gflops": roofline,
+        "panels_gemm_gflops": panels_gflops,
+        "achieved_gflops": achieved,
+        "fraction_of_roofline": {n: g / roofline for n, g in achieved.items()},
+    }
 
 
 def squad_examples(n: int) -> list[tuple[str, str]]:
@@ -228,38 +258,53 @@ def pipeline_row(folder: Path, engines: dict, n: int) -> dict:
     ours = npbert.pipeline("question-answering", model=folder)
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     theirs = transformers.pipeline("question-answering", model=engines["_torch_model"], tokenizer=tok, device=-1)
-    pipes = {"npbert": lambda q, c: ours(question=q, context=c),
-             "transformers": lambda q, c: theirs(question=q, context=c)}
+    pipes = {
+        "npbert": lambda q, c: ours(question=q, context=c),
+        "transformers": lambda q, c: theirs(question=q, context=c),
+    }
     for p in pipes.values():  # warm-up
         p([examples[0][0]], [examples[0][1]])
     seconds, answers = {k: 0.0 for k in pipes}, {k: [] for k in pipes}
     for i, start in enumerate(range(0, len(examples), 25)):
-        chunk = examples[start:start + 25]
+        chunk = examples[start : start + 25]
         qs, cs = [q for q, _ in chunk], [c for _, c in chunk]
-        for name in list(pipes)[i % 2:] + list(pipes)[:i % 2]:
+        for name in list(pipes)[i % 2 :] + list(pipes)[: i % 2]:
             t0 = time.perf_counter()
             out = pipes[name](qs, cs)
             seconds[name] += time.perf_counter() - t0
             answers[name] += out if isinstance(out, list) else [out]
-    same = sum(a["answer"] == b["answer"] and a["start"] == b["start"]
-               for a, b in zip(answers["npbert"], answers["transformers"]))
+    same = sum(
+        a["answer"] == b["answer"] and a["start"] == b["start"]
+        for a, b in zip(answers["npbert"], answers["transformers"])
+    )
     qps = {k: len(examples) / s for k, s in seconds.items()}
-    print(f"  pipeline ({len(examples)} questions): " + ", ".join(f"{k} {v:.2f} q/s" for k, v in qps.items()) +
-          f"; same answer {same}/{len(examples)}", flush=True)
-    return {"questions": len(examples), "seconds": seconds, "questions_per_s": qps,
-            "ratio_vs_transformers": qps["npbert"] / qps["transformers"], "same_answers": same}
+    print(
+        f"  pipeline ({len(examples)} questions): "
+        + ", ".join(f"{k} {v:.2f} q/s" for k, v in qps.items())
+        + f"; same answer {same}/{len(examples)}",
+        flush=True,
+    )
+    return {
+        "questions": len(examples),
+        "seconds": seconds,
+        "questions_per_s": qps,
+        "ratio_vs_transformers": qps["npbert"] / qps["transformers"],
+        "same_answers": same,
+    }
 
 
 _CHILD = {
     "npbert": "import npbert\nqa = npbert.pipeline('question-answering', model={folder!r})\n",
-    "transformers": "from transformers import pipeline\nqa = pipeline('question-answering', model={folder!r}, device=-1)\n",
+    "transformers": "from transformers import pipeline\nqa = pipeline('question-answering', model={folder!r}, device=-1)\n",  # noqa: E501
 }
 # Peak RSS from /proc (VmHWM, this process's own high-water mark): ru_maxrss would report the parent's
 # RSS instead, since Linux carries it over fork + exec. ru_maxrss only where /proc is absent.
-_CHILD_END = ("print(qa(question={q!r}, context={c!r}))\nimport os, resource\n"
-              "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')] "
-              "if os.path.exists('/proc/self/status') else []\n"
-              "print('MAXRSS_KB', hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+_CHILD_END = (
+    "print(qa(question={q!r}, context={c!r}))\nimport os, resource\n"
+    "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')] "
+    "if os.path.exists('/proc/self/status') else []\n"
+    "print('MAXRSS_KB', hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+)
 
 
 def start_process(engine: str, folder: Path, threads: int, numba_cache: Path) -> tuple[float, float]:
@@ -285,13 +330,20 @@ def cold_row(folder: Path, threads: int, runs: int, tmp: Path) -> dict:
             rss[engine].append(r)
     med = {k: statistics.median(v) for k, v in warm.items()}
     peak = {k: max(v) for k, v in rss.items()}
-    print(f"  start to first answer: npbert {med['npbert']:.2f} s (cold numba cache {first_ever:.2f} s), "
-          f"transformers {med['transformers']:.2f} s; peak RSS npbert {peak['npbert']:.0f} MB, "
-          f"transformers {peak['transformers']:.0f} MB", flush=True)
-    return {"seconds_warm_cache": med, "seconds_cold_cache_npbert": first_ever, "peak_rss_mb": peak,
-            "ratio_start_vs_transformers": med["npbert"] / med["transformers"],
-            "ratio_cold_cache_vs_transformers": first_ever / med["transformers"],
-            "ratio_rss_vs_transformers": peak["npbert"] / peak["transformers"]}
+    print(
+        f"  start to first answer: npbert {med['npbert']:.2f} s (cold numba cache {first_ever:.2f} s), "
+        f"transformers {med['transformers']:.2f} s; peak RSS npbert {peak['npbert']:.0f} MB, "
+        f"transformers {peak['transformers']:.0f} MB",
+        flush=True,
+    )
+    return {
+        "seconds_warm_cache": med,
+        "seconds_cold_cache_npbert": first_ever,
+        "peak_rss_mb": peak,
+        "ratio_start_vs_transformers": med["npbert"] / med["transformers"],
+        "ratio_cold_cache_vs_transformers": first_ever / med["transformers"],
+        "ratio_rss_vs_transformers": peak["npbert"] / peak["transformers"],
+    }
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -303,10 +355,19 @@ def cpu_model() -> str:
             info = f.read()
     except OSError:
         return platform.processor() or "unknown"
-    field = lambda name: next((line.split(":", 1)[1].strip() for line in info.splitlines()  # noqa: E731
-                               if line.startswith(name)), "?")
-    simd = [flag for flag in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
-            if f" {flag}" in field("flags")]
+    field = lambda name: next(  # noqa: E731
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()  # noqa: E731
+            if line.startswith(name)
+        ),
+        "?",
+    )
+    simd = [
+        flag
+        for flag in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
+        if f" {flag}" in field("flags")
+    ]
     return f"{field('model name')} (family {field('cpu family')}, model {field('model')}; {' '.join(simd)})"
 
 
@@ -326,31 +387,45 @@ def table(results: dict) -> str:
         else:
             cells = [f"{r['B'] / s[n]:.2f} seq/s" for n in ENGINES]
             label = f"throughput B={r['B']} S={r['S']} (time ratio)"
-        lines.append(f"| {label} | " + " | ".join(cells) +
-                     f" | {r['ratio_vs_pytorch']:.2f}x | {r['ratio_vs_onnxruntime']:.2f}x |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(cells)
+            + f" | {r['ratio_vs_pytorch']:.2f}x | {r['ratio_vs_onnxruntime']:.2f}x |"
+        )
     g = results.get("gflops")
     if g:
         a = g["achieved_gflops"]
-        lines.append(f"| GFLOP/s at S=384 (numpy's GEMM {g['gemm_roofline_gflops']:.0f}, npbert's panel GEMM "
-                     f"{g.get('panels_gemm_gflops', float('nan')):.0f}; % of numpy's) | " +
-                     " | ".join(f"{a[n]:.0f} ({g['fraction_of_roofline'][n]:.0%})" for n in ENGINES) + " | | |")
+        lines.append(
+            f"| GFLOP/s at S=384 (numpy's GEMM {g['gemm_roofline_gflops']:.0f}, npbert's panel GEMM "
+            f"{g.get('panels_gemm_gflops', float('nan')):.0f}; % of numpy's) | "
+            + " | ".join(f"{a[n]:.0f} ({g['fraction_of_roofline'][n]:.0%})" for n in ENGINES)
+            + " | | |"
+        )
     p = results.get("pipeline")
     if p and "skipped" not in p:
         q = p["questions_per_s"]
-        lines.append(f"| pipeline q/s, {p['questions']} SQuAD dev contexts (vs transformers) | {q['npbert']:.2f} | "
-                     f"{q['transformers']:.2f} | | {p['ratio_vs_transformers']:.2f}x (speed) | |")
+        lines.append(
+            f"| pipeline q/s, {p['questions']} SQuAD dev contexts (vs transformers) | {q['npbert']:.2f} | "
+            f"{q['transformers']:.2f} | | {p['ratio_vs_transformers']:.2f}x (speed) | |"
+        )
     elif p:
         lines.append(f"| pipeline | skipped: {p['skipped']} | | | | |")
     c = results.get("cold")
     if c:
         w = c["seconds_warm_cache"]
-        lines.append(f"| start to first answer, warm numba cache | {w['npbert']:.2f} s | {w['transformers']:.2f} s | | "
-                     f"{c['ratio_start_vs_transformers']:.2f}x | |")
-        lines.append(f"| start to first answer, cold numba cache | {c['seconds_cold_cache_npbert']:.2f} s | "
-                     f"{w['transformers']:.2f} s | | {c['ratio_cold_cache_vs_transformers']:.2f}x | |")
+        lines.append(
+            f"| start to first answer, warm numba cache | {w['npbert']:.2f} s | {w['transformers']:.2f} s | | "
+            f"{c['ratio_start_vs_transformers']:.2f}x | |"
+        )
+        lines.append(
+            f"| start to first answer, cold numba cache | {c['seconds_cold_cache_npbert']:.2f} s | "
+            f"{w['transformers']:.2f} s | | {c['ratio_cold_cache_vs_transformers']:.2f}x | |"
+        )
         m = c["peak_rss_mb"]
-        lines.append(f"| peak RSS, one question | {m['npbert']:.0f} MB | {m['transformers']:.0f} MB | | "
-                     f"{c['ratio_rss_vs_transformers']:.2f}x | |")
+        lines.append(
+            f"| peak RSS, one question | {m['npbert']:.0f} MB | {m['transformers']:.0f} MB | | "
+            f"{c['ratio_rss_vs_transformers']:.2f}x | |"
+        )
     return "\n".join(lines)
 
 
@@ -359,29 +434,45 @@ def main(argv=None) -> int:
     # Thread counts must be fixed before numpy, numba and torch start their pools.
     for var in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[var] = str(args.threads)
-    import npbert  # noqa: F401  before numpy: npbert.kernels sets the thread pools' wait policy
-
     import numba
     import numpy as np
     import onnxruntime
     import torch
     import transformers
 
+    import npbert  # noqa: F401  before numpy: npbert.threads sets the thread pools' wait policy
+
     rows = set(args.rows.split(","))
-    results: dict = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "cpu": cpu_model(),
-                                 "llvm_cpu": llvm_cpu(), "load_average_at_start": os.getloadavg()},
-                     "versions": {"npbert": npbert.__version__, "numpy": np.__version__, "numba": numba.__version__,
-                                  "torch": torch.__version__, "transformers": transformers.__version__,
-                                  "onnxruntime": onnxruntime.__version__},
-                     "threads": args.threads, "repeats": args.repeats}
+    results: dict = {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "cpu": cpu_model(),
+            "llvm_cpu": llvm_cpu(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "versions": {
+            "npbert": npbert.__version__,
+            "numpy": np.__version__,
+            "numba": numba.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "threads": args.threads,
+        "repeats": args.repeats,
+    }
     with tempfile.TemporaryDirectory(prefix="npbert-bench-") as tmp:
         tmp = Path(tmp)
         folder = args.checkpoint or make_checkpoint(tmp / "checkpoint")
         engines = load_engines(folder, args.threads, tmp)
         lin1 = engines["_model"].weights.encoder.transformer.layer[0].ffn.lin1.weight
         results["npbert_gemm"] = "panels" if lin1.ndim == 3 else "blas"
-        print(f"CPU: {results['machine']['cpu']} (LLVM: {results['machine']['llvm_cpu']}); npbert's GEMM: "
-              f"{results['npbert_gemm']} (NPBERT_GEMM={os.environ.get('NPBERT_GEMM', '')!r})", flush=True)
+        print(
+            f"CPU: {results['machine']['cpu']} (LLVM: {results['machine']['llvm_cpu']}); npbert's GEMM: "
+            f"{results['npbert_gemm']} (NPBERT_GEMM={os.environ.get('NPBERT_GEMM', '')!r})",
+            flush=True,
+        )
         if rows & {"forward", "gflops"}:
             print("forward (medians, interleaved):", flush=True)
             results["forward"] = forward_rows(engines, args.repeats)

@@ -43,8 +43,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("NPBERT_BLAS_THREADS", str(args.threads))
     families = list(FAMILY) if args.families == "all" else args.families.split(",")
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, {args.threads} threads per engine, "
-          f"load average before: {os.getloadavg()[0]:.2f}")
+    print(
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores, {args.threads} threads per engine, "
+        f"load average before: {os.getloadavg()[0]:.2f}"
+    )
     print(f"{'family':<12} {'S':>4} {'npbert ms':>10} {'pytorch ms':>11} {'ratio':>6} {'max|diff|':>10}")
     for model_type in families:
         with tempfile.TemporaryDirectory() as tmp:
@@ -64,8 +66,11 @@ def main() -> None:
 
                 diff = float(np.abs(run_npbert() - run_torch()).max())
                 med = interleaved({"npbert": run_npbert, "pytorch": run_torch}, (), args.repeats)
-                print(f"{model_type:<12} {S:>4} {med['npbert'] * 1e3:>10.1f} {med['pytorch'] * 1e3:>11.1f} "
-                      f"{med['npbert'] / med['pytorch']:>5.2f}x {diff:>10.1e}", flush=True)
+                print(
+                    f"{model_type:<12} {S:>4} {med['npbert'] * 1e3:>10.1f} {med['pytorch'] * 1e3:>11.1f} "
+                    f"{med['npbert'] / med['pytorch']:>5.2f}x {diff:>10.1e}",
+                    flush=True,
+                )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

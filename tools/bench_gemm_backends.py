@@ -8,7 +8,7 @@ median over the rounds of its median over 7 calls. Every product is checked agai
 
 Backends (those whose library is missing are skipped, with the reason):
   numpy          numpy's matmul (its bundled OpenBLAS), weights [in, out] C-contiguous
-  panels         npbert.kernels.matmul_panels_numba, weights packed as [out/32, in, 32] once
+  panels         npbert.gemm.matmul_panels_numba, weights packed as [out/32, in, 32] once
   openblas       a newer OpenBLAS: `pip install scipy-openblas32`, cblas_sgemm through ctypes
   mkl            MKL: `pip install mkl`, cblas_sgemm through ctypes on libmkl_rt
   mkl-packed     MKL's packed GEMM: cblas_sgemm_pack once per weight, cblas_sgemm_compute per call
@@ -47,13 +47,22 @@ def parse_args(argv=None):
 
 def _cblas_sgemm(lib, name):
     f = getattr(lib, name)
-    f.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
-                                       ctypes.c_float, ctypes.c_void_p, ctypes.c_int]
+    f.argtypes = [ctypes.c_int] * 6 + [
+        ctypes.c_float,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_float,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    ]
 
     def matmul(x, w_t, out):
         (M, K), N = x.shape, w_t.shape[1]
         f(ROW_MAJOR, NO_TRANS, NO_TRANS, M, N, K, 1.0, x.ctypes.data, K, w_t.ctypes.data, N, 0.0, out.ctypes.data, N)
         return out
+
     return matmul
 
 
@@ -74,12 +83,18 @@ def backend(name: str, weights: list[dict], threads: int):
     if name == "numpy":
         return lambda x, layer, lin: np.matmul(x, weights[layer][lin], out=None)
     if name == "panels":
-        from npbert import kernels, threads as npbert_threads
+        from npbert import threads as npbert_threads
+        from npbert.ops import gemm
 
-        panels = [{lin: np.ascontiguousarray(w.reshape(w.shape[0], -1, kernels.PANEL_WIDTH).transpose(1, 0, 2))
-                   for lin, w in layer.items()} for layer in weights]
+        panels = [
+            {
+                lin: np.ascontiguousarray(w.reshape(w.shape[0], -1, gemm.PANEL_WIDTH).transpose(1, 0, 2))
+                for lin, w in layer.items()
+            }
+            for layer in weights
+        ]
         npbert_threads._current = threads  # as inside a model call given that many threads
-        return lambda x, layer, lin: kernels.matmul_panels_numba(x, panels[layer][lin])
+        return lambda x, layer, lin: gemm.matmul_panels_numba(x, panels[layer][lin])
     if name == "openblas":
         import scipy_openblas32
 
@@ -87,22 +102,34 @@ def backend(name: str, weights: list[dict], threads: int):
         lib.scipy_openblas_set_num_threads.argtypes = [ctypes.c_int]
         lib.scipy_openblas_set_num_threads(threads)
         sgemm = _cblas_sgemm(lib, "scipy_cblas_sgemm")
-        return lambda x, layer, lin: sgemm(x, weights[layer][lin], np.empty((len(x), weights[layer][lin].shape[1]),
-                                                                            np.float32))
+        return lambda x, layer, lin: sgemm(
+            x, weights[layer][lin], np.empty((len(x), weights[layer][lin].shape[1]), np.float32)
+        )
     if name in ("mkl", "mkl-packed"):
         lib = _mkl()
         lib.MKL_Set_Num_Threads(threads)
         if name == "mkl":
             sgemm = _cblas_sgemm(lib, "cblas_sgemm")
-            return lambda x, layer, lin: sgemm(x, weights[layer][lin], np.empty((len(x), weights[layer][lin].shape[1]),
-                                                                                np.float32))
+            return lambda x, layer, lin: sgemm(
+                x, weights[layer][lin], np.empty((len(x), weights[layer][lin].shape[1]), np.float32)
+            )
         lib.cblas_sgemm_pack_get_size.restype = ctypes.c_size_t
         lib.cblas_sgemm_pack_get_size.argtypes = [ctypes.c_int] * 4
-        lib.cblas_sgemm_pack.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
-                                                              ctypes.c_void_p]
-        lib.cblas_sgemm_compute.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-                                                                 ctypes.c_int, ctypes.c_float, ctypes.c_void_p,
-                                                                 ctypes.c_int]
+        lib.cblas_sgemm_pack.argtypes = [ctypes.c_int] * 6 + [
+            ctypes.c_float,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        ]
+        lib.cblas_sgemm_compute.argtypes = [ctypes.c_int] * 6 + [
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_float,
+            ctypes.c_void_p,
+            ctypes.c_int,
+        ]
         packed = []
         for layer in weights:
             packed.append({})
@@ -115,9 +142,23 @@ def backend(name: str, weights: list[dict], threads: int):
         def compute(x, layer, lin):
             (M, K), N = x.shape, weights[layer][lin].shape[1]
             out = np.empty((M, N), np.float32)
-            lib.cblas_sgemm_compute(ROW_MAJOR, NO_TRANS, PACKED, M, N, K, x.ctypes.data, K,
-                                    packed[layer][lin].ctypes.data, N, 0.0, out.ctypes.data, N)
+            lib.cblas_sgemm_compute(
+                ROW_MAJOR,
+                NO_TRANS,
+                PACKED,
+                M,
+                N,
+                K,
+                x.ctypes.data,
+                K,
+                packed[layer][lin].ctypes.data,
+                N,
+                0.0,
+                out.ctypes.data,
+                N,
+            )
             return out
+
         return compute
     if name == "mlas":
         import onnxruntime as ort
@@ -133,14 +174,18 @@ def backend(name: str, weights: list[dict], threads: int):
             sessions.append({})
             for lin, w in layer.items():
                 K, N = w.shape
-                graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], lin,
-                                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", K])],
-                                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", N])],
-                                          [numpy_helper.from_array(w, "w")])
+                graph = helper.make_graph(
+                    [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                    lin,
+                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", K])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", N])],
+                    [numpy_helper.from_array(w, "w")],
+                )
                 model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
                 model.ir_version = 8
-                sessions[-1][lin] = ort.InferenceSession(model.SerializeToString(), options,
-                                                         providers=["CPUExecutionProvider"])
+                sessions[-1][lin] = ort.InferenceSession(
+                    model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+                )
         return lambda x, layer, lin: sessions[layer][lin].run(None, {"x": x})[0]
     raise ValueError(f"unknown backend {name!r}")
 
@@ -152,8 +197,10 @@ def run_one(name: str, rows: list[int], threads: int) -> dict:
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
-    weights = [{lin: (0.02 * rng.standard_normal((d_in, d_out), dtype=np.float32)) for lin, (d_in, d_out) in
-                SHAPES.items()} for _ in range(LAYERS)]
+    weights = [
+        {lin: (0.02 * rng.standard_normal((d_in, d_out), dtype=np.float32)) for lin, (d_in, d_out) in SHAPES.items()}
+        for _ in range(LAYERS)
+    ]
     try:
         matmul = backend(name, weights, threads)
     except (ImportError, OSError, StopIteration, ModuleNotFoundError) as e:
@@ -187,14 +234,20 @@ def main(argv=None) -> int:
     runs = {n: [] for n in names}
     for _ in range(args.rounds):
         for n in names:
-            out = subprocess.run([sys.executable, __file__, "--one", n, "--rows", args.rows, "--threads",
-                                  str(args.threads)], capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", n, "--rows", args.rows, "--threads", str(args.threads)],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode:
                 runs[n].append({"skipped": out.stderr.strip().splitlines()[-1]})
             else:
                 runs[n].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"| GEMM ({LAYERS} layers' qkv, out_lin, lin1, lin2; {args.threads} threads) | " +
-          " | ".join(f"{M} rows" for M in rows) + " |")
+    print(
+        f"| GEMM ({LAYERS} layers' qkv, out_lin, lin1, lin2; {args.threads} threads) | "
+        + " | ".join(f"{M} rows" for M in rows)
+        + " |"
+    )
     print("|---|" + "---|" * len(rows))
     for n, results in runs.items():
         done = [r for r in results if "skipped" not in r]

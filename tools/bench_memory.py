@@ -86,8 +86,16 @@ def total(pids) -> dict[str, float]:
 
 
 def processes(checkpoint: Path, n: int, env: dict) -> dict:
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(checkpoint)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, env=env, text=True) for _ in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(checkpoint)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        for _ in range(n)
+    ]
     try:
         for p in procs:
             if p.stdout.readline().strip() != "ready":
@@ -104,8 +112,11 @@ def batch(checkpoint: Path, n: int, env: dict, tmp: Path) -> dict:
     measured once every worker has saved a partition (each has answered once), then interrupted."""
     data, out = tmp / f"batch-{n}.jsonl", Path(tempfile.mkdtemp(dir=tmp)) / "out"
     context = "My name is John and I live in Seattle. " * 12  # ~128 tokens, as the processes mode's forward
-    data.write_text("".join(json.dumps({"id": str(i), "question": "Where do I live?", "context": context}) + "\n"
-                            for i in range(8 * n)))
+    data.write_text(
+        "".join(
+            json.dumps({"id": str(i), "question": "Where do I live?", "context": context}) + "\n" for i in range(8 * n)
+        )
+    )
 
     def workers_answered() -> set:  # the worker processes named in the saved part files
         seen = set()
@@ -116,10 +127,28 @@ def batch(checkpoint: Path, n: int, env: dict, tmp: Path) -> dict:
                 pass
         return seen
 
-    proc = start_and_wait([sys.executable, "-m", "npbert", "batch", "--data", str(data), "--out", str(out),
-                           "--model", str(checkpoint), "--workers", str(n), "--partition-size", "1", "--no-progress"],
-                          lambda: len(workers_answered()) >= n, env={**env, "NPBERT_BATCH_SLOWDOWN_SECONDS": "2"},
-                          timeout=600)
+    proc = start_and_wait(
+        [
+            sys.executable,
+            "-m",
+            "npbert",
+            "batch",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--model",
+            str(checkpoint),
+            "--workers",
+            str(n),
+            "--partition-size",
+            "1",
+            "--no-progress",
+        ],
+        lambda: len(workers_answered()) >= n,
+        env={**env, "NPBERT_BATCH_SLOWDOWN_SECONDS": "2"},
+        timeout=600,
+    )
     try:
         return total(descendants(proc.pid))
     finally:
@@ -136,9 +165,26 @@ def free_port() -> int:
 def serve(checkpoint: Path, n: int, env: dict, log: Path) -> dict:
     port = free_port()  # with --workers N, uvicorn's parent would announce --port 0 as port 0
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "npbert", "serve", "--model", str(checkpoint), "--host",
-                                 "127.0.0.1", "--port", str(port), "--workers", str(n), "--no-access-log"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "npbert",
+                "serve",
+                "--model",
+                str(checkpoint),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(n),
+                "--no-access-log",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
         deadline = time.monotonic() + 600
         # every worker loads the model, answers a warm-up question, then says so
@@ -149,11 +195,11 @@ def serve(checkpoint: Path, n: int, env: dict, log: Path) -> dict:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"npbert serve did not start:\n{text}")
             time.sleep(0.2)
-        body = json.dumps({"input_data": {"question": "Who lives here?",
-                                          "context": "My name is John and I live in Seattle. " * 12}}).encode()
+        body = json.dumps(
+            {"input_data": {"question": "Who lives here?", "context": "My name is John and I live in Seattle. " * 12}}
+        ).encode()
         for _ in range(4 * n):  # spread over the workers (the kernels and activations in memory)
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/score", body,
-                                         {"Content-Type": "application/json"})
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/score", body, {"Content-Type": "application/json"})
             urllib.request.urlopen(req, timeout=120).read()
         return total(descendants(proc.pid))
     finally:
@@ -190,9 +236,12 @@ def main() -> None:
                     else:
                         r = serve(folder, n, env, tmp / f"serve-{n}.log")
                     results.append({"mode": mode, "workers": n, "weights": label, **r})
-                    print(f"{mode:9} {n} worker(s), {label:14}: total PSS {r['Pss']:7.1f} MB "
-                          f"(anon {r['Pss_Anon']:6.1f}, file {r['Pss_File']:6.1f}; RSS {r['Rss']:7.1f}) "
-                          f"over {r['processes']} processes", flush=True)
+                    print(
+                        f"{mode:9} {n} worker(s), {label:14}: total PSS {r['Pss']:7.1f} MB "
+                        f"(anon {r['Pss_Anon']:6.1f}, file {r['Pss_File']:6.1f}; RSS {r['Rss']:7.1f}) "
+                        f"over {r['processes']} processes",
+                        flush=True,
+                    )
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
 

@@ -37,13 +37,15 @@ def full_checkpoint(folder: Path) -> Path:
 
     vocab = checkpoints.real_or_generated_vocab()
     vocab += [f"[extra{i}]" for i in range(checkpoints.FULL_SIZE["vocab_size"] - len(vocab))]
-    return checkpoints.write_checkpoint(folder, seed=2, qa_scale=12.0, vocab=vocab, sinusoidal_pos_embds=True,
-                                        **checkpoints.FULL_SIZE)
+    return checkpoints.write_checkpoint(
+        folder, seed=2, qa_scale=12.0, vocab=vocab, sinusoidal_pos_embds=True, **checkpoints.FULL_SIZE
+    )
 
 
 def same(a, b) -> bool:
-    return (a["answer"], a["start"], a["end"]) == (b["answer"], b["start"], b["end"]) and \
-        abs(a["score"] - b["score"]) <= 1e-4 * abs(b["score"]) + 1e-12
+    return (a["answer"], a["start"], a["end"]) == (b["answer"], b["start"], b["end"]) and abs(
+        a["score"] - b["score"]
+    ) <= 1e-4 * abs(b["score"]) + 1e-12
 
 
 def main() -> int:
@@ -87,20 +89,32 @@ def main() -> int:
                 for i, a in zip(idx, out):
                     answers[name][i] = a
         qps = {k: len(pairs) / sum(v) for k, v in times.items()}
-        ratios = [len(idx) / tn / (len(idx) / tt) for idx, tn, tt in zip(blocks, times["npbert"], times["transformers"])]
+        ratios = [
+            len(idx) / tn / (len(idx) / tt) for idx, tn, tt in zip(blocks, times["npbert"], times["transformers"])
+        ]
         agree = sum(same(a, b) for a, b in zip(answers["npbert"], answers["transformers"]))
-        rel = max(abs(a["score"] - b["score"]) / max(abs(b["score"]), 1e-30)
-                  for a, b in zip(answers["npbert"], answers["transformers"]))
+        rel = max(
+            abs(a["score"] - b["score"]) / max(abs(b["score"]), 1e-30)
+            for a, b in zip(answers["npbert"], answers["transformers"])
+        )
         windows = sum(len(w) for w in mine.tokenizer.encode_pairs([p[0] for p in pairs], [p[1] for p in pairs]))
-        print(json.dumps({
-            "questions": len(pairs), "windows": windows, "blocks": args.blocks,
-            "npbert_questions_per_s": round(qps["npbert"], 3),
-            "transformers_questions_per_s": round(qps["transformers"], 3),
-            "ratio_npbert_over_transformers_median_of_blocks": round(statistics.median(ratios), 3),
-            "block_ratios": [round(r, 3) for r in ratios],
-            "identical_answers": f"{agree}/{len(pairs)}", "max_score_rel_diff": rel,
-            "torch_threads": torch.get_num_threads(),
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "questions": len(pairs),
+                    "windows": windows,
+                    "blocks": args.blocks,
+                    "npbert_questions_per_s": round(qps["npbert"], 3),
+                    "transformers_questions_per_s": round(qps["transformers"], 3),
+                    "ratio_npbert_over_transformers_median_of_blocks": round(statistics.median(ratios), 3),
+                    "block_ratios": [round(r, 3) for r in ratios],
+                    "identical_answers": f"{agree}/{len(pairs)}",
+                    "max_score_rel_diff": rel,
+                    "torch_threads": torch.get_num_threads(),
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -53,11 +53,11 @@ def main() -> None:
 
         def run(ss):
             for s in ss:
-                np.matmul(x, w[:, s:s + b], out=y[:, s:s + b])
+                np.matmul(x, w[:, s : s + b], out=y[:, s : s + b])
 
         if split:
-            f = pool.submit(run, starts[len(starts) // 2:])
-            run(starts[:len(starts) // 2])
+            f = pool.submit(run, starts[len(starts) // 2 :])
+            run(starts[: len(starts) // 2])
             f.result()
         else:
             run(starts)
@@ -68,17 +68,22 @@ def main() -> None:
             for w in weights[k]:
                 blocked_product(inputs[k], w, split)
 
-    variants = {"whole, 2 OpenBLAS threads": lambda k: whole(k, 2), "whole, 1 thread": lambda k: whole(k, 1),
-                "small-kernel blocks, 1 thread": lambda k: blocks(k, False),
-                "small-kernel blocks, 2 Python threads": lambda k: blocks(k, True)}
+    variants = {
+        "whole, 2 OpenBLAS threads": lambda k: whole(k, 2),
+        "whole, 1 thread": lambda k: whole(k, 1),
+        "small-kernel blocks, 1 thread": lambda k: blocks(k, False),
+        "small-kernel blocks, 2 Python threads": lambda k: blocks(k, True),
+    }
     for k in SHAPES:
         x, w = inputs[k], weights[k][0]
         ref = x.astype(np.float64) @ w
-        print(f"{k}: block of {block_cols(w.shape[0])} columns; max |diff| vs float64: blocks "
-              f"{np.abs(blocked_product(x, w, False) - ref).max():.2e}, whole {np.abs(x @ w - ref).max():.2e}")
+        print(
+            f"{k}: block of {block_cols(w.shape[0])} columns; max |diff| vs float64: blocks "
+            f"{np.abs(blocked_product(x, w, False) - ref).max():.2e}, whole {np.abs(x @ w - ref).max():.2e}"
+        )
     times = {(v, k): [] for v in variants for k in SHAPES}
     for rep in range(args.repeats):
-        order = list(variants)[rep % len(variants):] + list(variants)[:rep % len(variants)]
+        order = list(variants)[rep % len(variants) :] + list(variants)[: rep % len(variants)]
         for v in order:
             for k in SHAPES:
                 variants[v](k)  # untimed call first

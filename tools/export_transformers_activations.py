@@ -85,8 +85,9 @@ def _modules(model):
         names["embeddings.position"] = (emb.position_embeddings, "out")
     if getattr(emb, "token_type_embeddings", None) is not None:
         names["embeddings.token_type"] = (emb.token_type_embeddings, "out")
-    projection = getattr(base, "embeddings_project", None) or getattr(getattr(base, "encoder", None),
-                                                                      "embedding_hidden_mapping_in", None)
+    projection = getattr(base, "embeddings_project", None) or getattr(
+        getattr(base, "encoder", None), "embedding_hidden_mapping_in", None
+    )
     if projection is not None:  # ELECTRA (E != D), ALBERT
         names["embeddings.normalized"], names["embeddings"] = (emb, "out"), (projection, "out")
     else:
@@ -94,47 +95,91 @@ def _modules(model):
     if model.config.model_type == "deberta-v2" and hasattr(base.encoder, "LayerNorm"):
         names["rel_embeddings"] = (base.encoder.LayerNorm, "out")  # the normalised relative-position table
     if model.config.model_type == "deberta-v2":
-        blocks = [(layer, {"attention.q": (s.query_proj, "out"), "attention.k": (s.key_proj, "out"),
-                           "attention.v": (s.value_proj, "out"), "attention.probs": (s.dropout, "out"),
-                           "attention.context": (layer.attention.output.dense, "in"),
-                           "attention.output": (layer.attention.output.dense, "out"),
-                           "sa_layer_norm": (layer.attention.output.LayerNorm, "out"),
-                           "ffn.pre_activation": (layer.intermediate.dense, "out"),
-                           "ffn.activation": (layer.output.dense, "in"), "ffn.output": (layer.output.dense, "out"),
-                           "output_layer_norm": (layer.output.LayerNorm, "out")}, s)
-                  for layer in base.encoder.layer for s in (layer.attention.self,)]
+        blocks = [
+            (
+                layer,
+                {
+                    "attention.q": (s.query_proj, "out"),
+                    "attention.k": (s.key_proj, "out"),
+                    "attention.v": (s.value_proj, "out"),
+                    "attention.probs": (s.dropout, "out"),
+                    "attention.context": (layer.attention.output.dense, "in"),
+                    "attention.output": (layer.attention.output.dense, "out"),
+                    "sa_layer_norm": (layer.attention.output.LayerNorm, "out"),
+                    "ffn.pre_activation": (layer.intermediate.dense, "out"),
+                    "ffn.activation": (layer.output.dense, "in"),
+                    "ffn.output": (layer.output.dense, "out"),
+                    "output_layer_norm": (layer.output.LayerNorm, "out"),
+                },
+                s,
+            )
+            for layer in base.encoder.layer
+            for s in (layer.attention.self,)
+        ]
     elif model.config.model_type == "distilbert":
-        blocks = [(layer, {"attention.q": (layer.attention.q_lin, "out"), "attention.k": (layer.attention.k_lin, "out"),
-                           "attention.v": (layer.attention.v_lin, "out"),
-                           "attention.probs": (layer.attention.dropout, "out"),  # identity in eval: the softmax
-                           "attention.context": (layer.attention.out_lin, "in"),
-                           "attention.output": (layer.attention.out_lin, "out"),
-                           "sa_layer_norm": (layer.sa_layer_norm, "out"), "ffn.pre_activation": (layer.ffn.lin1, "out"),
-                           "ffn.activation": (layer.ffn.lin2, "in"), "ffn.output": (layer.ffn.lin2, "out"),
-                           "output_layer_norm": (layer.output_layer_norm, "out")}, layer.attention)
-                  for layer in base.transformer.layer]
+        blocks = [
+            (
+                layer,
+                {
+                    "attention.q": (layer.attention.q_lin, "out"),
+                    "attention.k": (layer.attention.k_lin, "out"),
+                    "attention.v": (layer.attention.v_lin, "out"),
+                    "attention.probs": (layer.attention.dropout, "out"),  # identity in eval: the softmax
+                    "attention.context": (layer.attention.out_lin, "in"),
+                    "attention.output": (layer.attention.out_lin, "out"),
+                    "sa_layer_norm": (layer.sa_layer_norm, "out"),
+                    "ffn.pre_activation": (layer.ffn.lin1, "out"),
+                    "ffn.activation": (layer.ffn.lin2, "in"),
+                    "ffn.output": (layer.ffn.lin2, "out"),
+                    "output_layer_norm": (layer.output_layer_norm, "out"),
+                },
+                layer.attention,
+            )
+            for layer in base.transformer.layer
+        ]
     elif model.config.model_type == "albert":
-        blocks = [(layer, {"attention.q": (layer.attention.query, "out"), "attention.k": (layer.attention.key, "out"),
-                           "attention.v": (layer.attention.value, "out"),
-                           "attention.probs": (layer.attention.attention_dropout, "out"),
-                           "attention.context": (layer.attention.dense, "in"),
-                           "attention.output": (layer.attention.dense, "out"),
-                           "sa_layer_norm": (layer.attention.LayerNorm, "out"), "ffn.pre_activation": (layer.ffn, "out"),
-                           "ffn.activation": (layer.ffn_output, "in"), "ffn.output": (layer.ffn_output, "out"),
-                           "output_layer_norm": (layer.full_layer_layer_norm, "out")}, layer.attention)
-                  for group in base.encoder.albert_layer_groups for layer in group.albert_layers]
+        blocks = [
+            (
+                layer,
+                {
+                    "attention.q": (layer.attention.query, "out"),
+                    "attention.k": (layer.attention.key, "out"),
+                    "attention.v": (layer.attention.value, "out"),
+                    "attention.probs": (layer.attention.attention_dropout, "out"),
+                    "attention.context": (layer.attention.dense, "in"),
+                    "attention.output": (layer.attention.dense, "out"),
+                    "sa_layer_norm": (layer.attention.LayerNorm, "out"),
+                    "ffn.pre_activation": (layer.ffn, "out"),
+                    "ffn.activation": (layer.ffn_output, "in"),
+                    "ffn.output": (layer.ffn_output, "out"),
+                    "output_layer_norm": (layer.full_layer_layer_norm, "out"),
+                },
+                layer.attention,
+            )
+            for group in base.encoder.albert_layer_groups
+            for layer in group.albert_layers
+        ]
     else:  # bert, roberta, xlm-roberta, electra
-        blocks = [(layer, {"attention.q": (layer.attention.self.query, "out"),
-                           "attention.k": (layer.attention.self.key, "out"),
-                           "attention.v": (layer.attention.self.value, "out"),
-                           "attention.probs": (layer.attention.self.dropout, "out"),
-                           "attention.context": (layer.attention.output.dense, "in"),
-                           "attention.output": (layer.attention.output.dense, "out"),
-                           "sa_layer_norm": (layer.attention.output.LayerNorm, "out"),
-                           "ffn.pre_activation": (layer.intermediate.dense, "out"),
-                           "ffn.activation": (layer.output.dense, "in"), "ffn.output": (layer.output.dense, "out"),
-                           "output_layer_norm": (layer.output.LayerNorm, "out")}, layer.attention.self)
-                  for layer in base.encoder.layer]
+        blocks = [
+            (
+                layer,
+                {
+                    "attention.q": (layer.attention.self.query, "out"),
+                    "attention.k": (layer.attention.self.key, "out"),
+                    "attention.v": (layer.attention.self.value, "out"),
+                    "attention.probs": (layer.attention.self.dropout, "out"),
+                    "attention.context": (layer.attention.output.dense, "in"),
+                    "attention.output": (layer.attention.output.dense, "out"),
+                    "sa_layer_norm": (layer.attention.output.LayerNorm, "out"),
+                    "ffn.pre_activation": (layer.intermediate.dense, "out"),
+                    "ffn.activation": (layer.output.dense, "in"),
+                    "ffn.output": (layer.output.dense, "out"),
+                    "output_layer_norm": (layer.output.LayerNorm, "out"),
+                },
+                layer.attention.self,
+            )
+            for layer in base.encoder.layer
+        ]
     return names, blocks
 
 
@@ -146,6 +191,7 @@ def _register_hooks(model, out: dict) -> list:
         def keep(value):
             # the first call wins: DeBERTa's query_proj/key_proj also project the relative-position table
             out.setdefault(name() if callable(name) else name, value.detach().clone())
+
         if side == "in":
             handles.append(module.register_forward_pre_hook(lambda m, args: keep(args[0])))
         else:
@@ -169,8 +215,9 @@ def _register_hooks(model, out: dict) -> list:
         def enter(module, args, kwargs, mode=mode):
             if model.config.model_type == "deberta-v2":
                 terms = tuple(model.config.pos_att_type or ()) if model.config.relative_attention else ()
-                mode["m"] = _CaptureDebertaTerms(out, f"layer.{runs['current']}.attention.", terms,
-                                                 model.config.num_attention_heads)
+                mode["m"] = _CaptureDebertaTerms(
+                    out, f"layer.{runs['current']}.attention.", terms, model.config.num_attention_heads
+                )
             else:
                 mode["m"] = _CaptureScores(out, f"layer.{runs['current']}.attention.scores", at_masked_fill)
             mode["m"].__enter__()
@@ -184,8 +231,9 @@ def _register_hooks(model, out: dict) -> list:
     return handles
 
 
-def export(model_folder: str | Path, input_ids, attention_mask, dtype: str = "float32",
-           token_type_ids=None) -> dict[str, np.ndarray]:
+def export(
+    model_folder: str | Path, input_ids, attention_mask, dtype: str = "float32", token_type_ids=None
+) -> dict[str, np.ndarray]:
     """transformers' activations for these inputs, named as npbert.trace names them."""
     from transformers import AutoModelForQuestionAnswering
 
@@ -220,8 +268,16 @@ def encode(model_folder, question: str, context: str, max_seq_len: int = 384, do
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_folder))
-    enc = tok(question, context, truncation="only_second", max_length=min(max_seq_len, tok.model_max_length),
-              stride=doc_stride, return_overflowing_tokens=True, padding="longest", return_tensors="np")
+    enc = tok(
+        question,
+        context,
+        truncation="only_second",
+        max_length=min(max_seq_len, tok.model_max_length),
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        padding="longest",
+        return_tensors="np",
+    )
     types = enc["token_type_ids"] if "token_type_ids" in tok.model_input_names else None
     return enc["input_ids"], enc["attention_mask"], types
 

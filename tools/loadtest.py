@@ -88,12 +88,25 @@ def large_body(questions: int, context_chars: int, seed: int = 0) -> dict:
         while sum(len(w) + 1 for w in words) < context_chars:
             words.append(f"{rng.choice(names)} lived in {rng.choice(cities)} in {rng.randint(1800, 2000)}.")
         contexts.append(" ".join(words)[:context_chars])
-    return {"input_data": {"question": [f"Where did {rng.choice(names)} live?" for _ in range(questions)],
-                           "context": contexts}}
+    return {
+        "input_data": {
+            "question": [f"Where did {rng.choice(names)} live?" for _ in range(questions)],
+            "context": contexts,
+        }
+    }
 
 
-def client(host: str, port: int, path: str, bodies: list[bytes], deadline: float, offset: int, out: dict,
-           count: int | None = None, timeout: float = 300) -> None:
+def client(
+    host: str,
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    deadline: float,
+    offset: int,
+    out: dict,
+    count: int | None = None,
+    timeout: float = 300,
+) -> None:
     """Send requests until `deadline` (monotonic seconds), or `count` of them when given."""
     conn, i = http.client.HTTPConnection(host, port, timeout=timeout), offset
     while (i - offset < count) if count is not None else (time.monotonic() < deadline):
@@ -132,23 +145,44 @@ def summary(results: list[dict], wall: float) -> dict:
         for status, n in r.get("statuses", {}).items():
             statuses[str(status)] = statuses.get(str(status), 0) + n
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
-    return {"requests": len(latencies), "wall_s": round(wall, 2), "requests_per_s": round(len(latencies) / wall, 3),
-            "p50_ms": round(1000 * q[49], 1) if q else None, "p99_ms": round(1000 * q[98], 1) if q else None,
-            "max_ms": round(1000 * latencies[-1], 1) if latencies else None,
-            "errors": len(errors), "first_errors": errors[:5], "statuses": dict(sorted(statuses.items()))}
+    return {
+        "requests": len(latencies),
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(latencies) / wall, 3),
+        "p50_ms": round(1000 * q[49], 1) if q else None,
+        "p99_ms": round(1000 * q[98], 1) if q else None,
+        "max_ms": round(1000 * latencies[-1], 1) if latencies else None,
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "statuses": dict(sorted(statuses.items())),
+    }
 
 
-def load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int, duration: float,
-         large: bytes | None = None, large_concurrency: int = 0) -> dict:
+def load(
+    host: str,
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    concurrency: int,
+    duration: float,
+    large: bytes | None = None,
+    large_concurrency: int = 0,
+) -> dict:
     """C measured clients for `duration` seconds; with `large`, `large_concurrency` more clients sending it
     meanwhile (started first, so the measured requests arrive while large ones are being answered)."""
     results = [{"latencies": [], "errors": []} for _ in range(concurrency)]
     large_results = [{"latencies": [], "errors": []} for _ in range(large_concurrency)]
     deadline = time.monotonic() + duration
-    threads = [threading.Thread(target=client, args=(host, port, path, [large], deadline, k, large_results[k]),
-                                kwargs={"timeout": 900}) for k in range(large_concurrency)]
-    threads += [threading.Thread(target=client, args=(host, port, path, bodies, deadline, k, results[k]))
-                for k in range(concurrency)]
+    threads = [
+        threading.Thread(
+            target=client, args=(host, port, path, [large], deadline, k, large_results[k]), kwargs={"timeout": 900}
+        )
+        for k in range(large_concurrency)
+    ]
+    threads += [
+        threading.Thread(target=client, args=(host, port, path, bodies, deadline, k, results[k]))
+        for k in range(concurrency)
+    ]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -183,24 +217,42 @@ def http_vs_in_process(host: str, port: int, path: str, body: dict, model: str, 
         finally:
             conn.close()
 
-    calls = {"in_process": lambda: qa(question=question, context=context, **body.get("parameters", {})),
-             "http": over_http}
+    calls = {
+        "in_process": lambda: qa(question=question, context=context, **body.get("parameters", {})),
+        "http": over_http,
+    }
     times = {name: [] for name in calls}
     for name in calls:  # first calls (compilation, connection) are not measured
         calls[name]()
     for r in range(rounds):
-        for name in (list(calls) if r % 2 else list(calls)[::-1]):
+        for name in list(calls) if r % 2 else list(calls)[::-1]:
             t0 = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
-    return {"rounds": rounds, "in_process_median_ms": round(1000 * med["in_process"], 1),
-            "http_median_ms": round(1000 * med["http"], 1), "ratio": round(med["http"] / med["in_process"], 3)}
+    return {
+        "rounds": rounds,
+        "in_process_median_ms": round(1000 * med["in_process"], 1),
+        "http_median_ms": round(1000 * med["http"], 1),
+        "ratio": round(med["http"] / med["in_process"], 3),
+    }
 
 
 def start_server(model: str, serve_args: list[str], log: Path) -> tuple[subprocess.Popen, int]:
-    cmd = [sys.executable, "-m", "npbert", "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
-           "--no-access-log", *serve_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "npbert",
+        "serve",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-access-log",
+        *serve_args,
+    ]
     f = open(log, "wb")
     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     while not (m := READY.search(log.read_text(errors="replace"))):
@@ -212,8 +264,10 @@ def start_server(model: str, serve_args: list[str], log: Path) -> tuple[subproce
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="checkpoint folder: start `npbert serve` on it (with --url: only the tokenizer "
-                                   "for --payload squad)")
+    p.add_argument(
+        "--model",
+        help="checkpoint folder: start `npbert serve` on it (with --url: only the tokenizer for --payload squad)",
+    )
     p.add_argument("--serve-arg", action="append", default=[], help="extra flag for `npbert serve` (repeatable)")
     p.add_argument("--url", help="load this running server instead (loopback only)")
     p.add_argument("--pid", type=int, help="the running server's process id, for its RSS")
@@ -223,14 +277,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", "-c", type=int, default=4)
     p.add_argument("--duration", "-t", type=float, default=10.0, help="seconds of load (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="requests per client before measuring (default: %(default)s)")
-    p.add_argument("--in-process-rounds", type=int, default=0,
-                   help="after the load, answer the first request N times in this process and over HTTP, "
-                        "interleaved, and report the ratio (needs --model)")
-    p.add_argument("--large-concurrency", type=int, default=0,
-                   help="clients sending large requests meanwhile (default: %(default)s)")
+    p.add_argument(
+        "--in-process-rounds",
+        type=int,
+        default=0,
+        help="after the load, answer the first request N times in this process and over HTTP, "
+        "interleaved, and report the ratio (needs --model)",
+    )
+    p.add_argument(
+        "--large-concurrency",
+        type=int,
+        default=0,
+        help="clients sending large requests meanwhile (default: %(default)s)",
+    )
     p.add_argument("--large-questions", type=int, default=32, help="questions per large request (default: %(default)s)")
-    p.add_argument("--large-context-chars", type=int, default=20_000,
-                   help="characters of each large request's contexts (default: %(default)s)")
+    p.add_argument(
+        "--large-context-chars",
+        type=int,
+        default=20_000,
+        help="characters of each large request's contexts (default: %(default)s)",
+    )
     p.add_argument("--json", type=Path, help="also write the report here")
     p.add_argument("--log", type=Path, default=Path("loadtest-server.log"), help="the started server's log")
     args = p.parse_args(argv)
@@ -262,8 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rss_start = rss_kib(pid) if pid else None
         warm = [{"latencies": [], "errors": []} for _ in range(args.concurrency)]
-        threads = [threading.Thread(target=client, args=(host, port, args.route, raw, 0, k, warm[k], args.warmup))
-                   for k in range(args.concurrency)]  # warm-up: C clients, `--warmup` requests each, not measured
+        threads = [
+            threading.Thread(target=client, args=(host, port, args.route, raw, 0, k, warm[k], args.warmup))
+            for k in range(args.concurrency)
+        ]  # warm-up: C clients, `--warmup` requests each, not measured
         for t in threads:
             t.start()
         for t in threads:
@@ -272,15 +340,19 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"warm-up failed: {[e for w in warm for e in w['errors']][:3]}")
         before, rss_before = health(host, port)["batching"], rss_kib(pid) if pid else None
         machine_load = os.getloadavg()[0]
-        large = (json.dumps(large_body(args.large_questions, args.large_context_chars)).encode()
-                 if args.large_concurrency else None)
+        large = (
+            json.dumps(large_body(args.large_questions, args.large_context_chars)).encode()
+            if args.large_concurrency
+            else None
+        )
         report = load(host, port, args.route, raw, args.concurrency, args.duration, large, args.large_concurrency)
         after, rss_after = health(host, port)["batching"], rss_kib(pid) if pid else None
         # other processes competing for the cores: the 1-minute load average before and after the run
         report["machine_load_1min"] = [round(machine_load, 2), round(os.getloadavg()[0], 2)]
         if args.in_process_rounds:
-            report["http_vs_in_process"] = http_vs_in_process(host, port, args.route, bodies[0], args.model,
-                                                              args.in_process_rounds)
+            report["http_vs_in_process"] = http_vs_in_process(
+                host, port, args.route, bodies[0], args.model, args.in_process_rounds
+            )
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
@@ -290,15 +362,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.large_concurrency:
         report["large"]["body_bytes"] = len(large)
         report["large"]["shape"] = f"{args.large_questions} x {args.large_context_chars} characters"
-    report = {"payload": info, "route": args.route, "concurrency": args.concurrency, "duration_s": args.duration,
-              "serve_args": args.serve_arg, "batching_enabled": after["enabled"], **report,
-              "requests_per_pipeline_call": round(reqs / calls, 2) if calls else None,
-              "windows_per_forward": (round((after["windows"] - before["windows"]) / calls, 2)
-                                      if calls and "windows" in after else None),
-              "rss_start_mib": round(rss_start["rss"] / 1024, 1) if rss_start else None,
-              "rss_before_mib": round(rss_before["rss"] / 1024, 1) if rss_before else None,
-              "rss_after_mib": round(rss_after["rss"] / 1024, 1) if rss_after else None,
-              "rss_peak_mib": round(rss_after["peak"] / 1024, 1) if rss_after else None}
+    report = {
+        "payload": info,
+        "route": args.route,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "serve_args": args.serve_arg,
+        "batching_enabled": after["enabled"],
+        **report,
+        "requests_per_pipeline_call": round(reqs / calls, 2) if calls else None,
+        "windows_per_forward": (
+            round((after["windows"] - before["windows"]) / calls, 2) if calls and "windows" in after else None
+        ),
+        "rss_start_mib": round(rss_start["rss"] / 1024, 1) if rss_start else None,
+        "rss_before_mib": round(rss_before["rss"] / 1024, 1) if rss_before else None,
+        "rss_after_mib": round(rss_after["rss"] / 1024, 1) if rss_after else None,
+        "rss_peak_mib": round(rss_after["peak"] / 1024, 1) if rss_after else None,
+    }
     if proc is not None:
         report["server_exit_code"] = exit_code
     print(json.dumps(report, indent=2))

@@ -31,20 +31,36 @@ HINT = "regenerate it with `python tools/make_reference.py` (needs the parity ex
 # Small enough to keep each family's fixture under 100 KB; odd FFN widths, 4 heads of 4, peaked attention;
 # every family difference present (token types, RoBERTa's positions, ELECTRA's and ALBERT's projections,
 # ALBERT's shared groups, DeBERTa-v3's disentangled attention with log buckets).
-_BERT = dict(vocab_size=64, hidden_size=16, num_attention_heads=4, intermediate_size=37, num_hidden_layers=2,
-             max_position_embeddings=24, initializer_range=0.2)
+_BERT = dict(
+    vocab_size=64,
+    hidden_size=16,
+    num_attention_heads=4,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    max_position_embeddings=24,
+    initializer_range=0.2,
+)
 _ROBERTA = dict(_BERT, type_vocab_size=1, pad_token_id=1, max_position_embeddings=26, layer_norm_eps=1e-5)
 CONFIGS = {
-    "distilbert": dict(vocab_size=64, dim=16, n_heads=4, hidden_dim=37, n_layers=2, max_position_embeddings=24,
-                       initializer_range=0.2),
+    "distilbert": dict(
+        vocab_size=64, dim=16, n_heads=4, hidden_dim=37, n_layers=2, max_position_embeddings=24, initializer_range=0.2
+    ),
     "bert": _BERT,
     "roberta": _ROBERTA,
     "xlm-roberta": _ROBERTA,
     "electra": dict(_BERT, embedding_size=8),
     "albert": dict(_BERT, embedding_size=8, num_hidden_layers=4, num_hidden_groups=2, hidden_act="gelu_new"),
-    "deberta-v2": dict(_BERT, type_vocab_size=0, relative_attention=True, position_buckets=8, max_relative_positions=24,
-                       pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", share_att_key=True,
-                       position_biased_input=False),
+    "deberta-v2": dict(
+        _BERT,
+        type_vocab_size=0,
+        relative_attention=True,
+        position_buckets=8,
+        max_relative_positions=24,
+        pos_att_type=["p2c", "c2p"],
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        position_biased_input=False,
+    ),
 }
 CONFIG = CONFIGS["distilbert"]
 LENGTHS = [12, 7, 1]  # a full row, a padded row, a row with one kept token
@@ -84,8 +100,10 @@ def read_fixture(folder: Path = FIXTURE) -> tuple[dict, dict[str, np.ndarray]]:
         raise StaleFixture(f"reference fixture {folder}: missing {', '.join(missing)}; {HINT}")
     meta = json.loads((folder / "reference.json").read_text())
     if meta.get("format_version") != FORMAT_VERSION:
-        raise StaleFixture(f"reference fixture {folder}: format version {meta.get('format_version')!r}, this test "
-                           f"reads version {FORMAT_VERSION}; {HINT}")
+        raise StaleFixture(
+            f"reference fixture {folder}: format version {meta.get('format_version')!r}, this test "
+            f"reads version {FORMAT_VERSION}; {HINT}"
+        )
     config = json.loads((folder / "config.json").read_text())
     changed = [k for k, v in meta["config"].items() if config.get(k) != v]
     if changed:
@@ -93,12 +111,16 @@ def read_fixture(folder: Path = FIXTURE) -> tuple[dict, dict[str, np.ndarray]]:
     arrays = load_file(str(folder / "reference.safetensors"))
     expected = expected_shapes(meta["model_type"], meta["config"], len(meta["lengths"]), meta["seq_len"])
     if set(arrays) != set(expected):
-        raise StaleFixture(f"reference fixture {folder}: reference.safetensors holds "
-                           f"{sorted(set(arrays) ^ set(expected))[:4]} unlike this format; {HINT}")
+        raise StaleFixture(
+            f"reference fixture {folder}: reference.safetensors holds "
+            f"{sorted(set(arrays) ^ set(expected))[:4]} unlike this format; {HINT}"
+        )
     for name, shape in expected.items():
         if arrays[name].shape != shape:
-            raise StaleFixture(f"reference fixture {folder}: {name} has shape {list(arrays[name].shape)}, its "
-                               f"config says {list(shape)}; {HINT}")
+            raise StaleFixture(
+                f"reference fixture {folder}: {name} has shape {list(arrays[name].shape)}, its "
+                f"config says {list(shape)}; {HINT}"
+            )
     return meta, arrays
 
 
@@ -117,16 +139,26 @@ def write_family(model_type: str, folder: Path) -> int:
     _, model = family_checkpoint(folder, model_type, seed=SEED, **config)
     arrays = family_inputs(np.random.default_rng(SEED), LENGTHS, model.config)
     for dtype, m in (("float32", model), ("float64", copy.deepcopy(model).double())):
-        out = transformers_outputs(m, arrays["input_ids"], arrays["attention_mask"],
-                                   token_type_ids=arrays.get("token_type_ids"))
+        out = transformers_outputs(
+            m, arrays["input_ids"], arrays["attention_mask"], token_type_ids=arrays.get("token_type_ids")
+        )
         for field in ("hidden_states", "attentions"):
             arrays.update({f"{dtype}.{field}.{i}": a for i, a in enumerate(out[field])})
         arrays[f"{dtype}.start_logits"], arrays[f"{dtype}.end_logits"] = out["start_logits"], out["end_logits"]
     save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(folder / "reference.safetensors"))
-    meta = {"format_version": FORMAT_VERSION, "generated_by": "tools/make_reference.py", "model_type": model_type,
-            "transformers_version": transformers.__version__, "torch_version": torch.__version__,
-            "numpy_version": np.__version__, "attn_implementation": "eager", "seed": SEED,
-            "config": config, "lengths": LENGTHS, "seq_len": int(arrays["input_ids"].shape[1])}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "generated_by": "tools/make_reference.py",
+        "model_type": model_type,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "attn_implementation": "eager",
+        "seed": SEED,
+        "config": config,
+        "lengths": LENGTHS,
+        "seq_len": int(arrays["input_ids"].shape[1]),
+    }
     (folder / "reference.json").write_text(json.dumps(meta, indent=2) + "\n")
     read_fixture(folder)  # what was written is what the test reads
     return sum((folder / name).stat().st_size for name in FILES)
@@ -140,8 +172,10 @@ def main(root: Path = FIXTURES) -> None:
     sys.path.insert(0, str(ROOT))
     for model_type in CONFIGS:
         size = write_family(model_type, root / model_type)
-        print(f"wrote {root / model_type} ({size / 1024:.0f} KB) with transformers {transformers.__version__}, "
-              f"torch {torch.__version__}")
+        print(
+            f"wrote {root / model_type} ({size / 1024:.0f} KB) with transformers {transformers.__version__}, "
+            f"torch {torch.__version__}"
+        )
 
 
 if __name__ == "__main__":

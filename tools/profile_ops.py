@@ -43,6 +43,7 @@ class Timers:
                 return fn(*args, **kw)
             finally:
                 self.now[name_of(*args)] += time.perf_counter() - t0
+
         return timed
 
 
@@ -67,8 +68,12 @@ def profile(checkpoint: Path, B: int, S: int, repeats: int) -> dict[str, float]:
     wrapped_ops = ops._replace(
         attention=timers.wrap(lambda *a: "attention (products, mask, softmax)", ops.attention),
         residual_layernorm=timers.wrap(lambda *a: "residual + LayerNorm", ops.residual_layernorm),
-        **{f"bias_{a}": timers.wrap(lambda *a: "bias + activation", getattr(ops, f"bias_{a}"))
-           for a in ("gelu", "gelu_tanh", "relu") if hasattr(ops, f"bias_{a}")})
+        **{
+            f"bias_{a}": timers.wrap(lambda *a: "bias + activation", getattr(ops, f"bias_{a}"))
+            for a in ("gelu", "gelu_tanh", "relu")
+            if hasattr(ops, f"bias_{a}")
+        },
+    )
     model.ops = wrapped_ops
     original_linear, original_ffn = M.linear, M.ffn
     M.linear = timers.wrap(linear_name, original_linear)
@@ -95,9 +100,18 @@ def profile(checkpoint: Path, B: int, S: int, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) * 1e3 for k, v in per_op.items()}
 
 
-ORDER = ["GEMM qkv (fused)", "GEMM out_lin", "GEMM lin1", "GEMM lin2", "GEMM qa head",
-         "attention (products, mask, softmax)", "bias + activation", "residual + LayerNorm",
-         "the rest (embeddings, masks, qa split, thread scopes)", "total"]
+ORDER = [
+    "GEMM qkv (fused)",
+    "GEMM out_lin",
+    "GEMM lin1",
+    "GEMM lin2",
+    "GEMM qa head",
+    "attention (products, mask, softmax)",
+    "bias + activation",
+    "residual + LayerNorm",
+    "the rest (embeddings, masks, qa split, thread scopes)",
+    "total",
+]
 
 
 def main(argv=None) -> int:

@@ -12,10 +12,18 @@ def add_question_arguments(p) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id (default: %(default)s)")
     p.add_argument("--revision", help="hub revision (hub ids only)")
     add_input_arguments(p)
-    p.add_argument("--max-seq-len", type=int, default=None,
-                   help="tokens per window (default: min(model_max_length, 384), as the pipeline)")
-    p.add_argument("--doc-stride", type=int, default=None,
-                   help="context tokens shared by consecutive windows (default: min(max_seq_len // 2, 128))")
+    p.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=None,
+        help="tokens per window (default: min(model_max_length, 384), as the pipeline)",
+    )
+    p.add_argument(
+        "--doc-stride",
+        type=int,
+        default=None,
+        help="context tokens shared by consecutive windows (default: min(max_seq_len // 2, 128))",
+    )
 
 
 def load_and_encode(args, dtype="float32"):
@@ -24,15 +32,17 @@ def load_and_encode(args, dtype="float32"):
     then hold them)."""
     import numpy as np
 
-    from .ask import question_and_context
-
     from .. import hub
     from ..model import AutoModel, AutoModelForQuestionAnswering
+    from ..pipeline import check_parameters, window_settings
     from ..tokenizer import Tokenizer
     from ..trace import encode
     from ..weights import read_header
+    from .ask import question_and_context
 
     args.question, args.context = question_and_context(args)
+    # The pipeline's own checks, before the model is loaded; its defaults once the tokenizer is known.
+    settings = check_parameters(dict(max_seq_len=args.max_seq_len, doc_stride=args.doc_stride))
     args.context_file = None
     folder = hub.resolve(args.model, args.revision)
     weights = folder / "model.safetensors"
@@ -41,10 +51,7 @@ def load_and_encode(args, dtype="float32"):
     cls = AutoModel if encoder_only else AutoModelForQuestionAnswering
     model = cls.from_pretrained(folder, dtype=np.dtype(dtype))
     tokenizer = Tokenizer.from_folder(folder, model.config.model_type)
-    max_seq_len = args.max_seq_len or min(tokenizer.model_max_length, 384)
-    doc_stride = args.doc_stride if args.doc_stride is not None else min(max_seq_len // 2, 128)
-    if doc_stride >= max_seq_len:
-        raise ValueError(f"--doc-stride {doc_stride} must be smaller than --max-seq-len {max_seq_len}")
+    max_seq_len, doc_stride = window_settings(tokenizer, settings.get("max_seq_len"), settings.get("doc_stride"))
     inputs, tokens = encode(tokenizer, args.question, args.context, max_seq_len, doc_stride)
     return model, inputs, tokens
 
@@ -57,8 +64,8 @@ DEFAULT_MAX_MB = 256
 
 def run(args) -> int:
     from .. import __version__
-    from ..cli import CommandError
     from ..trace import save
+    from . import CommandError
 
     if args.max_mb <= 0:
         raise CommandError(f"--max-mb must be a positive number, found {args.max_mb:g}", 2)
@@ -69,29 +76,52 @@ def run(args) -> int:
     first = model.trace(**{k: v[:1] for k, v in inputs.items()})
     estimate = sum(t.nbytes for t in first.values()) * ids.shape[0]
     if estimate > args.max_mb * 1e6:
-        raise CommandError(f"the trace would be about {estimate / 1e6:.1f} MB ({ids.shape[0]} window(s) x "
-                           f"{ids.shape[1]} tokens, {args.dtype}), over --max-mb {args.max_mb:g}: pass --max-mb "
-                           f"{-(-estimate // 1e5) / 10:g} to write it, or a shorter context or --max-seq-len", 2)
+        raise CommandError(
+            f"the trace would be about {estimate / 1e6:.1f} MB ({ids.shape[0]} window(s) x "
+            f"{ids.shape[1]} tokens, {args.dtype}), over --max-mb {args.max_mb:g}: pass --max-mb "
+            f"{-(-estimate // 1e5) / 10:g} to write it, or a shorter context or --max-seq-len",
+            2,
+        )
     tensors = first if ids.shape[0] == 1 else model.trace(**inputs)
-    meta = {"producer": f"npbert {__version__}", "model": args.model, "question": args.question,
-            "context": args.context, "dtype": args.dtype, "tokens": tokens}
+    meta = {
+        "producer": f"npbert {__version__}",
+        "model": args.model,
+        "question": args.question,
+        "context": args.context,
+        "dtype": args.dtype,
+        "tokens": tokens,
+    }
     path = save(tensors, args.out, meta)
     size = sum(t.nbytes for t in tensors.values())
-    print(f"{len(tensors)} tensors ({size / 1e6:.1f} MB, {ids.shape[0]} window(s) x {ids.shape[1]} tokens, "
-          f"{args.dtype}) -> {path}")
+    print(
+        f"{len(tensors)} tensors ({size / 1e6:.1f} MB, {ids.shape[0]} window(s) x {ids.shape[1]} tokens, "
+        f"{args.dtype}) -> {path}"
+    )
     return 0
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("trace", help="save every named intermediate of one forward (safetensors)",
-                              description="Run the question and context through the model (the pipeline's "
-                              "encoding: every window, padded to the longest) and save every named intermediate "
-                              "(names: npbert/trace.py, docs/walkthrough.md).")
+    p = subparsers.add_parser(
+        "trace",
+        help="save every named intermediate of one forward (safetensors)",
+        description="Run the question and context through the model (the pipeline's "
+        "encoding: every window, padded to the longest) and save every named intermediate "
+        "(names: npbert/trace.py, docs/walkthrough.md).",
+    )
     add_question_arguments(p)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                   help="float64 is the audit reference (default: %(default)s)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="float64 is the audit reference (default: %(default)s)",
+    )
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, metavar="MB",
-                   help="refuse, saying the size, a trace larger than this many megabytes: every window keeps "
-                        "each layer's [heads, tokens, tokens] attention (default: %(default)s)")
+    p.add_argument(
+        "--max-mb",
+        type=float,
+        default=DEFAULT_MAX_MB,
+        metavar="MB",
+        help="refuse, saying the size, a trace larger than this many megabytes: every window keeps "
+        "each layer's [heads, tokens, tokens] attention (default: %(default)s)",
+    )
     p.set_defaults(run=run)

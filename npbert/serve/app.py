@@ -39,17 +39,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..hub import DEFAULT_MODEL, sha256_file
-from ..pipeline import QuestionAnsweringPipeline, pipeline
-from ..tokenizer import TooManyWindows
-from .batcher import Abandoned, Batcher, LockedTokenizer, OverDeadline, Ticket
+from ..pipeline import pipeline
+from .batcher import Batcher
 from .explain import add_explain_routes
-from .schemas import (AnswerRecord, BadRequest, ErrorResponse, Limits, ScoreRequest, parse_request)
-
-log = logging.getLogger("npbert.serve")
+from .handling import error_response, handled, log, read_body, request_pipeline, scheduled, server_fault, short_target
+from .schemas import AnswerRecord, BadRequest, ErrorResponse, Limits, ScoreRequest, parse_request
 
 SAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
 SETTINGS_ENV = "NPBERT_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
@@ -106,45 +103,11 @@ class State:
     timeouts: dict = field(default_factory=lambda: {"headers": 0, "body": 0})
 
     def counters(self) -> str:
-        return (f"{self.answered} answered, {self.refused} refused, {self.failed} failed, {self.aborted} aborted by "
-                f"their clients, {self.overdue} over the request timeout, {self.busy} over the concurrency limit, "
-                f"{self.cut_off} cut off by the shutdown")
-
-
-def request_pipeline(qa, model, tokenizer_lock, max_request_windows: int | None = None) -> QuestionAnsweringPipeline:
-    """A pipeline for one request: `qa`'s settings, its forwards on `model` (the request's ScheduledModel),
-    its tokenizer's calls under `tokenizer_lock`, and at most `max_request_windows` windows in all."""
-    tokenizer = RequestTokenizer(qa.tokenizer, tokenizer_lock, max_request_windows)
-    return QuestionAnsweringPipeline(model, tokenizer, model_id=qa.model_id, revision=qa.revision,
-                                     batch_size=qa.batch_size, max_windows=qa.max_windows)
-
-
-class RequestTokenizer(LockedTokenizer):
-    """The tokenizer, refusing a request whose questions make more than `max_total` windows in all (after
-    tokenizing, before any forward; a question over the pipeline's own max_windows is refused by the
-    tokenizer before its windows are made, and named by the pipeline)."""
-
-    def __init__(self, tokenizer, lock, max_total: int | None):
-        super().__init__(tokenizer, lock)
-        self._max_total = max_total
-
-    def encode_pairs(self, questions, contexts, max_seq_len, doc_stride, *args, **kwargs):
-        """One question at a time (the lock is not held for a whole large request, and the count stops at
-        the first question past the limit)."""
-        encode, per_example, total = self.__getattr__("encode_pairs"), [], 0
-        for question, context in zip(questions, contexts):
-            try:
-                (windows,) = encode([question], [context], max_seq_len, doc_stride, *args, **kwargs)
-            except TooManyWindows as e:  # encoded one at a time: its index in the request is the pipeline's
-                raise TooManyWindows(len(per_example), e.windows, e.limit) from None
-            per_example.append(windows)
-            total += len(windows)
-            if self._max_total is not None and total > self._max_total:
-                raise ValueError(f"the request's first {len(per_example)} of {len(questions)} contexts make {total} "
-                                 f"windows of max_seq_len {max_seq_len} with doc_stride {doc_stride}, over the "
-                                 f"server's limit of {self._max_total} per request: send fewer questions or shorter "
-                                 "contexts per request")
-        return per_example
+        return (
+            f"{self.answered} answered, {self.refused} refused, {self.failed} failed, {self.aborted} aborted by "
+            f"their clients, {self.overdue} over the request timeout, {self.busy} over the concurrency limit, "
+            f"{self.cut_off} cut off by the shutdown"
+        )
 
 
 def answer_questions(qa, questions: list[str], contexts: list[str], params: dict) -> list:
@@ -162,8 +125,12 @@ def _plain(result):
     """A pipeline result with numpy scalars turned into JSON numbers."""
     if isinstance(result, list):
         return [_plain(r) for r in result]
-    return {"answer": str(result["answer"]), "score": float(result["score"]),
-            "start": int(result["start"]), "end": int(result["end"])}
+    return {
+        "answer": str(result["answer"]),
+        "score": float(result["score"]),
+        "start": int(result["start"]),
+        "end": int(result["end"]),
+    }
 
 
 # --- the app ---------------------------------------------------------------------------------------------
@@ -177,8 +144,14 @@ def create_app(settings: Settings | None = None, qa=None) -> FastAPI:
         qa = pipeline("question-answering", model=settings.model, revision=settings.revision)
     folder = Path(qa.folder)
     digest = sha256_file(folder / "model.safetensors")
-    log.info("loaded %s (revision %s) from %s in %.1f s, weights sha256 %s", qa.model_id, qa.revision, folder,
-             time.perf_counter() - t0, digest)
+    log.info(
+        "loaded %s (revision %s) from %s in %.1f s, weights sha256 %s",
+        qa.model_id,
+        qa.revision,
+        folder,
+        time.perf_counter() - t0,
+        digest,
+    )
     # A window longer than the position table cannot run: refuse such a max_seq_len as bad input.
     longest = min(qa.model.config.max_position_embeddings, qa.tokenizer.model_max_length)
     settings = dataclasses.replace(settings, limits=dataclasses.replace(settings.limits, max_seq_len=longest))
@@ -187,8 +160,13 @@ def create_app(settings: Settings | None = None, qa=None) -> FastAPI:
         t0 = time.perf_counter()
         answer_questions(qa, [SAMPLE["question"]], [SAMPLE["context"]], {})
         log.info("warm-up answer in %.2f s", time.perf_counter() - t0)
-    batcher = Batcher(qa.model, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000,
-                      turn_tokens=settings.turn_tokens, pad_token_id=qa.tokenizer.pad_token_id)
+    batcher = Batcher(
+        qa.model,
+        max_batch=settings.max_batch,
+        wait_s=settings.batch_wait_ms / 1000,
+        turn_tokens=settings.turn_tokens,
+        pad_token_id=qa.tokenizer.pad_token_id,
+    )
     state = State(settings, qa, folder, digest, batcher)
     _shorten_access_log_targets()
 
@@ -207,9 +185,13 @@ def create_app(settings: Settings | None = None, qa=None) -> FastAPI:
             await batcher.stop()
             log.info("stopped: %s", state.counters())
 
-    app = FastAPI(title="npbert", version=__version__, lifespan=lifespan,
-                  description="Extractive question answering with DistilBERT in numpy: the model catalog's "
-                              "scoring schema (`POST /score`) and the pipeline's full records (`POST /v1/answer`).")
+    app = FastAPI(
+        title="npbert",
+        version=__version__,
+        lifespan=lifespan,
+        description="Extractive question answering with DistilBERT in numpy: the model catalog's "
+        "scoring schema (`POST /score`) and the pipeline's full records (`POST /v1/answer`).",
+    )
     app.state.npbert = state
     app.add_middleware(HeadLimits, state=state)
     add_error_handlers(app, state)
@@ -225,12 +207,6 @@ def app_from_env() -> FastAPI:
     so logging is set up here as `npbert serve` set it up in the parent."""
     logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "INFO"), format=LOG_FORMAT)
     return create_app(Settings.from_json(os.environ[SETTINGS_ENV]))
-
-
-def error_response(status: int, message: str, problems: list[str] | None = None,
-                   headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"status": status, "error": message, "problems": problems or [message]}, status_code=status,
-                        headers=headers)
 
 
 class HeadLimits:
@@ -250,20 +226,16 @@ class HeadLimits:
             if target > limits.max_target_bytes:
                 problem = 414, f"request target is {target} bytes, over the server's limit of {limits.max_target_bytes}"
             elif headers > limits.max_header_bytes:
-                problem = 431, f"request headers are {headers} bytes, over the server's limit of {limits.max_header_bytes}"
+                problem = (
+                    431,
+                    f"request headers are {headers} bytes, over the server's limit of {limits.max_header_bytes}",
+                )
             if problem is not None:
                 self.state.refused += 1
-                log.info("%s %s refused (%d): %s", scope["method"], _short(scope["path"]), *problem)
+                log.info("%s %s refused (%d): %s", scope["method"], short_target(scope["path"]), *problem)
                 await error_response(*problem, headers={"Connection": "close"})(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-ACCESS_LOG_TARGET_CHARS = 200
-
-
-def _short(target: str, limit: int = ACCESS_LOG_TARGET_CHARS) -> str:
-    return target if len(target) <= limit else f"{target[:limit]}...[{len(target)} characters]"
 
 
 class _ShortTargets(logging.Filter):
@@ -272,7 +244,7 @@ class _ShortTargets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
-            record.args = (*args[:2], _short(args[2]), *args[3:])
+            record.args = (*args[:2], short_target(args[2]), *args[3:])
         return True
 
 
@@ -292,137 +264,34 @@ def add_error_handlers(app: FastAPI, state: State) -> None:
         return server_fault(request, exc)
 
 
-def server_fault(request: Request, exc: Exception) -> JSONResponse:
-    """A fault of the server, not of the request: 500, and the traceback in the log."""
-    request.app.state.npbert.failed += 1
-    log.error("%s %s failed", request.method, _short(request.url.path), exc_info=exc)
-    return error_response(500, f"internal server error ({type(exc).__name__}); the server log has the cause")
-
-
-JSON_TYPES = ("application/json",)  # and any application/<something>+json
-
-
-def check_content_type(request: Request) -> None:
-    """415 unless the body is declared JSON (or not declared at all: a bare body is read as JSON), in UTF-8."""
-    declared = request.headers.get("content-type")
-    if declared is None:
-        return
-    kind, _, params = declared.partition(";")
-    kind = kind.strip().lower()
-    if kind not in JSON_TYPES and not (kind.startswith("application/") and kind.endswith("+json")):
-        raise BadRequest(415, f"Content-Type {_short(declared.strip(), 100)!r} is not JSON: send application/json")
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise BadRequest(415, f"charset {_short(value.strip(), 40)!r} is not supported: JSON is sent in UTF-8")
-
-
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """The body, refused with 415 if not declared JSON, with 413 as soon as it is known to exceed `limit`
-    bytes (before reading it all), with 408 if it has not arrived within `timeout` seconds. A client that
-    disconnects meanwhile raises starlette's ClientDisconnect."""
-    check_content_type(request)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"request body is {int(declared)} bytes, over the server's limit of {limit} bytes")
-    chunks, size = [], 0
-    try:
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise BadRequest(413, f"request body is over the server's limit of {limit} bytes")
-                chunks.append(chunk)
-    except TimeoutError:
-        request.app.state.npbert.timeouts["body"] += 1
-        raise BadRequest(408, f"request body not received within {timeout:g} s ({size} bytes came)",
-                         headers={"Connection": "close"}) from None
-    return b"".join(chunks)
-
-
-async def handled(request: Request, state: State, compute, to_json=lambda data: data) -> JSONResponse:
-    """Run a route's `compute()` with the server's bookkeeping: in-flight and the outcome counters, a
-    logged 4xx for the client's faults (BadRequest), a logged 500 for anything else, and what is neither
-    counted as what it is (see the module docstring)."""
-    limit = state.settings.limit_concurrency
-    if limit is not None and state.in_flight >= limit:
-        state.busy += 1
-        log.warning("%s %s: refused (503): %d requests in progress, the --limit-concurrency", request.method,
-                    _short(request.url.path), state.in_flight)
-        return error_response(503, f"the server has {state.in_flight} requests in progress, its limit: retry shortly",
-                              headers={"Retry-After": "1"})
-    state.in_flight += 1
-    t0 = time.monotonic()
-    where = f"{request.method} {_short(request.url.path)}"
-    try:
-        data = await compute()
-    except BadRequest as e:
-        state.refused += 1
-        log.info("%s refused (%d): %s", where, e.status, e.message)
-        return error_response(e.status, e.message, e.problems, e.headers)
-    except (ClientDisconnect, Abandoned):
-        state.aborted += 1
-        log.info("%s: the client went away after %.1f s, before its answer; its remaining work was dropped", where,
-                 time.monotonic() - t0)
-        return error_response(499, "the client closed the connection")  # sent to no one
-    except OverDeadline as e:
-        state.overdue += 1
-        log.warning("%s: %s", where, e)
-        return error_response(503, str(e), headers={"Retry-After": "10"})
-    except asyncio.CancelledError:  # uvicorn cancels what still runs when the graceful timeout ends
-        state.cut_off += 1
-        log.warning("%s: cut off by the shutdown after %.1f s (--graceful-timeout ended): answered 503", where,
-                    time.monotonic() - t0)
-        return error_response(503, "the server is shutting down; the request was not finished: retry",
-                              headers={"Connection": "close", "Retry-After": "10"})
-    except Exception as e:
-        return server_fault(request, e)
-    finally:
-        state.in_flight -= 1
-    state.answered += 1
-    return JSONResponse(to_json(data))
-
-
-async def until_gone(request: Request, ticket: Ticket) -> None:
-    """Abandon `ticket` when the client disconnects (after the body, the next ASGI message is the
-    disconnect)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            ticket.abandon()
-            return
-        await asyncio.sleep(0.05)
-
-
-async def scheduled(request: Request, state: State, work):
-    """`work(model)` on the batcher with a ticket carrying the request timeout, abandoned when the client
-    goes away or the handler ends (a cut-off at shutdown) before the work does."""
-    ticket = Ticket(timeout=state.settings.request_timeout)
-    watcher = asyncio.ensure_future(until_gone(request, ticket))
-    try:
-        return await state.batcher.run(work, ticket)
-    finally:
-        watcher.cancel()
-        ticket.abandon()
-
-
 def _texts(result) -> str | list[str]:
     return [r["answer"] for r in result] if isinstance(result, list) else result["answer"]
 
 
-_REFUSALS = {status: {"model": ErrorResponse, "description": why} for status, why in [
-    (400, "The body is empty, not UTF-8, not JSON, nested too deeply or holds a huge integer."),
-    (408, "The body did not arrive within the server's --body-timeout."),
-    (413, "The body is over the server's --max-body-bytes."),
-    (415, "The body is declared as something other than JSON in UTF-8."),
-    (422, "The JSON does not follow the schema, or a text is empty or over the server's size limits."),
-    (503, "Not answered within the server's --request-timeout, over its --limit-concurrency requests in progress, "
-          "or the server is shutting down.")]}
+_REFUSALS = {
+    status: {"model": ErrorResponse, "description": why}
+    for status, why in [
+        (400, "The body is empty, not UTF-8, not JSON, nested too deeply or holds a huge integer."),
+        (408, "The body did not arrive within the server's --body-timeout."),
+        (413, "The body is over the server's --max-body-bytes."),
+        (415, "The body is declared as something other than JSON in UTF-8."),
+        (422, "The JSON does not follow the schema, or a text is empty or over the server's size limits."),
+        (
+            503,
+            "Not answered within the server's --request-timeout, over its --limit-concurrency requests in progress, "
+            "or the server is shutting down.",
+        ),
+    ]
+}
 
 
 def add_answer_routes(app: FastAPI, state: State) -> None:
-    schema_body = {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/ScoreRequest"}}}}}
+    schema_body = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}},
+        }
+    }
 
     async def answer(request: Request) -> list:
         """Parse, check, and answer through the batcher; BadRequest for the client's faults."""
@@ -444,23 +313,43 @@ def add_answer_routes(app: FastAPI, state: State) -> None:
     async def respond(request: Request, shape) -> JSONResponse:
         return await handled(request, state, lambda: answer(request), lambda results: [shape(r) for r in results])
 
-    @app.post("/score", openapi_extra=schema_body, summary="Answer questions (the model catalog's scoring schema)",
-              responses={200: {"description": "One answer text per question, in order (a list of texts per "
-                                              "question when top_k > 1).",
-                               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreResponse"},
-                                                                 "example": ["John"]}}}, **_REFUSALS})
+    @app.post(
+        "/score",
+        openapi_extra=schema_body,
+        summary="Answer questions (the model catalog's scoring schema)",
+        responses={
+            200: {
+                "description": "One answer text per question, in order (a list of texts per question when top_k > 1).",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ScoreResponse"}, "example": ["John"]}
+                },
+            },
+            **_REFUSALS,
+        },
+    )
     async def score(request: Request):
         """`{"input_data": {"question": ..., "context": ...}, "parameters": {...}}` -> `["John"]`.
         `question` and `context` are strings or equal-length lists of strings."""
         return await respond(request, _texts)
 
-    @app.post("/v1/answer", openapi_extra=schema_body, summary="Answer questions with the pipeline's full records",
-              responses={200: {"description": "One record per question, in order (a list of records per question "
-                                              "when top_k > 1), as the question-answering pipeline returns them.",
-                               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AnswerResponse"},
-                                                                 "example": [{"answer": "John", "score": 0.98,
-                                                                              "start": 11, "end": 15}]}}},
-                         **_REFUSALS})
+    @app.post(
+        "/v1/answer",
+        openapi_extra=schema_body,
+        summary="Answer questions with the pipeline's full records",
+        responses={
+            200: {
+                "description": "One record per question, in order (a list of records per question "
+                "when top_k > 1), as the question-answering pipeline returns them.",
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/AnswerResponse"},
+                        "example": [{"answer": "John", "score": 0.98, "start": 11, "end": 15}],
+                    }
+                },
+            },
+            **_REFUSALS,
+        },
+    )
     async def answer_records(request: Request):
         """The same body as /score; each answer is `{"answer", "score", "start", "end"}` with `start`/`end`
         character offsets into the context."""
@@ -472,14 +361,31 @@ def add_health_routes(app: FastAPI, state: State) -> None:
     async def health():
         s = state.settings
         return {
-            "status": "ok", "pid": os.getpid(), "model": state.qa.model_id, "revision": state.qa.revision,
-            "commit": state.qa.commit, "folder": str(state.folder), "weights_sha256": state.weights_sha256, "npbert": __version__,
-            "uptime_s": round(time.time() - state.started, 3), "in_flight": state.in_flight,
-            "answered": state.answered, "refused": state.refused, "failed": state.failed, "aborted": state.aborted,
-            "overdue": state.overdue, "busy": state.busy, "cut_off": state.cut_off, "timeouts": dict(state.timeouts),
-            "batching": {"enabled": s.max_batch > 1, "max_batch": s.max_batch, "wait_ms": s.batch_wait_ms,
-                         "turn_tokens": s.turn_tokens,
-                         **state.batcher.stats.as_dict()},
+            "status": "ok",
+            "pid": os.getpid(),
+            "model": state.qa.model_id,
+            "revision": state.qa.revision,
+            "commit": state.qa.commit,
+            "folder": str(state.folder),
+            "weights_sha256": state.weights_sha256,
+            "npbert": __version__,
+            "uptime_s": round(time.time() - state.started, 3),
+            "in_flight": state.in_flight,
+            "answered": state.answered,
+            "refused": state.refused,
+            "failed": state.failed,
+            "aborted": state.aborted,
+            "overdue": state.overdue,
+            "busy": state.busy,
+            "cut_off": state.cut_off,
+            "timeouts": dict(state.timeouts),
+            "batching": {
+                "enabled": s.max_batch > 1,
+                "max_batch": s.max_batch,
+                "wait_ms": s.batch_wait_ms,
+                "turn_tokens": s.turn_tokens,
+                **state.batcher.stats.as_dict(),
+            },
             "timeouts_s": {"request": s.request_timeout, "header": s.header_timeout, "body": s.body_timeout},
             "limit_concurrency": s.limit_concurrency,
             "limits": dataclasses.asdict(s.limits),
@@ -494,9 +400,13 @@ def _openapi(app: FastAPI) -> dict:
         from .schemas import AnswerResponse, ScoreResponse
 
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        models = [(ScoreRequest, "validation"), (type("ScoreResponse", (RootModel[ScoreResponse],), {}), "serialization"),
-                  (type("AnswerResponse", (RootModel[AnswerResponse],), {}), "serialization"),
-                  (AnswerRecord, "serialization"), (ErrorResponse, "serialization")]
+        models = [
+            (ScoreRequest, "validation"),
+            (type("ScoreResponse", (RootModel[ScoreResponse],), {}), "serialization"),
+            (type("AnswerResponse", (RootModel[AnswerResponse],), {}), "serialization"),
+            (AnswerRecord, "serialization"),
+            (ErrorResponse, "serialization"),
+        ]
         _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
         doc.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
         app.openapi_schema = doc

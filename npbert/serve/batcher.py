@@ -43,8 +43,10 @@ class OverDeadline(Exception):
     """The request was not finished within its deadline: its remaining work is dropped."""
 
     def __init__(self, seconds: float, forwards: int):
-        super().__init__(f"not answered within the server's request timeout of {seconds:g} s ({forwards} forwards "
-                         "run); retry later or send fewer or shorter contexts")
+        super().__init__(
+            f"not answered within the server's request timeout of {seconds:g} s ({forwards} forwards "
+            "run); retry later or send fewer or shorter contexts"
+        )
 
 
 @dataclass
@@ -102,9 +104,15 @@ class Stats:
 
     def as_dict(self) -> dict:
         mean = self.windows / self.forwards if self.forwards else 0.0
-        return {"forwards": self.forwards, "windows": self.windows, "shared_forwards": self.shared,
-                "requests": self.requests, "mean_windows_per_forward": round(mean, 3), "largest_forward": self.largest,
-                "skipped_forwards": self.skipped}
+        return {
+            "forwards": self.forwards,
+            "windows": self.windows,
+            "shared_forwards": self.shared,
+            "requests": self.requests,
+            "mean_windows_per_forward": round(mean, 3),
+            "largest_forward": self.largest,
+            "skipped_forwards": self.skipped,
+        }
 
 
 class ScheduledModel:
@@ -123,8 +131,10 @@ class ScheduledModel:
         rows = max(1, self._batcher.turn_tokens // max(1, ids.shape[1]))  # rows of this width in one turn
         if kwargs or len(ids) <= rows:  # attention asked for: one piece (its arrays are per forward)
             return self._turn(ids, mask, kwargs)
-        pieces = [self._turn(ids[i:i + rows], None if mask is None else mask[i:i + rows], {})
-                  for i in range(0, len(ids), rows)]
+        pieces = [
+            self._turn(ids[i : i + rows], None if mask is None else mask[i : i + rows], {})
+            for i in range(0, len(ids), rows)
+        ]
         return Rows(np.concatenate([p.start_logits for p in pieces]), np.concatenate([p.end_logits for p in pieces]))
 
     def _turn(self, ids, mask, kwargs):
@@ -151,6 +161,7 @@ class LockedTokenizer:
         def locked(*args, **kwargs):
             with self._lock:
                 return value(*args, **kwargs)
+
         return locked
 
 
@@ -158,11 +169,19 @@ class Batcher:
     """The inference thread and the drivers; see the module docstring. `max_batch=1`: every forward is
     its own model call (batching off)."""
 
-    def __init__(self, model, max_batch: int = 8, wait_s: float = 0.005, turn_tokens: int = 512, max_drivers: int = 256,
-                 pad_token_id: int = 0):
+    def __init__(
+        self,
+        model,
+        max_batch: int = 8,
+        wait_s: float = 0.005,
+        turn_tokens: int = 512,
+        max_drivers: int = 256,
+        pad_token_id: int = 0,
+    ):
         if max_batch < 1 or wait_s < 0 or turn_tokens < 1:
-            raise ValueError(f"max_batch and turn_tokens must be >= 1 and wait_s >= 0, got {max_batch}, {turn_tokens} "
-                             f"and {wait_s}")
+            raise ValueError(
+                f"max_batch and turn_tokens must be >= 1 and wait_s >= 0, got {max_batch}, {turn_tokens} and {wait_s}"
+            )
         self.model, self.max_batch, self.wait_s, self.pad_token_id = model, max_batch, wait_s, pad_token_id
         self.turn_tokens = turn_tokens
         self.stats = Stats()
@@ -286,13 +305,17 @@ class Batcher:
         else:
             width = max(f.input_ids.shape[1] for f in batch)
             ids = np.concatenate([_pad(f.input_ids, width, self.pad_token_id) for f in batch])
-            mask = np.concatenate([_pad(f.attention_mask if f.attention_mask is not None
-                                        else np.ones_like(f.input_ids), width, 0) for f in batch])
+            mask = np.concatenate(
+                [
+                    _pad(f.attention_mask if f.attention_mask is not None else np.ones_like(f.input_ids), width, 0)
+                    for f in batch
+                ]
+            )
             out = self.model(ids, attention_mask=mask)
             outputs, at = [], 0
             for f in batch:
                 S = f.input_ids.shape[1]
-                outputs.append(Rows(out.start_logits[at:at + f.rows, :S], out.end_logits[at:at + f.rows, :S]))
+                outputs.append(Rows(out.start_logits[at : at + f.rows, :S], out.end_logits[at : at + f.rows, :S]))
                 at += f.rows
         s = self.stats
         rows = sum(f.rows for f in batch)

@@ -29,8 +29,9 @@ from fastapi import Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..pipeline import QuestionAnsweringPipeline, check_parameters, model_inputs
-from ..qa import MASKED_LOGIT
+from ..pipeline import QuestionAnsweringPipeline, check_parameters, model_inputs, window_settings
+from ..qa import answer_probabilities, possible_tokens
+from .handling import handled, read_body, request_pipeline, scheduled
 from .schemas import BadRequest, parse_request
 
 STATIC = Path(__file__).parent / "static"
@@ -40,21 +41,6 @@ MAX_ATTENTION_VALUES = 4_000_000
 
 class ExplainError(ValueError):
     """A request `explain` cannot serve (a window or layer that does not exist): the client's fault."""
-
-
-def answer_probabilities(logits: np.ndarray, p_mask: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-    """[S] logits -> [S] probabilities, as `qa.select_starts_ends` computes them before it zeroes [CLS]."""
-    possible = ~p_mask.astype(bool) & attention_mask.astype(bool)
-    masked = np.where(possible, logits, MASKED_LOGIT).astype(np.float32)
-    e = np.exp(masked - masked.max())
-    return e / e.sum()
-
-
-def window_settings(qa, params: dict) -> tuple[int, int]:
-    """max_seq_len and doc_stride as the pipeline resolves them."""
-    max_seq_len = params.get("max_seq_len") or min(qa.tokenizer.model_max_length, 384)
-    doc_stride = params.get("doc_stride")
-    return max_seq_len, min(max_seq_len // 2, 128) if doc_stride is None else doc_stride
 
 
 def context_span(window) -> tuple[int, int]:
@@ -75,8 +61,13 @@ def window_of(answer: dict, spans: list[tuple[int, int]]) -> int:
 
 
 def encode_attention(probs: np.ndarray) -> dict:
-    return {"shape": list(probs.shape), "dtype": "float32", "byte_order": "little", "encoding": "base64",
-            "data": base64.b64encode(np.ascontiguousarray(probs, dtype="<f4").tobytes()).decode("ascii")}
+    return {
+        "shape": list(probs.shape),
+        "dtype": "float32",
+        "byte_order": "little",
+        "encoding": "base64",
+        "data": base64.b64encode(np.ascontiguousarray(probs, dtype="<f4").tobytes()).decode("ascii"),
+    }
 
 
 def decode_attention(attention: dict) -> np.ndarray:
@@ -85,33 +76,51 @@ def decode_attention(attention: dict) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4").reshape(attention["shape"])
 
 
-def explain(qa, question: str, context: str, params: dict | None = None, window: int | None = None,
-            layer: int | None = None, max_attention_values: int = MAX_ATTENTION_VALUES) -> dict:
+def explain(
+    qa,
+    question: str,
+    context: str,
+    params: dict | None = None,
+    window: int | None = None,
+    layer: int | None = None,
+    max_attention_values: int = MAX_ATTENTION_VALUES,
+) -> dict:
     """Everything the page shows for one question, as plain JSON values (see the module docstring).
 
     `params` are the pipeline's (top_k, max_seq_len, doc_stride, ...). Raises ValueError for input the
     pipeline refuses, ExplainError for a window or layer that does not exist.
     """
     params = check_parameters(dict(params or {}))
-    max_seq_len, doc_stride = window_settings(qa, params)
+    max_seq_len, doc_stride = window_settings(qa.tokenizer, params.get("max_seq_len"), params.get("doc_stride"))
     recorder = _Recorder(qa.model)
-    result = QuestionAnsweringPipeline(recorder, qa.tokenizer, batch_size=qa.batch_size,
-                                       max_windows=getattr(qa, "max_windows", None))(
-        question=question, context=context, **params)
+    result = QuestionAnsweringPipeline(
+        recorder, qa.tokenizer, batch_size=qa.batch_size, max_windows=getattr(qa, "max_windows", None)
+    )(question=question, context=context, **params)
     answers = result if isinstance(result, list) else [result]
     windows = qa.tokenizer.encode_pair(question, context, max_seq_len, doc_stride, params.get("padding", "do_not_pad"))
     spans = [context_span(w) for w in windows]
-    answers = [{"answer": str(a["answer"]), "score": float(a["score"]), "start": int(a["start"]), "end": int(a["end"]),
-                "window": window_of(a, spans)} for a in answers]
+    answers = [
+        {
+            "answer": str(a["answer"]),
+            "score": float(a["score"]),
+            "start": int(a["start"]),
+            "end": int(a["end"]),
+            "window": window_of(a, spans),
+        }
+        for a in answers
+    ]
     if window is None:
         window = answers[0]["window"] if answers else 0
     if not 0 <= window < len(windows):
-        raise ExplainError(f"window {window} does not exist: this context has {len(windows)} window"
-                           f"{'' if len(windows) == 1 else 's'} (0 to {len(windows) - 1})")
+        raise ExplainError(
+            f"window {window} does not exist: this context has {len(windows)} window"
+            f"{'' if len(windows) == 1 else 's'} (0 to {len(windows) - 1})"
+        )
     config = qa.model.config
     if layer is not None and not 0 <= layer < config.n_block_runs:
-        raise ExplainError(f"layer {layer} does not exist: the model has {config.n_block_runs} layers (0 to "
-                           f"{config.n_block_runs - 1})")
+        raise ExplainError(
+            f"layer {layer} does not exist: the model has {config.n_block_runs} layers (0 to {config.n_block_runs - 1})"
+        )
 
     w = windows[window]
     out = recorder.single.get(w.input_ids.tobytes())
@@ -125,17 +134,28 @@ def explain(qa, question: str, context: str, params: dict | None = None, window:
     else:
         layers = []
     attention = encode_attention(np.stack([out.attentions[i][0] for i in layers])) if layers else None
+    possible = possible_tokens(w.p_mask, w.attention_mask)
     return {
-        "question": question, "context": context, "answers": answers,
+        "question": question,
+        "context": context,
+        "answers": answers,
         "model": {"n_layers": L, "n_heads": H, "dim": config.dim, "vocab_size": config.vocab_size},
         "settings": {"max_seq_len": max_seq_len, "doc_stride": doc_stride},
-        "windows": [{"tokens": qa.tokenizer.convert_ids_to_tokens(x.input_ids), "input_ids": x.input_ids.tolist(),
-                     "offsets": x.offsets.tolist(), "sequence_ids": list(x.sequence_ids),
-                     "context_span": list(span)} for x, span in zip(windows, spans)],
+        "windows": [
+            {
+                "tokens": qa.tokenizer.convert_ids_to_tokens(x.input_ids),
+                "input_ids": x.input_ids.tolist(),
+                "offsets": x.offsets.tolist(),
+                "sequence_ids": list(x.sequence_ids),
+                "context_span": list(span),
+            }
+            for x, span in zip(windows, spans)
+        ],
         "window": window,
-        "start_logits": out.start_logits[0].tolist(), "end_logits": out.end_logits[0].tolist(),
-        "start_probs": answer_probabilities(out.start_logits[0], w.p_mask, w.attention_mask).tolist(),
-        "end_probs": answer_probabilities(out.end_logits[0], w.p_mask, w.attention_mask).tolist(),
+        "start_logits": out.start_logits[0].tolist(),
+        "end_logits": out.end_logits[0].tolist(),
+        "start_probs": answer_probabilities(out.start_logits[0].astype(np.float32), possible).tolist(),
+        "end_probs": answer_probabilities(out.end_logits[0].astype(np.float32), possible).tolist(),
         "attention_layers": layers,
         "attention": attention,
         "attention_note": _attention_note(layers, L, H, S, max_attention_values),
@@ -157,8 +177,9 @@ class _Recorder:
         return getattr(self.model, name)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
-        out = self.model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                         output_attentions=True)
+        out = self.model(
+            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_attentions=True
+        )
         if len(input_ids) == 1 and not self.single:  # one kept: a window's attention is ~42 MB at full size
             self.single[np.asarray(input_ids[0], dtype=np.int64).tobytes()] = out
         return out
@@ -168,8 +189,10 @@ def _attention_note(layers: list[int], L: int, H: int, S: int, limit: int) -> st
     if len(layers) == L:
         return ""
     if layers:
-        return (f"all {L} layers would be {L * H * S * S:,} values, over the server's limit of {limit:,}: "
-                f"sending layer {layers[0]} only (ask for another with ?layer=N)")
+        return (
+            f"all {L} layers would be {L * H * S * S:,} values, over the server's limit of {limit:,}: "
+            f"sending layer {layers[0]} only (ask for another with ?layer=N)"
+        )
     return f"one layer is {H * S * S:,} values, over the server's limit of {limit:,}: no attention sent"
 
 
@@ -190,8 +213,6 @@ def _query_int(request: Request, name: str) -> int | None:
 
 def add_explain_routes(app, state) -> None:
     """GET / (the page), GET /static/* (its files), POST /v1/explain (its data)."""
-    from .app import handled, read_body, request_pipeline, scheduled  # here: app.py imports this module
-
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -207,25 +228,35 @@ def add_explain_routes(app, state) -> None:
             raise BadRequest(422, str(e)) from None
         return {**data, "server_seconds": round(time.perf_counter() - t0, 4)}
 
-    @app.post("/v1/explain", summary="Answer one question and show how: tokens, windows, probabilities, attention",
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": {"$ref": "#/components/schemas/ScoreRequest"}}}}})
+    @app.post(
+        "/v1/explain",
+        summary="Answer one question and show how: tokens, windows, probabilities, attention",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}}},
+            }
+        },
+    )
     async def explain_route(request: Request):
         """The body of POST /v1/answer with one question and one context (strings). Query: `window` (default:
         the first window holding the best answer) and `layer` (attention of that layer only). The response
         holds every window's tokens and offsets, the chosen window's start/end logits and probabilities, and
         its attention probabilities [layers, heads, S, S] as base64 float32."""
+
         async def compute():
             body = await read_body(request, state.settings.limits.max_body_bytes, state.settings.body_timeout)
             req = parse_request(body, state.settings.limits)
             if not isinstance(req.input_data.question, str):
-                raise BadRequest(422, "input_data: /v1/explain takes one question and one context (strings), "
-                                      "not lists")
+                raise BadRequest(422, "input_data: /v1/explain takes one question and one context (strings), not lists")
             window, layer = _query_int(request, "window"), _query_int(request, "layer")
             # Its forwards take turns with the other requests' on the inference thread (each alone: they
             # return attention), so a long context cannot hold the model for the whole explanation.
             params = req.parameters.pipeline_kwargs()
-            return await scheduled(request, state, lambda model: work(model, req.input_data.question,
-                                                                      req.input_data.context, params, window, layer))
+            return await scheduled(
+                request,
+                state,
+                lambda model: work(model, req.input_data.question, req.input_data.context, params, window, layer),
+            )
 
         return await handled(request, state, compute)

@@ -30,6 +30,7 @@ from gunicorn.errors import HaltServer
 from uvicorn_worker import UvicornWorker
 
 from .. import relaid_cache
+from .server import server_class
 
 log = logging.getLogger("npbert.serve")
 
@@ -49,15 +50,19 @@ class Worker(UvicornWorker):
         # gunicorn's --access-logfile is set: give them back to the root handler `npbert serve` set up.
         for name in ("uvicorn.error", "uvicorn.access"):
             logging.getLogger(name).handlers, logging.getLogger(name).propagate = [], True
-        self.config = uvicorn.Config(app=None, log_config=None, timeout_notify=self.timeout,
-                                     callback_notify=self.callback_notify, limit_max_requests=self.max_requests,
-                                     forwarded_allow_ips=self.cfg.forwarded_allow_ips, **self.app.uvicorn_options)
+        self.config = uvicorn.Config(
+            app=None,
+            log_config=None,
+            timeout_notify=self.timeout,
+            callback_notify=self.callback_notify,
+            limit_max_requests=self.max_requests,
+            forwarded_allow_ips=self.cfg.forwarded_allow_ips,
+            **self.app.uvicorn_options,
+        )
 
     async def _serve(self) -> None:
-        from ..commands.serve import _server_class
-
         self.config.app = self.wsgi
-        server = _server_class()(self.config, self.wsgi.state.npbert)
+        server = server_class()(self.config, self.wsgi.state.npbert)
         # uvicorn drains on SIGINT and SIGTERM; SIGQUIT (what gunicorn's master sends on its SIGINT or
         # SIGQUIT) would otherwise leave the worker serving until the master's SIGKILL.
         asyncio.get_running_loop().add_signal_handler(signal.SIGQUIT, server.handle_exit, signal.SIGQUIT, None)
@@ -85,8 +90,9 @@ class _Arbiter(Arbiter):
         # gunicorn's loop calls this at least once a second, and before every (re)spawn of a worker.
         changed = relaid_cache.changed_mappings()
         if changed:
-            self.halted_because = (f"{changed[0]}: the server stopped rather than answer from it; restart it "
-                                   "to rebuild the cache entry")
+            self.halted_because = (
+                f"{changed[0]}: the server stopped rather than answer from it; restart it to rebuild the cache entry"
+            )
             raise HaltServer(self.halted_because, 1)
         super().manage_workers()
 
@@ -95,8 +101,17 @@ class Application(BaseApplication):
     """gunicorn's application for an already built ASGI app (`create_app`'s): nothing is imported by name,
     and the load happened before gunicorn started, so a bad --model stays a one-line error."""
 
-    def __init__(self, app, workers: int, host: str, port: int, graceful_timeout: float, keep_alive: int,
-                 log_level: str, uvicorn_options: dict):
+    def __init__(
+        self,
+        app,
+        workers: int,
+        host: str,
+        port: int,
+        graceful_timeout: float,
+        keep_alive: int,
+        log_level: str,
+        uvicorn_options: dict,
+    ):
         self.asgi_app, self.uvicorn_options = app, uvicorn_options
         self.options = {
             "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],

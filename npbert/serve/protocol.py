@@ -65,11 +65,17 @@ class TimedH11Protocol(H11Protocol):
         if state is not None:
             state.timeouts["headers"] += 1
         peer = "%s:%d" % self.client[:2] if self.client else "a client"
-        log.info("closed the connection of %s: no complete request head within %g s (%d bytes received)", peer,
-                 timeout, self._head_bytes)
+        log.info(
+            "closed the connection of %s: no complete request head within %g s (%d bytes received)",
+            peer,
+            timeout,
+            self._head_bytes,
+        )
         if self._head_bytes:  # a request had begun: say why it ends (not through h11, which has no request)
             message = f"request line and headers not received within {timeout:g} s"
             body = json.dumps({"status": 408, "error": message, "problems": [message]}).encode()
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
         self.transport.close()

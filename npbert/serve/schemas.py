@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import numpy as np
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -45,7 +44,9 @@ class Limits:
     max_context_chars: int = 20_000
     max_question_chars: int = 1_000
     max_items: int = 32
-    max_windows: int = DEFAULT_MAX_WINDOWS  # per question: windows of max_seq_len tokens its context makes (docs/serving.md)
+    max_windows: int = (
+        DEFAULT_MAX_WINDOWS  # per question: windows of max_seq_len tokens its context makes (docs/serving.md)
+    )
     max_seq_len: int = 512  # the model's position table: a longer window would index past it
     max_top_k: int = 20
     max_request_windows: int = 64  # over all questions of a request: bounds one request's work (docs/serving.md)
@@ -63,8 +64,15 @@ MAX_INTEGER_DIGITS = 100
 
 # --- the request --------------------------------------------------------------------------------------
 
-_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean",
-               type(None): "null"}
+_JSON_TYPES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
 
 
 def json_type(value: Any) -> str:
@@ -81,17 +89,25 @@ def a_json_type(value: Any) -> str:
 def _check_text(text: Any, where: str, max_chars: int) -> None:
     """`where` is "" for a lone string, "item 3 " for a list item."""
     if not isinstance(text, str):
-        raise PydanticCustomError("text_type", "{where}must be a string, got {got}", {"where": where, "got": json_type(text)})
+        raise PydanticCustomError(
+            "text_type", "{where}must be a string, got {got}", {"where": where, "got": json_type(text)}
+        )
     if not text.strip():
         raise PydanticCustomError("text_empty", "{where}must not be empty or blank", {"where": where})
     if len(text) > max_chars:
-        raise PydanticCustomError("text_too_long", "{where}has {n} characters, over the server's limit of {limit}",
-                                  {"where": where, "n": len(text), "limit": max_chars})
+        raise PydanticCustomError(
+            "text_too_long",
+            "{where}has {n} characters, over the server's limit of {limit}",
+            {"where": where, "n": len(text), "limit": max_chars},
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate such as "\ud800" is valid JSON but not text
-        raise PydanticCustomError("text_surrogate", "{where}contains an unpaired surrogate at character {pos}",
-                                  {"where": where, "pos": e.start}) from None
+        raise PydanticCustomError(
+            "text_surrogate",
+            "{where}contains an unpaired surrogate at character {pos}",
+            {"where": where, "pos": e.start},
+        ) from None
 
 
 class InputData(BaseModel):
@@ -99,11 +115,13 @@ class InputData(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    question: Union[str, list[str]] = Field(description="A question, or a list of questions.",
-                                             examples=["What's my name?"])
-    context: Union[str, list[str]] = Field(description="The text holding the answer, or a list of them "
-                                           "(same length as `question`).",
-                                           examples=["My name is John and I live in Seattle"])
+    question: Union[str, list[str]] = Field(
+        description="A question, or a list of questions.", examples=["What's my name?"]
+    )
+    context: Union[str, list[str]] = Field(
+        description="The text holding the answer, or a list of them (same length as `question`).",
+        examples=["My name is John and I live in Seattle"],
+    )
 
     @field_validator("question", "context", mode="before")
     @classmethod
@@ -116,24 +134,34 @@ class InputData(BaseModel):
             if not value:
                 raise PydanticCustomError("list_empty", "the list must not be empty")
             if len(value) > limits.max_items:
-                raise PydanticCustomError("list_too_long", "the list has {n} items, over the server's limit of {limit}",
-                                          {"n": len(value), "limit": limits.max_items})
+                raise PydanticCustomError(
+                    "list_too_long",
+                    "the list has {n} items, over the server's limit of {limit}",
+                    {"n": len(value), "limit": limits.max_items},
+                )
             for i, text in enumerate(value):
                 _check_text(text, f"item {i} ", max_chars)
         else:
-            raise PydanticCustomError("texts_type", "must be a string or a list of strings, got {got}",
-                                      {"got": json_type(value)})
+            raise PydanticCustomError(
+                "texts_type", "must be a string or a list of strings, got {got}", {"got": json_type(value)}
+            )
         return value
 
     @model_validator(mode="after")
     def _same_shape(self) -> "InputData":
         q, c = self.question, self.context
         if isinstance(q, str) != isinstance(c, str):
-            raise PydanticCustomError("shape_mismatch", "question and context must both be strings or both be lists "
-                                      "(got {q} and {c})", {"q": a_json_type(q), "c": a_json_type(c)})
+            raise PydanticCustomError(
+                "shape_mismatch",
+                "question and context must both be strings or both be lists (got {q} and {c})",
+                {"q": a_json_type(q), "c": a_json_type(c)},
+            )
         if isinstance(q, list) and len(q) != len(c):
-            raise PydanticCustomError("length_mismatch", "question has {nq} items but context has {nc}: the lists "
-                                      "must have equal lengths", {"nq": len(q), "nc": len(c)})
+            raise PydanticCustomError(
+                "length_mismatch",
+                "question has {nq} items but context has {nc}: the lists must have equal lengths",
+                {"nq": len(q), "nc": len(c)},
+            )
         return self
 
     def pairs(self) -> tuple[list[str], list[str]]:
@@ -149,10 +177,15 @@ class Parameters(BaseModel):
 
     top_k: int = Field(1, ge=1, description="How many answers per question (best first).")
     max_answer_len: int = Field(15, ge=1, le=512, description="Longest answer, in tokens.")
-    max_seq_len: Optional[int] = Field(None, ge=16, description="Window length in tokens (question + context); "
-                                       "default min(model_max_length, 384).")
-    doc_stride: Optional[int] = Field(None, ge=0, description="Overlap between consecutive windows of a long "
-                                      "context, in tokens; default min(max_seq_len // 2, 128).")
+    max_seq_len: Optional[int] = Field(
+        None, ge=16, description="Window length in tokens (question + context); default min(model_max_length, 384)."
+    )
+    doc_stride: Optional[int] = Field(
+        None,
+        ge=0,
+        description="Overlap between consecutive windows of a long "
+        "context, in tokens; default min(max_seq_len // 2, 128).",
+    )
     max_question_len: int = Field(64, ge=1, le=512, description="Longest question in tokens (slow tokenizers only).")
     handle_impossible_answer: bool = Field(False, description="Allow the empty answer (SQuAD v2).")
     align_to_words: bool = Field(True, description="Snap answer boundaries to whole words.")
@@ -161,15 +194,24 @@ class Parameters(BaseModel):
     def _bounded(self, info: ValidationInfo) -> "Parameters":
         limits = (info.context or {}).get("limits", Limits())
         if self.top_k > limits.max_top_k:
-            raise PydanticCustomError("top_k_too_large", "top_k is {k}, over the server's limit of {limit}",
-                                      {"k": self.top_k, "limit": limits.max_top_k})
+            raise PydanticCustomError(
+                "top_k_too_large",
+                "top_k is {k}, over the server's limit of {limit}",
+                {"k": self.top_k, "limit": limits.max_top_k},
+            )
         if self.max_seq_len is not None and self.max_seq_len > limits.max_seq_len:
-            raise PydanticCustomError("max_seq_len_too_large", "max_seq_len is {n}, over the model's limit of {limit}",
-                                      {"n": self.max_seq_len, "limit": limits.max_seq_len})
+            raise PydanticCustomError(
+                "max_seq_len_too_large",
+                "max_seq_len is {n}, over the model's limit of {limit}",
+                {"n": self.max_seq_len, "limit": limits.max_seq_len},
+            )
         seq = self.max_seq_len if self.max_seq_len is not None else min(limits.max_seq_len, 384)
         if self.doc_stride is not None and self.doc_stride >= seq:
-            raise PydanticCustomError("doc_stride_too_large", "doc_stride ({s}) must be smaller than max_seq_len ({n})",
-                                      {"s": self.doc_stride, "n": seq})
+            raise PydanticCustomError(
+                "doc_stride_too_large",
+                "doc_stride ({s}) must be smaller than max_seq_len ({n})",
+                {"s": self.doc_stride, "n": seq},
+            )
         return self
 
     def pipeline_kwargs(self) -> dict[str, Any]:
@@ -180,12 +222,21 @@ class Parameters(BaseModel):
 class ScoreRequest(BaseModel):
     """The body of POST /score and POST /v1/answer."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"input_data": {"question": "What's my name?", "context": "My name is John and I live in Seattle"}},
-        {"input_data": {"question": ["What's my name?", "Where do I live?"],
-                        "context": ["My name is John and I live in Seattle", "I live in Rome"]},
-         "parameters": {"top_k": 1, "max_answer_len": 15}},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"input_data": {"question": "What's my name?", "context": "My name is John and I live in Seattle"}},
+                {
+                    "input_data": {
+                        "question": ["What's my name?", "Where do I live?"],
+                        "context": ["My name is John and I live in Seattle", "I live in Rome"],
+                    },
+                    "parameters": {"top_k": 1, "max_answer_len": 15},
+                },
+            ]
+        },
+    )
 
     input_data: InputData
     parameters: Parameters = Field(default_factory=Parameters)
@@ -194,9 +245,10 @@ class ScoreRequest(BaseModel):
     @classmethod
     def _objects(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, dict):
-            what = '{"question": ..., "context": ...}' if info.field_name == "input_data" else "{\"top_k\": 1, ...}"
-            raise PydanticCustomError("object_type", "must be an object such as {what}, got {got}",
-                                      {"what": what, "got": a_json_type(value)})
+            what = '{"question": ..., "context": ...}' if info.field_name == "input_data" else '{"top_k": 1, ...}'
+            raise PydanticCustomError(
+                "object_type", "must be an object such as {what}, got {got}", {"what": what, "got": a_json_type(value)}
+            )
         return value
 
 
@@ -254,8 +306,9 @@ def json_depth(text: str) -> int:
 def _parse_int(digits: str) -> int:
     n = len(digits.lstrip("-"))
     if n > MAX_INTEGER_DIGITS:
-        raise BadRequest(400, f"request body holds an integer of {n} digits, over the server's limit of "
-                              f"{MAX_INTEGER_DIGITS}")
+        raise BadRequest(
+            400, f"request body holds an integer of {n} digits, over the server's limit of {MAX_INTEGER_DIGITS}"
+        )
     return int(digits)
 
 
@@ -266,16 +319,21 @@ def _no_constant(name: str):
 def parse_request(body: bytes, limits: Limits) -> ScoreRequest:
     """The request in `body`, or a BadRequest naming the first problem (400 not JSON, 422 wrong schema)."""
     if not body.strip():
-        raise BadRequest(400, 'request body is empty: send a JSON object such as {"input_data": {"question": ..., '
-                              '"context": ...}}')
+        raise BadRequest(
+            400, 'request body is empty: send a JSON object such as {"input_data": {"question": ..., "context": ...}}'
+        )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BadRequest(400, f"request body is not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start})") from None
+        raise BadRequest(
+            400, f"request body is not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start})"
+        ) from None
     depth = json_depth(text)
     if depth > MAX_JSON_DEPTH:
-        raise BadRequest(400, f"request body nests arrays and objects {depth} levels deep, over the server's limit of "
-                              f"{MAX_JSON_DEPTH}")
+        raise BadRequest(
+            400,
+            f"request body nests arrays and objects {depth} levels deep, over the server's limit of {MAX_JSON_DEPTH}",
+        )
     try:
         obj = json.loads(text, parse_int=_parse_int, parse_constant=_no_constant)
     except json.JSONDecodeError as e:

@@ -9,8 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-FULL_SIZE = dict(vocab_size=28996, dim=768, n_layers=6, n_heads=12, hidden_dim=3072, max_position_embeddings=512,
-                 sinusoidal_pos_embds=True)
+FULL_SIZE = dict(
+    vocab_size=28996,
+    dim=768,
+    n_layers=6,
+    n_heads=12,
+    hidden_dim=3072,
+    max_position_embeddings=512,
+    sinusoidal_pos_embds=True,
+)
 
 
 def transformers_checkpoint(folder: Path, seed: int, cls_name: str = "DistilBertForQuestionAnswering", **config):
@@ -72,15 +79,21 @@ def family_inputs(rng, lengths, config, seq_len=None):
     return out
 
 
-def transformers_outputs(model, ids: np.ndarray, mask: np.ndarray, attentions: bool = True,
-                         token_type_ids: np.ndarray | None = None) -> dict:
+def transformers_outputs(
+    model, ids: np.ndarray, mask: np.ndarray, attentions: bool = True, token_type_ids: np.ndarray | None = None
+) -> dict:
     """The torch model's outputs as float numpy arrays, under the names npbert uses."""
     import torch
 
     extra = {} if token_type_ids is None else {"token_type_ids": torch.from_numpy(token_type_ids)}
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                    output_hidden_states=True, output_attentions=attentions, **extra)
+        out = model(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            output_hidden_states=True,
+            output_attentions=attentions,
+            **extra,
+        )
     result = {"hidden_states": [h.numpy() for h in out.hidden_states]}
     if attentions:
         result["attentions"] = [a.numpy() for a in out.attentions]
@@ -98,7 +111,6 @@ def right_padded(rng, lengths, vocab_size, seq_len=None):
     return ids.astype(np.int64), mask
 
 
-
 def max_abs_diff(ours, theirs, rows_kept=None) -> float:
     """max |ours - theirs| over the rows selected by `rows_kept` ([B, S] bool over the first two axes of a
     [B, S, ...] tensor), or over everything."""
@@ -111,8 +123,10 @@ def compare(ours, theirs, keep) -> list[tuple[str, float]]:
     (or BaseModelOutput), `theirs` the transformers output as numpy dict with the same field names."""
     hidden = [max_abs_diff(a, b, keep) for a, b in zip(ours.hidden_states or (), theirs.get("hidden_states", ()))]
     # [B, H, S, S]: rows of unpadded queries, every key (masked keys must be exactly 0 on both sides).
-    attention = [max_abs_diff(a.transpose(0, 2, 1, 3), b.transpose(0, 2, 1, 3), keep)
-                 for a, b in zip(ours.attentions or (), theirs.get("attentions", ()))]
+    attention = [
+        max_abs_diff(a.transpose(0, 2, 1, 3), b.transpose(0, 2, 1, 3), keep)
+        for a, b in zip(ours.attentions or (), theirs.get("attentions", ()))
+    ]
     rows = [("embeddings", hidden[0])] if hidden else []
     for i in range(max(len(hidden) - 1, len(attention))):  # in forward order: layer i's attention, then its output
         if i < len(attention):

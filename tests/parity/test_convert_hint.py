@@ -19,8 +19,16 @@ pytest.importorskip("transformers", reason="transformers (the parity extra) is n
 
 
 def test_the_printed_conversion_command_works(tmp_path):
-    folder, torch_model = transformers_checkpoint(tmp_path / "ckpt", seed=3, vocab_size=40, dim=8, n_heads=2,
-                                                  hidden_dim=12, n_layers=1, max_position_embeddings=16)
+    folder, torch_model = transformers_checkpoint(
+        tmp_path / "ckpt",
+        seed=3,
+        vocab_size=40,
+        dim=8,
+        n_heads=2,
+        hidden_dim=12,
+        n_layers=1,
+        max_position_embeddings=16,
+    )
     (folder / "model.safetensors").unlink()
     torch_model.save_pretrained(folder, safe_serialization=False)  # the pickled pytorch_model.bin only
     assert (folder / "pytorch_model.bin").is_file() and not (folder / "model.safetensors").exists()
@@ -30,5 +38,8 @@ def test_the_printed_conversion_command_works(tmp_path):
     subprocess.run([sys.executable, "-c", command], check=True, capture_output=True, timeout=600)
     ids, mask = right_padded(np.random.default_rng(0), [16, 5], 40)
     ours = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)(ids, attention_mask=mask)
-    assert_close(compare(ours, transformers_outputs(torch_model, ids, mask, attentions=False), mask.astype(bool)),
-                 {"logits": 1e-5}, "after the printed conversion")
+    assert_close(
+        compare(ours, transformers_outputs(torch_model, ids, mask, attentions=False), mask.astype(bool)),
+        {"logits": 1e-5},
+        "after the printed conversion",
+    )

@@ -21,17 +21,37 @@ KERNELS = ["numba", "numpy"]
 # Tiny configs of several shapes: n_heads divides dim; odd FFN widths; one head; 16 heads of width 4;
 # learned and sinusoidal position tables; initializer ranges large enough that attention is peaked.
 TINY_CONFIGS = [
-    dict(vocab_size=64, dim=8, n_heads=1, hidden_dim=8, n_layers=1, max_position_embeddings=16,
-         sinusoidal_pos_embds=True, initializer_range=0.3),
-    dict(vocab_size=99, dim=12, n_heads=3, hidden_dim=37, n_layers=2, max_position_embeddings=40,
-         initializer_range=0.2),
-    dict(vocab_size=200, dim=48, n_heads=6, hidden_dim=131, n_layers=3, max_position_embeddings=64,
-         initializer_range=0.1),
-    dict(vocab_size=150, dim=64, n_heads=16, hidden_dim=64, n_layers=2, max_position_embeddings=128,
-         sinusoidal_pos_embds=True, initializer_range=0.15),
+    dict(
+        vocab_size=64,
+        dim=8,
+        n_heads=1,
+        hidden_dim=8,
+        n_layers=1,
+        max_position_embeddings=16,
+        sinusoidal_pos_embds=True,
+        initializer_range=0.3,
+    ),
+    dict(
+        vocab_size=99, dim=12, n_heads=3, hidden_dim=37, n_layers=2, max_position_embeddings=40, initializer_range=0.2
+    ),
+    dict(
+        vocab_size=200, dim=48, n_heads=6, hidden_dim=131, n_layers=3, max_position_embeddings=64, initializer_range=0.1
+    ),
+    dict(
+        vocab_size=150,
+        dim=64,
+        n_heads=16,
+        hidden_dim=64,
+        n_layers=2,
+        max_position_embeddings=128,
+        sinusoidal_pos_embds=True,
+        initializer_range=0.15,
+    ),
 ]
-TINY_TOLERANCES = {np.float32: {"embeddings": 1e-5, "hidden": 1e-5, "attention": 1e-6, "logits": 1e-5},
-                   np.float64: {"embeddings": 1e-12, "hidden": 1e-12, "attention": 1e-12, "logits": 1e-12}}
+TINY_TOLERANCES = {
+    np.float32: {"embeddings": 1e-5, "hidden": 1e-5, "attention": 1e-6, "logits": 1e-5},
+    np.float64: {"embeddings": 1e-12, "hidden": 1e-12, "attention": 1e-12, "logits": 1e-12},
+}
 
 
 def _name(config):
@@ -63,8 +83,11 @@ def test_tiny_configs_match_transformers(tiny_transformers, kernels, dtype):
     theirs = transformers_outputs(torch_model, ids, mask)
     assert ours.start_logits.dtype == dtype and ours.hidden_states[-1].dtype == dtype
     assert len(ours.hidden_states) == config.n_layers + 1 and len(ours.attentions) == config.n_layers
-    assert_close(compare(ours, theirs, mask.astype(bool)), TINY_TOLERANCES[dtype],
-                 f"tiny {folder.name} kernels={kernels} dtype={np.dtype(dtype).name} lengths={lengths}")
+    assert_close(
+        compare(ours, theirs, mask.astype(bool)),
+        TINY_TOLERANCES[dtype],
+        f"tiny {folder.name} kernels={kernels} dtype={np.dtype(dtype).name} lengths={lengths}",
+    )
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -75,10 +98,14 @@ def test_tiny_random_batches_and_padding(tiny_transformers, data):
     model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
     S = data.draw(st.integers(1, config.max_position_embeddings), label="S")
     lengths = data.draw(st.lists(st.integers(1, S), min_size=1, max_size=4), label="lengths")
-    ids, mask = right_padded(np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed")),
-                             lengths, config.vocab_size, seq_len=S)
-    rows = compare(model(ids, attention_mask=mask, output_hidden_states=True),
-                   transformers_outputs(torch_model, ids, mask, attentions=False), mask.astype(bool))
+    ids, mask = right_padded(
+        np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed")), lengths, config.vocab_size, seq_len=S
+    )
+    rows = compare(
+        model(ids, attention_mask=mask, output_hidden_states=True),
+        transformers_outputs(torch_model, ids, mask, attentions=False),
+        mask.astype(bool),
+    )
     assert_close(rows, TINY_TOLERANCES[np.float32], f"tiny {folder.name} S={S} lengths={lengths}")
 
 
@@ -88,10 +115,15 @@ def test_tiny_logits_match_transformers_default_attention(tiny_transformers):
 
     folder, eager = tiny_transformers
     sdpa = transformers.DistilBertForQuestionAnswering.from_pretrained(folder).eval()
-    ids, mask = right_padded(np.random.default_rng(7), [eager.config.max_position_embeddings, 3], eager.config.vocab_size)
+    ids, mask = right_padded(
+        np.random.default_rng(7), [eager.config.max_position_embeddings, 3], eager.config.vocab_size
+    )
     ours = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)(ids, attention_mask=mask)
-    assert_close(compare(ours, transformers_outputs(sdpa, ids, mask, attentions=False), mask.astype(bool)),
-                 {"logits": 1e-5}, f"tiny {folder.name} vs transformers {sdpa.config._attn_implementation}")
+    assert_close(
+        compare(ours, transformers_outputs(sdpa, ids, mask, attentions=False), mask.astype(bool)),
+        {"logits": 1e-5},
+        f"tiny {folder.name} vs transformers {sdpa.config._attn_implementation}",
+    )
 
 
 def test_tiny_unbatched_and_list_inputs(tiny_transformers):
@@ -109,16 +141,19 @@ def test_encoder_matches_transformers_distilbert_model(tmp_path):
     folder, torch_encoder = transformers_checkpoint(tmp_path / "encoder", seed=5, cls_name="DistilBertModel", **config)
     ids, mask = right_padded(np.random.default_rng(0), [30, 11, 4], config["vocab_size"])
     # An encoder-only checkpoint (keys without `distilbert.`), as DistilBertModel.save_pretrained writes it.
-    ours = npbert.DistilBertModel.from_pretrained(folder)(ids, attention_mask=mask, output_hidden_states=True,
-                                                           output_attentions=True)
+    ours = npbert.DistilBertModel.from_pretrained(folder)(
+        ids, attention_mask=mask, output_hidden_states=True, output_attentions=True
+    )
     theirs = transformers_outputs(torch_encoder, ids, mask)
     assert_close(compare(ours, theirs, mask.astype(bool)), TINY_TOLERANCES[np.float32], "DistilBertModel")
 
 
 # --- full size: 28996 x 768, 6 layers, 12 heads (the real checkpoint's shape) ------------------------------
 
-FULL_TOLERANCES = {np.float32: {"logits": 1e-4, "hidden": 1e-4, "embeddings": 1e-5, "attention": 1e-5},
-                   np.float64: {"logits": 1e-9, "hidden": 1e-9, "embeddings": 1e-12, "attention": 1e-12}}
+FULL_TOLERANCES = {
+    np.float32: {"logits": 1e-4, "hidden": 1e-4, "embeddings": 1e-5, "attention": 1e-5},
+    np.float64: {"logits": 1e-9, "hidden": 1e-9, "embeddings": 1e-12, "attention": 1e-12},
+}
 
 FULL_CASES = [
     # (kernels, dtype, lengths, S, output_attentions): the numpy references only at small shapes (slow).
@@ -130,8 +165,11 @@ FULL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernels, dtype, lengths, S, attentions", FULL_CASES,
-                         ids=[f"{k}-{np.dtype(d).name}-B{len(n)}-S{s}" for k, d, n, s, _ in FULL_CASES])
+@pytest.mark.parametrize(
+    "kernels, dtype, lengths, S, attentions",
+    FULL_CASES,
+    ids=[f"{k}-{np.dtype(d).name}-B{len(n)}-S{s}" for k, d, n, s, _ in FULL_CASES],
+)
 def test_full_size_matches_transformers(request, full_transformers, kernels, dtype, lengths, S, attentions):
     folder, torch_model = full_transformers
     if dtype == np.float64:
@@ -140,5 +178,8 @@ def test_full_size_matches_transformers(request, full_transformers, kernels, dty
     ids, mask = right_padded(np.random.default_rng(S + len(lengths)), lengths, 28996, seq_len=S)
     ours = model(ids, attention_mask=mask, output_hidden_states=True, output_attentions=attentions)
     theirs = transformers_outputs(torch_model, ids, mask, attentions=attentions)
-    assert_close(compare(ours, theirs, mask.astype(bool)), FULL_TOLERANCES[dtype],
-                 f"full size kernels={kernels} dtype={np.dtype(dtype).name} B={len(lengths)} S={S} lengths={lengths}")
+    assert_close(
+        compare(ours, theirs, mask.astype(bool)),
+        FULL_TOLERANCES[dtype],
+        f"full size kernels={kernels} dtype={np.dtype(dtype).name} B={len(lengths)} S={S} lengths={lengths}",
+    )

@@ -28,8 +28,17 @@ def test_formula_matches_transformers_create_sinusoidal_embeddings(n_pos, dim):
 
 
 def test_saved_sinusoidal_table_is_the_formula(tmp_path):
-    folder, _ = transformers_checkpoint(tmp_path, seed=1, vocab_size=50, dim=16, n_heads=2, hidden_dim=20,
-                                        n_layers=1, max_position_embeddings=40, sinusoidal_pos_embds=True)
+    folder, _ = transformers_checkpoint(
+        tmp_path,
+        seed=1,
+        vocab_size=50,
+        dim=16,
+        n_heads=2,
+        hidden_dim=20,
+        n_layers=1,
+        max_position_embeddings=40,
+        sinusoidal_pos_embds=True,
+    )
     stored = load_file(str(folder / "model.safetensors"))[KEY]
     np.testing.assert_array_equal(stored, sinusoidal_table(40, 16).astype(np.float32))
     loaded = npbert.DistilBertForQuestionAnswering.from_pretrained(folder).weights
@@ -39,8 +48,17 @@ def test_saved_sinusoidal_table_is_the_formula(tmp_path):
 def test_stored_table_wins_over_the_flag(tmp_path):
     import transformers
 
-    folder, _ = transformers_checkpoint(tmp_path, seed=2, vocab_size=50, dim=16, n_heads=2, hidden_dim=20,
-                                        n_layers=1, max_position_embeddings=40, sinusoidal_pos_embds=True)
+    folder, _ = transformers_checkpoint(
+        tmp_path,
+        seed=2,
+        vocab_size=50,
+        dim=16,
+        n_heads=2,
+        hidden_dim=20,
+        n_layers=1,
+        max_position_embeddings=40,
+        sinusoidal_pos_embds=True,
+    )
     tensors = load_file(str(folder / "model.safetensors"))
     tensors[KEY] = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
@@ -48,6 +66,9 @@ def test_stored_table_wins_over_the_flag(tmp_path):
     np.testing.assert_array_equal(model.weights.encoder.embeddings.position_embeddings.weight, tensors[KEY])
     torch_model = transformers.DistilBertForQuestionAnswering.from_pretrained(folder, attn_implementation="eager")
     ids, mask = right_padded(np.random.default_rng(1), [40, 9], 50)
-    rows = compare(model(ids, attention_mask=mask, output_hidden_states=True),
-                   transformers_outputs(torch_model.eval(), ids, mask, attentions=False), mask.astype(bool))
+    rows = compare(
+        model(ids, attention_mask=mask, output_hidden_states=True),
+        transformers_outputs(torch_model.eval(), ids, mask, attentions=False),
+        mask.astype(bool),
+    )
     assert_close(rows, {"embeddings": 1e-5, "hidden": 1e-5, "logits": 1e-5}, "stored (non-sinusoidal) table")

@@ -1,0 +1,211 @@
+"""Products with a linear layer's weights: `linear(x) = x @ W.T + b`, and the panel GEMM behind it.
+
+`linear` and `matmul_t` read a weight in any layout the loader or layout.py leaves: the checkpoint's
+[out, in] matrix (weights.py), the same matrix stored column-major (`W.T` C-contiguous, BLAS's plain
+case), or, on AVX-512 CPUs, [out / 32, in, 32] panels that `matmul_panels_numba` streams without
+repacking. The values are the same in every layout: x @ W.T.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numba.extending
+import numpy as np
+from numba.core import cgutils
+
+from .numba import JIT
+from .parallel import split_over_threads
+
+
+def matmul_t(x, weight):  # [..., in] -> [..., out]: x @ W.T, for W [out, in] in any of the layouts above
+    if weight.ndim == 3:  # panels (layout.py)
+        return matmul_panels_numba(x.reshape(-1, x.shape[-1]), weight).reshape(*x.shape[:-1], -1)
+    return x @ weight.T
+
+
+def linear(x, lin):  # [..., in] -> [..., out]
+    # One [B*S, in] GEMM, not B stacked [S, in] ones: numpy runs a 3-D product as one GEMM per batch row,
+    # slower at B > 1 (docs/performance.md).
+    y = matmul_t(x.reshape(-1, x.shape[-1]), lin.weight)
+    y += lin.bias  # in place: no second [..., out] temporary
+    return y.reshape(*x.shape[:-1], -1)
+
+
+# --- matrix products over weights packed in panels --------------------------------------------------------
+# x @ W.T for a linear layer whose [out, in] matrix layout.relayout_for_speed stored as panels: [out / 32, in,
+# 32], panel p holding W.T's columns 32p..32p+31, each k's 32 values contiguous, so a product streams each
+# panel once, in order, and never repacks it (OpenBLAS copies both operands into its blocked layout on every
+# call: at 16 rows that is most of its time). x: [M, in] C-contiguous float32. Returns [M, out].
+#
+# The micro-kernel is written in LLVM's vector IR (numba's intrinsic API), since numba's loop vectoriser does
+# not keep a register tile in registers (plain numba loops over the same panels ran 10x slower than OpenBLAS):
+# an 8-row x 32-column tile of x @ W.T lives in 16 AVX-512 registers (2 per row) for a block of k; per k it
+# loads the panel's 32 values once (2 vectors), broadcasts each row's x[i, k], and does 16 fused
+# multiply-adds (docs/performance.md compares it with OpenBLAS). It needs AVX-512 to be fast (32 vector
+# registers of 16 floats): layout.py packs panels only where LLVM targets it (panels_pay_off).
+
+PANEL_WIDTH = 32  # columns of W.T per panel: two 16-float vectors per tile row
+_TILE_ROWS = 8  # rows of x per tile: 8 x 2 accumulators + 2 panel vectors + a broadcast = 19 of 32 registers
+# k is walked in blocks: each block's sum starts in registers and is added to the tile in memory, so a
+# float32 dot product of length 3072 is rounded as 12 sums of 256 (plus their 12-term sum), not one long
+# running sum: max |error| against float64 1.2e-5 instead of 4.0e-5 for lin2 (OpenBLAS: 5e-6). A block of
+# the panel (256 x 32 floats, 32 KB) also stays in L1 while every row tile uses it.
+_K_BLOCK = 256
+
+
+@numba.extending.intrinsic
+def _panel_tile(typingctx, x, x_at, x_row_stride, panels, panel_at, out, out_at, out_row_stride, k_count, accumulate):
+    """out[i, j] (+)= sum over k < k_count of x[i, k] * panel[k, j], for i < 8, j < 32: x and out row-major
+    from flat offsets (elements) and row strides, the panel from its flat offset. Emits LLVM vector IR."""
+    sig = numba.types.void(x, x_at, x_row_stride, panels, panel_at, out, out_at, out_row_stride, k_count, accumulate)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        x, x_at, x_row_stride, panels, panel_at, out, out_at, out_row_stride, k_count, accumulate = args
+        data = lambda i, value: context.make_array(signature.args[i])(context, builder, value).data  # noqa: E731
+        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        vec = ir.VectorType(f32, 16)
+        const = lambda v: ir.Constant(i64, v)  # noqa: E731
+        x_ptr = builder.gep(data(0, x), [x_at])
+        panel_ptr = builder.gep(data(3, panels), [panel_at])
+        out_ptr = builder.gep(data(5, out), [out_at])
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v16f32")
+        zero, undef = ir.Constant(vec, [0.0] * 16), ir.Constant(vec, ir.Undefined)
+        splat_lane0 = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+        vectors = PANEL_WIDTH // 16
+
+        x_rows = [builder.gep(x_ptr, [builder.mul(const(i), x_row_stride)]) for i in range(_TILE_ROWS)]  # hoisted
+        entry, loop, done = builder.block, builder.append_basic_block("tile.k"), builder.append_basic_block("tile.out")
+        builder.cbranch(builder.icmp_signed(">", k_count, const(0)), loop, done)
+        builder.position_at_end(loop)  # one k: 2 panel loads, 8 broadcasts, 16 fused multiply-adds
+        k = builder.phi(i64)
+        acc = [[builder.phi(vec) for _ in range(vectors)] for _ in range(_TILE_ROWS)]
+        row = builder.gep(panel_ptr, [builder.mul(k, const(PANEL_WIDTH))])
+        w = [
+            builder.load(builder.bitcast(builder.gep(row, [const(16 * j)]), vec.as_pointer()), align=4)
+            for j in range(vectors)
+        ]
+        summed = []
+        for i in range(_TILE_ROWS):
+            xi = builder.load(builder.gep(x_rows[i], [k]))
+            xi = builder.shuffle_vector(builder.insert_element(undef, xi, ir.Constant(i32, 0)), undef, splat_lane0)
+            summed.append([builder.call(fma, [xi, w[j], acc[i][j]]) for j in range(vectors)])
+        k_next = builder.add(k, const(1))
+        k.add_incoming(const(0), entry)
+        k.add_incoming(k_next, loop)
+        for i in range(_TILE_ROWS):
+            for j in range(vectors):
+                acc[i][j].add_incoming(zero, entry)
+                acc[i][j].add_incoming(summed[i][j], loop)
+        builder.cbranch(builder.icmp_signed("<", k_next, k_count), loop, done)
+
+        builder.position_at_end(done)  # store the tile, or add it to what out holds
+        final = [[builder.phi(vec) for _ in range(vectors)] for _ in range(_TILE_ROWS)]
+        for i in range(_TILE_ROWS):
+            for j in range(vectors):
+                final[i][j].add_incoming(zero, entry)
+                final[i][j].add_incoming(summed[i][j], loop)
+        add = builder.icmp_unsigned("!=", accumulate, ir.Constant(accumulate.type, 0))
+        for i in range(_TILE_ROWS):
+            for j in range(vectors):
+                at = builder.bitcast(
+                    builder.gep(out_ptr, [builder.add(builder.mul(const(i), out_row_stride), const(16 * j))]),
+                    vec.as_pointer(),
+                )
+                before = builder.select(add, builder.load(at, align=4), zero)
+                builder.store(builder.fadd(before, final[i][j]), at, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(**JIT)
+def _matmul_panels_numba(x, panels, out, first, last):  # out[:, 32 first:32 last] = x @ W.T's panels first..last-1
+    # x, panels, out: C-contiguous (the tile addresses them by flat offsets from their first element)
+    M, K = x.shape
+    N = out.shape[1]
+    full = M - M % _TILE_ROWS
+    # The last M % 8 rows go through a zero-padded 8-row copy and an 8 x 32 tile buffer. Loops, not
+    # `padded[:r] = x[full:]`: numba took ~4.5 s to compile that slice copy (1.0 s for all of this).
+    padded = np.zeros((_TILE_ROWS, K), np.float32)
+    for i in range(M - full):
+        for k in range(K):
+            padded[i, k] = x[full + i, k]
+    tile = np.empty(_TILE_ROWS * PANEL_WIDTH, np.float32)
+    for p in range(first, last):
+        for k0 in range(0, K, _K_BLOCK):
+            k_count = min(_K_BLOCK, K - k0)
+            at = p * K * PANEL_WIDTH + k0 * PANEL_WIDTH
+            for i0 in range(0, full, _TILE_ROWS):
+                _panel_tile(x, i0 * K + k0, K, panels, at, out, i0 * N + p * PANEL_WIDTH, N, k_count, k0 > 0)
+            if full < M:
+                _panel_tile(padded, k0, K, panels, at, tile, 0, PANEL_WIDTH, k_count, k0 > 0)
+        if full < M:
+            for i in range(M - full):
+                for j in range(PANEL_WIDTH):
+                    out[full + i, p * PANEL_WIDTH + j] = tile[i * PANEL_WIDTH + j]
+
+
+# Below this many multiply-adds a product runs on the calling thread alone: at one row the product is
+# bound by streaming the weights from memory, and a second thread does not help (docs/performance.md,
+# "Kernel thresholds"). One row stays serial (qkv at 1 row: 1.8M) and 4 rows split.
+_MATMUL_SERIAL_BELOW = 1 << 22
+
+GEMM_ENV = "NPBERT_GEMM"  # "panels" or "blas" (numpy's BLAS on column-major weights); unset: auto
+
+
+def panels_pay_off(dtype) -> bool:
+    """Whether layout.relayout_for_speed should store panels for the numba kernels: $NPBERT_GEMM=panels
+    or blas decides; unset, float32 on a CPU where numba's LLVM targets AVX-512 (the tile needs its 32
+    vector registers; on AVX2 its 16 accumulators would not fit in 16). float64 (audit mode) keeps BLAS."""
+    choice = os.environ.get(GEMM_ENV, "").strip() or "auto"
+    if choice not in ("auto", "panels", "blas"):
+        raise ValueError(f"{GEMM_ENV} must be panels, blas or unset (auto), found {choice!r}")
+    if choice == "blas" or np.dtype(dtype) != np.float32:
+        return False
+    return choice == "panels" or "+avx512f" in _llvm_cpu_features()
+
+
+def _llvm_cpu_features() -> str:
+    # What numba compiles for: $NUMBA_CPU_FEATURES when set, else the host's features as LLVM sees them.
+    from numba.core import config
+
+    if config.CPU_FEATURES:
+        return config.CPU_FEATURES
+    import llvmlite.binding
+
+    return llvmlite.binding.get_host_cpu_features().flatten()
+
+
+def matmul_panels_numba(x, panels):  # [M, in] x [out/32, in, 32] -> [M, out]
+    n_panels, K, width = panels.shape
+    if width != PANEL_WIDTH or x.dtype != np.float32 or panels.dtype != np.float32 or x.ndim != 2 or x.shape[1] != K:
+        raise ValueError(
+            f"matmul_panels: x {x.dtype}{list(x.shape)} and panels {panels.dtype}{list(panels.shape)} "
+            f"do not fit (float32, [M, in] and [out/{PANEL_WIDTH}, in, {PANEL_WIDTH}])"
+        )
+    x, panels = np.ascontiguousarray(x), np.ascontiguousarray(panels)  # no copies for the re-laid weights
+    out = np.empty((x.shape[0], n_panels * width), np.float32)
+    split_over_threads(
+        lambda chunk: _matmul_panels_numba(x, panels, out, chunk.start, chunk.stop),
+        range(n_panels),
+        x.shape[0] * K * n_panels * width >= _MATMUL_SERIAL_BELOW,
+    )
+    return out
+
+
+def qkv_projections(x, attention, tap=None):  # [B, S, D] -> q, k, v [B, S, D]
+    """An attention's q, k and v: one GEMM on the fused [3D, D] matrix when layout.py made one (the
+    three are then views of its output, no copies), else three (the loader's plain tree)."""
+    if getattr(attention, "qkv", None) is not None:
+        D = x.shape[-1]
+        qkv = linear(x, attention.qkv)  # [B, S, 3D]
+        q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
+    else:
+        q, k, v = linear(x, attention.q_lin), linear(x, attention.k_lin), linear(x, attention.v_lin)
+    if tap is not None:
+        tap["q"], tap["k"], tap["v"] = q, k, v
+    return q, k, v

@@ -1,0 +1,345 @@
+"""The numba kernels: the same operations as ops/reference.py, with the same signatures, made fast.
+
+Each `<name>_numba` here computes what `<name>_numpy` in ops/reference.py computes (tests/test_kernels.py
+and tests/test_deberta.py assert that each pair agrees); `ops.select()` picks one set. Matrix products
+stay in numpy (OpenBLAS) or ops/gemm.py: the kernels do what surrounds the products (softmax, GELU,
+LayerNorm). They are serial and release the GIL; ops/parallel.py spreads them over the worker threads.
+Compiled on first use and cached on disk (`cache=True`, in npbert's cache folder: cache_root.py), so later
+processes start fast.
+
+Given a `tap`, an attention kernel runs its reference twin instead: the tap asks for the scores before
+the mask, which these kernels never form whole (each head's scores are masked and shifted in place).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from .parallel import split_over_threads
+from .reference import attention_numpy, disentangled_attention_numpy
+
+# Below these sizes a kernel runs on the calling thread alone: handing half the work to another thread
+# costs more than the half it takes over (docs/performance.md, "Kernel thresholds"). Attention splits from
+# far smaller sizes: each head also does two products.
+_ATTENTION_SERIAL_BELOW = 1 << 16  # B * H * S * S
+_GELU_SERIAL_BELOW = 1 << 18  # N * F
+_LAYERNORM_SERIAL_BELOW = 1 << 19  # N * D
+
+# Kernels may reorder float sums (vectorised reductions) and fuse multiply-adds; never the nnan/ninf
+# flags: masked scores are finfo.min and -inf by design. numpy's error model: a float division by zero
+# gives inf as in numpy instead of raising, which would put a branch in every loop and stop LLVM from
+# vectorising it (docs/performance.md has GELU's time with and without the branch).
+JIT = dict(cache=True, nogil=True, error_model="numpy")
+FAST = {"reassoc", "contract"}
+
+
+# --- attention -------------------------------------------------------------------------------------------
+# As ops/reference.py: q, k, v [B, S, D] (views of the fused qkv output are fine), keep [B, S] bool.
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _scale_mask_shift_numba(scores, keep, scale):  # in place on one head's [S, S]; keep: [S]
+    # Scaling the scores instead of q is bit-identical when scale is a power of two (Dh = 64: 1/8),
+    # and otherwise differs at rounding level only (what transformers 5.x does).
+    S = scores.shape[0]
+    n_kept = 0
+    for j in range(S):
+        n_kept += keep[j]
+    for i in range(S):
+        row = scores[i]
+        if n_kept == 0:  # every key masked: finfo.min everywhere, exp(0) = 1 -> uniform, as the reference
+            row[:] = 0.0
+            continue
+        m = -np.inf
+        for j in range(S):
+            if keep[j]:
+                m = max(m, row[j] * scale)
+        for j in range(S):
+            # exp(finfo.min - max) underflows to exactly 0 in the reference; -inf gives the same 0.
+            row[j] = row[j] * scale - m if keep[j] else -np.inf
+    return scores
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _normalise_rows_numba(e):  # in place on [N, S]: each row divided by its sum
+    for n in range(e.shape[0]):
+        total = e.dtype.type(0.0)
+        for j in range(e.shape[1]):
+            total += e[n, j]
+        inv = 1.0 / total
+        for j in range(e.shape[1]):
+            e[n, j] *= inv
+    return e
+
+
+def attention_numba(q, k, v, keep, n_heads, return_probs=False, tap=None):
+    if tap is not None:
+        return attention_numpy(q, k, v, keep, n_heads, return_probs, tap)
+    B, S, D = q.shape
+    Dh = D // n_heads
+    keep = np.ascontiguousarray(keep, dtype=np.bool_)
+    scale = q.dtype.type(1.0 / math.sqrt(Dh))
+    context = np.empty((B, S, D), dtype=q.dtype)
+    probs = np.empty((B, n_heads, S, S), dtype=q.dtype) if return_probs else None
+
+    def heads(tasks):  # one thread's share of the (row, head) pairs, each start to finish
+        scratch = np.empty((S, S), dtype=q.dtype) if probs is None else None
+        for b, h in tasks:
+            cols = slice(h * Dh, (h + 1) * Dh)
+            p = scratch if probs is None else probs[b, h]  # [S, S]: 590 kB at S = 384, stays in L2
+            np.matmul(q[b, :, cols], k[b, :, cols].T, out=p)  # strided views of the fused qkv: no copies
+            _scale_mask_shift_numba(p, keep[b], scale)
+            # numpy's exp is SIMD and exact to ~1 ulp; numba's math.exp is a scalar libm call per element.
+            np.exp(p, out=p)
+            _normalise_rows_numba(p)
+            np.matmul(p, v[b, :, cols], out=context[b, :, cols])  # straight into head h's columns
+
+    split_over_threads(
+        heads,
+        [(b, h) for b in range(B) for h in range(n_heads)],
+        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW,
+        uses_blas=True,
+    )
+    return context, probs
+
+
+# --- DeBERTa's disentangled attention (ops/reference.py says what the arguments are) ----------------
+
+
+_P2C_TILE = 32
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _gather_p2c_numba(p2c_full, p2c_pos_t, scale, out):  # [S, 2A], [S, S], scalar -> out [S, S]
+    # out[i, j] = p2c_full[j, p2c_pos[j, i]] / scale: key j's product at the row of query i. Query i reads
+    # a different key row for every j; walked in 32 x 32 tiles, each key row is fetched once per tile
+    # instead of once per query (untiled it was mostly cache misses: docs/performance.md).
+    S = out.shape[0]
+    T = _P2C_TILE
+    for i0 in range(0, S, T):
+        for j0 in range(0, S, T):
+            for j in range(j0, min(j0 + T, S)):
+                for i in range(i0, min(i0 + T, S)):
+                    out[i, j] = p2c_full[j, p2c_pos_t[i, j]] / scale
+    return out
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _disentangled_mask_shift_numba(scores, c2p_full, p2c_term, c2p_pos, keep, scale, use_c2p, use_p2c):
+    # In place on one head's c2c [S, S] (already scaled): add the gathered c2p ([S, 2A] full product, row
+    # c2p_pos[i, j], divided by the scale) and the p2c term (_gather_p2c_numba), in the reference's order
+    # c2c + (c2p + p2c), mask by keep[i] & keep[j], subtract each row's maximum. Rows of padded queries
+    # are masked everywhere: all zeros here, exp -> uniform, as finfo.min everywhere gives in the reference.
+    S = scores.shape[0]
+    n_kept = 0
+    for j in range(S):
+        n_kept += keep[j]
+    for i in range(S):
+        row = scores[i]
+        if n_kept == 0 or not keep[i]:
+            row[:] = 0.0
+            continue
+        m = -np.inf
+        for j in range(S):
+            if keep[j]:
+                position = scores.dtype.type(0.0)
+                if use_c2p:
+                    position = c2p_full[i, c2p_pos[i, j]] / scale
+                if use_p2c:
+                    position = position + p2c_term[i, j]
+                row[j] = row[j] + position
+                m = max(m, row[j])
+        for j in range(S):
+            row[j] = row[j] - m if keep[j] else -np.inf
+    return scores
+
+
+def disentangled_attention_numba(
+    q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, n_heads, scale, return_probs=False, tap=None
+):
+    if tap is not None:
+        return disentangled_attention_numpy(
+            q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, keep, n_heads, scale, return_probs, tap
+        )
+    B, S, D = q.shape
+    Dh = D // n_heads
+    keep = np.ascontiguousarray(keep, dtype=np.bool_)
+    no_index = np.zeros((1, 1), dtype=np.int64)  # stands for an absent term's [S, S] rows (no relative_attention)
+    c2p_pos = no_index if c2p_pos is None else np.ascontiguousarray(c2p_pos, dtype=np.int64)
+    p2c_pos_t = no_index if p2c_pos is None else np.ascontiguousarray(np.asarray(p2c_pos, dtype=np.int64).T)
+    scale = q.dtype.type(scale)
+    context = np.empty((B, S, D), dtype=q.dtype)
+    probs = np.empty((B, n_heads, S, S), dtype=q.dtype) if return_probs else None
+    unused = np.zeros((1, 1), dtype=q.dtype)  # stands for an absent term's [S, 2A] product
+
+    def heads(tasks):  # one thread's share of the (row, head) pairs, as in attention_numba
+        scratch = np.empty((S, S), dtype=q.dtype) if probs is None else None
+        c2p_full = np.empty((S, pos_k.shape[0]), dtype=q.dtype) if pos_k is not None else unused
+        p2c_full = np.empty((S, pos_q.shape[0]), dtype=q.dtype) if pos_q is not None else unused
+        p2c_term = np.empty((S, S), dtype=q.dtype) if pos_q is not None else unused
+        for b, h in tasks:
+            cols = slice(h * Dh, (h + 1) * Dh)
+            p = scratch if probs is None else probs[b, h]  # [S, S]
+            np.matmul(q[b, :, cols], (k[b, :, cols] / scale).T, out=p)  # c2c: k scaled first, as the reference
+            if pos_k is not None:
+                np.matmul(q[b, :, cols], pos_k[:, cols].T, out=c2p_full)  # [S, 2A]: every query against every row
+            if pos_q is not None:
+                np.matmul(k[b, :, cols], pos_q[:, cols].T, out=p2c_full)  # [S, 2A]: every key against every row
+                _gather_p2c_numba(p2c_full, p2c_pos_t, scale, p2c_term)
+            _disentangled_mask_shift_numba(
+                p, c2p_full, p2c_term, c2p_pos, keep[b], scale, pos_k is not None, pos_q is not None
+            )
+            np.exp(p, out=p)
+            _normalise_rows_numba(p)
+            np.matmul(p, v[b, :, cols], out=context[b, :, cols])
+
+    split_over_threads(
+        heads,
+        [(b, h) for b in range(B) for h in range(n_heads)],
+        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW,
+        uses_blas=True,
+    )
+    return context, probs
+
+
+# --- bias + GELU (exact erf form, as ops/reference.py) ------------------------------------------------------
+# erf(x) = x P(x^2) / Q(x^2) on [-4, 4], clamped outside (|erf(4)| = 1 - 1.5e-8): the rational form
+# Eigen and XLA use for float32. Evaluated in float64 it is within 6.5e-8 of math.erf everywhere
+# (tests/test_kernels.py checks the bound against float64 math.erf on a dense grid), below float32's
+# resolution near 1 (6e-8); evaluated in float32 it would lose ~7 ulp. Unlike math.erf (a libm call per
+# element) it vectorises (docs/performance.md has the GELU's time either way).
+_ERF_P = (
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+)
+_ERF_Q = (
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+)
+
+
+@numba.njit(**JIT, fastmath=FAST, inline="always")
+def erf_rational(x):  # float64 -> float64, |error| < 6.5e-8, |result| <= 1
+    x = min(max(x, -4.0), 4.0)
+    x2 = x * x
+    p0, p1, p2, p3, p4, p5, p6 = _ERF_P
+    q0, q1, q2, q3, q4 = _ERF_Q
+    p = (((((p0 * x2 + p1) * x2 + p2) * x2 + p3) * x2 + p4) * x2 + p5) * x2 + p6  # Horner
+    q = (((q0 * x2 + q1) * x2 + q2) * x2 + q3) * x2 + q4
+    # The rational form overshoots 1 by 4.9e-8 near the clamp: clip, or GELU's far negative tail
+    # 0.5 x (1 + erf) would grow like -2.5e-8 x instead of being 0 (as it is in the float32 reference).
+    return min(max(x * p / q, -1.0), 1.0)
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _bias_gelu_f32_numba(h, bias):  # in place
+    N, F = h.shape
+    for n in range(N):
+        for f in range(F):
+            x = np.float64(h[n, f] + bias[f])  # the sum rounds to float32 first, as in the reference
+            h[n, f] = 0.5 * x * (1.0 + erf_rational(x * 0.7071067811865476))
+    return h
+
+
+@numba.njit(**JIT)
+def _bias_gelu_f64_numba(h, bias):  # in place; float64 (audit mode) keeps libm's erf: exact, not fast
+    N, F = h.shape
+    for n in range(N):
+        for f in range(F):
+            x = h[n, f] + bias[f]
+            h[n, f] = 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
+    return h
+
+
+def _over_rows(kernel, h, bias):  # an in-place bias + activation kernel, h's rows split over the threads
+    split_over_threads(
+        lambda rows: kernel(h[rows.start : rows.stop], bias), range(h.shape[0]), h.size >= _GELU_SERIAL_BELOW
+    )
+    return h
+
+
+def bias_gelu_numba(h, bias):
+    """Overwrites `h` (lin1's scratch output) with the result: no [N, F] temporary."""
+    return _over_rows(_bias_gelu_f64_numba if h.dtype == np.float64 else _bias_gelu_f32_numba, h, bias)
+
+
+# --- bias + the other activations a config may name (families.ACTIVATIONS) ---------------------------
+# gelu_tanh: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), transformers' NewGELUActivation
+# ("gelu_new", ALBERT's) and GELUTanh ("gelu_pytorch_tanh"); it is right only where the config names it.
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _bias_gelu_tanh_numba(h, bias):  # in place, float64 inside (float32: the sum rounds first, as the reference)
+    N, F = h.shape
+    for n in range(N):
+        for f in range(F):
+            x = np.float64(h[n, f] + bias[f])
+            h[n, f] = 0.5 * x * (1.0 + math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    return h
+
+
+def bias_gelu_tanh_numba(h, bias):
+    """Overwrites `h` with the result, like bias_gelu_numba."""
+    return _over_rows(_bias_gelu_tanh_numba, h, bias)
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _bias_relu_numba(h, bias):  # in place
+    N, F = h.shape
+    for n in range(N):
+        for f in range(F):
+            h[n, f] = max(h[n, f] + bias[f], 0.0)
+    return h
+
+
+def bias_relu_numba(h, bias):
+    """Overwrites `h` with the result, like bias_gelu_numba."""
+    return _over_rows(_bias_relu_numba, h, bias)
+
+
+# --- residual + LayerNorm ------------------------------------------------------------------------------
+# x, residual: [N, D]; weight, bias: [D]. Returns LayerNorm(x + residual): the post-LN order of every
+# DistilBERT block (normalise after the residual add, not before the sublayer as in pre-LN models).
+# eps is 1e-12 in DistilBERT, far below float32 resolution: it matters only for constant rows.
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _residual_layernorm_numba(x, residual, weight, bias, eps, out):
+    N, D = x.shape
+    for n in range(N):
+        # Two passes, accumulated in float64 (one row is only D values): the one-pass E[y^2] - E[y]^2
+        # cancels catastrophically when the mean is large against the spread.
+        mean = 0.0
+        for d in range(D):
+            mean += np.float64(x[n, d] + residual[n, d])  # the sum rounds to the dtype first, as the reference
+        mean /= D
+        var = 0.0
+        for d in range(D):
+            var += (np.float64(x[n, d] + residual[n, d]) - mean) ** 2
+        inv = 1.0 / math.sqrt(var / D + eps)
+        for d in range(D):
+            out[n, d] = (np.float64(x[n, d] + residual[n, d]) - mean) * inv * weight[d] + bias[d]
+    return out
+
+
+def residual_layernorm_numba(x, residual, weight, bias, eps):
+    out = np.empty_like(x)
+    split_over_threads(
+        lambda rows: _residual_layernorm_numba(
+            x[rows.start : rows.stop], residual[rows.start : rows.stop], weight, bias, eps, out[rows.start : rows.stop]
+        ),
+        range(x.shape[0]),
+        x.size >= _LAYERNORM_SERIAL_BELOW,
+    )
+    return out
