@@ -55,6 +55,7 @@ PANEL_WIDTH = 32  # columns of W.T per panel: two 16-float vectors (AVX-512) or 
 # running sum: max |error| against float64 1.2e-5 instead of 4.0e-5 for lin2 (OpenBLAS: 5e-6). A block of
 # the panel (256 x 32 floats, 32 KB) also stays in L1 while every row tile uses it.
 _K_BLOCK = 256
+_LINE_FLOATS = 16  # floats per 64-byte cache line
 
 
 class PanelTile(NamedTuple):
@@ -101,6 +102,9 @@ def _tile_intrinsic(tile: PanelTile):
             out_ptr = builder.gep(data(5, out), [out_at])
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
                                                  f"llvm.fma.v{lanes}f32")
+            i8p = ir.IntType(8).as_pointer()
+            prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                                      "llvm.prefetch.p0")
             zero, undef = ir.Constant(vec, [0.0] * lanes), ir.Constant(vec, ir.Undefined)
             splat_lane0 = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
 
@@ -114,6 +118,13 @@ def _tile_intrinsic(tile: PanelTile):
             row = builder.gep(panel_ptr, [builder.mul(k, const(PANEL_WIDTH))])
             w = [builder.load(builder.bitcast(builder.gep(row, [const(lanes * j)]), vec.as_pointer()), align=4)
                  for j in range(vectors)]
+            # The same columns one k-block further on (the next block, or the next panel's first) into L2
+            # while this block is computed: the row tiles after the first read this block from the caches,
+            # and without the prefetch memory would sit idle meanwhile (docs/performance.md, "Short inputs").
+            for line in range(0, tile.columns, _LINE_FLOATS):
+                ahead = builder.gep(row, [const(_K_BLOCK * PANEL_WIDTH + line)])
+                builder.call(prefetch, [builder.bitcast(ahead, i8p), ir.Constant(i32, 0), ir.Constant(i32, 2),
+                                        ir.Constant(i32, 1)])
             summed = []
             for i in range(rows):
                 xi = builder.load(builder.gep(x_rows[i], [k]))
