@@ -4,7 +4,8 @@ The forward (model.py) runs on the tree weights.py loads as well as on the one t
 changes is only how the matrices are stored and what is computed once instead of in every forward:
 
 - each layer's q, k, v stacked into one fused matrix (`FusedAttention.qkv`: one GEMM instead of three);
-- every linear's [out, in] matrix stored column-major, or as panels for the AVX-512 GEMM (ops/gemm.py);
+- every linear's [out, in] matrix stored column-major, or as panels for the panel GEMM (ops/gemm.py: AVX-512
+  or AVX2);
 - DeBERTa's relative-position table projected by every layer (`with_position_tables`);
 - the re-laid matrices shared between processes through one memory-mapped cache file (relaid_cache.py).
 
@@ -55,7 +56,7 @@ def relayout_for_speed(tree, weights_file: Path | None = None, panels: bool = Fa
       unchanged), but column-major, so `W.T` is a C-contiguous [in, out] matrix and `x @ W.T` is BLAS's plain
       no-transpose case. OpenBLAS runs that case faster than the transposed-B one on the stored layout, most
       at few rows (docs/performance.md, "Column-major weights").
-    - With `panels` (float32 on a CPU with AVX-512: ops.gemm.panels_pay_off), every linear whose output
+    - With `panels` (float32 on a CPU with AVX-512 or AVX2 + FMA: ops.gemm.panels_pay_off), every linear whose output
       width is a multiple of ops.gemm.PANEL_WIDTH (32) is stored instead as panels, an [out / 32, in, 32]
       array: panel p holds W.T's columns 32p..32p+31, row k of the panel their 32 weights for input k, so
       ops.gemm.matmul_panels_numba streams each panel once per product and never repacks it (ops.gemm.matmul_t

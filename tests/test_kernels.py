@@ -447,28 +447,33 @@ def assert_product_close(got, x, w):
     n_panels=st.integers(1, 4),
     scale=st.sampled_from([0.01, 1.0, 30.0]),
     seed=st.integers(0, 2**32 - 1),
+    tile=st.sampled_from(gemm.TILES),
 )
-def test_matmul_panels_matches_reference(M, d_in, n_panels, scale, seed):
+def test_matmul_panels_matches_reference(M, d_in, n_panels, scale, seed, tile):
+    # Both register tiles (AVX-512's 8 x 32, AVX2's 6 x 16), whatever this CPU has: LLVM lowers the vector IR
+    # to what the CPU runs, so the AVX-512 tile runs (slowly) on an AVX2 CPU and the AVX2 tile everywhere.
     rng = np.random.default_rng(seed)
     x = (scale * rng.standard_normal((M, d_in))).astype(np.float32)
     w = rng.standard_normal((n_panels * gemm.PANEL_WIDTH, d_in)).astype(np.float32)
     panels = pack_panels(w)
-    got = gemm.matmul_panels_numba(x, panels)
+    got = gemm.matmul_panels_numba(x, panels, tile)
     assert_product_close(got, x, w)
     assert_product_close(reference.matmul_panels_numpy(x, panels), x, w)  # the reference is x @ W.T itself
-    # Rows that are not a multiple of the tile (8), a strided x and strided panels give the same values.
-    np.testing.assert_array_equal(gemm.matmul_panels_numba(np.asfortranarray(x), panels), got)
+    # Rows that are not a multiple of the tile (8 or 6), a strided x and strided panels give the same values.
+    np.testing.assert_array_equal(gemm.matmul_panels_numba(np.asfortranarray(x), panels, tile), got)
     wider = np.zeros((n_panels, d_in, 2 * gemm.PANEL_WIDTH), np.float32)
     wider[..., 1::2] = panels
-    np.testing.assert_array_equal(gemm.matmul_panels_numba(x, wider[..., 1::2]), got)
+    np.testing.assert_array_equal(gemm.matmul_panels_numba(x, wider[..., 1::2], tile), got)
 
 
-def test_matmul_panels_at_the_forward_sizes_and_split_over_threads(monkeypatch):
+@pytest.mark.parametrize("tile", gemm.TILES, ids=lambda t: t.name)
+def test_matmul_panels_at_the_forward_sizes_and_split_over_threads(monkeypatch, tile):
     used = []
     real = gemm._matmul_panels_numba
     monkeypatch.setattr(
-        gemm, "_matmul_panels_numba", lambda *a: (used.append((threading.get_ident(), a[3], a[4])), real(*a))[1]
+        gemm, "_matmul_panels_numba", lambda *a: (used.append((threading.get_ident(), a[3], a[4], a[5])), real(*a))[1]
     )
+    monkeypatch.setenv(gemm.GEMM_ENV, tile.name)  # the tile $NPBERT_GEMM names, as in a model call
     as_in_a_model_call(monkeypatch, 2)
     rng = np.random.default_rng(8)
     for M, d_in, d_out in ((16, 768, 2304), (384, 768, 768), (13, 3072, 768)):
@@ -478,8 +483,9 @@ def test_matmul_panels_at_the_forward_sizes_and_split_over_threads(monkeypatch):
         assert M * d_in * d_out >= gemm._MATMUL_SERIAL_BELOW
         assert_product_close(gemm.matmul_panels_numba(x, pack_panels(w)), x, w)
         # two chunks of panels, together all of them, on two threads
-        assert sorted((a, b) for _, a, b in used) == [(0, d_out // 64), (d_out // 64, d_out // 32)]
-        assert len({ident for ident, _, _ in used}) == 2
+        assert sorted((a, b) for _, a, b, _ in used) == [(0, d_out // 64), (d_out // 64, d_out // 32)]
+        assert len({ident for ident, *_ in used}) == 2
+        assert {avx512 for *_, avx512 in used} == {tile is gemm.AVX512_TILE}
 
 
 def test_matmul_panels_refuses_what_does_not_fit():
@@ -491,20 +497,32 @@ def test_matmul_panels_refuses_what_does_not_fit():
         gemm.matmul_panels_numba(np.zeros((3, 8), np.float32), np.zeros((2, 8, 16), np.float32))
 
 
-def test_panels_pay_off(monkeypatch):
+def test_gemm_path(monkeypatch):
     monkeypatch.delenv(gemm.GEMM_ENV, raising=False)
-    monkeypatch.setattr(gemm, "_llvm_cpu_features", lambda: "+avx2,+fma,+avx512f,+avx512bw")
-    assert gemm.panels_pay_off(np.float32) and not gemm.panels_pay_off(np.float64)
-    monkeypatch.setattr(gemm, "_llvm_cpu_features", lambda: "+avx2,+fma,-avx512f")
-    assert not gemm.panels_pay_off(np.float32)
-    monkeypatch.setenv(gemm.GEMM_ENV, "panels")
-    assert gemm.panels_pay_off(np.float32) and not gemm.panels_pay_off(np.float64)
-    monkeypatch.setenv(gemm.GEMM_ENV, "blas")
-    monkeypatch.setattr(gemm, "_llvm_cpu_features", lambda: "+avx512f")
-    assert not gemm.panels_pay_off(np.float32)
+    cpus = {
+        "zen4": "+avx2,+fma,+avx512f,+avx512bw",
+        "zen3": "+avx2,+fma,-avx512f,-avx512bw",
+        "sse": "+sse4.2,-avx2,-fma",
+        "avx-no-fma": "+avx2,-fma,-avx512f",
+    }
+    expected = {  # $NPBERT_GEMM -> the path on each CPU
+        "": {"zen4": "panels-avx512", "zen3": "panels-avx2", "sse": "blas", "avx-no-fma": "blas"},
+        "panels": {"zen4": "panels-avx512", "zen3": "panels-avx2", "sse": "panels-avx2", "avx-no-fma": "panels-avx2"},
+        "panels-avx2": dict.fromkeys(cpus, "panels-avx2"),
+        "panels-avx512": dict.fromkeys(cpus, "panels-avx512"),
+        "blas": dict.fromkeys(cpus, "blas"),
+    }
+    for setting, paths in expected.items():
+        monkeypatch.setenv(gemm.GEMM_ENV, setting)
+        for cpu, path in paths.items():
+            monkeypatch.setattr(gemm, "_llvm_cpu_features", lambda features=cpus[cpu]: features)
+            assert (gemm.gemm_path(np.float32), gemm.gemm_path(np.float64)) == (path, "blas"), (setting, cpu)
+            assert gemm.panels_pay_off(np.float32) == (path != "blas")
     monkeypatch.setenv(gemm.GEMM_ENV, "mkl")
-    with pytest.raises(ValueError, match="NPBERT_GEMM must be panels, blas or unset .auto., found 'mkl'"):
-        gemm.panels_pay_off(np.float32)
+    with pytest.raises(
+        ValueError, match="NPBERT_GEMM must be panels, panels-avx512, panels-avx2, blas or unset .auto., found 'mkl'"
+    ):
+        gemm.gemm_path(np.float32)
 
 
 def test_relayout_in_panels(tmp_path):
@@ -545,9 +563,10 @@ def test_relayout_in_panels(tmp_path):
     assert again.encoder.transformer.layer[1].ffn.lin1 is fast.encoder.transformer.layer[1].ffn.lin1
 
 
-@pytest.mark.parametrize("choice", ["panels", "blas"], ids=["panels", "blas"])
+@pytest.mark.parametrize("choice", ["panels", "panels-avx512", "panels-avx2", "blas"])
 def test_both_gemms_give_the_reference_outputs(tmp_path, monkeypatch, choice):
-    # The model with panels (forced, whatever this CPU has) and with numpy's BLAS against the numpy kernels.
+    # The model with panels (forced, whatever this CPU has; each tile) and with numpy's BLAS against the
+    # numpy kernels.
     folder = checkpoints.write_checkpoint(
         tmp_path / "c",
         seed=9,
@@ -568,7 +587,7 @@ def test_both_gemms_give_the_reference_outputs(tmp_path, monkeypatch, choice):
     )
     monkeypatch.setenv(gemm.GEMM_ENV, choice)
     model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
-    assert (model.weights.encoder.transformer.layer[0].ffn.lin1.weight.ndim == 3) == (choice == "panels")
+    assert (model.weights.encoder.transformer.layer[0].ffn.lin1.weight.ndim == 3) == choice.startswith("panels")
     out = model(ids, mask, output_hidden_states=True)
     for a, b in zip(
         (out.start_logits, out.end_logits, *out.hidden_states), (ref.start_logits, ref.end_logits, *ref.hidden_states)

@@ -12,9 +12,17 @@ Rows (docs/performance.md explains each and the targets):
             forward's own GEMM shapes (the practical roofline), measured in the same run
   pipeline  questions/s of npbert.pipeline vs transformers' pipeline on SQuAD dev contexts (../shared)
   cold      new process to first answer (numba cache warm, and cold) and its peak RSS, vs transformers
+  bandwidth the machine's read bandwidth (a STREAM-like sum of a 1 GB buffer on --threads threads, best of 5)
+            and each engine's B=1 S=16 forward as an effective bandwidth: bytes of linear weights / time
+            (at S <= 32 a forward is a stream of the weights), in interleaved rounds: medians
+
+npbert's GEMM path (panels-avx512, panels-avx2 or blas: ops.gemm.gemm_path) is printed and recorded;
+force one with NPBERT_GEMM. To see the AVX2 tile as a CPU without AVX-512 compiles it, run under
+NUMBA_CPU_NAME=znver3 and NUMBA_CPU_FEATURES with the avx512 features turned off (docs/performance.md).
 
     python tools/bench.py                        # everything; writes bench.json
     python tools/bench.py --rows forward,gflops --repeats 5 --json /tmp/b.json
+    NPBERT_GEMM=panels-avx2 python tools/bench.py --rows forward,bandwidth
 
 Needs the `parity` extra (transformers, torch) and onnx + onnxruntime (`pip install -e '.[bench]'`).
 """
@@ -46,7 +54,7 @@ def parse_args(argv=None):
         type=Path,
         help="a full-size checkpoint folder (default: a seeded random one written to a temp dir)",
     )
-    p.add_argument("--rows", default="forward,gflops,pipeline,cold", help="comma-separated subset of rows")
+    p.add_argument("--rows", default="forward,gflops,bandwidth,pipeline,cold", help="comma-separated subset of rows")
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per forward shape")
     p.add_argument("--threads", type=int, default=2, help="threads per engine")
     p.add_argument("--pipeline-contexts", type=int, default=300, help="SQuAD dev contexts for the pipeline row")
@@ -234,6 +242,70 @@ def gflops_row(engines: dict, forward: list[dict], repeats: int) -> dict:
     }
 
 
+def read_bandwidth(threads: int, gigabytes: float = 1.0, rounds: int = 7, buffer=None) -> float:
+    """Bytes/s of reading a buffer far beyond the caches (STREAM's idea, read only): numpy sums of
+    `gigabytes` of float32 split over `threads` threads (a float reduction releases the GIL), best of
+    `rounds`. (A plain numba loop summed at 4-5 GB/s here: its one float32 accumulator is a dependency
+    chain, where numpy's pairwise sum keeps 8 and runs at memory speed.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    if buffer is None:
+        buffer = np.ones(int(gigabytes * 2**30) // 4, np.float32)  # written: every page mapped before timing
+    parts = np.array_split(buffer, threads)
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = min(best, time.perf_counter() - t0)
+    return buffer.nbytes / best
+
+
+def linear_weight_bytes(D=768, F=3072, L=6, itemsize=4) -> int:
+    """Bytes of the forward's linear weights (q, k, v, out, lin1, lin2 per layer, the QA head): what a forward
+    at a few tokens must read from memory once (the embeddings' few rows and the biases are not counted)."""
+    return itemsize * (L * (4 * D * D + 2 * D * F) + 2 * D)
+
+
+def bandwidth_row(engines: dict, threads: int, repeats: int) -> dict:
+    """The read bandwidth and the B=1 S=16 forwards, interleaved: each round measures the bandwidth (best of
+    3 reads) and then times each engine's forward, so both see the same load on a shared machine; each
+    engine's fraction is the median over rounds of (weights / its time) / that round's bandwidth."""
+    import numpy as np
+
+    buffer = np.ones(2**30 // 4, np.float32)
+    ids = np.random.default_rng(0).integers(1000, 28000, (1, 16)).astype(np.int64)
+    mask = np.ones_like(ids)
+    weights = linear_weight_bytes()
+    machine, effective, fraction = [], {n: [] for n in ENGINES}, {n: [] for n in ENGINES}
+    for _ in range(repeats):
+        machine.append(read_bandwidth(threads, rounds=3, buffer=buffer))
+        for n, t in interleaved({n: engines[n] for n in ENGINES}, (ids, mask), 3, warmup=1).items():
+            effective[n].append(weights / t)
+            fraction[n].append(weights / t / machine[-1])
+    med = statistics.median
+    row = {
+        "read_bytes_per_s": med(machine),
+        "read_bytes_per_s_range": [min(machine), max(machine)],
+        "linear_weight_bytes": weights,
+        "effective_bytes_per_s_b1_s16": {n: med(v) for n, v in effective.items()},
+        "fraction_of_read_bandwidth": {n: med(v) for n, v in fraction.items()},
+    }
+    print(
+        f"  read bandwidth {row['read_bytes_per_s'] / 1e9:.1f} GB/s "
+        f"({min(machine) / 1e9:.1f}-{max(machine) / 1e9:.1f}; {threads} threads); "
+        f"B=1 S=16, {weights / 1e6:.0f} MB of linear weights: "
+        + ", ".join(
+            f"{n} {row['effective_bytes_per_s_b1_s16'][n] / 1e9:.1f} GB/s ({row['fraction_of_read_bandwidth'][n]:.0%})"
+            for n in ENGINES
+        ),
+        flush=True,
+    )
+    return row
+
+
 def squad_examples(n: int) -> list[tuple[str, str]]:
     """The first question of each of the first n SQuAD v1.1 dev contexts."""
     path = ROOT.parent / "shared" / "data" / "squad-v1.1-dev.json"
@@ -371,10 +443,11 @@ def cpu_model() -> str:
     return f"{field('model name')} (family {field('cpu family')}, model {field('model')}; {' '.join(simd)})"
 
 
-def llvm_cpu() -> str:
+def llvm_cpu() -> str:  # what numba compiles for: $NUMBA_CPU_NAME, else the host CPU as LLVM names it
     import llvmlite.binding
+    from numba.core import config
 
-    return llvmlite.binding.get_host_cpu_name()
+    return config.CPU_NAME or llvmlite.binding.get_host_cpu_name()
 
 
 def table(results: dict) -> str:
@@ -400,6 +473,13 @@ def table(results: dict) -> str:
             f"{g.get('panels_gemm_gflops', float('nan')):.0f}; % of numpy's) | "
             + " | ".join(f"{a[n]:.0f} ({g['fraction_of_roofline'][n]:.0%})" for n in ENGINES)
             + " | | |"
+        )
+    b = results.get("bandwidth")
+    if b:
+        e, f = b["effective_bytes_per_s_b1_s16"], b["fraction_of_read_bandwidth"]
+        lines.append(
+            f"| B=1 S=16 as GB/s of linear weights (read bandwidth {b['read_bytes_per_s'] / 1e9:.1f} GB/s; "
+            "% of it) | " + " | ".join(f"{e[n] / 1e9:.1f} ({f[n]:.0%})" for n in ENGINES) + " | | |"
         )
     p = results.get("pipeline")
     if p and "skipped" not in p:
@@ -466,8 +546,10 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         folder = args.checkpoint or make_checkpoint(tmp / "checkpoint")
         engines = load_engines(folder, args.threads, tmp)
+        from npbert.ops import gemm
+
         lin1 = engines["_model"].weights.encoder.transformer.layer[0].ffn.lin1.weight
-        results["npbert_gemm"] = "panels" if lin1.ndim == 3 else "blas"
+        results["npbert_gemm"] = gemm.gemm_path(np.float32) if lin1.ndim == 3 else "blas"
         print(
             f"CPU: {results['machine']['cpu']} (LLVM: {results['machine']['llvm_cpu']}); npbert's GEMM: "
             f"{results['npbert_gemm']} (NPBERT_GEMM={os.environ.get('NPBERT_GEMM', '')!r})",
@@ -478,6 +560,8 @@ def main(argv=None) -> int:
             results["forward"] = forward_rows(engines, args.repeats)
         if "gflops" in rows:
             results["gflops"] = gflops_row(engines, results["forward"], args.repeats)
+        if "bandwidth" in rows:
+            results["bandwidth"] = bandwidth_row(engines, args.threads, args.repeats)
         if "pipeline" in rows:
             results["pipeline"] = pipeline_row(folder, engines, args.pipeline_contexts)
         if "cold" in rows:
