@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import sys
+import time
 
 import uvicorn
 from gunicorn.app.base import BaseApplication
@@ -37,6 +38,7 @@ log = logging.getLogger("npbert.serve")
 # Seconds the master waits beyond --graceful-timeout before it SIGKILLs a worker: the worker's own timeout
 # (uvicorn's, which answers the requests it cuts off with 503) must end first.
 _KILL_MARGIN_S = 10.0
+_RESEND_STOP_S = 0.5  # how often a stopping master tells its workers again (_Arbiter.reap_workers)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
@@ -80,11 +82,28 @@ class _Arbiter(Arbiter):
 
     stopped_by: int | None = None
     halted_because: str | None = None
+    _resend_at: float | None = None  # while stopping: when to tell the workers again
 
     def signal(self, sig, frame):
         if sig in STOP_SIGNALS and self.stopped_by is None:
             self.stopped_by = sig
         super().signal(sig, frame)
+
+    def stop(self, graceful=True):
+        self._resend_at = time.monotonic() + _RESEND_STOP_S
+        super().stop(graceful)
+
+    def reap_workers(self):
+        # gunicorn's stop() calls this every 0.1 s while it waits for the workers. A worker forked just before
+        # the stop signal can miss it: until it installs its own handlers it runs the master's, which only
+        # queues the signal in the worker's copy of the master, and gunicorn would then wait the whole
+        # graceful timeout before killing it. So the stop is said again, as SIGTERM: a worker already draining
+        # ignores it (uvicorn's handler has nothing more to do, and after uvicorn returns the handler is a
+        # no-op), one not yet serving exits, and a second SIGQUIT could meet SIGQUIT's default action there.
+        super().reap_workers()
+        if self._resend_at is not None and time.monotonic() >= self._resend_at:
+            self._resend_at = time.monotonic() + _RESEND_STOP_S
+            self.kill_workers(signal.SIGTERM)
 
     def manage_workers(self):
         # gunicorn's loop calls this at least once a second, and before every (re)spawn of a worker.
