@@ -229,7 +229,10 @@ def read_partial(path: Path, fingerprint: dict, examples: list, save_every: int)
             unsealed = json.loads(lines[0])
         except (ValueError, RecursionError):
             unsealed = None
-        header = unsealed if isinstance(unsealed, dict) and "sha256" not in unsealed else {}
+        # An unsealed header is read only for an older format's name (the message below); one naming this
+        # format was sealed when written, so it has lost its seal (a changed byte in the key): damaged.
+        unsealed_old = isinstance(unsealed, dict) and "sha256" not in unsealed and unsealed.get("format") != FORMAT
+        header = unsealed if unsealed_old else {}
     old = header.get("format")
     if old != FORMAT:
         if isinstance(old, str) and old.startswith("npbert-eval-partial/"):

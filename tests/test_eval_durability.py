@@ -277,3 +277,12 @@ def test_a_full_disk_names_the_file_and_leaves_no_tmp_then_resume_finishes(tmp_p
     r = subprocess.run(npbert_eval(*flags, "--out", out, "--resume"), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     assert strip_timing(read_outputs(out)) == strip_timing(reference)
+
+
+def test_a_header_whose_seal_key_was_changed_is_damaged(tmp_path):
+    """The draw a clone found (offset 356, xor 1): "sha256" -> "rha256" left a header with no seal, which was
+    read as an older, unsealed format's and resumed from."""
+    path = tmp_path / "predictions.partial.jsonl"
+    path.write_bytes(evaluate._sealed_line({"format": evaluate.FORMAT, "job": {}}).replace(b'"sha256"', b'"rha256"'))
+    with pytest.raises(evaluate.JobError, match=r":1: not an npbert eval partial file, or its header is damaged"):
+        evaluate.read_partial(path, {}, [], 4)
