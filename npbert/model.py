@@ -527,9 +527,11 @@ class _Pretrained:
         self.ops = select_kernels(kernels)
         # The same weights stored for speed (fused qkv, column-major or panels, DeBERTa's tables): layout.py.
         self.weights = layout.prepare(weights, config, self.ops, self.dtype, weights_file)
-        # The loader's tree as well (memory-mapped in float32: no copy): the backward reads plain [out, in]
-        # matrices, which the re-laid tree may hold as panels.
-        self.checkpoint_weights = weights
+        # The backward reads plain [out, in] matrices, which the re-laid tree may hold as panels: it reads the
+        # loader's tree (`checkpoint_weights`), loaded again when first needed so that a model that is never
+        # differentiated does not keep it (float64 or a half-precision file: a converted copy).
+        self._checkpoint_weights = weights if weights_file is None else None
+        self._weights_file = weights_file
         self.source = source
 
     @classmethod
@@ -581,6 +583,16 @@ class _Pretrained:
         if self._with_qa_head:
             qa_head(x, self.weights.qa_outputs, tap)
         return {name: np.ascontiguousarray(a) for name, a in tap.arrays.items()}
+
+    @property
+    def checkpoint_weights(self):
+        """The weights as the loader builds them (weights.py's tree, plain [out, in] matrices): what the
+        backward reads. Memory-mapped from model.safetensors where its dtype is the model's."""
+        if self._checkpoint_weights is None:
+            self._checkpoint_weights = W.load(
+                self._weights_file.parent, self.config, self.dtype, with_qa_head=self._with_qa_head
+            )
+        return self._checkpoint_weights
 
     @property
     def _checkpoint_encoder(self):
