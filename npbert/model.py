@@ -481,9 +481,47 @@ def prepare_inputs(input_ids, attention_mask, config: Config, token_type_ids=Non
     return ids.astype(np.int64, copy=False), keep, types
 
 
+# --- forward then backward: what model.gradients runs, and a training step (train.py) ------------------------
+
+
+def forward_backward(ids, types, keep, fast, plain, config, ops, upstream, weights=True) -> "Gradients":
+    """The forward on `fast` (the re-laid tree, or the plain one), with a tap, then the backward on `plain` (the
+    loader's tree). upstream(start_logits, end_logits) -> (loss or None, d_start_logits, d_end_logits)."""
+    tap, layers = Tap(), family_layers(config)
+    embedded = layers.embeddings(ids, types, keep, fast.encoder.embeddings, config, ops, tap.scope("embeddings"))
+    result = backward_from_embedded(embedded, keep, fast, plain, config, ops, tap, upstream, weights)
+    if weights:
+        g = layers.embeddings_backward(
+            result.embeddings, tap.scope("embeddings"), plain.encoder.embeddings, config, ops, ids, types, keep
+        )
+        accumulate(result.weights, prefixed("embeddings", g))
+    return result
+
+
+def backward_from_embedded(embedded, keep, fast, plain, config, ops, tap, upstream, weights=True) -> "Gradients":
+    """forward_backward from the embeddings module's output [B, S, E] on (every weight's gradient but the
+    embedding tables' and their LayerNorm's)."""
+    x, _, _ = encoder_layers(embedded, keep, fast.encoder, config, ops, tap=tap)
+    start_logits, end_logits = qa_head(x, fast.qa_outputs)
+    loss, d_start, d_end = upstream(start_logits, end_logits)
+    d_start, d_end = (np.asarray(d, dtype=start_logits.dtype) for d in (d_start, d_end))
+    d_x, grads = qa_head_backward(d_start, d_end, x, plain.qa_outputs, weights)
+    d_embedded, g = encoder_layers_backward(d_x, tap, plain.encoder, config, ops, keep, weights)
+    accumulate(grads, g)
+    return Gradients(loss, start_logits, end_logits, d_embedded, grads if weights else None)
+
+
+def upstream_gradients(shape, start_positions, end_positions, d_start, d_end):
+    """What a backward starts from, checked: both positions ([B] integers: qa_loss and its gradient) or both
+    upstream logit gradients ([B, S] each), not a mix. Returns forward_backward's `upstream`."""
+    check_upstream(shape, start_positions, end_positions, d_start, d_end)
+    if start_positions is not None:
+        return lambda start, end: qa_loss(start, end, start_positions, end_positions)
+    return lambda start, end: (None, d_start, d_end)
+
+
 def check_upstream(shape, start_positions, end_positions, d_start, d_end) -> None:
-    """What a backward starts from: both positions ([B] integers, for the loss) or both upstream logit
-    gradients ([B, S] each), not a mix."""
+    """Both positions ([B] integers, for the loss) or both upstream logit gradients ([B, S] each), not a mix."""
     if (start_positions is None) != (end_positions is None) or (d_start is None) != (d_end is None):
         raise ValueError("give both start_positions and end_positions, or both d_start_logits and d_end_logits")
     if (start_positions is None) == (d_start is None):
@@ -651,21 +689,11 @@ class AutoModelForQuestionAnswering(_Pretrained):
         d_end_logits * end_logits) (given those upstream gradients, [B, S] each), wrt every weight (unless
         weights=False) and wrt the embeddings module's output."""
         ids, keep, types = prepare_inputs(input_ids, attention_mask, self.config, token_type_ids)
-        tap, layers = Tap(), family_layers(self.config)
+        upstream = upstream_gradients(keep.shape, start_positions, end_positions, d_start_logits, d_end_logits)
         with threads.for_model_call():
-            embedded = layers.embeddings(
-                ids, types, keep, self.encoder_weights.embeddings, self.config, self.ops, tap.scope("embeddings")
+            return forward_backward(
+                ids, types, keep, self.weights, self.checkpoint_weights, self.config, self.ops, upstream, weights
             )
-            result = self._backward_from(
-                embedded, keep, tap, start_positions, end_positions, d_start_logits, d_end_logits, weights
-            )
-            if weights:
-                plain = self._checkpoint_encoder.embeddings
-                g = layers.embeddings_backward(
-                    result.embeddings, tap.scope("embeddings"), plain, self.config, self.ops, ids, types, keep
-                )
-                accumulate(result.weights, prefixed("embeddings", g))
-        return result
 
     def gradients_from_embedded(
         self, embedded, attention_mask=None, d_start_logits=None, d_end_logits=None, weights: bool = False
@@ -681,22 +709,11 @@ class AutoModelForQuestionAnswering(_Pretrained):
             )
         ids = np.zeros(embedded.shape[:2], dtype=np.int64)  # checks the mask's shape; the ids are not used
         _, keep, _ = prepare_inputs(ids, attention_mask, self.config)
+        upstream = upstream_gradients(keep.shape, None, None, d_start_logits, d_end_logits)
         with threads.for_model_call():
-            return self._backward_from(embedded, keep, Tap(), None, None, d_start_logits, d_end_logits, weights)
-
-    def _backward_from(self, embedded, keep, tap, start_positions, end_positions, d_start, d_end, weights):
-        check_upstream(keep.shape, start_positions, end_positions, d_start, d_end)
-        fast, plain = self.weights, self.checkpoint_weights
-        x, _, _ = encoder_layers(embedded, keep, fast.encoder, self.config, self.ops, tap=tap)
-        start_logits, end_logits = qa_head(x, fast.qa_outputs)
-        loss = None
-        if start_positions is not None:
-            loss, d_start, d_end = qa_loss(start_logits, end_logits, start_positions, end_positions)
-        d_start, d_end = (np.asarray(d, dtype=self.dtype) for d in (d_start, d_end))
-        d_x, grads = qa_head_backward(d_start, d_end, x, plain.qa_outputs, weights)
-        d_embedded, g = encoder_layers_backward(d_x, tap, plain.encoder, self.config, self.ops, keep, weights)
-        accumulate(grads, g)
-        return Gradients(loss, start_logits, end_logits, d_embedded, grads if weights else None)
+            return backward_from_embedded(
+                embedded, keep, self.weights, self.checkpoint_weights, self.config, self.ops, Tap(), upstream, weights
+            )
 
 
 # The transformers class names, each loading its own family only (the same code underneath).
