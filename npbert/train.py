@@ -32,6 +32,7 @@ The output folder (locked while running, as `npbert eval`'s):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -54,6 +55,7 @@ from .tokenizer import Tokenizer
 LOCK = ".npbert-train.lock"
 STATE = "train-state.safetensors"
 LOG = "log.jsonl"
+EVAL_LOG = "eval.jsonl"
 STATE_FORMAT = "npbert-train-state/1"
 # What save_pretrained writes beside the weights for a tokenizer: copied from the model's folder as found.
 TOKENIZER_FILES = (
@@ -94,26 +96,54 @@ class TrainJob:
     alpha_squad: float = 0.5
     temperature: float = 2.0
     save_steps: int = 50
+    eval_data: str | None = None  # a SQuAD file: npbert eval's score of the trained model at the end
+    eval_steps: int | None = None  # and of checkpoint-N/ every N steps
     progress: bool = True
 
-    def check(self) -> "TrainJob":
-        """The job, or a JobError naming the first bad setting."""
+    def check(self, where=lambda key: key) -> "TrainJob":
+        """The job, or a JobError naming the first bad setting (at `where(key)`)."""
         positive = ["batch_size", "gradient_accumulation_steps", "max_seq_len", "save_steps"]
-        for name in positive + (["max_steps"] if self.max_steps is not None else []):
-            if getattr(self, name) < 1:
-                raise JobError(f"{name} must be at least 1, found {getattr(self, name)}")
-        if not self.epochs > 0:
-            raise JobError(f"epochs must be above 0, found {self.epochs}")
-        for name in ("learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "doc_stride"):
-            if not getattr(self, name) >= 0:
-                raise JobError(f"{name} must be at least 0, found {getattr(self, name)}")
-        if not self.temperature > 0:
-            raise JobError(f"temperature must be above 0, found {self.temperature}")
-        if self.dtype not in ("float32", "float64"):
-            raise JobError(f"dtype must be float32 or float64, found {self.dtype!r}")
-        if self.doc_stride >= self.max_seq_len:
-            raise JobError(f"doc_stride ({self.doc_stride}) must be smaller than max_seq_len ({self.max_seq_len})")
+        rules = [(n, "at least 1", lambda v: v >= 1) for n in positive]
+        rules += [(n, "at least 1", lambda v: v is None or v >= 1) for n in ("max_steps", "eval_steps")]
+        rules += [(n, "above 0", lambda v: v > 0) for n in ("epochs", "temperature")]
+        zero_or_more = ("learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "doc_stride")
+        rules += [(n, "at least 0", lambda v: v >= 0) for n in zero_or_more]
+        rules += [("dtype", "float32 or float64", lambda v: v in ("float32", "float64"))]
+        rules += [("doc_stride", f"smaller than max_seq_len ({self.max_seq_len})", lambda v: v < self.max_seq_len)]
+        for name, want, ok in rules:
+            if not ok(getattr(self, name)):
+                raise JobError(f"{where(name)}: {name} must be {want}, found {getattr(self, name)!r}")
         return self
+
+
+def make_train_job(settings: dict, where=lambda key: key) -> TrainJob:
+    """A TrainJob from a mapping of its field names (CLI flags or a YAML job file); `where(key)` names a key's
+    place for messages ("job.yml:4: batch_size", "--batch-size"). Bad values are JobErrors naming the key."""
+    fields = {f.name: f for f in dataclasses.fields(TrainJob)}
+    values = {}
+    for key, value in settings.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(fields))
+            raise JobError(f"{where(key)}: unknown key {key!r} ({hint})")
+        kind = fields[key].type.split(" | ")[0]
+        if value is None and "None" in fields[key].type:
+            values[key] = None
+            continue
+        ok = {
+            "str": isinstance(value, str),
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+        }[kind]
+        if not ok:
+            names = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
+            raise JobError(f"{where(key)}: {key} must be {names[kind]}, found {value!r}")
+        values[key] = float(value) if kind == "float" else value
+    for key in ("model", "data", "out"):
+        if key not in values:
+            raise JobError(f"no {key}: give --{key} or `{key}:` in the job file")
+    return TrainJob(**values).check(where)
 
 
 # --- the data ----------------------------------------------------------------------------------------------
@@ -300,6 +330,7 @@ def _train_locked(job: TrainJob, out: Path, resume: bool, progress_file) -> dict
     elif resume and log_path.exists():
         raise JobError(f"{out}: --resume, but no {STATE} to resume from")
     keep_log_lines(log_path, start)
+    keep_log_lines(out / EVAL_LOG, start, by_step=True)
     steps = total_steps(job, len(features.input_ids))
     ops = select_kernels()  # numba unless NPBERT_KERNELS says otherwise
     signals = Signals()
@@ -321,6 +352,11 @@ def _train_locked(job: TrainJob, out: Path, resume: bool, progress_file) -> dict
                     log.flush()
                     if step % job.save_steps == 0 and step < steps:
                         write_state(state_path, fingerprint, step, params, optimizer)
+                if job.eval_data and job.eval_steps and step % job.eval_steps == 0 and step < steps:
+                    checkpoint = out / f"checkpoint-{step}"
+                    checkpoint.mkdir(exist_ok=True)
+                    save_model(checkpoint, folder, params, config, dtype)
+                    score_model(checkpoint, job, step, out / EVAL_LOG)
                 last = float(loss)
                 bar.set_postfix(loss=f"{last:.4f}")
                 bar.update(1)
@@ -331,7 +367,26 @@ def _train_locked(job: TrainJob, out: Path, resume: bool, progress_file) -> dict
             raise
     save_model(out, folder, params, config, dtype)
     state_path.unlink(missing_ok=True)
-    return {"steps": steps, "loss": last, "output": str(out)}
+    summary = {"steps": steps, "loss": last, "output": str(out)}
+    if job.eval_data:
+        summary["eval"] = score_model(out, job, steps, out / EVAL_LOG)
+    return summary
+
+
+def score_model(folder: Path, job: TrainJob, step: int, log: Path) -> dict:
+    """npbert eval of a saved model on job.eval_data (its files in folder/eval); the score is also appended
+    to `log` as {"step", ...score}."""
+    from .evaluate import make_job, run, score_of
+
+    metrics = run(
+        make_job(
+            {"model": str(folder), "data": job.eval_data, "output": str(folder / "eval"), "progress": job.progress}
+        )
+    )
+    score = score_of(metrics)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, **score}) + "\n")
+    return score
 
 
 def step_gradients(step, job, params, config, ops, features, teacher):
@@ -441,12 +496,15 @@ def read_state(path: Path, fingerprint: dict, params: dict, optimizer: AdamW) ->
     return int(meta["step"])
 
 
-def keep_log_lines(path: Path, steps: int) -> None:
-    """log.jsonl cut to its first `steps` lines: steps after the saved state are run again."""
+def keep_log_lines(path: Path, steps: int, by_step: bool = False) -> None:
+    """log.jsonl cut to its first `steps` lines (eval.jsonl, by_step: to its lines of step <= steps): the
+    steps after the saved state are run again. A line cut short by a kill is dropped."""
     if not path.exists():
         return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    write_atomic(path, "".join(line for line in lines[:steps] if line.endswith("\n")))
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if line.endswith("\n")]
+    if by_step:
+        lines = [line for line in lines if json.loads(line)["step"] <= steps]
+    write_atomic(path, "".join(lines[:steps] if not by_step else lines))
 
 
 def save_model(out: Path, folder: Path, params: dict, config: Config, dtype) -> None:
