@@ -47,7 +47,7 @@ from . import hub, squad, threads, weights as W
 from .config import Config
 from .durable import Interrupted, Signals, write_atomic
 from .evaluate import JobError, output_lock
-from .model import AutoModelForQuestionAnswering, forward_backward, prepare_inputs, qa_loss
+from .model import AutoModelForQuestionAnswering, Dropout, forward_backward, prepare_inputs, qa_loss
 from .ops import select as select_kernels
 from .optim import AdamW, clip_grad_norm, linear_schedule_with_warmup
 from .tokenizer import Tokenizer
@@ -308,9 +308,9 @@ def _train_locked(job: TrainJob, out: Path, resume: bool, progress_file) -> dict
     dtype = np.dtype(job.dtype)
     folder = hub.resolve(job.model)
     config = Config.from_file(folder / "config.json")
-    if job.dropout:
+    if job.dropout and config.disentangled_attention:
         raise JobError(
-            "dropout in training is not implemented yet: pass --no-dropout (the model's dropout rates are then "
+            "dropout in training DeBERTa is not implemented yet: pass --no-dropout (its dropout rates are then "
             "treated as 0, as in evaluation)"
         )
     tokenizer = Tokenizer.from_folder(folder, config.model_type)
@@ -320,13 +320,15 @@ def _train_locked(job: TrainJob, out: Path, resume: bool, progress_file) -> dict
     # writable copies of the loader's arrays (read-only memory maps in float32)
     params = {name: np.array(a, dtype=dtype) for name, a in W.load_arrays(folder, config, dtype).items()}
     optimizer = AdamW({n: p for n, p in params.items() if trainable(n, config)}, weight_decay=job.weight_decay)
+    # The dropout's generator, seeded; its state is saved with the weights, so a resumed run draws on.
+    dropout = Dropout(config, np.random.default_rng(job.seed)) if job.dropout else None
     fingerprint = job_fingerprint(job, folder, len(features.input_ids))
     state_path, log_path = out / STATE, out / LOG
     start = 0
     if state_path.exists():
         if not resume:
             raise JobError(f"{out} holds a training state ({STATE}): pass --resume to continue it, or another --out")
-        start = read_state(state_path, fingerprint, params, optimizer)
+        start = read_state(state_path, fingerprint, params, optimizer, dropout)
     elif resume and log_path.exists():
         raise JobError(f"{out}: --resume, but no {STATE} to resume from")
     keep_log_lines(log_path, start)
@@ -334,7 +336,7 @@ def _train_locked(job: TrainJob, out: Path, resume: bool, progress_file) -> dict
     steps = total_steps(job, len(features.input_ids))
     ops = select_kernels()  # numba unless NPBERT_KERNELS says otherwise
     signals = Signals()
-    last = None
+    last = drawn = None
     from tqdm import tqdm
 
     bar = tqdm(total=steps, initial=start, unit="step", disable=not job.progress, file=progress_file or sys.stderr)
@@ -342,8 +344,10 @@ def _train_locked(job: TrainJob, out: Path, resume: bool, progress_file) -> dict
         step = start
         try:
             while step < steps:
+                # where the dropout generator stands at this step's start: what a stop during the step saves
+                drawn = None if dropout is None else dropout.rng.bit_generator.state
                 lr = linear_schedule_with_warmup(step, job.learning_rate, job.warmup_steps, steps)
-                loss, grads = step_gradients(step, job, params, config, ops, features, teacher)
+                loss, grads = step_gradients(step, job, params, config, ops, features, teacher, dropout)
                 with signals.critical():
                     clip_grad_norm({n: grads[n] for n in optimizer.state["exp_avg"]}, job.max_grad_norm)
                     optimizer.step({n: params[n] for n in optimizer.state["exp_avg"]}, grads, lr)
@@ -351,7 +355,7 @@ def _train_locked(job: TrainJob, out: Path, resume: bool, progress_file) -> dict
                     log.write(json.dumps({"step": step, "loss": float(loss), "learning_rate": lr}) + "\n")
                     log.flush()
                     if step % job.save_steps == 0 and step < steps:
-                        write_state(state_path, fingerprint, step, params, optimizer)
+                        write_state(state_path, fingerprint, step, params, optimizer, dropout)
                 if job.eval_data and job.eval_steps and step % job.eval_steps == 0 and step < steps:
                     checkpoint = out / f"checkpoint-{step}"
                     checkpoint.mkdir(exist_ok=True)
@@ -361,8 +365,10 @@ def _train_locked(job: TrainJob, out: Path, resume: bool, progress_file) -> dict
                 bar.set_postfix(loss=f"{last:.4f}")
                 bar.update(1)
         except Interrupted as stop:
+            if dropout is not None and drawn is not None:
+                dropout.rng.bit_generator.state = drawn  # the unfinished step is run again, drawing the same
             with signals.critical():
-                write_state(state_path, fingerprint, step, params, optimizer)
+                write_state(state_path, fingerprint, step, params, optimizer, dropout)
             stop.done, stop.total, stop.saved = step, steps, state_path
             raise
     save_model(out, folder, params, config, dtype)
@@ -389,7 +395,7 @@ def score_model(folder: Path, job: TrainJob, step: int, log: Path) -> dict:
     return score
 
 
-def step_gradients(step, job, params, config, ops, features, teacher):
+def step_gradients(step, job, params, config, ops, features, teacher, dropout=None):
     """The loss of optimizer step `step` and its gradients, summed over the accumulation's micro-batches."""
     tree = W.build_tree(params, config)
     total, grads = 0.0, {}
@@ -409,7 +415,7 @@ def step_gradients(step, job, params, config, ops, features, teacher):
             )
 
         with threads.for_model_call():
-            g = forward_backward(ids, types, keep, tree, tree, config, ops, upstream)
+            g = forward_backward(ids, types, keep, tree, tree, config, ops, upstream, dropout=dropout)
         total += float(g.loss)
         for name, grad in g.weights.items():
             grads[name] = grads[name] + grad if name in grads else grad
@@ -441,15 +447,16 @@ def job_fingerprint(job: TrainJob, folder: Path, n_features: int) -> dict:
     return settings
 
 
-def arrays_digest(arrays: dict) -> str:
-    h = hashlib.sha256()
+def state_digest(arrays: dict, meta: dict) -> str:
+    """The sha256 of a state's arrays and of its header's other entries: any changed byte is found."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(arrays):
         h.update(name.encode())
         h.update(np.ascontiguousarray(arrays[name]).tobytes())
     return h.hexdigest()
 
 
-def write_state(path: Path, fingerprint: dict, step: int, params: dict, optimizer: AdamW) -> None:
+def write_state(path: Path, fingerprint: dict, step: int, params: dict, optimizer: AdamW, dropout=None) -> None:
     """The run's state after `step` optimizer steps, atomically (a temporary file, fsync'ed, renamed)."""
     from safetensors.numpy import save_file
 
@@ -461,8 +468,9 @@ def write_state(path: Path, fingerprint: dict, step: int, params: dict, optimize
         "step": str(step),
         "optimizer_step": str(optimizer.state["step"]),
         "fingerprint": json.dumps(fingerprint, sort_keys=True),
-        "sha256": arrays_digest(arrays),
+        "dropout_generator": json.dumps(None if dropout is None else dropout.rng.bit_generator.state),
     }
+    meta["sha256"] = state_digest(arrays, meta)
     tmp = path.with_name(path.name + ".tmp")
     save_file({n: np.ascontiguousarray(a) for n, a in arrays.items()}, str(tmp), metadata=meta)
     with open(tmp, "rb") as f:
@@ -470,7 +478,7 @@ def write_state(path: Path, fingerprint: dict, step: int, params: dict, optimize
     os.replace(tmp, path)
 
 
-def read_state(path: Path, fingerprint: dict, params: dict, optimizer: AdamW) -> int:
+def read_state(path: Path, fingerprint: dict, params: dict, optimizer: AdamW, dropout=None) -> int:
     """Restore params and the optimizer from a state file (in place); returns its step. A file that is not
     whole, or that another job wrote, is refused with a JobError."""
     from safetensors import safe_open
@@ -483,8 +491,8 @@ def read_state(path: Path, fingerprint: dict, params: dict, optimizer: AdamW) ->
         raise JobError(f"{path}: damaged training state, not used ({str(e).splitlines()[0][:120]})") from None
     if meta.get("format") != STATE_FORMAT:
         raise JobError(f"{path}: not an npbert training state of format {STATE_FORMAT}")
-    if meta.get("sha256") != arrays_digest(arrays):
-        raise JobError(f"{path}: damaged training state (its arrays do not match the sha256 in its header)")
+    if meta.get("sha256") != state_digest(arrays, meta):
+        raise JobError(f"{path}: damaged training state (its content does not match the sha256 in its header)")
     if json.loads(meta.get("fingerprint", "{}")) != json.loads(json.dumps(fingerprint, sort_keys=True)):
         raise JobError(f"{path}: the state of another job (model, data or settings differ): use another --out")
     for name, p in params.items():
@@ -493,6 +501,8 @@ def read_state(path: Path, fingerprint: dict, params: dict, optimizer: AdamW) ->
         optimizer.state["exp_avg"][name][...] = arrays[f"exp_avg/{name}"]
         optimizer.state["exp_avg_sq"][name][...] = arrays[f"exp_avg_sq/{name}"]
     optimizer.state["step"] = int(meta["optimizer_step"])
+    if dropout is not None:
+        dropout.rng.bit_generator.state = json.loads(meta["dropout_generator"])
     return int(meta["step"])
 
 

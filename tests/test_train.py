@@ -286,10 +286,34 @@ def test_a_job_file_names_the_line_of_a_bad_key(tiny, data, tmp_path, capsys):
     assert f"{path}:4: batch_sise: unknown key 'batch_sise' (did you mean 'batch_size'?)" in err
 
 
-def test_dropout_is_refused_until_implemented(tiny, data, tmp_path, capsys):
-    argv = ["train", "--model", str(tiny), "--data", str(data), "--out", str(tmp_path / "o")]
-    assert cli.main(argv) == 2
-    assert "pass --no-dropout" in capsys.readouterr().err
+def test_with_dropout_the_same_seed_gives_the_same_run_and_another_seed_another(tiny, tmp_path, data):
+    dropping = write_checkpoint(tmp_path / "m", vocab=generated_vocab(), **TINY, dropout=0.3, attention_dropout=0.2)
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        train.train(job(dropping, data, tmp_path / name, dropout=True, seed=seed, max_steps=3))
+    log = {n: (tmp_path / n / "log.jsonl").read_text() for n in "abc"}
+    assert log["a"] == log["b"] != log["c"]
+    train.train(job(dropping, data, tmp_path / "d", dropout=False, seed=1, max_steps=3))
+    assert (tmp_path / "d" / "log.jsonl").read_text() != log["a"]
+
+
+def test_interrupted_with_dropout_resumes_bit_identical(tmp_path, data, monkeypatch):
+    dropping = write_checkpoint(tmp_path / "m", vocab=generated_vocab(), **TINY, dropout=0.3, attention_dropout=0.2)
+    train.train(job(dropping, data, tmp_path / "whole", dropout=True))
+    real = train.step_gradients
+
+    def stopping(step, *args, **kw):
+        if step == 3:  # mid-step: its dropout draws are made, then the step is abandoned
+            real(step, *args, **kw)
+            raise Interrupted(signal.SIGINT)
+        return real(step, *args, **kw)
+
+    monkeypatch.setattr(train, "step_gradients", stopping)
+    with pytest.raises(Interrupted):
+        train.train(job(dropping, data, tmp_path / "cut", dropout=True))
+    monkeypatch.setattr(train, "step_gradients", real)
+    train.train(job(dropping, data, tmp_path / "cut", dropout=True), resume=True)
+    whole, cut = final_weights(tmp_path / "whole"), final_weights(tmp_path / "cut")
+    assert all(whole[n].tobytes() == cut[n].tobytes() for n in whole)
 
 
 def test_a_second_run_into_the_same_folder_is_refused(tiny, data, tmp_path):
