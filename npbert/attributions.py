@@ -47,10 +47,10 @@ from .qa import select_starts_ends
 METHODS = ("ig", "grad-x-input", "smoothgrad", "rollout")
 APPROXIMATIONS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 DEFAULT_N_STEPS = 50  # Captum's default
-DEFAULT_SAMPLES = 20  # SmoothGrad's noisy copies (Smilkov et al. 2017 average 50; 20 already smooths)
+DEFAULT_SAMPLES = 20  # SmoothGrad's noisy copies (Smilkov et al. 2017 used 50: fewer cost less, scores noisier)
 DEFAULT_NOISE = 0.15  # noise standard deviation as a fraction of the embeddings output's range (10-20 %)
-# Most tokens (rows x sequence length) in one backward call: at S = 384 two rows, ~0.4 GB of activations for
-# full-size DistilBERT in float32, whatever n_steps is (Captum without internal_batch_size takes them all).
+# Most tokens (rows x sequence length) in one backward call: at S = 384 two rows, whatever n_steps is (Captum
+# without internal_batch_size takes them all); the memory this holds is measured in docs/performance.md.
 BATCH_TOKENS = 1024
 
 
