@@ -415,6 +415,14 @@ def test_attributions_colour_the_tokens(browser, server, qa, tmp_path):
     np.testing.assert_allclose(shown_values(browser), roll["end"], rtol=1e-5, atol=1e-7)
     assert_colours_follow(browser, roll["end"], roll["sequence_ids"])
 
+    # SmoothGrad: seeded, so the page shows the very numbers of the same call here.
+    Select(browser.find_element(By.ID, "attr-method")).select_by_value("smoothgrad")
+    kind, text = attributed(browser)
+    assert kind == "ok" and text.startswith("SmoothGrad") and attribution_calls(browser) == 6
+    smooth = attributions(qa, **SAMPLE, method="smoothgrad", span=(answers[1]["start"], answers[1]["end"]))
+    np.testing.assert_allclose(shown_values(browser), smooth["end"], rtol=1e-5, atol=1e-7)
+    assert_colours_follow(browser, smooth["end"], smooth["sequence_ids"])
+
 
 def test_attributions_of_windows_and_refusals(browser, server, qa):
     browser.get(f"http://127.0.0.1:{server.port}/")
