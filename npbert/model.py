@@ -293,6 +293,10 @@ def encoder_layers(embedded, keep, w, config, ops, output_hidden_states=False, o
     # ELECTRA and ALBERT: narrow (E) embeddings, projected to the model width D.
     x = embedded if w.embeddings.projection is None else linear(embedded, w.embeddings.projection)
     if tap is not None:
+        if w.embeddings.projection is not None:
+            # the projection's input, which its backward reads: written here too, because a forward that
+            # starts from an embedding of its own (gradients_from_embedded) runs no embeddings() to write it
+            tap["embeddings.normalized"] = embedded
         tap["embeddings"] = x
     positions = layers.shared_positions(x.shape[1], w.transformer, config, x.dtype, ops, tap)
     hidden_states, attentions = [x], []

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import npbert
+from checkpoints import LONG, SMALL_WINDOWS
 from npbert import attributions as A
+from npbert.pipeline import WindowLimitError
 
 # --- a model with known integrals --------------------------------------------------------------------------
 
@@ -37,7 +39,9 @@ class Quadratic:
         return x
 
     def logits(self, x):
-        return tuple(np.einsum("tse,bse->bt", self.w[k], x) + np.einsum("tse,bse->bt", self.q[k], x * x) for k in (0, 1))
+        return tuple(
+            np.einsum("tse,bse->bt", self.w[k], x) + np.einsum("tse,bse->bt", self.q[k], x * x) for k in (0, 1)
+        )
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, output_attentions=False):
         start, end = self.logits(self.embed(input_ids, attention_mask, token_type_ids))
@@ -80,7 +84,10 @@ def test_ig_on_a_quadratic_is_exact_and_complete(setup, method, tol):
     # 1/n, halved at the ends, summing to (n - 1)/n; npbert keeps Captum's rule.)
     model, window, base = setup
     got = A.integrated_gradients(model, window, base, n_steps=9, method=method)
-    x, x0 = model.embed(window.input_ids[0], None, window.token_type_ids[0]), model.embed(base, None, window.token_type_ids[0])
+    x, x0 = (
+        model.embed(window.input_ids[0], None, window.token_type_ids[0]),
+        model.embed(base, None, window.token_type_ids[0]),
+    )
     # (Riemann alphas pass through float32, as Captum's torch.linspace: the midpoint rule is exact to ~1e-8.)
     np.testing.assert_allclose(got["start"], exact_ig(model, x, x0, 0, window.start), rtol=tol, atol=tol)
     np.testing.assert_allclose(got["end"], exact_ig(model, x, x0, 1, window.end), rtol=tol, atol=tol)
@@ -165,3 +172,148 @@ def test_approximations_are_captums():
         assert e.value.field == field
     with pytest.raises(A.AttributionError, match="n_steps must be an integer >= 1"):
         A.approximation("gausslegendre", 0)
+
+
+# --- a real checkpoint -------------------------------------------------------------------------------------
+
+QUESTION = "Where do I live?"
+CONTEXT = "My name is John and I live in Seattle. I work in Paris."
+
+
+@pytest.fixture(scope="module")
+def qa(tiny_checkpoint):
+    return npbert.pipeline("question-answering", model=str(tiny_checkpoint))
+
+
+@pytest.fixture(scope="module")
+def qa64(tiny_checkpoint):
+    return npbert.pipeline("question-answering", model=str(tiny_checkpoint), dtype=np.float64)
+
+
+def model_window(qa, question, context, start, end, **settings):
+    (w,) = (
+        qa.tokenizer.encode_pair(question, context, **settings)
+        if settings
+        else qa.tokenizer.encode_pair(question, context)[:1]
+    )
+    return w, A.Window(w.input_ids, w.attention_mask, None, start, end)
+
+
+def test_gradients_are_the_logits_derivatives(qa64):
+    # Central differences of the start (end) logit along a random direction of the embeddings output, from
+    # the forward alone (float64): the targets' upstream gradients reach the right logits.
+    model = qa64.model
+    w, window = model_window(qa64, QUESTION, CONTEXT, 11, 13)
+    x = model.embed(window.input_ids)
+    v = np.random.default_rng(0).normal(size=x.shape)
+    g_start, g_end = A.target_gradients(model, window, x)
+    h = 1e-5
+    plus, minus = (
+        model.gradients_from_embedded(x + s * h * v, None, np.zeros((1, len(w))), np.zeros((1, len(w))))
+        for s in (1, -1)
+    )
+    for g, logits in ((g_start, "start_logits"), (g_end, "end_logits")):
+        index = window.start if logits == "start_logits" else window.end
+        fd = (getattr(plus, logits)[0, index] - getattr(minus, logits)[0, index]) / (2 * h)
+        assert np.sum(g * v) == pytest.approx(fd, rel=1e-6)
+
+
+def test_ig_is_complete_on_the_model(qa64):
+    # The baseline built here from the tokens (text -> [PAD], specials kept) and f from plain forwards.
+    model, tok = qa64.model, qa64.tokenizer
+    w, window = model_window(qa64, QUESTION, CONTEXT, 11, 13)
+    specials = {tok.cls_token_id, tok.sep_token_id}
+    base = np.array([i if i in specials else tok.pad_token_id for i in w.input_ids])
+    got = A.integrated_gradients(model, window, base, n_steps=50)
+    out, ref = model(w.input_ids[None]), model(base[None])
+    gap = out.start_logits[0, 11] - ref.start_logits[0, 11]
+    assert got["start"].sum() - gap == pytest.approx(got["delta_start"], abs=1e-12)
+    assert abs(got["delta_start"]) < 1e-4 * abs(gap)  # Gauss-Legendre with 50 nodes on a smooth model
+
+
+def test_explain_json_against_tokenizer_pipeline_and_methods(qa):
+    r = A.explain(qa, QUESTION, CONTEXT)
+    best = qa(question=QUESTION, context=CONTEXT)
+    assert (r["answer"], r["span"], r["score"]) == (
+        best["answer"],
+        [best["start"], best["end"]],
+        pytest.approx(best["score"]),
+    )
+    (w,) = qa.tokenizer.encode_pair(QUESTION, CONTEXT, 384, 128)
+    assert r["tokens"] == qa.tokenizer.convert_ids_to_tokens(w.input_ids) and "windows" not in r
+    t = r["target"]
+    assert t["holds_answer"] and w.offsets[t["start"], 0] == best["start"] and w.offsets[t["end"], 1] == best["end"]
+    # the per-token lists are the summary of the method's own attributions for that target
+    window = A.Window(w.input_ids, w.attention_mask, None, t["start"], t["end"])
+    base = A.baseline_ids(w.input_ids, w.sequence_ids, qa.tokenizer.pad_token_id)
+    ig = A.integrated_gradients(qa.model, window, base)
+    np.testing.assert_allclose(r["start"], A.summarize(ig["start"]), rtol=1e-12)
+    np.testing.assert_allclose(r["raw_end"], ig["end"].sum(axis=-1, dtype=np.float64), rtol=1e-12)
+    assert (r["delta_start"], r["delta_end"]) == (ig["delta_start"], ig["delta_end"])
+    assert np.linalg.norm(r["start"]) == pytest.approx(1) and len(r["end"]) == len(r["tokens"])
+    # words: every token once, in order; a word's score is the sum of its tokens'
+    assert [i for word in r["words"] for i in word["tokens"]] == list(range(len(r["tokens"])))
+    for word in r["words"]:
+        assert word["start"] == pytest.approx(sum(r["start"][i] for i in word["tokens"]))
+    assert [
+        x["text"] for x in r["words"] if x["part"] == "context"
+    ] == "My name is John and I live in Seattle . I work in Paris .".split()
+    rollout = A.explain(qa, QUESTION, CONTEXT, "rollout")
+    out = qa.model(w.input_ids[None], output_attentions=True)
+    np.testing.assert_allclose(rollout["raw_start"], A.rollout_matrix(out.attentions)[t["start"]], rtol=1e-6)
+    gxi = A.explain(qa, QUESTION, CONTEXT, "grad-x-input")
+    np.testing.assert_allclose(gxi["start"], A.summarize(A.grad_x_input(qa.model, window)["start"]), rtol=1e-12)
+
+
+def test_smoothgrad_same_call_same_numbers(qa):
+    a, b = (A.explain(qa, QUESTION, CONTEXT, "smoothgrad", samples=4, seed=5) for _ in range(2))
+    c = A.explain(qa, QUESTION, CONTEXT, "smoothgrad", samples=4, seed=6)
+    assert a == b and a["start"] != c["start"]
+    assert a["settings"] == {"max_seq_len": 384, "doc_stride": 128, "samples": 4, "noise": 0.15, "seed": 5}
+
+
+def test_every_window_of_a_long_context(qa):
+    r = A.explain(qa, **LONG, method="grad-x-input", params=SMALL_WINDOWS, max_windows=20)
+    windows = qa.tokenizer.encode_pair(LONG["question"], LONG["context"], 48, 16)
+    assert len(r["windows"]) == len(windows) > 1 and "tokens" not in r
+    c0, c1 = r["span"]
+    held = 0
+    for got, w in zip(r["windows"], windows):
+        assert got["tokens"] == qa.tokenizer.convert_ids_to_tokens(w.input_ids)
+        assert len(got["start"]) == len(got["end"]) == len(w)
+        t = got["target"]
+        inside = [i for i, s in enumerate(w.sequence_ids) if s == 1 and w.offsets[i, 0] >= c0 and w.offsets[i, 1] <= c1]
+        holds = bool(inside) and w.offsets[inside[0], 0] == c0 and w.offsets[inside[-1], 1] == c1
+        assert t["holds_answer"] == holds
+        if holds:
+            held += 1
+            assert (t["start"], t["end"]) == (inside[0], inside[-1])
+        else:  # its own best span, inside its context
+            assert w.sequence_ids[t["start"]] == 1 or t["start"] == 0
+    assert held >= 1
+
+
+def test_a_given_span_and_bad_input(qa):
+    start = CONTEXT.index("Paris")
+    r = A.explain(qa, QUESTION, CONTEXT, "grad-x-input", span=(start, start + 5))
+    assert r["answer"] == "Paris" and r["score"] is None and r["tokens"][r["target"]["start"]] == "Paris"
+    for span, why in (
+        ((50, 80), "outside the context"),
+        ((start + 1, start + 5), "not on token boundaries"),
+        ((5, 5), "outside"),
+    ):
+        with pytest.raises(A.AttributionError, match=why) as e:
+            A.explain(qa, QUESTION, CONTEXT, "rollout", span=span)
+        assert e.value.field == "span"
+    for kwargs, field in (
+        ({"method": "lime"}, "method"),
+        ({"n_steps": 0}, "n_steps"),
+        ({"approximation_method": "simpson"}, "approximation"),
+        ({"method": "smoothgrad", "samples": 0}, "samples"),
+        ({"method": "smoothgrad", "noise": -1.0}, "noise"),
+    ):
+        with pytest.raises(A.AttributionError) as e:
+            A.explain(qa, QUESTION, CONTEXT, **kwargs)
+        assert e.value.field == field
+    with pytest.raises(WindowLimitError, match="over this pipeline's limit of 2"):
+        A.explain(qa, **LONG, params=SMALL_WINDOWS, max_windows=2)

@@ -59,8 +59,11 @@ def format_result(result: dict, by: str = "word") -> str:
     score = "" if result["score"] is None else f"score {result['score']:.4f}, "
     lines = [f"answer: {result['answer']!r} ({score}characters {span[0]}-{span[1]})"]
     settings = ", ".join(f"{k} {v}" for k, v in result["settings"].items())
-    lines.append(f"method: {result['method']} ({settings}); scores: per token, summed over the hidden dimension and")
-    lines.append("divided by the L2 norm over the window's tokens; a word's score is the sum of its tokens'")
+    lines.append(f"method: {result['method']} ({settings})")
+    lines.append(
+        "scores: per token, summed over the hidden dimension and divided by the L2 norm over the window's "
+        "tokens; a word's is the sum of its tokens'"
+    )
     windows = windows_of(result)
     for w in windows:
         t = w["target"]

@@ -94,6 +94,10 @@ def family(request, tmp_path_factory):
         tmp_path_factory.mktemp(model_type), model_type, seed=seed, **{**COMMON, **FAMILIES[model_type]}
     )
     model = npbert.AutoModelForQuestionAnswering.from_pretrained(folder)
+    try:
+        model.gradients_from_embedded(model.embed([[CLS, SEP]]), None, np.ones((1, 2)), np.zeros((1, 2)))
+    except NotImplementedError as e:  # DeBERTa until its backward is merged: then these must pass
+        pytest.xfail(f"{model_type}: {e}")
     ids, sequence_ids, types, start, end = window_inputs(torch_model.config, np.random.default_rng(seed))
     window = A.Window(ids, None, types, start, end)
     t = {
@@ -149,6 +153,7 @@ def test_grad_x_input_equals_captums(family):
             torch_forward(torch_model, which, index), torch_model.base_model.embeddings
         )
         theirs = layer.attribute(t["ids"], additional_forward_args=(t["mask"], t["types"]))[0].detach().numpy()
+        print(f"\n{model_type:<12} {name:<5} grad-x-input elements {rel(ours[name], theirs):.2e}")
         assert rel(ours[name], theirs) <= TOL, f"{model_type} {name}: {rel(ours[name], theirs):.2e}"
         assert rel(ours[name].sum(axis=-1), theirs.sum(axis=-1)) <= TOL
 
@@ -162,11 +167,16 @@ def test_smoothgrad_equals_noise_tunnel_with_the_same_noise(family, monkeypatch)
     monkeypatch.setattr(torch, "normal", lambda mean, std: torch.from_numpy(drawn.reshape(std.shape)))
     for which, name, index in ((0, "start", window.start), (1, "end", window.end)):
         tunnel = captum_attr.NoiseTunnel(captum_attr.InputXGradient(from_embedded(torch_model, t["ids"])))
-        theirs = tunnel.attribute(
-            torch.from_numpy(x),
-            nt_type="smoothgrad",
-            nt_samples=samples,
-            stdevs=ours["stdev"],
-            additional_forward_args=(t["mask"], t["types"], which, index),
-        )[0].detach().numpy()
+        theirs = (
+            tunnel.attribute(
+                torch.from_numpy(x),
+                nt_type="smoothgrad",
+                nt_samples=samples,
+                stdevs=ours["stdev"],
+                additional_forward_args=(t["mask"], t["types"], which, index),
+            )[0]
+            .detach()
+            .numpy()
+        )
+        print(f"\n{model_type:<12} {name:<5} smoothgrad elements {rel(ours[name], theirs):.2e}")
         assert rel(ours[name], theirs) <= TOL, f"{model_type} {name}: {rel(ours[name], theirs):.2e}"
