@@ -87,9 +87,9 @@ LENGTHS = [7, 4, 1]
 
 
 def random_model(name: str, seed: int = 0):
-    """(config, canonical name -> float64 weights, inputs): every weight drawn, biases and LayerNorms too;
-    the padding id's rows of the tables as transformers initialises them (0), and a sinusoidal table
-    where the config says so. Inputs are right-padded; the padding id appears only in the padding."""
+    """(config, canonical name -> float64 weights, inputs): every weight drawn, biases and LayerNorms too,
+    and a sinusoidal table where the config says so. Inputs are right-padded, with two token types where the
+    model has them; the padding id appears only in the padding."""
     config = Config.from_dict(FAMILIES[name])
     rng = np.random.default_rng(seed)
     by_key = W.expected_shapes(config)
