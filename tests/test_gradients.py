@@ -114,12 +114,6 @@ def random_model(name: str, seed: int = 0):
     return config, tensors, inputs
 
 
-def projects(family: str) -> bool:
-    """ELECTRA and ALBERT with E != D: the embeddings output is projected to D."""
-    config = Config.from_dict(FAMILIES[family])
-    return config.embedding_width != config.dim
-
-
 def model_of(config, tensors, dtype=np.float64, kernels="numpy"):
     tree = W.build_tree({n: t.astype(dtype) for n, t in tensors.items()}, config)
     return npbert.AutoModelForQuestionAnswering(config, tree, dtype=dtype, kernels=kernels)
@@ -224,17 +218,7 @@ def test_embeddings_output_gradient_is_the_derivative(family, kind):
         assert_directional(along, float((g.embeddings * direction).sum()), "embeddings output")
 
 
-# ELECTRA's and ALBERT's projection reads its input from the tap under "embeddings.normalized", which
-# embeddings() writes and a forward that starts from the embeddings output does not (found by this test).
-PROJECTION_NOT_TAPPED = pytest.mark.xfail(
-    raises=KeyError, strict=True, reason="encoder_layers does not tap the projection's input (model.py)"
-)
-
-
-@pytest.mark.parametrize(
-    "family",
-    [pytest.param(f, marks=PROJECTION_NOT_TAPPED) if projects(f) else f for f in FAMILIES],
-)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_gradients_from_embedded_equals_gradients(family):
     # the same backward started from the embeddings module's output (what Captum's layer methods substitute)
     config, tensors, inputs = random_model(family, seed=6)
