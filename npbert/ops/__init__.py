@@ -1,4 +1,4 @@
-"""The forward's and the backward's math, knowing nothing of checkpoints: plain-numpy references and the kernels that match them.
+"""The forward's and backward's math, knowing nothing of checkpoints: plain-numpy references, kernels that match them.
 
     reference.py  every operation in plain numpy: the readable math (`<name>_numpy`)
     numba.py      the same operations, the same signatures, as numba kernels (`<name>_numba`)
