@@ -51,12 +51,13 @@ class Tap:
     `tap.scope("layer.3.attention")`, so the dict holds "layer.3.attention.probs". The arrays are the
     forward's own (no copies): the activations a backward pass reads, by the same names."""
 
-    def __init__(self, arrays: dict | None = None, prefix: str = ""):
+    def __init__(self, arrays: dict | None = None, prefix: str = "", dropout: "Dropout | None" = None):
         self.arrays = {} if arrays is None else arrays
         self.prefix = prefix
+        self.dropout = dropout  # training only: the dropout the layers apply, and whose masks they keep here
 
     def scope(self, name: str) -> "Tap":
-        return Tap(self.arrays, f"{self.prefix}{name}.")
+        return Tap(self.arrays, f"{self.prefix}{name}.", self.dropout)
 
     def __setitem__(self, name: str, value: np.ndarray) -> None:
         self.arrays[self.prefix + name] = value
@@ -75,6 +76,34 @@ class Tap:
 
 def scoped(tap: Tap | None, name: str) -> Tap | None:
     return None if tap is None else tap.scope(name)
+
+
+class Dropout:
+    """Training's dropout, as torch's nn.Dropout in train mode: at each of the family's sites
+    (families.Family.dropout_sites) with the config's rate for it, every element kept with probability 1 - p
+    and scaled by 1 / (1 - p), a fresh draw from `rng` at every call. It rides on the tap (Tap(dropout=...)),
+    so only a training forward drops; each site leaves its scaled mask in the tap as `<key>` (by default
+    `<site>.dropout`), which the backward multiplies by."""
+
+    def __init__(self, config, rng: np.random.Generator):
+        self.rates = {site: getattr(config, rate) for site, rate in config.family.dropout_sites}
+        self.rng = rng
+
+    def __call__(self, x, tap, site, key=None):
+        p = self.rates.get(site, 0.0)
+        if not p:
+            return x
+        kept = (self.rng.random(x.shape, dtype=x.dtype) >= p).astype(x.dtype) / x.dtype.type(1 - p)
+        tap[key or site + ".dropout"] = kept
+        return x * kept
+
+
+def dropped(x, tap, site):  # the training dropout at `site` where the tap carries one; else x itself
+    return x if tap is None or tap.dropout is None else tap.dropout(x, tap, site)
+
+
+def undropped_gradient(d, tap, key):  # the backward of a dropout site: d times its scaled mask, if it dropped
+    return d * tap[key] if tap is not None and key in tap else d
 
 
 # --- layers --------------------------------------------------------------------------------------------
@@ -170,7 +199,8 @@ def self_attention_backward(d_out, x, keep, layer, positions, n_heads, ops, tap,
     # [B, S, D] -> d_x [B, S, D], {name: grad}, None (DeBERTa's: the relative-position table's gradient)
     att = layer.attention
     d_context, g_out = linear_backward(d_out, tap["context"], att.out_lin, weights)
-    dq, dk, dv = ops.attention_backward(d_context, tap["q"], tap["k"], tap["v"], tap["probs"], keep, n_heads)
+    kept = tap["probs.dropout"] if "probs.dropout" in tap else None  # training's dropout on the probabilities
+    dq, dk, dv = ops.attention_backward(d_context, tap["q"], tap["k"], tap["v"], tap["probs"], keep, n_heads, kept)
     d_x, grads = 0, prefixed("out_lin", g_out)
     for name, d in (("q_lin", dq), ("k_lin", dk), ("v_lin", dv)):
         d_in, g = linear_backward(d, x, getattr(att, name), weights)
@@ -215,11 +245,12 @@ def transformer_block(
     rows = lambda a: a.reshape(B * S, D)  # noqa: E731  the kernels see [B*S, D]
     # Post-LN: each sublayer's output is added to its input, then normalised.
     a, probs = attention(x, keep, layer, positions, n_heads, ops, return_probs, scoped(tap, "attention"))
+    a = dropped(a, tap, "attention.output")  # training only, as every dropout site
     ln = layer.sa_layer_norm
     x = ops.residual_layernorm(rows(a), rows(x), ln.weight, ln.bias, eps).reshape(B, S, D)
     if tap is not None:
         tap["sa_layer_norm"] = x
-    f = ffn(x, layer.ffn, bias_activation, scoped(tap, "ffn"))
+    f = dropped(ffn(x, layer.ffn, bias_activation, scoped(tap, "ffn")), tap, "ffn.output")
     ln = layer.output_layer_norm
     x = ops.residual_layernorm(rows(f), rows(x), ln.weight, ln.bias, eps).reshape(B, S, D)
     if tap is not None:
@@ -232,11 +263,14 @@ def transformer_block_backward(
 ):  # [B, S, D] -> d_x [B, S, D], {name: grad}, DeBERTa's table gradient (None for the others)
     B, S, D = x.shape
     rows = lambda a: a.reshape(B * S, D)  # noqa: E731
-    a, h, f = tap["attention.output"], tap["sa_layer_norm"], tap["ffn.output"]
+    # the sublayers' outputs as the LayerNorms saw them (times training's dropout masks, where it dropped)
+    a, f = (undropped_gradient(tap[k], tap, k + ".dropout") for k in ("attention.output", "ffn.output"))
+    h = tap["sa_layer_norm"]
     # out = LN2(f + h) with f = ffn(h): h's gradient comes through the residual and through the FFN.
     d_y, d_w, d_b = ops.residual_layernorm_backward(rows(d_out), rows(f), rows(h), layer.output_layer_norm.weight, eps)
     grads = {"output_layer_norm.weight": d_w, "output_layer_norm.bias": d_b} if weights else {}
-    d_h, g = ffn_backward(d_y.reshape(B, S, D), h, layer.ffn, activation_backward, tap.scope("ffn"), weights)
+    d_f = undropped_gradient(d_y.reshape(B, S, D), tap, "ffn.output.dropout")
+    d_h, g = ffn_backward(d_f, h, layer.ffn, activation_backward, tap.scope("ffn"), weights)
     grads.update(prefixed("ffn", g))
     d_h = d_h + d_y.reshape(B, S, D)
     # h = LN1(a + x) with a = attention(x): the same for x.
@@ -244,7 +278,8 @@ def transformer_block_backward(
     if weights:
         grads.update({"sa_layer_norm.weight": d_w, "sa_layer_norm.bias": d_b})
     d_y = d_y.reshape(B, S, D)
-    d_x, g, d_table = attention_backward(d_y, x, keep, layer, positions, n_heads, ops, tap.scope("attention"), weights)
+    d_a = undropped_gradient(d_y, tap, "attention.output.dropout")
+    d_x, g, d_table = attention_backward(d_a, x, keep, layer, positions, n_heads, ops, tap.scope("attention"), weights)
     grads.update(g)
     return d_x + d_y, grads, d_table
 
@@ -295,9 +330,14 @@ def encoder_layers(embedded, keep, w, config, ops, output_hidden_states=False, o
     # embeddings, so that an attribution can start here from an embedding of its own (attributions.py).
     layers = family_layers(config)
     bias_activation = ops.bias_activation(ACTIVATIONS[config.activation])
+    embedded = dropped(embedded, tap, "embeddings")  # training only: the embeddings module ends in a dropout
     # ELECTRA and ALBERT: narrow (E) embeddings, projected to the model width D.
     x = embedded if w.embeddings.projection is None else linear(embedded, w.embeddings.projection)
     if tap is not None:
+        if w.embeddings.projection is not None:
+            # the projection's input, which its backward reads: written here too, because a forward that
+            # starts from an embedding of its own (gradients_from_embedded) runs no embeddings() to write it
+            tap["embeddings.normalized"] = embedded
         tap["embeddings"] = x
     positions = layers.shared_positions(x.shape[1], w.transformer, config, x.dtype, ops, tap)
     hidden_states, attentions = [x], []
@@ -354,11 +394,10 @@ def encoder_layers_backward(d_x, tap, w, config, ops, keep, weights=True, releas
             d_table = d_t if d_table is None else d_table + d_t
     if weights and d_table is not None:
         accumulate(grads, layers.shared_positions_backward(d_table, w.transformer, config, ops, tap))
-    if w.embeddings.projection is None:
-        return d_x, grads
-    d_embedded, g = linear_backward(d_x, tap["embeddings.normalized"], w.embeddings.projection, weights)
-    accumulate(grads, prefixed("embeddings.projection", g))
-    return d_embedded, grads
+    if w.embeddings.projection is not None:
+        d_x, g = linear_backward(d_x, tap["embeddings.normalized"], w.embeddings.projection, weights)
+        accumulate(grads, prefixed("embeddings.projection", g))
+    return undropped_gradient(d_x, tap, "embeddings.dropout"), grads
 
 
 def prefixed(prefix, grads):  # {name: grad} | None -> {prefix.name: grad}
@@ -371,15 +410,16 @@ def accumulate(total, grads):  # adds grads into total, in place (a weight used 
 
 
 def qa_head(x, qa_outputs, tap=None):  # [B, S, D] -> [B, S], [B, S]
-    logits = linear(x, qa_outputs)  # [B, S, 2]
+    logits = linear(dropped(x, tap, "qa"), qa_outputs)  # [B, S, 2]; DistilBERT's qa_dropout in training
     if tap is not None:
         tap["logits"], tap["start_logits"], tap["end_logits"] = logits, logits[..., 0], logits[..., 1]
     return np.ascontiguousarray(logits[..., 0]), np.ascontiguousarray(logits[..., 1])
 
 
-def qa_head_backward(d_start, d_end, x, qa_outputs, weights=True):  # [B, S], [B, S], [B, S, D] -> [B, S, D], {}
+def qa_head_backward(d_start, d_end, x, qa_outputs, tap=None, weights=True):  # [B, S] x2, [B, S, D] -> [B, S, D], {}
+    x = undropped_gradient(x, tap, "qa.dropout")  # x as qa_outputs saw it
     d_x, g = linear_backward(np.stack([d_start, d_end], axis=-1), x, qa_outputs, weights)
-    return d_x, prefixed("qa_outputs", g)
+    return undropped_gradient(d_x, tap, "qa.dropout"), prefixed("qa_outputs", g)
 
 
 def qa_loss(start_logits, end_logits, start_positions, end_positions):  # [B, S] x2, [B] x2 -> loss, [B, S] x2
@@ -490,9 +530,49 @@ def prepare_inputs(input_ids, attention_mask, config: Config, token_type_ids=Non
     return ids.astype(np.int64, copy=False), keep, types
 
 
+# --- forward then backward: what model.gradients runs, and a training step (train.py) ------------------------
+
+
+def forward_backward(ids, types, keep, fast, plain, config, ops, upstream, weights=True, dropout=None) -> "Gradients":
+    """The forward on `fast` (the re-laid tree, or the plain one), with a tap, then the backward on `plain` (the
+    loader's tree). upstream(start_logits, end_logits) -> (loss or None, d_start_logits, d_end_logits).
+    dropout: a Dropout for a training step (train.py), else none."""
+    tap, layers = Tap(dropout=dropout), family_layers(config)
+    embedded = layers.embeddings(ids, types, keep, fast.encoder.embeddings, config, ops, tap.scope("embeddings"))
+    result = backward_from_embedded(embedded, keep, fast, plain, config, ops, tap, upstream, weights)
+    if weights:
+        g = layers.embeddings_backward(
+            result.embeddings, tap.scope("embeddings"), plain.encoder.embeddings, config, ops, ids, types, keep
+        )
+        accumulate(result.weights, prefixed("embeddings", g))
+    return result
+
+
+def backward_from_embedded(embedded, keep, fast, plain, config, ops, tap, upstream, weights=True) -> "Gradients":
+    """forward_backward from the embeddings module's output [B, S, E] on (every weight's gradient but the
+    embedding tables' and their LayerNorm's)."""
+    x, _, _ = encoder_layers(embedded, keep, fast.encoder, config, ops, tap=tap)
+    start_logits, end_logits = qa_head(x, fast.qa_outputs, tap)
+    loss, d_start, d_end = upstream(start_logits, end_logits)
+    d_start, d_end = (np.asarray(d, dtype=start_logits.dtype) for d in (d_start, d_end))
+    d_x, grads = qa_head_backward(d_start, d_end, x, plain.qa_outputs, tap, weights)
+    # release: the tap is this backward's own (forward_backward's, gradients_from_embedded's)
+    d_embedded, g = encoder_layers_backward(d_x, tap, plain.encoder, config, ops, keep, weights, release=True)
+    accumulate(grads, g)
+    return Gradients(loss, start_logits, end_logits, d_embedded, grads if weights else None)
+
+
+def upstream_gradients(shape, start_positions, end_positions, d_start, d_end):
+    """What a backward starts from, checked: both positions ([B] integers: qa_loss and its gradient) or both
+    upstream logit gradients ([B, S] each), not a mix. Returns forward_backward's `upstream`."""
+    check_upstream(shape, start_positions, end_positions, d_start, d_end)
+    if start_positions is not None:
+        return lambda start, end: qa_loss(start, end, start_positions, end_positions)
+    return lambda start, end: (None, d_start, d_end)
+
+
 def check_upstream(shape, start_positions, end_positions, d_start, d_end) -> None:
-    """What a backward starts from: both positions ([B] integers, for the loss) or both upstream logit
-    gradients ([B, S] each), not a mix."""
+    """Both positions ([B] integers, for the loss) or both upstream logit gradients ([B, S] each), not a mix."""
     if (start_positions is None) != (end_positions is None) or (d_start is None) != (d_end is None):
         raise ValueError("give both start_positions and end_positions, or both d_start_logits and d_end_logits")
     if (start_positions is None) == (d_start is None):
@@ -536,9 +616,11 @@ class _Pretrained:
         self.ops = select_kernels(kernels)
         # The same weights stored for speed (fused qkv, column-major or panels, DeBERTa's tables): layout.py.
         self.weights = layout.prepare(weights, config, self.ops, self.dtype, weights_file)
-        # The loader's tree as well (memory-mapped in float32: no copy): the backward reads plain [out, in]
-        # matrices, which the re-laid tree may hold as panels.
-        self.checkpoint_weights = weights
+        # The backward reads plain [out, in] matrices, which the re-laid tree may hold as panels: it reads the
+        # loader's tree (`checkpoint_weights`), loaded again when first needed so that a model that is never
+        # differentiated does not keep it (float64 or a half-precision file: a converted copy).
+        self._checkpoint_weights = weights if weights_file is None else None
+        self._weights_file = weights_file
         self.source = source
 
     @classmethod
@@ -590,6 +672,16 @@ class _Pretrained:
         if self._with_qa_head:
             qa_head(x, self.weights.qa_outputs, tap)
         return {name: np.ascontiguousarray(a) for name, a in tap.arrays.items()}
+
+    @property
+    def checkpoint_weights(self):
+        """The weights as the loader builds them (weights.py's tree, plain [out, in] matrices): what the
+        backward reads. Memory-mapped from model.safetensors where its dtype is the model's."""
+        if self._checkpoint_weights is None:
+            self._checkpoint_weights = W.load(
+                self._weights_file.parent, self.config, self.dtype, with_qa_head=self._with_qa_head
+            )
+        return self._checkpoint_weights
 
     @property
     def _checkpoint_encoder(self):
@@ -648,21 +740,11 @@ class AutoModelForQuestionAnswering(_Pretrained):
         d_end_logits * end_logits) (given those upstream gradients, [B, S] each), wrt every weight (unless
         weights=False) and wrt the embeddings module's output."""
         ids, keep, types = prepare_inputs(input_ids, attention_mask, self.config, token_type_ids)
-        tap, layers = Tap(), family_layers(self.config)
+        upstream = upstream_gradients(keep.shape, start_positions, end_positions, d_start_logits, d_end_logits)
         with threads.for_model_call():
-            embedded = layers.embeddings(
-                ids, types, keep, self.encoder_weights.embeddings, self.config, self.ops, tap.scope("embeddings")
+            return forward_backward(
+                ids, types, keep, self.weights, self.checkpoint_weights, self.config, self.ops, upstream, weights
             )
-            result = self._backward_from(
-                embedded, keep, tap, start_positions, end_positions, d_start_logits, d_end_logits, weights
-            )
-            if weights:
-                plain = self._checkpoint_encoder.embeddings
-                g = layers.embeddings_backward(
-                    result.embeddings, tap.scope("embeddings"), plain, self.config, self.ops, ids, types, keep
-                )
-                accumulate(result.weights, prefixed("embeddings", g))
-        return result
 
     def gradients_from_embedded(
         self, embedded, attention_mask=None, d_start_logits=None, d_end_logits=None, weights: bool = False
@@ -678,24 +760,11 @@ class AutoModelForQuestionAnswering(_Pretrained):
             )
         ids = np.zeros(embedded.shape[:2], dtype=np.int64)  # checks the mask's shape; the ids are not used
         _, keep, _ = prepare_inputs(ids, attention_mask, self.config)
+        upstream = upstream_gradients(keep.shape, None, None, d_start_logits, d_end_logits)
         with threads.for_model_call():
-            return self._backward_from(embedded, keep, Tap(), None, None, d_start_logits, d_end_logits, weights)
-
-    def _backward_from(self, embedded, keep, tap, start_positions, end_positions, d_start, d_end, weights):
-        check_upstream(keep.shape, start_positions, end_positions, d_start, d_end)
-        fast, plain = self.weights, self.checkpoint_weights
-        x, _, _ = encoder_layers(embedded, keep, fast.encoder, self.config, self.ops, tap=tap)
-        start_logits, end_logits = qa_head(x, fast.qa_outputs)
-        loss = None
-        if start_positions is not None:
-            loss, d_start, d_end = qa_loss(start_logits, end_logits, start_positions, end_positions)
-        d_start, d_end = (np.asarray(d, dtype=self.dtype) for d in (d_start, d_end))
-        d_x, grads = qa_head_backward(d_start, d_end, x, plain.qa_outputs, weights)
-        d_embedded, g = encoder_layers_backward(
-            d_x, tap, plain.encoder, self.config, self.ops, keep, weights, release=True
-        )
-        accumulate(grads, g)
-        return Gradients(loss, start_logits, end_logits, d_embedded, grads if weights else None)
+            return backward_from_embedded(
+                embedded, keep, self.weights, self.checkpoint_weights, self.config, self.ops, Tap(), upstream, weights
+            )
 
 
 # The transformers class names, each loading its own family only (the same code underneath).

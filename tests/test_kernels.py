@@ -296,14 +296,15 @@ def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
 EPS32 = float(np.finfo(np.float32).eps)
 
 
-def attention_backward_magnitudes(d_context, q, k, v, probs, H):
+def attention_backward_magnitudes(d_context, q, k, v, probs, H, kept=None):
     """dq, dk, dv's rounding scale: the backward's sums with every term replaced by its absolute value."""
     a = lambda t: np.abs(reference.heads(t.astype(np.float64), H))  # noqa: E731
     p, dc = np.abs(probs.astype(np.float64)), a(d_context)
+    m = 1.0 if kept is None else np.abs(kept.astype(np.float64))
     scale = math.sqrt(q.shape[-1] // H)
-    dp = dc @ np.swapaxes(a(v), -1, -2)
+    dp = (dc @ np.swapaxes(a(v), -1, -2)) * m
     ds = p * (dp + (dp * p).sum(axis=-1, keepdims=True))
-    mag = ((ds @ a(k)) / scale, (np.swapaxes(ds, -1, -2) @ a(q)) / scale, np.swapaxes(p, -1, -2) @ dc)
+    mag = ((ds @ a(k)) / scale, (np.swapaxes(ds, -1, -2) @ a(q)) / scale, np.swapaxes(p * m, -1, -2) @ dc)
     return [reference.merge_heads(m) for m in mag]
 
 
@@ -315,12 +316,12 @@ def attention_backward_case(rng, B, S, H, Dh, scale, dtype=np.float32):
     return d_context, q, k, v, probs, keep
 
 
-def check_attention_backward(d_context, q, k, v, probs, keep, H):
-    got = kernels.attention_backward_numba(d_context, q, k, v, probs, keep, H)
-    up = lambda t: t.astype(np.float64)  # noqa: E731
-    exact = reference.attention_backward_numpy(up(d_context), up(q), up(k), up(v), up(probs), keep, H)
-    ours = reference.attention_backward_numpy(d_context, q, k, v, probs, keep, H)
-    mags = attention_backward_magnitudes(d_context, q, k, v, probs, H)
+def check_attention_backward(d_context, q, k, v, probs, keep, H, kept=None):
+    got = kernels.attention_backward_numba(d_context, q, k, v, probs, keep, H, kept)
+    up = lambda t: None if t is None else t.astype(np.float64)  # noqa: E731
+    exact = reference.attention_backward_numpy(up(d_context), up(q), up(k), up(v), up(probs), keep, H, up(kept))
+    ours = reference.attention_backward_numpy(d_context, q, k, v, probs, keep, H, kept)
+    mags = attention_backward_magnitudes(d_context, q, k, v, probs, H, kept)
     S, Dh = q.shape[1], q.shape[2] // H
     for name, g, o, e, mag in zip(("dq", "dk", "dv"), got, ours, exact, mags):
         assert g.shape == e.shape and g.dtype == q.dtype, name
@@ -335,10 +336,13 @@ def check_attention_backward(d_context, q, k, v, probs, keep, H):
     return got
 
 
-@given(**ATTENTION_SHAPES)
-def test_attention_backward_matches_reference(B, S, H, Dh, scale, seed):
+@given(**ATTENTION_SHAPES, dropout=st.sampled_from([0.0, 0.1, 0.5]))
+def test_attention_backward_matches_reference(B, S, H, Dh, scale, seed, dropout):
     rng = np.random.default_rng(seed)
-    check_attention_backward(*attention_backward_case(rng, B, S, H, Dh, scale), H)
+    d_context, q, k, v, probs, keep = attention_backward_case(rng, B, S, H, Dh, scale)
+    # training's dropout on the probabilities: the scaled mask the forward kept (0 or 1 / (1 - p))
+    kept = None if dropout == 0 else ((rng.random(probs.shape) >= dropout) / (1 - dropout)).astype(np.float32)
+    check_attention_backward(d_context, q, k, v, probs, keep, H, kept)
 
 
 def test_attention_backward_masked_keys_and_padded_rows():
@@ -356,7 +360,9 @@ def test_attention_backward_masked_keys_and_padded_rows():
 
 def test_attention_backward_float64():
     rng = np.random.default_rng(12)
-    check_attention_backward(*attention_backward_case(rng, 3, 17, 3, 4, 1.0, np.float64), 3)
+    case = attention_backward_case(rng, 3, 17, 3, 4, 1.0, np.float64)
+    check_attention_backward(*case, 3)
+    check_attention_backward(*case, 3, kept=(rng.random(case[4].shape) >= 0.2) / 0.8)  # with dropout
 
 
 def gelu_backward_bound(d_out, x64, exact):

@@ -348,7 +348,8 @@ def residual_layernorm_numba(x, residual, weight, bias, eps):
 # --- the backward ------------------------------------------------------------------------------------------
 # The twins of ops/reference.py's backward functions, the same signatures and the same math (reference.py
 # derives each). They read what the forward's tap kept: the attention probabilities (the reference
-# attention's: a forward with a tap runs it), the activation's input, the LayerNorm's inputs.
+# attention's: a forward with a tap runs it) and, after a training forward, the dropout's scaled mask on
+# them (`kept`), the activation's input, the LayerNorm's inputs.
 
 
 @numba.njit(**JIT, fastmath=FAST)
@@ -366,7 +367,7 @@ def _softmax_backward_numba(d, probs, keep, inv_scale):  # in place on one head'
     return d
 
 
-def attention_backward_numba(d_context, q, k, v, probs, keep, n_heads):
+def attention_backward_numba(d_context, q, k, v, probs, keep, n_heads, kept=None):
     B, S, D = q.shape
     Dh = D // n_heads
     keep = np.ascontiguousarray(keep, dtype=np.bool_)
@@ -375,11 +376,16 @@ def attention_backward_numba(d_context, q, k, v, probs, keep, n_heads):
 
     def heads(tasks):  # one thread's share of the (row, head) pairs, as in attention_numba
         d = np.empty((S, S), dtype=q.dtype)  # d probs, then d scores: one head's [S, S] at a time
+        used = np.empty((S, S), dtype=q.dtype) if kept is not None else None
         for b, h in tasks:
             cols = slice(h * Dh, (h + 1) * Dh)
             p, dc = probs[b, h], d_context[b, :, cols]
-            np.matmul(p.T, dc, out=dv[b, :, cols])  # context = probs @ v
+            if kept is not None:  # training's dropout: context = (probs * kept) @ v
+                np.multiply(p, kept[b, h], out=used)
+            np.matmul((p if kept is None else used).T, dc, out=dv[b, :, cols])  # context = probs @ v
             np.matmul(dc, v[b, :, cols].T, out=d)
+            if kept is not None:
+                d *= kept[b, h]
             _softmax_backward_numba(d, p, keep[b], inv_scale)
             np.matmul(d, k[b, :, cols], out=dq[b, :, cols])
             np.matmul(d.T, q[b, :, cols], out=dk[b, :, cols])

@@ -45,7 +45,8 @@ def attention_numpy(q, k, v, keep, n_heads, return_probs=False, tap=None):
     probs /= probs.sum(axis=-1, keepdims=True)
     if tap is not None:
         tap["probs"] = probs
-    context = (probs @ heads(v, n_heads)).transpose(0, 2, 1, 3).reshape(B, S, D)
+    used = probs if tap is None or tap.dropout is None else tap.dropout(probs, tap, "attention.probs", "probs.dropout")
+    context = (used @ heads(v, n_heads)).transpose(0, 2, 1, 3).reshape(B, S, D)
     return context, (probs if return_probs else None)
 
 
@@ -59,13 +60,16 @@ def softmax_backward(d_probs, probs):  # [..., S], [..., S] -> [..., S]: the gra
     return probs * (d_probs - (d_probs * probs).sum(axis=-1, keepdims=True))
 
 
-def attention_backward_numpy(d_context, q, k, v, probs, keep, n_heads):  # [B, S, D] -> dq, dk, dv [B, S, D]
-    # The backward of attention_numpy, from its forward's probabilities (the tap's "probs").
+def attention_backward_numpy(d_context, q, k, v, probs, keep, n_heads, kept=None):  # -> dq, dk, dv [B, S, D]
+    # The backward of attention_numpy, from its forward's probabilities (the tap's "probs") and, after a
+    # training forward, the dropout's scaled mask on them (the tap's "probs.dropout"; None: no dropout).
     B, S, D = q.shape
     scale = q.dtype.type(math.sqrt(D // n_heads))
     d_ctx = heads(d_context, n_heads)  # [B, H, S, Dh]
-    dv = np.swapaxes(probs, -1, -2) @ d_ctx  # context = probs @ v
-    d_scores = softmax_backward(d_ctx @ np.swapaxes(heads(v, n_heads), -1, -2), probs)  # [B, H, S, S]
+    used = probs if kept is None else probs * kept
+    dv = np.swapaxes(used, -1, -2) @ d_ctx  # context = used @ v
+    d_used = d_ctx @ np.swapaxes(heads(v, n_heads), -1, -2)  # [B, H, S, S]
+    d_scores = softmax_backward(d_used if kept is None else d_used * kept, probs)
     # A masked key's score was replaced by a constant: no gradient reaches it (its probability is 0 anyway).
     d_scores = np.where(keep[:, None, None, :], d_scores, 0)
     dq = (d_scores @ heads(k, n_heads)) / scale  # scores = (q / sqrt(Dh)) k^T
