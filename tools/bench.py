@@ -20,8 +20,9 @@ Rows (docs/performance.md explains each and the targets):
             the numpy kernels, against torch autograd on the transformers model (loss.backward(); the
             embeddings output's gradient alone with the parameters frozen), interleaved medians; the
             gradients' largest difference from torch's; each one's peak memory (a child process each)
-  attributions  integrated gradients, n_steps 50, S=384, against Captum's LayerIntegratedGradients on
-            transformers (once npbert.attributions exists: skipped until then)
+  attributions  integrated gradients, n_steps 50, S=384, start and end, against Captum's
+            LayerIntegratedGradients on transformers with the same rows per backward: time and peak memory,
+            one run each in its own process; the per-token attributions' difference and the deltas
 
 npbert's GEMM path (panels-avx512, panels-avx2 or blas: ops.gemm.gemm_path) is printed and recorded;
 force one with NPBERT_GEMM. To see the AVX2 tile as a CPU without AVX-512 compiles it, run under
@@ -478,15 +479,119 @@ def backward_row(engines: dict, folder: Path, threads: int, repeats: int) -> dic
     return row
 
 
-def attributions_row(folder: Path) -> dict:
-    """Integrated gradients (n_steps 50, S=384) against Captum's LayerIntegratedGradients on the transformers
-    model: time and peak memory (issue 24's cost target: no slower). A place kept for npbert.attributions."""
+IG_STEPS = 50
+
+
+def ig_inputs(pad_token_id: int):
+    """The backward row's window (B=1 S=384) as [CLS] question (20 tokens) [SEP] context [SEP], its answer
+    span the backward row's positions, and the tutorial's baseline (question and context ids -> pad)."""
+    ids, mask, _, _ = backward_inputs()
+    S = ids.shape[1]
+    sequence_ids = (None,) + (0,) * 20 + (None,) + (1,) * (S - 23) + (None,)
+    ids[0, [0, 21, S - 1]] = 101, 102, 102
+    baseline = ids[0].copy()
+    baseline[[i for i, s in enumerate(sequence_ids) if s is not None]] = pad_token_id
+    return ids, mask, baseline
+
+
+def ig_child(engine: str, folder: str, threads: int, out: str) -> None:
+    """One IG run (n_steps 50, start and end targets) in this process, timed, its peak RSS above the RSS
+    before it (VmHWM after clear_refs), the per-token attributions saved to `out` (.npz)."""
+    import numpy as np
+
+    status = lambda field: int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(field)))  # noqa: E731
+    if engine == "npbert":
+        import npbert
+        from npbert import attributions as A
+
+        model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
+        ids, mask, baseline = ig_inputs(model.config.pad_token_id)
+        window = A.Window(ids, mask, None, *BACKWARD_POSITIONS)
+        model(ids, mask)  # maps the weights, loads the kernels
+
+        def run():
+            r = A.integrated_gradients(model, window, baseline, n_steps=IG_STEPS)
+            return r["start"], r["end"], r["delta_start"], r["delta_end"]
+
+        rows_per_backward = A.BATCH_TOKENS // ids.shape[1]
+    else:
+        import torch
+        import transformers
+        from captum.attr import LayerIntegratedGradients
+
+        torch.set_num_threads(threads)
+        tm = transformers.DistilBertForQuestionAnswering.from_pretrained(folder).eval()
+        ids, mask, baseline = ig_inputs(tm.config.pad_token_id)
+        t_ids, t_mask, t_base = torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(baseline[None])
+        rows_per_backward = 2  # internal_batch_size: npbert's rows per backward at S = 384 (BATCH_TOKENS // S)
+        with torch.inference_mode():
+            tm(t_ids, attention_mask=t_mask)
+
+        def run():
+            got = []
+            for which, index in (("start_logits", BACKWARD_POSITIONS[0]), ("end_logits", BACKWARD_POSITIONS[1])):
+                f = lambda i, m, which=which, index=index: getattr(tm(i, attention_mask=m), which)[:, index]  # noqa: E731
+                lig = LayerIntegratedGradients(f, tm.distilbert.embeddings)
+                attr, delta = lig.attribute(
+                    t_ids,
+                    baselines=t_base,
+                    additional_forward_args=(t_mask,),
+                    n_steps=IG_STEPS,
+                    internal_batch_size=rows_per_backward,
+                    return_convergence_delta=True,
+                )
+                got.append((attr.detach().numpy()[0], float(delta)))
+            return got[0][0], got[1][0], got[0][1], got[1][1]
+
+    open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+    before = status("VmRSS")
+    t0 = time.perf_counter()
+    start, end, delta_start, delta_end = run()
+    seconds = time.perf_counter() - t0
+    peak = status("VmHWM") - before
+    np.savez(out, start=start.sum(-1), end=end.sum(-1), deltas=[delta_start, delta_end])
+    print("IG", seconds, peak, rows_per_backward)
+
+
+def attributions_row(folder: Path, threads: int, tmp: Path) -> dict:
+    """Integrated gradients, n_steps 50, one window of S=384, start and end targets, npbert's
+    (attributions.integrated_gradients) against Captum's LayerIntegratedGradients on the transformers model
+    (the same rows per backward): time and peak memory, each in its own process, one after the other (a run
+    takes minutes); the per-token attributions' largest difference and the convergence deltas."""
+    import numpy as np
+
     import npbert
 
     # npbert's own folder: an editable install of another checkout could otherwise supply the module
     if not (Path(npbert.__file__).parent / "attributions.py").is_file():
         return {"skipped": "npbert.attributions does not exist yet"}
-    return {"skipped": "npbert.attributions exists: this row is still to be written"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "131072"}
+    row = {"n_steps": IG_STEPS, "S": BACKWARD_SHAPE[1], "seconds": {}, "peak_mb": {}, "delta": {}}
+    tokens = {}
+    for engine, name in (("npbert", "npbert"), ("captum", "captum")):
+        out = tmp / f"ig-{engine}.npz"
+        code = f"import sys; sys.path.insert(0, {str(ROOT / 'tools')!r}); import bench; "
+        code += f"bench.ig_child({engine!r}, {str(folder)!r}, {threads}, {str(out)!r})"
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        seconds, peak_kb, rows = next(line.split()[1:] for line in r.stdout.splitlines() if line.startswith("IG "))
+        saved = np.load(out)
+        row["seconds"][name], row["peak_mb"][name] = float(seconds), int(peak_kb) / 1024
+        row["delta"][name] = [float(d) for d in saved["deltas"]]
+        row["rows_per_backward"] = int(rows)
+        tokens[name] = (saved["start"], saved["end"])
+    row["ratio_vs_captum"] = row["seconds"]["npbert"] / row["seconds"]["captum"]
+    # per token (summed over the hidden dimension), against the largest |token attribution|, as the parity test
+    row["max_token_diff_vs_captum"] = max(
+        float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(tokens["npbert"], tokens["captum"])
+    )
+    t, m, d = row["seconds"], row["peak_mb"], row["delta"]
+    print(
+        f"  IG n_steps {IG_STEPS} S={row['S']}: npbert {t['npbert']:.0f} s (peak +{m['npbert']:.0f} MB), Captum "
+        f"{t['captum']:.0f} s (+{m['captum']:.0f} MB); tokens' max diff {row['max_token_diff_vs_captum']:.1e}; "
+        f"deltas npbert {d['npbert']}, Captum {d['captum']}",
+        flush=True,
+    )
+    return row
 
 
 def squad_examples(n: int) -> list[tuple[str, str]]:
@@ -679,6 +784,13 @@ def table(results: dict) -> str:
     a = results.get("attributions")
     if a and "skipped" in a:
         lines.append(f"| attributions ig n_steps 50 S=384 vs Captum | skipped: {a['skipped']} | | | | |")
+    elif a:
+        t, m = a["seconds"], a["peak_mb"]
+        lines.append(
+            f"| attributions ig n_steps {a['n_steps']} S={a['S']} vs Captum ({a['rows_per_backward']} rows per "
+            f"backward; peak MB above the loaded model) | {t['npbert']:.0f} s ({m['npbert']:.0f} MB) | "
+            f"{t['captum']:.0f} s ({m['captum']:.0f} MB) | | {a['ratio_vs_captum']:.2f}x | |"
+        )
     p = results.get("pipeline")
     if p and "skipped" not in p:
         q = p["questions_per_s"]
@@ -764,7 +876,8 @@ def main(argv=None) -> int:
             print("backward (medians, interleaved):", flush=True)
             results["backward"] = backward_row(engines, folder, args.threads, args.repeats)
         if "attributions" in rows:
-            results["attributions"] = attributions_row(folder)
+            print("attributions (one run each, one after the other):", flush=True)
+            results["attributions"] = attributions_row(folder, args.threads, tmp)
         if "pipeline" in rows:
             results["pipeline"] = pipeline_row(folder, engines, args.pipeline_contexts)
         if "cold" in rows:
