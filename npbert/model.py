@@ -68,6 +68,11 @@ class Tap:
     def __contains__(self, name: str) -> bool:
         return self.prefix + name in self.arrays
 
+    def drop(self) -> None:
+        """Forget every array under this tap's prefix (a backward that owns its tap frees a layer's once read)."""
+        for name in [n for n in self.arrays if n.startswith(self.prefix)]:
+            del self.arrays[name]
+
 
 def scoped(tap: Tap | None, name: str) -> Tap | None:
     return None if tap is None else tap.scope(name)
@@ -356,9 +361,11 @@ def encoder_layers(embedded, keep, w, config, ops, output_hidden_states=False, o
     return (x, tuple(hidden_states) if output_hidden_states else None, tuple(attentions) if output_attentions else None)
 
 
-def encoder_layers_backward(d_x, tap, w, config, ops, keep, weights=True):
+def encoder_layers_backward(d_x, tap, w, config, ops, keep, weights=True, release=False):
     # [B, S, D] -> d_embedded [B, S, E], {name: grad}: encoder_layers backwards, block runs in reverse order,
-    # reading the tap its forward filled. w: the plain tree (model.checkpoint_weights' encoder).
+    # reading the tap its forward filled. w: the plain tree (model.checkpoint_weights' encoder). release: drop
+    # each block run's arrays from the tap once its backward has read them (nothing reads them later), so the
+    # weight gradients accumulating meanwhile take their place: a lower peak (docs/performance.md, "Backward").
     layers = family_layers(config)
     activation_backward = ops.bias_activation_backward(ACTIVATIONS[config.activation])
     positions = layers.shared_positions(d_x.shape[1], w.transformer, config, d_x.dtype, ops)
@@ -381,6 +388,8 @@ def encoder_layers_backward(d_x, tap, w, config, ops, keep, weights=True):
             weights,
         )
         accumulate(grads, prefixed(f"transformer.layer.{order[i]}", g))
+        if release:
+            tap.scope(f"layer.{i}").drop()
         if d_t is not None:
             d_table = d_t if d_table is None else d_table + d_t
     if weights and d_table is not None:
@@ -547,7 +556,8 @@ def backward_from_embedded(embedded, keep, fast, plain, config, ops, tap, upstre
     loss, d_start, d_end = upstream(start_logits, end_logits)
     d_start, d_end = (np.asarray(d, dtype=start_logits.dtype) for d in (d_start, d_end))
     d_x, grads = qa_head_backward(d_start, d_end, x, plain.qa_outputs, tap, weights)
-    d_embedded, g = encoder_layers_backward(d_x, tap, plain.encoder, config, ops, keep, weights)
+    # release: the tap is this backward's own (forward_backward's, gradients_from_embedded's)
+    d_embedded, g = encoder_layers_backward(d_x, tap, plain.encoder, config, ops, keep, weights, release=True)
     accumulate(grads, g)
     return Gradients(loss, start_logits, end_logits, d_embedded, grads if weights else None)
 

@@ -1,4 +1,4 @@
-"""The forward's math, knowing nothing of checkpoints: plain-numpy references and the kernels that match them.
+"""The forward's and backward's math, knowing nothing of checkpoints: plain-numpy references, kernels that match them.
 
     reference.py  every operation in plain numpy: the readable math (`<name>_numpy`)
     numba.py      the same operations, the same signatures, as numba kernels (`<name>_numba`)
@@ -72,12 +72,11 @@ NUMBA = Ops(
     _numba.bias_gelu_tanh_numba,
     _numba.bias_relu_numba,
     _numba.disentangled_attention_numba,
-    # the backward's numba twins: to come; the references until then
-    _reference.attention_backward_numpy,
-    _reference.bias_gelu_backward_numpy,
-    _reference.residual_layernorm_backward_numpy,
-    _reference.bias_gelu_tanh_backward_numpy,
-    _reference.bias_relu_backward_numpy,
+    _numba.attention_backward_numba,
+    _numba.bias_gelu_backward_numba,
+    _numba.residual_layernorm_backward_numba,
+    _numba.bias_gelu_tanh_backward_numba,
+    _numba.bias_relu_backward_numba,
 )
 CHOICES = {"numpy": NUMPY, "numba": NUMBA}
 
