@@ -20,6 +20,9 @@ Rows (docs/performance.md explains each and the targets):
             the numpy kernels, against torch autograd on the transformers model (loss.backward(); the
             embeddings output's gradient alone with the parameters frozen), interleaved medians; the
             gradients' largest difference from torch's; each one's peak memory (a child process each)
+  train     one training step (forward with dropout, backward, clipping, AdamW) at B=8 S=384 as `npbert train`
+            runs it, against PyTorch's (transformers in train mode, clip_grad_norm_, torch.optim.AdamW),
+            interleaved medians, and each one's peak memory above the state it starts from (a child each)
   attributions  integrated gradients, n_steps 50, S=384, start and end, against Captum's
             LayerIntegratedGradients on transformers with the same rows per backward: time and peak memory,
             one run each in its own process; the per-token attributions' difference and the deltas
@@ -64,7 +67,7 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--rows",
-        default="forward,gflops,bandwidth,backward,attributions,pipeline,cold",
+        default="forward,gflops,bandwidth,backward,attributions,train,pipeline,cold",
         help="comma-separated subset of rows",
     )
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per forward shape")
@@ -594,6 +597,118 @@ def attributions_row(folder: Path, threads: int, tmp: Path) -> dict:
     return row
 
 
+TRAIN_SHAPE = (8, 384)
+
+
+def train_step_engines(folder: Path, threads: int, which=("npbert", "pytorch")) -> dict:
+    """name -> one training step at TRAIN_SHAPE, as `npbert train` runs it and as transformers' examples do
+    (train mode with the config's dropout, the QA loss, backward, clip_grad_norm_ 1.0, AdamW step with the
+    Trainer's groups, the schedule's rate): npbert's train.step_gradients + optim, and torch's."""
+    import numpy as np
+
+    from npbert import optim, train, weights as W
+    from npbert.config import Config
+    from npbert.model import Dropout
+    from npbert.ops import select
+
+    B, S = TRAIN_SHAPE
+    rng = np.random.default_rng(4)
+    ids = rng.integers(1000, 28000, (B, S)).astype(np.int64)
+    ids[:, 0] = 101
+    starts, ends = rng.integers(20, 300, B), None
+    ends = starts + rng.integers(0, 10, B)
+    features = train.Features(ids, np.ones_like(ids), None, starts, ends, np.arange(B))
+    job = train.TrainJob(model=str(folder), data="", out="", max_steps=1000, batch_size=B, shuffle=False)
+    fns = {}
+    if "npbert" in which:
+        config = Config.from_file(folder / "config.json")
+        params = {n: np.array(a) for n, a in W.load_arrays(folder, config).items()}
+        trainable = {n: p for n, p in params.items() if train.trainable(n, config)}
+        adamw = optim.AdamW(trainable, weight_decay=0.01)
+        dropout, ops = Dropout(config, np.random.default_rng(0)), select()
+
+        def npbert_step():
+            loss, grads = train.step_gradients(0, job, params, config, ops, features, None, dropout)
+            grads = {n: grads[n] for n in trainable}
+            optim.clip_grad_norm(grads, 1.0)
+            adamw.step(trainable, grads, 3e-5)
+            return loss
+
+        fns["npbert"] = npbert_step
+    if "pytorch" in which:
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        tm = transformers.DistilBertForQuestionAnswering.from_pretrained(folder).train()
+        named = [(n, p) for n, p in tm.named_parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(
+            [
+                {"params": [p for n, p in named if optim.decays(n)], "weight_decay": 0.01},
+                {"params": [p for n, p in named if not optim.decays(n)], "weight_decay": 0.0},
+            ],
+            lr=3e-5,
+        )
+        t_ids, t_start, t_end = (torch.from_numpy(a) for a in (ids, starts, ends))
+
+        def torch_step():
+            loss = tm(t_ids, attention_mask=torch.ones_like(t_ids), start_positions=t_start, end_positions=t_end).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
+            opt.step()
+            opt.zero_grad()
+            return float(loss)
+
+        fns["pytorch"] = torch_step
+    return fns
+
+
+_TRAIN_MEMORY_CHILD = """
+import sys
+sys.path.insert(0, {tools!r})
+from pathlib import Path
+import bench
+run = bench.train_step_engines(Path({folder!r}), {threads}, which=({engine!r},))[{engine!r}]
+run()  # the first step compiles, maps pages, makes the optimizer's moments: the figure is a later step's
+status = lambda field: int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(field)))
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+before = status("VmRSS")
+run()
+print("PEAK_KB", status("VmHWM") - before, before)
+"""
+
+
+def train_row(folder: Path, threads: int, repeats: int) -> dict:
+    """One training step's time (interleaved medians) and its peak memory above the state it starts from
+    (weights, gradients' predecessors freed, AdamW's moments), npbert and PyTorch, each in a child process
+    for the memory."""
+    fns = train_step_engines(folder, threads)
+    med = interleaved(fns, (), repeats, warmup=1)
+    memory = {}
+    for n in fns:
+        code = _TRAIN_MEMORY_CHILD.format(tools=str(ROOT / "tools"), folder=str(folder), threads=threads, engine=n)
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "PYTHONPATH": str(ROOT),
+            "MALLOC_MMAP_THRESHOLD_": "131072",
+        }
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        peak, before = next(line.split()[1:] for line in out.stdout.splitlines() if line.startswith("PEAK_KB"))
+        memory[n] = (int(peak) / 1024, int(before) / 1024)
+    B, S = TRAIN_SHAPE
+    for n, t in med.items():
+        print(f"  {n}: {t:.2f} s, peak +{memory[n][0]:.0f} MB above {memory[n][1]:.0f} MB", flush=True)
+    return {
+        "B": B,
+        "S": S,
+        "seconds": med,
+        "ratio_vs_pytorch": med["npbert"] / med["pytorch"],
+        "peak_mb_above_start": {n: m[0] for n, m in memory.items()},
+        "rss_mb_at_start": {n: m[1] for n, m in memory.items()},
+    }
+
+
 def squad_examples(n: int) -> list[tuple[str, str]]:
     """The first question of each of the first n SQuAD v1.1 dev contexts."""
     path = ROOT.parent / "shared" / "data" / "squad-v1.1-dev.json"
@@ -791,6 +906,14 @@ def table(results: dict) -> str:
             f"backward; peak MB above the loaded model) | {t['npbert']:.0f} s ({m['npbert']:.0f} MB) | "
             f"{t['captum']:.0f} s ({m['captum']:.0f} MB) | | {a['ratio_vs_captum']:.2f}x | |"
         )
+    t = results.get("train")
+    if t:
+        s, m = t["seconds"], t["peak_mb_above_start"]
+        lines.append(
+            f"| one training step B={t['B']} S={t['S']}: forward, backward, AdamW (peak MB above the start) | "
+            f"{s['npbert']:.2f} s ({m['npbert']:.0f} MB) | {s['pytorch']:.2f} s ({m['pytorch']:.0f} MB) | | "
+            f"{t['ratio_vs_pytorch']:.2f}x | |"
+        )
     p = results.get("pipeline")
     if p and "skipped" not in p:
         q = p["questions_per_s"]
@@ -878,6 +1001,9 @@ def main(argv=None) -> int:
         if "attributions" in rows:
             print("attributions (one run each, one after the other):", flush=True)
             results["attributions"] = attributions_row(folder, args.threads, tmp)
+        if "train" in rows:
+            print("training step (medians, interleaved):", flush=True)
+            results["train"] = train_row(folder, args.threads, max(3, args.repeats // 2))
         if "pipeline" in rows:
             results["pipeline"] = pipeline_row(folder, engines, args.pipeline_contexts)
         if "cold" in rows:
