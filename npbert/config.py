@@ -51,6 +51,12 @@ class Config:
     norm_rel_ebd: str = "none"  # "layer_norm": the table goes through encoder.LayerNorm first
     position_biased_input: bool = True  # add absolute position embeddings to the input (v3: false)
     conv_kernel_size: int = 0  # > 0: the ConvLayer of v2 xlarge/xxlarge (not supported)
+    # Training only (model.Dropout; inference never drops): the rates at the family's dropout sites
+    # (families.Family.dropout_sites), read with the family's names (BERT: hidden_dropout_prob,
+    # attention_probs_dropout_prob).
+    dropout: float = 0.1  # the embeddings' output and the sublayers' outputs
+    attention_dropout: float = 0.1  # the attention probabilities
+    qa_dropout: float = 0.1  # before qa_outputs (DistilBERT's; the other families' QA heads have none)
 
     @property
     def head_dim(self) -> int:  # Dh
@@ -141,6 +147,9 @@ class Config:
                 continue  # another family's config.json naming a DeBERTa key: not read
             if name == "layer_norm_eps" and model_type == "distilbert":
                 continue  # DistilBERT's LayerNorms use 1e-12 whatever the config says
+            if name in DROPOUT_FIELDS:
+                kwargs[name] = _dropout_rate(d[key], key, source)
+                continue
             kwargs[name] = _checked(d[key], type(default.default), key, source)
         config = cls(**kwargs)
         config._check(source)
@@ -277,6 +286,17 @@ def _huge_integer(value, key: str = "") -> tuple[str, int] | None:
         if found is not None:
             return found
     return None
+
+
+DROPOUT_FIELDS = ("dropout", "attention_dropout", "qa_dropout")
+
+
+def _dropout_rate(value, key: str, source: str) -> float:
+    if value is None:  # transformers reads a null rate as no dropout
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{source}: {key} must be a dropout rate in [0, 1), found {value!r}")
+    return float(value)
 
 
 def _checked(value, expected: type, key: str, source: str):

@@ -288,22 +288,22 @@ def _read_owner(fd: int) -> dict:
 
 
 @contextmanager
-def output_lock(out: Path):
-    """Hold `out`/LOCK (creating `out`): an exclusive, non-blocking `flock` on a file naming the owner. The
+def output_lock(out: Path, lock: str = LOCK, command: str = "eval"):
+    """Hold `out`/`lock` (creating `out`): an exclusive, non-blocking `flock` on a file naming the owner. The
     kernel drops the lock when its process dies, so a lock file left by a killed run is free and taken
     over; a held one is refused with a JobError naming its owner's pid. A folder made here and left
-    empty is removed again."""
+    empty is removed again. `npbert train` holds its own (train.py)."""
     if out.exists() and not out.is_dir():
         raise JobError(f"{out}: output exists and is not a folder")
     try:
         import fcntl  # POSIX
     except ImportError:  # Windows: no flock; the run goes on unlocked rather than not at all
-        log.warning("%s: not locked (no flock on this platform): do not run two evals into it at once", out)
+        log.warning("%s: not locked (no flock on this platform): do not run two %ss into it at once", out, command)
         yield
         return
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK
+    path = out / lock
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -312,7 +312,7 @@ def output_lock(out: Path):
             pid = _read_owner(fd).get("pid", "unknown")
             os.close(fd)
             raise JobError(
-                f"{out}: another npbert eval (pid {pid}) is writing to this folder; wait for it to finish "
+                f"{out}: another npbert {command} (pid {pid}) is writing to this folder; wait for it to finish "
                 "or choose another output folder"
             ) from None
         try:  # the file we locked must still be the one at `path`: a finishing owner unlinks it, then unlocks

@@ -110,6 +110,8 @@ _BERT_CONFIG_NAMES = {
     "n_heads": "num_attention_heads",
     "hidden_dim": "intermediate_size",
     "activation": "hidden_act",
+    "dropout": "hidden_dropout_prob",
+    "attention_dropout": "attention_probs_dropout_prob",
 }
 # Each family's configuration class defaults (configuration_*.py), for keys a config.json leaves out.
 _BERT_DEFAULTS = dict(
@@ -156,6 +158,15 @@ class Family:
     # The transformers tokenizer class (without "Fast") for this model_type: TOKENIZERS below says what it
     # brings (models/auto/tokenization_auto.py TOKENIZER_MAPPING_NAMES).
     tokenizer: str = "BertTokenizer"
+    # Where training drops (model.Dropout), with the Config rate each site uses: after the embeddings'
+    # LayerNorm, on the attention probabilities, on the attention's output and on the FFN's output (each
+    # before its residual LayerNorm), before qa_outputs. BERT's modeling file has all but the last.
+    dropout_sites: tuple = (
+        ("embeddings", "dropout"),
+        ("attention.probs", "attention_dropout"),
+        ("attention.output", "dropout"),
+        ("ffn.output", "dropout"),
+    )
 
 
 FAMILIES = {
@@ -179,6 +190,13 @@ FAMILIES = {
                 pad_token_id=0,
             ),
             tokenizer="DistilBertTokenizer",
+            # no dropout on the attention's output; qa_dropout before qa_outputs
+            dropout_sites=(
+                ("embeddings", "dropout"),
+                ("attention.probs", "attention_dropout"),
+                ("ffn.output", "dropout"),
+                ("qa", "qa_dropout"),
+            ),
         ),
         Family("bert", "models/bert/modeling_bert.py", "bert", _BERT, _BERT_CONFIG_NAMES, _BERT_DEFAULTS),
         Family(
@@ -226,9 +244,17 @@ FAMILIES = {
                 "embedding_size": 128,
                 "num_hidden_groups": 1,
                 "inner_group_num": 1,
+                "dropout": 0.0,  # AlbertConfig: hidden_dropout_prob 0, attention_probs_dropout_prob 0
+                "attention_dropout": 0.0,
             },
             shares_blocks=True,
             tokenizer="AlbertTokenizer",
+            # AlbertLayer defines a dropout but never applies it to the FFN's output
+            dropout_sites=(
+                ("embeddings", "dropout"),
+                ("attention.probs", "attention_dropout"),
+                ("attention.output", "dropout"),
+            ),
         ),
         # configuration_deberta_v2.py's defaults are DeBERTa-v2-xlarge's; relative_attention and the rest of
         # the disentangled attention are config keys (Config's DeBERTa fields), read only for this family.
@@ -253,6 +279,8 @@ FAMILIES = {
             unused=Family.unused + ("embeddings.position_embeddings.weight",),
             disentangled=True,
             tokenizer="DebertaV2Tokenizer",
+            # and each layer's copy of the relative-position table (pos_dropout, with relative_attention)
+            dropout_sites=Family.dropout_sites + (("attention.rel_embeddings", "dropout"),),
         ),
     )
 }

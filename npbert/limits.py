@@ -6,3 +6,7 @@ parsers can show it without loading the model code."""
 # row; serve: 422): one book-length context would otherwise hold a process for minutes (64 windows of 384
 # tokens at stride 128 is ~16 000 tokens, ~70 KB of English).
 DEFAULT_MAX_WINDOWS = 64
+
+# `npbert explain` and POST /v1/attributions: each window costs a forward and a backward per integration
+# step (ig: 2 x n_steps rows), about 100 forwards' work at n_steps 50, so far fewer windows are allowed.
+DEFAULT_MAX_ATTRIBUTION_WINDOWS = 4

@@ -1,4 +1,5 @@
-"""Attention pictures: token-by-token heat maps of one head, or of every head of a layer.
+"""Attention pictures: token-by-token heat maps of one head, or of every head of a layer; and bar charts of
+token attributions (`npbert explain --out`).
 
 Plotting is the optional extra `npbert[viz]` (matplotlib). Figures are built with matplotlib's
 object API on the Agg canvas, never pyplot, so nothing depends on a display or on global state.
@@ -87,3 +88,30 @@ def save_png(fig, path: str | Path, dpi: int = 100, description: str = "") -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png", metadata={"Software": "npbert", "Description": description})
     return path
+
+
+def attribution_figure(panels: list[tuple[str, list[str], np.ndarray, np.ndarray]], title: str = ""):
+    """A matplotlib Figure of token attributions: per panel (label, tokens, start scores, end scores), two
+    bar charts over the tokens, one for the answer's start and one for its end (positive bars orange, negative
+    blue), each panel `panel_inches(n_tokens)` wide (one per window of a long context)."""
+    Figure, FigureCanvasAgg = _matplotlib()
+    width = max(panel_inches(len(tokens)) for _, tokens, _, _ in panels) + MARGIN
+    fig = Figure(figsize=(width, 2 * len(panels) * 2.2 + 0.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2 * len(panels), 1, squeeze=False)[:, 0]
+    for n, (label, tokens, start, end) in enumerate(panels):
+        S = len(tokens)
+        font = float(np.clip(panel_inches(S) * 72 / S * 0.7, 3, 9))
+        for ax, name, scores in ((axes[2 * n], "start", start), (axes[2 * n + 1], "end", end)):
+            scores = np.asarray(scores, dtype=np.float64)
+            if scores.shape != (S,):
+                raise ValueError(f"expected {S} {name} scores (one per token), found {list(scores.shape)}")
+            ax.bar(range(S), scores, color=np.where(scores >= 0, "tab:orange", "tab:blue"))
+            ax.axhline(0, color="black", linewidth=0.5)
+            ax.set_xlim(-0.5, S - 0.5)
+            ax.set_xticks(range(S), tokens, rotation=90, fontsize=font)
+            ax.set_ylabel(f"{name} attribution", fontsize=8)
+            ax.set_title(f"{label}: answer {name}" if label else f"answer {name}", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -321,6 +321,11 @@ def build_tree(tensors: dict[str, np.ndarray], config: Config, with_qa_head: boo
 
 def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = True):
     """Load `folder/model.safetensors` strictly into the weight tree for `config`."""
+    return build_tree(load_arrays(folder, config, dtype, with_qa_head), config, with_qa_head)
+
+
+def load_arrays(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = True) -> dict[str, np.ndarray]:
+    """`load`'s arrays by canonical name (canonical_keys' keys), before build_tree arranges them."""
     folder = Path(folder)
     path = folder / "model.safetensors"
     if not path.is_file():
@@ -367,7 +372,7 @@ def load(folder: Path, config: Config, dtype=np.float32, with_qa_head: bool = Tr
     by_key = load_tensors(
         path, {key: _canonical_shape(name, config) for name, key in keys.items()}, dtype, ignorable, header
     )
-    return build_tree({name: by_key[key] for name, key in keys.items()}, config, with_qa_head)
+    return {name: by_key[key] for name, key in keys.items()}
 
 
 def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:

@@ -23,6 +23,17 @@ SHARED_SQUAD = SHARED / "data" / "squad-v1.1-dev.json"
 FULL_SIZE = dict(vocab_size=28996, dim=768, n_layers=6, n_heads=12, hidden_dim=3072, max_position_embeddings=512)
 TINY = dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=512)
 
+# A question whose context makes several windows at SMALL_WINDOWS (the window tests of POST /v1/explain and of
+# the attributions), and those window settings.
+LONG_CONTEXT = " ".join(
+    f"In round {i} the home team played well and the visitors scored {i} points." for i in range(12)
+)
+LONG = {
+    "question": "Who won the game in the end?",
+    "context": LONG_CONTEXT + " The visitors won the game by two points.",
+}
+SMALL_WINDOWS = {"max_seq_len": 48, "doc_stride": 16}
+
 SPECIALS = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 

@@ -21,18 +21,11 @@ pytest.importorskip("fastapi", reason="npbert serve needs the serve extra (fasta
 pytest.importorskip("uvicorn", reason="npbert serve needs the serve extra (fastapi, uvicorn)")
 
 import npbert  # noqa: E402
+from checkpoints import LONG, SMALL_WINDOWS  # noqa: E402
 from npbert.serve.explain import STATIC, ExplainError, decode_attention, explain  # noqa: E402
 from serve_helpers import Server  # noqa: E402
 
 SAMPLE = {"question": "What's my name?", "context": "My name is John and I live in Seattle"}
-LONG = {
-    "question": "Who won the game in the end?",
-    "context": " ".join(
-        f"In round {i} the home team played well and the visitors scored {i} points." for i in range(12)
-    )
-    + " The visitors won the game by two points.",
-}
-SMALL_WINDOWS = {"max_seq_len": 48, "doc_stride": 16}
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ NPBERT_KERNELS, `kernels=`), and the load-time re-layout (`layout.relayout_for_s
 
 Tolerance: max |kernel - reference| <= 1e-6 in float32 on values of order 1; on larger outputs the bound
 is relative (1e-6 x |reference|), since float32 itself resolves only ~6e-8 x |value|. float64 (audit mode)
-is compared at 1e-12.
+is compared at 1e-12. The backward's twins: against the reference run in float64, within a first-order
+rounding bound (see "the backward" below).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def run_attention(q, k, v, keep, H):
     return probs
 
 
-@given(
+# The shapes the attention tests draw (forward and backward alike).
+ATTENTION_SHAPES = dict(
     B=st.integers(1, 3),
     S=st.integers(1, 33),
     H=st.sampled_from([1, 2, 4]),
@@ -73,12 +75,19 @@ def run_attention(q, k, v, keep, H):
     scale=st.sampled_from([0.1, 1.0, 4.0]),
     seed=st.integers(0, 2**32 - 1),
 )
+
+
+def fused_qkv(rng, B, S, H, Dh, scale, dtype=np.float32):
+    """q, k, v as the model passes them: column slices of one fused [B, S, 3D] projection (strided views)."""
+    qkv = (scale * rng.standard_normal((B, S, 3 * H * Dh))).astype(dtype)
+    D = H * Dh
+    return qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
+
+
+@given(**ATTENTION_SHAPES)
 def test_attention_matches_reference(B, S, H, Dh, scale, seed):
     rng = np.random.default_rng(seed)
-    # q, k, v as the model passes them: column slices of one fused [B, S, 3D] projection (strided views).
-    qkv = (scale * rng.standard_normal((B, S, 3 * H * Dh))).astype(np.float32)
-    D = H * Dh
-    q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
+    q, k, v = fused_qkv(rng, B, S, H, Dh, scale)
     keep = random_keep(rng, B, S)
     probs = run_attention(q, k, v, keep, H)
     for b in range(B):
@@ -173,14 +182,21 @@ def test_bias_gelu_overwrites_its_input_and_float64_is_exact():
 # --- residual + LayerNorm ------------------------------------------------------------------------------
 
 
-@given(
+LAYERNORM_ROWS = dict(  # the rows the LayerNorm tests draw (forward and backward alike)
     N=st.integers(1, 9), D=st.integers(1, 80), scale=st.sampled_from([1e-3, 1.0, 1e3]), seed=st.integers(0, 2**32 - 1)
 )
-def test_residual_layernorm_matches_reference(N, D, scale, seed):
-    rng = np.random.default_rng(seed)
+
+
+def layernorm_inputs(rng, N, D, scale):  # x, residual [N, D] of that scale, weight [D] near 1 (float32)
     x = (scale * rng.standard_normal((N, D))).astype(np.float32)
     r = (scale * rng.standard_normal((N, D))).astype(np.float32)
-    weight = (1 + 0.1 * rng.standard_normal(D)).astype(np.float32)
+    return x, r, (1 + 0.1 * rng.standard_normal(D)).astype(np.float32)
+
+
+@given(**LAYERNORM_ROWS)
+def test_residual_layernorm_matches_reference(N, D, scale, seed):
+    rng = np.random.default_rng(seed)
+    x, r, weight = layernorm_inputs(rng, N, D, scale)
     bias = (0.1 * rng.standard_normal(D)).astype(np.float32)
     # The reference run in float64 on the float32 sum (the kernel rounds x + r to float32 first, as the
     # model does): the float32 reference itself loses up to ~3e-6 to cancellation on short rows of large
@@ -228,22 +244,27 @@ def as_in_a_model_call(monkeypatch, threads):
     return blas_calls
 
 
+def record_threads(monkeypatch, *names):
+    """Wrap each named kernel of ops/numba.py to record the thread of every call: {name: [thread ids]}."""
+    used = {}
+    for name in names:
+        kernel = getattr(kernels, name)
+
+        def recorded(*a, kernel=kernel, name=name):
+            used.setdefault(name, []).append(threading.get_ident())
+            return kernel(*a)
+
+        monkeypatch.setattr(kernels, name, recorded)
+    return used
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
     # The property tests' shapes are small: they run on the calling thread. These are above each kernel's
     # threshold, so each kernel splits its rows (or heads) over `threads` threads, as in a forward given
     # that many OpenBLAS threads; attention sets OpenBLAS to one thread meanwhile and restores it.
-    used = {}
     blas_calls = as_in_a_model_call(monkeypatch, threads)
-    for name in ("_scale_mask_shift_numba", "_bias_gelu_f32_numba", "_residual_layernorm_numba"):
-        kernel = getattr(kernels, name)
-        monkeypatch.setattr(
-            kernels,
-            name,
-            lambda *a, kernel=kernel, name=name: (used.setdefault(name, []).append(threading.get_ident()), kernel(*a))[
-                1
-            ],
-        )
+    used = record_threads(monkeypatch, "_scale_mask_shift_numba", "_bias_gelu_f32_numba", "_residual_layernorm_numba")
     rng = np.random.default_rng(6)
     qkv = rng.standard_normal((2, 80, 3 * 64)).astype(np.float32)
     keep = random_keep(rng, 2, 80)
@@ -264,6 +285,234 @@ def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
     assert len(used) == 3 and len(used["_scale_mask_shift_numba"]) == 2 * 2 * 8  # run_attention runs it twice
     assert len(used["_bias_gelu_f32_numba"]) == len(used["_residual_layernorm_numba"]) == threads
     assert all(len(set(ids)) >= 2 for ids in used.values())
+
+
+# --- the backward --------------------------------------------------------------------------------------
+# Each twin against its reference run in float64 on the same float32 inputs (the exact gradient of the
+# float32 forward, up to float64 rounding): the twin, and the float32 reference too, within a first-order
+# rounding bound of it, eps32 x (the accumulation lengths) x the same sums taken over absolute values.
+# float64 (audit mode): twin and reference within 1e-12 of those magnitudes.
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def attention_backward_magnitudes(d_context, q, k, v, probs, H, kept=None):
+    """dq, dk, dv's rounding scale: the backward's sums with every term replaced by its absolute value."""
+    a = lambda t: np.abs(reference.heads(t.astype(np.float64), H))  # noqa: E731
+    p, dc = np.abs(probs.astype(np.float64)), a(d_context)
+    m = 1.0 if kept is None else np.abs(kept.astype(np.float64))
+    scale = math.sqrt(q.shape[-1] // H)
+    dp = (dc @ np.swapaxes(a(v), -1, -2)) * m
+    ds = p * (dp + (dp * p).sum(axis=-1, keepdims=True))
+    mag = ((ds @ a(k)) / scale, (np.swapaxes(ds, -1, -2) @ a(q)) / scale, np.swapaxes(p * m, -1, -2) @ dc)
+    return [reference.merge_heads(m) for m in mag]
+
+
+def attention_backward_case(rng, B, S, H, Dh, scale, dtype=np.float32):
+    q, k, v = fused_qkv(rng, B, S, H, Dh, scale, dtype)
+    keep = random_keep(rng, B, S)
+    probs = reference.attention_numpy(q, k, v, keep, H, return_probs=True)[1]
+    d_context = rng.standard_normal((B, S, H * Dh)).astype(dtype)
+    return d_context, q, k, v, probs, keep
+
+
+def check_attention_backward(d_context, q, k, v, probs, keep, H, kept=None):
+    got = kernels.attention_backward_numba(d_context, q, k, v, probs, keep, H, kept)
+    up = lambda t: None if t is None else t.astype(np.float64)  # noqa: E731
+    exact = reference.attention_backward_numpy(up(d_context), up(q), up(k), up(v), up(probs), keep, H, up(kept))
+    ours = reference.attention_backward_numpy(d_context, q, k, v, probs, keep, H, kept)
+    mags = attention_backward_magnitudes(d_context, q, k, v, probs, H, kept)
+    S, Dh = q.shape[1], q.shape[2] // H
+    for name, g, o, e, mag in zip(("dq", "dk", "dv"), got, ours, exact, mags):
+        assert g.shape == e.shape and g.dtype == q.dtype, name
+        bound = (2 * S + Dh + 8) * EPS32 * mag if q.dtype == np.float32 else 1e-12 * mag
+        for label, a in (("numba", g), ("numpy", o)):
+            excess = np.abs(a - e) - bound
+            assert excess.max(initial=0.0) <= 0, f"{label} {name}: beyond the rounding bound by {excess.max()}"
+    for b in range(q.shape[0]):  # masked keys get no gradient, and a row without keys none at all
+        assert (got[1][b][~keep[b]] == 0).all()
+        if not keep[b].any():
+            assert (got[0][b] == 0).all() and (got[1][b] == 0).all()
+    return got
+
+
+@given(**ATTENTION_SHAPES, dropout=st.sampled_from([0.0, 0.1, 0.5]))
+def test_attention_backward_matches_reference(B, S, H, Dh, scale, seed, dropout):
+    rng = np.random.default_rng(seed)
+    d_context, q, k, v, probs, keep = attention_backward_case(rng, B, S, H, Dh, scale)
+    # training's dropout on the probabilities: the scaled mask the forward kept (0 or 1 / (1 - p))
+    kept = None if dropout == 0 else ((rng.random(probs.shape) >= dropout) / (1 - dropout)).astype(np.float32)
+    check_attention_backward(d_context, q, k, v, probs, keep, H, kept)
+
+
+def test_attention_backward_masked_keys_and_padded_rows():
+    # Right-padded rows as a batch has them, one row padded to its first token, one with no key at all
+    # (transformers' uniform row: d scores all 0, so dq = dk = 0 while dv gets the uniform mean).
+    rng = np.random.default_rng(11)
+    d_context, q, k, v, _, _ = attention_backward_case(rng, 4, 24, 2, 8, 1.0)
+    keep = np.ones((4, 24), dtype=bool)
+    keep[1, 15:], keep[2, 1:], keep[3] = False, False, False
+    probs = reference.attention_numpy(q, k, v, keep, 2, return_probs=True)[1]
+    dq, dk, dv = check_attention_backward(d_context, q, k, v, probs, keep, 2)
+    assert (dq[2] == 0).all()  # one key: its probability is 1 whatever the scores, so they get no gradient
+    np.testing.assert_allclose(dv[3], np.broadcast_to(d_context[3].mean(axis=0), dv[3].shape), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_backward_float64():
+    rng = np.random.default_rng(12)
+    case = attention_backward_case(rng, 3, 17, 3, 4, 1.0, np.float64)
+    check_attention_backward(*case, 3)
+    check_attention_backward(*case, 3, kept=(rng.random(case[4].shape) >= 0.2) / 0.8)  # with dropout
+
+
+def gelu_backward_bound(d_out, x64, exact):
+    # erf_rational: |cdf error| < 3.3e-8; the float32 exp (either path's): ~2 ulp, plus x^2 / 2 times the
+    # rounding of x^2 in the exponent; the product rounded to float32.
+    pdf = np.exp(-0.5 * x64 * x64) / math.sqrt(2 * math.pi)
+    return np.abs(d_out) * (3.3e-8 + np.abs(x64) * pdf * (2.5e-7 + x64 * x64 * EPS32)) + EPS32 * np.abs(exact) + 1e-45
+
+
+@given(
+    N=st.integers(1, 9), F=st.integers(1, 70), scale=st.sampled_from([0.5, 3.0, 30.0]), seed=st.integers(0, 2**32 - 1)
+)
+def test_activation_backwards_match_reference(N, F, scale, seed):
+    rng = np.random.default_rng(seed)
+    pre = (scale * rng.standard_normal((N, F))).astype(np.float32)
+    pre[0, 0] = 0.0  # ReLU's kink: 0, as torch
+    d_out = rng.standard_normal((N, F)).astype(np.float32)
+    x64, d64 = pre.astype(np.float64), d_out.astype(np.float64)
+    for name in ("gelu", "gelu_tanh", "relu"):
+        twin, ref = getattr(kernels, f"bias_{name}_backward_numba"), getattr(reference, f"bias_{name}_backward_numpy")
+        got, exact = twin(d_out, pre), ref(d64, x64)
+        assert got.shape == (N, F) and got.dtype == np.float32
+        if name == "gelu":
+            bound = gelu_backward_bound(d_out, x64, exact)
+            for label, a in (("numba", got), ("numpy", ref(d_out, pre))):
+                excess = np.abs(a - exact) - bound
+                assert excess.max(initial=0.0) <= 0, f"{label} gelu backward beyond its bound by {excess.max()}"
+        elif name == "gelu_tanh":  # float64 inside, rounded once
+            assert (np.abs(got - exact) <= EPS32 * np.abs(exact) + 1e-12 * np.abs(d64)).all()
+        else:
+            np.testing.assert_array_equal(got, ref(d_out, pre))
+    assert kernels.bias_relu_backward_numba(d_out, pre)[0, 0] == 0
+
+
+def test_activation_backwards_extreme_values_batched_and_float64():
+    # The tails (GELU's derivative is exactly 0 / 1 far out), [B, S, F] inputs as the FFN's backward passes.
+    x = np.array([-1e30, -1e4, -40, -6, -5.7, -4, -1e-3, -1e-30, 0, 1e-30, 1e-3, 4, 5.7, 40, 1e4, 1e30], np.float32)
+    pre = np.broadcast_to(x, (2, 3, x.size)).copy()
+    d_out = np.ones_like(pre)
+    for name in ("gelu", "gelu_tanh", "relu"):
+        got = getattr(kernels, f"bias_{name}_backward_numba")(d_out, pre)
+        assert got.shape == pre.shape and np.isfinite(got).all()
+        with np.errstate(over="ignore", invalid="ignore"):
+            ref = getattr(reference, f"bias_{name}_backward_numpy")(d_out, pre)
+        # The float32 tanh reference is nan at |x| = 1e30 (x^3 overflows: 0 x inf), as float32 torch; the
+        # kernel works in float64 there.
+        finite = np.isfinite(ref)
+        assert finite[np.abs(pre) < 1e12].all()
+        assert_close(got[finite], ref[finite])
+        assert (got[pre <= -40] == 0).all() and (got[pre >= 40] == 1).all()
+    rng = np.random.default_rng(13)
+    pre64, d64 = 4 * rng.standard_normal((5, 40)), rng.standard_normal((5, 40))
+    for name in ("gelu", "gelu_tanh", "relu"):  # float64: libm's erf, exp and tanh in both
+        got = getattr(kernels, f"bias_{name}_backward_numba")(d64, pre64)
+        assert got.dtype == np.float64
+        # relative to d_out: the derivative is O(1), and Phi(x) + x phi(x) cancels for negative x
+        diff = np.abs(got - getattr(reference, f"bias_{name}_backward_numpy")(d64, pre64))
+        assert (diff <= 1e-14 * np.abs(d64)).all(), (name, diff.max())
+
+
+@given(**LAYERNORM_ROWS)
+def test_residual_layernorm_backward_matches_reference(N, D, scale, seed):
+    rng = np.random.default_rng(seed)
+    x, r, weight = layernorm_inputs(rng, N, D, scale)
+    d_out = rng.standard_normal((N, D)).astype(np.float32)
+    got = kernels.residual_layernorm_backward_numba(d_out, x, r, weight, 1e-12)
+    # As the forward's test: the reference in float64 on the float32 sum, which the kernel forms first too (the
+    # float32 reference loses more than the kernel to cancellation on short rows of large values).
+    y, zero = (x + r).astype(np.float64), np.zeros((N, D))
+    exact = reference.residual_layernorm_backward_numpy(
+        d_out.astype(np.float64), y, zero, weight.astype(np.float64), 1e-12
+    )
+    for g, e in zip(got, exact):
+        assert_close(g, e.astype(np.float32))
+
+
+def test_residual_layernorm_backward_constant_rows_and_float64():
+    # A constant row: xhat = 0, so d_y = (g - mean(g)) / sqrt(eps) and d_weight gets nothing from it.
+    x, r = np.full((3, 16), 0.5, np.float32), np.full((3, 16), 2.0, np.float32)
+    weight, d_out = np.full(16, 2.0, np.float32), np.ones((3, 16), np.float32)
+    d_out[:, 0] = 3.0
+    got = kernels.residual_layernorm_backward_numba(d_out, x, r, weight, 1e-12)
+    for g, e in zip(got, reference.residual_layernorm_backward_numpy(d_out, x, r, weight, 1e-12)):
+        assert_close(g, e, tol=1e-6)
+    assert (got[1] == 0).all()
+    rng = np.random.default_rng(14)
+    x64, r64, w64, d64 = (rng.standard_normal((4, 30)) for _ in range(4))
+    for g, e in zip(
+        kernels.residual_layernorm_backward_numba(d64, x64, r64, w64[0], 1e-12),
+        reference.residual_layernorm_backward_numpy(d64, x64, r64, w64[0], 1e-12),
+    ):
+        assert g.dtype == np.float64
+        np.testing.assert_allclose(g, e, rtol=0, atol=1e-12)
+
+
+def test_backward_kernels_split_over_threads_and_agree(monkeypatch):
+    # Above each threshold, as inside a model call given 2 threads: heads or rows split over both, the
+    # LayerNorm's weight gradients summed over the chunks.
+    blas_calls = as_in_a_model_call(monkeypatch, 2)
+    used = record_threads(
+        monkeypatch, "_softmax_backward_numba", "_gelu_backward_f32_numba", "_residual_layernorm_backward_numba"
+    )
+    rng = np.random.default_rng(15)
+    assert 2 * 8 * 80 * 80 >= kernels._ATTENTION_SERIAL_BELOW
+    check_attention_backward(*attention_backward_case(rng, 2, 80, 8, 8, 1.0), 8)
+    assert blas_calls == ["one thread", "restored"]
+    pre = (3 * rng.standard_normal((300, 1000))).astype(np.float32)
+    d_out = rng.standard_normal((300, 1000)).astype(np.float32)
+    assert pre.size >= kernels._GELU_SERIAL_BELOW
+    assert_close(kernels.bias_gelu_backward_numba(d_out, pre), reference.bias_gelu_backward_numpy(d_out, pre))
+    h, d = (rng.standard_normal((700, 800)).astype(np.float32) for _ in range(2))
+    w = (1 + 0.1 * rng.standard_normal(800)).astype(np.float32)
+    assert h.size >= kernels._LAYERNORM_SERIAL_BELOW
+    got = kernels.residual_layernorm_backward_numba(d, h, h[::-1].copy(), w, 1e-12)
+    up = lambda t: t.astype(np.float64)  # noqa: E731
+    y = up(h + h[::-1])  # the float32 sum, as the kernel forms it
+    for g, e in zip(got, reference.residual_layernorm_backward_numpy(up(d), y, 0 * y, up(w), 1e-12)):
+        assert_close(g, e.astype(np.float32))
+    assert len(used["_softmax_backward_numba"]) == 2 * 8
+    assert len(used["_gelu_backward_f32_numba"]) == len(used["_residual_layernorm_backward_numba"]) == 2
+    assert all(len(set(ids)) == 2 for ids in used.values())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_both_kernel_paths_give_the_same_gradients(tiny_checkpoint, dtype):
+    # The whole backward (every weight's gradient and the embeddings output's) on each kernel set, a right-padded
+    # batch: each tensor within 1e-5 (float32) / 1e-12 (float64) of its largest |value| (an absolute floor of the
+    # same times the largest of all: some gradients, e.g. every key bias's, are exactly zero but for rounding).
+    rng = np.random.default_rng(16)
+    ids = rng.integers(0, 1000, (3, 21))
+    mask = np.ones_like(ids)
+    mask[1, 9:], mask[2, 2:] = 0, 0
+    positions = dict(start_positions=np.array([3, 5, 1]), end_positions=np.array([7, 8, 1]))
+    got, ref = (
+        npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint, dtype=dtype, kernels=k).gradients(
+            ids, mask, **positions
+        )
+        for k in ("numba", "numpy")
+    )
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    tensors = {
+        "embeddings": (got.embeddings, ref.embeddings),
+        **{n: (got.weights[n], ref.weights[n]) for n in ref.weights},
+    }
+    assert got.weights.keys() == ref.weights.keys()
+    floor = tol * max(np.abs(r).max() for _, r in tensors.values())
+    for name, (g, r) in tensors.items():
+        assert g.dtype == dtype, name
+        assert np.abs(g - r).max() <= max(tol * np.abs(r).max(), floor), name
+    assert abs(got.loss - ref.loss) <= tol * abs(ref.loss)
 
 
 # --- the switch ----------------------------------------------------------------------------------------

@@ -1,14 +1,16 @@
 """The teaching page in a real browser: headless Debian chromium driven by selenium through the system's
 chromedriver (never a downloaded browser), against a real `npbert serve` process on 127.0.0.1. The page
 must show exactly what the pipeline and the model compute: the answers, the tokens, the start/end
-probabilities, the attention of the layer and head picked; refusals appear as messages. A screenshot is
-saved in the test's tmp dir and, when NPBERT_ARTIFACTS is set, copied there (with the page's timings)."""
+probabilities, the attention of the layer and head picked, the attributions of the chosen answer
+(npbert.attributions, through POST /v1/attributions) as token colours; refusals appear as messages. Screenshots
+are saved in the tests' tmp dirs and, when NPBERT_ARTIFACTS is set, copied there (with the page's timings)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,6 +39,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 import npbert  # noqa: E402
+from npbert.attributions import explain as attributions  # noqa: E402
 from npbert.serve.explain import explain  # noqa: E402
 from serve_helpers import Server  # noqa: E402
 
@@ -116,7 +119,9 @@ def chips(driver, box: str):
 
 
 def save_screenshot(driver, path: Path) -> Path:
-    """The whole page, not just the window (Chrome DevTools' capture beyond the viewport)."""
+    """The whole page, not just the window (Chrome DevTools' capture beyond the viewport). From the top: a
+    page scrolled down (by clicks on controls low in it) comes out with its lower sections blank."""
+    driver.execute_script("window.scrollTo(0, 0)")
     width, height = driver.execute_script("const e = document.documentElement; return [e.scrollWidth, e.scrollHeight];")
     shot = driver.execute_cdp_cmd(
         "Page.captureScreenshot",
@@ -246,3 +251,210 @@ def test_a_stopped_server_is_reported(browser, tiny_checkpoint, tmp_path):
         assert s.stop() == 0, s.output()
     kind, text = ask(browser, **SAMPLE)
     assert kind == "error" and text.startswith("Could not reach the server") and "npbert serve" in text
+
+
+# --- the attributions panel (section 5) -------------------------------------------------------------------
+
+# Counts the page's POST /v1/attributions requests and, while `hold` is set, keeps them from the server (until
+# release()), so that the busy state can be seen however fast the tiny model answers.
+WATCH_ATTRIBUTIONS = """
+window.attributionCalls = {count: 0, settled: 0, hold: false, release: null};
+const fetchBefore = window.fetch;
+window.fetch = async (url, options) => {
+  if (String(url).startsWith("/v1/attributions")) {
+    window.attributionCalls.count++;
+    if (window.attributionCalls.hold) await new Promise((go) => { window.attributionCalls.release = go; });
+  }
+  try {
+    return await fetchBefore(url, options);
+  } finally {
+    // counted after the page's own handler of this answer has run
+    if (String(url).startsWith("/v1/attributions")) setTimeout(() => window.attributionCalls.settled++, 0);
+  }
+};
+"""
+
+
+def attribution_calls(driver) -> int:
+    return driver.execute_script("return window.attributionCalls.count")
+
+
+def attributed(driver):
+    """Wait until the panel has finished (a status other than busy): (class, text)."""
+
+    def done(d):
+        s = d.find_element(By.ID, "attr-status")
+        return s.get_attribute("class") in ("ok", "error") and (s.get_attribute("class"), s.text)
+
+    return wait(driver, done)
+
+
+def rgb(chip) -> tuple[int, int, int]:
+    r, g, b = re.match(r"rgba?\((\d+), (\d+), (\d+)", chip.value_of_css_property("background-color")).groups()
+    return int(r), int(g), int(b)
+
+
+def legend_ends(driver) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The colours at the negative and the positive end of the panel's legend."""
+    image = driver.find_element(By.CSS_SELECTOR, "#attr-view .diverging").value_of_css_property("background-image")
+    stops = [tuple(int(v) for v in m) for m in re.findall(r"rgb\((\d+), (\d+), (\d+)\)", image)]
+    return stops[0], stops[-1]
+
+
+def assert_colours_follow(driver, want: list[float], sequence_ids: list) -> None:
+    """The chips' colours follow the numbers: question and context tokens white at 0, green for positive,
+    purple for negative, darker the larger |score| (within a hue), the largest |score| in the legend's end
+    colour; special tokens one grey whatever their score."""
+    chips_ = chips(driver, "attr-tokens")
+    text = [i for i, s in enumerate(sequence_ids) if s is not None]
+    special = [i for i, s in enumerate(sequence_ids) if s is None]
+    colours = [rgb(c) for c in chips_]
+    largest = max(abs(want[i]) for i in text)
+    negative_end, positive_end = legend_ends(driver)
+    assert positive_end[1] > max(positive_end[0], positive_end[2])  # green
+    assert negative_end[1] < min(negative_end[0], negative_end[2])  # purple
+    for i in text:
+        r, g, b = colours[i]
+        t = want[i] / largest
+        if t > 0.05:
+            assert g > max(r, b), (i, t, colours[i])
+        elif t < -0.05:
+            assert g < min(r, b), (i, t, colours[i])
+        elif abs(t) < 0.002:
+            assert colours[i] == (255, 255, 255), (i, t, colours[i])
+    top = max(text, key=lambda i: abs(want[i]))
+    assert colours[top] == (positive_end if want[top] > 0 else negative_end)
+    depth = {i: 255 - min(colours[i]) for i in text}  # how far from white
+    for i in text:
+        for j in text:
+            if want[i] * want[j] > 0 and abs(want[i]) > abs(want[j]) + 0.01 * largest:
+                assert depth[i] >= depth[j], (i, j, want[i], want[j], colours[i], colours[j])
+    assert len({colours[i] for i in special}) == 1 and max(colours[special[0]]) - min(colours[special[0]]) < 10
+
+
+def shown_values(driver) -> list[float]:
+    return [float(c.get_attribute("data-value")) for c in chips(driver, "attr-tokens")]
+
+
+def test_attributions_colour_the_tokens(browser, server, qa, tmp_path):
+    browser.get(f"http://127.0.0.1:{server.port}/")
+    browser.execute_script(WATCH_ATTRIBUTIONS)
+    kind, text = ask(browser, **SAMPLE)
+    assert kind == "ok", text
+    assert not browser.find_element(By.ID, "attr-view").is_displayed()  # nothing is computed unasked
+    answers = qa(**SAMPLE, top_k=3)
+    best = attributions(qa, **SAMPLE, method="ig", span=(answers[0]["start"], answers[0]["end"]))
+
+    # Busy while the request runs: the button is disabled until the answer is in.
+    browser.execute_script("window.attributionCalls.hold = true")
+    browser.find_element(By.ID, "attr-run").click()
+    status_ = browser.find_element(By.ID, "attr-status")
+    assert status_.get_attribute("class") == "busy" and "Computing integrated gradients" in status_.text
+    assert not browser.find_element(By.ID, "attr-run").is_enabled()
+    wait(browser, lambda d: d.execute_script("return window.attributionCalls.release !== null"))
+    browser.execute_script("window.attributionCalls.hold = false; window.attributionCalls.release()")
+    kind, text = attributed(browser)
+    assert kind == "ok", text
+    assert browser.find_element(By.ID, "attr-run").is_enabled() and attribution_calls(browser) == 1
+
+    # Integrated gradients, to the start: the route's numbers (npbert.attributions), coloured, the delta shown.
+    assert [c.text for c in chips(browser, "attr-tokens")] == best["tokens"]
+    np.testing.assert_allclose(shown_values(browser), best["start"], rtol=1e-5, atol=1e-7)
+    assert_colours_follow(browser, best["start"], best["sequence_ids"])
+    (target,) = browser.find_elements(By.CSS_SELECTOR, "#attr-tokens .tok.target")
+    assert int(target.get_attribute("data-index")) == best["target"]["start"]
+    assert f"Explaining “{answers[0]['answer']}”: its start token" in browser.find_element(By.ID, "attr-target").text
+    delta = browser.find_element(By.ID, "attr-delta")
+    assert delta.is_displayed() and delta.text.startswith("Convergence delta: start ")
+    for side in ("start", "end"):
+        assert abs(float(delta.get_attribute(f"data-{side}")) - best[f"delta_{side}"]) < 1e-5
+    i = best["target"]["start"]
+    assert f"attribution to the start {best['start'][i]:+.4f}".replace("-", "−") in target.get_attribute("title")
+
+    # Another method: a new request. One asked for while another runs replaces it (the older one is aborted
+    # and its late answer dropped). Grad x Input has no delta. The end side: no request, other numbers.
+    browser.execute_script("window.attributionCalls.hold = true; window.attributionCalls.release = null")
+    Select(browser.find_element(By.ID, "attr-method")).select_by_value("smoothgrad")
+    wait(browser, lambda d: d.execute_script("return window.attributionCalls.release !== null"))
+    assert "Computing SmoothGrad" in browser.find_element(By.ID, "attr-status").text
+    browser.execute_script("window.attributionCalls.hold = false")
+    Select(browser.find_element(By.ID, "attr-method")).select_by_value("grad-x-input")
+    kind, text = attributed(browser)
+    assert kind == "ok" and text.startswith("Grad × Input") and attribution_calls(browser) == 3
+    browser.execute_script("window.attributionCalls.release()")  # the SmoothGrad request, aborted
+    wait(browser, lambda d: d.execute_script("return window.attributionCalls.settled") == 3)
+    assert browser.find_element(By.ID, "attr-view").get_attribute("data-method") == "grad-x-input"
+    assert attributed(browser) == (kind, text)
+    gxi = attributions(qa, **SAMPLE, method="grad-x-input", span=(answers[0]["start"], answers[0]["end"]))
+    np.testing.assert_allclose(shown_values(browser), gxi["start"], rtol=1e-5, atol=1e-7)
+    assert not browser.find_element(By.ID, "attr-delta").is_displayed()
+    browser.find_element(By.ID, "attr-end").click()
+    assert browser.find_element(By.ID, "attr-view").get_attribute("data-side") == "end"
+    np.testing.assert_allclose(shown_values(browser), gxi["end"], rtol=1e-5, atol=1e-7)
+    assert_colours_follow(browser, gxi["end"], gxi["sequence_ids"])
+    (target,) = browser.find_elements(By.CSS_SELECTOR, "#attr-tokens .tok.target")
+    assert int(target.get_attribute("data-index")) == gxi["target"]["end"]
+    assert attribution_calls(browser) == 3
+    shot = save_screenshot(browser, tmp_path / "npbert-page-attributions.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    publish(shot)
+
+    # Another answer chosen: it is the one explained.
+    browser.find_elements(By.CSS_SELECTOR, "#answers li")[1].click()
+    kind, text = attributed(browser)
+    assert kind == "ok" and attribution_calls(browser) == 4
+    other = attributions(qa, **SAMPLE, method="grad-x-input", span=(answers[1]["start"], answers[1]["end"]))
+    assert f"Explaining “{answers[1]['answer']}”: its end token" in browser.find_element(By.ID, "attr-target").text
+    np.testing.assert_allclose(shown_values(browser), other["end"], rtol=1e-5, atol=1e-7)
+
+    # Attention rollout: every score >= 0, so only green.
+    Select(browser.find_element(By.ID, "attr-method")).select_by_value("rollout")
+    kind, text = attributed(browser)
+    assert kind == "ok" and attribution_calls(browser) == 5
+    roll = attributions(qa, **SAMPLE, method="rollout", span=(answers[1]["start"], answers[1]["end"]))
+    np.testing.assert_allclose(shown_values(browser), roll["end"], rtol=1e-5, atol=1e-7)
+    assert_colours_follow(browser, roll["end"], roll["sequence_ids"])
+
+    # SmoothGrad: seeded, so the page shows the very numbers of the same call here.
+    Select(browser.find_element(By.ID, "attr-method")).select_by_value("smoothgrad")
+    kind, text = attributed(browser)
+    assert kind == "ok" and text.startswith("SmoothGrad") and attribution_calls(browser) == 6
+    smooth = attributions(qa, **SAMPLE, method="smoothgrad", span=(answers[1]["start"], answers[1]["end"]))
+    np.testing.assert_allclose(shown_values(browser), smooth["end"], rtol=1e-5, atol=1e-7)
+    assert_colours_follow(browser, smooth["end"], smooth["sequence_ids"])
+
+
+def test_attributions_of_windows_and_refusals(browser, server, qa):
+    browser.get(f"http://127.0.0.1:{server.port}/")
+    browser.execute_script(WATCH_ATTRIBUTIONS)
+    question, settings = "Who scored 2 points?", {"max_seq_len": 48, "doc_stride": 16}
+    context = " ".join(LONG.split(". ")[:4]) + "."  # 2 windows of 48 tokens
+    kind, text = ask(browser, question, context, **settings)
+    assert kind == "ok", text
+    browser.find_element(By.ID, "attr-run").click()
+    kind, text = attributed(browser)
+    assert kind == "ok", text
+    page_data = explain(qa, question, context, {"top_k": 3, **settings})
+    a = page_data["answers"][0]
+    want = attributions(qa, question, context, "ig", span=(a["start"], a["end"]), params=settings)
+    assert len(want["windows"]) == len(page_data["windows"]) == 2
+    k = page_data["window"]
+    np.testing.assert_allclose(shown_values(browser), want["windows"][k]["start"], rtol=1e-5, atol=1e-7)
+
+    # The other window: drawn from the same response (no request), its own target when it lacks the answer.
+    other = 1 - k
+    browser.find_elements(By.CSS_SELECTOR, "#window-ruler .span")[other].click()
+    wait(browser, lambda d: f"window {other + 1} of 2" in d.find_element(By.ID, "window-picker").text)
+    w = want["windows"][other]
+    assert [c.text for c in chips(browser, "attr-tokens")] == w["tokens"]
+    np.testing.assert_allclose(shown_values(browser), w["start"], rtol=1e-5, atol=1e-7)
+    said = browser.find_element(By.ID, "attr-target").text
+    assert ("does not hold" in said) == (not w["target"]["holds_answer"])
+    assert attribution_calls(browser) == 1
+
+    # A context of more windows than the server attributes: its refusal, shown as the page shows others.
+    kind, text = ask(browser, question, LONG, **settings)
+    assert kind == "ok", text  # answered: the explanation allows many more windows
+    kind, text = attributed(browser)  # attributions follow the new question: refused
+    assert kind == "error" and text.startswith("The server refused this input (HTTP 422): input_data.context:")
+    assert not browser.find_element(By.ID, "attr-view").is_displayed()

@@ -15,6 +15,14 @@ Rows (docs/performance.md explains each and the targets):
   bandwidth the machine's read bandwidth (a STREAM-like sum of a 1 GB buffer on --threads threads, best of 5)
             and each engine's B=1 S=16 forward as an effective bandwidth: bytes of linear weights / time
             (at S <= 32 a forward is a stream of the weights), in interleaved rounds: medians
+  backward  one backward at B=1 S=384 (model.gradients from the loss: every weight's gradient, and
+            weights=False, the embeddings output's alone: what an attribution needs) with the numba and
+            the numpy kernels, against torch autograd on the transformers model (loss.backward(); the
+            embeddings output's gradient alone with the parameters frozen), interleaved medians; the
+            gradients' largest difference from torch's; each one's peak memory (a child process each)
+  attributions  integrated gradients, n_steps 50, S=384, start and end, against Captum's
+            LayerIntegratedGradients on transformers with the same rows per backward: time and peak memory,
+            one run each in its own process; the per-token attributions' difference and the deltas
 
 npbert's GEMM path (panels-avx512, panels-avx2 or blas: ops.gemm.gemm_path) is printed and recorded;
 force one with NPBERT_GEMM. To see the AVX2 tile as a CPU without AVX-512 compiles it, run under
@@ -54,7 +62,11 @@ def parse_args(argv=None):
         type=Path,
         help="a full-size checkpoint folder (default: a seeded random one written to a temp dir)",
     )
-    p.add_argument("--rows", default="forward,gflops,bandwidth,pipeline,cold", help="comma-separated subset of rows")
+    p.add_argument(
+        "--rows",
+        default="forward,gflops,bandwidth,backward,attributions,pipeline,cold",
+        help="comma-separated subset of rows",
+    )
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per forward shape")
     p.add_argument("--threads", type=int, default=2, help="threads per engine")
     p.add_argument("--pipeline-contexts", type=int, default=300, help="SQuAD dev contexts for the pipeline row")
@@ -306,6 +318,282 @@ def bandwidth_row(engines: dict, threads: int, repeats: int) -> dict:
     return row
 
 
+# One backward at B=1 S=384, the loss from these answer positions (the same in every engine).
+BACKWARD_SHAPE = (1, 384)
+BACKWARD_POSITIONS = (40, 47)
+
+
+def backward_inputs():
+    import numpy as np
+
+    B, S = BACKWARD_SHAPE
+    ids = np.random.default_rng(3).integers(1000, 28000, (B, S)).astype(np.int64)
+    ids[:, 0] = 101
+    return ids, np.ones_like(ids), np.array([BACKWARD_POSITIONS[0]] * B), np.array([BACKWARD_POSITIONS[1]] * B)
+
+
+def backward_engines(model, numpy_model, tm) -> dict:
+    """name -> one backward (forward included) at BACKWARD_SHAPE: npbert's model.gradients with the numba and the
+    numpy kernels, every weight's gradient or (no weights) the embeddings output's alone, and torch autograd's
+    on the transformers model (each for the models given, not None). Each returns (the embeddings output's
+    gradient, {checkpoint key: gradient} | None)."""
+    ids, mask, start, end = backward_inputs()
+
+    def npbert_backward(m, weights):
+        def run():
+            g = m.gradients(ids, mask, start_positions=start, end_positions=end, weights=weights)
+            return g.embeddings, (g.named(m.config) if weights else None)
+
+        return run
+
+    def torch_backward(weights):
+        import torch
+
+        t_ids, t_mask, t_start, t_end = (torch.from_numpy(a) for a in (ids, mask, start, end))
+        # the parameters autograd differentiates (DistilBERT's sinusoidal position table is frozen)
+        params = {n: p for n, p in tm.named_parameters() if p.requires_grad}
+
+        def run():
+            kept = {}
+            hook = tm.distilbert.embeddings.register_forward_hook(
+                lambda module, inputs, out: kept.setdefault("out", out.requires_grad_() if not weights else out)
+            )
+            for p in params.values():
+                p.requires_grad_(weights)
+                p.grad = None
+            try:
+                loss = tm(t_ids, attention_mask=t_mask, start_positions=t_start, end_positions=t_end).loss
+                kept["out"].retain_grad()
+                loss.backward()
+            finally:
+                hook.remove()
+            grads = {n: p.grad.numpy() for n, p in params.items() if p.grad is not None} if weights else None
+            return kept["out"].grad.numpy(), grads
+
+        return run
+
+    fns = {}
+    if model is not None:
+        fns.update(
+            {"npbert numba": npbert_backward(model, True), "npbert numba, no weights": npbert_backward(model, False)}
+        )
+    if numpy_model is not None:
+        fns["npbert numpy"] = npbert_backward(numpy_model, True)
+        fns["npbert numpy, no weights"] = npbert_backward(numpy_model, False)
+    if tm is not None:
+        fns.update({"pytorch": torch_backward(True), "pytorch, no weights": torch_backward(False)})
+    return fns
+
+
+def gradient_difference(got, want) -> float:
+    """The largest |difference| of any tensor, over that tensor's largest |gradient|; tensors whose largest
+    |gradient| is below 1e-2 of the largest of all (gradients that are mathematically zero, such as every key
+    bias's and, with the loss over all positions, qa_outputs.bias's, where both hold rounding noise) are
+    measured against that floor instead."""
+    import numpy as np
+
+    floor = 1e-2 * max(float(np.abs(w).max()) for w in want.values())
+    return max(float(np.abs(got[n] - w).max()) / max(float(np.abs(w).max()), floor) for n, w in want.items())
+
+
+_BACKWARD_MEMORY_CHILD = """
+import sys
+sys.path.insert(0, {tools!r})
+import bench
+engine = {engine!r}
+model = numpy_model = tm = None
+if engine.startswith("npbert"):
+    import npbert
+    kernels = engine.split()[1].strip(",")
+    model = npbert.DistilBertForQuestionAnswering.from_pretrained({folder!r}, kernels=kernels)
+    model, numpy_model = (model, None) if kernels == "numba" else (None, model)
+else:
+    import torch, transformers
+    torch.set_num_threads({threads})
+    tm = transformers.DistilBertForQuestionAnswering.from_pretrained({folder!r}).eval()
+run = bench.backward_engines(model, numpy_model, tm)[engine]
+run()  # the first call compiles, maps pages, grows the allocators' pools: the figure is a later call's
+for p in (tm.parameters() if tm is not None else ()):
+    p.grad = None  # torch keeps the last gradients; npbert's are freed with its return value
+status = lambda field: int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(field)))
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+before = status("VmRSS")
+run()
+print("PEAK_KB", status("VmHWM") - before, before)
+"""
+
+
+def backward_peak_memory(engine: str, folder: Path, threads: int) -> tuple[float, float]:
+    """(peak RSS of one backward above the loaded model's, resident set before it), MB: a child process per
+    engine, the backward's second call (the first compiles, maps the weights' pages and grows the pools)."""
+    code = _BACKWARD_MEMORY_CHILD.format(tools=str(ROOT / "tools"), engine=engine, folder=str(folder), threads=threads)
+    # A fixed mmap threshold: glibc then maps every large block afresh and unmaps it when freed, instead of
+    # keeping the first call's freed blocks in its heap (where they would hide the second call's peak).
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    peak, before = next(line.split()[1:] for line in out.stdout.splitlines() if line.startswith("PEAK_KB"))
+    return int(peak) / 1024, int(before) / 1024
+
+
+def backward_row(engines: dict, folder: Path, threads: int, repeats: int) -> dict:
+    """One backward's time (interleaved medians) and peak memory, npbert (numba, numpy kernels) and torch."""
+    import npbert
+    from npbert import threads as npbert_threads
+
+    model = engines["_model"]
+    numpy_model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder, kernels="numpy")
+    fns = backward_engines(model, numpy_model, engines["_torch_model"])
+    outs = {n: fn() for n, fn in fns.items()}
+    d_emb = outs["pytorch"][0]
+    difference = {
+        n: max(
+            gradient_difference({"embeddings": e}, {"embeddings": d_emb}), gradient_difference(w, outs["pytorch"][1])
+        )
+        if w is not None
+        else gradient_difference({"embeddings": e}, {"embeddings": d_emb})
+        for n, (e, w) in outs.items()
+        if n.startswith("npbert")
+    }
+    med = interleaved(fns, (), repeats, warmup=1)
+    with npbert_threads.for_model_call():
+        npbert_blas_threads = npbert_threads.current()
+    memory = {n: backward_peak_memory(n, folder, threads) for n in fns}
+    B, S = BACKWARD_SHAPE
+    row = {
+        "B": B,
+        "S": S,
+        "seconds": med,
+        "ratio_vs_pytorch": {
+            n: t / med["pytorch, no weights" if "no weights" in n else "pytorch"]
+            for n, t in med.items()
+            if n.startswith("npbert")
+        },
+        "max_relative_diff_vs_pytorch": difference,
+        "peak_mb_above_loaded": {n: m[0] for n, m in memory.items()},
+        "rss_mb_loaded": {n: m[1] for n, m in memory.items()},
+        "npbert_blas_threads": npbert_blas_threads,
+    }
+    for n, t in med.items():
+        extra = f", max rel. diff vs torch {difference[n]:.1e}" if n in difference else ""
+        print(f"  {n}: {t * 1e3:.0f} ms, peak +{memory[n][0]:.0f} MB{extra}", flush=True)
+    return row
+
+
+IG_STEPS = 50
+
+
+def ig_inputs(pad_token_id: int):
+    """The backward row's window (B=1 S=384) as [CLS] question (20 tokens) [SEP] context [SEP], its answer
+    span the backward row's positions, and the tutorial's baseline (question and context ids -> pad)."""
+    ids, mask, _, _ = backward_inputs()
+    S = ids.shape[1]
+    sequence_ids = (None,) + (0,) * 20 + (None,) + (1,) * (S - 23) + (None,)
+    ids[0, [0, 21, S - 1]] = 101, 102, 102
+    baseline = ids[0].copy()
+    baseline[[i for i, s in enumerate(sequence_ids) if s is not None]] = pad_token_id
+    return ids, mask, baseline
+
+
+def ig_child(engine: str, folder: str, threads: int, out: str) -> None:
+    """One IG run (n_steps 50, start and end targets) in this process, timed, its peak RSS above the RSS
+    before it (VmHWM after clear_refs), the per-token attributions saved to `out` (.npz)."""
+    import numpy as np
+
+    status = lambda field: int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(field)))  # noqa: E731
+    if engine == "npbert":
+        import npbert
+        from npbert import attributions as A
+
+        model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
+        ids, mask, baseline = ig_inputs(model.config.pad_token_id)
+        window = A.Window(ids, mask, None, *BACKWARD_POSITIONS)
+        model(ids, mask)  # maps the weights, loads the kernels
+
+        def run():
+            r = A.integrated_gradients(model, window, baseline, n_steps=IG_STEPS)
+            return r["start"], r["end"], r["delta_start"], r["delta_end"]
+
+        rows_per_backward = A.BATCH_TOKENS // ids.shape[1]
+    else:
+        import torch
+        import transformers
+        from captum.attr import LayerIntegratedGradients
+
+        torch.set_num_threads(threads)
+        tm = transformers.DistilBertForQuestionAnswering.from_pretrained(folder).eval()
+        ids, mask, baseline = ig_inputs(tm.config.pad_token_id)
+        t_ids, t_mask, t_base = torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(baseline[None])
+        rows_per_backward = 2  # internal_batch_size: npbert's rows per backward at S = 384 (BATCH_TOKENS // S)
+        with torch.inference_mode():
+            tm(t_ids, attention_mask=t_mask)
+
+        def run():
+            got = []
+            for which, index in (("start_logits", BACKWARD_POSITIONS[0]), ("end_logits", BACKWARD_POSITIONS[1])):
+                f = lambda i, m, which=which, index=index: getattr(tm(i, attention_mask=m), which)[:, index]  # noqa: E731
+                lig = LayerIntegratedGradients(f, tm.distilbert.embeddings)
+                attr, delta = lig.attribute(
+                    t_ids,
+                    baselines=t_base,
+                    additional_forward_args=(t_mask,),
+                    n_steps=IG_STEPS,
+                    internal_batch_size=rows_per_backward,
+                    return_convergence_delta=True,
+                )
+                got.append((attr.detach().numpy()[0], float(delta)))
+            return got[0][0], got[1][0], got[0][1], got[1][1]
+
+    open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+    before = status("VmRSS")
+    t0 = time.perf_counter()
+    start, end, delta_start, delta_end = run()
+    seconds = time.perf_counter() - t0
+    peak = status("VmHWM") - before
+    np.savez(out, start=start.sum(-1), end=end.sum(-1), deltas=[delta_start, delta_end])
+    print("IG", seconds, peak, rows_per_backward)
+
+
+def attributions_row(folder: Path, threads: int, tmp: Path) -> dict:
+    """Integrated gradients, n_steps 50, one window of S=384, start and end targets, npbert's
+    (attributions.integrated_gradients) against Captum's LayerIntegratedGradients on the transformers model
+    (the same rows per backward): time and peak memory, each in its own process, one after the other (a run
+    takes minutes); the per-token attributions' largest difference and the convergence deltas."""
+    import numpy as np
+
+    import npbert
+
+    # npbert's own folder: an editable install of another checkout could otherwise supply the module
+    if not (Path(npbert.__file__).parent / "attributions.py").is_file():
+        return {"skipped": "npbert.attributions does not exist yet"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "131072"}
+    row = {"n_steps": IG_STEPS, "S": BACKWARD_SHAPE[1], "seconds": {}, "peak_mb": {}, "delta": {}}
+    tokens = {}
+    for engine, name in (("npbert", "npbert"), ("captum", "captum")):
+        out = tmp / f"ig-{engine}.npz"
+        code = f"import sys; sys.path.insert(0, {str(ROOT / 'tools')!r}); import bench; "
+        code += f"bench.ig_child({engine!r}, {str(folder)!r}, {threads}, {str(out)!r})"
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        seconds, peak_kb, rows = next(line.split()[1:] for line in r.stdout.splitlines() if line.startswith("IG "))
+        saved = np.load(out)
+        row["seconds"][name], row["peak_mb"][name] = float(seconds), int(peak_kb) / 1024
+        row["delta"][name] = [float(d) for d in saved["deltas"]]
+        row["rows_per_backward"] = int(rows)
+        tokens[name] = (saved["start"], saved["end"])
+    row["ratio_vs_captum"] = row["seconds"]["npbert"] / row["seconds"]["captum"]
+    # per token (summed over the hidden dimension), against the largest |token attribution|, as the parity test
+    row["max_token_diff_vs_captum"] = max(
+        float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(tokens["npbert"], tokens["captum"])
+    )
+    t, m, d = row["seconds"], row["peak_mb"], row["delta"]
+    print(
+        f"  IG n_steps {IG_STEPS} S={row['S']}: npbert {t['npbert']:.0f} s (peak +{m['npbert']:.0f} MB), Captum "
+        f"{t['captum']:.0f} s (+{m['captum']:.0f} MB); tokens' max diff {row['max_token_diff_vs_captum']:.1e}; "
+        f"deltas npbert {d['npbert']}, Captum {d['captum']}",
+        flush=True,
+    )
+    return row
+
+
 def squad_examples(n: int) -> list[tuple[str, str]]:
     """The first question of each of the first n SQuAD v1.1 dev contexts."""
     path = ROOT.parent / "shared" / "data" / "squad-v1.1-dev.json"
@@ -481,6 +769,28 @@ def table(results: dict) -> str:
             f"| B=1 S=16 as GB/s of linear weights (read bandwidth {b['read_bytes_per_s'] / 1e9:.1f} GB/s; "
             "% of it) | " + " | ".join(f"{e[n] / 1e9:.1f} ({f[n]:.0%})" for n in ENGINES) + " | | |"
         )
+    k = results.get("backward")
+    if k:
+        s, r, m = k["seconds"], k["ratio_vs_pytorch"], k["peak_mb_above_loaded"]
+        for n in ("npbert numba", "npbert numpy"):
+            for suffix, label in (("", "every weight's gradient"), (", no weights", "the embeddings' gradient alone")):
+                torch_name = "pytorch" + suffix
+                lines.append(
+                    f"| one backward B=1 S={k['S']}, {label}, {n.split()[1]} kernels (peak MB above the loaded "
+                    "model) | "
+                    f"{s[n + suffix] * 1e3:.0f} ms ({m[n + suffix]:.0f} MB) | {s[torch_name] * 1e3:.0f} ms "
+                    f"({m[torch_name]:.0f} MB) | | {r[n + suffix]:.2f}x | |"
+                )
+    a = results.get("attributions")
+    if a and "skipped" in a:
+        lines.append(f"| attributions ig n_steps 50 S=384 vs Captum | skipped: {a['skipped']} | | | | |")
+    elif a:
+        t, m = a["seconds"], a["peak_mb"]
+        lines.append(
+            f"| attributions ig n_steps {a['n_steps']} S={a['S']} vs Captum ({a['rows_per_backward']} rows per "
+            f"backward; peak MB above the loaded model) | {t['npbert']:.0f} s ({m['npbert']:.0f} MB) | "
+            f"{t['captum']:.0f} s ({m['captum']:.0f} MB) | | {a['ratio_vs_captum']:.2f}x | |"
+        )
     p = results.get("pipeline")
     if p and "skipped" not in p:
         q = p["questions_per_s"]
@@ -562,6 +872,12 @@ def main(argv=None) -> int:
             results["gflops"] = gflops_row(engines, results["forward"], args.repeats)
         if "bandwidth" in rows:
             results["bandwidth"] = bandwidth_row(engines, args.threads, args.repeats)
+        if "backward" in rows:
+            print("backward (medians, interleaved):", flush=True)
+            results["backward"] = backward_row(engines, folder, args.threads, args.repeats)
+        if "attributions" in rows:
+            print("attributions (one run each, one after the other):", flush=True)
+            results["attributions"] = attributions_row(folder, args.threads, tmp)
         if "pipeline" in rows:
             results["pipeline"] = pipeline_row(folder, engines, args.pipeline_contexts)
         if "cold" in rows:

@@ -110,18 +110,21 @@ def read_fixture(folder: Path = FIXTURE) -> tuple[dict, dict[str, np.ndarray]]:
         raise StaleFixture(f"reference fixture {folder}: config.json differs from reference.json in {changed}; {HINT}")
     arrays = load_file(str(folder / "reference.safetensors"))
     expected = expected_shapes(meta["model_type"], meta["config"], len(meta["lengths"]), meta["seq_len"])
+    problem = arrays_problem("reference.safetensors", arrays, expected)
+    if problem:
+        raise StaleFixture(f"reference fixture {folder}: {problem}; {HINT}")
+    return meta, arrays
+
+
+def arrays_problem(file: str, arrays: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]]) -> str | None:
+    """What makes a fixture's arrays unlike the `expected` names and shapes, or None (also read by
+    tools/make_gradients.py)."""
     if set(arrays) != set(expected):
-        raise StaleFixture(
-            f"reference fixture {folder}: reference.safetensors holds "
-            f"{sorted(set(arrays) ^ set(expected))[:4]} unlike this format; {HINT}"
-        )
+        return f"{file} holds {sorted(set(arrays) ^ set(expected))[:4]} unlike this format"
     for name, shape in expected.items():
         if arrays[name].shape != shape:
-            raise StaleFixture(
-                f"reference fixture {folder}: {name} has shape {list(arrays[name].shape)}, its "
-                f"config says {list(shape)}; {HINT}"
-            )
-    return meta, arrays
+            return f"{name} has shape {list(arrays[name].shape)}, its config says {list(shape)}"
+    return None
 
 
 def write_family(model_type: str, folder: Path) -> int:

@@ -4,6 +4,7 @@ float64 (transformers `model.double()`), on random checkpoints saved by transfor
     python tools/parity_report.py                 # tiny shapes for every family, base size for bert, roberta
     python tools/parity_report.py --base all      # base size (768 x 12 layers) for every family
     python tools/parity_report.py --families deberta-v2 --base deberta-v2 --per-tensor   # one row per tensor
+    python tools/parity_report.py --gradients --base distilbert   # the backward: gradients against torch autograd
 
 Needs the parity extra (pip install -e '.[parity]'). The figures in docs/parity.md come from this script.
 """
@@ -122,14 +123,77 @@ def measure(model_type: str, config: dict, lengths: list[int], folder: Path) -> 
     return row
 
 
+GRADIENT_CLASSES = ("embeddings", "attention", "ffn", "layernorm", "qa head", "embeddings output")
+
+
+def measure_gradients(model_type: str, config: dict, lengths: list[int], folder: Path) -> dict:
+    """Per dtype, the largest max|diff| / max|torch grad| over the tensors of each class (parity_helpers.
+    tensor_class), for transformers' QA loss from positions inside each row, in eval mode."""
+    import npbert
+    from npbert.weights import canonical_keys
+    from parity_helpers import (
+        EMBEDDINGS_OUTPUT,
+        class_summary,
+        family_checkpoint,
+        family_inputs,
+        gradient_rows,
+        torch_gradients,
+    )
+
+    _, torch_model = family_checkpoint(folder, model_type, seed=0, **config)
+    rng = np.random.default_rng(0)
+    inputs = family_inputs(rng, lengths, torch_model.config)
+    start = np.array([rng.integers(0, n) for n in lengths])
+    end = np.minimum(start + 3, np.array(lengths) - 1)
+    row = {}
+    for dtype, m in (("fp32", torch_model), ("fp64", copy.deepcopy(torch_model).double())):
+        model = npbert.AutoModelForQuestionAnswering.from_pretrained(
+            folder, dtype=np.float32 if dtype == "fp32" else np.float64
+        )
+        theirs = torch_gradients(m, inputs, start_positions=start, end_positions=end)
+        try:
+            g = model.gradients(**inputs, start_positions=start, end_positions=end)
+        except NotImplementedError as e:
+            return {"error": str(e)}
+        keys = canonical_keys(model.config)
+        if model.config.sinusoidal_pos_embds:  # frozen in transformers: no gradient to compare
+            del keys["embeddings.position_embeddings.weight"]
+        rows = gradient_rows(
+            {**g.named(model.config), EMBEDDINGS_OUTPUT: g.embeddings},
+            {**theirs["weights"], EMBEDDINGS_OUTPUT: theirs["embeddings"]},
+            keys,
+        )
+        row[dtype] = class_summary(rows)
+    return row
+
+
+def gradients_main(jobs) -> None:
+    print(f"{'family':<12} {'shape':<6} {'lengths':<10} {'dtype':<5} " + " ".join(f"{c:>11}" for c in GRADIENT_CLASSES))
+    print("(max |npbert - torch| / max |torch gradient| of the worst tensor of each class; the loss from positions)")
+    for model_type, shape, config, lengths in jobs:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = measure_gradients(model_type, config, lengths, Path(tmp))
+        head = f"{model_type:<12} {shape:<6} {'/'.join(map(str, lengths)):<10}"
+        if "error" in r:
+            print(f"{head} {r['error']}", flush=True)
+            continue
+        for dtype in ("fp32", "fp64"):
+            cells = " ".join(f"{r[dtype][c]:>11.1e}" if c in r[dtype] else f"{'':>11}" for c in GRADIENT_CLASSES)
+            print(f"{head} {dtype:<5} {cells}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="bert,roberta", help="families measured at base size too (or 'all')")
     p.add_argument("--families", default="all", help="families measured at tiny size (comma-separated, or 'all')")
     p.add_argument("--per-tensor", action="store_true", help="also print max |diff| of every hidden state")
+    p.add_argument("--gradients", action="store_true", help="compare the backward instead (torch autograd)")
     args = p.parse_args()
     base = list(FAMILY) if args.base == "all" else [f for f in args.base.split(",") if f]
     tiny = list(FAMILY) if args.families == "all" else [f for f in args.families.split(",") if f]
+    if args.gradients:
+        jobs = [(t, "tiny", tiny_config(t), [64, 37, 1]) for t in tiny]
+        return gradients_main(jobs + [(t, "base", FAMILY[t], [128, 77]) for t in base])
     print(
         f"{'family':<12} {'shape':<6} {'lengths':<14} {'fp32 logits':>11} {'fp32 hidden':>11} "
         f"{'fp64 logits':>11} {'fp64 hidden':>11}"

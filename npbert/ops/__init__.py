@@ -1,4 +1,4 @@
-"""The forward's math, knowing nothing of checkpoints: plain-numpy references and the kernels that match them.
+"""The forward's and backward's math, knowing nothing of checkpoints: plain-numpy references, kernels that match them.
 
     reference.py  every operation in plain numpy: the readable math (`<name>_numpy`)
     numba.py      the same operations, the same signatures, as numba kernels (`<name>_numba`)
@@ -34,10 +34,20 @@ class Ops(NamedTuple):
     bias_gelu_tanh: Callable
     bias_relu: Callable
     disentangled_attention: Callable  # DeBERTa's
+    # The backward of each (model.py's backward functions call them), from what the forward's tap kept.
+    attention_backward: Callable
+    bias_gelu_backward: Callable
+    residual_layernorm_backward: Callable
+    bias_gelu_tanh_backward: Callable
+    bias_relu_backward: Callable
 
     def bias_activation(self, name: str) -> Callable:
         """The bias + activation kernel for a families.ACTIVATIONS value ("gelu", "gelu_tanh", "relu")."""
         return getattr(self, "bias_" + name)
+
+    def bias_activation_backward(self, name: str) -> Callable:
+        """The backward of `bias_activation(name)`: (d_out, pre-activation) -> d pre-activation."""
+        return getattr(self, f"bias_{name}_backward")
 
 
 NUMPY = Ops(
@@ -48,6 +58,11 @@ NUMPY = Ops(
     _reference.bias_gelu_tanh_numpy,
     _reference.bias_relu_numpy,
     _reference.disentangled_attention_numpy,
+    _reference.attention_backward_numpy,
+    _reference.bias_gelu_backward_numpy,
+    _reference.residual_layernorm_backward_numpy,
+    _reference.bias_gelu_tanh_backward_numpy,
+    _reference.bias_relu_backward_numpy,
 )
 NUMBA = Ops(
     "numba",
@@ -57,6 +72,11 @@ NUMBA = Ops(
     _numba.bias_gelu_tanh_numba,
     _numba.bias_relu_numba,
     _numba.disentangled_attention_numba,
+    _numba.attention_backward_numba,
+    _numba.bias_gelu_backward_numba,
+    _numba.residual_layernorm_backward_numba,
+    _numba.bias_gelu_tanh_backward_numba,
+    _numba.bias_relu_backward_numba,
 )
 CHOICES = {"numpy": NUMPY, "numba": NUMBA}
 

@@ -35,6 +35,17 @@ def linear(x, lin):  # [..., in] -> [..., out]
     return y.reshape(*x.shape[:-1], -1)
 
 
+def linear_backward(dy, x, lin, weights=True):  # [..., out], [..., in] -> [..., in], {"weight", "bias"} | None
+    # The backward of linear for the loader's plain [out, in] matrix (model.checkpoint_weights): y = x W^T + b
+    # gives dx = dy W, dW = dy^T x (summed over every row), db = the sum of dy's rows. weights=False skips
+    # dW and db (an attribution needs only dx): half the work.
+    rows_out, rows_in = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+    dx = (rows_out @ lin.weight).reshape(*x.shape)
+    if not weights:
+        return dx, None
+    return dx, {"weight": rows_out.T @ rows_in, "bias": rows_out.sum(axis=0)}
+
+
 # --- matrix products over weights packed in panels --------------------------------------------------------
 # x @ W.T for a linear layer whose [out, in] matrix layout.relayout_for_speed stored as panels: [out / 32, in,
 # 32], panel p holding W.T's columns 32p..32p+31, each k's 32 values contiguous, so a product streams each

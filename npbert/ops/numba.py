@@ -343,3 +343,190 @@ def residual_layernorm_numba(x, residual, weight, bias, eps):
         x.size >= _LAYERNORM_SERIAL_BELOW,
     )
     return out
+
+
+# --- the backward ------------------------------------------------------------------------------------------
+# The twins of ops/reference.py's backward functions, the same signatures and the same math (reference.py
+# derives each). They read what the forward's tap kept: the attention probabilities (the reference
+# attention's: a forward with a tap runs it) and, after a training forward, the dropout's scaled mask on
+# them (`kept`), the activation's input, the LayerNorm's inputs.
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _softmax_backward_numba(d, probs, keep, inv_scale):  # in place on one head's [S, S]; probs [S, S], keep [S]
+    # d holds d probs on entry and leaves with d scores / sqrt(Dh): p_j (d p_j - sum_i d p_i p_i) for a kept
+    # key, 0 for a masked one (its score was replaced by a constant). The 1 / sqrt(Dh) of scores = q k^T /
+    # sqrt(Dh) is folded in here, once per score, instead of into both products that follow.
+    S = d.shape[0]
+    for i in range(S):
+        total = 0.0  # float64: S products summed
+        for j in range(S):
+            total += np.float64(d[i, j]) * probs[i, j]
+        for j in range(S):
+            d[i, j] = probs[i, j] * (d[i, j] - total) * inv_scale if keep[j] else 0.0
+    return d
+
+
+def attention_backward_numba(d_context, q, k, v, probs, keep, n_heads, kept=None):
+    B, S, D = q.shape
+    Dh = D // n_heads
+    keep = np.ascontiguousarray(keep, dtype=np.bool_)
+    inv_scale = 1.0 / math.sqrt(Dh)
+    dq, dk, dv = (np.empty((B, S, D), dtype=q.dtype) for _ in range(3))
+
+    def heads(tasks):  # one thread's share of the (row, head) pairs, as in attention_numba
+        d = np.empty((S, S), dtype=q.dtype)  # d probs, then d scores: one head's [S, S] at a time
+        used = np.empty((S, S), dtype=q.dtype) if kept is not None else None
+        for b, h in tasks:
+            cols = slice(h * Dh, (h + 1) * Dh)
+            p, dc = probs[b, h], d_context[b, :, cols]
+            if kept is not None:  # training's dropout: context = (probs * kept) @ v
+                np.multiply(p, kept[b, h], out=used)
+            np.matmul((p if kept is None else used).T, dc, out=dv[b, :, cols])  # context = probs @ v
+            np.matmul(dc, v[b, :, cols].T, out=d)
+            if kept is not None:
+                d *= kept[b, h]
+            _softmax_backward_numba(d, p, keep[b], inv_scale)
+            np.matmul(d, k[b, :, cols], out=dq[b, :, cols])
+            np.matmul(d.T, q[b, :, cols], out=dk[b, :, cols])
+
+    split_over_threads(
+        heads,
+        [(b, h) for b in range(B) for h in range(n_heads)],
+        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW,
+        uses_blas=True,
+    )
+    return dq, dk, dv
+
+
+# The activations' backward: d_out [..., F], pre [..., F] (h + bias) -> d pre, a new array ([..., F]).
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _gelu_backward_f32_numba(d_out, pre, pdf, out):  # pdf: exp(-pre^2 / 2), numpy's SIMD exp (float32)
+    # Phi(x) + x phi(x), Phi from erf_rational in float64 (|error| < 3.3e-8), phi from the float32 exp as in
+    # the reference; numba's math.exp would be a scalar libm call per element (no SVML here).
+    N, F = d_out.shape
+    for n in range(N):
+        for f in range(F):
+            x = np.float64(pre[n, f])
+            cdf = 0.5 * (1.0 + erf_rational(x * 0.7071067811865476))
+            out[n, f] = d_out[n, f] * (cdf + x * pdf[n, f] * 0.3989422804014327)  # 1 / sqrt(2 pi)
+    return out
+
+
+@numba.njit(**JIT)
+def _gelu_backward_f64_numba(d_out, pre, out):  # float64 (audit mode): libm's erf and exp, exact, not fast
+    N, F = d_out.shape
+    for n in range(N):
+        for f in range(F):
+            x = pre[n, f]
+            cdf = 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+            out[n, f] = d_out[n, f] * (cdf + x * math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi))
+    return out
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _gelu_tanh_backward_numba(d_out, pre, out):  # float64 inside, as _bias_gelu_tanh_numba
+    N, F = d_out.shape
+    for n in range(N):
+        for f in range(F):
+            x = np.float64(pre[n, f])
+            t = math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
+            du = 0.7978845608028654 * (1.0 + 3 * 0.044715 * x * x)
+            out[n, f] = d_out[n, f] * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+    return out
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _relu_backward_numba(d_out, pre, out):
+    N, F = d_out.shape
+    for n in range(N):
+        for f in range(F):
+            out[n, f] = d_out[n, f] if pre[n, f] > 0 else 0.0  # torch's: 0 at exactly 0
+    return out
+
+
+def _activation_backward(kernel, d_out, pre):  # d_out's and pre's rows split over the threads; -> d pre
+    F = d_out.shape[-1]
+    g, x = d_out.reshape(-1, F), pre.reshape(-1, F)
+    out = np.empty(g.shape, dtype=d_out.dtype)
+    split_over_threads(
+        lambda rows: kernel(g[rows.start : rows.stop], x[rows.start : rows.stop], out[rows.start : rows.stop]),
+        range(g.shape[0]),
+        g.size >= _GELU_SERIAL_BELOW,
+    )
+    return out.reshape(d_out.shape)
+
+
+def _gelu_backward_f32(d_out, pre, out):
+    with np.errstate(over="ignore"):  # |pre| > 1.8e19: the square is inf, its exp(-inf) the right 0
+        pdf = np.square(pre)
+    pdf *= np.float32(-0.5)
+    np.exp(pdf, out=pdf)
+    return _gelu_backward_f32_numba(d_out, pre, pdf, out)
+
+
+def bias_gelu_backward_numba(d_out, pre):
+    return _activation_backward(
+        _gelu_backward_f64_numba if d_out.dtype == np.float64 else _gelu_backward_f32, d_out, pre
+    )
+
+
+def bias_gelu_tanh_backward_numba(d_out, pre):
+    return _activation_backward(_gelu_tanh_backward_numba, d_out, pre)
+
+
+def bias_relu_backward_numba(d_out, pre):
+    return _activation_backward(_relu_backward_numba, d_out, pre)
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _residual_layernorm_backward_numba(d_out, x, residual, weight, eps, d_y, d_weight, d_bias):
+    # As reference.py's, row by row: the statistics and xhat in float64 from the float32 sum (as the forward's
+    # kernel), d_y = (g - mean(g) - xhat mean(g xhat)) / std with g = d_out * weight; d_weight and d_bias
+    # (float64, this chunk's rows) gain d_out * xhat and d_out.
+    N, D = x.shape
+    xhat = np.empty(D)
+    for n in range(N):
+        mean = 0.0
+        for d in range(D):
+            mean += np.float64(x[n, d] + residual[n, d])
+        mean /= D
+        var = 0.0
+        for d in range(D):
+            var += (np.float64(x[n, d] + residual[n, d]) - mean) ** 2
+        rstd = 1.0 / math.sqrt(var / D + eps)
+        g_mean = 0.0
+        gx_mean = 0.0
+        for d in range(D):
+            xh = (np.float64(x[n, d] + residual[n, d]) - mean) * rstd
+            xhat[d] = xh
+            g = np.float64(d_out[n, d]) * weight[d]
+            g_mean += g
+            gx_mean += g * xh
+            d_weight[d] += d_out[n, d] * xh
+            d_bias[d] += d_out[n, d]
+        g_mean /= D
+        gx_mean /= D
+        for d in range(D):
+            d_y[n, d] = rstd * (np.float64(d_out[n, d]) * weight[d] - g_mean - xhat[d] * gx_mean)
+    return d_y
+
+
+def residual_layernorm_backward_numba(d_out, x, residual, weight, eps):
+    N, D = x.shape
+    d_y = np.empty((N, D), dtype=x.dtype)
+    partial = {}  # rows.start -> (d_weight, d_bias) of that chunk, float64
+
+    def rows(chunk):
+        s = slice(chunk.start, chunk.stop)
+        sums = partial[chunk.start] = (np.zeros(D), np.zeros(D))
+        _residual_layernorm_backward_numba(d_out[s], x[s], residual[s], weight, eps, d_y[s], *sums)
+
+    split_over_threads(rows, range(N), x.size >= _LAYERNORM_SERIAL_BELOW)
+    d_weight, d_bias = np.zeros(D), np.zeros(D)
+    for start in sorted(partial):  # the chunks' sums added in row order: the same figures on the same threads
+        d_weight += partial[start][0]
+        d_bias += partial[start][1]
+    return d_y, d_weight.astype(x.dtype), d_bias.astype(x.dtype)

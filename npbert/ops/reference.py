@@ -45,8 +45,36 @@ def attention_numpy(q, k, v, keep, n_heads, return_probs=False, tap=None):
     probs /= probs.sum(axis=-1, keepdims=True)
     if tap is not None:
         tap["probs"] = probs
-    context = (probs @ heads(v, n_heads)).transpose(0, 2, 1, 3).reshape(B, S, D)
+    used = probs if tap is None or tap.dropout is None else tap.dropout(probs, tap, "attention.probs", "probs.dropout")
+    context = (used @ heads(v, n_heads)).transpose(0, 2, 1, 3).reshape(B, S, D)
     return context, (probs if return_probs else None)
+
+
+def merge_heads(x):  # [B, H, S, Dh] -> [B, S, D]: the inverse of heads
+    B, H, S, Dh = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, S, H * Dh)
+
+
+def softmax_backward(d_probs, probs):  # [..., S], [..., S] -> [..., S]: the gradient of the scores
+    # probs = softmax(scores): d scores_j = p_j (d p_j - sum_i d p_i p_i).
+    return probs * (d_probs - (d_probs * probs).sum(axis=-1, keepdims=True))
+
+
+def attention_backward_numpy(d_context, q, k, v, probs, keep, n_heads, kept=None):  # -> dq, dk, dv [B, S, D]
+    # The backward of attention_numpy, from its forward's probabilities (the tap's "probs") and, after a
+    # training forward, the dropout's scaled mask on them (the tap's "probs.dropout"; None: no dropout).
+    B, S, D = q.shape
+    scale = q.dtype.type(math.sqrt(D // n_heads))
+    d_ctx = heads(d_context, n_heads)  # [B, H, S, Dh]
+    used = probs if kept is None else probs * kept
+    dv = np.swapaxes(used, -1, -2) @ d_ctx  # context = used @ v
+    d_used = d_ctx @ np.swapaxes(heads(v, n_heads), -1, -2)  # [B, H, S, S]
+    d_scores = softmax_backward(d_used if kept is None else d_used * kept, probs)
+    # A masked key's score was replaced by a constant: no gradient reaches it (its probability is 0 anyway).
+    d_scores = np.where(keep[:, None, None, :], d_scores, 0)
+    dq = (d_scores @ heads(k, n_heads)) / scale  # scores = (q / sqrt(Dh)) k^T
+    dk = np.swapaxes(d_scores, -1, -2) @ (heads(q, n_heads) / scale)
+    return merge_heads(dq), merge_heads(dk), merge_heads(dv)
 
 
 # --- DeBERTa's disentangled attention ------------------------------------------------------------------
@@ -206,6 +234,28 @@ def bias_relu_numpy(h, bias):
     return np.maximum(h + bias, 0).astype(h.dtype)
 
 
+# The activations' backward: d_out [N, F], pre = h + bias (the forward's "ffn.pre_activation") -> d pre.
+# The bias's gradient is then d pre summed over rows, and h's is d pre itself.
+
+
+def bias_gelu_backward_numpy(d_out, pre):
+    # d/dx of x Phi(x) = Phi(x) + x phi(x), Phi the normal CDF, phi its density.
+    cdf = 0.5 * (1.0 + _erf(pre / math.sqrt(2.0)).astype(pre.dtype))
+    pdf = np.exp(-0.5 * pre * pre) / math.sqrt(2.0 * math.pi)
+    return (d_out * (cdf + pre * pdf)).astype(d_out.dtype)
+
+
+def bias_gelu_tanh_backward_numpy(d_out, pre):
+    # u = c (x + 0.044715 x^3), gelu = 0.5 x (1 + tanh u): d/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx.
+    t = np.tanh(_TANH_SCALE * (pre + 0.044715 * pre**3))
+    du = _TANH_SCALE * (1.0 + 3 * 0.044715 * pre * pre)
+    return (d_out * (0.5 * (1.0 + t) + 0.5 * pre * (1.0 - t * t) * du)).astype(d_out.dtype)
+
+
+def bias_relu_backward_numpy(d_out, pre):
+    return np.where(pre > 0, d_out, 0).astype(d_out.dtype)  # torch's: 0 at exactly 0
+
+
 # --- residual + LayerNorm ------------------------------------------------------------------------------
 # x, residual: [N, D]; weight, bias: [D]. Returns LayerNorm(x + residual): the post-LN order of every
 # DistilBERT block (normalise after the residual add, not before the sublayer as in pre-LN models).
@@ -217,6 +267,20 @@ def residual_layernorm_numpy(x, residual, weight, bias, eps):
     mean = y.mean(axis=-1, keepdims=True)
     var = ((y - mean) ** 2).mean(axis=-1, keepdims=True)  # biased variance, as torch.nn.LayerNorm
     return ((y - mean) / np.sqrt(var + y.dtype.type(eps)) * weight + bias).astype(x.dtype)
+
+
+def residual_layernorm_backward_numpy(d_out, x, residual, weight, eps):  # [N, D] -> d_y [N, D], d_weight, d_bias
+    # The backward of residual_layernorm_numpy, from its inputs (the mean and variance are recomputed: cheaper
+    # to keep than two more arrays per LayerNorm). d_y is the gradient of y = x + residual: it is x's and
+    # residual's alike. With xhat = (y - mean) / std and g = d_out * weight:
+    #     d_y = (g - mean(g) - xhat mean(g xhat)) / std      (each mean over the D features of a row)
+    y = x + residual
+    mean = y.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(((y - mean) ** 2).mean(axis=-1, keepdims=True) + y.dtype.type(eps))
+    xhat = (y - mean) * rstd
+    g = d_out * weight
+    d_y = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    return d_y.astype(x.dtype), (d_out * xhat).sum(axis=0), d_out.sum(axis=0)
 
 
 # --- a linear layer's product on weights stored as panels (ops/gemm.py) -------------------------------------

@@ -3,6 +3,7 @@ pipeline's full records, health, and an OpenAPI document of both answering route
 
     POST /score      {"input_data": {"question": Q, "context": C}, "parameters": {...}}  ->  ["John"]
     POST /v1/answer  same body  ->  [{"answer": "John", "score": 0.98, "start": 11, "end": 15}]
+    POST /v1/attributions  one question and context  ->  per-token attributions of the answer (attributions.py)
     GET  /health     liveness and what is served: model id, revision, weights sha256, batching counters
     GET  /openapi.json, /docs
 
@@ -43,6 +44,7 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from ..hub import DEFAULT_MODEL, sha256_file
 from ..pipeline import pipeline
+from .attributions import add_attribution_routes
 from .batcher import Batcher
 from .explain import add_explain_routes
 from .handling import error_response, handled, log, read_body, request_pipeline, scheduled, server_fault, short_target
@@ -198,6 +200,7 @@ def create_app(settings: Settings | None = None, qa=None) -> FastAPI:
     add_answer_routes(app, state)
     add_health_routes(app, state)
     add_explain_routes(app, state)  # the teaching page: GET /, /static, POST /v1/explain
+    add_attribution_routes(app, state)  # POST /v1/attributions
     app.openapi = lambda: _openapi(app)
     return app
 
@@ -397,11 +400,12 @@ def _openapi(app: FastAPI) -> dict:
     if app.openapi_schema is None:
         from pydantic import RootModel
 
-        from .schemas import AnswerResponse, ScoreResponse
+        from .schemas import AnswerResponse, AttributionRequest, ScoreResponse
 
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         models = [
             (ScoreRequest, "validation"),
+            (AttributionRequest, "validation"),
             (type("ScoreResponse", (RootModel[ScoreResponse],), {}), "serialization"),
             (type("AnswerResponse", (RootModel[AnswerResponse],), {}), "serialization"),
             (AnswerRecord, "serialization"),

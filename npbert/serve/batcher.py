@@ -79,6 +79,11 @@ class Forward:
     kwargs: dict  # output_attentions=True: run alone, the model's own output returned
     ticket: Ticket
     future: Future = field(default_factory=Future)
+    job: object = None  # a callable job(model), run alone in place of a forward (ScheduledModel.turn)
+
+    @property
+    def alone(self) -> bool:
+        return bool(self.kwargs) or self.job is not None
 
     @property
     def rows(self) -> int:
@@ -137,9 +142,14 @@ class ScheduledModel:
         ]
         return Rows(np.concatenate([p.start_logits for p in pieces]), np.concatenate([p.end_logits for p in pieces]))
 
-    def _turn(self, ids, mask, kwargs):
+    def turn(self, job):
+        """`job(model)` on the inference thread, as one turn of this request's own (an attribution's backward
+        pass: npbert/serve/attributions.py); its result, or what it raised."""
+        return self._turn(np.zeros((1, 1), np.int64), None, {}, job)
+
+    def _turn(self, ids, mask, kwargs, job=None):
         self._ticket.check()
-        forward = Forward(ids, mask, kwargs, self._ticket)
+        forward = Forward(ids, mask, kwargs, self._ticket, job=job)
         self._batcher.queue(forward)
         result = forward.future.result()
         self._ticket.forwards += 1
@@ -247,7 +257,7 @@ class Batcher:
         padded to the widest, at most `turn_tokens` tokens (a short window is not padded to a long one's
         width: the two run faster apart). None: stop."""
         batch, rows, width = [first], first.rows, first.input_ids.shape[1]
-        if first.kwargs or self.max_batch == 1:
+        if first.alone or self.max_batch == 1:
             return batch
         deadline = time.monotonic() + self.wait_s
         held = []
@@ -263,7 +273,7 @@ class Batcher:
                 self._queue.put(None)
                 break
             wider = max(width, f.input_ids.shape[1])
-            if not f.kwargs and rows + f.rows <= self.max_batch and (rows + f.rows) * wider <= self.turn_tokens:
+            if not f.alone and rows + f.rows <= self.max_batch and (rows + f.rows) * wider <= self.turn_tokens:
                 batch.append(f)
                 rows, width = rows + f.rows, wider
             else:
@@ -301,7 +311,10 @@ class Batcher:
     def _call(self, batch: list[Forward]) -> list:
         if len(batch) == 1:
             f = batch[0]
-            outputs = [self.model(f.input_ids, attention_mask=f.attention_mask, **f.kwargs)]
+            if f.job is not None:
+                outputs = [f.job(self.model)]
+            else:
+                outputs = [self.model(f.input_ids, attention_mask=f.attention_mask, **f.kwargs)]
         else:
             width = max(f.input_ids.shape[1] for f in batch)
             ids = np.concatenate([_pad(f.input_ids, width, self.pad_token_id) for f in batch])

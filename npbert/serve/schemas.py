@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..limits import DEFAULT_MAX_WINDOWS
+from ..attributions import APPROXIMATIONS, DEFAULT_N_STEPS, DEFAULT_NOISE, DEFAULT_SAMPLES, METHODS
+from ..limits import DEFAULT_MAX_ATTRIBUTION_WINDOWS, DEFAULT_MAX_WINDOWS
 
 
 class BadRequest(Exception):
@@ -52,6 +53,10 @@ class Limits:
     max_request_windows: int = 64  # over all questions of a request: bounds one request's work (docs/serving.md)
     max_target_bytes: int = 8192  # the request target (path and query): longer ones get 414
     max_header_bytes: int = 16384  # all header names and values: more get 431
+    # POST /v1/attributions: windows per question, integration steps, SmoothGrad samples (docs/attributions.md)
+    max_attribution_windows: int = DEFAULT_MAX_ATTRIBUTION_WINDOWS
+    max_n_steps: int = 300
+    max_samples: int = 100
 
 
 # A request nests 3 levels ({"input_data": {"question": [...]}}); JSON nested deeper than this is refused
@@ -252,6 +257,72 @@ class ScoreRequest(BaseModel):
         return value
 
 
+class Attribution(BaseModel):
+    """How POST /v1/attributions explains the answer (npbert/attributions.py; docs/attributions.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    method: Literal[METHODS] = Field("ig", description="ig, grad-x-input, smoothgrad or rollout.")
+    n_steps: int = Field(DEFAULT_N_STEPS, ge=1, description="ig: integration steps (Captum's n_steps).")
+    approximation: Literal[APPROXIMATIONS] = Field("gausslegendre", description="ig: Captum's approximation method.")
+    samples: int = Field(DEFAULT_SAMPLES, ge=1, description="smoothgrad: noisy copies averaged.")
+    noise: float = Field(
+        DEFAULT_NOISE, ge=0, description="smoothgrad: noise standard deviation, a fraction of the embeddings' range."
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="smoothgrad: the noise's seed.")
+    span: Optional[list[int]] = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="[start, end] characters of the context to explain; default: the pipeline's best answer.",
+    )
+
+    @field_validator("noise", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _bounded(self, info: ValidationInfo) -> "Attribution":
+        limits = (info.context or {}).get("limits", Limits())
+        for name, limit in (("n_steps", limits.max_n_steps), ("samples", limits.max_samples)):
+            if getattr(self, name) > limit:
+                raise PydanticCustomError(
+                    "over_limit",
+                    "{name} is {n}, over the server's limit of {limit}",
+                    {"name": name, "n": getattr(self, name), "limit": limit},
+                )
+        return self
+
+
+class AttributionRequest(BaseModel):
+    """The body of POST /v1/attributions: one question and one context, the pipeline's parameters, and how
+    to attribute."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "input_data": {"question": "What's my name?", "context": "My name is John and I live in Seattle"},
+                    "attribution": {"method": "ig", "n_steps": 50},
+                }
+            ]
+        },
+    )
+
+    input_data: InputData
+    parameters: Parameters = Field(default_factory=Parameters)
+    attribution: Attribution = Field(default_factory=Attribution)
+
+    @field_validator("input_data", "parameters", "attribution", mode="before")
+    @classmethod
+    def _objects(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, dict):
+            raise PydanticCustomError("object_type", "must be an object, got {got}", {"got": a_json_type(value)})
+        return value
+
+
 # --- the responses (for the OpenAPI document; the routes build plain JSON) -----------------------------
 
 
@@ -316,8 +387,9 @@ def _no_constant(name: str):
     raise BadRequest(400, f"request body is not valid JSON: {name} is not a JSON number")
 
 
-def parse_request(body: bytes, limits: Limits) -> ScoreRequest:
-    """The request in `body`, or a BadRequest naming the first problem (400 not JSON, 422 wrong schema)."""
+def parse_request(body: bytes, limits: Limits, schema=ScoreRequest):
+    """The request in `body` (a `schema`: ScoreRequest, or AttributionRequest), or a BadRequest naming the
+    first problem (400 not JSON, 422 wrong schema)."""
     if not body.strip():
         raise BadRequest(
             400, 'request body is empty: send a JSON object such as {"input_data": {"question": ..., "context": ...}}'
@@ -343,7 +415,7 @@ def parse_request(body: bytes, limits: Limits) -> ScoreRequest:
     if not isinstance(obj, dict):
         raise BadRequest(422, f'request body must be a JSON object with an "input_data" key, got {json_type(obj)}')
     try:
-        return ScoreRequest.model_validate(obj, context={"limits": limits})
+        return schema.model_validate(obj, context={"limits": limits})
     except ValidationError as e:
         problems = describe(e)
         raise BadRequest(422, problems[0], problems) from None

@@ -1,5 +1,6 @@
 // The teaching page of `npbert serve`: plain JavaScript, no libraries, no build step.
-// Everything drawn here comes from POST /v1/explain (npbert/serve/explain.py documents the JSON).
+// Everything drawn here comes from POST /v1/explain (npbert/serve/explain.py documents the JSON), and the
+// attributions from POST /v1/attributions (npbert/serve/attributions.py, npbert/attributions.py).
 "use strict";
 
 const page = {
@@ -12,6 +13,14 @@ const page = {
   hover: null,       // the token whose attention is shown
   showProbs: false,
   busy: false,
+  attr: {
+    on: false,       // the reader asked for attributions: they follow the answer, window and method chosen
+    method: "ig",
+    side: "start",   // attribution to the answer's start or end token
+    data: null,      // the last /v1/attributions response for page.request
+    seq: 0,          // the request in flight; an older one's late response is dropped
+    abort: null,     // aborts the request in flight (the server stops its work when the client goes away)
+  },
 };
 
 const $ = (id) => document.getElementById(id);
@@ -39,10 +48,10 @@ const REFUSALS = {
   422: "The server refused this input",
 };
 
-async function postJSON(url, body) {
+async function postJSON(url, body, signal = null) {
   let resp;
   try {
-    resp = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+    resp = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body), signal});
   } catch (e) {
     throw new PageError(`Could not reach the server (${e.message}). Is npbert serve still running?`);
   }
@@ -58,8 +67,8 @@ async function postJSON(url, body) {
   return payload;
 }
 
-function setStatus(message, kind = "") {
-  const s = $("status");
+function setStatus(message, kind = "", id = "status") {
+  const s = $(id);
   s.className = kind;
   s.textContent = message;
 }
@@ -112,7 +121,10 @@ async function ask(event) {
     const [data, seconds] = await explain();
     page.answer = 0;
     page.hover = null;
+    page.attr.data = null;  // they were of the previous question
+    cancelAttribution();
     show(data);
+    if (page.attr.on) attribute();
     setStatus(`Answered in ${seconds.toFixed(2)} s, ${data.server_seconds.toFixed(2)} s of it in the server (${data.windows.length} window${data.windows.length === 1 ? "" : "s"}, `
               + `${data.windows[data.window].tokens.length} tokens in the one shown).`, "ok");
   }, "Asking the model…", () => { $("results").hidden = true; });  // no stale results under a refusal
@@ -139,6 +151,7 @@ function show(data) {
   drawTokens();
   drawControls();
   drawAttention();
+  drawAttributions();
 }
 
 function drawAnswers() {
@@ -149,7 +162,7 @@ function drawAnswers() {
   answers.forEach((a, i) => {
     const text = a.answer === "" ? "(no answer)" : a.answer;
     const li = el("li", {class: i === page.answer ? "chosen" : "", title: "show this answer in the context",
-                         onclick: () => { page.answer = i; drawAnswers(); drawContext(); }},
+                         onclick: () => { page.answer = i; drawAnswers(); drawContext(); if (page.attr.on) attribute(); }},
       el("span", {class: "answer-text", text}),
       el("span", {class: "bar"}, el("span", {style: `width:${(100 * a.score).toFixed(1)}%`})),
       el("span", {class: "score", text: `${(100 * a.score).toFixed(1)}%`}),
@@ -394,6 +407,154 @@ function paintMatrix(fig) {
   }
 }
 
+// --- attributions ------------------------------------------------------------------------------------
+
+const METHODS = {
+  "ig": "integrated gradients",
+  "grad-x-input": "Grad × Input",
+  "smoothgrad": "SmoothGrad",
+  "rollout": "attention rollout",
+};
+
+function attributionBody() {
+  // The page's question, context and window settings; the chosen answer's characters (the empty answer
+  // has none: then the server explains its best answer, which the response names).
+  const {top_k, ...parameters} = page.request.parameters;  // one answer is explained, whatever top_k
+  const a = page.data.answers[page.answer];
+  const attribution = {method: page.attr.method};
+  if (a && a.end > a.start) attribution.span = [a.start, a.end];
+  return {input_data: page.request.input_data, parameters, attribution};
+}
+
+function cancelAttribution() {
+  page.attr.seq++;
+  if (page.attr.abort) page.attr.abort.abort();
+  page.attr.abort = null;
+}
+
+async function attribute() {
+  if (!page.data) return;
+  page.attr.on = true;
+  cancelAttribution();
+  const seq = page.attr.seq;
+  const abort = page.attr.abort = new AbortController();
+  const a = page.data.answers[page.answer];
+  const what = a && a.answer ? `“${a.answer}”` : "the best answer";
+  const method = page.attr.method;
+  $("attr-run").disabled = true;
+  $("attr-view").classList.add("stale");
+  const cost = {ig: " (a forward and a backward pass per step, for the start and for the end)",
+                smoothgrad: " (a forward and a backward pass per noisy copy)"}[method] || "";
+  setStatus(`Computing ${METHODS[method]} for ${what}${cost}…`, "busy", "attr-status");
+  try {
+    const t0 = performance.now();
+    const data = await postJSON("/v1/attributions", attributionBody(), abort.signal);
+    if (seq !== page.attr.seq) return;  // the reader asked for something else meanwhile
+    page.attr.data = data;
+    drawAttributions();
+    const name = METHODS[data.method];
+    setStatus(`${name[0].toUpperCase() + name.slice(1)}: ${((performance.now() - t0) / 1000).toFixed(2)} s, `
+              + `${data.server_seconds.toFixed(2)} s of it in the server.`, "ok", "attr-status");
+  } catch (e) {
+    if (seq !== page.attr.seq) return;
+    page.attr.data = null;  // no stale colours under a refusal
+    drawAttributions();
+    setStatus(e instanceof PageError ? e.message : `Something went wrong in the page: ${e.message}`, "error", "attr-status");
+  } finally {
+    if (seq === page.attr.seq) {
+      page.attr.abort = null;
+      $("attr-run").disabled = false;
+      $("attr-view").classList.remove("stale");
+    }
+  }
+}
+
+function attributionWindow(data, k) {
+  // One window's attributions: the response itself for a one-window context, else its `windows` entry.
+  if (!data.windows) return k === (data.window || 0) ? data : null;
+  return data.windows.find((w) => w.window === k) || null;
+}
+
+function divergingRGB(t) {
+  // t in [-1, 1]: purple (negative) - white - green (positive), linear, so that the largest |score| is the
+  // most saturated.
+  const [r, g, b] = t >= 0 ? [27, 120, 55] : [118, 42, 131];
+  const u = Math.min(1, Math.abs(t));
+  return [Math.round(255 - u * (255 - r)), Math.round(255 - u * (255 - g)), Math.round(255 - u * (255 - b))];
+}
+
+const signed = (v, digits = 3) => (v > 0 ? "+" : v < 0 ? "−" : "") + Math.abs(v).toFixed(digits);
+const signedExp = (v) => (v < 0 ? "−" : "+") + Math.abs(v).toExponential(2);
+const quoted = (t) => `“${t}”`;
+
+function drawAttributions() {
+  const data = page.attr.data;
+  const view = $("attr-view");
+  const side = page.attr.side;
+  for (const s of ["start", "end"]) $(`attr-${s}`).setAttribute("aria-pressed", String(s === side));
+  view.hidden = !data;
+  if (!data) return;
+  const k = page.data.window;
+  const w = attributionWindow(data, k);
+  const box = $("attr-tokens");
+  box.replaceChildren();
+  view.dataset.method = data.method;
+  view.dataset.side = side;
+  if (!w) {
+    $("attr-target").textContent = `The server sent no attributions for window ${k + 1}.`;
+    for (const id of ["attr-top", "attr-delta", "attr-scale"]) $(id).textContent = "";
+    return;
+  }
+  const values = w[side];
+  const text = (i) => w.sequence_ids[i] !== null;  // a question or context token
+  const maxAbs = Math.max(0, ...values.filter((_, i) => text(i)).map(Math.abs)) || 1;
+  const target = w.target[side];
+  w.tokens.forEach((t, i) => {
+    const chip = tokenChip(w, i, {"data-value": values[i], title: `token ${i}: ${t}\n`
+      + `attribution to the start ${signed(w.start[i], 4)}, to the end ${signed(w.end[i], 4)}`
+      + (w.raw_start ? `\nbefore dividing by the norm: ${signed(w.raw_start[i], 4)}, ${signed(w.raw_end[i], 4)}` : "")});
+    if (text(i)) {
+      const rgb = divergingRGB(values[i] / maxAbs);
+      chip.style.background = `rgb(${rgb.join(",")})`;
+      chip.style.color = Math.abs(values[i]) / maxAbs > 0.6 ? "#fff" : "";
+    }
+    if (i === target) chip.classList.add("target");
+    box.append(chip);
+  });
+
+  const n = data.windows ? data.windows.length : 1;
+  const where = n > 1 ? ` in window ${k + 1} of ${n}` : "";
+  const answer = data.answer === "" ? "the empty answer ([CLS])" : quoted(data.answer);
+  $("attr-target").textContent = (w.target.holds_answer
+    ? `Explaining ${answer}${where}: its ${side} token ${quoted(w.tokens[target])} (token ${target}), `
+    : `Window ${k + 1} of ${n} does not hold ${answer}: explaining its own best span instead, whose ${side} token is `
+      + `${quoted(w.tokens[target])} (token ${target}), `)
+    + `by ${METHODS[data.method]}${data.method === "ig" ? ` (${data.settings.n_steps} steps)` : ""}.`;
+  $("attr-scale").textContent = `${signed(-maxAbs)} · 0 · ${signed(maxAbs)}: ` + (data.method === "rollout"
+    ? `the share of the ${side} token's last vector that flows from each token (never negative)`
+    : `green raises the ${side} logit, purple lowers it`);
+  const strongest = values.map((v, i) => [v, i]).filter(([, i]) => text(i))
+    .sort((x, y) => Math.abs(y[0]) - Math.abs(x[0])).slice(0, 5);
+  $("attr-top").textContent = "Strongest: " + strongest.map(([v, i]) => `${quoted(w.tokens[i])} ${signed(v)}`).join(" · ");
+  const delta = $("attr-delta");
+  delta.hidden = w.delta_start === undefined;
+  delta.dataset.start = delta.hidden ? "" : w.delta_start;
+  delta.dataset.end = delta.hidden ? "" : w.delta_end;
+  delta.textContent = delta.hidden ? "" : `Convergence delta: start ${signedExp(w.delta_start)}, `
+    + `end ${signedExp(w.delta_end)} (the raw attributions' sum minus the logit's change from the baseline `
+    + `to the input: near 0, the ${data.settings.n_steps} steps were enough).`;
+}
+
+function pickSide(side) {
+  page.attr.side = side;
+  drawAttributions();
+}
+
+function pickMethod() {
+  page.attr.method = $("attr-method").value;
+  if (page.attr.on) attribute();
+}
+
 // --- interactions -------------------------------------------------------------------------------------
 
 function pickWindow(k) {
@@ -436,5 +597,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("toggle-probs").addEventListener("click", () => { page.showProbs = !page.showProbs; drawTokens(); });
   $("layer").addEventListener("change", pickLayer);
   $("head").addEventListener("change", pickHead);
+  $("attr-run").addEventListener("click", attribute);
+  page.attr.method = $("attr-method").value;  // a reloaded page may keep the reader's choice
+  $("attr-method").addEventListener("change", pickMethod);
+  $("attr-start").addEventListener("click", () => pickSide("start"));
+  $("attr-end").addEventListener("click", () => pickSide("end"));
   showModel();
 });
