@@ -159,21 +159,6 @@ def disentangled_attention_numpy(
     return context, (probs if return_probs else None)
 
 
-def gather_backward(d_gathered, index, n_rows):  # [..., S, S], [S, S] -> [..., S, n_rows]
-    # The backward of c2p's (and p2c's) np.take_along_axis(full, index, axis=-1): entry [..., i, j] was
-    # read from full[..., i, index[i, j]], so its gradient goes back there. Several keys j of one query i
-    # read the same table row (the clamp at both ends of the span, the log buckets far away), so the
-    # gradients are added, not assigned: a scatter-add along the relative axis.
-    d_full = np.zeros(d_gathered.shape[:-1] + (n_rows,), d_gathered.dtype)
-    np.add.at(d_full, (..., np.arange(index.shape[0])[:, None], index), d_gathered)
-    return d_full
-
-
-def merge_heads(x):  # [B, H, S, Dh] -> [B, S, D], the inverse of heads()
-    B, H, S, Dh = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, S, H * Dh)
-
-
 def disentangled_attention_backward_numpy(
     d_context, q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, probs, keep, n_heads, scale
 ):  # -> dq, dk, dv [B, S, D], d_pos_k, d_pos_q [2A, D] (None where pos_k, pos_q are None)
@@ -183,11 +168,9 @@ def disentangled_attention_backward_numpy(
     dch = heads(d_context, n_heads)
     dv = probs.swapaxes(-1, -2) @ dch  # context = probs @ v
     d_probs = dch @ vh.swapaxes(-1, -2)  # [B, H, S, S]
-    # Softmax: d scores = p (d p - sum_j p d p). masked_fill put constants where the pair mask is False
-    # (padded keys, and the whole row of a padded query, whose uniform probabilities carry no score): no
-    # gradient flows back through them.
-    d_scores = probs * (d_probs - (probs * d_probs).sum(axis=-1, keepdims=True))
-    d_scores = np.where(pair_mask(keep), d_scores, 0)
+    # masked_fill put constants where the pair mask is False (padded keys, and the whole row of a padded
+    # query, whose uniform probabilities carry no score): no gradient flows back through them.
+    d_scores = np.where(pair_mask(keep), softmax_backward(d_probs, probs), 0)
     d_term = d_scores / scale  # every term was divided by the scale (c2c through k, the others after the gather)
     dq = d_term @ kh  # c2c = q (k / scale)^T
     dk = d_term.swapaxes(-1, -2) @ qh
@@ -203,6 +186,16 @@ def disentangled_attention_backward_numpy(
         dk = dk + d_full @ pqh
         d_pos_q = merge_heads((d_full.swapaxes(-1, -2) @ kh).sum(axis=0)[None])[0]
     return merge_heads(dq), merge_heads(dk), merge_heads(dv), d_pos_k, d_pos_q
+
+
+def gather_backward(d_gathered, index, n_rows):  # [..., S, S], [S, S] -> [..., S, n_rows]
+    # The backward of c2p's (and p2c's) np.take_along_axis(full, index, axis=-1): entry [..., i, j] was
+    # read from full[..., i, index[i, j]], so its gradient goes back there. Several keys j of one query i
+    # read the same table row (the clamp at both ends of the span, the log buckets far away), so the
+    # gradients are added, not assigned: a scatter-add along the relative axis.
+    d_full = np.zeros(d_gathered.shape[:-1] + (n_rows,), d_gathered.dtype)
+    np.add.at(d_full, (..., np.arange(index.shape[0])[:, None], index), d_gathered)
+    return d_full
 
 
 # --- bias + GELU ---------------------------------------------------------------------------------------
