@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .ops.gemm import linear, qkv_projections
+from .ops.gemm import linear, linear_backward, qkv_projections
 
 
 def log_bucket_position(relative, bucket_size, max_position):  # [S, S] int64 -> [S, S] int64
@@ -161,16 +161,109 @@ def self_attention(x, keep, layer, rel, n_heads, ops, return_probs=False, tap=No
     return out, probs
 
 
-# --- the backward (to come: until then a DeBERTa model has no gradients) ----------------------------------
+# --- the backward -------------------------------------------------------------------------------------------
+# Each function below is the backward of the one of the same name above, with model.py's backward
+# signatures (model.family_layers picks them): it reads what the forward's tap kept and the loader's plain
+# tree (model.checkpoint_weights), and recomputes the rest (the table, its projections, the indices).
+# Gradients are keyed by canonical name (weights.canonical_keys), relative to the layer or the embeddings.
+# (The layers' contract keeps this module below model.py: its small helpers for gradient dicts and table
+# lookups are not imported here; the two below do the same for DeBERTa's layers.)
+
+
+def lookup_backward(table, ids, d_rows):  # [rows, D], [B, S] ids, [B*S, D] -> [rows, D], the backward of table[ids]
+    grad = np.zeros(table.shape, dtype=d_rows.dtype)
+    np.add.at(grad, ids.reshape(-1), d_rows)  # a row looked up several times sums their gradients
+    return grad
+
+
+def add_linear_gradients(grads, prefix, g):  # linear_backward's {"weight", "bias"} (None: weights=False)
+    for p, a in (g or {}).items():  # added, not set: share_att_key's k_lin/q_lin serve twice
+        key = f"{prefix}.{p}"
+        grads[key] = grads[key] + a if key in grads else a
 
 
 def embeddings_backward(d_embedded, tap, emb, config, ops, input_ids, token_type_ids, keep):
-    raise NotImplementedError("gradients of DeBERTa models are not implemented yet")
-
-
-def self_attention_backward(d_out, x, keep, layer, rel, n_heads, ops, tap, weights=True):
-    raise NotImplementedError("gradients of DeBERTa models are not implemented yet")
+    # [B, S, D] -> {name: grad}: the mask multiply, the LayerNorm, then the tables (words, absolute positions
+    # when position_biased_input, token types when type_vocab_size > 0).
+    B, S = input_ids.shape
+    d_normed = d_embedded * keep[..., None].astype(d_embedded.dtype)  # padded rows were multiplied by 0
+    words = tap["word"] if "position" not in tap else tap["word"] + tap["position"]
+    types = tap["token_type"] if "token_type" in tap else np.zeros_like(words)
+    d_y, d_weight, d_bias = ops.residual_layernorm_backward(
+        d_normed.reshape(B * S, -1),
+        words.reshape(B * S, -1),
+        types.reshape(B * S, -1),
+        emb.LayerNorm.weight,
+        config.layer_norm_eps,
+    )
+    grads = {"LayerNorm.weight": d_weight, "LayerNorm.bias": d_bias}
+    grads["word_embeddings.weight"] = lookup_backward(emb.word_embeddings.weight, input_ids, d_y)
+    grads["word_embeddings.weight"][config.pad_token_id] = 0  # nn.Embedding(padding_idx=pad): no gradient there
+    if emb.token_type_embeddings is not None:
+        grads["token_type_embeddings.weight"] = lookup_backward(emb.token_type_embeddings.weight, token_type_ids, d_y)
+    if emb.position_embeddings is not None:  # positions 0..S-1 in every row, no padding_idx
+        d_positions = np.zeros_like(emb.position_embeddings.weight, dtype=d_y.dtype)
+        d_positions[:S] = d_y.reshape(B, S, -1).sum(axis=0)
+        grads["position_embeddings.weight"] = d_positions
+    return grads
 
 
 def shared_positions_backward(d_table, transformer, config, ops, tap):
-    raise NotImplementedError("gradients of DeBERTa models are not implemented yet")
+    # d_table [2A, D]: the gradient of the (normalised) table, summed over every layer that projected it ->
+    # {canonical name: grad} for the table and its LayerNorm. d_table is None without relative_attention: a
+    # LayerNorm that norm_rel_ebd builds all the same (weights.canonical_keys) then gets zeros, as torch's
+    # parameters that took no part in the loss.
+    ln, grads = transformer.rel_layer_norm, {}
+    if d_table is not None and ln is None:
+        grads["transformer.rel_embeddings.weight"] = d_table
+    elif d_table is not None:
+        table = transformer.rel_embeddings.weight
+        d_table, d_weight, d_bias = ops.residual_layernorm_backward(
+            d_table, table, np.zeros_like(table), ln.weight, config.layer_norm_eps
+        )
+        grads["transformer.rel_embeddings.weight"] = d_table
+        grads.update({"transformer.rel_layer_norm.weight": d_weight, "transformer.rel_layer_norm.bias": d_bias})
+    elif ln is not None:
+        grads.update({f"transformer.rel_layer_norm.{p}": np.zeros_like(getattr(ln, p)) for p in ("weight", "bias")})
+    return grads
+
+
+def self_attention_backward(d_out, x, keep, layer, rel, n_heads, ops, tap, weights=True):
+    # [B, S, D] -> d_x [B, S, D], {name: grad}, the gradient of the table rel.table [2A, D] (None when there is
+    # none, or weights=False: the table depends on weights only, so an input's gradient never needs it).
+    att = layer.attention
+    d_context, g = linear_backward(d_out, tap["context"], att.out_lin, weights)
+    grads = {}
+    add_linear_gradients(grads, "attention.out_lin", g)
+    pos_k, pos_q = projected_table(layer, rel)
+    dq, dk, dv, d_pos_k, d_pos_q = ops.disentangled_attention_backward(
+        d_context,
+        tap["q"],
+        tap["k"],
+        tap["v"],
+        pos_k,
+        pos_q,
+        rel.c2p_pos,
+        rel.p2c_pos,
+        tap["probs"],
+        keep,
+        n_heads,
+        rel.scale,
+    )
+    d_x = 0
+    for name, d in (("q_lin", dq), ("k_lin", dk), ("v_lin", dv)):
+        d_in, g = linear_backward(d, x, getattr(att, name), weights)
+        d_x = d_x + d_in  # x feeds all three projections
+        add_linear_gradients(grads, f"attention.{name}", g)
+    if not weights or rel.table is None:
+        return d_x, grads, None
+    # The table's projections: with share_att_key the layer's own k_lin/q_lin (their gradients add to the
+    # content's), else its pos_proj. Without position terms (pos_att_type empty) the table is unused: zeros.
+    d_table = np.zeros_like(rel.table)
+    prefix, own = ("attention", att) if rel.share_att_key else ("pos_proj", layer.pos_proj)
+    for name, d in (("k_lin", d_pos_k), ("q_lin", d_pos_q)):
+        if d is not None:  # None: a term pos_att_type leaves out
+            d_rows, g = linear_backward(d, rel.table, getattr(own, name))
+            d_table += d_rows
+            add_linear_gradients(grads, f"{prefix}.{name}", g)
+    return d_x, grads, d_table

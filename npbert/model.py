@@ -392,7 +392,7 @@ def encoder_layers_backward(d_x, tap, w, config, ops, keep, weights=True, releas
             tap.scope(f"layer.{i}").drop()
         if d_t is not None:
             d_table = d_t if d_table is None else d_table + d_t
-    if weights and d_table is not None:
+    if weights:  # DeBERTa: d_table None without relative_attention (a stored rel LayerNorm then gets zeros)
         accumulate(grads, layers.shared_positions_backward(d_table, w.transformer, config, ops, tap))
     if w.embeddings.projection is not None:
         d_x, g = linear_backward(d_x, tap["embeddings.normalized"], w.embeddings.projection, weights)

@@ -86,11 +86,12 @@ FAMILIES = {
 LENGTHS = [7, 4, 1]
 
 
-def random_model(name: str, seed: int = 0):
-    """(config, canonical name -> float64 weights, inputs): every weight drawn, biases and LayerNorms too,
-    and a sinusoidal table where the config says so. Inputs are right-padded, with two token types where the
-    model has them; the padding id appears only in the padding."""
-    config = Config.from_dict(FAMILIES[name])
+def random_model(name: str | dict, seed: int = 0):
+    """(config, canonical name -> float64 weights, inputs) for FAMILIES[name] (or a config dict: DeBERTa's in
+    tests/test_deberta.py): every weight drawn, biases and LayerNorms too, and a sinusoidal table where the
+    config says so. Inputs are right-padded, with two token types where the model has them; the padding id
+    appears only in the padding."""
+    config = Config.from_dict(FAMILIES[name] if isinstance(name, str) else name)
     rng = np.random.default_rng(seed)
     by_key = W.expected_shapes(config)
     shapes = {n: by_key[key] for n, key in W.canonical_keys(config).items()}
@@ -394,20 +395,7 @@ def test_every_family_has_a_gradient_fixture():
 @pytest.mark.parametrize("loss", make_gradients.LOSSES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kernels", ["numba", "numpy"])
-@pytest.mark.parametrize(
-    "model_type",
-    [
-        pytest.param(
-            m,
-            marks=pytest.mark.xfail(
-                raises=NotImplementedError, reason="DeBERTa's backward is its own branch (issue 24): drop this mark"
-            ),
-        )
-        if m == "deberta-v2"
-        else m
-        for m in make_reference.CONFIGS
-    ],
-)
+@pytest.mark.parametrize("model_type", list(make_reference.CONFIGS))
 def test_npbert_matches_stored_torch_gradients(model_type, kernels, dtype, loss):
     meta, arrays = make_gradients.read_fixture(model_type)
     folder = make_reference.FIXTURES / model_type

@@ -40,6 +40,7 @@ class Ops(NamedTuple):
     residual_layernorm_backward: Callable
     bias_gelu_tanh_backward: Callable
     bias_relu_backward: Callable
+    disentangled_attention_backward: Callable  # DeBERTa's
 
     def bias_activation(self, name: str) -> Callable:
         """The bias + activation kernel for a families.ACTIVATIONS value ("gelu", "gelu_tanh", "relu")."""
@@ -63,6 +64,7 @@ NUMPY = Ops(
     _reference.residual_layernorm_backward_numpy,
     _reference.bias_gelu_tanh_backward_numpy,
     _reference.bias_relu_backward_numpy,
+    _reference.disentangled_attention_backward_numpy,
 )
 NUMBA = Ops(
     "numba",
@@ -77,6 +79,7 @@ NUMBA = Ops(
     _numba.residual_layernorm_backward_numba,
     _numba.bias_gelu_tanh_backward_numba,
     _numba.bias_relu_backward_numba,
+    _numba.disentangled_attention_backward_numba,
 )
 CHOICES = {"numpy": NUMPY, "numba": NUMBA}
 

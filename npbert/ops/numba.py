@@ -399,6 +399,84 @@ def attention_backward_numba(d_context, q, k, v, probs, keep, n_heads, kept=None
     return dq, dk, dv
 
 
+@numba.njit(**JIT, fastmath=FAST)
+def _pair_softmax_backward_numba(d, probs, keep, inv_scale):  # in place on one head's [S, S]; keep [S]
+    # DeBERTa's: as _softmax_backward_numba, under the pair mask keep[i] & keep[j], so a padded query's row
+    # (uniform probabilities, every score a constant) is all 0; d leaves as d scores / scale, the gradient
+    # of each scaled term.
+    S = d.shape[0]
+    for i in range(S):
+        if not keep[i]:
+            d[i, :] = 0.0
+            continue
+        total = 0.0  # float64: S products summed
+        for j in range(S):
+            total += np.float64(d[i, j]) * probs[i, j]
+        for j in range(S):
+            d[i, j] = probs[i, j] * (d[i, j] - total) * inv_scale if keep[j] else 0.0
+    return d
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _gather_backward_numba(d, index, transposed, out):  # [S, S], [S, S] -> out [S, 2A], zeroed here
+    # reference.gather_backward on one head: out[i, index[i, j]] += d[i, j] (c2p), or with d read transposed,
+    # out[j, index[j, i]] += d[i, j] (p2c: key j's rows).
+    out[:] = 0.0
+    S = d.shape[0]
+    for i in range(S):
+        for j in range(S):
+            if transposed:
+                out[i, index[i, j]] += d[j, i]
+            else:
+                out[i, index[i, j]] += d[i, j]
+    return out
+
+
+def disentangled_attention_backward_numba(
+    d_context, q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, probs, keep, n_heads, scale
+):
+    B, S, D = q.shape
+    Dh = D // n_heads
+    keep = np.ascontiguousarray(keep, dtype=np.bool_)
+    inv_scale = 1.0 / float(scale)
+    dq, dk, dv = (np.empty((B, S, D), dtype=q.dtype) for _ in range(3))
+    # The tables' gradients sum over the batch: one partial per row, summed at the end, so that the threads
+    # (each on its own (row, head) pairs) never write the same place.
+    part_k = None if pos_k is None else np.zeros((B,) + pos_k.shape, dtype=q.dtype)
+    part_q = None if pos_q is None else np.zeros((B,) + pos_q.shape, dtype=q.dtype)
+    c2p_pos = None if c2p_pos is None else np.ascontiguousarray(c2p_pos, dtype=np.int64)
+    p2c_pos = None if p2c_pos is None else np.ascontiguousarray(p2c_pos, dtype=np.int64)
+    n_rows = next((t.shape[0] for t in (pos_k, pos_q) if t is not None), 0)  # 2A: one table, projected twice
+
+    def heads(tasks):  # one thread's share of the (row, head) pairs, as in attention_backward_numba
+        d = np.empty((S, S), dtype=q.dtype)  # d probs, then d scores / scale
+        d_full = np.empty((S, n_rows), dtype=q.dtype)  # a table's gradient through one head's gather, [S, 2A]
+        for b, h in tasks:
+            cols = slice(h * Dh, (h + 1) * Dh)
+            p, dc = probs[b, h], d_context[b, :, cols]
+            np.matmul(p.T, dc, out=dv[b, :, cols])  # context = probs @ v
+            np.matmul(dc, v[b, :, cols].T, out=d)
+            _pair_softmax_backward_numba(d, p, keep[b], inv_scale)
+            np.matmul(d, k[b, :, cols], out=dq[b, :, cols])  # c2c = q (k / scale)^T
+            np.matmul(d.T, q[b, :, cols], out=dk[b, :, cols])
+            if pos_k is not None:
+                full = _gather_backward_numba(d, c2p_pos, False, d_full)
+                dq[b, :, cols] += full @ pos_k[:, cols]
+                np.matmul(full.T, q[b, :, cols], out=part_k[b, :, cols])
+            if pos_q is not None:
+                full = _gather_backward_numba(d, p2c_pos, True, d_full)
+                dk[b, :, cols] += full @ pos_q[:, cols]
+                np.matmul(full.T, k[b, :, cols], out=part_q[b, :, cols])
+
+    split_over_threads(
+        heads,
+        [(b, h) for b in range(B) for h in range(n_heads)],
+        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW,
+        uses_blas=True,
+    )
+    return dq, dk, dv, None if part_k is None else part_k.sum(axis=0), None if part_q is None else part_q.sum(axis=0)
+
+
 # The activations' backward: d_out [..., F], pre [..., F] (h + bias) -> d pre, a new array ([..., F]).
 
 

@@ -159,6 +159,45 @@ def disentangled_attention_numpy(
     return context, (probs if return_probs else None)
 
 
+def disentangled_attention_backward_numpy(
+    d_context, q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, probs, keep, n_heads, scale
+):  # -> dq, dk, dv [B, S, D], d_pos_k, d_pos_q [2A, D] (None where pos_k, pos_q are None)
+    """The gradients of disentangled_attention_numpy's context with respect to its inputs, given d_context
+    [B, S, D] and the forward's probs [B, H, S, S] (its tap's "probs"); the other arguments as the forward's."""
+    qh, kh, vh = heads(q, n_heads), heads(k, n_heads), heads(v, n_heads)  # [B, H, S, Dh]
+    dch = heads(d_context, n_heads)
+    dv = probs.swapaxes(-1, -2) @ dch  # context = probs @ v
+    d_probs = dch @ vh.swapaxes(-1, -2)  # [B, H, S, S]
+    # masked_fill put constants where the pair mask is False (padded keys, and the whole row of a padded
+    # query, whose uniform probabilities carry no score): no gradient flows back through them.
+    d_scores = np.where(pair_mask(keep), softmax_backward(d_probs, probs), 0)
+    d_term = d_scores / scale  # every term was divided by the scale (c2c through k, the others after the gather)
+    dq = d_term @ kh  # c2c = q (k / scale)^T
+    dk = d_term.swapaxes(-1, -2) @ qh
+    d_pos_k = d_pos_q = None
+    if pos_k is not None:  # c2p[i, j] = full[i, c2p_pos[i, j]] / scale, full = q pos_k^T  [B, H, S, 2A]
+        pkh = head_rows(pos_k, n_heads)  # [H, 2A, Dh]
+        d_full = gather_backward(d_term, c2p_pos, pkh.shape[1])
+        dq = dq + d_full @ pkh
+        d_pos_k = merge_heads((d_full.swapaxes(-1, -2) @ qh).sum(axis=0)[None])[0]  # summed over the batch
+    if pos_q is not None:  # p2c[i, j] = full[j, p2c_pos[j, i]] / scale, full = k pos_q^T: keys' rows
+        pqh = head_rows(pos_q, n_heads)
+        d_full = gather_backward(d_term.swapaxes(-1, -2), p2c_pos, pqh.shape[1])
+        dk = dk + d_full @ pqh
+        d_pos_q = merge_heads((d_full.swapaxes(-1, -2) @ kh).sum(axis=0)[None])[0]
+    return merge_heads(dq), merge_heads(dk), merge_heads(dv), d_pos_k, d_pos_q
+
+
+def gather_backward(d_gathered, index, n_rows):  # [..., S, S], [S, S] -> [..., S, n_rows]
+    # The backward of c2p's (and p2c's) np.take_along_axis(full, index, axis=-1): entry [..., i, j] was
+    # read from full[..., i, index[i, j]], so its gradient goes back there. Several keys j of one query i
+    # read the same table row (the clamp at both ends of the span, the log buckets far away), so the
+    # gradients are added, not assigned: a scatter-add along the relative axis.
+    d_full = np.zeros(d_gathered.shape[:-1] + (n_rows,), d_gathered.dtype)
+    np.add.at(d_full, (..., np.arange(index.shape[0])[:, None], index), d_gathered)
+    return d_full
+
+
 # --- bias + GELU ---------------------------------------------------------------------------------------
 # h: [N, F] (lin1's output before its bias), bias: [F]. Returns gelu(h + bias).
 # GELU is the exact erf form 0.5 x (1 + erf(x / sqrt 2)), which DistilBERT's "gelu" means; the tanh
