@@ -135,23 +135,29 @@ def shared_positions(seq_len, transformer, config, dtype, ops, tap=None) -> Rela
     )
 
 
-def projected_table(layer, rel: RelativePositions):  # -> pos_k [2A, D] | None, pos_q [2A, D] | None
+def projected_table(layer, rel: RelativePositions, table=None):  # -> pos_k [2A, D] | None, pos_q [2A, D] | None
     # The table projected like the keys (c2p) and like the queries (p2c): with the layer's own q/k
-    # projections when share_att_key, else with its pos_key_proj / pos_query_proj.
+    # projections when share_att_key, else with its pos_key_proj / pos_query_proj. `table`: this layer's
+    # copy of rel.table where training's dropout dropped some of it (pos_dropout), else rel.table.
     if rel.table is None:
         return None, None
-    if layer.pos_tables is not None:  # computed once at load (layout.with_position_tables)
-        return layer.pos_tables
+    if table is None:
+        if layer.pos_tables is not None:  # computed once at load (layout.with_position_tables)
+            return layer.pos_tables
+        table = rel.table
     own = layer.attention if rel.share_att_key else layer.pos_proj
-    pos_k = linear(rel.table, own.k_lin) if "c2p" in rel.pos_att_type else None
-    pos_q = linear(rel.table, own.q_lin) if "p2c" in rel.pos_att_type else None
+    pos_k = linear(table, own.k_lin) if "c2p" in rel.pos_att_type else None
+    pos_q = linear(table, own.q_lin) if "p2c" in rel.pos_att_type else None
     return pos_k, pos_q
 
 
 def self_attention(x, keep, layer, rel, n_heads, ops, return_probs=False, tap=None):  # [B, S, D] -> [B, S, D]
     # As model.self_attention, with the position terms added to the scores (ops' disentangled_attention).
     q, k, v = qkv_projections(x, layer.attention, tap)  # [B, S, D] each
-    pos_k, pos_q = projected_table(layer, rel)
+    table = None
+    if tap is not None and tap.dropout is not None and rel.table is not None:  # training: each layer drops its own
+        table = tap.dropout(rel.table, tap, "attention.rel_embeddings", "rel_embeddings.dropout")
+    pos_k, pos_q = projected_table(layer, rel, table)
     context, probs = ops.disentangled_attention(
         q, k, v, pos_k, pos_q, rel.c2p_pos, rel.p2c_pos, keep, n_heads, rel.scale, return_probs, tap
     )  # [B, S, D], [B, H, S, S]
@@ -235,7 +241,10 @@ def self_attention_backward(d_out, x, keep, layer, rel, n_heads, ops, tap, weigh
     d_context, g = linear_backward(d_out, tap["context"], att.out_lin, weights)
     grads = {}
     add_linear_gradients(grads, "attention.out_lin", g)
-    pos_k, pos_q = projected_table(layer, rel)
+    # after a training forward: the masks of its dropout on this layer's table and on the probabilities
+    table_mask = tap["rel_embeddings.dropout"] if "rel_embeddings.dropout" in tap else None
+    table = rel.table if table_mask is None else rel.table * table_mask
+    pos_k, pos_q = projected_table(layer, rel, None if table_mask is None else table)
     dq, dk, dv, d_pos_k, d_pos_q = ops.disentangled_attention_backward(
         d_context,
         tap["q"],
@@ -249,6 +258,7 @@ def self_attention_backward(d_out, x, keep, layer, rel, n_heads, ops, tap, weigh
         keep,
         n_heads,
         rel.scale,
+        tap["probs.dropout"] if "probs.dropout" in tap else None,
     )
     d_x = 0
     for name, d in (("q_lin", dq), ("k_lin", dk), ("v_lin", dv)):
@@ -263,7 +273,7 @@ def self_attention_backward(d_out, x, keep, layer, rel, n_heads, ops, tap, weigh
     prefix, own = ("attention", att) if rel.share_att_key else ("pos_proj", layer.pos_proj)
     for name, d in (("k_lin", d_pos_k), ("q_lin", d_pos_q)):
         if d is not None:  # None: a term pos_att_type leaves out
-            d_rows, g = linear_backward(d, rel.table, getattr(own, name))
+            d_rows, g = linear_backward(d, table, getattr(own, name))
             d_table += d_rows
             add_linear_gradients(grads, f"{prefix}.{name}", g)
-    return d_x, grads, d_table
+    return d_x, grads, (d_table if table_mask is None else d_table * table_mask)

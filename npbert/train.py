@@ -308,11 +308,6 @@ def _train_locked(job: TrainJob, out: Path, resume: bool, progress_file) -> dict
     dtype = np.dtype(job.dtype)
     folder = hub.resolve(job.model)
     config = Config.from_file(folder / "config.json")
-    if job.dropout and config.disentangled_attention:
-        raise JobError(
-            "dropout in training DeBERTa is not implemented yet: pass --no-dropout (its dropout rates are then "
-            "treated as 0, as in evaluation)"
-        )
     tokenizer = Tokenizer.from_folder(folder, config.model_type)
     examples = labelled_examples(squad.read_dataset(job.data))
     features = training_features(tokenizer, examples, job.max_seq_len, job.doc_stride)

@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import test_gradients
 from npbert import deberta
@@ -210,6 +210,45 @@ def test_disentangled_attention_backward_kernel_matches_reference(
         assert (got is None) == (want is None)
         if want is not None:
             assert_close(got, want, tol)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([np.float32, np.float64]))
+def test_disentangled_attention_backward_with_training_dropout(seed, dtype):
+    """With a dropout mask on the probabilities (training): the kernel equals the reference, and the reference
+    equals central differences of the forward that multiplies its probabilities by that mask."""
+    rng = np.random.default_rng(seed)
+    inputs, args, scale, d_context = backward_case(rng, 2, 7, 2, 3, 4, 16, ("c2p", "p2c"), dtype)
+    c2p_pos, p2c_pos, keep, H = args
+    probs = reference.disentangled_attention_numpy(*inputs, c2p_pos, p2c_pos, keep, H, scale, True)[1]
+    kept = ((rng.random(probs.shape) >= 0.3) / 0.7).astype(dtype)
+    call = (d_context, *inputs, c2p_pos, p2c_pos, probs, keep, H, scale, kept)
+    want = reference.disentangled_attention_backward_numpy(*call)
+    for got, w in zip(kernels.disentangled_attention_backward_numba(*call), want):
+        assert (got is None) == (w is None)
+        if w is not None:
+            assert_close(got, w, 1e-5 if dtype == np.float32 else 1e-12)
+    if dtype == np.float32:
+        return
+
+    class Dropping:  # a tap whose dropout multiplies the probabilities by `kept`, as model.Dropout would
+        dropout = staticmethod(lambda x, tap, site, key=None: x * kept)
+
+        def __setitem__(self, name, value):
+            pass
+
+    def f(xs):
+        context = reference.disentangled_attention_numpy(*xs, c2p_pos, p2c_pos, keep, H, scale, tap=Dropping())[0]
+        return np.sum(d_context * context)
+
+    for n, g in enumerate(want):
+        if g is None:
+            continue
+        direction = rng.standard_normal(g.shape)
+        plus, minus = list(inputs), list(inputs)
+        plus[n], minus[n] = inputs[n] + 1e-6 * direction, inputs[n] - 1e-6 * direction
+        numeric = (f(plus) - f(minus)) / 2e-6
+        assert np.sum(g * direction) == pytest.approx(numeric, rel=1e-6, abs=1e-8), f"input {n}"
 
 
 def test_large_disentangled_attention_backward_is_split_over_threads_and_agrees(monkeypatch):

@@ -433,7 +433,7 @@ def _gather_backward_numba(d, index, transposed, out):  # [S, S], [S, S] -> out 
 
 
 def disentangled_attention_backward_numba(
-    d_context, q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, probs, keep, n_heads, scale
+    d_context, q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, probs, keep, n_heads, scale, kept=None
 ):
     B, S, D = q.shape
     Dh = D // n_heads
@@ -451,11 +451,15 @@ def disentangled_attention_backward_numba(
     def heads(tasks):  # one thread's share of the (row, head) pairs, as in attention_backward_numba
         d = np.empty((S, S), dtype=q.dtype)  # d probs, then d scores / scale
         d_full = np.empty((S, n_rows), dtype=q.dtype)  # a table's gradient through one head's gather, [S, 2A]
+        used = np.empty((S, S), dtype=q.dtype) if kept is not None else None  # training's dropped probs
         for b, h in tasks:
             cols = slice(h * Dh, (h + 1) * Dh)
             p, dc = probs[b, h], d_context[b, :, cols]
-            np.matmul(p.T, dc, out=dv[b, :, cols])  # context = probs @ v
+            pv = p if kept is None else np.multiply(p, kept[b, h], out=used)
+            np.matmul(pv.T, dc, out=dv[b, :, cols])  # context = used probs @ v
             np.matmul(dc, v[b, :, cols].T, out=d)
+            if kept is not None:
+                d *= kept[b, h]
             _pair_softmax_backward_numba(d, p, keep[b], inv_scale)
             np.matmul(d, k[b, :, cols], out=dq[b, :, cols])  # c2c = q (k / scale)^T
             np.matmul(d.T, q[b, :, cols], out=dk[b, :, cols])

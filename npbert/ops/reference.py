@@ -155,19 +155,23 @@ def disentangled_attention_numpy(
             if term is not None:
                 tap[name] = term
         tap["scores"], tap["probs"] = scores, probs
-    context = (probs @ heads(v, n_heads)).transpose(0, 2, 1, 3).reshape(B, S, D)
+    used = probs if tap is None or tap.dropout is None else tap.dropout(probs, tap, "attention.probs", "probs.dropout")
+    context = (used @ heads(v, n_heads)).transpose(0, 2, 1, 3).reshape(B, S, D)
     return context, (probs if return_probs else None)
 
 
 def disentangled_attention_backward_numpy(
-    d_context, q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, probs, keep, n_heads, scale
+    d_context, q, k, v, pos_k, pos_q, c2p_pos, p2c_pos, probs, keep, n_heads, scale, kept=None
 ):  # -> dq, dk, dv [B, S, D], d_pos_k, d_pos_q [2A, D] (None where pos_k, pos_q are None)
     """The gradients of disentangled_attention_numpy's context with respect to its inputs, given d_context
-    [B, S, D] and the forward's probs [B, H, S, S] (its tap's "probs"); the other arguments as the forward's."""
+    [B, S, D] and the forward's probs [B, H, S, S] (its tap's "probs") and, after a training forward, the
+    dropout's scaled mask on them (kept: the tap's "probs.dropout"); the other arguments as the forward's."""
     qh, kh, vh = heads(q, n_heads), heads(k, n_heads), heads(v, n_heads)  # [B, H, S, Dh]
     dch = heads(d_context, n_heads)
-    dv = probs.swapaxes(-1, -2) @ dch  # context = probs @ v
+    dv = (probs if kept is None else probs * kept).swapaxes(-1, -2) @ dch  # context = used probs @ v
     d_probs = dch @ vh.swapaxes(-1, -2)  # [B, H, S, S]
+    if kept is not None:
+        d_probs = d_probs * kept
     # masked_fill put constants where the pair mask is False (padded keys, and the whole row of a padded
     # query, whose uniform probabilities carry no score): no gradient flows back through them.
     d_scores = np.where(pair_mask(keep), softmax_backward(d_probs, probs), 0)

@@ -175,6 +175,7 @@ DROPPING = {
     "roberta": dict(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.25),
     "electra": dict(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.25),
     "albert": dict(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.25),
+    "deberta-v2": dict(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.25),
 }
 
 
@@ -216,7 +217,9 @@ def test_dropout_sites_equal_torchs_train_mode(tmp_path, model_type, monkeypatch
     )
     queue = list(masks)
     runs = ours.config.n_block_runs  # ALBERT: 4 layers of 2 inner blocks each
-    expected_sites = {"distilbert": 1 + 2 * runs + 1, "albert": 1 + 2 * runs}.get(model_type, 1 + 3 * runs)
+    # DeBERTa: every layer also drops its copy of the relative-position table
+    per_run = {"distilbert": 2, "albert": 2, "deberta-v2": 4}.get(model_type, 3)
+    expected_sites = 1 + per_run * runs + (model_type == "distilbert")
     assert len(masks) == expected_sites  # every site of the family, once per layer (ALBERT: per block run)
 
     def injected(input, p=0.5, training=True, inplace=False):
