@@ -35,6 +35,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -107,7 +108,13 @@ class TrainJob:
         rules += [(n, "at least 1", lambda v: v is None or v >= 1) for n in ("max_steps", "eval_steps")]
         rules += [(n, "above 0", lambda v: v > 0) for n in ("epochs", "temperature")]
         zero_or_more = ("learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "doc_stride")
+        zero_or_more += ("alpha_ce", "alpha_squad")
         rules += [(n, "at least 0", lambda v: v >= 0) for n in zero_or_more]
+        numbers = ("epochs", "temperature", "learning_rate", "weight_decay", "max_grad_norm", "alpha_ce", "alpha_squad")
+        rules += [(n, "a finite number", math.isfinite) for n in numbers]
+        rules += [("learning_rate", "below 1 (a step that size diverges)", lambda v: v < 1)]
+        if self.max_steps is not None:
+            rules += [("warmup_steps", f"at most max_steps ({self.max_steps})", lambda v: v <= self.max_steps)]
         rules += [("dtype", "float32 or float64", lambda v: v in ("float32", "float64"))]
         rules += [("doc_stride", f"smaller than max_seq_len ({self.max_seq_len})", lambda v: v < self.max_seq_len)]
         for name, want, ok in rules:

@@ -278,6 +278,55 @@ def test_bad_settings_are_one_line_exit_2(tiny, data, tmp_path, capsys, extra, m
     assert len(err.splitlines()) == 1 and message in err
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--learning-rate", "inf"], "learning_rate must be a finite number"),
+        (["--learning-rate=-1e-3"], "learning_rate must be at least 0"),
+        (["--learning-rate", "5"], "learning_rate must be below 1"),
+        (["--max-steps", "3", "--warmup-steps", "10"], "warmup_steps must be at most max_steps (3)"),
+        (["--alpha-ce", "nan"], "alpha_ce must be at least 0"),
+    ],
+)
+def test_settings_that_make_no_sense_are_refused(tiny, data, tmp_path, capsys, extra, message):
+    argv = ["train", "--model", str(tiny), "--data", str(data), "--out", str(tmp_path / "o")]
+    assert cli.main(argv + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def bad_data(tmp_path, kind) -> Path:
+    path = tmp_path / "bad.json"
+    if kind == "empty":
+        path.write_text(json.dumps({"version": "1.1", "data": []}))
+        return path
+    qa = {"id": "1", "question": "q?", "answers": [{"text": "John", "answer_start": 10_000 if kind == "offset" else 0}]}
+    path.write_text(json.dumps({"version": "1.1", "data": [{"paragraphs": [{"context": CONTEXT, "qas": [qa]}]}]}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [("empty", "no questions"), ("offset", "is not in the context"), ("moved", "is not in the context")],
+)
+def test_bad_training_data_is_one_line_and_writes_nothing(tiny, tmp_path, capsys, kind, message):
+    argv = ["train", "--model", str(tiny), "--data", str(bad_data(tmp_path, kind)), "--out", str(tmp_path / "o")]
+    assert cli.main(argv + ["--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_teacher_with_another_vocabulary_is_refused(tiny, data, tmp_path, capsys):
+    other = write_checkpoint(tmp_path / "teacher", vocab=generated_vocab(400), **TINY)
+    argv = ["train", "--model", str(tiny), "--data", str(data), "--out", str(tmp_path / "o"), "--teacher", str(other)]
+    assert cli.main(argv + ["--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "its tokenizer's vocabulary is not the student's" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_job_file_names_the_line_of_a_bad_key(tiny, data, tmp_path, capsys):
     path = tmp_path / "job.yml"
     path.write_text(f"model: {tiny}\ndata: {data}\nout: {tmp_path / 'o'}\nbatch_sise: 4\n")
