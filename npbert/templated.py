@@ -1,20 +1,22 @@
 """Templated question answering: generated paragraphs about invented people, questions about them, and a
 WordPiece vocabulary trained on the text; the data of the "It learns, visibly" recipe (docs/training.md).
 
-Each paragraph tells of two people (a name, a birthplace, a birth date, a home city, a job, an employer, a
-number of siblings: four of these each), one sentence a fact, the sentences shuffled; each question asks for
-one fact of one of them, so answering needs the name matched as well as the kind of fact. Every fact has
-several sentence templates and several question templates, and the split is by TEMPLATE: the held-out file's
-sentences and questions use only templates the training file never uses (built from the same words, in other
-orders), so a model scoring well on it has learnt more than the training phrasings. Names, places and dates
-come from the same lists in both files (in other combinations).
+Each paragraph tells four facts about an invented person (of six: a birthplace, a birthday, a job, an
+employer, a number of siblings, a pet; each fact's answers of their own kind: a city, a date, ...), one
+sentence a fact, the sentences shuffled; each question asks for one fact. With `people=2` a paragraph tells
+of two people, so that answering needs the name matched as well as the kind of fact. Every fact is told and
+asked in several templates, and the split is by TEMPLATE: the held-out file's sentences and questions use
+only forms the training file never uses (`The {noun} of {name} is {value}.`, `Which is the {noun} of
+{name}?`), made of words it does use, so a model scoring well on it has learnt more than the training
+phrasings (how much more: docs/training.md). Names, places and dates come from the same lists in both
+files, in other combinations.
 
 Output is SQuAD v1.1 JSON (every answer's answer_start is its place in the context). The vocabulary is
 made from the training file's text only (every word whole, and the characters: `train_tokenizer`), with
 the `tokenizers` library's cased BERT normaliser and pre-tokeniser, and saved as a BERT/DistilBERT
 tokenizer folder (tokenizer.json, vocab.txt, tokenizer_config.json, special_tokens_map.json) without a
-tokenizer_class: transformers and npbert then
-take the class from the model's config.json, so one folder serves a DistilBERT or a BERT.
+tokenizer_class: transformers and npbert then take the class from the model's config.json, so one folder
+serves a DistilBERT or a BERT.
 Everything is drawn from one seeded `random.Random`: the same seed, the same files, byte for byte.
 """
 
@@ -49,7 +51,7 @@ MONTHS = "January February March April May June July August September October No
 PETS = "dog cat parrot rabbit horse goat hamster turtle donkey canary ferret pony".split()
 
 # Each fact's answers are of their own kind (a city, a date, a job, a company, a number, an animal). A fact
-# is told in its own sentence and three sentence forms shared by every fact, and asked in its own question and
+# is told in its own sentence and a sentence form shared by every fact, and asked in its own question and
 # three shared question forms; the held-out file tells and asks every fact in one more form of each, which
 # training never uses, made of the training forms' pieces in new combinations: no held-out word is new.
 NOUNS = {
@@ -64,25 +66,22 @@ TOLD = {  # the fact's own sentence
     "birthplace": "{name} was born in {value}.",
     "birthdate": "{name} was born on {value}.",
     "job": "{name} works as a {value}.",
-    "employer": "{name} works for {value}.",
+    "employer": "The company {name} works for is {value}.",
     "siblings": "{name} has {value} siblings.",
     "pet": "{name} has a pet {value}.",
 }
 ASKED = {  # the fact's own question
     "birthplace": "Where was {name} born?",
-    "birthdate": "When was {name} born?",
+    "birthdate": "Which day was {name} born on?",
     "job": "What does {name} work as?",
     "employer": "Who does {name} work for?",
     "siblings": "How many siblings does {name} have?",
     "pet": "What pet does {name} have?",
 }
-SENTENCE_FORMS = (
-    ["The {noun} of {name} is {value}.", "{value} is the {noun} of {name}.", "{name}'s {noun} is {value}."],
-    ["{value} is {name}'s {noun}."],
-)
+SENTENCE_FORMS = (["{name}'s {noun} is {value}."], ["The {noun} of {name} is {value}."])
 QUESTION_FORMS = (
     ["What is the {noun} of {name}?", "What is {name}'s {noun}?", "Name the {noun} of {name}."],
-    ["Name {name}'s {noun}."],
+    ["Which is the {noun} of {name}?"],
 )
 
 
