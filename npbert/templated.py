@@ -213,7 +213,7 @@ def train_tokenizer(corpus, folder: Path, vocab_size: int = 1000, model_max_leng
 def write(
     out: Path,
     seed: int = 0,
-    train_paragraphs: int = 2000,
+    train_paragraphs: int = 1000,
     held_out_paragraphs: int = 100,
     vocab_size: int = 1000,
     people: int = 1,

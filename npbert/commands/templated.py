@@ -1,6 +1,6 @@
 """`npbert templated`: generated question-answering data to train a model from scratch (npbert/templated.py):
 train.json and held_out.json (SQuAD v1.1; the held-out file phrased with templates the training file never
-uses) and tokenizer/ (a WordPiece vocabulary trained on train.json's text), seeded."""
+uses) and tokenizer/ (a WordPiece vocabulary of train.json's text), seeded."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--train-paragraphs",
         type=int,
-        default=2000,
+        default=1000,
         metavar="N",
         help="paragraphs of 3 questions (default: %(default)s)",
     )
