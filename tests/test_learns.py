@@ -40,6 +40,12 @@ def attention_peak(model_folder, question: str, context: str) -> float:
     return float(np.mean([a[0].max(axis=-1).mean() * n for a in out.attentions]))
 
 
+def questions(path):
+    for paragraph in json.loads(path.read_text())["data"][0]["paragraphs"]:
+        for qa in paragraph["qas"]:
+            yield paragraph, qa
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("learns")
@@ -63,6 +69,11 @@ def test_f1_on_held_out_templates_is_at_least_95(trained):
     assert summary["eval"]["f1"] >= 95, summary
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["f1"] == summary["eval"]["f1"]
+    # and counted here, without the official script: the predicted text is the gold answer's
+    predictions = json.loads((out / "eval" / "predictions.json").read_text())
+    gold = {qa["id"]: qa["answers"][0]["text"] for _, qa in questions(data["held_out"])}
+    assert predictions.keys() == gold.keys() and len(gold) == 300
+    assert sum(predictions[i] == gold[i] for i in gold) >= 0.95 * len(gold)
 
 
 def test_the_loss_falls(trained):
