@@ -7,8 +7,9 @@ SQuAD v1.1 dev (../shared/data/squad-v1.1-dev.json) is the one real QA data set 
 and no pretrained checkpoint can be fetched here, so the model is a full-size DistilBERT (28996 x 768,
 6 layers, 12 heads, the bert-base-cased vocabulary) with random weights (tests/checkpoints.py): what the
 demonstration shows is that npbert's steps lower the loss as PyTorch's do on real questions at full size,
-step for step, not what either reaches. Both runs: the same features (npbert's, which equal run_qa.py's),
-file order, no dropout (so the two runs take the same steps), AdamW with the Trainer's groups, the linear
+step for step, not what either reaches. Both runs: the same features (npbert's, which equal run_qa.py's)
+in the same shuffled order (npbert train's permutation from the seed, which the PyTorch loop reads too), no
+dropout in either (so the two runs take the same steps), AdamW with the Trainer's groups, the linear
 schedule, clipping at 1. Writes OUT/npbert (npbert train's folder), OUT/losses.json (both curves, the
 settings, the CPU, the times) and, with --png, the picture.
 """
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-seq-len", type=int, default=192)
     p.add_argument("--doc-stride", type=int, default=64)
-    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--learning-rate", type=float, default=2e-4)
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--questions", type=int, default=1200, help="the first N dev questions")
     p.add_argument("--png", type=Path, help="draw both curves here")
@@ -70,7 +71,8 @@ def main(argv=None) -> int:
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,
         weight_decay=0.01,
-        shuffle=False,
+        shuffle=True,
+        seed=0,
         dropout=False,
         max_seq_len=args.max_seq_len,
         doc_stride=args.doc_stride,
@@ -86,7 +88,9 @@ def main(argv=None) -> int:
         job.max_seq_len,
         job.doc_stride,
     )
-    model = transformers.DistilBertForQuestionAnswering.from_pretrained(folder, attn_implementation="eager")
+    model = transformers.DistilBertForQuestionAnswering.from_pretrained(
+        folder, attn_implementation="eager", dropout=0.0, attention_dropout=0.0, qa_dropout=0.0
+    )
     t0 = time.perf_counter()
     theirs, _ = torch_run(job, model, features, None, torch.float32)
     torch_seconds = time.perf_counter() - t0
