@@ -34,6 +34,25 @@ LONG = {
 }
 SMALL_WINDOWS = {"max_seq_len": 48, "doc_stride": 16}
 
+
+def context_of_windows(tokenizer, question: str, windows, settings=SMALL_WINDOWS, text=LONG_CONTEXT) -> str:
+    """The longest run of `text`'s first sentences that makes `windows` windows (a count, or a range of counts)
+    with `question` at `settings`: a window test's context, with such a count whichever vocabulary the test
+    checkpoint has (the real one from ../shared, or the generated one, which cuts more words into pieces)."""
+    allowed = range(windows, windows + 1) if isinstance(windows, int) else windows
+    sentences, found = [s.rstrip(".") + "." for s in text.split(". ")], None
+    for k in range(1, len(sentences) + 1):
+        context = " ".join(sentences[:k])
+        n = len(tokenizer.encode_pair(question, context, settings["max_seq_len"], settings["doc_stride"]))
+        if n in allowed:
+            found = context
+        elif n > max(allowed):
+            break
+    if found is None:
+        raise AssertionError(f"no prefix of the text makes exactly {windows} windows with {question!r}")
+    return found
+
+
 SPECIALS = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 

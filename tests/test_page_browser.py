@@ -39,6 +39,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 import npbert  # noqa: E402
+from checkpoints import context_of_windows  # noqa: E402
 from npbert.attributions import explain as attributions  # noqa: E402
 from npbert.serve.explain import explain  # noqa: E402
 from serve_helpers import Server  # noqa: E402
@@ -428,7 +429,7 @@ def test_attributions_of_windows_and_refusals(browser, server, qa):
     browser.get(f"http://127.0.0.1:{server.port}/")
     browser.execute_script(WATCH_ATTRIBUTIONS)
     question, settings = "Who scored 2 points?", {"max_seq_len": 48, "doc_stride": 16}
-    context = " ".join(LONG.split(". ")[:4]) + "."  # 2 windows of 48 tokens
+    context = context_of_windows(qa.tokenizer, question, 2, settings, LONG)  # 2 windows of 48 tokens
     kind, text = ask(browser, question, context, **settings)
     assert kind == "ok", text
     browser.find_element(By.ID, "attr-run").click()

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("fastapi", reason="npbert serve needs the serve extra (fastapi, uvicorn)")
 
 import npbert  # noqa: E402
-from checkpoints import LONG_CONTEXT, SMALL_WINDOWS  # noqa: E402
+from checkpoints import LONG_CONTEXT, SMALL_WINDOWS, context_of_windows  # noqa: E402
 from npbert.attributions import explain  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
@@ -90,8 +90,9 @@ def test_response_is_explains(served, qa, attribution, kwargs):
         assert {name for name, _ in model.threads} >= {"embed", "gradients_from_embedded"}
 
 
-def test_several_windows(served):
+def test_several_windows(served, tiny_checkpoint):
     client, _ = served
+    tokenizer = npbert.Tokenizer.from_folder(tiny_checkpoint)
     body = {
         "input_data": {"question": "Who scored?", "context": LONG_CONTEXT},
         "parameters": SMALL_WINDOWS,
@@ -100,7 +101,7 @@ def test_several_windows(served):
     resp = client.post("/v1/attributions", json=body)
     assert resp.status_code == 422 and resp.json()["error"].startswith("input_data.context: ")
     assert "over this pipeline's limit of 4" in resp.json()["error"]
-    body["input_data"]["context"] = LONG_CONTEXT[:400]
+    body["input_data"]["context"] = context_of_windows(tokenizer, "Who scored?", range(2, 5))
     got = client.post("/v1/attributions", json=body).json()
     assert 1 < len(got["windows"]) <= 4 and "tokens" not in got
 
