@@ -102,8 +102,10 @@ def dropped(x, tap, site):  # the training dropout at `site` where the tap carri
     return x if tap is None or tap.dropout is None else tap.dropout(x, tap, site)
 
 
-def undropped_gradient(d, tap, key):  # the backward of a dropout site: d times its scaled mask, if it dropped
-    return d * tap[key] if tap is not None and key in tap else d
+def through_dropout(a, tap, key):  # a times the scaled mask the forward kept at `key`, where it dropped; else a
+    # Both directions of a dropout site: its output from its input (what the next layer saw), and the gradient
+    # of its input from its output's.
+    return a * tap[key] if tap is not None and key in tap else a
 
 
 # --- layers --------------------------------------------------------------------------------------------
@@ -264,12 +266,12 @@ def transformer_block_backward(
     B, S, D = x.shape
     rows = lambda a: a.reshape(B * S, D)  # noqa: E731
     # the sublayers' outputs as the LayerNorms saw them (times training's dropout masks, where it dropped)
-    a, f = (undropped_gradient(tap[k], tap, k + ".dropout") for k in ("attention.output", "ffn.output"))
+    a, f = (through_dropout(tap[k], tap, k + ".dropout") for k in ("attention.output", "ffn.output"))
     h = tap["sa_layer_norm"]
     # out = LN2(f + h) with f = ffn(h): h's gradient comes through the residual and through the FFN.
     d_y, d_w, d_b = ops.residual_layernorm_backward(rows(d_out), rows(f), rows(h), layer.output_layer_norm.weight, eps)
     grads = {"output_layer_norm.weight": d_w, "output_layer_norm.bias": d_b} if weights else {}
-    d_f = undropped_gradient(d_y.reshape(B, S, D), tap, "ffn.output.dropout")
+    d_f = through_dropout(d_y.reshape(B, S, D), tap, "ffn.output.dropout")
     d_h, g = ffn_backward(d_f, h, layer.ffn, activation_backward, tap.scope("ffn"), weights)
     grads.update(prefixed("ffn", g))
     d_h = d_h + d_y.reshape(B, S, D)
@@ -278,7 +280,7 @@ def transformer_block_backward(
     if weights:
         grads.update({"sa_layer_norm.weight": d_w, "sa_layer_norm.bias": d_b})
     d_y = d_y.reshape(B, S, D)
-    d_a = undropped_gradient(d_y, tap, "attention.output.dropout")
+    d_a = through_dropout(d_y, tap, "attention.output.dropout")
     d_x, g, d_table = attention_backward(d_a, x, keep, layer, positions, n_heads, ops, tap.scope("attention"), weights)
     grads.update(g)
     return d_x + d_y, grads, d_table
@@ -397,7 +399,7 @@ def encoder_layers_backward(d_x, tap, w, config, ops, keep, weights=True, releas
     if w.embeddings.projection is not None:
         d_x, g = linear_backward(d_x, tap["embeddings.normalized"], w.embeddings.projection, weights)
         accumulate(grads, prefixed("embeddings.projection", g))
-    return undropped_gradient(d_x, tap, "embeddings.dropout"), grads
+    return through_dropout(d_x, tap, "embeddings.dropout"), grads
 
 
 def prefixed(prefix, grads):  # {name: grad} | None -> {prefix.name: grad}
@@ -417,9 +419,9 @@ def qa_head(x, qa_outputs, tap=None):  # [B, S, D] -> [B, S], [B, S]
 
 
 def qa_head_backward(d_start, d_end, x, qa_outputs, tap=None, weights=True):  # [B, S] x2, [B, S, D] -> [B, S, D], {}
-    x = undropped_gradient(x, tap, "qa.dropout")  # x as qa_outputs saw it
+    x = through_dropout(x, tap, "qa.dropout")  # x as qa_outputs saw it
     d_x, g = linear_backward(np.stack([d_start, d_end], axis=-1), x, qa_outputs, weights)
-    return undropped_gradient(d_x, tap, "qa.dropout"), prefixed("qa_outputs", g)
+    return through_dropout(d_x, tap, "qa.dropout"), prefixed("qa_outputs", g)
 
 
 def qa_loss(start_logits, end_logits, start_positions, end_positions):  # [B, S] x2, [B] x2 -> loss, [B, S] x2

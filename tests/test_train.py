@@ -191,21 +191,29 @@ def test_interrupted_then_resumed_ends_bit_identical(tiny, data, tmp_path, monke
     assert (tmp_path / "whole" / "log.jsonl").read_text() == (tmp_path / "cut" / "log.jsonl").read_text()
 
 
+def stopped_at_step_3(tiny, data, out, monkeypatch) -> None:
+    """A run into `out` stopped by SIGINT as its third step starts (the state of step 2 saved), then
+    step_gradients given back."""
+    real = train.step_gradients
+
+    def stopping(step, *args, **kw):
+        if step == 2:
+            raise Interrupted(signal.SIGINT)
+        return real(step, *args, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "step_gradients", stopping)
+        with pytest.raises(Interrupted):
+            train.train(job(tiny, data, out))
+
+
 def test_a_damaged_state_is_refused(tiny, data, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real = train.step_gradients
-    monkeypatch.setattr(
-        train,
-        "step_gradients",
-        lambda *a, **k: (_ for _ in ()).throw(Interrupted(signal.SIGINT)) if a[0] == 2 else real(*a, **k),
-    )
-    with pytest.raises(Interrupted):
-        train.train(job(tiny, data, out))
+    stopped_at_step_3(tiny, data, out, monkeypatch)
     state = out / train.STATE
     raw = bytearray(state.read_bytes())
     raw[-5] ^= 0x40  # a changed byte in the last array's data
     state.write_bytes(bytes(raw))
-    monkeypatch.setattr(train, "step_gradients", real)
     with pytest.raises(JobError, match="damaged training state"):
         train.train(job(tiny, data, out), resume=True)
     state.write_bytes(bytes(raw[:100]))  # cut short
@@ -215,15 +223,7 @@ def test_a_damaged_state_is_refused(tiny, data, tmp_path, monkeypatch):
 
 def test_a_state_of_other_settings_is_refused(tiny, data, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real = train.step_gradients
-    monkeypatch.setattr(
-        train,
-        "step_gradients",
-        lambda *a, **k: (_ for _ in ()).throw(Interrupted(signal.SIGINT)) if a[0] == 2 else real(*a, **k),
-    )
-    with pytest.raises(Interrupted):
-        train.train(job(tiny, data, out))
-    monkeypatch.setattr(train, "step_gradients", real)
+    stopped_at_step_3(tiny, data, out, monkeypatch)
     with pytest.raises(JobError, match="another job"):
         train.train(job(tiny, data, out, learning_rate=2e-3), resume=True)
 
