@@ -11,14 +11,14 @@ for the same checkpoint and arguments (tests/parity/test_pipeline_parity.py).
     qa(question=[q1, q2, ...], context=[c1, c2, ...], top_k=3, batch_size=16)   # a list per question
 
 Data flow: tokenizer.encode_pairs (every question's windows) -> windows sorted by length, cut into
-forwards of at most `batch_size` windows, each padded to its longest window -> model -> logits back in
-window order -> qa.answers per question.
+forwards of at most `batch_size` windows where padding costs more than another forward (forward_groups),
+each padded to its longest window -> model -> logits back in window order -> qa.answers per question.
 
 Batching never changes an answer. transformers' postprocess sees each window padded as its own collation
 padded it (windows taken in order, `batch_size` at a time; unpadded with its default batch_size 1), and
 padding can decide between equal zero-probability candidates; npbert rebuilds exactly those arrays for
 postprocessing (`_collated_lengths`), so answers match transformers called with the same `batch_size`,
-while npbert's own forwards group windows of similar length to waste little on padding.
+while npbert's own forwards group windows of similar length to waste little on padding (forward_groups).
 """
 
 from __future__ import annotations
@@ -410,17 +410,43 @@ class QuestionAnsweringPipeline:
         return results
 
     def _forward(self, windows: list, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Start and end logits [S_i] of every window, forwards of `batch_size` windows of similar length."""
+        """Start and end logits [S_i] of every window, forwards of at most `batch_size` windows of similar
+        length (forward_groups)."""
         out = [None] * len(windows)
         order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-        for b in range(0, len(order), batch_size):
-            chunk = order[b : b + batch_size]
+        for group in forward_groups([len(windows[i]) for i in order], batch_size):
+            chunk = order[group.start : group.stop]
             inputs = model_inputs([windows[i] for i in chunk], self.tokenizer)
             result = self.model(inputs.pop("input_ids"), **inputs)
             for row, i in enumerate(chunk):
                 n = len(windows[i])
                 out[i] = (result.start_logits[row, :n], result.end_logits[row, :n])
         return out
+
+
+# What one more forward costs beyond its tokens, in tokens: a forward's fixed work (24 products handed to the
+# worker threads, the small products' lower efficiency at few rows) against a token's share of a larger one
+# (docs/performance.md, "Pipeline: windows grouped by length").
+FORWARD_COST_TOKENS = 16
+
+
+def forward_groups(lengths: list[int], batch_size: int) -> list[range]:
+    """The forwards that run windows of these lengths (sorted ascending) in the least time: consecutive
+    groups of at most `batch_size`, each costing its rows x its longest window (padding included) plus
+    FORWARD_COST_TOKENS; the cheapest split, found by dynamic programming over the sorted lengths (n x
+    batch_size steps). Taking `batch_size` at a time instead padded a chunk of 32 SQuAD windows by 21%."""
+    n = len(lengths)
+    best, start = [0] + [None] * n, [0] * (n + 1)  # best[j]: the cheapest cost of the first j windows
+    for j in range(1, n + 1):
+        for i in range(max(0, j - batch_size), j):
+            cost = best[i] + (j - i) * lengths[j - 1] + FORWARD_COST_TOKENS  # lengths[j - 1]: the group's longest
+            if best[j] is None or cost < best[j]:
+                best[j], start[j] = cost, i
+    groups, j = [], n
+    while j:
+        groups.append(range(start[j], j))
+        j = start[j]
+    return groups[::-1]
 
 
 class WindowLimitError(ValueError):

@@ -1,5 +1,6 @@
-"""npbert.pipeline on the tiny checkpoint: input forms, parameters and their validation, batching (one
-forward per `batch_size` windows of all questions, padded to the longest), and the answers against a
+"""npbert.pipeline on the tiny checkpoint: input forms, parameters and their validation, batching (all
+questions' windows sorted by length, at most `batch_size` to a forward, cut where padding costs most,
+padded to the longest), and the answers against a
 direct computation from the model's own logits. Parity with transformers: tests/parity/."""
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import npbert
 from npbert import qa
-from npbert.pipeline import QuestionAnsweringPipeline
+from npbert.pipeline import FORWARD_COST_TOKENS, QuestionAnsweringPipeline, forward_groups
 
 LONG = " ".join(f"Sentence {i} says that the river number {i} flows through city {i}." for i in range(60))
 SHORT = "My name is John and I live in Seattle."
@@ -138,12 +140,53 @@ def test_batching_never_changes_answers_and_pads_to_the_longest(tiny_checkpoint)
     for batch_size in (3, 64):
         pipe.model.shapes.clear()
         assert_same_answers(pipe(question=questions, context=contexts, top_k=2, batch_size=batch_size), singles)
-        # all questions' windows in ceil(W / batch_size) forwards, each as long as its longest window
-        chunks = [lengths[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
-        assert pipe.model.shapes == [(len(c), max(c)) for c in chunks]
+        # all questions' windows, sorted by length, in forwards of at most batch_size, each as long as its
+        # longest window; the short windows never padded to a long one's length
+        groups = forward_groups(lengths, batch_size)
+        assert pipe.model.shapes == [(len(g), lengths[g.stop - 1]) for g in groups]
+        assert all(rows <= batch_size for rows, _ in pipe.model.shapes)
+        assert sum(rows for rows, _ in pipe.model.shapes) == len(lengths)
+        assert pipe.model.shapes[0][1] < 20 < lengths[-1]
     pipe.model.shapes.clear()
     pipe(question="Who?", context=SHORT)
     assert pipe.model.shapes == [(1, len(pipe.tokenizer.encode_pair("Who?", SHORT)[0]))]  # never padded to 384
+
+
+def padded_cost(lengths, groups):  # what a split costs: each forward's rows x its longest, plus its fixed cost
+    return sum(len(g) * max(lengths[i] for i in g) + FORWARD_COST_TOKENS for g in groups)
+
+
+def every_split(n, batch_size):  # all splits of range(n) into consecutive groups of at most batch_size
+    if n == 0:
+        yield []
+        return
+    for size in range(1, min(batch_size, n) + 1):
+        for rest in every_split(n - size, batch_size):
+            yield [range(size)] + [range(g.start + size, g.stop + size) for g in rest]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(3, 384), max_size=9), st.integers(1, 5))
+def test_forward_groups_is_the_cheapest_split(lengths, batch_size):
+    """The forwards forward_groups picks split the sorted windows into consecutive groups of at most
+    batch_size, and no split costs less (every split tried)."""
+    lengths = sorted(lengths)
+    groups = forward_groups(lengths, batch_size)
+    assert [i for g in groups for i in g] == list(range(len(lengths)))
+    assert all(1 <= len(g) <= batch_size for g in groups)
+    assert padded_cost(lengths, groups) == min(padded_cost(lengths, s) for s in every_split(len(lengths), batch_size))
+
+
+def test_forward_groups_on_squad_like_lengths():
+    """Equal lengths fill every forward; a chunk of mixed lengths (the eval's 32 questions) is padded far
+    less than `batch_size` windows at a time were."""
+    assert sorted(len(g) for g in forward_groups([180] * 20, 8)) == [4, 8, 8]
+    rng = np.random.default_rng(0)
+    lengths = sorted(rng.integers(120, 385, 33).tolist())
+    fixed = [range(i, min(i + 8, 33)) for i in range(0, 33, 8)]
+    groups = forward_groups(lengths, 8)
+    padding = lambda split: padded_cost(lengths, split) - len(split) * FORWARD_COST_TOKENS - sum(lengths)  # noqa: E731
+    assert padding(groups) < padding(fixed) / 3
 
 
 def test_parameters(qa_pipe):
