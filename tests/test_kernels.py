@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -62,7 +63,10 @@ def run_attention(q, k, v, keep, H):
     ctx, probs = kernels.attention_numba(q, k, v, keep, H, return_probs=True)
     assert_close(probs, ref_probs)
     assert_close(ctx, ref_ctx)
-    assert kernels.attention_numba(q, k, v, keep, H)[1] is None
+    # Without the probabilities the float32 kernel leaves them unnormalised and divides the context instead.
+    ctx, no_probs = kernels.attention_numba(q, k, v, keep, H)
+    assert no_probs is None
+    assert_close(ctx, ref_ctx)
     return probs
 
 
@@ -111,6 +115,66 @@ def test_attention_extreme_scores_saturate_like_the_reference():
     keep[1, 5:] = False
     probs = run_attention(q, k, v, keep, H)
     assert np.isfinite(probs).all() and (probs.max(axis=-1) > 0.99).mean() > 0.9
+
+
+def test_attention_full_size_heads_with_padding():
+    # The forward's own shape at S=384 (12 heads of 64, a right-padded and a randomly masked row), beyond
+    # the property tests' sizes: every row has several 16-lane blocks of the softmax and a tail.
+    rng = np.random.default_rng(2)
+    q, k, v = fused_qkv(rng, 2, 384, 12, 64, 1.0)
+    keep = np.ones((2, 384), dtype=bool)
+    keep[0, 300:] = False
+    keep[1] = rng.random(384) < 0.5
+    probs = run_attention(q, k, v, keep, 12)
+    assert (probs[0][..., 300:] == 0).all() and (probs[1][..., ~keep[1]] == 0).all()
+
+
+def exp_nonpositive_f32(x):
+    """The attention kernel's float32 exp over an array, its 2^n applied as the kernel applies it."""
+    @numba.njit
+    def run(x, out, bits):
+        for i in range(x.size):
+            out[i], bits[i] = kernels._exp_nonpositive_f32(x[i])
+        out *= bits.view(np.float32)
+
+    out = np.empty_like(x)
+    run(x, out, np.empty(x.size, np.int32))
+    return out
+
+
+def test_exp_nonpositive_f32_error_bound_against_float64_exp():
+    x = np.concatenate([np.linspace(-87, 0, 400_001), -np.logspace(-30, 0, 2001), [0.0, -0.0]]).astype(np.float32)
+    exact = np.exp(x.astype(np.float64))
+    ours = np.abs(exp_nonpositive_f32(x) - exact) / exact
+    numpys = np.abs(np.exp(x) - exact) / exact
+    assert ours.max() < 1e-7 and numpys.max() < 2.5e-7  # about 1 ulp, as numpy's own float32 exp
+    assert exp_nonpositive_f32(np.float32([0.0]))[0] == 1.0
+    # Where 2^n would be below float32's smallest normal (x < -87.68): 0, not a denormal (the exact value is
+    # below 1.2e-38); -inf (a masked key): exactly 0.
+    assert (exp_nonpositive_f32(np.float32([-87.7, -90, -104, -1e30, -np.inf])) == 0).all()
+
+
+@given(
+    S=st.integers(1, 70),  # 16-lane blocks and every tail length
+    scale=st.sampled_from([0.125, 1.0, 4.0]),
+    normalise=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_masked_softmax_f32_against_float64(S, scale, normalise, seed):
+    rng = np.random.default_rng(seed)
+    scores = (4 * rng.standard_normal((S, S))).astype(np.float32)
+    keep = random_keep(rng, 1, S)[0]
+    # From the scaled scores in float32, as the kernel and the float32 reference have them: their own
+    # rounding (relative 6e-8 of scores up to ~60 here) is the input's, not the softmax's error.
+    exact = np.where(keep, scores * np.float32(scale), -np.inf).astype(np.float64)
+    exact = np.exp(exact - exact.max(axis=-1, keepdims=True)) if keep.any() else np.ones((S, S))
+    exact /= exact.sum(axis=-1, keepdims=True)
+    inv_sums = np.full(S, np.nan, dtype=np.float32)
+    got = kernels._masked_softmax_f32_numba(scores.copy(), keep, np.float32(scale), normalise, inv_sums)
+    if not normalise:
+        got = got * inv_sums[:, None]
+    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-6)
+    assert (got[:, ~keep] == 0).all() if keep.any() else (got == np.float32(1 / S)).all()
 
 
 def test_attention_float64():
@@ -264,7 +328,7 @@ def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
     # threshold, so each kernel splits its rows (or heads) over `threads` threads, as in a forward given
     # that many OpenBLAS threads; attention sets OpenBLAS to one thread meanwhile and restores it.
     blas_calls = as_in_a_model_call(monkeypatch, threads)
-    used = record_threads(monkeypatch, "_scale_mask_shift_numba", "_bias_gelu_f32_numba", "_residual_layernorm_numba")
+    used = record_threads(monkeypatch, "_masked_softmax_f32_numba", "_bias_gelu_f32_numba", "_residual_layernorm_numba")
     rng = np.random.default_rng(6)
     qkv = rng.standard_normal((2, 80, 3 * 64)).astype(np.float32)
     keep = random_keep(rng, 2, 80)
@@ -282,7 +346,7 @@ def test_large_inputs_are_split_over_threads_and_agree(monkeypatch, threads):
         reference.residual_layernorm_numpy(h, h[::-1].copy(), w, b, 1e-12),
     )
     # One call per chunk (attention: per head), on more than one thread (a free worker may take two chunks).
-    assert len(used) == 3 and len(used["_scale_mask_shift_numba"]) == 2 * 2 * 8  # run_attention runs it twice
+    assert len(used) == 3 and len(used["_masked_softmax_f32_numba"]) == 2 * 2 * 8  # run_attention runs it twice
     assert len(used["_bias_gelu_f32_numba"]) == len(used["_residual_layernorm_numba"]) == threads
     assert all(len(set(ids)) >= 2 for ids in used.values())
 

@@ -91,18 +91,10 @@ def make_checkpoint(folder: Path) -> Path:
     return checkpoints.write_checkpoint(folder, seed=0, vocab=vocab, sinusoidal_pos_embds=True, **checkpoints.FULL_SIZE)
 
 
-def load_engines(folder: Path, threads: int, tmp: Path) -> dict:
-    """name -> forward(ids, mask) -> (start_logits, end_logits) as numpy arrays."""
-    import onnxruntime as ort
+def export_onnx(tm, onnx_path: Path) -> Path:
+    """The transformers model `tm` exported for ONNX Runtime, dynamic batch and sequence axes."""
     import torch
-    import transformers
 
-    import npbert
-
-    torch.set_num_threads(threads)
-    model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
-    tm = transformers.DistilBertForQuestionAnswering.from_pretrained(folder).eval()
-    onnx_path = tmp / "distilbert-qa.onnx"
     ids = torch.ones((1, 16), dtype=torch.long)
     names = ["input_ids", "attention_mask", "start_logits", "end_logits"]
     # dynamo=False: the TorchScript exporter, which takes dynamic_axes as the issue asks.
@@ -116,9 +108,32 @@ def load_engines(folder: Path, threads: int, tmp: Path) -> dict:
         opset_version=17,
         dynamo=False,
     )
+    return onnx_path
+
+
+def ort_session(onnx_path: Path, threads: int, profile_prefix: str | None = None):
+    """ONNX Runtime's session as the bench runs it: `threads` intra-op threads, one inter-op, the default
+    graph optimizations (all: its fused LayerNorm and BiasGelu); with `profile_prefix`, its profiler on."""
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    if profile_prefix is not None:
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
+    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+
+
+def load_engines(folder: Path, threads: int, tmp: Path) -> dict:
+    """name -> forward(ids, mask) -> (start_logits, end_logits) as numpy arrays."""
+    import torch
+    import transformers
+
+    import npbert
+
+    torch.set_num_threads(threads)
+    model = npbert.DistilBertForQuestionAnswering.from_pretrained(folder)
+    tm = transformers.DistilBertForQuestionAnswering.from_pretrained(folder).eval()
+    session = ort_session(export_onnx(tm, tmp / "distilbert-qa.onnx"), threads)
 
     def run_npbert(ids, mask):
         out = model(ids, mask)

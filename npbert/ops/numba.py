@@ -75,6 +75,84 @@ def _normalise_rows_numba(e):  # in place on [N, S]: each row divided by its sum
     return e
 
 
+# float32 exp of x <= 0, vectorisable (numba's math.exp is a scalar libm call per element): Cephes' expf,
+# x = n ln2 + r with |r| <= ln2 / 2 and a degree-7 polynomial for e^r; |relative error| < 1e-7 on
+# [-87, 0], about 1 ulp, as numpy's float32 exp (tests/test_kernels.py measures both against float64). 2^n is returned as its float32 bit pattern, which
+# the caller writes into an int32 array that it reads back as float32: numba has no scalar bit cast.
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 = hi + lo, hi exact in 9 bits
+_EXP_P = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                                        1.6666665459e-1, 5.0000001201e-1))
+# Below x = -87.68, 2^n would be below float32's smallest normal: the result is 0 there instead (the exact
+# value is below 1.2e-38). The clamp keeps n in int32's range for x = -inf (masked keys), whose
+# result is then exactly 0.
+_EXP_FLOOR = np.float32(-104.0)
+
+
+@numba.njit(**JIT, fastmath=FAST, inline="always")
+def _exp_nonpositive_f32(x):  # float32 x <= 0 -> (e^r, bits of 2^n or of 0): e^x = e^r * 2^n
+    x = max(x, _EXP_FLOOR)
+    n = np.floor(x * _LOG2E + np.float32(0.5))
+    r = x - n * _LN2_HI - n * _LN2_LO
+    p0, p1, p2, p3, p4, p5 = _EXP_P
+    p = (((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5) * r * r + r + np.float32(1.0)
+    return p, max(np.int32(n) + np.int32(127), np.int32(0)) << np.int32(23)
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _masked_softmax_f32_numba(scores, keep, scale, normalise, inv_sums):  # in place on one head's [S, S]
+    # softmax(scale * scores) over the kept keys, 0 at masked ones, in 5 passes over each row (in L1) and
+    # none over the whole [S, S] outside it: scale and mask; the row's max; e^(x - max); its sum; and,
+    # where `normalise`, the division by the sum (else 1 / sum goes to inv_sums[i], for the caller to
+    # scale the row's context instead: 64 columns, not S). float32 only (the exp above).
+    S = scores.shape[0]
+    bias = np.empty(S, dtype=np.float32)  # 0 at kept keys, -inf at masked ones
+    two_n = np.empty(S, dtype=np.int32)  # the exp's 2^n, as float32 bits
+    n_kept = 0
+    for j in range(S):
+        n_kept += keep[j]
+        bias[j] = 0.0 if keep[j] else -np.inf
+    two_n_f = two_n.view(np.float32)
+    for i in range(S):
+        row = scores[i]
+        if n_kept == 0:  # every key masked: finfo.min everywhere, exp(0) = 1 -> uniform, as the reference
+            row[:] = 1.0 / S if normalise else 1.0
+            inv_sums[i] = 1.0 / S
+            continue
+        for j in range(S):
+            row[j] = row[j] * scale + bias[j]
+        # The max as int32s: LLVM does not vectorise a float max reduction without nnan, and the float
+        # order is the int order once negative floats' other 31 bits are flipped (an involution).
+        as_int = row.view(np.int32)
+        top = np.int32(-2147483648)
+        for j in range(S):
+            b = as_int[j]
+            top = max(top, b ^ np.int32(0x7FFFFFFF) if b < 0 else b)
+        two_n[0] = top ^ np.int32(0x7FFFFFFF) if top < 0 else top
+        m = two_n_f[0]  # (two_n is overwritten next)
+        for j in range(S):
+            row[j], two_n[j] = _exp_nonpositive_f32(row[j] - m)
+        total = np.float32(0.0)
+        for j in range(S):
+            row[j] *= two_n_f[j]  # masked keys (-inf): exactly 0, as in the reference
+            total += row[j]
+        inv = np.float32(1.0) / total
+        inv_sums[i] = inv
+        if normalise:
+            for j in range(S):
+                row[j] *= inv
+    return scores
+
+
+@numba.njit(**JIT, fastmath=FAST)
+def _scale_rows_numba(x, factors):  # in place on [S, Dh] (a strided view is fine): row i times factors[i]
+    for i in range(x.shape[0]):
+        f = factors[i]
+        for j in range(x.shape[1]):
+            x[i, j] *= f
+    return x
+
+
 def attention_numba(q, k, v, keep, n_heads, return_probs=False, tap=None):
     if tap is not None:
         return attention_numpy(q, k, v, keep, n_heads, return_probs, tap)
@@ -84,18 +162,24 @@ def attention_numba(q, k, v, keep, n_heads, return_probs=False, tap=None):
     scale = q.dtype.type(1.0 / math.sqrt(Dh))
     context = np.empty((B, S, D), dtype=q.dtype)
     probs = np.empty((B, n_heads, S, S), dtype=q.dtype) if return_probs else None
+    fused = q.dtype == np.float32
 
     def heads(tasks):  # one thread's share of the (row, head) pairs, each start to finish
         scratch = np.empty((S, S), dtype=q.dtype) if probs is None else None
+        inv_sums = np.empty(S, dtype=q.dtype)
         for b, h in tasks:
             cols = slice(h * Dh, (h + 1) * Dh)
             p = scratch if probs is None else probs[b, h]  # [S, S]: 590 kB at S = 384, stays in L2
             np.matmul(q[b, :, cols], k[b, :, cols].T, out=p)  # strided views of the fused qkv: no copies
-            _scale_mask_shift_numba(p, keep[b], scale)
-            # numpy's exp is SIMD and exact to ~1 ulp; numba's math.exp is a scalar libm call per element.
-            np.exp(p, out=p)
-            _normalise_rows_numba(p)
+            if fused:
+                _masked_softmax_f32_numba(p, keep[b], scale, probs is not None, inv_sums)
+            else:  # float64 (audit mode): numpy's exp, exact to ~1 ulp in float64 too
+                _scale_mask_shift_numba(p, keep[b], scale)
+                np.exp(p, out=p)
+                _normalise_rows_numba(p)
             np.matmul(p, v[b, :, cols], out=context[b, :, cols])  # straight into head h's columns
+            if fused and probs is None:  # p was left unnormalised: divide the context's rows instead
+                _scale_rows_numba(context[b, :, cols], inv_sums)
 
     split_over_threads(
         heads,
