@@ -1,7 +1,11 @@
 """npbert's own worker threads: the other cores' shares of a kernel or a product, handed over in microseconds.
 
 `run(work, chunks)` runs work(chunks[0]) on the calling thread and each other chunk on a worker thread, and
-returns once every chunk has finished (raising the first chunk's exception, if any, only then). ops/parallel.py
+returns once every chunk has finished (raising the first chunk's exception, if any, only then). A chunk no
+worker has started by the time the caller is free is taken back and run by the caller: on a machine
+where other processes hold the cores, a worker may wait milliseconds for a time slice, and the caller would
+otherwise sit idle all that time (ONNX Runtime's pool does the same; docs/performance.md, "The worker
+threads under load"). ops/parallel.py
 splits its products and kernels with it, over as many threads as the model call was given
 (threads.current()).
 
@@ -49,7 +53,9 @@ from numba.core import cgutils  # noqa: E402
 # that a worker idle between requests gives its core back at once.
 SPIN_SECONDS = 300e-6
 
-_POSTED, _DONE, _WORKER_SLEEPS, _CALLER_SLEEPS = 0, 1, 2, 3  # the slots of a worker's flags
+# The slots of a worker's flags. _CLAIMED: the last ticket someone took, the worker or the caller taking it
+# back; whoever moves it from ticket - 1 to ticket (an atomic compare-and-swap) runs that chunk.
+_POSTED, _DONE, _WORKER_SLEEPS, _CALLER_SLEEPS, _CLAIMED = 0, 1, 2, 3, 4
 
 
 def _pause_instruction(builder):
@@ -75,6 +81,20 @@ def _atomic_load(typingctx, flags, slot):
     def codegen(context, builder, signature, args):
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         return builder.load_atomic(builder.gep(data, [args[1]]), "seq_cst", 8)
+
+    return sig, codegen
+
+
+@numba.extending.intrinsic
+def _atomic_compare_swap(typingctx, flags, slot, expected, new):  # 1 if flags[slot] was `expected` and is now `new`
+    sig = types.int64(flags, slot, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        result = builder.cmpxchg(builder.gep(data, [args[1]]), args[2], args[3], "seq_cst", "seq_cst")
+        return builder.zext(builder.extract_value(result, 1), ir.IntType(64))
 
     return sig, codegen
 
@@ -178,6 +198,11 @@ def _store_then_load(flags, store_slot, value, load_slot):  # Dekker's half: pub
     return _atomic_load(flags, load_slot)
 
 
+@numba.njit(**_JIT)
+def _claim(flags, ticket):  # True for the one side (worker or caller) that takes this ticket's chunk
+    return _atomic_compare_swap(flags, _CLAIMED, ticket - 1, ticket) == 1
+
+
 def _spins_for(seconds: float) -> int:
     # Pause loops per SPIN_SECONDS on this CPU: a pause takes ~10 cycles on some x86 cores and ~140 on others.
     flags, n = np.zeros(4, np.int64), 20_000
@@ -192,7 +217,7 @@ def _spins_for(seconds: float) -> int:
 
 class _Worker:
     def __init__(self, spins: int):
-        self.flags = np.zeros(4, np.int64)
+        self.flags = np.zeros(5, np.int64)
         self.spins = spins
         self.wake, self.done = threading.Semaphore(0), threading.Semaphore(0)
         self.task, self.error = None, None
@@ -210,6 +235,8 @@ class _Worker:
                     posted = _load(self.flags, _POSTED)
                 _store(self.flags, _WORKER_SLEEPS, 0)
             seen = posted
+            if not _claim(self.flags, posted):  # the caller got there first and runs the chunk itself
+                continue
             work, chunk = self.task
             self.task = None
             try:
@@ -225,6 +252,15 @@ class _Worker:
         if _store_then_load(self.flags, _POSTED, ticket, _WORKER_SLEEPS):
             self.wake.release()
         return ticket
+
+    def take_back(self, ticket: int) -> bool:
+        """True when the worker has not started this ticket's chunk: it is now the caller's to run (the
+        worker will skip it)."""
+        if not _claim(self.flags, ticket):
+            return False
+        self.task = None
+        _store(self.flags, _DONE, ticket)  # as if the worker had run it: the next wait starts from here
+        return True
 
     def wait(self, ticket: int) -> BaseException | None:
         done = _spin_while_equal(self.flags, _DONE, ticket - 1, self.spins)
@@ -255,6 +291,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_workers_in_child)
 
 
+def _run_here(work, chunk) -> BaseException | None:
+    try:
+        work(chunk)
+    except BaseException as e:  # noqa: BLE001  raised once every chunk has finished
+        return e
+    return None
+
+
 def run(work, chunks: list) -> None:
     """work(chunk) for every chunk: the first on the calling thread, the others on worker threads (started on
     first use); returns when all have finished, then raises the first exception a chunk raised."""
@@ -269,17 +313,16 @@ def run(work, chunks: list) -> None:
         _workers[:] = [w for w in _workers if w.thread.is_alive()]  # a dead one was reported when it died
         while len(_workers) < len(chunks) - 1:
             _workers.append(_Worker(_spins))
-        tickets = [(w, w.post(work, chunk)) for w, chunk in zip(_workers, chunks[1:])]
-        error = None
-        try:
-            work(chunks[0])
-        except BaseException as e:  # noqa: BLE001  raised once the workers' chunks have finished too
-            error = e
-        for w, ticket in tickets:  # every chunk finishes before this returns or raises: none still writes
-            try:
-                worker_error = w.wait(ticket)
-            except RuntimeError as e:  # a dead worker: the others' chunks are still waited for
-                worker_error = e
+        tickets = [(w, w.post(work, chunk), chunk) for w, chunk in zip(_workers, chunks[1:])]
+        error = _run_here(work, chunks[0])
+        for w, ticket, chunk in tickets:  # every chunk finishes before this returns or raises: none still writes
+            if w.take_back(ticket):  # its worker has not started it (no time slice yet, or dead): run it here
+                worker_error = _run_here(work, chunk)
+            else:
+                try:
+                    worker_error = w.wait(ticket)
+                except RuntimeError as e:  # a dead worker: the others' chunks are still waited for
+                    worker_error = e
             error = error or worker_error
         if error is not None:
             raise error

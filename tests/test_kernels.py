@@ -304,6 +304,9 @@ def as_in_a_model_call(monkeypatch, threads):
 
     monkeypatch.setattr(npbert_threads, "_current", threads)
     monkeypatch.setattr(npbert_threads, "controllable", lambda: True)  # as with numpy's OpenBLAS found
+    # Every chunk runs on the thread it was handed to: the caller does not take back a chunk its worker has
+    # not started yet (on a busy machine it would, and the threads used would vary; tests/test_workers.py).
+    monkeypatch.setattr(workers._Worker, "take_back", lambda self, ticket: False)
     monkeypatch.setattr(npbert_threads, "single_blas_thread", single_blas_thread)
     return blas_calls
 

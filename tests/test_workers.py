@@ -1,6 +1,7 @@
 """npbert/workers.py: the spinning worker pool. Every chunk runs exactly once, whichever way the hand-off
 went (a spinning worker, a sleeping one woken by its semaphore, a caller that slept through a long chunk),
-errors surface only after every chunk has finished, concurrent callers and forked children never hang."""
+errors surface only after every chunk has finished, concurrent callers and forked children never hang, and
+a chunk no worker has started by the time the caller is free is run by the caller, once."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from npbert import workers
 from process_helpers import in_forked_child
 
 
-def run_and_record(chunks, pause=0.0):
+def run_and_record(chunks, pause=0.0, first_pause=0.0):
     done, lock = [], threading.Lock()
 
     def work(chunk):
-        if pause:
-            time.sleep(pause)
+        if pause or (first_pause and chunk == chunks[0]):
+            time.sleep(pause or first_pause)
         with lock:
             done.append((tuple(chunk), threading.get_ident()))
 
@@ -43,9 +44,30 @@ def test_every_chunk_runs_once_whether_workers_spin_or_sleep(n_chunks, idle, rou
 
 
 def test_the_first_chunk_runs_on_the_caller_and_the_others_elsewhere():
-    done = dict(run_and_record([[0], [1], [2]]))
+    # The caller's own chunk outlasts the workers' start (else the caller takes their chunks back: below).
+    done = dict(run_and_record([[0], [1], [2]], first_pause=0.2))
     assert done[(0,)] == threading.get_ident()
     assert done[(1,)] != threading.get_ident() and done[(2,)] != threading.get_ident()
+
+
+def test_a_chunk_no_worker_has_started_is_run_by_the_caller_once(monkeypatch):
+    # The workers are slow to claim (as when another process holds their cores): the caller, free first,
+    # takes their chunks back; the workers, when they get there, skip them.
+    run_and_record([[0], [1], [2]])
+    caller, real = threading.get_ident(), workers._claim
+
+    def slow_on_workers(flags, ticket):
+        if threading.get_ident() != caller:
+            time.sleep(0.1)
+        return real(flags, ticket)
+
+    monkeypatch.setattr(workers, "_claim", slow_on_workers)
+    done = run_and_record([[0], [1], [2]])
+    time.sleep(0.3)  # the workers have tried to claim meanwhile: nothing ran twice
+    assert sorted(done) == [((i,), caller) for i in range(3)]
+    monkeypatch.setattr(workers, "_claim", real)
+    for first_pause in (0.0, 0.2):  # and the next calls hand over as before (the flags agree)
+        assert sorted(c for c, _ in run_and_record([[0], [1], [2]], first_pause=first_pause)) == [(0,), (1,), (2,)]
 
 
 def test_an_idle_worker_goes_to_sleep_and_is_woken():
@@ -134,6 +156,7 @@ def test_a_dead_worker_is_reported_not_waited_for(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the dying thread's own report
+    monkeypatch.setattr(workers._Worker, "take_back", lambda self, ticket: False)  # the caller waits for it
     monkeypatch.setattr(workers, "_store_then_load", fails_on_workers)
     with pytest.raises(RuntimeError, match="worker thread died"):
         workers.run(lambda chunk: None, [[0], [1]])
@@ -158,7 +181,25 @@ def test_a_dead_worker_does_not_cut_short_the_wait_for_the_others(monkeypatch):
             finished.append(chunk)
 
     monkeypatch.setattr(threading, "excepthook", lambda args: None)
+    monkeypatch.setattr(workers._Worker, "take_back", lambda self, ticket: False)  # the caller waits for them
     monkeypatch.setattr(workers, "_store_then_load", fails_on_the_victim)
     with pytest.raises(RuntimeError, match="worker thread died"):
         workers.run(work, [[0], [1], [2]])
     assert finished == [[2]]
+
+
+def test_a_worker_that_dies_before_starting_its_chunk_costs_no_wait(monkeypatch):
+    # It dies taking its chunk: the caller, finding the chunk not taken, runs it itself; nothing hangs.
+    run_and_record([[0], [1]])
+    caller, real = threading.get_ident(), workers._claim
+
+    def fails_on_workers(flags, ticket):
+        if threading.get_ident() != caller:
+            raise OSError("simulated hand-off failure")
+        return real(flags, ticket)
+
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)
+    monkeypatch.setattr(workers, "_claim", fails_on_workers)
+    assert sorted(run_and_record([[0], [1]], first_pause=0.1)) == [((0,), caller), ((1,), caller)]
+    monkeypatch.setattr(workers, "_claim", real)
+    assert sorted(c for c, _ in run_and_record([[0], [1]])) == [(0,), (1,)]  # a fresh worker next time
