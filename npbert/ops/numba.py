@@ -77,8 +77,9 @@ def _normalise_rows_numba(e):  # in place on [N, S]: each row divided by its sum
 
 # float32 exp of x <= 0, vectorisable (numba's math.exp is a scalar libm call per element): Cephes' expf,
 # x = n ln2 + r with |r| <= ln2 / 2 and a degree-7 polynomial for e^r; |relative error| < 1e-7 on
-# [-87, 0], about 1 ulp, as numpy's float32 exp (tests/test_kernels.py measures both against float64). 2^n is returned as its float32 bit pattern, which
-# the caller writes into an int32 array that it reads back as float32: numba has no scalar bit cast.
+# [-87, 0], about 1 ulp, as numpy's float32 exp (tests/test_kernels.py measures both against float64).
+# 2^n is returned as its float32 bit pattern, which the caller writes into an int32 array that it reads
+# back as float32: numba has no scalar bit cast.
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 = hi + lo, hi exact in 9 bits
 _EXP_P = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
