@@ -139,8 +139,9 @@ def ort_category(node: str, op: str) -> str:
             return row
     if op in ("BiasGelu", "Gelu", "FastGelu", "Erf", "Relu"):
         return "bias + activation"
+    residual_add = node.rsplit("/", 1)[-1] in ("Add", "Add_1") and "/layer." in node and "/attention/" not in node
     if op in ("LayerNormalization", "SkipLayerNormalization") or (
-        op == "Add" and ("/embeddings/Add" in node or node.rsplit("/", 1)[-1] in ("Add", "Add_1") and "/layer." in node and "/attention/" not in node)
+        op == "Add" and ("/embeddings/Add" in node or residual_add)
     ):
         return "residual + LayerNorm"
     if "/attention/" in node or op in ("Attention", "MultiHeadAttention", "Softmax"):
@@ -193,9 +194,7 @@ def profile(args, B: int, S: int) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         engines = {f"B={B} S={S}": NpbertForwards(args.checkpoint, B, S)}
         if args.onnxruntime is not None:
-            engines[f"B={B} S={S} ORT"] = OrtForwards(
-                args.checkpoint, args.onnxruntime, args.threads, B, S, Path(tmp)
-            )
+            engines[f"B={B} S={S} ORT"] = OrtForwards(args.checkpoint, args.onnxruntime, args.threads, B, S, Path(tmp))
         warmup, names = 3, list(engines)
         runs = {n: [] for n in names}
         for r in range(warmup + args.repeats):
