@@ -131,6 +131,7 @@ def test_attention_full_size_heads_with_padding():
 
 def exp_nonpositive_f32(x):
     """The attention kernel's float32 exp over an array, its 2^n applied as the kernel applies it."""
+
     @numba.njit
     def run(x, out, bits):
         for i in range(x.size):

@@ -82,8 +82,10 @@ def _normalise_rows_numba(e):  # in place on [N, S]: each row divided by its sum
 # back as float32: numba has no scalar bit cast.
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 = hi + lo, hi exact in 9 bits
-_EXP_P = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-                                        1.6666665459e-1, 5.0000001201e-1))
+_EXP_P = tuple(
+    np.float32(c)
+    for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+)
 # Below x = -87.68, 2^n would be below float32's smallest normal: the result is 0 there instead (the exact
 # value is below 1.2e-38). The clamp keeps n in int32's range for x = -inf (masked keys), whose
 # result is then exactly 0.
