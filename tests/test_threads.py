@@ -189,3 +189,25 @@ def test_openblas_timeout_is_reread_only_when_it_is_safe(setup, expected):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [expected, "256.0"]
 
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_the_benchmarks_busy_processes_spin_for_the_block_and_are_gone_after():
+    """tools/bench.py --busy N: N processes spinning while the rows run, none left after (also on an error)."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import bench
+
+    def children() -> set[int]:
+        tasks = Path(f"/proc/{os.getpid()}/task").iterdir()
+        return {int(c) for t in tasks for c in (t / "children").read_text().split()}
+
+    before = children()
+    with pytest.raises(RuntimeError), bench.busy_processes(2):
+        spinning = children() - before
+        assert len(spinning) == 2
+        for pid in spinning:
+            assert b"while True: pass" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        raise RuntimeError("a row failed")
+    assert not spinning & children()
+    assert not [pid for pid in spinning if Path(f"/proc/{pid}").exists()]
