@@ -654,9 +654,10 @@ class _Pretrained:
     def encoder_weights(self):
         return self.weights.encoder if self._with_qa_head else self.weights
 
-    # The thread policy (threads.py) is applied once per model call, in __call__, scoped and restored: not
-    # at load (the machine's load changes over a server's life), not inside the forward (a pure function of
-    # its inputs that sets no process-wide state), and around the QA head too (it is a GEMM as well).
+    # The thread count (threads.py) is applied once per model call, in __call__, scoped and restored: not
+    # at load (a server's CPU affinity or $NPBERT_BLAS_THREADS may change over its life), not inside the
+    # forward (a pure function of its inputs that sets no process-wide state), and around the QA head too
+    # (it is a GEMM as well).
     def _encode(self, input_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions):
         ids, keep, types = prepare_inputs(input_ids, attention_mask, self.config, token_type_ids)
         return encoder(

@@ -1,12 +1,17 @@
 """Where npbert's thread control lives: how many threads numpy's OpenBLAS gets for a model call.
 
-One policy and one override:
+One default and one override:
 
-- **Policy**: on a quiet machine OpenBLAS keeps the thread count it started with (all cores); on a busy
-  machine, where the 1-minute load average exceeds one runnable thread per core, one thread.
-- **Override**: `$NPBERT_BLAS_THREADS=n` fixes the count, busy or not.
+- **Default**: every core of the process's CPU affinity (`os.sched_getaffinity(0)`, where the platform has
+  it; else `os.cpu_count()`): what `taskset`, a container's cpuset or a batch scheduler gives the
+  process, read at each model call. Not OpenBLAS's start count ($OPENBLAS_NUM_THREADS) and not the
+  machine's load: a load-average rule cannot tell another process's load from the load npbert's own
+  threads just made (docs/performance.md, "Thread policy (issue 26 item 5)", has the measurements that
+  dropped it).
+- **Override**: `$NPBERT_BLAS_THREADS=n` fixes the count. `npbert serve --workers N` sets it for its
+  workers (`share_among`: the cores divided among them) unless the user has; batch workers set 1.
 
-`for_model_call()` applies the policy around one model call (the model classes' `__call__`; calls that
+`for_model_call()` applies the count around one model call (the model classes' `__call__`; calls that
 overlap on several threads share one scope), scoped and restored: the forward itself (`model.encoder`)
 sets no process-wide state, and a caller's own `threadpoolctl.threadpool_limits` outside a call is back
 in force after it. The kernels' worker threads
@@ -14,9 +19,8 @@ in force after it. The kernels' worker threads
 OpenBLAS on one thread meanwhile (`single_blas_thread()`).
 
 Finding OpenBLAS and setting its thread count is threadpoolctl's job (the library scikit-learn uses for
-it). Only numpy's OpenBLAS is controlled: the busy rule was measured on it, and another BLAS (MKL,
-Accelerate, BLIS) keeps its own settings. The one hand-written part is below: OpenBLAS's idle-thread
-timeout, which threadpoolctl has no API for.
+it). Only numpy's OpenBLAS is controlled: another BLAS (MKL, Accelerate, BLIS) keeps its own settings.
+The one hand-written part is below: OpenBLAS's idle-thread timeout, which threadpoolctl has no API for.
 """
 
 from __future__ import annotations
@@ -62,11 +66,12 @@ def controllable() -> bool:
     return bool(_numpy_openblas().lib_controllers)
 
 
-@functools.cache
-def _default_threads() -> int:
-    # The count OpenBLAS started with (OPENBLAS_NUM_THREADS, else all cores), read once, before any scope.
-    counts = [lib.num_threads for lib in _numpy_openblas().lib_controllers]
-    return max(counts) if counts else os.cpu_count() or 1
+def cores() -> int:
+    """The cores this process may run on: its CPU affinity where the platform has one, else all of them."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
 
 
 def _override() -> int | None:
@@ -78,20 +83,23 @@ def _override() -> int | None:
     return int(value)
 
 
-def machine_is_busy() -> bool:
-    """The 1-minute load average exceeds one runnable thread per core: other processes already want the
-    cores, and a second OpenBLAS thread waits for a time slice at every hand-off: several times slower than
-    one thread (docs/performance.md, change 7)."""
-    try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1)
-    except OSError:  # no load average on this platform
-        return False
-
-
 def policy() -> int:
-    """The OpenBLAS thread count for the next model call: $NPBERT_BLAS_THREADS if set, else one on a busy
-    machine, else the count OpenBLAS started with."""
-    return _override() or (1 if machine_is_busy() else _default_threads())
+    """The OpenBLAS thread count for the next model call: $NPBERT_BLAS_THREADS if set, else cores()."""
+    return _override() or cores()
+
+
+def share_among(processes: int) -> str:
+    """Give each of `processes` processes started after this call (they inherit the environment) an equal
+    share of the cores: max(1, cores() // processes) threads each, unless $NPBERT_BLAS_THREADS is already set
+    (the user's count wins). The remainder of the division goes to no process in particular: their Python
+    threads (HTTP, tokenization) and a parent's run on it. Returns a line saying the count and where it
+    came from, for the log."""
+    given = _override() is not None
+    if not given:
+        os.environ[OVERRIDE_ENV] = str(max(1, cores() // processes))
+    n = policy()
+    why = f"${OVERRIDE_ENV}" if given else f"the {cores()} cores of the CPU affinity among {processes}"
+    return f"{n} BLAS thread{'s' if n > 1 else ''} per process ({why})"
 
 
 # The count the running model calls were given: the kernels split their work over as many threads. 1 outside
@@ -136,7 +144,7 @@ def _restore(limits) -> None:  # under _scope_lock
 
 @contextlib.contextmanager
 def for_model_call():
-    """Apply the policy for one model call: OpenBLAS set to policy() threads (when controllable), the
+    """Apply the thread count for one model call: OpenBLAS set to policy() threads (when controllable), the
     previous count and current() restored on exit. Yields the count.
 
     Calls that overlap (threads sharing a model) share one scope: the first sets the count, the last

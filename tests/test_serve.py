@@ -264,6 +264,8 @@ def test_health_names_the_model_and_its_weights(server, tiny_checkpoint):
     assert health["weights_sha256"] == hashlib.sha256((tiny_checkpoint / "model.safetensors").read_bytes()).hexdigest()
     assert health["limits"]["max_context_chars"] == 2000 and health["limits"]["max_body_bytes"] == 4096
     assert health["batching"]["enabled"] is True
+    # one process: every core of its affinity (unless the test run itself set a count)
+    assert health["blas_threads"] == int(os.environ.get("NPBERT_BLAS_THREADS") or len(os.sched_getaffinity(0)))
 
 
 def test_openapi_describes_both_answering_routes(server):
@@ -419,7 +421,7 @@ def test_workers_without_the_prefork_extra_each_load_the_model_and_stop_on_sigte
         "2",
         "--no-batching",
         ready=LISTENING,
-        env={**os.environ, "PYTHONPATH": path},
+        env={**os.environ, "PYTHONPATH": path, "NPBERT_BLAS_THREADS": "3"},  # the user's count: not divided
     )
     try:
         for _ in range(600):  # the parent listens at once; the workers answer once they have loaded the model
@@ -429,10 +431,12 @@ def test_workers_without_the_prefork_extra_each_load_the_model_and_stop_on_sigte
             except (ConnectionError, http.client.HTTPException):
                 time.sleep(0.2)
         assert (status, body) == (200, [qa(**SAMPLE)["answer"]])
+        assert server.request("GET", "/health")[1]["blas_threads"] == 3
     finally:
         code = server.stop()
     log = server.output()
     assert code == 0, log
+    assert "workers: 3 BLAS threads per process ($NPBERT_BLAS_THREADS)" in log
     assert "without the prefork extra (gunicorn is missing)" in log and "pip install -e '.[prefork]'" in log
     assert log.count("npbert.serve: loaded") == 2 and "Traceback" not in log
 

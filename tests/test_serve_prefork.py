@@ -45,7 +45,9 @@ def children(pid: int) -> set[int]:
 
 
 def test_workers_are_forked_from_the_parent_that_loaded_the_model(tiny_checkpoint, tmp_path, qa):
-    server = Server(tiny_checkpoint, tmp_path / "server.log", "--workers", "2")
+    environ = {k: v for k, v in os.environ.items() if k != "NPBERT_BLAS_THREADS"}
+    server = Server(tiny_checkpoint, tmp_path / "server.log", "--workers", "2", env=environ)
+    share = max(1, len(os.sched_getaffinity(0)) // 2)  # each worker's share of the cores
     try:
         for _ in range(600):  # the server is ready once its first worker is; the second is forked after it
             if server.output().count("ready on") == 2:
@@ -58,7 +60,9 @@ def test_workers_are_forked_from_the_parent_that_loaded_the_model(tiny_checkpoin
             for question, context in PAIRS:
                 status, body = server.post("/score", {"input_data": {"question": question, "context": context}})
                 assert (status, body) == (200, [qa(question=question, context=context)["answer"]])
-            seen.add(server.request("GET", "/health")[1]["pid"])
+            health = server.request("GET", "/health")[1]
+            assert health["blas_threads"] == share
+            seen.add(health["pid"])
             if seen == workers:
                 break
         assert seen == workers
@@ -71,6 +75,9 @@ def test_workers_are_forked_from_the_parent_that_loaded_the_model(tiny_checkpoin
     assert code == 0, log
     assert log.count("npbert.serve: loaded") == 1 and log.count("warm-up answer") == 1
     assert "forking 2 workers, which share this process's model" in log
+    cores = len(os.sched_getaffinity(0))
+    plural = "s" if share > 1 else ""
+    assert f"workers: {share} BLAS thread{plural} per process (the {cores} cores of the CPU affinity among 2)" in log
     assert sorted(map(int, re.findall(r"Booting worker with pid: (\d+)", log))) == sorted(workers)
     assert "exited on SIGTERM" in log and "Traceback" not in log and "prefork extra" not in log
 

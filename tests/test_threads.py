@@ -1,7 +1,8 @@
-"""npbert/threads.py: the OpenBLAS thread policy (quiet machine: the count OpenBLAS started with; busy
-machine: one), its override ($NPBERT_BLAS_THREADS), that a model call applies it scoped and restored
-(threadpoolctl reads OpenBLAS's real count from outside npbert), and the thread timeout re-read. Process
-state (OpenBLAS's threads, the import order) is checked in fresh subprocesses."""
+"""npbert/threads.py: the OpenBLAS thread count (default: the cores of the process's CPU affinity, whatever
+OpenBLAS started with and whatever the load average), its override ($NPBERT_BLAS_THREADS), the share of
+`serve --workers N`, that a model call applies it scoped and restored (threadpoolctl reads OpenBLAS's real
+count from outside npbert), and the thread timeout re-read. Process state (the affinity, OpenBLAS's
+threads, the import order) is checked in fresh subprocesses."""
 
 from __future__ import annotations
 
@@ -15,18 +16,18 @@ import pytest
 from npbert import threads
 
 needs_openblas = pytest.mark.skipif(not threads.controllable(), reason="numpy is not using an OpenBLAS here")
+needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
 
 
-def test_policy_quiet_busy_and_the_override(monkeypatch):
-    monkeypatch.setattr(threads, "_default_threads", lambda: 4)
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+def test_the_default_is_the_affinity_and_the_override_wins(monkeypatch):
     monkeypatch.delenv("NPBERT_BLAS_THREADS", raising=False)
-    for load, expected in [(0.5, 4), (1.9, 4), (2.0, 4), (2.5, 1), (9.0, 1)]:  # busy above 1 runnable thread/core
-        monkeypatch.setattr(threads.os, "getloadavg", lambda load=load: (load, load, load))
-        assert threads.policy() == expected, load
-    monkeypatch.setenv("NPBERT_BLAS_THREADS", "3")  # the user's setting wins, busy or not
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (50.0, 50.0, 50.0))  # the load plays no part
     assert threads.policy() == 3
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.delattr(threads.os, "sched_getaffinity")  # macOS, Windows: every core
+    assert threads.policy() == 8
+    monkeypatch.setenv("NPBERT_BLAS_THREADS", "3")
     assert threads.policy() == 3
     for bad in ("0", "two", "-1", "1.5"):
         monkeypatch.setenv("NPBERT_BLAS_THREADS", bad)
@@ -34,21 +35,32 @@ def test_policy_quiet_busy_and_the_override(monkeypatch):
             threads.policy()
 
 
-def test_no_load_average_counts_as_quiet(monkeypatch):
-    def no_loadavg():
-        raise OSError("no load average")
+@pytest.mark.parametrize(
+    "cores, processes, given, expected",
+    [(8, 2, None, "4"), (8, 3, None, "2"), (2, 2, None, "1"), (2, 5, None, "1"), (8, 2, "3", "3"), (8, 2, " ", "4")],
+)
+def test_serve_workers_share_the_cores_unless_the_user_set_a_count(monkeypatch, cores, processes, given, expected):
+    monkeypatch.setattr(threads, "cores", lambda: cores)
+    if given is None:
+        monkeypatch.delenv("NPBERT_BLAS_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("NPBERT_BLAS_THREADS", given)
+    line = threads.share_among(processes)
+    assert os.environ["NPBERT_BLAS_THREADS"] == expected and threads.policy() == int(expected)
+    assert line.startswith(f"{expected} BLAS thread{'s' if expected != '1' else ''} per process (")
+    assert ("$NPBERT_BLAS_THREADS" in line) == (given == "3")
 
-    monkeypatch.setattr(threads.os, "getloadavg", no_loadavg)
-    assert threads.machine_is_busy() is False
 
-
-# A fresh process: OpenBLAS's count as threadpoolctl sees it before, inside and after a model call (and
-# inside a kernel split); `load` fakes the load average so that the busy rule can be tested on any machine.
+# A fresh process, restricted to the first `cores` cores of its affinity (0: left as it is) once numpy is
+# imported: OpenBLAS's count as threadpoolctl sees it before, inside and after a model call (and inside a
+# kernel split). The load average is faked high: the count must not follow it.
 CALL = r"""
 import json, os, sys
 import numpy as np, threadpoolctl
-load = float(sys.argv[2])
-os.getloadavg = lambda: (load, load, load)
+cores = int(sys.argv[2])
+if cores:  # after numpy: OpenBLAS has started its threads for every core it saw (it caps its count at them)
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
+os.getloadavg = lambda: (50.0, 50.0, 50.0)
 import npbert
 from npbert import ops, threads
 
@@ -74,11 +86,11 @@ print(json.dumps(seen))
 """
 
 
-def run_call(tiny_checkpoint, load, **env):
+def run_call(tiny_checkpoint, cores, code=CALL, openblas_threads=2, **env):
     environ = {k: v for k, v in os.environ.items() if k not in ("NPBERT_BLAS_THREADS", "OPENBLAS_NUM_THREADS")}
     out = subprocess.run(
-        [sys.executable, "-c", CALL, str(tiny_checkpoint), str(load)],
-        env={**environ, "OPENBLAS_NUM_THREADS": "2", **env},
+        [sys.executable, "-c", code, str(tiny_checkpoint), str(cores)],
+        env={**environ, "OPENBLAS_NUM_THREADS": str(openblas_threads), **env},
         capture_output=True,
         text=True,
     )
@@ -87,22 +99,24 @@ def run_call(tiny_checkpoint, load, **env):
 
 
 @needs_openblas
-def test_a_model_call_applies_the_policy_scoped_and_restores_it(tiny_checkpoint):
-    quiet = run_call(tiny_checkpoint, 0.0)
-    assert quiet == {
+@needs_affinity
+def test_a_model_call_gets_the_affinity_scoped_and_restored(tiny_checkpoint):
+    one = run_call(tiny_checkpoint, 1)  # OpenBLAS started with 2 threads, the process may run on 1 core
+    assert one == {
         "before": 2,
-        "in_call": 2,
-        "current": 2,
+        "in_call": 1,
+        "current": 1,
         "single": 1,
         "after": 2,
         "current_after": 1,
         "caller_limit_after": 1,
     }
-    busy = run_call(tiny_checkpoint, 50.0)  # far above one runnable thread per core on any machine
-    assert busy["before"] == 2 and busy["in_call"] == 1 and busy["current"] == 1 and busy["after"] == 2
-    fixed = run_call(tiny_checkpoint, 50.0, NPBERT_BLAS_THREADS="2")  # the override wins over the busy rule
+    fixed = run_call(tiny_checkpoint, 1, NPBERT_BLAS_THREADS="2")  # the override wins over the affinity
     assert fixed["in_call"] == fixed["current"] == 2 and fixed["after"] == 2
     assert fixed["caller_limit_after"] == 1
+    if len(os.sched_getaffinity(0)) >= 2:  # OpenBLAS started with 1 thread: raised to the 2 cores for the call
+        two = run_call(tiny_checkpoint, 2, openblas_threads=1)
+        assert (two["before"], two["in_call"], two["current"], two["after"]) == (1, 2, 2, 1), two
 
 
 # The same seen from a model call on another thread, after the main thread has made one (as a server's
@@ -143,19 +157,12 @@ print(json.dumps(seen))
 
 @needs_openblas
 def test_a_model_call_on_another_thread_and_overlapping_calls_keep_their_count(tiny_checkpoint):
-    """Threads sharing a model (a server's, a pool's): each call runs with the policy's count (the busy rule:
-    1 here) from start to end, and OpenBLAS's count is back after the last. Each call used to set and
+    """Threads sharing a model (a server's, a pool's): each call runs with the call's count (1 here, from
+    $NPBERT_BLAS_THREADS) from start to end, and OpenBLAS's count is back after the last. Each call used to set and
     restore its own: the first call's exit restored all cores under the second, whose exit then restored
     the one thread it found on entry, for good (and threadpoolctl >= 3.8 ignores a limit set by any thread
     but the one that set the last, which npbert now releases after each change)."""
-    out = subprocess.run(
-        [sys.executable, "-c", CALL_IN_THREADS, str(tiny_checkpoint), "50.0"],
-        env={**{k: v for k, v in os.environ.items() if k != "NPBERT_BLAS_THREADS"}, "OPENBLAS_NUM_THREADS": "2"},
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout)
+    seen = run_call(tiny_checkpoint, 0, code=CALL_IN_THREADS, NPBERT_BLAS_THREADS="1")
     assert seen["thread"]["in_call"] == seen["thread"]["current"] == 1 and seen["thread"]["after"] == 2, seen
     assert (seen["late"], seen["after_all"]) == (1, 2), seen
 
@@ -181,3 +188,26 @@ def test_openblas_timeout_is_reread_only_when_it_is_safe(setup, expected):
     )  # BLAS still works after
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [expected, "256.0"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_the_benchmarks_busy_processes_spin_for_the_block_and_are_gone_after():
+    """tools/bench.py --busy N: N processes spinning while the rows run, none left after (also on an error)."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import bench
+
+    def children() -> set[int]:
+        tasks = Path(f"/proc/{os.getpid()}/task").iterdir()
+        return {int(c) for t in tasks for c in (t / "children").read_text().split()}
+
+    before = children()
+    with pytest.raises(RuntimeError), bench.busy_processes(2):
+        spinning = children() - before
+        assert len(spinning) == 2
+        for pid in spinning:
+            assert b"while True: pass" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        raise RuntimeError("a row failed")
+    assert not spinning & children()
+    assert not [pid for pid in spinning if Path(f"/proc/{pid}").exists()]

@@ -27,6 +27,12 @@ Rows (docs/performance.md explains each and the targets):
             LayerIntegratedGradients on transformers with the same rows per backward: time and peak memory,
             one run each in its own process; the per-token attributions' difference and the deltas
 
+npbert gets npbert's default thread count (every core of the process's CPU affinity) where that equals
+--threads, else $NPBERT_BLAS_THREADS=--threads (a count you set yourself wins); the header prints it.
+--busy N starts N external busy processes (`while True: pass`, each killed when the bench ends, or dies)
+before the rows and stops them after: the figures on a loaded machine (issue 26); the header and the table
+print the load average.
+
 npbert's GEMM path (panels-avx512, panels-avx2 or blas: ops.gemm.gemm_path) is printed and recorded;
 force one with NPBERT_GEMM. To see the AVX2 tile as a CPU without AVX-512 compiles it, run under
 NUMBA_CPU_NAME=znver3 and NUMBA_CPU_FEATURES with the avx512 features turned off (docs/performance.md).
@@ -34,6 +40,7 @@ NUMBA_CPU_NAME=znver3 and NUMBA_CPU_FEATURES with the avx512 features turned off
     python tools/bench.py                        # everything; writes bench.json
     python tools/bench.py --rows forward,gflops --repeats 5 --json /tmp/b.json
     NPBERT_GEMM=panels-avx2 python tools/bench.py --rows forward,bandwidth
+    python tools/bench.py --rows forward --busy 2   # beside two busy processes
 
 Needs the `parity` extra (transformers, torch) and onnx + onnxruntime (`pip install -e '.[bench]'`).
 """
@@ -41,6 +48,7 @@ Needs the `parity` extra (transformers, torch) and onnx + onnxruntime (`pip inst
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -75,7 +83,34 @@ def parse_args(argv=None):
     p.add_argument("--pipeline-contexts", type=int, default=300, help="SQuAD dev contexts for the pipeline row")
     p.add_argument("--cold-runs", type=int, default=3, help="warm-cache process starts per engine")
     p.add_argument("--json", type=Path, default=Path("bench.json"), help="where to write the results")
+    p.add_argument(
+        "--busy", type=int, default=0, metavar="N", help="run the rows beside N busy processes (default: none)"
+    )
     return p.parse_args(argv)
+
+
+def _die_with_parent() -> None:  # in a busy child, before exec: SIGKILL when the bench's process dies
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def busy_processes(n: int):
+    """n processes spinning on a core each (a pure-Python loop: no memory traffic) for the duration of the
+    block; killed on leaving it, and (Linux) when this process dies without leaving it."""
+    linux = sys.platform.startswith("linux")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=_die_with_parent if linux else None)
+        for _ in range(n)
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 # --- setup ---------------------------------------------------------------------------------------------
@@ -957,6 +992,29 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def run_rows(results: dict, rows: set, engines: dict, folder: Path, args, tmp: Path) -> None:
+    if rows & {"forward", "gflops"}:
+        print("forward (medians, interleaved):", flush=True)
+        results["forward"] = forward_rows(engines, args.repeats)
+    if "gflops" in rows:
+        results["gflops"] = gflops_row(engines, results["forward"], args.repeats)
+    if "bandwidth" in rows:
+        results["bandwidth"] = bandwidth_row(engines, args.threads, args.repeats)
+    if "backward" in rows:
+        print("backward (medians, interleaved):", flush=True)
+        results["backward"] = backward_row(engines, folder, args.threads, args.repeats)
+    if "attributions" in rows:
+        print("attributions (one run each, one after the other):", flush=True)
+        results["attributions"] = attributions_row(folder, args.threads, tmp)
+    if "train" in rows:
+        print("training step (medians, interleaved):", flush=True)
+        results["train"] = train_row(folder, args.threads, max(3, args.repeats // 2))
+    if "pipeline" in rows:
+        results["pipeline"] = pipeline_row(folder, engines, args.pipeline_contexts)
+    if "cold" in rows:
+        results["cold"] = cold_row(folder, args.threads, args.cold_runs, tmp)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Thread counts must be fixed before numpy, numba and torch start their pools.
@@ -969,6 +1027,10 @@ def main(argv=None) -> int:
     import transformers
 
     import npbert  # noqa: F401  before numpy: npbert.threads sets the thread pools' wait policy
+    from npbert import threads as npbert_threads
+
+    if args.threads != npbert_threads.cores():  # npbert's default is every core: give it --threads, as the others
+        os.environ.setdefault(npbert_threads.OVERRIDE_ENV, str(args.threads))
 
     rows = set(args.rows.split(","))
     results: dict = {
@@ -988,6 +1050,11 @@ def main(argv=None) -> int:
             "onnxruntime": onnxruntime.__version__,
         },
         "threads": args.threads,
+        "npbert_threads": npbert_threads.policy(),
+        "npbert_threads_from": f"${npbert_threads.OVERRIDE_ENV}"
+        if os.environ.get(npbert_threads.OVERRIDE_ENV)
+        else "the CPU affinity",
+        "busy_processes": args.busy,
         "repeats": args.repeats,
     }
     with tempfile.TemporaryDirectory(prefix="npbert-bench-") as tmp:
@@ -1000,32 +1067,20 @@ def main(argv=None) -> int:
         results["npbert_gemm"] = gemm.gemm_path(np.float32) if lin1.ndim == 3 else "blas"
         print(
             f"CPU: {results['machine']['cpu']} (LLVM: {results['machine']['llvm_cpu']}); npbert's GEMM: "
-            f"{results['npbert_gemm']} (NPBERT_GEMM={os.environ.get('NPBERT_GEMM', '')!r})",
+            f"{results['npbert_gemm']} (NPBERT_GEMM={os.environ.get('NPBERT_GEMM', '')!r}); threads: "
+            f"{args.threads} per engine, npbert {results['npbert_threads']} ({results['npbert_threads_from']}); "
+            f"{args.busy} busy processes; load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )
-        if rows & {"forward", "gflops"}:
-            print("forward (medians, interleaved):", flush=True)
-            results["forward"] = forward_rows(engines, args.repeats)
-        if "gflops" in rows:
-            results["gflops"] = gflops_row(engines, results["forward"], args.repeats)
-        if "bandwidth" in rows:
-            results["bandwidth"] = bandwidth_row(engines, args.threads, args.repeats)
-        if "backward" in rows:
-            print("backward (medians, interleaved):", flush=True)
-            results["backward"] = backward_row(engines, folder, args.threads, args.repeats)
-        if "attributions" in rows:
-            print("attributions (one run each, one after the other):", flush=True)
-            results["attributions"] = attributions_row(folder, args.threads, tmp)
-        if "train" in rows:
-            print("training step (medians, interleaved):", flush=True)
-            results["train"] = train_row(folder, args.threads, max(3, args.repeats // 2))
-        if "pipeline" in rows:
-            results["pipeline"] = pipeline_row(folder, engines, args.pipeline_contexts)
-        if "cold" in rows:
-            results["cold"] = cold_row(folder, args.threads, args.cold_runs, tmp)
+        with busy_processes(args.busy):
+            run_rows(results, rows, engines, folder, args, tmp)
     results["load_average_at_end"] = os.getloadavg()
     print()
     print(table(results))
+    print(
+        f"\n{args.busy} busy processes; load average {results['machine']['load_average_at_start'][0]:.2f} at the "
+        f"start, {results['load_average_at_end'][0]:.2f} at the end"
+    )
     args.json.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.json}")
     return 0

@@ -10,6 +10,7 @@ import os
 import warnings
 from pathlib import Path
 
+from .. import threads
 from ..hub import DEFAULT_MODEL
 from .common import PRELOAD_VARIABLE, BatchError, PartitionFailed
 from .worker import answer_partition, with_environment
@@ -44,7 +45,7 @@ def connect(workers: int | None = None, scheduler: str | None = None, preload: d
 
     with (
         local_cluster(
-            workers or os.cpu_count() or 1,
+            workers or threads.cores(),  # one worker process per core of the affinity, one thread each
             preload,
             silence_logs=logging.ERROR,
             env={"NPBERT_BLAS_THREADS": os.environ.get("NPBERT_BLAS_THREADS", "1")},

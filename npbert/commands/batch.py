@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
         "--workers",
         type=int,
         metavar="N",
-        help="start a local cluster of N worker processes, one thread each (default: the core count)",
+        help="start a local cluster of N worker processes, one thread each (default: the cores of the CPU affinity)",
     )
     where.add_argument("--scheduler", metavar="ADDRESS", help="use a running cluster, e.g. tcp://host:8786")
     p.add_argument(

@@ -34,8 +34,9 @@ def add_parser(subparsers) -> None:
         "--workers",
         type=_positive,
         default=1,
-        help="worker processes; with the prefork extra this process loads the model and forks them "
-        "(they share it), without it each loads its own (default: %(default)s)",
+        help="worker processes, each on max(1, cores // N) threads unless NPBERT_BLAS_THREADS is set; with the "
+        "prefork extra this process loads the model and forks them (they share it), without it each loads "
+        "its own (default: %(default)s)",
     )
     p.add_argument(
         "--max-body-bytes", type=_positive, default=1 << 20, help="larger bodies get 413 (default: %(default)s)"
@@ -244,10 +245,14 @@ def run(args) -> int:
         else:
             log.info("exited cleanly%s: every request was answered or refused", on)
     else:
+        from .. import threads
         from ..model import check_environment
 
         listen_socket(args.host, args.port).close()  # a busy port: one line, before the model is loaded
         check_environment()  # as the workers will read it: a bad NPBERT_* value is one line here
+        # Each worker a share of the cores, not all of them each (N workers x all cores threads, switching
+        # under each other's products); the workers inherit the setting, on both paths below.
+        log.info("workers: %s", threads.share_among(args.workers))
         try:
             from ..serve import prefork
         except ImportError as e:

@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 
-from .. import __version__
+from .. import __version__, threads
 from ..hub import DEFAULT_MODEL, sha256_file
 from ..pipeline import pipeline
 from .attributions import add_attribution_routes
@@ -366,6 +366,7 @@ def add_health_routes(app: FastAPI, state: State) -> None:
         return {
             "status": "ok",
             "pid": os.getpid(),
+            "blas_threads": threads.policy(),  # this process's count (serve --workers N: its share of the cores)
             "model": state.qa.model_id,
             "revision": state.qa.revision,
             "commit": state.qa.commit,
