@@ -41,8 +41,11 @@ def test_the_default_is_the_affinity_and_the_override_wins(monkeypatch):
 )
 def test_serve_workers_share_the_cores_unless_the_user_set_a_count(monkeypatch, cores, processes, given, expected):
     monkeypatch.setattr(threads, "cores", lambda: cores)
+    # set first, so that monkeypatch restores the variable's state before the test, whatever share_among
+    # writes (delenv of an absent variable records nothing: the count leaked into later tests' workers)
+    monkeypatch.setenv("NPBERT_BLAS_THREADS", "1")
     if given is None:
-        monkeypatch.delenv("NPBERT_BLAS_THREADS", raising=False)
+        monkeypatch.delenv("NPBERT_BLAS_THREADS")
     else:
         monkeypatch.setenv("NPBERT_BLAS_THREADS", given)
     line = threads.share_among(processes)
