@@ -708,7 +708,7 @@ def test_a_forked_child_still_splits_its_kernels(monkeypatch):
 def test_one_model_called_from_several_threads_at_once(tiny_checkpoint, monkeypatch):
     # A server or a user's thread pool may run forwards concurrently: the kernels' shared worker threads
     # and OpenBLAS's thread count (set per forward, lowered inside attention) must not mix results up.
-    monkeypatch.setenv("NPBERT_BLAS_THREADS", "2")  # split even on a busy machine
+    monkeypatch.setenv("NPBERT_BLAS_THREADS", "2")  # split, whatever cores this process may use
     model = npbert.DistilBertForQuestionAnswering.from_pretrained(tiny_checkpoint)
     rng = np.random.default_rng(8)
     inputs = [rng.integers(0, 1000, (3, 160)) for _ in range(4)]
