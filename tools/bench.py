@@ -193,11 +193,24 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - t0
 
 
+# How long each engine runs untimed before its timed call: longer than another engine's idle workers spin
+# after a run (PyTorch's OpenMP and ONNX Runtime's pools; measured on 2 cores: npbert's S=16 forward took
+# 16.6 ms right after ONNX Runtime's, 12.1 ms 50 ms later, 10.1 ms after itself; ONNX Runtime's took 23 ms
+# right after PyTorch's, 15 ms after itself), so that no engine is timed while another's threads still
+# hold the cores: a single untimed call (10 ms at S=16) did not outlast them (docs/performance.md).
+SETTLE_SECONDS = 0.1
+
+
+def settle(fn, args: tuple) -> None:  # untimed calls of fn for at least SETTLE_SECONDS (at least one)
+    start = time.perf_counter()
+    fn(*args)
+    while time.perf_counter() - start < SETTLE_SECONDS:
+        fn(*args)
+
+
 def interleaved(fns: dict, args: tuple, repeats: int, warmup: int = 2) -> dict[str, float]:
     """Median seconds per call of each fn, rounds interleaved with a rotating order. Each timed call
-    follows an untimed call of the same engine, so that no engine is timed while another engine's idle
-    workers are still spinning on the cores (PyTorch's OpenMP and ONNX Runtime's pools spin after a
-    run; measured on 2 cores, ONNX Runtime at S=16 took 23 ms right after PyTorch, 15 ms after itself)."""
+    follows SETTLE_SECONDS of untimed calls of the same engine (settle)."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -205,7 +218,7 @@ def interleaved(fns: dict, args: tuple, repeats: int, warmup: int = 2) -> dict[s
     times = {n: [] for n in names}
     for r in range(repeats):
         for n in names[r % len(names) :] + names[: r % len(names)]:
-            fns[n](*args)
+            settle(fns[n], args)
             times[n].append(timed(fns[n], *args))
     return {n: statistics.median(t) for n, t in times.items()}
 
