@@ -28,6 +28,15 @@ _ATTENTION_SERIAL_BELOW = 1 << 16  # B * H * S * S
 _GELU_SERIAL_BELOW = 1 << 18  # N * F
 _LAYERNORM_SERIAL_BELOW = 1 << 19  # N * D
 
+
+def _split_over_heads(heads, B, n_heads, S):
+    """Run heads(tasks) over the (row, head) pairs of an attention forward or backward, each pair whole on
+    one thread (its products on one-thread BLAS, its [S, S] scores in that core's cache); serially below
+    _ATTENTION_SERIAL_BELOW."""
+    pairs = [(b, h) for b in range(B) for h in range(n_heads)]
+    split_over_threads(heads, pairs, B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW, uses_blas=True)
+
+
 # Kernels may reorder float sums (vectorised reductions) and fuse multiply-adds; never the nnan/ninf
 # flags: masked scores are finfo.min and -inf by design. numpy's error model: a float division by zero
 # gives inf as in numpy instead of raising, which would put a branch in every loop and stop LLVM from
@@ -184,12 +193,7 @@ def attention_numba(q, k, v, keep, n_heads, return_probs=False, tap=None):
             if fused and probs is None:  # p was left unnormalised: divide the context's rows instead
                 _scale_rows_numba(context[b, :, cols], inv_sums)
 
-    split_over_threads(
-        heads,
-        [(b, h) for b in range(B) for h in range(n_heads)],
-        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW,
-        uses_blas=True,
-    )
+    _split_over_heads(heads, B, n_heads, S)
     return context, probs
 
 
@@ -283,12 +287,7 @@ def disentangled_attention_numba(
             _normalise_rows_numba(p)
             np.matmul(p, v[b, :, cols], out=context[b, :, cols])
 
-    split_over_threads(
-        heads,
-        [(b, h) for b in range(B) for h in range(n_heads)],
-        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW,
-        uses_blas=True,
-    )
+    _split_over_heads(heads, B, n_heads, S)
     return context, probs
 
 
@@ -477,12 +476,7 @@ def attention_backward_numba(d_context, q, k, v, probs, keep, n_heads, kept=None
             np.matmul(d, k[b, :, cols], out=dq[b, :, cols])
             np.matmul(d.T, q[b, :, cols], out=dk[b, :, cols])
 
-    split_over_threads(
-        heads,
-        [(b, h) for b in range(B) for h in range(n_heads)],
-        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW,
-        uses_blas=True,
-    )
+    _split_over_heads(heads, B, n_heads, S)
     return dq, dk, dv
 
 
@@ -559,12 +553,7 @@ def disentangled_attention_backward_numba(
                 dk[b, :, cols] += full @ pos_q[:, cols]
                 np.matmul(full.T, k[b, :, cols], out=part_q[b, :, cols])
 
-    split_over_threads(
-        heads,
-        [(b, h) for b in range(B) for h in range(n_heads)],
-        B * n_heads * S * S >= _ATTENTION_SERIAL_BELOW,
-        uses_blas=True,
-    )
+    _split_over_heads(heads, B, n_heads, S)
     return dq, dk, dv, None if part_k is None else part_k.sum(axis=0), None if part_q is None else part_q.sum(axis=0)
 
 
