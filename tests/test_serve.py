@@ -479,8 +479,8 @@ def forwards(first_ids: list[int], width: int = 3):
 
 
 def _run(model: "RecordingModel", works, max_batch=4):
-    """Run `works` (request work functions) on one batcher, all queued while an opening request's forward
-    (row 0) holds the model: their forwards then meet in the queue. Their results, in order."""
+    """Run `works` (request work functions) on one batcher, all queued, in this order, while an opening
+    request's forward (row 0) holds the model: their forwards then meet in the queue. Their results, in order."""
 
     async def main():
         batcher = Batcher(model, max_batch=max_batch, wait_s=0)
@@ -489,9 +489,11 @@ def _run(model: "RecordingModel", works, max_batch=4):
             opener = asyncio.ensure_future(batcher.run(forwards([0]), Ticket()))
             while not model.entered.is_set():
                 await asyncio.sleep(0.001)
-            runs = [asyncio.ensure_future(batcher.run(w, Ticket())) for w in works]
-            while batcher._queue.qsize() < len(works):
-                await asyncio.sleep(0.001)
+            runs = []
+            for w in works:  # one at a time: each request's first forward queued before the next starts
+                runs.append(asyncio.ensure_future(batcher.run(w, Ticket())))
+                while batcher._queue.qsize() < len(runs):  # (driver threads would otherwise race to the queue)
+                    await asyncio.sleep(0.001)
             model.gate.set()
             await opener
             return await asyncio.gather(*runs, return_exceptions=True)
